@@ -1,0 +1,3 @@
+from credits_service.cli import main
+
+raise SystemExit(main())

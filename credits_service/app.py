@@ -1,0 +1,115 @@
+"""Composition root: builds the database, the ledger, the sweeper and the gRPC server once,
+and shuts them down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from credits_service.persistence.database import create_engine
+from credits_service.persistence.embedded import EmbeddedPostgres
+from credits_service.persistence.migrations import upgrade_to_head
+from credits_service.persistence.unit_of_work import SqlUnitOfWork
+from credits_service.service.ledger import Ledger, LedgerLimits
+from credits_service.service.sweeper import Sweeper
+from credits_service.settings import Settings
+from credits_service.transport.server import GrpcServer, start_grpc_server
+from credits_service.transport.servicer import CreditsServicer
+from credits_service.transport.validation import RequestLimits, Validator
+
+_log = logging.getLogger(__name__)
+
+
+async def resolve_database(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
+    """The database URL to use, starting the embedded PostgreSQL when none is configured."""
+    if settings.database_url:
+        return settings.database_url, None
+    data_dir = settings.resolved_data_dir / "pgdata"
+    _log.info("no database URL set: starting embedded PostgreSQL, data in %s", data_dir)
+    embedded = await asyncio.to_thread(EmbeddedPostgres.start, data_dir)
+    await embedded.ensure_database()
+    _log.info("embedded PostgreSQL is up (socket in %s)", embedded.socket_dir)
+    return embedded.url(), embedded
+
+
+async def migrate(database_url: str) -> None:
+    # Alembic's async env.py runs its own event loop: give it a thread.
+    await asyncio.to_thread(upgrade_to_head, database_url)
+
+
+def build_ledger(settings: Settings, engine: AsyncEngine) -> Ledger:
+    return Ledger(
+        lambda: SqlUnitOfWork(engine),
+        LedgerLimits(
+            hold_ttl_default_ms=int(settings.hold_ttl_default_s * 1000),
+            page_size_default=settings.page_size_default,
+            page_size_max=settings.page_size_max,
+            transaction_attempts_max=settings.transaction_attempts_max,
+        ),
+    )
+
+
+@dataclass
+class Application:
+    settings: Settings
+    engine: AsyncEngine
+    ledger: Ledger
+    sweeper: Sweeper
+    grpc_server: GrpcServer
+    embedded: EmbeddedPostgres | None
+
+    @property
+    def port(self) -> int:
+        return self.grpc_server.port
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Application:
+        database_url, embedded = await resolve_database(settings)
+        try:
+            return await cls._start_on(settings, database_url, embedded)
+        except BaseException:
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+            raise
+
+    @classmethod
+    async def _start_on(
+        cls, settings: Settings, database_url: str, embedded: EmbeddedPostgres | None
+    ) -> Application:
+        if settings.migrate_on_start:
+            await migrate(database_url)
+        engine = create_engine(settings, database_url)
+        ledger = build_ledger(settings, engine)
+        sweeper = Sweeper(
+            ledger,
+            interval_s=settings.sweep_interval_s,
+            batch_size=settings.sweep_batch_size,
+            idempotency_retention_s=settings.idempotency_retention_s,
+            purge_interval_s=settings.purge_interval_s,
+        )
+        validator = Validator(
+            RequestLimits(
+                hold_ttl_max_ms=int(settings.hold_ttl_max_s * 1000),
+                page_size_max=settings.page_size_max,
+            )
+        )
+        grpc_server = await start_grpc_server(settings, CreditsServicer(ledger, validator))
+        sweeper.start()
+        _log.info("credits-service listening on %s (port %d)", settings.listen, grpc_server.port)
+        return cls(settings, engine, ledger, sweeper, grpc_server, embedded)
+
+    async def stop(self) -> None:
+        """Drain in order: health NOT_SERVING and refuse new calls, let in-flight calls finish
+        within the grace period, then stop background work, the pool and the database."""
+        grace_s = self.settings.shutdown_grace_s
+        _log.info("shutting down: draining calls for up to %.1fs", grace_s)
+        await self.grpc_server.stop(grace_s)
+        await self.ledger.drain(grace_s)
+        await self.sweeper.stop()
+        await self.engine.dispose()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+        _log.info("shut down cleanly")

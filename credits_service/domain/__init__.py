@@ -1,0 +1,1 @@
+"""Domain model: plain dataclasses and errors, free of protobuf and SQLAlchemy."""

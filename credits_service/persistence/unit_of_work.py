@@ -1,0 +1,81 @@
+"""The SQLAlchemy unit of work: one connection, one transaction, rolled back unless committed."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+
+from credits_service.persistence.database import translate
+from credits_service.persistence.repositories import (
+    AccountRepository,
+    IdempotencyRepository,
+    LedgerRepository,
+    ReservationRepository,
+)
+
+
+class SqlUnitOfWork:
+    """`async with uow:` opens a transaction; leaving without `commit()` rolls it back.
+
+    Database failures leave it as domain StorageError subclasses, so the layers above never
+    see a SQLAlchemy or asyncpg type.
+    """
+
+    accounts: AccountRepository
+    ledger: LedgerRepository
+    reservations: ReservationRepository
+    idempotency: IdempotencyRepository
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._connection: AsyncConnection | None = None
+        self._transaction: AsyncTransaction | None = None
+
+    async def __aenter__(self) -> SqlUnitOfWork:
+        try:
+            self._connection = await self._engine.connect()
+            self._transaction = await self._connection.begin()
+        except BaseException as exc:
+            await self._close()
+            _reraise_translated(exc)
+        self.accounts = AccountRepository(self._connection)
+        self.ledger = LedgerRepository(self._connection)
+        self.reservations = ReservationRepository(self._connection)
+        self.idempotency = IdempotencyRepository(self._connection)
+        return self
+
+    async def commit(self) -> None:
+        assert self._transaction is not None
+        try:
+            await self._transaction.commit()
+        except BaseException as exc:
+            _reraise_translated(exc)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._close()
+        if exc is not None:
+            _reraise_translated(exc)
+
+    async def _close(self) -> None:
+        # Closing a connection with an open transaction rolls it back; a connection broken by
+        # the failure is invalidated by the pool instead of being returned to it.
+        if self._connection is not None:
+            try:
+                await self._connection.close()
+            except Exception:  # noqa: BLE001 - the original failure is the one to report
+                pass
+            self._connection = None
+            self._transaction = None
+
+
+def _reraise_translated(exc: BaseException) -> None:
+    storage_error = translate(exc) if isinstance(exc, Exception) else None
+    if storage_error is not None and storage_error is not exc:
+        raise storage_error from exc
+    raise exc

@@ -1,0 +1,1 @@
+"""Service layer: use cases, transactions, idempotency. No protobuf, no SQLAlchemy."""

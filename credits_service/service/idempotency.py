@@ -1,0 +1,105 @@
+"""Request hashing and the stored form of idempotent responses.
+
+The hash covers the method and exactly what the caller sent (never derived values such as the
+default TTL or the time), so a retry with the same request always matches. Stored responses are
+JSON and decode back to the same result dataclasses, or to the same DomainError for a decline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import fields, is_dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from credits_service.domain import errors
+from credits_service.domain.model import (
+    BalanceSnapshot,
+    EntryType,
+    GrantResult,
+    GrantType,
+    LedgerEntry,
+    Reservation,
+    ReservationStatus,
+    ReserveResult,
+)
+
+Outcome = GrantResult | ReserveResult | errors.DomainError
+
+
+def request_hash(method: str, command: Any) -> bytes:
+    """SHA-256 of the method and the command's fields, in a canonical JSON form."""
+    canonical = json.dumps(
+        {"method": method, "request": _plain(command)}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | frozenset | set):
+        return [_plain(v) for v in value]
+    return value
+
+
+def encode(outcome: Outcome) -> dict[str, Any]:
+    if isinstance(outcome, errors.DomainError):
+        return {
+            "error": {
+                "reason": outcome.reason,
+                "message": outcome.message,
+                "metadata": outcome.metadata,
+            }
+        }
+    kind = "grant" if isinstance(outcome, GrantResult) else "reserve"
+    return {kind: _plain(outcome)}
+
+
+def decode(stored: dict[str, Any]) -> Outcome:
+    if "error" in stored:
+        error = stored["error"]
+        cls = errors.REPLAYABLE_ERRORS[error["reason"]]
+        return cls.restore(error["message"], error["metadata"])
+    if "grant" in stored:
+        data = stored["grant"]
+        return GrantResult(entry=_entry(data["entry"]), balance=BalanceSnapshot(**data["balance"]))
+    data = stored["reserve"]
+    return ReserveResult(
+        reservation=_reservation(data["reservation"]), balance=BalanceSnapshot(**data["balance"])
+    )
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def _entry(data: dict[str, Any]) -> LedgerEntry:
+    return LedgerEntry(
+        **{
+            **data,
+            "entry_type": EntryType(data["entry_type"]),
+            "grant_type": GrantType(data["grant_type"]) if data["grant_type"] else None,
+            "create_time": _time(data["create_time"]),
+        }
+    )
+
+
+def _reservation(data: dict[str, Any]) -> Reservation:
+    return Reservation(
+        **{
+            **data,
+            "status": ReservationStatus(data["status"]),
+            "create_time": _time(data["create_time"]),
+            "expire_time": _time(data["expire_time"]),
+            "finish_time": _time(data["finish_time"]),
+        }
+    )

@@ -1,0 +1,76 @@
+"""Background work of one server process: expire due holds, purge old idempotency keys."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from credits_service.domain.errors import StorageError
+from credits_service.service.ledger import Ledger
+
+_log = logging.getLogger(__name__)
+_BACKLOG_ROUNDS_MAX = 100  # sweeps run back to back while full batches keep coming
+
+
+class Sweeper:
+    """Expires ACTIVE holds past expire_time within one `interval_s`; several sweepers (one
+    per replica) may run at once: each hold is locked by one of them (SKIP LOCKED)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        interval_s: float,
+        batch_size: int,
+        idempotency_retention_s: float,
+        purge_interval_s: float,
+    ) -> None:
+        self._ledger = ledger
+        self._interval_s = interval_s
+        self._batch_size = batch_size
+        self._retention_s = idempotency_retention_s
+        self._purge_interval_s = purge_interval_s
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="credits-sweeper")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def sweep_once(self) -> int:
+        """Expire due holds until none are left (bounded); returns how many."""
+        total = 0
+        for _ in range(_BACKLOG_ROUNDS_MAX):
+            expired = await self._ledger.expire_due_holds(self._batch_size)
+            total += expired
+            if expired < self._batch_size:
+                break
+        return total
+
+    async def _run(self) -> None:
+        next_purge = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                expired = await self.sweep_once()
+                if expired:
+                    _log.info("expired %d holds", expired)
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + self._purge_interval_s
+                    purged = await self._ledger.purge_idempotency_keys(
+                        self._retention_s, self._batch_size
+                    )
+                    if purged:
+                        _log.info("purged %d idempotency keys", purged)
+            except StorageError as exc:
+                _log.warning("sweep failed, will retry: %s", exc)
+            except Exception:
+                _log.exception("sweep failed unexpectedly, will retry")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval_s)

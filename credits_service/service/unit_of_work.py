@@ -1,0 +1,22 @@
+"""What the use cases need from storage: a unit of work with four repositories."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, Self
+
+
+class UnitOfWork(Protocol):
+    accounts: Any
+    ledger: Any
+    reservations: Any
+    idempotency: Any
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+UnitOfWorkFactory = Callable[[], UnitOfWork]

@@ -1,0 +1,148 @@
+"""One frozen settings object, built once from flags and the environment and passed down.
+
+Every field is a command-line flag (`--hold-ttl-default-s`) and an environment variable
+(`CREDITS_HOLD_TTL_DEFAULT_S`); the flag wins. Tests build `Settings(...)` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CREDITS_"
+
+
+def _default_data_dir() -> str:
+    if os.name == "posix" and os.geteuid() == 0:
+        return "/var/lib/credits-service"
+    import platformdirs
+
+    return platformdirs.user_data_dir("credits-service")
+
+
+def _setting(default: Any, help: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = _setting("127.0.0.1:50051", "host:port the gRPC server listens on")
+    database_url: str | None = _setting(
+        None,
+        "PostgreSQL URL (postgresql://user:pass@host:port/db). Unset: start an embedded "
+        "PostgreSQL in --data-dir",
+    )
+    data_dir: str = _setting(
+        "",
+        "directory of the embedded PostgreSQL's data (default: /var/lib/credits-service as "
+        "root, else the user data dir); kept across restarts",
+    )
+    migrate_on_start: bool = _setting(True, "apply pending migrations when serve starts")
+    hold_ttl_default_s: float = _setting(300.0, "TTL of a hold when the caller gives none")
+    hold_ttl_max_s: float = _setting(86400.0, "longest TTL a caller may ask for")
+    sweep_interval_s: float = _setting(1.0, "how often expired holds are swept")
+    sweep_batch_size: int = _setting(1000, "holds expired per sweeper transaction, at most")
+    idempotency_retention_s: float = _setting(
+        86400.0, "how long idempotency keys are kept before they are purged"
+    )
+    purge_interval_s: float = _setting(60.0, "how often old idempotency keys are purged")
+    page_size_default: int = _setting(50, "History page size when the caller gives none")
+    page_size_max: int = _setting(500, "largest History page; larger requests are capped")
+    pool_size: int = _setting(10, "database connections kept open")
+    pool_timeout_s: float = _setting(5.0, "longest wait for a free database connection")
+    connect_timeout_s: float = _setting(5.0, "longest wait to open a database connection")
+    statement_timeout_ms: int = _setting(5000, "Postgres statement_timeout of our sessions")
+    lock_timeout_ms: int = _setting(2000, "Postgres lock_timeout of our sessions")
+    idle_in_transaction_timeout_ms: int = _setting(
+        10000, "Postgres idle_in_transaction_session_timeout of our sessions"
+    )
+    transaction_attempts_max: int = _setting(
+        5, "attempts of a transaction that hits a serialization failure or deadlock"
+    )
+    max_concurrent_rpcs: int = _setting(512, "RPCs served at once; more get RESOURCE_EXHAUSTED")
+    max_message_bytes: int = _setting(256 * 1024, "largest request or response message")
+    shutdown_grace_s: float = _setting(10.0, "time in-flight calls get to finish on SIGTERM")
+    reflection: bool = _setting(True, "serve gRPC server reflection (grpcurl, ghz)")
+    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    def __post_init__(self) -> None:
+        checks = {
+            "hold_ttl_default_s": 1 <= self.hold_ttl_default_s <= self.hold_ttl_max_s,
+            "sweep_interval_s": 0 < self.sweep_interval_s <= 3600,
+            "sweep_batch_size": 1 <= self.sweep_batch_size <= 100_000,
+            "page_size_default": 1 <= self.page_size_default <= self.page_size_max <= 10_000,
+            "pool_size": 1 <= self.pool_size <= 200,
+            "transaction_attempts_max": 1 <= self.transaction_attempts_max <= 20,
+            "max_concurrent_rpcs": 1 <= self.max_concurrent_rpcs <= 100_000,
+            "max_message_bytes": 1024 <= self.max_message_bytes <= 4 * 1024 * 1024,
+            "shutdown_grace_s": 0 <= self.shutdown_grace_s <= 600,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"settings out of range: {', '.join(bad)}")
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return Path(self.data_dir or _default_data_dir()).expanduser()
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            env = ENV_PREFIX + f.name.upper()
+            help_text = f"{f.metadata['help']} (env {env}; default {f.default!r})"
+            if f.type in ("bool", bool):
+                parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                    default=None, help=help_text)
+            else:
+                parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+
+    @classmethod
+    def load(
+        cls, args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Settings from flags, then CREDITS_* environment variables, then defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = getattr(args, f.name, None) if args is not None else None
+            if raw is None:
+                raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, str(f.type), raw)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(name: str, type_name: str, raw: Any) -> Any:
+    if isinstance(raw, bool):
+        return raw
+    try:
+        if type_name == "bool":
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(raw)
+            return lowered in ("1", "true", "yes", "on")
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"setting {name}: cannot parse {raw!r} as {type_name}") from exc
+    return raw
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+__all__: Sequence[str] = ["Settings", "parse_listen"]

@@ -1,0 +1,1 @@
+"""Transport: gRPC servicers, validation, proto <-> domain mapping, the error table."""

@@ -1,0 +1,91 @@
+"""Domain dataclasses -> protobuf messages, and the enum tables both ways."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from credits.v1 import credits_pb2 as pb
+from credits_service.domain.model import (
+    BalanceSnapshot,
+    EntryType,
+    GrantType,
+    LedgerEntry,
+    Reservation,
+    ReservationStatus,
+)
+
+GRANT_TYPE_FROM_PROTO: dict[int, GrantType] = {
+    pb.GRANT_TYPE_SIGNUP: GrantType.SIGNUP,
+    pb.GRANT_TYPE_PURCHASE: GrantType.PURCHASE,
+    pb.GRANT_TYPE_PROMO: GrantType.PROMO,
+    pb.GRANT_TYPE_REFERRAL: GrantType.REFERRAL,
+    pb.GRANT_TYPE_REFUND: GrantType.REFUND,
+    pb.GRANT_TYPE_ADMIN_GRANT: GrantType.ADMIN_GRANT,
+    pb.GRANT_TYPE_SUBSCRIPTION: GrantType.SUBSCRIPTION,
+}
+GRANT_TYPE_TO_PROTO = {value: key for key, value in GRANT_TYPE_FROM_PROTO.items()}
+
+ENTRY_TYPE_FROM_PROTO: dict[int, EntryType] = {
+    pb.ENTRY_TYPE_GRANT: EntryType.GRANT,
+    pb.ENTRY_TYPE_USAGE: EntryType.USAGE,
+}
+ENTRY_TYPE_TO_PROTO = {value: key for key, value in ENTRY_TYPE_FROM_PROTO.items()}
+
+RESERVATION_STATUS_TO_PROTO: dict[ReservationStatus, int] = {
+    ReservationStatus.ACTIVE: pb.RESERVATION_STATUS_ACTIVE,
+    ReservationStatus.COMMITTED: pb.RESERVATION_STATUS_COMMITTED,
+    ReservationStatus.RELEASED: pb.RESERVATION_STATUS_RELEASED,
+    ReservationStatus.EXPIRED: pb.RESERVATION_STATUS_EXPIRED,
+}
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def balance(snapshot: BalanceSnapshot) -> pb.Balance:
+    return pb.Balance(
+        account_id=snapshot.account_id,
+        balance=snapshot.balance,
+        reserved=snapshot.reserved,
+        available=snapshot.available,
+        active_reservation_count=snapshot.active_reservation_count,
+        lifetime_granted=snapshot.lifetime_granted,
+        lifetime_used=snapshot.lifetime_used,
+    )
+
+
+def ledger_entry(entry: LedgerEntry) -> pb.LedgerEntry:
+    return pb.LedgerEntry(
+        entry_id=str(entry.entry_id),
+        account_id=entry.account_id,
+        type=ENTRY_TYPE_TO_PROTO[entry.entry_type],  # type: ignore[arg-type]
+        grant_type=GRANT_TYPE_TO_PROTO[entry.grant_type] if entry.grant_type else 0,  # type: ignore[arg-type]
+        amount=entry.amount,
+        balance_after=entry.balance_after,
+        reservation_id=entry.reservation_id or "",
+        reason=entry.reason,
+        metadata=dict(entry.metadata),
+        actor=entry.actor,
+        create_time=_timestamp(entry.create_time),
+    )
+
+
+def reservation(hold: Reservation) -> pb.Reservation:
+    message = pb.Reservation(
+        reservation_id=hold.reservation_id,
+        account_id=hold.account_id,
+        amount=hold.amount,
+        status=RESERVATION_STATUS_TO_PROTO[hold.status],  # type: ignore[arg-type]
+        committed_amount=hold.committed_amount or 0,
+        create_time=_timestamp(hold.create_time),
+        expire_time=_timestamp(hold.expire_time),
+        metadata=dict(hold.metadata),
+    )
+    if hold.finish_time is not None:
+        message.finish_time.CopyFrom(_timestamp(hold.finish_time))
+    return message

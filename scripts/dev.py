@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""One entry point for a fresh machine that has only python3:
+
+    python3 scripts/dev.py serve [flags]   # install the service into .venv and run it
+    python3 scripts/dev.py test [pytest args]  # install it with dev tools and run every test
+
+It creates .venv (on Debian, whose python3 lacks ensurepip until python3-venv is installed,
+it installs that package with apt-get when run as root), installs the project in editable mode, and reinstalls only when
+pyproject.toml changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import shutil
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / "bin" / "python"
+
+
+def _run(*args: str | Path) -> None:
+    subprocess.run([str(a) for a in args], check=True, cwd=ROOT)
+
+
+def _ensure_venv() -> None:
+    if PYTHON.exists():
+        return
+    try:
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+        return
+    except (subprocess.CalledProcessError, OSError):
+        shutil.rmtree(VENV, ignore_errors=True)
+    # Debian's python3 has no ensurepip until python3-venv is installed.
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        sys.exit("python3 cannot create a virtual environment: install python3-venv first")
+    version = f"python3.{sys.version_info.minor}-venv"
+    _run("apt-get", "update", "-qq")
+    _run("apt-get", "install", "-y", "-qq", version)
+    venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+
+
+def _ensure_installed(extras: str) -> None:
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    stamp = VENV / f".installed-{extras or 'base'}"
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    target = f".[{extras}]" if extras else "."
+    _run(PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", target)
+    stamp.write_text(digest)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("serve", "test"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    _ensure_venv()
+    if command == "serve":
+        _ensure_installed("")
+        os.execv(VENV / "bin" / "credits-service", ["credits-service", "serve", *rest])
+    _ensure_installed("dev")
+    env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    os.chdir(ROOT)
+    os.execve(PYTHON, [str(PYTHON), "-m", "pytest", *rest], env)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,22 @@
+"""Every test here runs against the real server and database: it starts from empty tables and
+ends with the ledger invariants checked."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from tests import ledger_checks
+
+
+@pytest.fixture(autouse=True)
+async def clean_ledger(db_pool: asyncpg.Pool, app: object) -> AsyncIterator[None]:
+    async with db_pool.acquire() as connection:
+        await connection.execute(
+            "TRUNCATE ledger_entries, reservations, idempotency_keys, accounts"
+        )
+    yield
+    async with db_pool.acquire() as connection:
+        await ledger_checks.assert_invariants(connection)

@@ -1,0 +1,70 @@
+"""The ledger invariants of ../shared/RELIABILITY.md, checked in SQL against the real tables."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+INVARIANTS: dict[str, str] = {
+    "balance == sum(ledger amounts)": """
+        SELECT a.account_id, a.balance, coalesce(l.total, 0) AS ledger
+          FROM accounts a
+          LEFT JOIN (SELECT account_id, sum(amount) AS total FROM ledger_entries GROUP BY 1) l
+               USING (account_id)
+         WHERE a.balance <> coalesce(l.total, 0)""",
+    "reserved == sum(active holds), count matches": """
+        SELECT a.account_id, a.reserved, coalesce(h.total, 0) AS holds
+          FROM accounts a
+          LEFT JOIN (SELECT account_id, sum(amount) AS total, count(*) AS n FROM reservations
+                      WHERE status = 'ACTIVE' GROUP BY 1) h USING (account_id)
+         WHERE a.reserved <> coalesce(h.total, 0)
+            OR a.active_reservation_count <> coalesce(h.n, 0)""",
+    "available >= 0": "SELECT account_id FROM accounts WHERE balance - reserved < 0",
+    "lifetime totals match the ledger": """
+        SELECT a.account_id FROM accounts a
+          LEFT JOIN (SELECT account_id,
+                            sum(amount) FILTER (WHERE entry_type = 'GRANT') AS granted,
+                            -sum(amount) FILTER (WHERE entry_type = 'USAGE') AS used
+                       FROM ledger_entries GROUP BY 1) l USING (account_id)
+         WHERE a.lifetime_granted <> coalesce(l.granted, 0)
+            OR a.lifetime_used <> coalesce(l.used, 0)""",
+    "a committed hold has exactly one USAGE entry of its amount, others none": """
+        SELECT r.reservation_id FROM reservations r
+          LEFT JOIN ledger_entries e
+                 ON e.reservation_id = r.reservation_id AND e.entry_type = 'USAGE'
+         GROUP BY r.reservation_id, r.status, r.committed_amount
+        HAVING (r.status = 'COMMITTED'
+                AND (count(e.entry_id) <> 1 OR -sum(e.amount) <> r.committed_amount))
+            OR (r.status <> 'COMMITTED' AND count(e.entry_id) <> 0)""",
+    "balance_after of each account's newest entry is its balance": """
+        SELECT a.account_id FROM accounts a
+          JOIN LATERAL (SELECT balance_after FROM ledger_entries e
+                         WHERE e.account_id = a.account_id
+                         ORDER BY entry_id DESC LIMIT 1) last ON true
+         WHERE last.balance_after <> a.balance""",
+}
+
+IDLE_IN_TRANSACTION = """
+    SELECT count(*) FROM pg_stat_activity
+     WHERE application_name = 'credits-service' AND state LIKE 'idle in transaction%'"""
+
+
+async def assert_invariants(connection: asyncpg.Connection, settle_s: float = 2.0) -> None:
+    """Fail with the offending rows if any invariant is broken.
+
+    Calls a test abandoned (cancelled, deadline exceeded) may still be finishing their
+    transaction, so idle-in-transaction sessions get `settle_s` to go away.
+    """
+    broken = {}
+    for name, query in INVARIANTS.items():
+        rows = await connection.fetch(query)
+        if rows:
+            broken[name] = [dict(row) for row in rows[:5]]
+    assert not broken, f"ledger invariants broken: {broken}"
+    deadline = asyncio.get_running_loop().time() + settle_s
+    while (idle := await connection.fetchval(IDLE_IN_TRANSACTION)) and (
+        asyncio.get_running_loop().time() < deadline
+    ):
+        await asyncio.sleep(0.05)
+    assert idle == 0, f"{idle} service sessions left idle in a transaction"
