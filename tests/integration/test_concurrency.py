@@ -1,0 +1,179 @@
+"""Races over real concurrent connections: no double spend, one effect per key, one winner per
+hold. The server's pool has several database connections and the calls are spread over
+several HTTP/2 connections, so the transactions really overlap in Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import grpc
+
+from credits.v1 import credits_pb2 as pb
+from tests.grpc_errors import unpack
+
+counter = itertools.count()
+
+
+async def grant(stub, account_id: str, amount: int) -> None:
+    await stub.Grant(
+        pb.GrantRequest(
+            account_id=account_id,
+            amount=amount,
+            type=pb.GRANT_TYPE_PURCHASE,
+            idempotency_key=f"grant-{next(counter)}",
+        )
+    )
+
+
+async def test_500_concurrent_unit_reserves_against_100_credits_accept_exactly_100(stubs, db):
+    """F1: exactly min(balance, asked) holds succeed; the rest are INSUFFICIENT_CREDITS."""
+    await grant(stubs[0], "hot", 100)
+
+    async def reserve(i: int) -> str:
+        try:
+            await stubs[i % len(stubs)].CheckAndReserve(
+                pb.CheckAndReserveRequest(account_id="hot", amount=1, idempotency_key=f"r-{i}")
+            )
+            return "OK"
+        except grpc.aio.AioRpcError as error:
+            return unpack(error).reason
+
+    outcomes = await asyncio.gather(*(reserve(i) for i in range(500)))
+
+    assert outcomes.count("OK") == 100
+    assert outcomes.count("INSUFFICIENT_CREDITS") == 400
+    balance = (await stubs[0].GetBalance(pb.GetBalanceRequest(account_id="hot"))).balance
+    assert (balance.balance, balance.reserved, balance.available) == (100, 100, 0)
+    assert balance.active_reservation_count == 100
+    assert await db.fetchval("SELECT count(*) FROM reservations WHERE status = 'ACTIVE'") == 100
+
+
+async def test_concurrent_random_amounts_never_overdraw(stubs, db):
+    """F1 with mixed amounts: accepted holds never exceed the balance, and a decline only
+    happens when the amount really exceeds what was available."""
+    await grant(stubs[0], "mixed", 1000)
+    amounts = [(i * 37) % 90 + 1 for i in range(300)]
+
+    async def reserve(i: int, amount: int) -> tuple[int, str, dict[str, str]]:
+        try:
+            await stubs[i % len(stubs)].CheckAndReserve(
+                pb.CheckAndReserveRequest(account_id="mixed", amount=amount, idempotency_key=f"m{i}")
+            )
+            return amount, "OK", {}
+        except grpc.aio.AioRpcError as error:
+            failure = unpack(error)
+            return amount, failure.reason, failure.metadata
+
+    outcomes = await asyncio.gather(*(reserve(i, a) for i, a in enumerate(amounts)))
+
+    accepted = sum(amount for amount, status, _ in outcomes if status == "OK")
+    assert accepted <= 1000
+    for amount, status, metadata in outcomes:
+        assert status in ("OK", "INSUFFICIENT_CREDITS")
+        if status != "OK":
+            assert int(metadata["available"]) < amount
+    assert await db.fetchval(
+        "SELECT reserved FROM accounts WHERE account_id = 'mixed'"
+    ) == accepted
+    # With 300 asks averaging ~45, the balance of 1000 must be nearly used up.
+    assert 1000 - accepted < max(amounts)
+
+
+async def test_20_concurrent_identical_grants_apply_once_with_identical_responses(stubs, db):
+    """F2: one effect, identical responses; F3: same key with another amount writes nothing."""
+    request = pb.GrantRequest(
+        account_id="idem", amount=70, type=pb.GRANT_TYPE_PROMO, idempotency_key="same-key"
+    )
+    responses = await asyncio.gather(
+        *(stubs[i % len(stubs)].Grant(request) for i in range(20))
+    )
+
+    assert len({r.SerializeToString(deterministic=True) for r in responses}) == 1
+    assert await db.fetchval("SELECT count(*) FROM ledger_entries") == 1
+    assert await db.fetchval("SELECT balance FROM accounts WHERE account_id = 'idem'") == 70
+
+    before = await db.fetchval("SELECT count(*) FROM ledger_entries")
+    mismatch = pb.GrantRequest()
+    mismatch.CopyFrom(request)
+    mismatch.amount = 71
+    try:
+        await stubs[0].Grant(mismatch)
+        raise AssertionError("a reused key with another amount must fail")
+    except grpc.aio.AioRpcError as error:
+        failure = unpack(error)
+    assert failure.code is grpc.StatusCode.ALREADY_EXISTS
+    assert failure.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert await db.fetchval("SELECT count(*) FROM ledger_entries") == before
+    assert await db.fetchval("SELECT balance FROM accounts WHERE account_id = 'idem'") == 70
+
+
+async def test_20_concurrent_identical_reserves_place_one_hold(stubs, db):
+    """F2 for holds: one reservation, every caller gets its id."""
+    await grant(stubs[0], "idem-hold", 10)
+    request = pb.CheckAndReserveRequest(account_id="idem-hold", amount=3, idempotency_key="h")
+    responses = await asyncio.gather(
+        *(stubs[i % len(stubs)].CheckAndReserve(request) for i in range(20))
+    )
+
+    assert len({r.SerializeToString(deterministic=True) for r in responses}) == 1
+    assert await db.fetchval("SELECT count(*) FROM reservations") == 1
+    assert await db.fetchval("SELECT reserved FROM accounts WHERE account_id = 'idem-hold'") == 3
+
+
+async def test_commit_and_release_racing_on_each_hold_have_exactly_one_winner(stubs, db):
+    """F5: for many holds, concurrent Commits (same and other amounts) and Releases: exactly
+    one terminal state, at most one USAGE entry, and every loser gets a definite answer."""
+    holds = 40
+    await grant(stubs[0], "race", 10_000)
+    reservations = [
+        (
+            await stubs[0].CheckAndReserve(
+                pb.CheckAndReserveRequest(account_id="race", amount=10, idempotency_key=f"h{i}")
+            )
+        ).reservation.reservation_id
+        for i in range(holds)
+    ]
+
+    async def attempt(i: int, call: str, reservation_id: str) -> tuple[str, str]:
+        stub = stubs[i % len(stubs)]
+        try:
+            if call == "release":
+                await stub.Release(pb.ReleaseRequest(reservation_id=reservation_id))
+            elif call == "commit":
+                await stub.Commit(pb.CommitRequest(reservation_id=reservation_id))
+            else:
+                await stub.Commit(pb.CommitRequest(reservation_id=reservation_id, amount=7))
+            return call, "OK"
+        except grpc.aio.AioRpcError as error:
+            return call, unpack(error).reason
+
+    calls = ["release", "commit", "commit-7", "release", "commit"]
+    results = await asyncio.gather(
+        *(
+            asyncio.gather(*(attempt(i + j, call, rid) for j, call in enumerate(calls)))
+            for i, rid in enumerate(reservations)
+        )
+    )
+
+    for rid, outcomes in zip(reservations, results, strict=True):
+        status, committed = await db.fetchrow(
+            "SELECT status, committed_amount FROM reservations WHERE reservation_id = $1::uuid",
+            rid,
+        )
+        winners = {call for call, result in outcomes if result == "OK"}
+        if status == "RELEASED":
+            assert winners == {"release"}, outcomes
+            assert {r for c, r in outcomes if c != "release"} == {"RESERVATION_RELEASED"}
+        else:
+            assert status == "COMMITTED"
+            kind = "commit" if committed == 10 else "commit-7"
+            assert winners == {kind}, outcomes
+            losers = {r for c, r in outcomes if c != kind}
+            assert losers == {"RESERVATION_ALREADY_COMMITTED"}, outcomes
+    usage_entries = await db.fetchval(
+        "SELECT count(*) FROM ledger_entries WHERE entry_type = 'USAGE'"
+    )
+    assert usage_entries == await db.fetchval(
+        "SELECT count(*) FROM reservations WHERE status = 'COMMITTED'"
+    )
