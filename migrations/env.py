@@ -19,7 +19,9 @@ MIGRATION_LOCK_ID = 7_243_010_001
 def _database_url() -> str:
     url = context.config.attributes.get("database_url") or os.environ.get("CREDITS_DATABASE_URL")
     if not url:
-        raise RuntimeError("no database URL: pass it from credits-service or set CREDITS_DATABASE_URL")
+        raise RuntimeError(
+            "no database URL: pass it from credits-service or set CREDITS_DATABASE_URL"
+        )
     return url
 
 

@@ -1,21 +1,21 @@
 #!/usr/bin/env python3
 """One entry point for a fresh machine that has only python3:
 
-    python3 scripts/dev.py serve [flags]   # install the service into .venv and run it
-    python3 scripts/dev.py test [pytest args]  # install it with dev tools and run every test
+    python3 scripts/dev.py serve [flags]        # install into .venv and run the service
+    python3 scripts/dev.py test [pytest args]   # install with dev tools, run every test
 
 It creates .venv (on Debian, whose python3 lacks ensurepip until python3-venv is installed,
-it installs that package with apt-get when run as root), installs the project in editable mode, and reinstalls only when
-pyproject.toml changes.
+it installs that package with apt-get when run as root), installs the project in editable
+mode, and reinstalls only when pyproject.toml changes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
-import shutil
 import venv
 from pathlib import Path
 

@@ -13,12 +13,11 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-
 from credits.v1 import credits_pb2_grpc
+
 from credits_service.app import Application, migrate
 from credits_service.persistence.embedded import EmbeddedPostgres
 from credits_service.settings import Settings
-from tests import ledger_checks
 
 TEST_DATABASE = "credits_test"
 SWEEP_INTERVAL_S = 0.2
@@ -90,7 +89,9 @@ def stub(stubs: list[credits_pb2_grpc.CreditsServiceStub]) -> credits_pb2_grpc.C
 
 
 @pytest.fixture(scope="session")
-async def db_pool(embedded_postgres: EmbeddedPostgres, database_url: str) -> AsyncIterator[asyncpg.Pool]:
+async def db_pool(
+    embedded_postgres: EmbeddedPostgres, database_url: str
+) -> AsyncIterator[asyncpg.Pool]:
     """The tests' own connections, for inspecting what the service wrote."""
     pool = await asyncpg.create_pool(
         host=str(embedded_postgres.socket_dir), user="postgres", database=TEST_DATABASE,

@@ -96,7 +96,10 @@ def _is_asyncpg_connection_error(exc: BaseException) -> bool:
 
     chain = [exc, getattr(exc, "orig", None), exc.__cause__]
     return any(
-        isinstance(e, asyncpg.exceptions.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError)
+        isinstance(
+            e,
+            asyncpg.exceptions.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError,
+        )
         for e in chain
         if e is not None
     )

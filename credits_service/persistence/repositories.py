@@ -96,7 +96,9 @@ class AccountRepository:
             account_id=account_id,
         )
 
-    async def credit(self, account_id: str, amount: int, balance_max: int) -> BalanceSnapshot | None:
+    async def credit(
+        self, account_id: str, amount: int, balance_max: int
+    ) -> BalanceSnapshot | None:
         """Add `amount`, creating the account; None if the balance would pass `balance_max`."""
         return await self._one(
             f"""

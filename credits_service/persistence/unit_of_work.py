@@ -68,7 +68,7 @@ class SqlUnitOfWork:
         if self._connection is not None:
             try:
                 await self._connection.close()
-            except Exception:  # noqa: BLE001 - the original failure is the one to report
+            except Exception:
                 pass
             self._connection = None
             self._transaction = None

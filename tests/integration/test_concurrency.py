@@ -8,8 +8,8 @@ import asyncio
 import itertools
 
 import grpc
-
 from credits.v1 import credits_pb2 as pb
+
 from tests.grpc_errors import unpack
 
 counter = itertools.count()
@@ -58,7 +58,9 @@ async def test_concurrent_random_amounts_never_overdraw(stubs, db):
     async def reserve(i: int, amount: int) -> tuple[int, str, dict[str, str]]:
         try:
             await stubs[i % len(stubs)].CheckAndReserve(
-                pb.CheckAndReserveRequest(account_id="mixed", amount=amount, idempotency_key=f"m{i}")
+                pb.CheckAndReserveRequest(
+                    account_id="mixed", amount=amount, idempotency_key=f"m{i}"
+                )
             )
             return amount, "OK", {}
         except grpc.aio.AioRpcError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from credits.v1 import credits_pb2 as pb
 
@@ -36,7 +37,7 @@ async def test_history_pages_through_1000_entries_without_gaps_or_duplicates(stu
     assert ids == sorted(ids, reverse=True)
     assert sorted(e.amount for e in entries) == list(range(1, 1001))
     # Newest first: each entry's balance_after is the previous one's minus its amount.
-    for newer, older in zip(entries, entries[1:], strict=False):
+    for newer, older in itertools.pairwise(entries):
         assert newer.balance_after == older.balance_after + newer.amount
     assert entries[0].balance_after == sum(range(1, 1001))
 
