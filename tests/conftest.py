@@ -13,8 +13,8 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-from credits.v1 import credits_pb2_grpc
 
+from credits.v1 import credits_pb2_grpc
 from credits_service.app import Application, migrate
 from credits_service.persistence.embedded import EmbeddedPostgres
 from credits_service.settings import Settings

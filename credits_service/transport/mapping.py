@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from credits.v1 import credits_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from credits.v1 import credits_pb2 as pb
 from credits_service.domain.model import (
     BalanceSnapshot,
     EntryType,

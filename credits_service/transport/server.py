@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from credits.v1 import credits_pb2, credits_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from credits.v1 import credits_pb2, credits_pb2_grpc
 from credits_service.settings import Settings
 from credits_service.transport.servicer import CreditsServicer
 

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
-
 from credits_service.domain.errors import DomainError, StorageError
 from credits_service.service.ledger import Ledger
 from credits_service.transport import mapping

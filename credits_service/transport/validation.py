@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from credits.v1 import credits_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from credits.v1 import credits_pb2 as pb
 from credits_service.domain.model import (
     AMOUNT_MAX,
     AMOUNT_MIN,

@@ -8,8 +8,8 @@ import asyncio
 import itertools
 
 import grpc
-from credits.v1 import credits_pb2 as pb
 
+from credits.v1 import credits_pb2 as pb
 from tests.grpc_errors import unpack
 
 counter = itertools.count()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from credits.v1 import credits_pb2 as pb
 from google.protobuf.duration_pb2 import Duration
 
+from credits.v1 import credits_pb2 as pb
 from tests.conftest import SWEEP_INTERVAL_S
 from tests.grpc_errors import expect_error
 

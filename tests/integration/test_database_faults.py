@@ -1,0 +1,156 @@
+"""Database failures never become business answers (F10): real Postgres errors, raised by a
+trigger on the ledger inside the service's own transaction, reach callers as retriable codes,
+serialization failures are retried as a whole transaction, and nothing half-written remains.
+Also: calls abandoned by their deadline apply fully or not at all (F9)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from credits.v1 import credits_pb2 as pb
+from credits_service.app import Application
+from tests.grpc_errors import expect_error
+
+FAULT_TRIGGER = """
+CREATE TABLE IF NOT EXISTS test_fault (sqlstate text NOT NULL, times bigint NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS test_fault_calls;
+CREATE OR REPLACE FUNCTION test_raise_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE fault record;
+BEGIN
+    -- nextval() is not rolled back with the failing transaction: it counts every attempt.
+    SELECT sqlstate, times INTO fault FROM test_fault;
+    IF fault IS NOT NULL AND nextval('test_fault_calls') <= fault.times THEN
+        RAISE EXCEPTION 'injected fault %', fault.sqlstate USING ERRCODE = fault.sqlstate;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER test_fault BEFORE INSERT ON ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION test_raise_fault();
+"""
+
+
+@pytest.fixture
+async def inject(db) -> AsyncIterator[object]:
+    """inject(sqlstate, times): the next `times` ledger inserts fail with that SQLSTATE."""
+    await db.execute(FAULT_TRIGGER)
+
+    async def arm(sqlstate: str, times: int) -> None:
+        await db.execute("DELETE FROM test_fault")
+        await db.execute("ALTER SEQUENCE test_fault_calls RESTART")
+        await db.execute("INSERT INTO test_fault VALUES ($1, $2)", sqlstate, times)
+
+    try:
+        yield arm
+    finally:
+        await db.execute("DROP TRIGGER test_fault ON ledger_entries")
+        await db.execute("DROP TABLE test_fault")
+        await db.execute("DROP SEQUENCE test_fault_calls")
+
+
+def _grant(key: str, amount: int = 10) -> pb.GrantRequest:
+    return pb.GrantRequest(account_id="faulty", amount=amount, type=pb.GRANT_TYPE_PURCHASE,
+                           idempotency_key=key)
+
+
+async def _rows(db) -> tuple[int, int, int]:
+    return (
+        await db.fetchval("SELECT count(*) FROM ledger_entries"),
+        await db.fetchval("SELECT count(*) FROM idempotency_keys"),
+        await db.fetchval("SELECT coalesce(sum(balance), 0) FROM accounts"),
+    )
+
+
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01"])
+async def test_serialization_failures_and_deadlocks_are_retried_as_a_whole(
+    stub, db, inject, sqlstate
+):
+    await inject(sqlstate, 2)
+    response = await stub.Grant(_grant("retried"))
+    assert response.balance.balance == 10
+    assert await _rows(db) == (1, 1, 10)
+
+
+async def test_conflicts_past_the_retry_bound_are_aborted_and_write_nothing(
+    app: Application, stub, db, inject
+):
+    await inject("40001", app.settings.transaction_attempts_max)
+    failure = await expect_error(stub.Grant(_grant("aborted")))
+    assert (failure.code, failure.reason) == (grpc.StatusCode.ABORTED, "CONCURRENCY_CONFLICT")
+    assert await _rows(db) == (0, 0, 0)
+    # The same key, retried as callers are told to, applies once.
+    assert (await stub.Grant(_grant("aborted"))).balance.balance == 10
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "reason"),
+    [
+        ("57P01", "DATABASE_UNAVAILABLE"),  # admin_shutdown
+        ("08006", "DATABASE_UNAVAILABLE"),  # connection_failure
+        ("53300", "DATABASE_UNAVAILABLE"),  # too_many_connections
+        ("57014", "DATABASE_TIMEOUT"),  # query_canceled (statement_timeout)
+        ("55P03", "DATABASE_TIMEOUT"),  # lock_not_available (lock_timeout)
+    ],
+)
+async def test_database_outages_are_unavailable_never_a_business_answer(
+    stub, db, inject, sqlstate, reason
+):
+    await inject(sqlstate, 1)
+    failure = await expect_error(stub.Grant(_grant("outage")))
+    assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, reason)
+    assert await _rows(db) == (0, 0, 0)
+    assert (await stub.Grant(_grant("outage"))).balance.balance == 10
+
+
+async def test_an_unexpected_database_error_is_internal_without_details(stub, db, inject):
+    await inject("22012", 1)  # division_by_zero: a bug, not an outage
+    failure = await expect_error(stub.Grant(_grant("bug")))
+    assert (failure.code, failure.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
+    assert "injected" not in failure.message
+    assert await _rows(db) == (0, 0, 0)
+
+
+async def test_commit_failing_mid_transaction_leaves_the_hold_active(stub, db, inject):
+    """The USAGE insert fails after the account and hold rows were updated: all of it rolls
+    back, the hold stays ACTIVE and can be committed afterwards."""
+    await stub.Grant(_grant("g", 100))
+    hold = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
+        account_id="faulty", amount=40, idempotency_key="r"))
+    rid = hold.reservation.reservation_id
+    await inject("57P01", 1)
+    await expect_error(stub.Commit(pb.CommitRequest(reservation_id=rid)))
+    row = await db.fetchrow("SELECT balance, reserved FROM accounts")
+    assert tuple(row) == (100, 40)
+    committed = await stub.Commit(pb.CommitRequest(reservation_id=rid))
+    assert committed.balance.balance == 60
+
+
+async def test_calls_cut_off_by_their_deadline_apply_fully_or_not_at_all(stubs, db):
+    """F9: thousands of deadlines shorter than the work; each key replays to one outcome and
+    no session is left idle in a transaction (checked after every test)."""
+    rng = random.Random(7)
+    keys = [f"d{i}" for i in range(1000)]
+    in_flight = asyncio.Semaphore(200)  # below the server's max_concurrent_rpcs
+
+    async def hurried(i: int, key: str) -> None:
+        async with in_flight:
+            try:
+                await stubs[i % len(stubs)].Grant(_grant(key, 1),
+                                                  timeout=rng.uniform(0.0005, 0.02))
+            except grpc.aio.AioRpcError as error:
+                assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED, error
+
+    async def replay(i: int, key: str) -> pb.GrantResponse:
+        async with in_flight:
+            return await stubs[i % len(stubs)].Grant(_grant(key, 1))
+
+    await asyncio.gather(*(hurried(i, key) for i, key in enumerate(keys)))
+    replays = await asyncio.gather(*(replay(i, key) for i, key in enumerate(keys)))
+    entry_ids = {r.entry.entry_id for r in replays}
+    assert len(entry_ids) == len(keys)
+    assert await db.fetchval("SELECT count(*) FROM ledger_entries") == len(keys)
+    assert await db.fetchval("SELECT balance FROM accounts") == len(keys)
