@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from credits_service.domain.errors import StorageError
 from credits_service.service.ledger import Ledger
@@ -46,11 +47,23 @@ class Sweeper:
 
     async def sweep_once(self) -> int:
         """Expire due holds until none are left (bounded); returns how many."""
+        return await self._in_batches(self._ledger.expire_due_holds, self._batch_size)
+
+    async def purge_once(self) -> int:
+        """Delete idempotency keys older than the retention period; returns how many."""
+
+        async def purge(batch_size: int) -> int:
+            return await self._ledger.purge_idempotency_keys(self._retention_s, batch_size)
+
+        return await self._in_batches(purge, self._batch_size)
+
+    @staticmethod
+    async def _in_batches(step: Callable[[int], Awaitable[int]], batch_size: int) -> int:
         total = 0
         for _ in range(_BACKLOG_ROUNDS_MAX):
-            expired = await self._ledger.expire_due_holds(self._batch_size)
-            total += expired
-            if expired < self._batch_size:
+            done = await step(batch_size)
+            total += done
+            if done < batch_size:
                 break
         return total
 
@@ -63,9 +76,7 @@ class Sweeper:
                     _log.info("expired %d holds", expired)
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + self._purge_interval_s
-                    purged = await self._ledger.purge_idempotency_keys(
-                        self._retention_s, self._batch_size
-                    )
+                    purged = await self.purge_once()
                     if purged:
                         _log.info("purged %d idempotency keys", purged)
             except StorageError as exc:

@@ -19,7 +19,7 @@ async def test_keys_older_than_retention_are_purged_and_younger_ones_kept(
         retention_s + 1,
     )
 
-    purged = await app.ledger.purge_idempotency_keys(retention_s, batch_size=100)
+    purged = await app.sweeper.purge_once()
 
     assert purged == 1
     assert await db.fetchval("SELECT array_agg(idempotency_key) FROM idempotency_keys") == [
