@@ -46,7 +46,9 @@ def _plain(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, dict) or hasattr(value, "items"):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | frozenset | set):
+    if isinstance(value, frozenset | set):  # iteration order varies between processes
+        return sorted((_plain(v) for v in value), key=json.dumps)
+    if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
 

@@ -44,6 +44,7 @@ from credits_service.service.unit_of_work import UnitOfWork, UnitOfWorkFactory
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
+_ENTRY_ID_MAX = 2**63 - 1  # ledger entry ids are bigint
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +339,9 @@ def _decode_page_token(token: str, filters: str) -> int:
         padded = token + "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         after = data["after"]
-        if data["v"] != 1 or data["f"] != filters or not isinstance(after, int) or after < 1:
+        # type() is int: JSON true is a bool, and bool is an int in Python.
+        if (data["v"] != 1 or data["f"] != filters or type(after) is not int
+                or not 1 <= after <= _ENTRY_ID_MAX):
             raise ValueError(token)
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
         raise errors.InvalidPageToken() from exc

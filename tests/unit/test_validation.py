@@ -1,0 +1,260 @@
+"""Edge validation, page tokens and the idempotency codec, without a server or a database."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from credits.v1 import credits_pb2 as pb
+from credits_service.domain import errors
+from credits_service.domain.model import (
+    AMOUNT_MAX,
+    BalanceSnapshot,
+    EntryType,
+    GrantCommand,
+    GrantResult,
+    GrantType,
+    HistoryQuery,
+    LedgerEntry,
+    Reservation,
+    ReservationStatus,
+    ReserveCommand,
+    ReserveResult,
+)
+from credits_service.service import idempotency
+from credits_service.service.ledger import _decode_page_token, _encode_page_token, _filter_digest
+from credits_service.transport.validation import (
+    ID_PATTERN,
+    InvalidArgument,
+    RequestLimits,
+    Validator,
+)
+
+TTL_MAX_S = 86_400
+validator = Validator(RequestLimits(hold_ttl_max_ms=TTL_MAX_S * 1000, page_size_max=500))
+RESERVATION_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+
+def violations(call, request) -> dict[str, str]:
+    with pytest.raises(InvalidArgument) as raised:
+        call(request)
+    return {v.field: v.description for v in raised.value.violations}
+
+
+def grant(**fields) -> pb.GrantRequest:
+    base = dict(account_id="acct-1", amount=10, type=pb.GRANT_TYPE_PURCHASE,
+                idempotency_key="k-1")
+    return pb.GrantRequest(**{**base, **fields})
+
+
+def reserve(**fields) -> pb.CheckAndReserveRequest:
+    base = dict(account_id="acct-1", amount=10, idempotency_key="k-1")
+    return pb.CheckAndReserveRequest(**{**base, **fields})
+
+
+# --- field rules -------------------------------------------------------------------------
+
+
+def test_a_valid_grant_becomes_its_command_unchanged():
+    command = validator.grant(grant(reason="welcome", metadata={"plan": "pro"}))
+    assert command == GrantCommand(account_id="acct-1", amount=10,
+                                   grant_type=GrantType.PURCHASE, idempotency_key="k-1",
+                                   reason="welcome", metadata={"plan": "pro"})
+
+
+def test_every_violation_is_reported_at_once():
+    found = violations(validator.grant, pb.GrantRequest())
+    assert set(found) == {"account_id", "amount", "type", "idempotency_key"}
+
+
+@pytest.mark.parametrize("amount,ok", [(-1, False), (0, False), (1, True),
+                                       (AMOUNT_MAX, True), (AMOUNT_MAX + 1, False)])
+def test_amounts_are_bounded(amount, ok):
+    if ok:
+        assert validator.check_and_reserve(reserve(amount=amount)).amount == amount
+    else:
+        assert "amount" in violations(validator.check_and_reserve, reserve(amount=amount))
+
+
+@given(st.text(max_size=140))
+def test_an_identifier_is_accepted_exactly_when_it_matches_the_documented_alphabet(text):
+    expected_ok = 1 <= len(text) <= 128 and all(
+        c.isascii() and (c.isalnum() or c in "._:@-") for c in text
+    )
+    assert bool(ID_PATTERN.fullmatch(text)) == expected_ok
+    request = pb.GetBalanceRequest(account_id=text)
+    if expected_ok:
+        assert validator.account_id(request) == text
+    else:
+        assert "account_id" in violations(validator.account_id, request)
+
+
+@pytest.mark.parametrize("metadata,field", [
+    ({f"k{i}": "v" for i in range(17)}, "metadata"),
+    ({"bad key": "v"}, "metadata['bad key']"),
+    ({"k" * 65: "v"}, f"metadata[{'k' * 64!r}]"),
+    ({"k": "v" * 257}, "metadata['k']"),
+    ({"k": "a\x00b"}, "metadata['k']"),
+])
+def test_metadata_is_bounded(metadata, field):
+    assert field in violations(validator.grant, grant(metadata=metadata))
+
+
+def test_sixteen_metadata_pairs_of_the_maximum_size_are_fine():
+    metadata = {f"{i:02d}" + "k" * 62: "v" * 256 for i in range(16)}
+    assert validator.grant(grant(metadata=metadata)).metadata == metadata
+
+
+@pytest.mark.parametrize("reason", ["x" * 257, "tab\tis fine but bell \x07 is not"])
+def test_reasons_are_bounded_text(reason):
+    assert "reason" in violations(validator.grant, grant(reason=reason))
+
+
+@pytest.mark.parametrize("ttl,ok", [
+    (Duration(nanos=999_000_000), False),
+    (Duration(seconds=1), True),
+    (Duration(seconds=TTL_MAX_S), True),
+    (Duration(seconds=TTL_MAX_S, nanos=1_000_000), False),
+    (Duration(seconds=-5), False),
+])
+def test_ttl_is_bounded(ttl, ok):
+    request = reserve(ttl=ttl)
+    if ok:
+        assert validator.check_and_reserve(request).ttl_ms == ttl.ToMilliseconds()
+    else:
+        assert "ttl" in violations(validator.check_and_reserve, request)
+
+
+def test_no_ttl_means_the_server_default():
+    assert validator.check_and_reserve(reserve()).ttl_ms is None
+
+
+@pytest.mark.parametrize("value", ["", "not-a-uuid", RESERVATION_ID[:-1], RESERVATION_ID + "0",
+                                   "{" + RESERVATION_ID[1:-1] + "}"])
+def test_reservation_ids_must_be_uuids(value):
+    request = pb.ReleaseRequest(reservation_id=value)
+    assert "reservation_id" in violations(validator.release, request)
+
+
+def test_reservation_ids_are_normalised_to_lower_case():
+    request = pb.CommitRequest(reservation_id=RESERVATION_ID.upper())
+    assert validator.commit(request).reservation_id == RESERVATION_ID
+
+
+def test_commit_without_amount_means_the_held_amount_and_zero_is_invalid():
+    assert validator.commit(pb.CommitRequest(reservation_id=RESERVATION_ID)).amount is None
+    request = pb.CommitRequest(reservation_id=RESERVATION_ID, amount=0)
+    assert "amount" in violations(validator.commit, request)
+
+
+def test_history_rules():
+    found = violations(validator.history, pb.HistoryRequest(
+        account_id="acct-1", page_size=-1, page_token="t" * 513,
+        types=[pb.ENTRY_TYPE_UNSPECIFIED],
+        start_time=Timestamp(seconds=20), end_time=Timestamp(seconds=10),
+    ))
+    assert set(found) == {"page_size", "page_token", "types", "end_time"}
+
+
+def test_history_page_size_zero_means_the_default():
+    assert validator.history(pb.HistoryRequest(account_id="a")).page_size == 0
+
+
+# --- page tokens -------------------------------------------------------------------------
+
+FILTERS = _filter_digest(HistoryQuery(account_id="acct-1", page_size=0))
+
+
+@given(st.integers(min_value=1, max_value=2**63 - 1))
+def test_page_tokens_round_trip(entry_id):
+    assert _decode_page_token(_encode_page_token(entry_id, FILTERS), FILTERS) == entry_id
+
+
+def _token(payload: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("token", [
+    "%%%",
+    "bm90IGpzb24",
+    _token([1]),
+    _token({"v": 1, "after": 5}),
+    _token({"v": 2, "after": 5, "f": FILTERS}),
+    _token({"v": 1, "after": 0, "f": FILTERS}),
+    _token({"v": 1, "after": 2**63, "f": FILTERS}),
+    _token({"v": 1, "after": True, "f": FILTERS}),
+    _token({"v": 1, "after": 5.0, "f": FILTERS}),
+    _token({"v": 1, "after": "5", "f": FILTERS}),
+    _token({"v": 1, "after": 5, "f": "0" * 16}),
+])
+def test_tampered_page_tokens_are_rejected(token):
+    with pytest.raises(errors.InvalidPageToken):
+        _decode_page_token(token, FILTERS)
+
+
+def test_the_filter_digest_binds_every_filter():
+    base = HistoryQuery(account_id="acct-1", page_size=10)
+    new_year = datetime(2026, 1, 1, tzinfo=UTC)
+    others = [
+        HistoryQuery(account_id="acct-2", page_size=10),
+        HistoryQuery(account_id="acct-1", page_size=10, entry_types=frozenset({EntryType.USAGE})),
+        HistoryQuery(account_id="acct-1", page_size=10, start_time=new_year),
+        HistoryQuery(account_id="acct-1", page_size=10, end_time=new_year),
+    ]
+    assert len({_filter_digest(q) for q in [base, *others]}) == 5
+    # The page size is not a filter: a client may change it between pages.
+    assert _filter_digest(HistoryQuery(account_id="acct-1", page_size=99)) == _filter_digest(base)
+
+
+# --- idempotency codec -------------------------------------------------------------------
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+BALANCE = BalanceSnapshot(account_id="acct-1", balance=90, reserved=10,
+                          active_reservation_count=1, lifetime_granted=100, lifetime_used=10)
+
+
+def test_request_hash_ignores_metadata_order_and_tells_methods_and_fields_apart():
+    a = ReserveCommand(account_id="a", amount=1, idempotency_key="k", metadata={"x": "1", "y": "2"})
+    b = ReserveCommand(account_id="a", amount=1, idempotency_key="k", metadata={"y": "2", "x": "1"})
+    c = ReserveCommand(account_id="a", amount=2, idempotency_key="k", metadata={"x": "1", "y": "2"})
+    assert idempotency.request_hash("CheckAndReserve", a) == idempotency.request_hash(
+        "CheckAndReserve", b)
+    assert idempotency.request_hash("CheckAndReserve", a) != idempotency.request_hash(
+        "CheckAndReserve", c)
+    assert idempotency.request_hash("CheckAndReserve", a) != idempotency.request_hash("Grant", a)
+
+
+@pytest.mark.parametrize("outcome", [
+    GrantResult(
+        entry=LedgerEntry(entry_id=7, account_id="acct-1", entry_type=EntryType.GRANT,
+                          grant_type=GrantType.PROMO, amount=100, balance_after=100,
+                          reservation_id=None, reason="r", metadata={"m": "v"},
+                          actor="anonymous", create_time=NOW),
+        balance=BALANCE,
+    ),
+    ReserveResult(
+        reservation=Reservation(reservation_id=RESERVATION_ID, account_id="acct-1", amount=10,
+                                status=ReservationStatus.ACTIVE, committed_amount=None,
+                                create_time=NOW, expire_time=NOW, finish_time=None,
+                                metadata={}),
+        balance=BALANCE,
+    ),
+    errors.InsufficientCredits("acct-1", available=3, requested=10),
+    errors.AccountNotFound("acct-9"),
+])
+def test_stored_outcomes_decode_to_what_was_stored(outcome):
+    stored = json.loads(json.dumps(idempotency.encode(outcome)))  # as the JSONB column returns it
+    decoded = idempotency.decode(stored)
+    if isinstance(outcome, errors.DomainError):
+        assert type(decoded) is type(outcome)
+        assert (decoded.reason, decoded.message, decoded.metadata) == (
+            outcome.reason, outcome.message, outcome.metadata)
+    else:
+        assert decoded == outcome
