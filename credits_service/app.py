@@ -4,6 +4,7 @@ and shuts them down in order."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from credits_service.persistence.unit_of_work import SqlUnitOfWork
 from credits_service.service.ledger import Ledger, LedgerLimits
 from credits_service.service.sweeper import Sweeper
 from credits_service.settings import Settings
+from credits_service.transport.admission import CallGate
 from credits_service.transport.server import GrpcServer, start_grpc_server
 from credits_service.transport.servicer import CreditsServicer
 from credits_service.transport.validation import RequestLimits, Validator
@@ -23,15 +25,27 @@ from credits_service.transport.validation import RequestLimits, Validator
 _log = logging.getLogger(__name__)
 
 
-async def resolve_database(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
-    """The database URL to use, starting the embedded PostgreSQL when none is configured."""
+async def resolve_database(
+    settings: Settings, *, borrow_if_in_use: bool = False
+) -> tuple[str, EmbeddedPostgres | None]:
+    """The database URL to use, starting the embedded PostgreSQL when none is configured.
+    If another live process owns the embedded database, borrow it or raise DataDirInUse."""
     if settings.database_url:
         return settings.database_url, None
     data_dir = settings.resolved_data_dir / "pgdata"
     _log.info("no database URL set: starting embedded PostgreSQL, data in %s", data_dir)
-    embedded = await asyncio.to_thread(EmbeddedPostgres.start, data_dir)
-    await embedded.ensure_database()
-    _log.info("embedded PostgreSQL is up (socket in %s)", embedded.socket_dir)
+    embedded = await asyncio.to_thread(
+        functools.partial(EmbeddedPostgres.start, data_dir, borrow_if_in_use=borrow_if_in_use)
+    )
+    try:
+        await embedded.ensure_database()
+    except BaseException:
+        await asyncio.to_thread(embedded.stop)
+        raise
+    if embedded.owned:
+        _log.info("embedded PostgreSQL is up (socket in %s)", embedded.socket_dir)
+    else:
+        _log.info("embedded PostgreSQL is owned by a running server: using it as is")
     return embedded.url(), embedded
 
 
@@ -96,7 +110,8 @@ class Application:
                 page_size_max=settings.page_size_max,
             )
         )
-        grpc_server = await start_grpc_server(settings, CreditsServicer(ledger, validator))
+        servicer = CreditsServicer(ledger, validator, CallGate())
+        grpc_server = await start_grpc_server(settings, servicer)
         sweeper.start()
         _log.info("credits-service listening on %s (port %d)", settings.listen, grpc_server.port)
         return cls(settings, engine, ledger, sweeper, grpc_server, embedded)

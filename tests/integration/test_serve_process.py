@@ -1,0 +1,534 @@
+"""The real `credits-service` command, run as a subprocess the way an operator runs it: no
+database URL, so the embedded PostgreSQL lives in a --data-dir under tmp_path.
+
+Covers start-up (health SERVING, where the data lives), clean exit on SIGTERM/SIGINT with the
+embedded PostgreSQL stopped, data kept across restarts (also after a crash), graceful drain of
+in-flight calls, `migrate`, the documented flags, and failing fast on a port in use.
+
+Every process started here is killed, and every embedded cluster stopped, by the `launcher`
+fixture, whatever the test's outcome. (The autouse fixture of tests/integration/conftest.py also
+runs: it needs the shared in-process server and truncates the shared test database, not ours.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from credits.v1 import credits_pb2 as pb
+from credits.v1 import credits_pb2_grpc
+from credits_service.persistence.embedded import DATABASE_NAME, EmbeddedPostgres
+from credits_service.settings import ENV_PREFIX, Settings
+from credits_service.transport.server import SERVICE_NAME
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 20.0
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without CREDITS_* settings (a developer's CREDITS_DATABASE_URL
+    must not turn these tests away from the embedded path), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def processes_using(path: Path) -> list[str]:
+    """Live processes whose command line names `path` (or something inside it)."""
+    pattern = re.compile(re.escape(str(path)) + r"(?=$|[\s/])")
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
+                continue
+            cmdline = " ".join(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if pattern.search(cmdline):
+            found.append(f"pid {proc.pid}: {cmdline}")
+    return found
+
+
+async def assert_nothing_running_in(data_dir: Path, timeout_s: float = 5.0) -> None:
+    """No process (the service, postgres or its children) is left using `data_dir`."""
+    deadline = time.monotonic() + timeout_s
+    while (left := processes_using(data_dir)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert not left, f"processes still running in {data_dir}:\n" + "\n".join(left)
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists(), "postmaster.pid left behind"
+
+
+@dataclass
+class ServeProcess:
+    popen: subprocess.Popen[bytes]
+    data_dir: Path
+    port: int
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def describe(self) -> str:
+        return f"exit code {self.popen.poll()}; output of {self.popen.args}:\n{self.log()}"
+
+    async def wait_serving(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Health Check SERVING, for the server and for the credits service."""
+        deadline = time.monotonic() + timeout_s
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self.popen.poll() is not None:
+                    pytest.fail(f"serve exited before it was SERVING; {self.describe()}")
+                try:
+                    statuses = [
+                        (await health.Check(health_pb2.HealthCheckRequest(service=name),
+                                            timeout=1.0)).status
+                        for name in ("", SERVICE_NAME)
+                    ]
+                    if statuses == [SERVING, SERVING]:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"not SERVING within {timeout_s}s; {self.describe()}")
+                await asyncio.sleep(0.1)
+
+    async def wait_exit(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while (code := self.popen.poll()) is None:
+            if time.monotonic() > deadline:
+                pytest.fail(f"serve did not exit within {timeout_s}s; {self.describe()}")
+            await asyncio.sleep(0.05)
+        return code
+
+    async def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+        self.popen.send_signal(signum)
+        return await self.wait_exit(timeout_s)
+
+
+class Launcher:
+    """Starts `credits-service` subprocesses and cleans up after them."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.data_dirs: set[Path] = set()
+        self._logs = 0
+
+    def data_dir(self, name: str = "data") -> Path:
+        path = self.tmp_path / name
+        self.data_dirs.add(path)
+        return path
+
+    def serve(
+        self, data_dir: Path, *args: str, port: int | None = None, grace_s: float = 5.0
+    ) -> ServeProcess:
+        self.data_dirs.add(data_dir)
+        port = free_port() if port is None else port
+        self._logs += 1
+        log_path = self.tmp_path / f"serve-{self._logs}.log"
+        command = [
+            sys.executable, "-m", "credits_service", "serve",
+            "--data-dir", str(data_dir),
+            "--listen", f"127.0.0.1:{port}",
+            "--shutdown-grace-s", str(grace_s),
+            *args,
+        ]
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(command, cwd=REPO_ROOT, env=clean_env(),
+                                     stdin=subprocess.DEVNULL, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        self.processes.append(popen)
+        return ServeProcess(popen, data_dir, port, log_path)
+
+    async def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout_s: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """`credits-service ARGS...` to completion, without blocking the event loop."""
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "credits_service", *args],
+            cwd=REPO_ROOT, env=clean_env(**(env or {})), stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=timeout_s,
+        )
+
+    def cleanup(self) -> None:
+        for popen in self.processes:
+            if popen.poll() is None:
+                popen.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=10)
+        for data_dir in self.data_dirs:
+            pgdata = data_dir / "pgdata"
+            if (pgdata / "postmaster.pid").exists():
+                with contextlib.suppress(Exception):
+                    # Attaches to the cluster left running and stops it.
+                    EmbeddedPostgres.start(pgdata).stop()
+            # Last resort: whatever we started that still runs in the directory, by pid.
+            for proc in psutil.process_iter(["cmdline"]):
+                with contextlib.suppress(psutil.Error):
+                    if any(str(data_dir) in part for part in proc.info["cmdline"] or []):
+                        if proc.pid != os.getpid():
+                            proc.kill()
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    launcher = Launcher(tmp_path)
+    try:
+        yield launcher
+    finally:
+        launcher.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def credits_stub(address: str) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        yield credits_pb2_grpc.CreditsServiceStub(channel)
+
+
+def grant(account_id: str, amount: int, key: str) -> pb.GrantRequest:
+    return pb.GrantRequest(account_id=account_id, amount=amount, type=pb.GRANT_TYPE_PURCHASE,
+                           idempotency_key=key)
+
+
+# --- a: start, serve, stop -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_serve_starts_embedded_postgres_and_stops_cleanly_on_signal(
+    launcher: Launcher, signum: int
+) -> None:
+    grace_s = 5.0
+    data_dir = launcher.data_dir()
+    started = time.monotonic()
+    server = launcher.serve(data_dir, grace_s=grace_s)
+    await server.wait_serving()
+    assert time.monotonic() - started < STARTUP_TIMEOUT_S
+
+    log = server.log()
+    assert str(data_dir) in log, f"the log does not say where the data lives:\n{log}"
+    assert f"listening on {server.address}" in log, log
+
+    async with credits_stub(server.address) as stub:
+        response = await stub.Grant(grant("proc-a", 42, "proc-a-1"), timeout=10)
+        assert response.balance.balance == 42
+        balance = await stub.GetBalance(pb.GetBalanceRequest(account_id="proc-a"), timeout=10)
+        assert balance.balance.available == 42
+
+    signalled = time.monotonic()
+    code = await server.stop(signum, timeout_s=grace_s + 10)
+    took = time.monotonic() - signalled
+    assert code == 0, server.describe()
+    # Nothing was in flight: the exit must not need the whole grace period.
+    assert took < grace_s, f"exit took {took:.1f}s, grace is {grace_s}s; {server.describe()}"
+    assert "shut down cleanly" in server.log(), server.describe()
+    await assert_nothing_running_in(data_dir)
+
+
+# --- b: data survives restarts -------------------------------------------------------------
+
+
+async def test_restart_on_the_same_data_dir_keeps_the_data(launcher: Launcher) -> None:
+    data_dir = launcher.data_dir()
+    first = launcher.serve(data_dir)
+    await first.wait_serving()
+    async with credits_stub(first.address) as stub:
+        await stub.Grant(grant("keep", 1234, "keep-1"), timeout=10)
+        reserved = await stub.CheckAndReserve(
+            pb.CheckAndReserveRequest(account_id="keep", amount=34, idempotency_key="keep-r"),
+            timeout=10,
+        )
+    assert await first.stop() == 0, first.describe()
+    await assert_nothing_running_in(data_dir)
+
+    second = launcher.serve(data_dir)  # a new port too
+    await second.wait_serving()
+    async with credits_stub(second.address) as stub:
+        balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id="keep"),
+                                         timeout=10)).balance
+        assert (balance.balance, balance.reserved, balance.available) == (1234, 34, 1200)
+        # The idempotency keys survived too: a retry is answered, not applied twice.
+        again = await stub.Grant(grant("keep", 1234, "keep-1"), timeout=10)
+        assert again.balance.balance == 1234
+        retried = await stub.CheckAndReserve(
+            pb.CheckAndReserveRequest(account_id="keep", amount=34, idempotency_key="keep-r"),
+            timeout=10,
+        )
+        assert retried.reservation.reservation_id == reserved.reservation.reservation_id
+    assert await second.stop() == 0, second.describe()
+    await assert_nothing_running_in(data_dir)
+
+
+async def test_restart_after_a_crash_attaches_to_the_orphaned_postgres(
+    launcher: Launcher,
+) -> None:
+    """SIGKILL leaves the embedded PostgreSQL running; the next serve must use it (not fail on
+    the existing cluster), keep the data, and stop it on a clean exit."""
+    data_dir = launcher.data_dir()
+    first = launcher.serve(data_dir)
+    await first.wait_serving()
+    async with credits_stub(first.address) as stub:
+        await stub.Grant(grant("crash", 77, "crash-1"), timeout=10)
+    first.popen.kill()
+    assert await first.wait_exit(10) == -signal.SIGKILL
+    assert (data_dir / "pgdata" / "postmaster.pid").exists(), "expected an orphaned postgres"
+
+    second = launcher.serve(data_dir)
+    await second.wait_serving()
+    async with credits_stub(second.address) as stub:
+        balance = await stub.GetBalance(pb.GetBalanceRequest(account_id="crash"), timeout=10)
+        assert balance.balance.balance == 77
+    assert await second.stop() == 0, second.describe()
+    await assert_nothing_running_in(data_dir)
+
+
+# --- c: graceful drain ---------------------------------------------------------------------
+
+
+async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(launcher: Launcher) -> None:
+    grace_s = 4.0
+    workers = 48
+    accounts = [f"drain-{i}" for i in range(4)]
+    data_dir = launcher.data_dir()
+    server = launcher.serve(data_dir, "--pool-size", "8", grace_s=grace_s)
+    await server.wait_serving()
+
+    outcomes: list[tuple[grpc.StatusCode, str]] = []
+
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = credits_pb2_grpc.CreditsServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        for account in accounts:
+            await stub.Grant(grant(account, 10**9, f"{account}-grant"), timeout=10)
+
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+        assert (await asyncio.wait_for(watch.read(), 10)).status == SERVING
+
+        async def worker(index: int) -> None:
+            # Same few accounts on purpose: the holds queue on the account rows, so calls take
+            # a while and many are in flight when the signal arrives.
+            account = accounts[index % len(accounts)]
+            for n in range(1_000_000):
+                request = pb.CheckAndReserveRequest(
+                    account_id=account, amount=1, idempotency_key=f"w{index}-{n}"
+                )
+                try:
+                    await stub.CheckAndReserve(request, timeout=grace_s + 10)
+                    outcomes.append((grpc.StatusCode.OK, ""))
+                except grpc.aio.AioRpcError as exc:
+                    outcomes.append((exc.code(), exc.details() or ""))
+                    return  # refused: the server is going away
+
+        tasks = [asyncio.create_task(worker(i)) for i in range(workers)]
+        try:
+            deadline = time.monotonic() + 20
+            while sum(code == grpc.StatusCode.OK for code, _ in outcomes) < 200:
+                assert time.monotonic() < deadline, f"load did not get going: {outcomes[:5]}"
+                assert not all(task.done() for task in tasks), f"workers died: {outcomes[:5]}"
+                await asyncio.sleep(0.02)
+
+            server.popen.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+
+            # Health goes NOT_SERVING at once (or the stream is cut with UNAVAILABLE).
+            try:
+                update = await asyncio.wait_for(watch.read(), 5)
+                assert update is not grpc.aio.EOF and update.status == NOT_SERVING, update
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            watch.cancel()  # a Watch is an in-flight call too: do not make the drain wait on it
+
+            code = await server.wait_exit(grace_s + 10)
+            took = time.monotonic() - signalled
+            await asyncio.wait_for(asyncio.gather(*tasks), 15)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert code == 0, server.describe()
+    assert took < grace_s + 10
+    codes = {code for code, _ in outcomes}
+    bad = [(code, details) for code, details in outcomes
+           if code not in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)]
+    assert not bad, f"calls ended other than OK/UNAVAILABLE: {bad[:10]}; {server.describe()}"
+    assert grpc.StatusCode.UNAVAILABLE in codes, "no call was refused after SIGTERM"
+    assert "shut down cleanly" in server.log(), server.describe()
+    await assert_nothing_running_in(data_dir)
+
+    # Every OK hold was committed before the exit; an UNAVAILABLE one may or may not have been.
+    ok = sum(code == grpc.StatusCode.OK for code, _ in outcomes)
+    unavailable = len(outcomes) - ok
+    restarted = launcher.serve(data_dir)
+    await restarted.wait_serving()
+    async with credits_stub(restarted.address) as stub:
+        held = 0
+        for account in accounts:
+            balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id=account),
+                                             timeout=10)).balance
+            assert balance.reserved == balance.active_reservation_count
+            assert balance.available == balance.balance - balance.reserved
+            held += balance.active_reservation_count
+    assert ok <= held <= ok + unavailable, (ok, unavailable, held)
+    assert await restarted.stop() == 0, restarted.describe()
+
+
+# --- d: migrate and the documented flags ---------------------------------------------------
+
+
+async def test_migrate_applies_the_schema_and_stops_postgres(launcher: Launcher) -> None:
+    data_dir = launcher.data_dir()
+    result = await launcher.run("migrate", "--data-dir", str(data_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "database is at the latest migration" in result.stderr, result.stderr
+    assert str(data_dir) in result.stderr, result.stderr
+    await assert_nothing_running_in(data_dir)
+
+    # Again, with the data dir from the environment this time: nothing left to do, exit 0.
+    result = await launcher.run("migrate", env={"CREDITS_DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert str(data_dir) in result.stderr, result.stderr
+    await assert_nothing_running_in(data_dir)
+
+    embedded = await asyncio.to_thread(EmbeddedPostgres.start, data_dir / "pgdata")
+    try:
+        connection = await asyncpg.connect(host=str(embedded.socket_dir), user="postgres",
+                                           database=DATABASE_NAME)
+        try:
+            assert await connection.fetchval("SELECT count(*) FROM alembic_version") == 1
+            tables = {row["tablename"] for row in await connection.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        finally:
+            await connection.close()
+    finally:
+        await asyncio.to_thread(embedded.stop)
+    assert {"accounts", "ledger_entries", "reservations", "idempotency_keys"} <= tables
+
+
+def _option_blocks(help_text: str) -> dict[str, str]:
+    """argparse help: the text of each option entry, by each of its flags."""
+    blocks: dict[str, str] = {}
+    current: list[str] = []
+    entries: list[list[str]] = []
+    for line in help_text.splitlines():
+        if re.match(r"^  -", line):
+            current = [line]
+            entries.append(current)
+        elif current and line.startswith("   "):
+            current.append(line)
+        else:
+            current = []
+    for entry in entries:
+        text = " ".join(" ".join(entry).split())
+        for flag in re.findall(r"(?<![\w-])(--?[\w-]+)", entry[0]):
+            blocks.setdefault(flag, text)
+    return blocks
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+async def test_help_documents_every_flag_and_its_environment_variable(
+    launcher: Launcher, command: str
+) -> None:
+    result = await launcher.run(command, "--help", env={"COLUMNS": "100"})
+    assert result.returncode == 0, result.stderr
+    blocks = _option_blocks(result.stdout)
+    for name, env in [
+        ("--listen", "CREDITS_LISTEN"),
+        ("--database-url", "CREDITS_DATABASE_URL"),
+        ("--data-dir", "CREDITS_DATA_DIR"),
+        ("--hold-ttl-max-s", "CREDITS_HOLD_TTL_MAX_S"),
+        ("--shutdown-grace-s", "CREDITS_SHUTDOWN_GRACE_S"),
+    ]:
+        assert name in blocks, f"{name} missing from `{command} --help`:\n{result.stdout}"
+        assert f"env {env}" in blocks[name], f"{name} does not name {env}: {blocks[name]}"
+    missing = []
+    for field in dataclasses.fields(Settings):
+        flag = "--" + field.name.replace("_", "-")
+        env = ENV_PREFIX + field.name.upper()
+        if flag not in blocks or f"env {env}" not in blocks[flag]:
+            missing.append(f"{flag} / {env}")
+    assert not missing, f"undocumented in `{command} --help`: {missing}\n{result.stdout}"
+    assert "--no-migrate-on-start" in blocks and "--no-reflection" in blocks
+
+
+# --- e: port in use ------------------------------------------------------------------------
+
+
+async def test_port_in_use_fails_fast_with_a_clear_message(launcher: Launcher) -> None:
+    data_dir = launcher.data_dir()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        server = launcher.serve(data_dir, port=port)
+        started = time.monotonic()
+        code = await server.wait_exit(STARTUP_TIMEOUT_S)
+    assert code != 0, server.describe()
+    assert time.monotonic() - started < STARTUP_TIMEOUT_S
+    assert f"cannot listen on 127.0.0.1:{port}" in server.log(), server.describe()
+    await assert_nothing_running_in(data_dir)
+
+
+async def test_second_serve_on_a_busy_port_and_data_dir_leaves_the_first_alone(
+    launcher: Launcher,
+) -> None:
+    """Starting the service twice with the same settings (the defaults, say) must fail the
+    second start only, not take the database away from the one already serving."""
+    data_dir = launcher.data_dir()
+    first = launcher.serve(data_dir)
+    await first.wait_serving()
+    async with credits_stub(first.address) as stub:
+        await stub.Grant(grant("twice", 5, "twice-1"), timeout=10)
+
+        second = launcher.serve(data_dir, port=first.port)
+        assert await second.wait_exit(STARTUP_TIMEOUT_S) != 0, second.describe()
+        assert "is in use by another credits-service process" in second.log(), second.describe()
+
+        balance = await stub.GetBalance(pb.GetBalanceRequest(account_id="twice"), timeout=10)
+        assert balance.balance.balance == 5
+    assert await first.stop() == 0, first.describe()
+
+
+async def test_migrate_while_serving_leaves_the_server_working(launcher: Launcher) -> None:
+    data_dir = launcher.data_dir()
+    server = launcher.serve(data_dir)
+    await server.wait_serving()
+    result = await launcher.run("migrate", "--data-dir", str(data_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    async with credits_stub(server.address) as stub:
+        await stub.Grant(grant("live", 5, "live-1"), timeout=10)
+    assert await server.stop() == 0, server.describe()
