@@ -12,6 +12,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from credits_service.domain import errors
+from credits_service.transport.admission import ShuttingDown
 from credits_service.transport.validation import InvalidArgument
 
 ERROR_DOMAIN = "credits.v1"
@@ -30,6 +31,7 @@ STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
     errors.StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.StorageTimeout: grpc.StatusCode.UNAVAILABLE,
     errors.TransientConflict: grpc.StatusCode.ABORTED,
+    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
 }
 
 INTERNAL_REASON = "INTERNAL"

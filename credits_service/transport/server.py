@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -10,8 +12,11 @@ from grpc_reflection.v1alpha import reflection
 
 from credits.v1 import credits_pb2, credits_pb2_grpc
 from credits_service.settings import Settings
+from credits_service.transport.admission import CallGate
 from credits_service.transport.servicer import CreditsServicer
 
+_log = logging.getLogger(__name__)
+_QUIET_BEFORE_CLOSE_S = 0.2
 SERVICE_NAME = credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].full_name
 
 
@@ -19,12 +24,26 @@ SERVICE_NAME = credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].full_na
 class GrpcServer:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
+    gate: CallGate
     port: int
 
     async def stop(self, grace_s: float) -> None:
-        """Health NOT_SERVING at once, refuse new calls, give in-flight calls `grace_s`."""
+        """Health NOT_SERVING and new calls refused (UNAVAILABLE) at once; calls in progress
+        get up to `grace_s` to finish; then the transport closes, cancelling any left."""
+        started = time.monotonic()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_s)
+        self.gate.close()
+        if not await self.gate.wait_idle(grace_s):
+            _log.warning("%d calls still running after %.1fs: cancelling them",
+                         self.gate.active, grace_s)
+
+        def left_s() -> float:
+            return max(grace_s - (time.monotonic() - started), 0.0)
+
+        # Calls queued inside grpc when it shuts down are cancelled, not refused: keep
+        # refusing until callers have stopped sending (or the grace is spent).
+        await self.gate.wait_quiet(_QUIET_BEFORE_CLOSE_S, left_s())
+        await self.server.stop(left_s())
 
 
 async def start_grpc_server(settings: Settings, servicer: CreditsServicer) -> GrpcServer:
@@ -53,4 +72,4 @@ async def start_grpc_server(settings: Settings, servicer: CreditsServicer) -> Gr
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return GrpcServer(server=server, health=health_servicer, port=port)
+    return GrpcServer(server=server, health=health_servicer, gate=servicer.gate, port=port)

@@ -14,6 +14,7 @@ from credits.v1 import credits_pb2_grpc
 from credits_service.domain.errors import DomainError, StorageError
 from credits_service.service.ledger import Ledger
 from credits_service.transport import mapping
+from credits_service.transport.admission import CallGate, ShuttingDown
 from credits_service.transport.errors import to_status
 from credits_service.transport.validation import InvalidArgument, Validator
 
@@ -25,14 +26,20 @@ ANONYMOUS_PRINCIPAL = "anonymous"
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
-Handler = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]
+Handler = Callable[["CreditsServicer", Request, grpc.aio.ServicerContext], Awaitable[Response]]
 
 
 def rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
     """Turn known errors into their rich status; anything else is logged and INTERNAL."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
+    async def wrapper(
+        self: CreditsServicer, request: Request, context: grpc.aio.ServicerContext
+    ) -> Response:
+        try:
+            self.gate.enter()
+        except ShuttingDown as exc:
+            await context.abort_with_status(to_status(exc))
         try:
             return await handler(self, request, context)
         except (InvalidArgument, DomainError, StorageError) as exc:
@@ -42,15 +49,18 @@ def rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
         except Exception as exc:
             _log.exception("%s failed unexpectedly", handler.__name__)
             await context.abort_with_status(to_status(exc))
+        finally:
+            self.gate.leave()
         raise AssertionError("abort_with_status always raises")
 
     return wrapper
 
 
 class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
-    def __init__(self, ledger: Ledger, validator: Validator) -> None:
+    def __init__(self, ledger: Ledger, validator: Validator, gate: CallGate) -> None:
         self._ledger = ledger
         self._validate = validator
+        self.gate = gate
 
     @rpc
     async def Grant(self, request: pb.GrantRequest, context: Any) -> pb.GrantResponse:
