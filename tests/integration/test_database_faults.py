@@ -145,8 +145,18 @@ async def test_calls_cut_off_by_their_deadline_apply_fully_or_not_at_all(stubs, 
                 assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED, error
 
     async def replay(i: int, key: str) -> pb.GrantResponse:
+        # Right after a thousand client cancellations grpc itself sometimes answers CANCELLED
+        # to a new call before our handler is entered (seen on grpcio 1.85). Like any caller
+        # without a definite answer, retry with the same key: the replay must still be one
+        # outcome per key.
         async with in_flight:
-            return await stubs[i % len(stubs)].Grant(_grant(key, 1))
+            for _ in range(5):
+                try:
+                    return await stubs[i % len(stubs)].Grant(_grant(key, 1))
+                except grpc.aio.AioRpcError as error:
+                    if error.code() is not grpc.StatusCode.CANCELLED:
+                        raise
+            raise AssertionError(f"{key}: no definite answer after 5 tries")
 
     await asyncio.gather(*(hurried(i, key) for i, key in enumerate(keys)))
     replays = await asyncio.gather(*(replay(i, key) for i, key in enumerate(keys)))
