@@ -19,6 +19,9 @@ from credits_service.app import Application, migrate
 from credits_service.persistence.embedded import EmbeddedPostgres
 from credits_service.settings import Settings
 
+# Fixtures shared by test packages: `launcher` runs the real `credits-service` command.
+pytest_plugins = ["tests.serve_launcher"]
+
 TEST_DATABASE = "credits_test"
 SWEEP_INTERVAL_S = 0.2
 CHANNELS = 8
