@@ -1,0 +1,1 @@
+"""Fault-injection tests of ../shared/RELIABILITY.md: crashes, database outages, lost replies."""
