@@ -58,6 +58,10 @@ class Settings:
     connect_timeout_s: float = _setting(5.0, "longest wait to open a database connection")
     statement_timeout_ms: int = _setting(5000, "Postgres statement_timeout of our sessions")
     lock_timeout_ms: int = _setting(2000, "Postgres lock_timeout of our sessions")
+    command_timeout_s: float = _setting(
+        10.0, "longest wait for the database to answer one statement, timed by the service "
+        "(a stalled or unreachable database); keep it above statement_timeout_ms"
+    )
     idle_in_transaction_timeout_ms: int = _setting(
         10000, "Postgres idle_in_transaction_session_timeout of our sessions"
     )
@@ -81,6 +85,16 @@ class Settings:
             "max_concurrent_rpcs": 1 <= self.max_concurrent_rpcs <= 100_000,
             "max_message_bytes": 1024 <= self.max_message_bytes <= 4 * 1024 * 1024,
             "shutdown_grace_s": 0 <= self.shutdown_grace_s <= 600,
+            "hold_ttl_max_s": 1 <= self.hold_ttl_max_s <= 30 * 86400,
+            "idempotency_retention_s": 3600 <= self.idempotency_retention_s <= 365 * 86400,
+            "purge_interval_s": 0 < self.purge_interval_s <= 86400,
+            "pool_timeout_s": 0 < self.pool_timeout_s <= 600,
+            "connect_timeout_s": 0 < self.connect_timeout_s <= 600,
+            "statement_timeout_ms": 1 <= self.statement_timeout_ms <= 600_000,
+            "lock_timeout_ms": 1 <= self.lock_timeout_ms <= self.statement_timeout_ms,
+            "command_timeout_s": self.statement_timeout_ms / 1000 < self.command_timeout_s <= 600,
+            "idle_in_transaction_timeout_ms": 1 <= self.idle_in_transaction_timeout_ms
+            <= 3_600_000,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -41,6 +41,9 @@ def create_engine(settings: Settings, url: str) -> AsyncEngine:
         pool_timeout=settings.pool_timeout_s,
         connect_args={
             "timeout": settings.connect_timeout_s,
+            # Client-side bound on each statement (COMMIT included): a database that stops
+            # answering cannot hold a transaction, or its pool connection, for longer.
+            "command_timeout": settings.command_timeout_s,
             "server_settings": {
                 "application_name": "credits-service",
                 "statement_timeout": str(settings.statement_timeout_ms),
@@ -81,7 +84,7 @@ def translate(exc: BaseException) -> StorageError | None:
     if state is not None and state.startswith(_UNAVAILABLE_PREFIXES):
         return StorageUnavailable(f"database unavailable (SQLSTATE {state})")
     if isinstance(exc, sqlalchemy.exc.TimeoutError | asyncio.TimeoutError | TimeoutError):
-        return StorageTimeout("timed out waiting for a database connection")
+        return StorageTimeout("timed out waiting for the database")
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return StorageUnavailable("database connection lost")
     if isinstance(exc, OSError | ConnectionError | sqlalchemy.exc.InterfaceError):
