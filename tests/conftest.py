@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from hypothesis import HealthCheck, settings
 
 from credits.v1 import credits_pb2_grpc
 from credits_service.app import Application, migrate
@@ -112,6 +113,9 @@ async def db(db_pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         yield connection
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Keep the suite's Hypothesis runs short and deterministic unless told otherwise.
-    os.environ.setdefault("HYPOTHESIS_PROFILE", "ci")
+# Hypothesis: short and deterministic by default; HYPOTHESIS_PROFILE=soak for long runs.
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("soak", max_examples=3000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
