@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -16,8 +18,9 @@ from credits_service.persistence.migrations import upgrade_to_head
 from credits_service.persistence.unit_of_work import SqlUnitOfWork
 from credits_service.service.ledger import Ledger, LedgerLimits
 from credits_service.service.sweeper import Sweeper
-from credits_service.settings import Settings
+from credits_service.settings import Settings, parse_listen
 from credits_service.transport.admission import CallGate
+from credits_service.transport.auth import Gatekeeper, parse_token_lines
 from credits_service.transport.server import GrpcServer, start_grpc_server
 from credits_service.transport.servicer import CreditsServicer
 from credits_service.transport.validation import RequestLimits, Validator
@@ -56,7 +59,7 @@ async def migrate(database_url: str) -> None:
 
 def build_ledger(settings: Settings, engine: AsyncEngine) -> Ledger:
     return Ledger(
-        lambda: SqlUnitOfWork(engine),
+        lambda: SqlUnitOfWork(engine, settings.statement_timeout_ms),
         LedgerLimits(
             hold_ttl_default_ms=int(settings.hold_ttl_default_s * 1000),
             page_size_default=settings.page_size_default,
@@ -64,6 +67,44 @@ def build_ledger(settings: Settings, engine: AsyncEngine) -> Ledger:
             transaction_attempts_max=settings.transaction_attempts_max,
         ),
     )
+
+
+def build_gatekeeper(settings: Settings) -> Gatekeeper:
+    """Who may call, from the settings; raises ValueError on an unsafe or empty setup."""
+    if settings.auth_disabled:
+        host, _ = parse_listen(settings.listen)
+        if not _is_loopback(host):
+            raise ValueError(
+                f"auth_disabled is allowed only on a loopback address, not {settings.listen}: "
+                "configure tokens (see `credits-service token`)"
+            )
+        _log.warning("AUTHENTICATION IS DISABLED: every caller acts as an admin. Use this for "
+                     "local development only.")
+        return Gatekeeper({}, enabled=False, rate_limit_per_s=settings.rate_limit_per_s,
+                          rate_limit_burst=settings.rate_limit_burst)
+    text = settings.auth_tokens
+    if settings.auth_tokens_file:
+        text += "\n" + Path(settings.auth_tokens_file).read_text()
+    principals = parse_token_lines(text)
+    if not principals:
+        raise ValueError(
+            "authentication is on but no principal is configured: mint a token with "
+            "`credits-service token --name NAME --role admin` and put the printed line in "
+            "CREDITS_AUTH_TOKENS or --auth-tokens-file (or set CREDITS_AUTH_DISABLED=1 for "
+            "local development)"
+        )
+    _log.info("authentication on: %d principals configured", len(principals))
+    return Gatekeeper(principals, rate_limit_per_s=settings.rate_limit_per_s,
+                      rate_limit_burst=settings.rate_limit_burst)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -81,9 +122,10 @@ class Application:
 
     @classmethod
     async def start(cls, settings: Settings) -> Application:
+        gatekeeper = build_gatekeeper(settings)  # a bad setup fails before anything starts
         database_url, embedded = await resolve_database(settings)
         try:
-            return await cls._start_on(settings, database_url, embedded)
+            return await cls._start_on(settings, gatekeeper, database_url, embedded)
         except BaseException:
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
@@ -91,7 +133,11 @@ class Application:
 
     @classmethod
     async def _start_on(
-        cls, settings: Settings, database_url: str, embedded: EmbeddedPostgres | None
+        cls,
+        settings: Settings,
+        gatekeeper: Gatekeeper,
+        database_url: str,
+        embedded: EmbeddedPostgres | None,
     ) -> Application:
         if settings.migrate_on_start:
             await migrate(database_url)
@@ -110,7 +156,7 @@ class Application:
                 page_size_max=settings.page_size_max,
             )
         )
-        servicer = CreditsServicer(ledger, validator, CallGate())
+        servicer = CreditsServicer(ledger, validator, gatekeeper, CallGate())
         grpc_server = await start_grpc_server(settings, servicer)
         sweeper.start()
         _log.info("credits-service listening on %s (port %d)", settings.listen, grpc_server.port)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from credits_service.persistence.embedded import DataDirInUse
 from credits_service.settings import Settings
+from credits_service.transport.auth import NAME_PATTERN, Role, mint_token, token_digest
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,11 +25,18 @@ def _parser() -> argparse.ArgumentParser:
     Settings.add_arguments(serve)
     migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")
     Settings.add_arguments(migrate)
+    token = commands.add_parser(
+        "token", help="mint a bearer token for a principal and print the line to configure"
+    )
+    token.add_argument("--name", required=True, help="principal name, e.g. billing-api")
+    token.add_argument("--role", required=True, choices=[role.value for role in Role])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "token":
+        return _token(args.name, args.role)
     try:
         settings = Settings.load(args)
     except ValueError as exc:
@@ -44,9 +52,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
         return asyncio.run(_serve(settings))
+    except ValueError as exc:  # a setting that cannot work, found before starting anything
+        logging.getLogger(__name__).error("cannot start: %s", exc)
+        return 2
     except (DataDirInUse, OSError) as exc:
         logging.getLogger(__name__).error("cannot start: %s", exc)
         return 1
+
+
+def _token(name: str, role: str) -> int:
+    if not NAME_PATTERN.fullmatch(name):
+        print("credits-service: --name must be 1-64 characters from A-Z a-z 0-9 . _ @ -",
+              file=sys.stderr)
+        return 2
+    token = mint_token()
+    print(f"token (give it to the caller; it is shown once and stored nowhere):\n  {token}")
+    print("configuration line (append to CREDITS_AUTH_TOKENS, ';'-separated, or to the "
+          f"--auth-tokens-file):\n  {name} {role} {token_digest(token)}")
+    return 0
 
 
 async def _migrate(settings: Settings) -> int:

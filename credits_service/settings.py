@@ -72,6 +72,28 @@ class Settings:
     max_message_bytes: int = _setting(256 * 1024, "largest request or response message")
     shutdown_grace_s: float = _setting(10.0, "time in-flight calls get to finish on SIGTERM")
     reflection: bool = _setting(True, "serve gRPC server reflection (grpcurl, ghz)")
+    auth_disabled: bool = _setting(
+        True, "accept every call without a token, as an admin (development only: refused "
+        "unless --listen is a loopback address)"
+    )
+    auth_tokens: str = _setting(
+        "", "principals allowed in, as '<name> <role> <sha256 of token>' entries separated by "
+        "';' or newlines (see `credits-service token`)"
+    )
+    auth_tokens_file: str = _setting("", "file of principals, one entry per line, as above")
+    rate_limit_per_s: float = _setting(
+        5000.0, "calls per second each principal may make (token bucket); 0: no limit"
+    )
+    rate_limit_burst: int = _setting(10000, "calls a principal may make at once above its rate")
+    tls_cert_file: str = _setting("", "PEM server certificate (chain); enables TLS")
+    tls_key_file: str = _setting("", "PEM private key of the server certificate")
+    tls_client_ca_file: str = _setting(
+        "", "PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)"
+    )
+    keepalive_time_s: float = _setting(
+        60.0, "ping idle connections this often to find dead peers"
+    )
+    keepalive_timeout_s: float = _setting(20.0, "drop a connection whose ping goes unanswered")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def __post_init__(self) -> None:
@@ -95,6 +117,12 @@ class Settings:
             "command_timeout_s": self.statement_timeout_ms / 1000 < self.command_timeout_s <= 600,
             "idle_in_transaction_timeout_ms": 1 <= self.idle_in_transaction_timeout_ms
             <= 3_600_000,
+            "rate_limit_per_s": 0 <= self.rate_limit_per_s <= 1_000_000,
+            "rate_limit_burst": 1 <= self.rate_limit_burst <= 1_000_000,
+            "keepalive_time_s": 1 <= self.keepalive_time_s <= 86400,
+            "keepalive_timeout_s": 1 <= self.keepalive_timeout_s <= 3600,
+            "tls_cert_file": bool(self.tls_cert_file) == bool(self.tls_key_file),
+            "tls_client_ca_file": not self.tls_client_ca_file or bool(self.tls_cert_file),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -13,6 +13,7 @@ from grpc_status import rpc_status
 
 from credits_service.domain import errors
 from credits_service.transport.admission import ShuttingDown
+from credits_service.transport.auth import PermissionDenied, RateLimited, Unauthenticated
 from credits_service.transport.validation import InvalidArgument
 
 ERROR_DOMAIN = "credits.v1"
@@ -32,6 +33,9 @@ STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
     errors.StorageTimeout: grpc.StatusCode.UNAVAILABLE,
     errors.TransientConflict: grpc.StatusCode.ABORTED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 INTERNAL_REASON = "INTERNAL"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -46,6 +47,19 @@ class GrpcServer:
         await self.server.stop(left_s())
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the configured files (mutual TLS with a client CA), or None."""
+    if not settings.tls_cert_file:
+        return None
+    client_ca = Path(settings.tls_client_ca_file).read_bytes() if (
+        settings.tls_client_ca_file) else None
+    return grpc.ssl_server_credentials(
+        [(Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 async def start_grpc_server(settings: Settings, servicer: CreditsServicer) -> GrpcServer:
     server = grpc.aio.server(
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -54,6 +68,11 @@ async def start_grpc_server(settings: Settings, servicer: CreditsServicer) -> Gr
             ("grpc.max_send_message_length", settings.max_message_bytes),
             # A second server on a port in use must fail, not share the port silently.
             ("grpc.so_reuseport", 0),
+            # Ping idle connections and drop peers that do not answer.
+            ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
     credits_pb2_grpc.add_CreditsServiceServicer_to_server(servicer, server)
@@ -64,7 +83,11 @@ async def start_grpc_server(settings: Settings, servicer: CreditsServicer) -> Gr
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
     try:
-        port = server.add_insecure_port(settings.listen)
+        credentials = server_credentials(settings)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {settings.listen}: {exc}") from exc
     if port == 0:

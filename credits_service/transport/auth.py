@@ -1,0 +1,164 @@
+"""Who is calling and what they may do: bearer tokens per principal, two roles, and a token
+bucket per principal. Checked before validation and before any database work.
+
+Tokens are configured as lines `<name> <role> <sha256-hex of the token>`; the service never
+holds or logs a token itself, only its digest.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+TOKEN_BYTES = 32
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+_DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
+_BEARER = "bearer "
+_TOKEN_LENGTH_MAX = 512
+
+
+class Role(enum.Enum):
+    SERVICE = "service"
+    ADMIN = "admin"
+
+
+# The least role each RPC needs; an admin may do everything a service may.
+ADMIN_ONLY_METHODS = frozenset({"Grant"})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: Role
+
+    def may_call(self, method: str) -> bool:
+        return self.role is Role.ADMIN or method not in ADMIN_ONLY_METHODS
+
+
+# Every call acts as this principal when authentication is disabled (local development).
+ANONYMOUS = Principal("anonymous", Role.ADMIN)
+
+
+class Unauthenticated(Exception):
+    reason = "UNAUTHENTICATED"
+    metadata: Mapping[str, str] = {}
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class PermissionDenied(Exception):
+    reason = "PERMISSION_DENIED"
+
+    def __init__(self, principal: Principal, method: str) -> None:
+        super().__init__(f"{principal.role.value} principal {principal.name!r} may not call "
+                         f"{method}")
+        self.metadata = {"principal": principal.name, "role": principal.role.value,
+                         "method": method}
+
+
+class RateLimited(Exception):
+    reason = "RATE_LIMITED"
+
+    def __init__(self, principal: Principal, retry_after_s: float) -> None:
+        retry_after_ms = max(1, round(retry_after_s * 1000))
+        super().__init__(f"principal {principal.name!r} is over its rate limit; retry in "
+                         f"{retry_after_ms} ms")
+        self.metadata = {"principal": principal.name, "retryAfterMs": str(retry_after_ms)}
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def mint_token() -> str:
+    return "cst_" + secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def parse_token_lines(text: str) -> dict[str, Principal]:
+    """Principals by token digest from `name role sha256` lines (blank lines, `#` comments and
+    `;` separators allowed). Raises ValueError naming the bad line."""
+    principals: dict[str, Principal] = {}
+    names: set[str] = set()
+    for number, raw in enumerate(re.split(r"[\n;]", text), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 3:
+            raise ValueError(f"token entry {number}: expected '<name> <role> <sha256>'")
+        name, role, digest = parts
+        if not NAME_PATTERN.fullmatch(name):
+            raise ValueError(f"token entry {number}: bad principal name {name!r}")
+        if role not in {r.value for r in Role}:
+            raise ValueError(f"token entry {number}: role must be service or admin")
+        if not _DIGEST_PATTERN.fullmatch(digest):
+            raise ValueError(f"token entry {number}: the digest must be 64 lowercase hex "
+                             "characters (sha256 of the token)")
+        if name in names or digest in principals:
+            raise ValueError(f"token entry {number}: principal or digest listed twice")
+        names.add(name)
+        principals[digest] = Principal(name, Role(role))
+    return principals
+
+
+@dataclass
+class TokenBucket:
+    rate_per_s: float
+    burst: float
+    tokens: float
+    updated_s: float
+
+    def take(self, now_s: float) -> float:
+        """0 if a call may go now (and take a token), else seconds until one is available."""
+        self.tokens = min(self.burst, self.tokens + (now_s - self.updated_s) * self.rate_per_s)
+        self.updated_s = now_s
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate_per_s
+
+
+@dataclass
+class Gatekeeper:
+    """Authenticates a call's metadata, authorizes its method and applies the rate limit."""
+
+    principals: Mapping[str, Principal]  # by token digest
+    enabled: bool = True
+    rate_limit_per_s: float = 0.0  # 0: unlimited
+    rate_limit_burst: int = 1
+    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
+
+    def admit(self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal:
+        principal = self._authenticate(metadata) if self.enabled else ANONYMOUS
+        if not principal.may_call(method):
+            raise PermissionDenied(principal, method)
+        if self.rate_limit_per_s > 0:
+            now_s = time.monotonic()
+            bucket = self._buckets.get(principal.name)
+            if bucket is None:
+                bucket = self._buckets[principal.name] = TokenBucket(
+                    self.rate_limit_per_s, self.rate_limit_burst, self.rate_limit_burst, now_s)
+            wait_s = bucket.take(now_s)
+            if wait_s > 0:
+                raise RateLimited(principal, wait_s)
+        return principal
+
+    def _authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal:
+        values = [value for key, value in metadata or () if key == "authorization"]
+        if not values:
+            raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
+        value = values[0]
+        if isinstance(value, bytes) or len(values) > 1 or len(value) > _TOKEN_LENGTH_MAX:
+            raise Unauthenticated("malformed authorization metadata")
+        if not value[: len(_BEARER)].lower() == _BEARER:
+            raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
+        principal = self.principals.get(token_digest(value[len(_BEARER):].strip()))
+        if principal is None:
+            raise Unauthenticated("unknown or revoked token")
+        return principal
