@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
+from credits_service.domain.deadline import time_remaining_s
+from credits_service.domain.errors import StorageTimeout
 from credits_service.persistence.database import translate
 from credits_service.persistence.repositories import (
     AccountRepository,
@@ -27,8 +30,9 @@ class SqlUnitOfWork:
     reservations: ReservationRepository
     idempotency: IdempotencyRepository
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, statement_timeout_ms: int) -> None:
         self._engine = engine
+        self._statement_timeout_ms = statement_timeout_ms
         self._connection: AsyncConnection | None = None
         self._transaction: AsyncTransaction | None = None
 
@@ -36,6 +40,7 @@ class SqlUnitOfWork:
         try:
             self._connection = await self._engine.connect()
             self._transaction = await self._connection.begin()
+            await self._bound_by_call_deadline(self._connection)
         except BaseException as exc:
             await self._close()
             _reraise_translated(exc)
@@ -44,6 +49,19 @@ class SqlUnitOfWork:
         self.reservations = ReservationRepository(self._connection)
         self.idempotency = IdempotencyRepository(self._connection)
         return self
+
+    async def _bound_by_call_deadline(self, connection: AsyncConnection) -> None:
+        """A call with less time left than the statement timeout gets that much, no more: its
+        transaction cannot outlive the caller by longer than one statement's grace."""
+        remaining_s = time_remaining_s()
+        if remaining_s is None or remaining_s * 1000 >= self._statement_timeout_ms:
+            return
+        if remaining_s <= 0:
+            raise StorageTimeout("the call's deadline passed before its transaction began")
+        await connection.execute(
+            text("SELECT set_config('statement_timeout', :ms, true)"),
+            {"ms": str(max(1, int(remaining_s * 1000)))},
+        )
 
     async def commit(self) -> None:
         assert self._transaction is not None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -164,3 +165,34 @@ async def test_calls_cut_off_by_their_deadline_apply_fully_or_not_at_all(stubs, 
     assert len(entry_ids) == len(keys)
     assert await db.fetchval("SELECT count(*) FROM ledger_entries") == len(keys)
     assert await db.fetchval("SELECT balance FROM accounts") == len(keys)
+
+
+SLOW_LEDGER = """
+CREATE OR REPLACE FUNCTION test_slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(3); RETURN NEW; END $$;
+CREATE OR REPLACE TRIGGER test_slow BEFORE INSERT ON ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION test_slow_insert();
+"""
+BUSY_ON_LEDGER = """
+SELECT count(*) FROM pg_stat_activity
+ WHERE application_name = 'credits-service' AND state = 'active'
+   AND query ILIKE '%ledger_entries%'"""
+
+
+async def test_a_call_deadline_bounds_the_database_work_it_started(stub, db):
+    """F9/F11: work slower than the caller's deadline is cut at the deadline (the transaction's
+    statement timeout is lowered to the time left), not left running for the full statement
+    timeout; nothing is written."""
+    await db.execute(SLOW_LEDGER)
+    try:
+        started = time.monotonic()
+        error = await expect_error(stub.Grant(_grant("slow"), timeout=0.5))
+        assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        while await db.fetchval(BUSY_ON_LEDGER) and time.monotonic() - started < 5:
+            await asyncio.sleep(0.02)
+        busy_s = time.monotonic() - started
+    finally:
+        await db.execute("DROP TRIGGER test_slow ON ledger_entries")
+        await db.execute("DROP FUNCTION test_slow_insert()")
+    assert busy_s < 1.5, f"the service worked on the call for {busy_s:.2f}s after a 0.5s deadline"
+    assert await _rows(db) == (0, 0, 0)
