@@ -19,6 +19,7 @@ from credits_service.persistence.unit_of_work import SqlUnitOfWork
 from credits_service.service.ledger import Ledger, LedgerLimits
 from credits_service.service.sweeper import Sweeper
 from credits_service.settings import Settings, parse_listen
+from credits_service.telemetry import Metrics
 from credits_service.transport.admission import CallGate
 from credits_service.transport.auth import Gatekeeper, parse_token_lines
 from credits_service.transport.server import GrpcServer, start_grpc_server
@@ -57,15 +58,16 @@ async def migrate(database_url: str) -> None:
     await asyncio.to_thread(upgrade_to_head, database_url)
 
 
-def build_ledger(settings: Settings, engine: AsyncEngine) -> Ledger:
+def build_ledger(settings: Settings, engine: AsyncEngine, metrics: Metrics) -> Ledger:
     return Ledger(
-        lambda: SqlUnitOfWork(engine, settings.statement_timeout_ms),
+        lambda: SqlUnitOfWork(engine, settings.statement_timeout_ms, metrics.pool_waited),
         LedgerLimits(
             hold_ttl_default_ms=int(settings.hold_ttl_default_s * 1000),
             page_size_default=settings.page_size_default,
             page_size_max=settings.page_size_max,
             transaction_attempts_max=settings.transaction_attempts_max,
         ),
+        metrics,
     )
 
 
@@ -115,6 +117,8 @@ class Application:
     sweeper: Sweeper
     grpc_server: GrpcServer
     embedded: EmbeddedPostgres | None
+    metrics: Metrics
+    metrics_port: int | None
 
     @property
     def port(self) -> int:
@@ -142,7 +146,8 @@ class Application:
         if settings.migrate_on_start:
             await migrate(database_url)
         engine = create_engine(settings, database_url)
-        ledger = build_ledger(settings, engine)
+        metrics = Metrics()
+        ledger = build_ledger(settings, engine, metrics)
         sweeper = Sweeper(
             ledger,
             interval_s=settings.sweep_interval_s,
@@ -156,11 +161,21 @@ class Application:
                 page_size_max=settings.page_size_max,
             )
         )
-        servicer = CreditsServicer(ledger, validator, gatekeeper, CallGate())
-        grpc_server = await start_grpc_server(settings, servicer)
+        metrics.watch(engine.pool.checkedout, sweeper.seconds_since_sweep)  # type: ignore[attr-defined]
+        metrics_port = metrics.serve(settings.metrics_listen) if settings.metrics_listen else None
+        try:
+            servicer = CreditsServicer(ledger, validator, gatekeeper, CallGate(), metrics)
+            grpc_server = await start_grpc_server(settings, servicer)
+        except BaseException:
+            metrics.stop()
+            raise
         sweeper.start()
         _log.info("credits-service listening on %s (port %d)", settings.listen, grpc_server.port)
-        return cls(settings, engine, ledger, sweeper, grpc_server, embedded)
+        if metrics_port is not None:
+            _log.info("metrics on http://%s:%d/metrics",
+                      parse_listen(settings.metrics_listen)[0], metrics_port)
+        return cls(settings, engine, ledger, sweeper, grpc_server, embedded, metrics,
+                   metrics_port)
 
     async def stop(self) -> None:
         """Drain in order: health NOT_SERVING and refuse new calls, let in-flight calls finish
@@ -170,6 +185,7 @@ class Application:
         await self.grpc_server.stop(grace_s)
         await self.ledger.drain(grace_s)
         await self.sweeper.stop()
+        self.metrics.stop()
         await self.engine.dispose()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)

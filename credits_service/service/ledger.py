@@ -40,6 +40,7 @@ from credits_service.domain.model import (
     ReserveResult,
 )
 from credits_service.service import idempotency
+from credits_service.service.events import LedgerEvents, NoEvents
 from credits_service.service.unit_of_work import UnitOfWork, UnitOfWorkFactory
 
 _log = logging.getLogger(__name__)
@@ -59,9 +60,15 @@ class LedgerLimits:
 class Ledger:
     """Use cases of the credits ledger. Safe to share between concurrent calls."""
 
-    def __init__(self, uow_factory: UnitOfWorkFactory, limits: LedgerLimits) -> None:
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        limits: LedgerLimits,
+        events: LedgerEvents | None = None,
+    ) -> None:
         self._uow_factory = uow_factory
         self._limits = limits
+        self._events: LedgerEvents = events or NoEvents()
         self._in_flight: set[asyncio.Task[Any]] = set()
 
     # --- use cases -----------------------------------------------------------------------
@@ -88,6 +95,7 @@ class Ledger:
                 metadata=command.metadata,
                 actor=actor,
             )
+            uow.on_commit(lambda: self._events.granted(command.amount))
             return GrantResult(entry=entry, balance=balance)
 
         return await self._idempotent("Grant", command, command.idempotency_key, actor, effect)
@@ -112,6 +120,7 @@ class Ledger:
                 metadata=command.metadata,
                 actor=actor,
             )
+            uow.on_commit(self._events.reserved)
             return ReserveResult(reservation=reservation, balance=balance)
 
         return await self._idempotent(
@@ -133,6 +142,7 @@ class Ledger:
                     )
                 entry = await uow.ledger.usage_of(locked.reservation_id)
                 balance = await uow.accounts.get(locked.account_id)
+                uow.on_commit(lambda: self._events.replayed("Commit"))
                 return CommitResult(reservation=locked, entry=entry, balance=balance)
             if locked.status is ReservationStatus.RELEASED:
                 return errors.ReservationReleased(locked.reservation_id)
@@ -155,6 +165,7 @@ class Ledger:
                 metadata=command.metadata,
                 actor=actor,
             )
+            uow.on_commit(lambda: self._events.committed(amount))
             return CommitResult(reservation=committed, entry=entry, balance=balance)
 
         return await self._transaction(work)
@@ -172,12 +183,14 @@ class Ledger:
                 )
             if locked.status is ReservationStatus.RELEASED:
                 balance = await uow.accounts.get(locked.account_id)
+                uow.on_commit(lambda: self._events.replayed("Release"))
                 return ReleaseResult(reservation=locked, balance=balance)
             released = await uow.reservations.finish(
                 locked.reservation_id, ReservationStatus.RELEASED, release_reason=command.reason
             )
             assert released is not None, "the hold is locked by this transaction"
             balance = await uow.accounts.unhold(locked.account_id, locked.amount)
+            uow.on_commit(self._events.released)
             return ReleaseResult(reservation=released, balance=balance)
 
         return await self._transaction(work)
@@ -218,7 +231,10 @@ class Ledger:
         """Expire ACTIVE holds whose expire_time has passed; returns how many."""
 
         async def work(uow: UnitOfWork) -> int:
-            return await uow.reservations.expire_due(batch_size)
+            expired = await uow.reservations.expire_due(batch_size)
+            if expired:
+                uow.on_commit(lambda: self._events.expired(expired))
+            return expired
 
         return await self._transaction(work)
 
@@ -248,6 +264,7 @@ class Ledger:
             expired = await uow.reservations.finish(reservation_id, ReservationStatus.EXPIRED)
             assert expired is not None, "the hold is locked by this transaction"
             await uow.accounts.unhold(reservation.account_id, reservation.amount)
+            uow.on_commit(lambda: self._events.expired(1))
             return errors.ReservationExpired(reservation_id)
         if reservation.status is ReservationStatus.EXPIRED:
             return errors.ReservationExpired(reservation_id)
@@ -272,6 +289,7 @@ class Ledger:
                 if stored_digest != digest:
                     return errors.IdempotencyKeyReused(key)
                 assert response is not None, "a committed key always has its response"
+                uow.on_commit(lambda: self._events.replayed(method))
                 return idempotency.decode(response)
             outcome = await effect(uow)
             await uow.idempotency.complete(scope, key, idempotency.encode(outcome))
@@ -297,6 +315,7 @@ class Ledger:
             retry=retry_if_exception_type(errors.TransientConflict),
             stop=stop_after_attempt(self._limits.transaction_attempts_max),
             wait=wait_random_exponential(multiplier=0.005, max=0.1),
+            before_sleep=lambda _: self._events.transaction_retried(),
             reraise=True,
         )
         async for attempt in retrying:

@@ -35,6 +35,7 @@ class Sweeper:
         self._purge_interval_s = purge_interval_s
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._last_sweep_s = time.monotonic()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="credits-sweeper")
@@ -47,7 +48,13 @@ class Sweeper:
 
     async def sweep_once(self) -> int:
         """Expire due holds until none are left (bounded); returns how many."""
-        return await self._in_batches(self._ledger.expire_due_holds, self._batch_size)
+        expired = await self._in_batches(self._ledger.expire_due_holds, self._batch_size)
+        self._last_sweep_s = time.monotonic()
+        return expired
+
+    def seconds_since_sweep(self) -> float:
+        """How long ago the last sweep completed: about `interval_s` when all is well."""
+        return time.monotonic() - self._last_sweep_s
 
     async def purge_once(self) -> int:
         """Delete idempotency keys older than the retention period; returns how many."""

@@ -18,5 +18,8 @@ class UnitOfWork(Protocol):
 
     async def commit(self) -> None: ...
 
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once this transaction has committed (never if it does not)."""
+
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -14,6 +16,7 @@ from credits.v1 import credits_pb2_grpc
 from credits_service.domain.deadline import reset_call_deadline, set_call_deadline
 from credits_service.domain.errors import DomainError, StorageError
 from credits_service.service.ledger import Ledger
+from credits_service.telemetry import Metrics
 from credits_service.transport import mapping
 from credits_service.transport.admission import CallGate, ShuttingDown
 from credits_service.transport.auth import (
@@ -23,10 +26,11 @@ from credits_service.transport.auth import (
     RateLimited,
     Unauthenticated,
 )
-from credits_service.transport.errors import to_status
+from credits_service.transport.errors import status_code_of, to_status
 from credits_service.transport.validation import InvalidArgument, Validator
 
 _log = logging.getLogger(__name__)
+_rpc_log = logging.getLogger("credits_service.rpc")
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -39,31 +43,42 @@ _REFUSALS = (Unauthenticated, PermissionDenied, RateLimited, ShuttingDown)
 def rpc(handler: Handler[Request, Response]) -> ServedHandler[Request, Response]:
     """Admit the caller (token, role, rate, not draining) before anything else, then run the
     handler as that principal. Known errors become their rich status; anything else is logged
-    and INTERNAL."""
+    and INTERNAL. Every call is counted, timed and logged once."""
     method = handler.__name__
 
     @functools.wraps(handler)
     async def wrapper(
         self: CreditsServicer, request: Request, context: grpc.aio.ServicerContext
     ) -> Response:
+        started_s = time.perf_counter()
+        principal: Principal | None = None
+        code = grpc.StatusCode.CANCELLED  # unless the call ends another way
         try:
-            principal = self.gatekeeper.admit(method, context.invocation_metadata())
-            self.gate.enter()
-        except _REFUSALS as exc:
-            await context.abort_with_status(to_status(exc))
-        deadline_token = set_call_deadline(context.time_remaining())
-        try:
-            return await handler(self, request, principal)
-        except (InvalidArgument, DomainError, StorageError) as exc:
-            if isinstance(exc, StorageError):
-                _log.warning("%s failed: %s", method, exc)
-            await context.abort_with_status(to_status(exc))
-        except Exception as exc:
-            _log.exception("%s failed unexpectedly", method)
-            await context.abort_with_status(to_status(exc))
+            try:
+                principal = self.gatekeeper.admit(method, context.invocation_metadata())
+                self.gate.enter()
+            except _REFUSALS as exc:
+                code = status_code_of(exc)
+                await context.abort_with_status(to_status(exc))
+            deadline_token = set_call_deadline(context.time_remaining())
+            try:
+                response = await handler(self, request, principal)
+                code = grpc.StatusCode.OK
+                return response
+            except (InvalidArgument, DomainError, StorageError) as exc:
+                if isinstance(exc, StorageError):
+                    _log.warning("%s failed: %s", method, exc)
+                code = status_code_of(exc)
+                await context.abort_with_status(to_status(exc))
+            except Exception as exc:
+                _log.exception("%s failed unexpectedly", method)
+                code = status_code_of(exc)
+                await context.abort_with_status(to_status(exc))
+            finally:
+                reset_call_deadline(deadline_token)
+                self.gate.leave()
         finally:
-            reset_call_deadline(deadline_token)
-            self.gate.leave()
+            self.observe(method, request, principal, code, time.perf_counter() - started_s)
         raise AssertionError("abort_with_status always raises")
 
     return wrapper
@@ -74,12 +89,44 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
     recorded as the actor of the ledger entries the call writes."""
 
     def __init__(
-        self, ledger: Ledger, validator: Validator, gatekeeper: Gatekeeper, gate: CallGate
+        self,
+        ledger: Ledger,
+        validator: Validator,
+        gatekeeper: Gatekeeper,
+        gate: CallGate,
+        metrics: Metrics,
     ) -> None:
         self._ledger = ledger
         self._validate = validator
         self.gatekeeper = gatekeeper
         self.gate = gate
+        self._metrics = metrics
+
+    def observe(
+        self,
+        method: str,
+        request: object,
+        principal: Principal | None,
+        code: grpc.StatusCode,
+        duration_s: float,
+    ) -> None:
+        """Count, time and log one finished call (never its token; the key only hashed)."""
+        self._metrics.rpc_requests.labels(method, code.name).inc()
+        self._metrics.rpc_duration.labels(method).observe(duration_s)
+        if not _rpc_log.isEnabledFor(logging.INFO):
+            return
+        fields: dict[str, object] = {
+            "method": method,
+            "principal": principal.name if principal else None,
+            "code": code.name,
+            "duration_ms": round(duration_s * 1000, 3),
+        }
+        for name in ("account_id", "reservation_id"):
+            if value := getattr(request, name, ""):
+                fields[name] = value
+        if key := getattr(request, "idempotency_key", ""):
+            fields["idempotency_key_sha256"] = hashlib.sha256(key.encode()).hexdigest()[:16]
+        _rpc_log.info("%s %s %.1fms", method, code.name, duration_s * 1000, extra=fields)
 
     @rpc
     async def Grant(self, request: pb.GrantRequest, principal: Principal) -> pb.GrantResponse:

@@ -1,0 +1,129 @@
+"""What the service is doing, for operators: Prometheus metrics on their own HTTP port and
+structured (JSON) logs.
+
+Each Application has its own registry, so several can run in one process (the tests do).
+The service layer reports through the `LedgerEvents` protocol and never imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256,
+                      0.512, 1.024, 2.048, 5.0)
+
+
+class Metrics:
+    """The service's metrics; implements the service layer's LedgerEvents."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rpc_requests = Counter("credits_rpc_requests", "RPCs served, by method and status",
+                                    ["method", "code"], registry=r)
+        self.rpc_duration = Histogram("credits_rpc_duration_seconds", "RPC latency by method",
+                                      ["method"], buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.reservations = Counter("credits_reservations", "holds by what happened to them",
+                                    ["event"], registry=r)
+        self.credits = Counter("credits_credits", "credits granted and consumed", ["kind"],
+                               registry=r)
+        self.replays = Counter("credits_idempotent_replays",
+                               "calls answered from a stored idempotent response", ["method"],
+                               registry=r)
+        self.retries = Counter("credits_transaction_retries",
+                               "transactions retried after a serialization failure or deadlock",
+                               registry=r)
+        self.pool_wait = Histogram("credits_db_pool_wait_seconds",
+                                   "time to get a database connection from the pool",
+                                   buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.pool_in_use = Gauge("credits_db_pool_connections_in_use",
+                                 "database connections checked out of the pool", registry=r)
+        self.sweeper_lag = Gauge("credits_sweeper_lag_seconds",
+                                 "seconds since the hold sweeper last completed a sweep",
+                                 registry=r)
+        self._server: Any = None
+
+    # --- LedgerEvents ---------------------------------------------------------------------
+
+    def granted(self, amount: int) -> None:
+        self.credits.labels("granted").inc(amount)
+
+    def reserved(self) -> None:
+        self.reservations.labels("placed").inc()
+
+    def committed(self, amount: int) -> None:
+        self.reservations.labels("committed").inc()
+        self.credits.labels("consumed").inc(amount)
+
+    def released(self) -> None:
+        self.reservations.labels("released").inc()
+
+    def expired(self, holds: int) -> None:
+        self.reservations.labels("expired").inc(holds)
+
+    def replayed(self, method: str) -> None:
+        self.replays.labels(method).inc()
+
+    def transaction_retried(self) -> None:
+        self.retries.inc()
+
+    def pool_waited(self, seconds: float) -> None:
+        self.pool_wait.observe(seconds)
+
+    # --- wiring ---------------------------------------------------------------------------
+
+    def watch(self, pool_in_use: Callable[[], float], seconds_since_sweep: Callable[[], float],
+              ) -> None:
+        self.pool_in_use.set_function(pool_in_use)
+        self.sweeper_lag.set_function(seconds_since_sweep)
+
+    def serve(self, listen: str) -> int:
+        """Expose /metrics over HTTP on `listen` (host:port, port 0 for any); returns the port."""
+        host, _, port = listen.rpartition(":")
+        self._server, _ = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
+                                            registry=self.registry)
+        return int(self._server.server_port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any `extra` fields."""
+
+    _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in self._STANDARD:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

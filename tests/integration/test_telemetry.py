@@ -1,0 +1,108 @@
+"""Operators can see what the service does: Prometheus counters move with traffic, and each
+RPC is logged once, as JSON when asked, with the idempotency key hashed and no token."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+import urllib.request
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from credits.v1 import credits_pb2 as pb
+from credits.v1 import credits_pb2_grpc
+from credits_service.app import Application
+from credits_service.telemetry import JsonFormatter
+from credits_service.transport.auth import mint_token, token_digest
+from tests.conftest import SWEEP_INTERVAL_S
+from tests.grpc_errors import expect_error
+
+SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+
+
+def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    samples = {}
+    for line in body.decode().splitlines():
+        if match := SAMPLE.match(line):
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match["labels"] or ""))
+            samples[(match["name"], labels)] = float(match["value"])
+    return samples
+
+
+async def scrape(app: Application) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    assert app.metrics_port is not None
+    return await asyncio.to_thread(_scrape, app.metrics_port)
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_counters_move_with_traffic(app, stub):
+    before = await scrape(app)
+    grant = pb.GrantRequest(account_id="m", amount=100, type=pb.GRANT_TYPE_PURCHASE,
+                            idempotency_key="g")
+    await stub.Grant(grant)
+    await stub.Grant(grant)  # a replay
+    held = [await stub.CheckAndReserve(pb.CheckAndReserveRequest(
+        account_id="m", amount=10, idempotency_key=f"r{i}", ttl=Duration(seconds=1)))
+        for i in range(3)]
+    await stub.Commit(pb.CommitRequest(reservation_id=held[0].reservation.reservation_id,
+                                       amount=7))
+    await stub.Release(pb.ReleaseRequest(reservation_id=held[1].reservation.reservation_id))
+    await expect_error(stub.GetBalance(pb.GetBalanceRequest(account_id="nobody")))
+    await asyncio.sleep(1 + 3 * SWEEP_INTERVAL_S)  # the third hold expires
+    after = await scrape(app)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("credits_rpc_requests_total", method="Grant", code="OK") == 2
+    assert moved("credits_rpc_requests_total", method="GetBalance", code="NOT_FOUND") == 1
+    assert moved("credits_rpc_duration_seconds_count", method="CheckAndReserve") == 3
+    assert moved("credits_idempotent_replays_total", method="Grant") == 1
+    assert moved("credits_credits_total", kind="granted") == 100
+    assert moved("credits_credits_total", kind="consumed") == 7
+    for event, count in {"placed": 3, "committed": 1, "released": 1, "expired": 1}.items():
+        assert moved("credits_reservations_total", event=event) == count, event
+    assert moved("credits_db_pool_wait_seconds_count") >= 7
+    assert value(after, "credits_db_pool_connections_in_use") >= 0
+    assert 0 <= value(after, "credits_sweeper_lag_seconds") < 5
+
+
+async def test_each_rpc_is_logged_once_as_json_without_its_token_or_raw_key(
+        test_settings, caplog):
+    token = mint_token()
+    settings = test_settings.replace(auth_disabled=False,
+                                     auth_tokens=f"ops admin {token_digest(token)}")
+    app = await Application.start(settings)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger("credits_service.rpc").addHandler(handler)
+    caplog.set_level(logging.INFO, logger="credits_service.rpc")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = credits_pb2_grpc.CreditsServiceStub(channel)
+            await stub.Grant(pb.GrantRequest(account_id="logged", amount=5,
+                                             idempotency_key="secret-key",
+                                             type=pb.GRANT_TYPE_PROMO),
+                             metadata=(("authorization", f"Bearer {token}"),))
+            await expect_error(stub.GetBalance(pb.GetBalanceRequest(account_id="logged"),
+                                               metadata=(("authorization", "Bearer wrong"),)))
+    finally:
+        logging.getLogger("credits_service.rpc").removeHandler(handler)
+        await app.stop()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["method"], line["code"], line["principal"]) for line in lines] == [
+        ("Grant", "OK", "ops"), ("GetBalance", "UNAUTHENTICATED", None)]
+    assert lines[0]["account_id"] == "logged"
+    assert len(lines[0]["idempotency_key_sha256"]) == 16
+    assert lines[0]["duration_ms"] > 0 and lines[0]["level"] == "INFO"
+    everything = stream.getvalue() + caplog.text
+    assert token not in everything and "secret-key" not in everything
