@@ -63,7 +63,14 @@ def main(argv: list[str]) -> int:
     _ensure_venv()
     if command == "serve":
         _ensure_installed("")
-        os.execv(VENV / "bin" / "credits-service", ["credits-service", "serve", *rest])
+        env = dict(os.environ)
+        if not any(name.startswith("CREDITS_AUTH_") for name in env) and not any(
+                arg.startswith(("--auth", "--no-auth")) for arg in rest):
+            # The quick start: no tokens to set up. The server refuses this off loopback.
+            env["CREDITS_AUTH_DISABLED"] = "1"
+            print("dev.py: authentication disabled for local development "
+                  "(CREDITS_AUTH_DISABLED=1); see README 'Callers and tokens'", file=sys.stderr)
+        os.execve(VENV / "bin" / "credits-service", ["credits-service", "serve", *rest], env)
     _ensure_installed("dev")
     env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     os.chdir(ROOT)
