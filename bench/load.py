@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""Load driver: real gRPC calls against a real credits-service, from separate client processes.
+
+    .venv/bin/python bench/load.py                                   # every scenario, 10 s each
+    .venv/bin/python bench/load.py --scenarios health,reserve --in-flight 64 --duration-s 30
+    .venv/bin/python bench/load.py --target 127.0.0.1:50051 --token "$TOKEN"   # a running server
+
+Without --target it starts `credits-service serve` itself (embedded PostgreSQL in a temporary
+data directory, loopback, auth disabled) and reports that server's RSS before and after each
+scenario. Scenarios: health (the standard health Check: the floor every unary RPC sits on),
+reserve (CheckAndReserve), cycle (CheckAndReserve then Commit; counted in cycles), grant,
+history (a page of 50). Accounts: uniform over --accounts, one hot account, or Zipf-skewed.
+Prints a table and writes JSON (--out) with calls/s, p50/p90/p99 latency, errors by status code,
+server RSS, and each scenario's throughput relative to the health floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import itertools
+import json
+import multiprocessing
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("health", "reserve", "cycle", "grant", "history")
+DISTRIBUTIONS = ("uniform", "hot", "zipf")
+BALANCE_PER_ACCOUNT = 10**12
+
+
+@dataclass
+class Result:
+    scenario: str
+    distribution: str
+    in_flight: int
+    client_processes: int
+    duration_s: float
+    operations: int = 0
+    operations_per_s: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    server_rss_mb_before: float | None = None
+    server_rss_mb_after: float | None = None
+    ratio_to_floor: float | None = None
+
+
+# --- the client side (runs in worker processes) -------------------------------------------
+
+
+def _account_picker(distribution: str, accounts: int, seed: int):
+    rng = random.Random(seed)
+    if distribution == "hot":
+        return lambda: "bench-0"
+    if distribution == "uniform":
+        return lambda: f"bench-{rng.randrange(accounts)}"
+    weights = list(itertools.accumulate(1 / (rank + 1) ** 1.1 for rank in range(accounts)))
+    total = weights[-1]
+    return lambda: f"bench-{bisect.bisect_left(weights, rng.random() * total)}"
+
+
+async def _drive(target: str, token: str, scenario: str, distribution: str, accounts: int,
+                 in_flight: int, duration_s: float, seed: int) -> tuple[list[float], dict]:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from credits.v1 import credits_pb2 as pb
+    from credits.v1 import credits_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    pick = _account_picker(distribution, accounts, seed)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    prefix = uuid.uuid4().hex[:12]
+    counter = itertools.count()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = credits_pb2_grpc.CreditsServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def one() -> None:
+            if scenario == "health":
+                await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            elif scenario == "grant":
+                await stub.Grant(pb.GrantRequest(
+                    account_id=pick(), amount=1, type=pb.GRANT_TYPE_PROMO,
+                    idempotency_key=f"{prefix}-{next(counter)}"), metadata=metadata, timeout=10)
+            elif scenario == "history":
+                await stub.History(pb.HistoryRequest(account_id=pick(), page_size=50),
+                                   metadata=metadata, timeout=10)
+            else:
+                hold = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
+                    account_id=pick(), amount=1, idempotency_key=f"{prefix}-{next(counter)}"),
+                    metadata=metadata, timeout=10)
+                if scenario == "cycle":
+                    await stub.Commit(pb.CommitRequest(
+                        reservation_id=hold.reservation.reservation_id), metadata=metadata,
+                        timeout=10)
+
+        stop_at = time.perf_counter() + duration_s
+
+        async def loop() -> None:
+            while (started := time.perf_counter()) < stop_at:
+                try:
+                    await one()
+                    latencies.append(time.perf_counter() - started)
+                except grpc.aio.AioRpcError as error:
+                    errors[error.code().name] = errors.get(error.code().name, 0) + 1
+
+        await asyncio.gather(*(loop() for _ in range(in_flight)))
+    return latencies, errors
+
+
+def _worker(args: tuple) -> tuple[list[float], dict]:
+    return asyncio.run(_drive(*args))
+
+
+# --- the server side ----------------------------------------------------------------------
+
+
+class Server:
+    """`credits-service serve` on a free loopback port with its own embedded PostgreSQL."""
+
+    def __init__(self, extra_args: list[str]) -> None:
+        self.directory = tempfile.TemporaryDirectory(prefix="credits-bench-")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")}
+        env["CREDITS_AUTH_DISABLED"] = "1"
+        self.log = open(Path(self.directory.name) / "serve.log", "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "credits_service", "serve", "--data-dir",
+             str(Path(self.directory.name) / "data"), "--listen", f"127.0.0.1:{self.port}",
+             "--metrics-listen", "", "--log-level", "WARNING", *extra_args],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_serving(self, timeout_s: float = 60) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.target) as channel:
+            while True:
+                try:
+                    status = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=1).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"server did not start: see {self.log.name}")
+                time.sleep(0.2)
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        return psutil.Process(self.process.pid).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+        self.directory.cleanup()
+
+
+async def _fund(target: str, token: str, accounts: int) -> None:
+    import grpc
+
+    from credits.v1 import credits_pb2 as pb
+    from credits.v1 import credits_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    run = uuid.uuid4().hex[:8]
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = credits_pb2_grpc.CreditsServiceStub(channel)
+        queue = iter(range(accounts))
+
+        async def funder() -> None:
+            for index in queue:
+                await stub.Grant(pb.GrantRequest(
+                    account_id=f"bench-{index}", amount=BALANCE_PER_ACCOUNT,
+                    type=pb.GRANT_TYPE_ADMIN_GRANT, idempotency_key=f"fund-{run}-{index}"),
+                    metadata=metadata, timeout=30)
+
+        await asyncio.gather(*(funder() for _ in range(64)))
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
+
+
+def run(args: argparse.Namespace) -> list[Result]:
+    server = None if args.target else Server(args.server_arg)
+    target = args.target or server.target
+    results: list[Result] = []
+    try:
+        if server:
+            server.wait_serving()
+        print(f"funding {args.accounts} accounts ...", file=sys.stderr)
+        asyncio.run(_fund(target, args.token, args.accounts))
+        for scenario, distribution in itertools.product(args.scenarios, args.distributions):
+            if scenario == "health" and distribution != args.distributions[0]:
+                continue  # accounts do not matter to the floor
+            result = Result(scenario, distribution if scenario != "health" else "-",
+                            args.in_flight, args.client_processes, args.duration_s)
+            result.server_rss_mb_before = server.rss_mb() if server else None
+            per_process = max(1, args.in_flight // args.client_processes)
+            jobs = [(target, args.token, scenario, distribution, args.accounts, per_process,
+                     args.duration_s, seed) for seed in range(args.client_processes)]
+            with multiprocessing.get_context("spawn").Pool(args.client_processes) as pool:
+                outcomes = pool.map(_worker, jobs)
+            latencies = sorted(v for values, _ in outcomes for v in values)
+            for _, errors in outcomes:
+                for code, count in errors.items():
+                    result.errors[code] = result.errors.get(code, 0) + count
+            result.operations = len(latencies)
+            result.operations_per_s = round(len(latencies) / args.duration_s, 1)
+            result.latency_ms = {name: round(_percentile(latencies, q) * 1000, 3)
+                                 for name, q in (("p50", .5), ("p90", .9), ("p99", .99))}
+            result.server_rss_mb_after = server.rss_mb() if server else None
+            results.append(result)
+            print(_row(result), file=sys.stderr)
+    finally:
+        if server:
+            server.stop()
+    floor = next((r.operations_per_s for r in results if r.scenario == "health"), None)
+    for result in results:
+        if floor:
+            result.ratio_to_floor = round(result.operations_per_s / floor, 3)
+    return results
+
+
+def _row(r: Result) -> str:
+    rss = (f"{r.server_rss_mb_before:.0f}->{r.server_rss_mb_after:.0f} MB"
+           if r.server_rss_mb_before is not None else "-")
+    ratio = f"{r.ratio_to_floor:.2f}" if r.ratio_to_floor is not None else "-"
+    return (f"{r.scenario:8} {r.distribution:8} {r.operations_per_s:>10.1f}/s "
+            f"p50 {r.latency_ms.get('p50', 0):7.2f} p90 {r.latency_ms.get('p90', 0):7.2f} "
+            f"p99 {r.latency_ms.get('p99', 0):7.2f} ms  x floor {ratio:>5}  errors "
+            f"{r.errors or '{}'}  rss {rss}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        type=lambda v: [s for s in v.split(",") if s])
+    parser.add_argument("--distributions", default="uniform,hot,zipf",
+                        type=lambda v: [s for s in v.split(",") if s])
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--target", default="", help="host:port of a running server")
+    parser.add_argument("--token", default="", help="bearer token for --target")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra flag for the server this driver starts (repeatable)")
+    parser.add_argument("--out", default="", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    bad = [s for s in args.scenarios if s not in SCENARIOS] + [
+        d for d in args.distributions if d not in DISTRIBUTIONS]
+    if bad:
+        parser.error(f"unknown scenario or distribution: {bad}")
+    results = run(args)
+    print("\n".join(_row(r) for r in results))
+    if args.out:
+        Path(args.out).write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
