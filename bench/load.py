@@ -142,7 +142,8 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "credits_service", "serve", "--data-dir",
              str(Path(self.directory.name) / "data"), "--listen", f"127.0.0.1:{self.port}",
-             "--metrics-listen", "", "--log-level", "WARNING", *extra_args],
+             "--metrics-listen", "", "--log-level", "WARNING", "--rate-limit-per-s", "0",
+             *extra_args],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     @property

@@ -56,6 +56,7 @@ def test_settings(database_url: str) -> Settings:
         pool_size=10,
         shutdown_grace_s=5,
         metrics_listen="127.0.0.1:0",
+        auth_disabled=True,  # on loopback; tests/integration/test_auth.py turns it on
     )
 
 

@@ -51,6 +51,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     must not turn these tests away from the embedded path), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env["PYTHONUNBUFFERED"] = "1"
+    env[ENV_PREFIX + "AUTH_DISABLED"] = "1"  # these servers listen on loopback
     env.update(extra)
     return env
 
