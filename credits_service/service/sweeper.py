@@ -77,6 +77,7 @@ class Sweeper:
     async def _run(self) -> None:
         next_purge = time.monotonic()
         while not self._stopping.is_set():
+            started_s = time.monotonic()
             try:
                 expired = await self.sweep_once()
                 if expired:
@@ -90,5 +91,7 @@ class Sweeper:
                 _log.warning("sweep failed, will retry: %s", exc)
             except Exception:
                 _log.exception("sweep failed unexpectedly, will retry")
+            # Start to start: a hold due just after a sweep began waits one interval, at most.
+            pause_s = max(0.0, self._interval_s - (time.monotonic() - started_s))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+                await asyncio.wait_for(self._stopping.wait(), pause_s)
