@@ -73,7 +73,7 @@ class Settings:
     shutdown_grace_s: float = _setting(10.0, "time in-flight calls get to finish on SIGTERM")
     reflection: bool = _setting(True, "serve gRPC server reflection (grpcurl, ghz)")
     auth_disabled: bool = _setting(
-        True, "accept every call without a token, as an admin (development only: refused "
+        False, "accept every call without a token, as an admin (development only: refused "
         "unless --listen is a loopback address)"
     )
     auth_tokens: str = _setting(

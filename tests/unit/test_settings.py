@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -50,3 +51,17 @@ def test_serve_with_a_bad_setting_exits_2_before_starting_anything():
     )
     assert result.returncode == 2, result.stderr
     assert "pool_size" in result.stderr
+
+
+def test_serve_refuses_to_start_without_principals_unless_auth_is_disabled(tmp_path):
+    """Safe by default: no tokens configured and auth not disabled is a setup error, found
+    before the database is started."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "credits_service", "serve", "--data-dir", str(tmp_path / "data"),
+         "--listen", "127.0.0.1:0", "--metrics-listen", ""],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "no principal is configured" in result.stderr
+    assert not (tmp_path / "data").exists()
