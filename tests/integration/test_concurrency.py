@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 
 import grpc
+import pytest
 
 from credits.v1 import credits_pb2 as pb
 from tests.grpc_errors import unpack
@@ -179,3 +181,42 @@ async def test_commit_and_release_racing_on_each_hold_have_exactly_one_winner(st
     assert usage_entries == await db.fetchval(
         "SELECT count(*) FROM reservations WHERE status = 'COMMITTED'"
     )
+
+
+@pytest.mark.parametrize("calls", [600, pytest.param(6000, marks=pytest.mark.soak)])
+async def test_zipf_skewed_reserves_over_100_accounts_never_overdraw_any(stubs, db, calls):
+    """F1 across accounts: 100 accounts with small balances, calls Zipf-skewed over them (a few
+    hot, most cold) with random amounts: per account, accepted holds never exceed the balance
+    and a decline only happens when the amount really exceeds what was available."""
+    rng = random.Random(11)
+    accounts = [f"z{rank}" for rank in range(100)]
+    balances = {account: rng.randint(10, 60) for account in accounts}
+    for account, balance in balances.items():
+        await grant(stubs[0], account, balance)
+    weights = [1 / (rank + 1) ** 1.1 for rank in range(len(accounts))]
+    asks = [(rng.choices(accounts, weights)[0], rng.randint(1, 9)) for _ in range(calls)]
+    in_flight = asyncio.Semaphore(300)
+
+    async def reserve(i: int, account: str, amount: int) -> tuple[str, int, str, dict]:
+        async with in_flight:
+            try:
+                await stubs[i % len(stubs)].CheckAndReserve(pb.CheckAndReserveRequest(
+                    account_id=account, amount=amount, idempotency_key=f"z{i}"))
+                return account, amount, "OK", {}
+            except grpc.aio.AioRpcError as error:
+                failure = unpack(error)
+                return account, amount, failure.reason, failure.metadata
+
+    outcomes = await asyncio.gather(*(reserve(i, a, n) for i, (a, n) in enumerate(asks)))
+    accepted = dict.fromkeys(accounts, 0)
+    for account, amount, status, metadata in outcomes:
+        assert status in ("OK", "INSUFFICIENT_CREDITS"), status
+        if status == "OK":
+            accepted[account] += amount
+        else:
+            assert int(metadata["available"]) < amount
+    reserved = dict(await db.fetch("SELECT account_id, reserved FROM accounts"))
+    for account in accounts:
+        assert accepted[account] == reserved[account] <= balances[account], account
+    # The hottest account was asked for far more than it had: it must be nearly used up.
+    assert balances["z0"] - accepted["z0"] < 9
