@@ -10,6 +10,9 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import credits_service  # noqa: F401  (first: it turns off grpc's fork handlers, see there)
+
+# isort: split
 import asyncpg
 import grpc
 import pytest
