@@ -301,7 +301,9 @@ class Ledger:
         """Run `work` in one committed transaction and return its result, raising a domain
         decline only after committing (a decline may still have written, e.g. an expiry or an
         idempotency record). Once begun, the transaction runs to its end even if the caller is
-        cancelled: it is bounded by the statement and lock timeouts, not by the caller."""
+        cancelled, so it never stops half way on the client side: it is bounded instead by the
+        database timeouts, lowered to the caller's deadline when that is nearer (see
+        SqlUnitOfWork), and by the client-side command timeout."""
         task = asyncio.ensure_future(self._with_retries(work))
         self._in_flight.add(task)
         task.add_done_callback(_forget(self._in_flight))
