@@ -86,8 +86,11 @@ class Metrics:
     def serve(self, listen: str) -> int:
         """Expose /metrics over HTTP on `listen` (host:port, port 0 for any); returns the port."""
         host, _, port = listen.rpartition(":")
-        self._server, _ = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
-                                            registry=self.registry)
+        try:
+            self._server, _ = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
+                                                registry=self.registry)
+        except OSError as exc:
+            raise OSError(f"cannot serve metrics on {listen} (--metrics-listen): {exc}") from exc
         return int(self._server.server_port)
 
     def stop(self) -> None:
