@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -18,6 +19,8 @@ from credits_service.persistence.repositories import (
     LedgerRepository,
     ReservationRepository,
 )
+
+_log = logging.getLogger(__name__)
 
 
 class SqlUnitOfWork:
@@ -86,7 +89,10 @@ class SqlUnitOfWork:
             _reraise_translated(exc)
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
-            callback()
+            try:
+                callback()
+            except Exception:  # the transaction is committed: reporting must not undo that
+                _log.exception("after-commit callback failed")
 
     async def __aexit__(
         self,

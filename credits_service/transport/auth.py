@@ -49,9 +49,6 @@ class Unauthenticated(Exception):
     reason = "UNAUTHENTICATED"
     metadata: Mapping[str, str] = {}
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-
 
 class PermissionDenied(Exception):
     reason = "PERMISSION_DENIED"
