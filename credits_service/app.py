@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from credits_service.persistence.database import create_engine
 from credits_service.persistence.embedded import EmbeddedPostgres
 from credits_service.persistence.migrations import upgrade_to_head
-from credits_service.persistence.unit_of_work import SqlUnitOfWork
+from credits_service.persistence.unit_of_work import DatabaseClock, SqlUnitOfWork
 from credits_service.service.ledger import Ledger, LedgerLimits
 from credits_service.service.sweeper import Sweeper
 from credits_service.settings import Settings, parse_listen
@@ -58,11 +58,14 @@ async def migrate(database_url: str) -> None:
     await asyncio.to_thread(upgrade_to_head, database_url)
 
 
-def build_ledger(settings: Settings, engine: AsyncEngine, metrics: Metrics) -> Ledger:
+def build_ledger(
+    settings: Settings, engine: AsyncEngine, metrics: Metrics, clock: DatabaseClock
+) -> Ledger:
     return Ledger(
-        lambda: SqlUnitOfWork(engine, settings.statement_timeout_ms, metrics.pool_waited),
+        lambda: SqlUnitOfWork(engine, settings.statement_timeout_ms, metrics.pool_waited, clock),
         LedgerLimits(
             hold_ttl_default_ms=int(settings.hold_ttl_default_s * 1000),
+            hold_lifetime_max_ms=int(settings.hold_lifetime_max_s * 1000),
             page_size_default=settings.page_size_default,
             page_size_max=settings.page_size_max,
             transaction_attempts_max=settings.transaction_attempts_max,
@@ -119,6 +122,7 @@ class Application:
     embedded: EmbeddedPostgres | None
     metrics: Metrics
     metrics_port: int | None
+    clock: DatabaseClock
 
     @property
     def port(self) -> int:
@@ -147,7 +151,8 @@ class Application:
             await migrate(database_url)
         engine = create_engine(settings, database_url)
         metrics = Metrics()
-        ledger = build_ledger(settings, engine, metrics)
+        clock = DatabaseClock()
+        ledger = build_ledger(settings, engine, metrics, clock)
         sweeper = Sweeper(
             ledger,
             interval_s=settings.sweep_interval_s,
@@ -175,7 +180,7 @@ class Application:
             _log.info("metrics on http://%s:%d/metrics",
                       parse_listen(settings.metrics_listen)[0], metrics_port)
         return cls(settings, engine, ledger, sweeper, grpc_server, embedded, metrics,
-                   metrics_port)
+                   metrics_port, clock)
 
     async def stop(self) -> None:
         """Drain in order: health NOT_SERVING and refuse new calls, let in-flight calls finish

@@ -44,9 +44,16 @@ class Settings:
     )
     migrate_on_start: bool = _setting(True, "apply pending migrations when serve starts")
     hold_ttl_default_s: float = _setting(300.0, "TTL of a hold when the caller gives none")
-    hold_ttl_max_s: float = _setting(86400.0, "longest TTL a caller may ask for")
-    sweep_interval_s: float = _setting(1.0, "how often expired holds are swept")
-    sweep_batch_size: int = _setting(1000, "holds expired per sweeper transaction, at most")
+    hold_ttl_max_s: float = _setting(
+        86400.0, "longest TTL a caller may ask for, in CheckAndReserve or ExtendReservation"
+    )
+    hold_lifetime_max_s: float = _setting(
+        7 * 86400.0, "longest a hold can live from its creation, however often it is extended"
+    )
+    sweep_interval_s: float = _setting(1.0, "how often expired holds and lots are swept")
+    sweep_batch_size: int = _setting(
+        1000, "holds (or accounts with expired lots) handled per sweeper transaction, at most"
+    )
     idempotency_retention_s: float = _setting(
         86400.0, "how long idempotency keys are kept before they are purged"
     )
@@ -112,6 +119,8 @@ class Settings:
             "max_message_bytes": 1024 <= self.max_message_bytes <= 4 * 1024 * 1024,
             "shutdown_grace_s": 0 <= self.shutdown_grace_s <= 600,
             "hold_ttl_max_s": 1 <= self.hold_ttl_max_s <= 30 * 86400,
+            "hold_lifetime_max_s": self.hold_ttl_max_s <= self.hold_lifetime_max_s
+            <= 365 * 86400,
             "idempotency_retention_s": 3600 <= self.idempotency_retention_s <= 365 * 86400,
             "purge_interval_s": 0 < self.purge_interval_s <= 86400,
             "pool_timeout_s": 0 < self.pool_timeout_s <= 600,

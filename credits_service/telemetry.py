@@ -31,7 +31,7 @@ class Metrics:
                                       ["method"], buckets=_LATENCY_BUCKETS_S, registry=r)
         self.reservations = Counter("credits_reservations", "holds by what happened to them",
                                     ["event"], registry=r)
-        self.credits = Counter("credits_credits", "credits granted and consumed", ["kind"],
+        self.credits = Counter("credits_credits", "credits granted, consumed and expired", ["kind"],
                                registry=r)
         self.replays = Counter("credits_idempotent_replays",
                                "calls answered from a stored idempotent response", ["method"],
@@ -66,6 +66,9 @@ class Metrics:
 
     def expired(self, holds: int) -> None:
         self.reservations.labels("expired").inc(holds)
+
+    def written_off(self, credits: int) -> None:
+        self.credits.labels("expired").inc(credits)
 
     def replayed(self, method: str) -> None:
         self.replays.labels(method).inc()

@@ -29,6 +29,40 @@ INVARIANTS: dict[str, str] = {
                        FROM ledger_entries GROUP BY 1) l USING (account_id)
          WHERE a.lifetime_granted <> coalesce(l.granted, 0)
             OR a.lifetime_used <> coalesce(l.used, 0)""",
+    "lifetime_expired == the EXPIRY entries": """
+        SELECT a.account_id FROM accounts a
+          LEFT JOIN (SELECT account_id, -sum(amount) AS expired FROM ledger_entries
+                      WHERE entry_type = 'EXPIRY' GROUP BY 1) l USING (account_id)
+         WHERE a.lifetime_expired <> coalesce(l.expired, 0)""",
+    "balance == sum(lot remaining), reserved == sum(lot held)": """
+        SELECT a.account_id, a.balance, a.reserved, l.remaining, l.held FROM accounts a
+          LEFT JOIN (SELECT account_id, sum(remaining) AS remaining, sum(held) AS held
+                       FROM credit_lots GROUP BY 1) l USING (account_id)
+         WHERE a.balance <> coalesce(l.remaining, 0) OR a.reserved <> coalesce(l.held, 0)""",
+    "each lot's held == what active holds drew from it": """
+        SELECT l.lot_id, l.held, coalesce(d.held, 0) AS drawn FROM credit_lots l
+          LEFT JOIN (SELECT d.lot_id, sum(d.held) AS held FROM reservation_lots d
+                       JOIN reservations r USING (reservation_id)
+                      WHERE r.status = 'ACTIVE' GROUP BY 1) d USING (lot_id)
+         WHERE l.held <> coalesce(d.held, 0)""",
+    "each lot's amount - remaining == consumed + written off": """
+        SELECT l.lot_id FROM credit_lots l
+          LEFT JOIN (SELECT d.lot_id, sum(d.consumed) AS consumed FROM reservation_lots d
+                       JOIN reservations r USING (reservation_id)
+                      WHERE r.status = 'COMMITTED' GROUP BY 1) c USING (lot_id)
+          LEFT JOIN (SELECT lot_id, -sum(amount) AS gone FROM ledger_entries
+                      WHERE entry_type = 'EXPIRY' GROUP BY 1) x USING (lot_id)
+         WHERE l.amount - l.remaining <> coalesce(c.consumed, 0) + coalesce(x.gone, 0)""",
+    # Holds that finished before lots existed (migration 0002) have no draws.
+    "a hold drew its amount; a committed one consumed its committed amount": """
+        SELECT r.reservation_id FROM reservations r
+          LEFT JOIN reservation_lots d USING (reservation_id)
+         GROUP BY r.reservation_id, r.amount, r.status, r.committed_amount
+        HAVING ((count(d.lot_id) > 0 OR r.status = 'ACTIVE')
+                AND coalesce(sum(d.held), 0) <> r.amount)
+            OR (count(d.lot_id) > 0 AND r.status = 'COMMITTED'
+                AND coalesce(sum(d.consumed), 0) <> r.committed_amount)
+            OR (r.status <> 'COMMITTED' AND count(d.consumed) <> 0)""",
     "a committed hold has exactly one USAGE entry of its amount, others none": """
         SELECT r.reservation_id FROM reservations r
           LEFT JOIN ledger_entries e

@@ -79,6 +79,18 @@ class BalanceLimitExceeded(DomainError):
         )
 
 
+class ExpireTimePassed(DomainError):
+    """A grant whose expire_time is not after now (the service clock)."""
+
+    reason = "EXPIRE_TIME_PASSED"
+
+    def __init__(self, expire_time: str) -> None:
+        super().__init__(
+            f"expire_time {expire_time} is not in the future",
+            {"field": "expire_time", "expireTime": expire_time},
+        )
+
+
 class _ReservationStateError(DomainError):
     def __init__(self, reservation_id: str, what: str, extra: Mapping[str, str] | None = None):
         super().__init__(
@@ -141,6 +153,7 @@ REPLAYABLE_ERRORS: dict[str, type[DomainError]] = {
         AccountNotFound,
         InsufficientCredits,
         BalanceLimitExceeded,
+        ExpireTimePassed,
     )
 }
 

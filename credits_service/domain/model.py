@@ -15,6 +15,10 @@ AMOUNT_MIN = 1
 AMOUNT_MAX = 10**12
 # An account's balance never exceeds this; a grant that would pass it is declined.
 BALANCE_MAX = 10**15
+# Lots are spent lowest priority number first; a grant without one gets the default.
+PRIORITY_MIN = 0
+PRIORITY_MAX = 100
+PRIORITY_DEFAULT = 50
 
 
 class GrantType(enum.Enum):
@@ -30,6 +34,7 @@ class GrantType(enum.Enum):
 class EntryType(enum.Enum):
     GRANT = "GRANT"
     USAGE = "USAGE"
+    EXPIRY = "EXPIRY"
 
 
 class ReservationStatus(enum.Enum):
@@ -47,6 +52,7 @@ class BalanceSnapshot:
     active_reservation_count: int
     lifetime_granted: int
     lifetime_used: int
+    lifetime_expired: int = 0
 
     @property
     def available(self) -> int:
@@ -66,6 +72,38 @@ class LedgerEntry:
     metadata: Mapping[str, str]
     actor: str
     create_time: datetime
+    lot_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lot:
+    """The credits of one grant. `remaining` counts held credits too; `held` is what active
+    holds drew. Once `expired`, the lot keeps only held credits (remaining == held)."""
+
+    lot_id: int
+    account_id: str
+    source_type: GrantType | None  # None: the lot carrying a balance from before lots
+    priority: int
+    expire_time: datetime | None  # None: never expires
+    amount: int
+    remaining: int
+    held: int
+    expired: bool
+    grant_entry_id: int | None
+    create_time: datetime
+
+    @property
+    def free(self) -> int:
+        return self.remaining - self.held
+
+
+@dataclass(frozen=True, slots=True)
+class LotDraw:
+    """What one hold drew from one lot, and what its Commit consumed there."""
+
+    lot_id: int
+    held: int
+    consumed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +117,8 @@ class Reservation:
     expire_time: datetime
     finish_time: datetime | None
     metadata: Mapping[str, str]
+    draws: tuple[LotDraw, ...] = ()
+    release_reason: str = ""
 
 
 # Commands carry exactly what the caller sent (after validation); idempotency hashes them.
@@ -92,6 +132,10 @@ class GrantCommand:
     idempotency_key: str
     reason: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Fields added after keys were first stored: left out of the request hash while unset, so a
+    # retry of a request made before they existed still matches its stored key.
+    expire_time: datetime | None = field(default=None, metadata={"hash_omit_none": True})
+    priority: int | None = field(default=None, metadata={"hash_omit_none": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +161,26 @@ class ReleaseCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class ExtendCommand:
+    reservation_id: str
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceQuery:
+    account_id: str
+    expiring_within_ms: int | None = None  # None: no expiring amount asked for
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationsQuery:
+    account_id: str
+    page_size: int
+    page_token: str = ""
+    statuses: frozenset[ReservationStatus] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryQuery:
     account_id: str
     page_size: int
@@ -130,6 +194,7 @@ class HistoryQuery:
 class GrantResult:
     entry: LedgerEntry
     balance: BalanceSnapshot
+    lot: Lot | None = None  # None only in responses stored before lots existed
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,4 +219,18 @@ class ReleaseResult:
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
     entries: tuple[LedgerEntry, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceReport:
+    balance: BalanceSnapshot
+    lots: tuple[Lot, ...]
+    lots_truncated: bool
+    expiring_amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationPage:
+    reservations: tuple[Reservation, ...]
     next_page_token: str

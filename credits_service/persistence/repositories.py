@@ -6,6 +6,7 @@ Balance changes are conditional UPDATEs on the fixed account row (`WHERE balance
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -14,27 +15,39 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from credits_service.domain.lots import LotChange
 from credits_service.domain.model import (
     BalanceSnapshot,
     EntryType,
     GrantType,
     LedgerEntry,
+    Lot,
+    LotDraw,
     Reservation,
     ReservationStatus,
 )
 
 _ACCOUNT_COLUMNS = (
-    "account_id, balance, reserved, active_reservation_count, lifetime_granted, lifetime_used"
+    "account_id, balance, reserved, active_reservation_count, lifetime_granted, lifetime_used, "
+    "lifetime_expired"
 )
 _ENTRY_COLUMNS = (
     "entry_id, account_id, entry_type, grant_type, amount, balance_after, "
     "reservation_id::text AS reservation_id, reason, metadata::text AS metadata, actor, "
-    "create_time"
+    "create_time, lot_id"
 )
 _RESERVATION_COLUMNS = (
     "reservation_id::text AS reservation_id, account_id, amount, status, committed_amount, "
-    "create_time, expire_time, finish_time, metadata::text AS metadata"
+    "create_time, expire_time, finish_time, metadata::text AS metadata, release_reason"
 )
+_LOT_COLUMNS = (
+    "l.lot_id, l.account_id, l.source_type, l.priority, l.expire_time, l.amount, l.remaining, "
+    "l.held, l.expired_time IS NOT NULL AS expired, l.create_time, "
+    "(SELECT e.entry_id FROM ledger_entries e WHERE e.lot_id = l.lot_id "
+    "AND e.entry_type = 'GRANT') AS grant_entry_id"
+)
+# Consumption order (credits_service/domain/lots.py); expire_time ascending puts NULLs last.
+_CONSUMPTION_ORDER = "l.priority, l.expire_time, l.lot_id"
 
 
 def _json(metadata: Mapping[str, str]) -> str:
@@ -49,6 +62,7 @@ def _balance(row: Any) -> BalanceSnapshot:
         active_reservation_count=row.active_reservation_count,
         lifetime_granted=row.lifetime_granted,
         lifetime_used=row.lifetime_used,
+        lifetime_expired=row.lifetime_expired,
     )
 
 
@@ -65,10 +79,27 @@ def _entry(row: Any) -> LedgerEntry:
         metadata=json.loads(row.metadata),
         actor=row.actor,
         create_time=row.create_time,
+        lot_id=row.lot_id,
     )
 
 
-def _reservation(row: Any) -> Reservation:
+def _lot(row: Any) -> Lot:
+    return Lot(
+        lot_id=row.lot_id,
+        account_id=row.account_id,
+        source_type=GrantType(row.source_type) if row.source_type else None,
+        priority=row.priority,
+        expire_time=row.expire_time,
+        amount=row.amount,
+        remaining=row.remaining,
+        held=row.held,
+        expired=row.expired,
+        grant_entry_id=row.grant_entry_id,
+        create_time=row.create_time,
+    )
+
+
+def _reservation(row: Any, draws: tuple[LotDraw, ...] = ()) -> Reservation:
     return Reservation(
         reservation_id=row.reservation_id,
         account_id=row.account_id,
@@ -79,6 +110,8 @@ def _reservation(row: Any) -> Reservation:
         expire_time=row.expire_time,
         finish_time=row.finish_time,
         metadata=json.loads(row.metadata),
+        draws=draws,
+        release_reason=row.release_reason,
     )
 
 
@@ -96,6 +129,38 @@ class AccountRepository:
             account_id=account_id,
         )
 
+    async def lock(self, account_ids: Iterable[str]) -> dict[str, BalanceSnapshot]:
+        """Lock the accounts for this transaction (every change to an account's lots happens
+        under its lock), in one order (account_id) so that two transactions locking several
+        never deadlock on them."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY(:account_ids)
+                 ORDER BY account_id FOR UPDATE
+                """
+            ),
+            {"account_ids": sorted(set(account_ids))},
+        )
+        return {row.account_id: _balance(row) for row in rows}
+
+    async def write_off(self, account_id: str, amount: int) -> BalanceSnapshot:
+        """Take `amount` of expired credits off the balance."""
+        balance = await self._one(
+            f"""
+            UPDATE accounts
+               SET balance = balance - :amount,
+                   lifetime_expired = lifetime_expired + :amount,
+                   update_time = credits_now()
+             WHERE account_id = :account_id
+            RETURNING {_ACCOUNT_COLUMNS}
+            """,
+            account_id=account_id,
+            amount=amount,
+        )
+        assert balance is not None, "a lot's account always exists"
+        return balance
+
     async def credit(
         self, account_id: str, amount: int, balance_max: int
     ) -> BalanceSnapshot | None:
@@ -107,7 +172,7 @@ class AccountRepository:
             ON CONFLICT (account_id) DO UPDATE
                SET balance = a.balance + EXCLUDED.balance,
                    lifetime_granted = a.lifetime_granted + EXCLUDED.lifetime_granted,
-                   update_time = now()
+                   update_time = credits_now()
              WHERE a.balance + EXCLUDED.balance <= :balance_max
             RETURNING {_ACCOUNT_COLUMNS}
             """,
@@ -123,7 +188,7 @@ class AccountRepository:
             UPDATE accounts
                SET reserved = reserved + :amount,
                    active_reservation_count = active_reservation_count + 1,
-                   update_time = now()
+                   update_time = credits_now()
              WHERE account_id = :account_id AND balance - reserved >= :amount
             RETURNING {_ACCOUNT_COLUMNS}
             """,
@@ -140,7 +205,7 @@ class AccountRepository:
                    reserved = reserved - :held,
                    active_reservation_count = active_reservation_count - 1,
                    lifetime_used = lifetime_used + :amount,
-                   update_time = now()
+                   update_time = credits_now()
              WHERE account_id = :account_id AND balance - :amount >= reserved - :held
             RETURNING {_ACCOUNT_COLUMNS}
             """,
@@ -149,22 +214,30 @@ class AccountRepository:
             amount=amount,
         )
 
-    async def unhold(self, account_id: str, held: int) -> BalanceSnapshot:
-        """Give a hold of `held` back to available."""
-        balance = await self._one(
-            f"""
-            UPDATE accounts
-               SET reserved = reserved - :held,
-                   active_reservation_count = active_reservation_count - 1,
-                   update_time = now()
-             WHERE account_id = :account_id
-            RETURNING {_ACCOUNT_COLUMNS}
-            """,
-            account_id=account_id,
-            held=held,
+    async def unhold(self, holds: Mapping[str, tuple[int, int]]) -> dict[str, BalanceSnapshot]:
+        """Give holds back to available: per account, (credits held, number of holds)."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                UPDATE accounts a
+                   SET reserved = a.reserved - h.held,
+                       active_reservation_count = a.active_reservation_count - h.holds,
+                       update_time = credits_now()
+                  FROM unnest(CAST(:account_ids AS text[]), CAST(:held AS bigint[]),
+                              CAST(:holds AS bigint[])) AS h (account_id, held, holds)
+                 WHERE a.account_id = h.account_id
+                RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))}
+                """
+            ),
+            {
+                "account_ids": list(holds),
+                "held": [held for held, _ in holds.values()],
+                "holds": [count for _, count in holds.values()],
+            },
         )
-        assert balance is not None, "a hold's account always exists"
-        return balance
+        balances = {row.account_id: _balance(row) for row in rows}
+        assert len(balances) == len(holds), "a hold's account always exists"
+        return balances
 
 
 class LedgerRepository:
@@ -183,15 +256,17 @@ class LedgerRepository:
         reservation_id: str | None = None,
         reason: str = "",
         metadata: Mapping[str, str] | None = None,
+        lot_id: int | None = None,
     ) -> LedgerEntry:
         row = (
             await self._connection.execute(
                 text(
                     f"""
                     INSERT INTO ledger_entries (account_id, entry_type, grant_type, amount,
-                        balance_after, reservation_id, reason, metadata, actor)
+                        balance_after, reservation_id, reason, metadata, actor, lot_id)
                     VALUES (:account_id, :entry_type, :grant_type, :amount, :balance_after,
-                        CAST(:reservation_id AS uuid), :reason, CAST(:metadata AS jsonb), :actor)
+                        CAST(:reservation_id AS uuid), :reason, CAST(:metadata AS jsonb), :actor,
+                        :lot_id)
                     RETURNING {_ENTRY_COLUMNS}
                     """
                 ),
@@ -205,6 +280,7 @@ class LedgerRepository:
                     "reason": reason,
                     "metadata": _json(metadata or {}),
                     "actor": actor,
+                    "lot_id": lot_id,
                 },
             )
         ).one()
@@ -259,6 +335,180 @@ class LedgerRepository:
         return [_entry(row) for row in rows]
 
 
+class LotRepository:
+    """Credit lots. Every change to an account's lots runs under that account's row lock
+    (AccountRepository.lock), so reads made after taking it are current."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def now(self) -> datetime:
+        """The service clock (credits_now(): the database clock plus any test offset)."""
+        return (await self._connection.execute(text("SELECT credits_now() AS now"))).one().now
+
+    async def create(
+        self,
+        *,
+        account_id: str,
+        source_type: GrantType,
+        priority: int,
+        expire_time: datetime | None,
+        amount: int,
+    ) -> Lot:
+        row = (
+            await self._connection.execute(
+                text(
+                    f"""
+                    INSERT INTO credit_lots AS l (account_id, source_type, priority,
+                                                  expire_time, amount, remaining)
+                    VALUES (:account_id, :source_type, :priority, :expire_time, :amount, :amount)
+                    RETURNING {_LOT_COLUMNS}
+                    """
+                ),
+                {
+                    "account_id": account_id,
+                    "source_type": source_type.value,
+                    "priority": priority,
+                    "expire_time": expire_time,
+                    "amount": amount,
+                },
+            )
+        ).one()
+        return _lot(row)
+
+    async def expire_due(self, account_ids: Iterable[str]) -> list[tuple[str, int, int]]:
+        """Mark the (locked) accounts' lots past expire_time as expired, keeping only their held
+        credits; returns (account_id, lot_id, unheld credits to write off) in expiry order.
+        Compare-and-set on expired_time: a lot is written off once, whoever gets there first."""
+        rows = await self._connection.execute(
+            text(
+                """
+                UPDATE credit_lots l
+                   SET remaining = l.held, expired_time = credits_now()
+                  FROM (SELECT lot_id, remaining - held AS unheld FROM credit_lots
+                         WHERE account_id = ANY(:account_ids) AND expired_time IS NULL
+                           AND expire_time <= credits_now()) due
+                 WHERE l.lot_id = due.lot_id AND l.expired_time IS NULL
+                RETURNING l.account_id, l.lot_id, due.unheld, l.expire_time
+                """
+            ),
+            {"account_ids": sorted(set(account_ids))},
+        )
+        ordered = sorted(rows, key=lambda r: (r.account_id, r.expire_time, r.lot_id))
+        return [(row.account_id, row.lot_id, row.unheld) for row in ordered]
+
+    async def due_accounts(self, limit: int) -> list[str]:
+        """Accounts with lots past expire_time not yet written off, soonest first; accounts
+        locked by another transaction are left out (it writes their lots off itself)."""
+        rows = await self._connection.execute(
+            text(
+                """
+                SELECT a.account_id FROM accounts a
+                 WHERE a.account_id IN (
+                        SELECT account_id FROM credit_lots
+                         WHERE expired_time IS NULL AND expire_time <= credits_now()
+                         ORDER BY expire_time LIMIT :scan)
+                 ORDER BY a.account_id
+                 LIMIT :limit
+                   FOR UPDATE OF a SKIP LOCKED
+                """
+            ),
+            {"scan": limit * 4, "limit": limit},
+        )
+        return [row.account_id for row in rows]
+
+    async def free_in_order(self, account_id: str, amount: int) -> list[tuple[int, int]]:
+        """The account's unexpired lots with unheld credits, in consumption order, as
+        (lot_id, unheld credits): just as many as it takes to cover `amount`."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                SELECT lot_id, free FROM (
+                    SELECT l.lot_id, l.remaining - l.held AS free,
+                           sum(l.remaining - l.held) OVER (
+                               ORDER BY {_CONSUMPTION_ORDER} ROWS UNBOUNDED PRECEDING
+                           ) AS running
+                      FROM credit_lots l
+                     WHERE l.account_id = :account_id AND l.remaining > l.held
+                       AND l.expired_time IS NULL
+                       AND (l.expire_time IS NULL OR l.expire_time > credits_now())) s
+                 WHERE running - free < :amount
+                 ORDER BY running
+                """
+            ),
+            {"account_id": account_id, "amount": amount},
+        )
+        return [(row.lot_id, row.free) for row in rows]
+
+    async def apply(self, changes: Iterable[LotChange]) -> None:
+        """Move each lot's held and remaining credits by the given deltas."""
+        changes = [c for c in changes if c.held_delta or c.remaining_delta]
+        if not changes:
+            return
+        result = await self._connection.execute(
+            text(
+                """
+                UPDATE credit_lots l
+                   SET held = l.held + c.held_delta, remaining = l.remaining + c.remaining_delta
+                  FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:held AS bigint[]),
+                              CAST(:remaining AS bigint[]))
+                       AS c (lot_id, held_delta, remaining_delta)
+                 WHERE l.lot_id = c.lot_id
+                """
+            ),
+            {
+                "lot_ids": [c.lot_id for c in changes],
+                "held": [c.held_delta for c in changes],
+                "remaining": [c.remaining_delta for c in changes],
+            },
+        )
+        assert result.rowcount == len(changes), "every lot changed exists"
+
+    async def expired_among(self, lot_ids: Iterable[int]) -> set[int]:
+        """Which of these lots have expired."""
+        rows = await self._connection.execute(
+            text(
+                "SELECT lot_id FROM credit_lots WHERE lot_id = ANY(:lot_ids) "
+                "AND expired_time IS NOT NULL"
+            ),
+            {"lot_ids": sorted(set(lot_ids))},
+        )
+        return {row.lot_id for row in rows}
+
+    async def listing(
+        self, account_id: str, limit: int, expiring_within_ms: int | None
+    ) -> tuple[list[Lot], int]:
+        """The account's lots that still hold credits, in consumption order (at most `limit`),
+        and the unheld credits of unexpired lots expiring within the window from now."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                SELECT {_LOT_COLUMNS} FROM credit_lots l
+                 WHERE l.account_id = :account_id AND l.remaining > 0
+                 ORDER BY {_CONSUMPTION_ORDER} LIMIT :limit
+                """
+            ),
+            {"account_id": account_id, "limit": limit},
+        )
+        lots = [_lot(row) for row in rows]
+        if expiring_within_ms is None:
+            return lots, 0
+        row = (
+            await self._connection.execute(
+                text(
+                    """
+                    SELECT coalesce(sum(remaining - held), 0)::bigint AS expiring
+                      FROM credit_lots
+                     WHERE account_id = :account_id AND expired_time IS NULL
+                       AND expire_time <= credits_now() + :ms * interval '1 millisecond'
+                    """
+                ),
+                {"account_id": account_id, "ms": expiring_within_ms},
+            )
+        ).one()
+        return lots, int(row.expiring)
+
+
 class ReservationRepository:
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
@@ -272,17 +522,26 @@ class ReservationRepository:
         ttl_ms: int,
         metadata: Mapping[str, str],
         actor: str,
+        draws: list[tuple[int, int]],
     ) -> Reservation:
         row = (
             await self._connection.execute(
                 text(
                     f"""
-                    INSERT INTO reservations (reservation_id, account_id, amount, status,
-                        expire_time, metadata, actor)
-                    VALUES (CAST(:reservation_id AS uuid), :account_id, :amount, 'ACTIVE',
-                        now() + :ttl_ms * interval '1 millisecond', CAST(:metadata AS jsonb),
-                        :actor)
-                    RETURNING {_RESERVATION_COLUMNS}
+                    WITH hold AS (
+                        INSERT INTO reservations (reservation_id, account_id, amount, status,
+                            expire_time, metadata, actor)
+                        VALUES (CAST(:reservation_id AS uuid), :account_id, :amount, 'ACTIVE',
+                            credits_now() + :ttl_ms * interval '1 millisecond',
+                            CAST(:metadata AS jsonb), :actor)
+                        RETURNING {_RESERVATION_COLUMNS}
+                    ), drawn AS (
+                        INSERT INTO reservation_lots (reservation_id, lot_id, held)
+                        SELECT CAST(:reservation_id AS uuid), d.lot_id, d.held
+                          FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:held AS bigint[]))
+                               AS d (lot_id, held)
+                    )
+                    SELECT * FROM hold
                     """
                 ),
                 {
@@ -292,94 +551,186 @@ class ReservationRepository:
                     "ttl_ms": ttl_ms,
                     "metadata": _json(metadata),
                     "actor": actor,
+                    "lot_ids": [lot_id for lot_id, _ in draws],
+                    "held": [held for _, held in draws],
                 },
             )
         ).one()
-        return _reservation(row)
+        return _reservation(row, tuple(LotDraw(lot_id, held) for lot_id, held in draws))
 
     async def lock(self, reservation_id: str) -> tuple[Reservation, bool] | None:
-        """The hold, locked for this transaction, and whether its expire_time has passed."""
+        """The hold with its draws, locked for this transaction, and whether its expire_time
+        has passed."""
         row = (
             await self._connection.execute(
                 text(
-                    f"SELECT {_RESERVATION_COLUMNS}, expire_time <= now() AS is_due "
+                    f"SELECT {_RESERVATION_COLUMNS}, expire_time <= credits_now() AS is_due "
                     "FROM reservations WHERE reservation_id = CAST(:reservation_id AS uuid) "
                     "FOR UPDATE"
                 ),
                 {"reservation_id": reservation_id},
             )
         ).one_or_none()
-        return (_reservation(row), row.is_due) if row is not None else None
+        if row is None:
+            return None
+        draws = await self.draws_of([reservation_id])
+        return _reservation(row, draws.get(reservation_id, ())), row.is_due
+
+    async def draws_of(self, reservation_ids: list[str]) -> dict[str, tuple[LotDraw, ...]]:
+        """Each hold's draws, in the consumption order of their lots."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                SELECT d.reservation_id::text AS reservation_id, d.lot_id, d.held, d.consumed
+                  FROM reservation_lots d JOIN credit_lots l USING (lot_id)
+                 WHERE d.reservation_id = ANY(CAST(:ids AS uuid[]))
+                 ORDER BY d.reservation_id, {_CONSUMPTION_ORDER}
+                """
+            ),
+            {"ids": reservation_ids},
+        )
+        draws: dict[str, list[LotDraw]] = {}
+        for row in rows:
+            draws.setdefault(row.reservation_id, []).append(
+                LotDraw(row.lot_id, row.held, row.consumed)
+            )
+        return {key: tuple(value) for key, value in draws.items()}
+
+    async def record_consumption(
+        self, reservation_id: str, draws: tuple[LotDraw, ...], consumed: Mapping[int, int]
+    ) -> tuple[LotDraw, ...]:
+        """Write what Commit consumed from each lot (lots it took beyond the hold are added with
+        nothing held); returns the hold's draws."""
+        held = {draw.lot_id: draw.held for draw in draws}
+        await self._connection.execute(
+            text(
+                """
+                INSERT INTO reservation_lots AS d (reservation_id, lot_id, held, consumed)
+                SELECT CAST(:reservation_id AS uuid), c.lot_id, c.held, c.consumed
+                  FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:held AS bigint[]),
+                              CAST(:consumed AS bigint[])) AS c (lot_id, held, consumed)
+                ON CONFLICT (reservation_id, lot_id) DO UPDATE SET consumed = EXCLUDED.consumed
+                """
+            ),
+            {
+                "reservation_id": reservation_id,
+                "lot_ids": list(consumed),
+                "held": [held.get(lot_id, 0) for lot_id in consumed],
+                "consumed": list(consumed.values()),
+            },
+        )
+        return (await self.draws_of([reservation_id])).get(reservation_id, ())
 
     async def finish(
         self,
-        reservation_id: str,
+        reservation_ids: list[str],
         status: ReservationStatus,
         *,
         committed_amount: int | None = None,
         release_reason: str = "",
-    ) -> Reservation | None:
-        """Compare-and-set ACTIVE -> `status`; None if the hold was no longer ACTIVE."""
+    ) -> dict[str, Reservation]:
+        """Compare-and-set ACTIVE -> `status`; holds no longer ACTIVE are left out."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                UPDATE reservations
+                   SET status = :status, committed_amount = :committed_amount,
+                       release_reason = :release_reason, finish_time = credits_now()
+                 WHERE reservation_id = ANY(CAST(:ids AS uuid[])) AND status = 'ACTIVE'
+                RETURNING {_RESERVATION_COLUMNS}
+                """
+            ),
+            {
+                "ids": reservation_ids,
+                "status": status.value,
+                "committed_amount": committed_amount,
+                "release_reason": release_reason,
+            },
+        )
+        return {row.reservation_id: _reservation(row) for row in rows}
+
+    async def extend(self, reservation_id: str, ttl_ms: int, lifetime_max_ms: int) -> Reservation:
+        """Move an ACTIVE (locked) hold's expire_time to now + ttl, never earlier than it was and
+        never past create_time + lifetime_max."""
         row = (
             await self._connection.execute(
                 text(
                     f"""
                     UPDATE reservations
-                       SET status = :status, committed_amount = :committed_amount,
-                           release_reason = :release_reason, finish_time = now()
+                       SET expire_time = greatest(expire_time, least(
+                               credits_now() + :ttl_ms * interval '1 millisecond',
+                               create_time + :lifetime_ms * interval '1 millisecond'))
                      WHERE reservation_id = CAST(:reservation_id AS uuid) AND status = 'ACTIVE'
                     RETURNING {_RESERVATION_COLUMNS}
                     """
                 ),
-                {
-                    "reservation_id": reservation_id,
-                    "status": status.value,
-                    "committed_amount": committed_amount,
-                    "release_reason": release_reason,
-                },
-            )
-        ).one_or_none()
-        return _reservation(row) if row is not None else None
-
-    async def expire_due(self, batch_size: int) -> int:
-        """Expire up to `batch_size` ACTIVE holds past expire_time (database clock) and give
-        their credits back; returns how many. Holds locked by a Commit or Release in flight are
-        skipped, not waited for: that transaction decides them, and the next sweep sees them."""
-        row = (
-            await self._connection.execute(
-                text(
-                    """
-                    WITH due AS (
-                        SELECT reservation_id FROM reservations
-                         WHERE status = 'ACTIVE' AND expire_time <= now()
-                         ORDER BY expire_time
-                         LIMIT :batch_size
-                         FOR UPDATE SKIP LOCKED
-                    ), expired AS (
-                        UPDATE reservations r
-                           SET status = 'EXPIRED', finish_time = now()
-                          FROM due
-                         WHERE r.reservation_id = due.reservation_id AND r.status = 'ACTIVE'
-                        RETURNING r.account_id, r.amount
-                    ), per_account AS (
-                        SELECT account_id, sum(amount) AS amount, count(*) AS holds
-                          FROM expired GROUP BY account_id
-                    ), updated AS (
-                        UPDATE accounts a
-                           SET reserved = a.reserved - p.amount,
-                               active_reservation_count = a.active_reservation_count - p.holds,
-                               update_time = now()
-                          FROM per_account p
-                         WHERE a.account_id = p.account_id
-                        RETURNING p.holds
-                    )
-                    SELECT coalesce(sum(holds), 0)::bigint AS expired FROM updated
-                    """
-                ),
-                {"batch_size": batch_size},
+                {"reservation_id": reservation_id, "ttl_ms": ttl_ms,
+                 "lifetime_ms": lifetime_max_ms},
             )
         ).one()
-        return int(row.expired)
+        return _reservation(row)
+
+    async def lock_due(self, batch_size: int) -> list[Reservation]:
+        """Up to `batch_size` ACTIVE holds past expire_time, locked. Holds locked by a Commit or
+        Release in flight are skipped, not waited for: that transaction decides them, and the
+        next sweep sees them."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                SELECT {_RESERVATION_COLUMNS} FROM reservations
+                 WHERE status = 'ACTIVE' AND expire_time <= credits_now()
+                 ORDER BY expire_time
+                 LIMIT :batch_size
+                   FOR UPDATE SKIP LOCKED
+                """
+            ),
+            {"batch_size": batch_size},
+        )
+        holds = [_reservation(row) for row in rows]
+        if not holds:
+            return []
+        draws = await self.draws_of([hold.reservation_id for hold in holds])
+        return [_with_draws(hold, draws.get(hold.reservation_id, ())) for hold in holds]
+
+    async def page(
+        self,
+        *,
+        account_id: str,
+        statuses: Iterable[ReservationStatus],
+        before: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[Reservation]:
+        """Holds newest first (create_time, then id), strictly before `before` when given."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                SELECT {_RESERVATION_COLUMNS} FROM reservations
+                 WHERE account_id = :account_id
+                   AND (CAST(:statuses AS text[]) IS NULL OR status = ANY(:statuses))
+                   AND (CAST(:before_time AS timestamptz) IS NULL
+                        OR (create_time, reservation_id)
+                           < (:before_time, CAST(:before_id AS uuid)))
+                 ORDER BY create_time DESC, reservation_id DESC
+                 LIMIT :limit
+                """
+            ),
+            {
+                "account_id": account_id,
+                "statuses": sorted(s.value for s in statuses) or None,
+                "before_time": before[0] if before else None,
+                "before_id": before[1] if before else None,
+                "limit": limit,
+            },
+        )
+        holds = [_reservation(row) for row in rows]
+        if not holds:
+            return []
+        draws = await self.draws_of([hold.reservation_id for hold in holds])
+        return [_with_draws(hold, draws.get(hold.reservation_id, ())) for hold in holds]
+
+
+def _with_draws(hold: Reservation, draws: tuple[LotDraw, ...]) -> Reservation:
+    return dataclasses.replace(hold, draws=draws)
 
 
 class IdempotencyRepository:
@@ -434,7 +785,7 @@ class IdempotencyRepository:
                 """
                 DELETE FROM idempotency_keys WHERE ctid IN (
                     SELECT ctid FROM idempotency_keys
-                     WHERE create_time < now() - :older_than_s * interval '1 second'
+                     WHERE create_time < credits_now() - :older_than_s * interval '1 second'
                      LIMIT :batch_size)
                 """
             ),

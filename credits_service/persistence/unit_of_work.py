@@ -17,10 +17,24 @@ from credits_service.persistence.repositories import (
     AccountRepository,
     IdempotencyRepository,
     LedgerRepository,
+    LotRepository,
     ReservationRepository,
 )
 
 _log = logging.getLogger(__name__)
+
+
+class DatabaseClock:
+    """The service's clock is the database's (credits_now() in SQL). Tests move it forward
+    with `advance`; every later transaction then sees the database clock plus the offset."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("the clock only moves forward")
+        self.offset_ms += round(seconds * 1000)
 
 
 class SqlUnitOfWork:
@@ -32,6 +46,7 @@ class SqlUnitOfWork:
 
     accounts: AccountRepository
     ledger: LedgerRepository
+    lots: LotRepository
     reservations: ReservationRepository
     idempotency: IdempotencyRepository
 
@@ -40,8 +55,10 @@ class SqlUnitOfWork:
         engine: AsyncEngine,
         statement_timeout_ms: int,
         on_pool_wait: Callable[[float], None] | None = None,
+        clock: DatabaseClock | None = None,
     ) -> None:
         self._engine = engine
+        self._clock = clock
         self._statement_timeout_ms = statement_timeout_ms
         self._on_pool_wait = on_pool_wait
         self._after_commit: list[Callable[[], None]] = []
@@ -56,11 +73,17 @@ class SqlUnitOfWork:
                 self._on_pool_wait(time.perf_counter() - waited_from_s)
             self._transaction = await self._connection.begin()
             await self._bound_by_call_deadline(self._connection)
+            if self._clock is not None and self._clock.offset_ms:
+                await self._connection.execute(
+                    text("SELECT set_config('credits.clock_offset_ms', :ms, true)"),
+                    {"ms": str(self._clock.offset_ms)},
+                )
         except BaseException as exc:
             await self._close()
             _reraise_translated(exc)
         self.accounts = AccountRepository(self._connection)
         self.ledger = LedgerRepository(self._connection)
+        self.lots = LotRepository(self._connection)
         self.reservations = ReservationRepository(self._connection)
         self.idempotency = IdempotencyRepository(self._connection)
         return self

@@ -21,6 +21,8 @@ from credits_service.domain.model import (
     GrantResult,
     GrantType,
     LedgerEntry,
+    Lot,
+    LotDraw,
     Reservation,
     ReservationStatus,
     ReserveResult,
@@ -39,7 +41,11 @@ def request_hash(method: str, command: Any) -> bytes:
 
 def _plain(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in fields(value)
+            if not (f.metadata.get("hash_omit_none") and getattr(value, f.name) is None)
+        }
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, datetime):
@@ -73,7 +79,12 @@ def decode(stored: dict[str, Any]) -> Outcome:
         return cls.restore(error["message"], error["metadata"])
     if "grant" in stored:
         data = stored["grant"]
-        return GrantResult(entry=_entry(data["entry"]), balance=BalanceSnapshot(**data["balance"]))
+        lot = data.get("lot")  # absent from responses stored before lots existed
+        return GrantResult(
+            entry=_entry(data["entry"]),
+            balance=BalanceSnapshot(**data["balance"]),
+            lot=_lot(lot) if lot else None,
+        )
     data = stored["reserve"]
     return ReserveResult(
         reservation=_reservation(data["reservation"]), balance=BalanceSnapshot(**data["balance"])
@@ -95,10 +106,22 @@ def _entry(data: dict[str, Any]) -> LedgerEntry:
     )
 
 
+def _lot(data: dict[str, Any]) -> Lot:
+    return Lot(
+        **{
+            **data,
+            "source_type": GrantType(data["source_type"]) if data["source_type"] else None,
+            "expire_time": _time(data["expire_time"]),
+            "create_time": _time(data["create_time"]),
+        }
+    )
+
+
 def _reservation(data: dict[str, Any]) -> Reservation:
     return Reservation(
         **{
             **data,
+            "draws": tuple(LotDraw(**draw) for draw in data.get("draws", ())),
             "status": ReservationStatus(data["status"]),
             "create_time": _time(data["create_time"]),
             "expire_time": _time(data["expire_time"]),

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from tenacity import (
@@ -21,13 +23,17 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from credits_service.domain import errors
+from credits_service.domain import errors, lots
 from credits_service.domain.model import (
     BALANCE_MAX,
+    PRIORITY_DEFAULT,
+    BalanceQuery,
+    BalanceReport,
     BalanceSnapshot,
     CommitCommand,
     CommitResult,
     EntryType,
+    ExtendCommand,
     GrantCommand,
     GrantResult,
     HistoryPage,
@@ -35,6 +41,8 @@ from credits_service.domain.model import (
     ReleaseCommand,
     ReleaseResult,
     Reservation,
+    ReservationPage,
+    ReservationsQuery,
     ReservationStatus,
     ReserveCommand,
     ReserveResult,
@@ -46,11 +54,22 @@ from credits_service.service.unit_of_work import UnitOfWork, UnitOfWorkFactory
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 _ENTRY_ID_MAX = 2**63 - 1  # ledger entry ids are bigint
+SYSTEM_ACTOR = "system"  # the actor of entries the service writes on its own (expiry)
+
+
+class LotsOutOfStep(Exception):
+    """An account's lots disagree with its balance row: a bug, never a caller's fault. The
+    transaction is rolled back and the call fails as INTERNAL."""
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"lots of account {account_id!r} disagree with its balance")
 
 
 @dataclass(frozen=True, slots=True)
 class LedgerLimits:
     hold_ttl_default_ms: int = 300_000
+    hold_lifetime_max_ms: int = 7 * 86_400_000
+    lots_listed_max: int = 100
     page_size_default: int = 50
     page_size_max: int = 500
     transaction_attempts_max: int = 5
@@ -74,9 +93,11 @@ class Ledger:
     # --- use cases -----------------------------------------------------------------------
 
     async def grant(self, command: GrantCommand, actor: str) -> GrantResult:
-        """Add credits (creating the account), once per idempotency key."""
+        """Add credits as a new lot (creating the account), once per idempotency key."""
 
         async def effect(uow: UnitOfWork) -> GrantResult | errors.DomainError:
+            if command.expire_time is not None and command.expire_time <= await uow.lots.now():
+                return errors.ExpireTimePassed(command.expire_time.isoformat())
             balance = await uow.accounts.credit(
                 command.account_id, command.amount, self._limits.balance_max
             )
@@ -85,6 +106,13 @@ class Ledger:
                 return errors.BalanceLimitExceeded(
                     command.account_id, current.balance, command.amount, self._limits.balance_max
                 )
+            lot = await uow.lots.create(
+                account_id=command.account_id,
+                source_type=command.grant_type,
+                priority=PRIORITY_DEFAULT if command.priority is None else command.priority,
+                expire_time=command.expire_time,
+                amount=command.amount,
+            )
             entry = await uow.ledger.append(
                 account_id=command.account_id,
                 entry_type=EntryType.GRANT,
@@ -94,24 +122,37 @@ class Ledger:
                 reason=command.reason,
                 metadata=command.metadata,
                 actor=actor,
+                lot_id=lot.lot_id,
             )
             uow.on_commit(lambda: self._events.granted(command.amount))
-            return GrantResult(entry=entry, balance=balance)
+            lot = dataclasses.replace(lot, grant_entry_id=entry.entry_id)
+            return GrantResult(entry=entry, balance=balance, lot=lot)
 
         return await self._idempotent("Grant", command, command.idempotency_key, actor, effect)
 
     async def check_and_reserve(self, command: ReserveCommand, actor: str) -> ReserveResult:
-        """Hold credits if available covers them, once per idempotency key (declines too)."""
+        """Hold credits if available covers them, drawing from lots in consumption order, once
+        per idempotency key (declines too)."""
 
         async def effect(uow: UnitOfWork) -> ReserveResult | errors.DomainError:
+            locked = (await self._lock_accounts(uow, [command.account_id])).get(
+                command.account_id
+            )
+            if locked is None:
+                return errors.AccountNotFound(command.account_id)
+            if locked.available < command.amount:
+                return errors.InsufficientCredits(
+                    command.account_id, locked.available, command.amount
+                )
+            draws = lots.take(
+                await uow.lots.free_in_order(command.account_id, command.amount), command.amount
+            )
+            if draws is None:
+                raise LotsOutOfStep(command.account_id)
+            await uow.lots.apply(lots.LotChange(lot_id, part, 0) for lot_id, part in draws)
             balance = await uow.accounts.hold(command.account_id, command.amount)
             if balance is None:
-                current = await uow.accounts.get(command.account_id)
-                if current is None:
-                    return errors.AccountNotFound(command.account_id)
-                return errors.InsufficientCredits(
-                    command.account_id, current.available, command.amount
-                )
+                raise LotsOutOfStep(command.account_id)
             reservation = await uow.reservations.insert(
                 reservation_id=str(uuid.uuid4()),
                 account_id=command.account_id,
@@ -119,6 +160,7 @@ class Ledger:
                 ttl_ms=command.ttl_ms or self._limits.hold_ttl_default_ms,
                 metadata=command.metadata,
                 actor=actor,
+                draws=draws,
             )
             uow.on_commit(self._events.reserved)
             return ReserveResult(reservation=reservation, balance=balance)
@@ -128,7 +170,9 @@ class Ledger:
         )
 
     async def commit(self, command: CommitCommand, actor: str) -> CommitResult:
-        """Capture a hold for its amount or another; repeating with the same amount replays."""
+        """Capture a hold for its amount or another; repeating with the same amount replays.
+        It consumes what the hold drew, in consumption order; a larger amount takes the excess
+        from free lots in consumption order; a smaller one gives the rest back."""
 
         async def work(uow: UnitOfWork) -> CommitResult | errors.DomainError:
             locked = await self._lock_deciding_expiry(uow, command.reservation_id)
@@ -146,18 +190,32 @@ class Ledger:
                 return CommitResult(reservation=locked, entry=entry, balance=balance)
             if locked.status is ReservationStatus.RELEASED:
                 return errors.ReservationReleased(locked.reservation_id)
-            balance = await uow.accounts.capture(locked.account_id, locked.amount, amount)
-            if balance is None:
-                current = await uow.accounts.get(locked.account_id)
-                return errors.InsufficientCredits(
-                    locked.account_id, current.available, amount - locked.amount
+            account_id = locked.account_id
+            current = (await self._lock_accounts(uow, [account_id]))[account_id]
+            split = lots.split_commit(locked.draws, amount)
+            excess: list[tuple[int, int]] = []
+            if split.excess:
+                taken = lots.take(
+                    await uow.lots.free_in_order(account_id, split.excess), split.excess
                 )
-            committed = await uow.reservations.finish(
-                locked.reservation_id, ReservationStatus.COMMITTED, committed_amount=amount
+                if taken is None:
+                    return errors.InsufficientCredits(account_id, current.available, split.excess)
+                excess = taken
+            expired = (
+                await uow.lots.expired_among(lot_id for lot_id, _ in split.given_back)
+                if split.given_back else set()
             )
-            assert committed is not None, "the hold is locked by this transaction"
+            changes, write_offs = lots.settle(locked.draws, split.consumed, excess, expired)
+            await uow.lots.apply(changes)
+            balance = await uow.accounts.capture(account_id, locked.amount, amount)
+            if balance is None:
+                raise LotsOutOfStep(account_id)
+            finished = await uow.reservations.finish(
+                [locked.reservation_id], ReservationStatus.COMMITTED, committed_amount=amount
+            )
+            committed = finished[locked.reservation_id]
             entry = await uow.ledger.append(
-                account_id=locked.account_id,
+                account_id=account_id,
                 entry_type=EntryType.USAGE,
                 amount=-amount,
                 balance_after=balance.balance,
@@ -165,13 +223,26 @@ class Ledger:
                 metadata=command.metadata,
                 actor=actor,
             )
+            consumed = dict(split.consumed)
+            for lot_id, part in excess:
+                consumed[lot_id] = consumed.get(lot_id, 0) + part
+            draws = await uow.reservations.record_consumption(
+                locked.reservation_id, locked.draws, consumed
+            )
+            balance = await self._write_off_given_back(
+                uow, account_id, locked.reservation_id, write_offs
+            ) or balance
             uow.on_commit(lambda: self._events.committed(amount))
-            return CommitResult(reservation=committed, entry=entry, balance=balance)
+            return CommitResult(
+                reservation=dataclasses.replace(committed, draws=draws), entry=entry,
+                balance=balance,
+            )
 
         return await self._transaction(work)
 
     async def release(self, command: ReleaseCommand, actor: str) -> ReleaseResult:
-        """Void an active hold; releasing a released hold replays."""
+        """Void an active hold, giving its credits back to the lots they came from; releasing a
+        released hold replays."""
 
         async def work(uow: UnitOfWork) -> ReleaseResult | errors.DomainError:
             locked = await self._lock_deciding_expiry(uow, command.reservation_id)
@@ -185,20 +256,51 @@ class Ledger:
                 balance = await uow.accounts.get(locked.account_id)
                 uow.on_commit(lambda: self._events.replayed("Release"))
                 return ReleaseResult(reservation=locked, balance=balance)
-            released = await uow.reservations.finish(
-                locked.reservation_id, ReservationStatus.RELEASED, release_reason=command.reason
+            released, balances = await self._void(
+                uow, [locked], ReservationStatus.RELEASED, command.reason
             )
-            assert released is not None, "the hold is locked by this transaction"
-            balance = await uow.accounts.unhold(locked.account_id, locked.amount)
             uow.on_commit(self._events.released)
-            return ReleaseResult(reservation=released, balance=balance)
+            return ReleaseResult(
+                reservation=released[locked.reservation_id], balance=balances[locked.account_id]
+            )
 
         return await self._transaction(work)
 
-    async def get_balance(self, account_id: str) -> BalanceSnapshot:
-        async def work(uow: UnitOfWork) -> BalanceSnapshot | errors.DomainError:
-            balance = await uow.accounts.get(account_id)
-            return balance if balance is not None else errors.AccountNotFound(account_id)
+    async def extend(self, command: ExtendCommand) -> Reservation:
+        """Keep an active hold alive: expire_time becomes now + ttl, never earlier than it was,
+        never past create_time + the hold lifetime maximum."""
+
+        async def work(uow: UnitOfWork) -> Reservation | errors.DomainError:
+            locked = await self._lock_deciding_expiry(uow, command.reservation_id)
+            if isinstance(locked, errors.DomainError):
+                return locked
+            if locked.status is ReservationStatus.COMMITTED:
+                return errors.ReservationAlreadyCommitted(
+                    locked.reservation_id, locked.committed_amount or 0
+                )
+            if locked.status is ReservationStatus.RELEASED:
+                return errors.ReservationReleased(locked.reservation_id)
+            extended = await uow.reservations.extend(
+                locked.reservation_id, command.ttl_ms, self._limits.hold_lifetime_max_ms
+            )
+            return dataclasses.replace(extended, draws=locked.draws)
+
+        return await self._transaction(work)
+
+    async def get_balance(self, query: BalanceQuery) -> BalanceReport:
+        async def work(uow: UnitOfWork) -> BalanceReport | errors.DomainError:
+            balance = await uow.accounts.get(query.account_id)
+            if balance is None:
+                return errors.AccountNotFound(query.account_id)
+            listed, expiring = await uow.lots.listing(
+                query.account_id, self._limits.lots_listed_max + 1, query.expiring_within_ms
+            )
+            return BalanceReport(
+                balance=balance,
+                lots=tuple(listed[: self._limits.lots_listed_max]),
+                lots_truncated=len(listed) > self._limits.lots_listed_max,
+                expiring_amount=expiring,
+            )
 
         return await self._transaction(work)
 
@@ -227,14 +329,58 @@ class Ledger:
 
         return await self._transaction(work)
 
+    async def list_reservations(self, query: ReservationsQuery) -> ReservationPage:
+        """One page of the account's holds, newest first, keyset-paginated."""
+        page_size = min(query.page_size or self._limits.page_size_default,
+                        self._limits.page_size_max)
+        filters = _digest(
+            ["reservations", query.account_id, sorted(s.value for s in query.statuses)]
+        )
+        before = (
+            _decode_reservation_token(query.page_token, filters) if query.page_token else None
+        )
+
+        async def work(uow: UnitOfWork) -> ReservationPage | errors.DomainError:
+            holds = await uow.reservations.page(
+                account_id=query.account_id,
+                statuses=query.statuses,
+                before=before,
+                limit=page_size + 1,
+            )
+            if not holds and before is None and await uow.accounts.get(query.account_id) is None:
+                return errors.AccountNotFound(query.account_id)
+            has_more = len(holds) > page_size
+            holds = holds[:page_size]
+            token = ""
+            if has_more:
+                token = _encode_token(
+                    [holds[-1].create_time.isoformat(), holds[-1].reservation_id], filters
+                )
+            return ReservationPage(reservations=tuple(holds), next_page_token=token)
+
+        return await self._transaction(work)
+
     async def expire_due_holds(self, batch_size: int) -> int:
         """Expire ACTIVE holds whose expire_time has passed; returns how many."""
 
         async def work(uow: UnitOfWork) -> int:
-            expired = await uow.reservations.expire_due(batch_size)
-            if expired:
-                uow.on_commit(lambda: self._events.expired(expired))
-            return expired
+            holds = await uow.reservations.lock_due(batch_size)
+            if holds:
+                await self._void(uow, holds, ReservationStatus.EXPIRED)
+                uow.on_commit(lambda: self._events.expired(len(holds)))
+            return len(holds)
+
+        return await self._transaction(work)
+
+    async def expire_due_lots(self, batch_size: int) -> int:
+        """Write off the unheld credits of lots past expire_time, for up to `batch_size`
+        accounts; returns how many accounts it handled."""
+
+        async def work(uow: UnitOfWork) -> int:
+            account_ids = await uow.lots.due_accounts(batch_size)
+            if account_ids:
+                await self._write_off_due_lots(uow, account_ids)
+            return len(account_ids)
 
         return await self._transaction(work)
 
@@ -249,6 +395,114 @@ class Ledger:
         if self._in_flight:
             await asyncio.wait(list(self._in_flight), timeout=timeout_s)
 
+    # --- lots ----------------------------------------------------------------------------
+
+    async def _lock_accounts(
+        self, uow: UnitOfWork, account_ids: list[str]
+    ) -> dict[str, BalanceSnapshot]:
+        """Lock the accounts and write off their lots that are past expire_time, so nothing
+        this transaction does can spend or count an expired credit."""
+        locked = await uow.accounts.lock(account_ids)
+        if locked:
+            locked.update(await self._write_off_due_lots(uow, list(locked)))
+        return locked
+
+    async def _write_off_due_lots(
+        self, uow: UnitOfWork, account_ids: list[str]
+    ) -> dict[str, BalanceSnapshot]:
+        """Expire the (locked) accounts' due lots, one EXPIRY entry per lot with unheld credits;
+        returns the balances that changed."""
+        balances: dict[str, BalanceSnapshot] = {}
+        written_off = 0
+        for account_id, lot_id, unheld in await uow.lots.expire_due(account_ids):
+            if unheld:
+                balances[account_id] = await self._write_off(uow, account_id, lot_id, unheld)
+                written_off += unheld
+        if written_off:
+            uow.on_commit(lambda: self._events.written_off(written_off))
+        return balances
+
+    async def _write_off_given_back(
+        self,
+        uow: UnitOfWork,
+        account_id: str,
+        reservation_id: str,
+        write_offs: list[tuple[int, int]],
+    ) -> BalanceSnapshot | None:
+        balance = None
+        for lot_id, amount in write_offs:
+            balance = await self._write_off(uow, account_id, lot_id, amount, reservation_id)
+        if write_offs:
+            total = sum(amount for _, amount in write_offs)
+            uow.on_commit(lambda: self._events.written_off(total))
+        return balance
+
+    @staticmethod
+    async def _write_off(
+        uow: UnitOfWork, account_id: str, lot_id: int, amount: int,
+        reservation_id: str | None = None,
+    ) -> BalanceSnapshot:
+        balance = await uow.accounts.write_off(account_id, amount)
+        await uow.ledger.append(
+            account_id=account_id,
+            entry_type=EntryType.EXPIRY,
+            amount=-amount,
+            balance_after=balance.balance,
+            reservation_id=reservation_id,
+            actor=SYSTEM_ACTOR,
+            lot_id=lot_id,
+        )
+        return balance
+
+    async def _void(
+        self,
+        uow: UnitOfWork,
+        holds: list[Reservation],
+        status: ReservationStatus,
+        reason: str = "",
+    ) -> tuple[dict[str, Reservation], dict[str, BalanceSnapshot]]:
+        """End locked ACTIVE holds without consuming anything: every draw goes back to its lot,
+        and what goes back to an expired lot is written off at once."""
+        balances = await self._lock_accounts(uow, [hold.account_id for hold in holds])
+        expired = await uow.lots.expired_among(d.lot_id for hold in holds for d in hold.draws)
+        merged: dict[int, lots.LotChange] = {}
+        write_offs: list[tuple[Reservation, list[tuple[int, int]]]] = []
+        for hold in holds:
+            changes, hold_write_offs = lots.settle(hold.draws, (), (), expired)
+            for change in changes:
+                before = merged.get(change.lot_id, lots.LotChange(change.lot_id, 0, 0))
+                merged[change.lot_id] = lots.LotChange(
+                    change.lot_id,
+                    before.held_delta + change.held_delta,
+                    before.remaining_delta + change.remaining_delta,
+                )
+            if hold_write_offs:
+                write_offs.append((hold, hold_write_offs))
+        await uow.lots.apply(merged.values())
+        finished = await uow.reservations.finish(
+            [hold.reservation_id for hold in holds], status, release_reason=reason
+        )
+        if len(finished) != len(holds):
+            raise LotsOutOfStep(holds[0].account_id)
+        per_account: dict[str, tuple[int, int]] = {}
+        for hold in holds:
+            held, count = per_account.get(hold.account_id, (0, 0))
+            per_account[hold.account_id] = (held + hold.amount, count + 1)
+        balances.update(await uow.accounts.unhold(per_account))
+        for hold, hold_write_offs in write_offs:
+            balance = await self._write_off_given_back(
+                uow, hold.account_id, hold.reservation_id, hold_write_offs
+            )
+            if balance is not None:
+                balances[hold.account_id] = balance
+        ended = {
+            hold.reservation_id: dataclasses.replace(
+                finished[hold.reservation_id], draws=hold.draws
+            )
+            for hold in holds
+        }
+        return ended, balances
+
     # --- transactions --------------------------------------------------------------------
 
     async def _lock_deciding_expiry(
@@ -261,9 +515,7 @@ class Ledger:
             return errors.ReservationNotFound(reservation_id)
         reservation, is_due = locked
         if reservation.status is ReservationStatus.ACTIVE and is_due:
-            expired = await uow.reservations.finish(reservation_id, ReservationStatus.EXPIRED)
-            assert expired is not None, "the hold is locked by this transaction"
-            await uow.accounts.unhold(reservation.account_id, reservation.amount)
+            await self._void(uow, [reservation], ReservationStatus.EXPIRED)
             uow.on_commit(lambda: self._events.expired(1))
             return errors.ReservationExpired(reservation_id)
         if reservation.status is ReservationStatus.EXPIRED:
@@ -338,8 +590,12 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None
     return done
 
 
+def _digest(parts: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
 def _filter_digest(query: HistoryQuery) -> str:
-    canonical = json.dumps(
+    return _digest(
         [
             query.account_id,
             sorted(t.value for t in query.entry_types),
@@ -347,23 +603,48 @@ def _filter_digest(query: HistoryQuery) -> str:
             query.end_time.isoformat() if query.end_time else None,
         ]
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _encode_page_token(last_entry_id: int, filters: str) -> str:
-    raw = json.dumps({"v": 1, "after": last_entry_id, "f": filters}, separators=(",", ":"))
+def _encode_token(position: Any, filters: str) -> str:
+    raw = json.dumps({"v": 1, "after": position, "f": filters}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _decode_page_token(token: str, filters: str) -> int:
+def _decode_token(token: str, filters: str, check: Callable[[Any], Any]) -> Any:
+    """The position in a page token made for these filters, as `check` parses it; a token
+    that is malformed or was made for other filters is INVALID_PAGE_TOKEN."""
     try:
         padded = token + "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        after = data["after"]
-        # type() is int: JSON true is a bool, and bool is an int in Python.
-        if (data["v"] != 1 or data["f"] != filters or type(after) is not int
-                or not 1 <= after <= _ENTRY_ID_MAX):
+        if data["v"] != 1 or data["f"] != filters:
             raise ValueError(token)
+        return check(data["after"])
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
         raise errors.InvalidPageToken() from exc
+
+
+def _encode_page_token(last_entry_id: int, filters: str) -> str:
+    return _encode_token(last_entry_id, filters)
+
+
+def _entry_id(after: Any) -> int:
+    # type() is int: JSON true is a bool, and bool is an int in Python.
+    if type(after) is not int or not 1 <= after <= _ENTRY_ID_MAX:
+        raise ValueError(after)
     return after
+
+
+def _decode_page_token(token: str, filters: str) -> int:
+    return _decode_token(token, filters, _entry_id)
+
+
+def _reservation_position(after: Any) -> tuple[datetime, str]:
+    create_time, reservation_id = after
+    parsed = datetime.fromisoformat(create_time)
+    if parsed.tzinfo is None:
+        raise ValueError(create_time)
+    return parsed, str(uuid.UUID(reservation_id))
+
+
+def _decode_reservation_token(token: str, filters: str) -> tuple[datetime, str]:
+    return _decode_token(token, filters, _reservation_position)

@@ -16,8 +16,9 @@ _BACKLOG_ROUNDS_MAX = 100  # sweeps run back to back while full batches keep com
 
 
 class Sweeper:
-    """Expires ACTIVE holds past expire_time within one `interval_s`; several sweepers (one
-    per replica) may run at once: each hold is locked by one of them (SKIP LOCKED)."""
+    """Expires ACTIVE holds and writes off lots past expire_time within one `interval_s`;
+    several sweepers (one per replica) may run at once: each hold and each account is locked
+    by one of them (SKIP LOCKED), and a lot is written off once (compare-and-set)."""
 
     def __init__(
         self,
@@ -47,8 +48,12 @@ class Sweeper:
                 await self._task
 
     async def sweep_once(self) -> int:
-        """Expire due holds until none are left (bounded); returns how many."""
+        """Expire due holds, then write off due lots, until none are left (bounded); returns
+        how many holds expired."""
         expired = await self._in_batches(self._ledger.expire_due_holds, self._batch_size)
+        accounts = await self._in_batches(self._ledger.expire_due_lots, self._batch_size)
+        if accounts:
+            _log.info("wrote off expired lots of %d accounts", accounts)
         self._last_sweep_s = time.monotonic()
         return expired
 

@@ -1,4 +1,4 @@
-"""What the use cases need from storage: a unit of work with four repositories."""
+"""What the use cases need from storage: a unit of work with five repositories."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, Protocol, Self
 class UnitOfWork(Protocol):
     accounts: Any
     ledger: Any
+    lots: Any
     reservations: Any
     idempotency: Any
 

@@ -29,7 +29,10 @@ class Role(enum.Enum):
 
 # What a service principal may call; an admin may call everything. An allowlist, so an RPC
 # added later is admin-only until it is listed here.
-SERVICE_METHODS = frozenset({"CheckAndReserve", "Commit", "Release", "GetBalance", "History"})
+SERVICE_METHODS = frozenset({
+    "CheckAndReserve", "Commit", "Release", "ExtendReservation", "GetBalance", "History",
+    "ListReservations",
+})
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ ERROR_DOMAIN = "credits.v1"
 STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.InvalidPageToken: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ExpireTimePassed: grpc.StatusCode.INVALID_ARGUMENT,
     errors.AccountNotFound: grpc.StatusCode.NOT_FOUND,
     errors.ReservationNotFound: grpc.StatusCode.NOT_FOUND,
     errors.InsufficientCredits: grpc.StatusCode.FAILED_PRECONDITION,

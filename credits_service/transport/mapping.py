@@ -12,6 +12,7 @@ from credits_service.domain.model import (
     EntryType,
     GrantType,
     LedgerEntry,
+    Lot,
     Reservation,
     ReservationStatus,
 )
@@ -30,6 +31,7 @@ GRANT_TYPE_TO_PROTO = {value: key for key, value in GRANT_TYPE_FROM_PROTO.items(
 ENTRY_TYPE_FROM_PROTO: dict[int, EntryType] = {
     pb.ENTRY_TYPE_GRANT: EntryType.GRANT,
     pb.ENTRY_TYPE_USAGE: EntryType.USAGE,
+    pb.ENTRY_TYPE_EXPIRY: EntryType.EXPIRY,
 }
 ENTRY_TYPE_TO_PROTO = {value: key for key, value in ENTRY_TYPE_FROM_PROTO.items()}
 
@@ -39,6 +41,7 @@ RESERVATION_STATUS_TO_PROTO: dict[ReservationStatus, int] = {
     ReservationStatus.RELEASED: pb.RESERVATION_STATUS_RELEASED,
     ReservationStatus.EXPIRED: pb.RESERVATION_STATUS_EXPIRED,
 }
+RESERVATION_STATUS_FROM_PROTO = {value: key for key, value in RESERVATION_STATUS_TO_PROTO.items()}
 
 
 def _timestamp(value: datetime) -> Timestamp:
@@ -56,7 +59,25 @@ def balance(snapshot: BalanceSnapshot) -> pb.Balance:
         active_reservation_count=snapshot.active_reservation_count,
         lifetime_granted=snapshot.lifetime_granted,
         lifetime_used=snapshot.lifetime_used,
+        lifetime_expired=snapshot.lifetime_expired,
     )
+
+
+def lot(value: Lot) -> pb.Lot:
+    message = pb.Lot(
+        lot_id=str(value.lot_id),
+        source_type=GRANT_TYPE_TO_PROTO[value.source_type] if value.source_type else 0,  # type: ignore[arg-type]
+        priority=value.priority,
+        amount=value.amount,
+        remaining=value.remaining,
+        held=value.held,
+        expired=value.expired,
+        grant_entry_id=str(value.grant_entry_id) if value.grant_entry_id else "",
+        create_time=_timestamp(value.create_time),
+    )
+    if value.expire_time is not None:
+        message.expire_time.CopyFrom(_timestamp(value.expire_time))
+    return message
 
 
 def ledger_entry(entry: LedgerEntry) -> pb.LedgerEntry:
@@ -72,6 +93,7 @@ def ledger_entry(entry: LedgerEntry) -> pb.LedgerEntry:
         metadata=dict(entry.metadata),
         actor=entry.actor,
         create_time=_timestamp(entry.create_time),
+        lot_id=str(entry.lot_id) if entry.lot_id else "",
     )
 
 
@@ -85,6 +107,11 @@ def reservation(hold: Reservation) -> pb.Reservation:
         create_time=_timestamp(hold.create_time),
         expire_time=_timestamp(hold.expire_time),
         metadata=dict(hold.metadata),
+        draws=[
+            pb.LotDraw(lot_id=str(d.lot_id), held=d.held, consumed=d.consumed or 0)
+            for d in hold.draws
+        ],
+        release_reason=hold.release_reason,
     )
     if hold.finish_time is not None:
         message.finish_time.CopyFrom(_timestamp(hold.finish_time))

@@ -131,9 +131,12 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
     @rpc
     async def Grant(self, request: pb.GrantRequest, principal: Principal) -> pb.GrantResponse:
         result = await self._ledger.grant(self._validate.grant(request), principal.name)
-        return pb.GrantResponse(
+        response = pb.GrantResponse(
             entry=mapping.ledger_entry(result.entry), balance=mapping.balance(result.balance)
         )
+        if result.lot is not None:
+            response.lot.CopyFrom(mapping.lot(result.lot))
+        return response
 
     @rpc
     async def CheckAndReserve(
@@ -164,11 +167,33 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         )
 
     @rpc
+    async def ExtendReservation(
+        self, request: pb.ExtendReservationRequest, principal: Principal
+    ) -> pb.ExtendReservationResponse:
+        reservation = await self._ledger.extend(self._validate.extend(request))
+        return pb.ExtendReservationResponse(reservation=mapping.reservation(reservation))
+
+    @rpc
     async def GetBalance(
         self, request: pb.GetBalanceRequest, principal: Principal
     ) -> pb.GetBalanceResponse:
-        snapshot = await self._ledger.get_balance(self._validate.account_id(request))
-        return pb.GetBalanceResponse(balance=mapping.balance(snapshot))
+        report = await self._ledger.get_balance(self._validate.get_balance(request))
+        return pb.GetBalanceResponse(
+            balance=mapping.balance(report.balance),
+            lots=[mapping.lot(lot) for lot in report.lots],
+            lots_truncated=report.lots_truncated,
+            expiring_amount=report.expiring_amount,
+        )
+
+    @rpc
+    async def ListReservations(
+        self, request: pb.ListReservationsRequest, principal: Principal
+    ) -> pb.ListReservationsResponse:
+        page = await self._ledger.list_reservations(self._validate.list_reservations(request))
+        return pb.ListReservationsResponse(
+            reservations=[mapping.reservation(hold) for hold in page.reservations],
+            next_page_token=page.next_page_token,
+        )
 
     @rpc
     async def History(self, request: pb.HistoryRequest, principal: Principal) -> pb.HistoryResponse:

@@ -12,19 +12,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from credits.v1 import credits_pb2 as pb
 from credits_service.domain.model import (
     AMOUNT_MAX,
     AMOUNT_MIN,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    BalanceQuery,
     CommitCommand,
+    ExtendCommand,
     GrantCommand,
     HistoryQuery,
     ReleaseCommand,
+    ReservationsQuery,
     ReserveCommand,
 )
-from credits_service.transport.mapping import ENTRY_TYPE_FROM_PROTO, GRANT_TYPE_FROM_PROTO
+from credits_service.transport.mapping import (
+    ENTRY_TYPE_FROM_PROTO,
+    GRANT_TYPE_FROM_PROTO,
+    RESERVATION_STATUS_FROM_PROTO,
+)
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 METADATA_KEY_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -35,6 +45,7 @@ METADATA_VALUE_LENGTH_MAX = 256
 REASON_LENGTH_MAX = 256
 PAGE_TOKEN_LENGTH_MAX = 512
 TTL_MIN_MS = 1000
+EXPIRING_WITHIN_MAX_MS = 3650 * 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +110,13 @@ class _Checker:
             return value
         return str(parsed)
 
+    def duration_ms(self, field: str, value: Duration, low_ms: int, high_ms: int) -> int:
+        """A Duration in whole milliseconds, between `low_ms` and `high_ms`."""
+        if (value.seconds < 0 or value.nanos < 0 or value.nanos >= 1_000_000_000
+                or not low_ms <= value.seconds * 1000 + value.nanos // 1_000_000 <= high_ms):
+            self.fail(field, f"must be between {_seconds(low_ms)} and {_seconds(high_ms)}")
+        return value.seconds * 1000 + value.nanos // 1_000_000
+
     def timestamp(self, field: str, value: Timestamp) -> datetime | None:
         try:
             return value.ToDatetime(tzinfo=UTC)
@@ -109,6 +127,10 @@ class _Checker:
     def done(self) -> None:
         if self.violations:
             raise InvalidArgument(self.violations)
+
+
+def _seconds(ms: int) -> str:
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms / 1000}s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +154,12 @@ class Validator:
             idempotency_key=check.identifier("idempotency_key", request.idempotency_key),
             reason=check.text("reason", request.reason, REASON_LENGTH_MAX),
             metadata=check.metadata("metadata", request.metadata),
+            expire_time=check.timestamp("expire_time", request.expire_time)
+            if request.HasField("expire_time") else None,
+            priority=request.priority if request.HasField("priority") else None,
         )
+        if command.priority is not None and not PRIORITY_MIN <= command.priority <= PRIORITY_MAX:
+            check.fail("priority", f"must be between {PRIORITY_MIN} and {PRIORITY_MAX}")
         if command.grant_type is None:
             check.fail("type", "must be one of the GrantType values other than UNSPECIFIED")
         check.done()
@@ -142,10 +169,8 @@ class Validator:
         check = _Checker()
         ttl_ms = None
         if request.HasField("ttl"):
-            ttl_ms = request.ttl.seconds * 1000 + request.ttl.nanos // 1_000_000
-            if not TTL_MIN_MS <= ttl_ms <= self._limits.hold_ttl_max_ms:
-                check.fail("ttl", f"must be between {TTL_MIN_MS // 1000}s and "
-                                  f"{self._limits.hold_ttl_max_ms // 1000}s")
+            ttl_ms = check.duration_ms("ttl", request.ttl, TTL_MIN_MS,
+                                       self._limits.hold_ttl_max_ms)
         command = ReserveCommand(
             account_id=check.identifier("account_id", request.account_id),
             amount=check.amount("amount", request.amount),
@@ -175,18 +200,62 @@ class Validator:
         check.done()
         return command
 
-    def account_id(self, request: pb.GetBalanceRequest) -> str:
+    def extend(self, request: pb.ExtendReservationRequest) -> ExtendCommand:
         check = _Checker()
-        account_id = check.identifier("account_id", request.account_id)
+        ttl_ms = 0
+        if request.HasField("ttl"):
+            ttl_ms = check.duration_ms("ttl", request.ttl, TTL_MIN_MS,
+                                       self._limits.hold_ttl_max_ms)
+        else:
+            check.fail("ttl", "is required")
+        command = ExtendCommand(
+            reservation_id=check.reservation_id("reservation_id", request.reservation_id),
+            ttl_ms=ttl_ms,
+        )
         check.done()
-        return account_id
+        return command
+
+    def get_balance(self, request: pb.GetBalanceRequest) -> BalanceQuery:
+        check = _Checker()
+        query = BalanceQuery(
+            account_id=check.identifier("account_id", request.account_id),
+            expiring_within_ms=check.duration_ms(
+                "expiring_within", request.expiring_within, 0, EXPIRING_WITHIN_MAX_MS
+            ) if request.HasField("expiring_within") else None,
+        )
+        check.done()
+        return query
+
+    def list_reservations(self, request: pb.ListReservationsRequest) -> ReservationsQuery:
+        check = _Checker()
+        self._page(check, request.page_size, request.page_token)
+        statuses = set()
+        for value in request.statuses:
+            status = RESERVATION_STATUS_FROM_PROTO.get(value)
+            if status is None:
+                check.fail("statuses", "must hold ReservationStatus values other than "
+                                       "UNSPECIFIED")
+                break
+            statuses.add(status)
+        query = ReservationsQuery(
+            account_id=check.identifier("account_id", request.account_id),
+            page_size=max(request.page_size, 0),
+            page_token=request.page_token,
+            statuses=frozenset(statuses),
+        )
+        check.done()
+        return query
+
+    @staticmethod
+    def _page(check: _Checker, page_size: int, page_token: str) -> None:
+        if page_size < 0:
+            check.fail("page_size", "must not be negative")
+        if len(page_token) > PAGE_TOKEN_LENGTH_MAX:
+            check.fail("page_token", f"must be at most {PAGE_TOKEN_LENGTH_MAX} characters")
 
     def history(self, request: pb.HistoryRequest) -> HistoryQuery:
         check = _Checker()
-        if request.page_size < 0:
-            check.fail("page_size", "must not be negative")
-        if len(request.page_token) > PAGE_TOKEN_LENGTH_MAX:
-            check.fail("page_token", f"must be at most {PAGE_TOKEN_LENGTH_MAX} characters")
+        self._page(check, request.page_size, request.page_token)
         entry_types = set()
         for value in request.types:
             entry_type = ENTRY_TYPE_FROM_PROTO.get(value)

@@ -3,7 +3,8 @@ ends with the ledger invariants checked."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -15,8 +16,17 @@ from tests import ledger_checks
 async def clean_ledger(db_pool: asyncpg.Pool, app: object) -> AsyncIterator[None]:
     async with db_pool.acquire() as connection:
         await connection.execute(
-            "TRUNCATE ledger_entries, reservations, idempotency_keys, accounts"
+            "TRUNCATE reservation_lots, ledger_entries, credit_lots, reservations, "
+            "idempotency_keys, accounts"
         )
     yield
     async with db_pool.acquire() as connection:
         await ledger_checks.assert_invariants(connection)
+
+
+@pytest.fixture
+def clock(app: Any) -> Iterator[Any]:
+    """The service clock (database clock + offset); tests move it forward with
+    `clock.advance(seconds)`. Set back after the test: the next one starts from empty tables."""
+    yield app.clock
+    app.clock.offset_ms = 0

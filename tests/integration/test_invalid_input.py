@@ -70,7 +70,7 @@ invalid_page_token = st.text(ALPHABET, min_size=513, max_size=600)
 valid_entry_types = st.lists(st.sampled_from([v for v in pb.EntryType.values() if v]),
                              max_size=3)
 invalid_entry_types = st.builds(lambda ok, bad: [*ok, bad], valid_entry_types,
-                                st.one_of(st.just(0), st.integers(3, 1000)))
+                                st.one_of(st.just(0), st.integers(4, 1000)))
 
 
 def field(valid: st.SearchStrategy[Any], invalid: st.SearchStrategy[Any]) -> st.SearchStrategy:

@@ -101,7 +101,8 @@ class PostgresController:
         connection = await self.connect()
         try:
             await connection.execute(
-                "TRUNCATE ledger_entries, reservations, idempotency_keys, accounts", timeout=30
+                "TRUNCATE reservation_lots, ledger_entries, credit_lots, reservations, "
+                "idempotency_keys, accounts", timeout=30
             )
         finally:
             await connection.close(timeout=5)

@@ -91,9 +91,9 @@ def test_an_identifier_is_accepted_exactly_when_it_matches_the_documented_alphab
     assert bool(ID_PATTERN.fullmatch(text)) == expected_ok
     request = pb.GetBalanceRequest(account_id=text)
     if expected_ok:
-        assert validator.account_id(request) == text
+        assert validator.get_balance(request).account_id == text
     else:
-        assert "account_id" in violations(validator.account_id, request)
+        assert "account_id" in violations(validator.get_balance, request)
 
 
 @pytest.mark.parametrize("metadata,field", [

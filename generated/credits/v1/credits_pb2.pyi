@@ -77,6 +77,8 @@ class _EntryTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryType.V
     """ENTRY_TYPE_GRANT credits added by Grant (positive amount)."""
     ENTRY_TYPE_USAGE: _EntryType.ValueType  # 2
     """ENTRY_TYPE_USAGE credits consumed by Commit (negative amount)."""
+    ENTRY_TYPE_EXPIRY: _EntryType.ValueType  # 3
+    """ENTRY_TYPE_EXPIRY credits of an expired lot written off (negative amount)."""
 
 class EntryType(_EntryType, metaclass=_EntryTypeEnumTypeWrapper):
     """EntryType is the kind of a ledger entry."""
@@ -87,6 +89,8 @@ ENTRY_TYPE_GRANT: EntryType.ValueType  # 1
 """ENTRY_TYPE_GRANT credits added by Grant (positive amount)."""
 ENTRY_TYPE_USAGE: EntryType.ValueType  # 2
 """ENTRY_TYPE_USAGE credits consumed by Commit (negative amount)."""
+ENTRY_TYPE_EXPIRY: EntryType.ValueType  # 3
+"""ENTRY_TYPE_EXPIRY credits of an expired lot written off (negative amount)."""
 Global___EntryType: _TypeAlias = EntryType  # noqa: Y015
 
 class _ReservationStatus:
@@ -136,6 +140,7 @@ class Balance(_message.Message):
     ACTIVE_RESERVATION_COUNT_FIELD_NUMBER: _builtins.int
     LIFETIME_GRANTED_FIELD_NUMBER: _builtins.int
     LIFETIME_USED_FIELD_NUMBER: _builtins.int
+    LIFETIME_EXPIRED_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """account_id identifies the account."""
     balance: _builtins.int
@@ -150,6 +155,8 @@ class Balance(_message.Message):
     """lifetime_granted is the sum of all grants ever made, in credits."""
     lifetime_used: _builtins.int
     """lifetime_used is the sum of all committed usage ever, in credits."""
+    lifetime_expired: _builtins.int
+    """lifetime_expired is the sum of all credits written off by expiry."""
     def __init__(
         self,
         *,
@@ -160,14 +167,117 @@ class Balance(_message.Message):
         active_reservation_count: _builtins.int = ...,
         lifetime_granted: _builtins.int = ...,
         lifetime_used: _builtins.int = ...,
+        lifetime_expired: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "active_reservation_count", b"active_reservation_count", "available", b"available", "balance", b"balance", "lifetime_granted", b"lifetime_granted", "lifetime_used", b"lifetime_used", "reserved", b"reserved"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "active_reservation_count", b"active_reservation_count", "available", b"available", "balance", b"balance", "lifetime_expired", b"lifetime_expired", "lifetime_granted", b"lifetime_granted", "lifetime_used", b"lifetime_used", "reserved", b"reserved"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Balance: _TypeAlias = Balance  # noqa: Y015
+
+@_typing.final
+class Lot(_message.Message):
+    """Lot is the credits of one grant, spent in consumption order (see the
+    service comment).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_TYPE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    GRANT_ENTRY_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    """lot_id identifies the lot; opaque."""
+    source_type: Global___GrantType.ValueType
+    """source_type is the grant's type; GRANT_TYPE_UNSPECIFIED for the lot that
+    carried over a balance granted before lots existed.
+    """
+    priority: _builtins.int
+    """priority orders consumption: lower numbers are spent first (0..100)."""
+    amount: _builtins.int
+    """amount is what the grant added, in credits."""
+    remaining: _builtins.int
+    """remaining is what is neither consumed nor written off (held included)."""
+    held: _builtins.int
+    """held is the part of remaining that active holds have drawn."""
+    expired: _builtins.bool
+    """expired is true once expire_time passed and the unheld remainder was
+    written off; what holds give back to it is written off too.
+    """
+    grant_entry_id: _builtins.str
+    """grant_entry_id is the GRANT ledger entry that created the lot; empty for
+    the carried-over lot.
+    """
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """expire_time is when the lot's unheld credits are written off; unset: never."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time is when the lot was created (database clock)."""
+
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        source_type: Global___GrantType.ValueType = ...,
+        priority: _builtins.int = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        amount: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+        held: _builtins.int = ...,
+        expired: _builtins.bool = ...,
+        grant_entry_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "expire_time", b"expire_time", "expired", b"expired", "grant_entry_id", b"grant_entry_id", "held", b"held", "lot_id", b"lot_id", "priority", b"priority", "remaining", b"remaining", "source_type", b"source_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Lot: _TypeAlias = Lot  # noqa: Y015
+
+@_typing.final
+class LotDraw(_message.Message):
+    """LotDraw is what one hold took from one lot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    CONSUMED_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    """lot_id is the lot drawn from."""
+    held: _builtins.int
+    """held is what the hold drew from the lot when it was placed."""
+    consumed: _builtins.int
+    """consumed is what Commit took from the lot (it can exceed held when the
+    commit was larger than the hold); 0 until committed.
+    """
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        held: _builtins.int = ...,
+        consumed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumed", b"consumed", "held", b"held", "lot_id", b"lot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LotDraw: _TypeAlias = LotDraw  # noqa: Y015
 
 @_typing.final
 class LedgerEntry(_message.Message):
@@ -206,6 +316,7 @@ class LedgerEntry(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    LOT_ID_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.str
     """entry_id identifies the entry; opaque, unique across accounts."""
     account_id: _builtins.str
@@ -224,6 +335,8 @@ class LedgerEntry(_message.Message):
     """reason is the caller's free-text reason, if any."""
     actor: _builtins.str
     """actor is the principal whose call caused the entry."""
+    lot_id: _builtins.str
+    """lot_id is the lot a GRANT entry created or an EXPIRY entry wrote off."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """metadata is the caller's key-value metadata for this entry."""
@@ -246,10 +359,11 @@ class LedgerEntry(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         actor: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        lot_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "amount", b"amount", "balance_after", b"balance_after", "create_time", b"create_time", "entry_id", b"entry_id", "grant_type", b"grant_type", "metadata", b"metadata", "reason", b"reason", "reservation_id", b"reservation_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "amount", b"amount", "balance_after", b"balance_after", "create_time", b"create_time", "entry_id", b"entry_id", "grant_type", b"grant_type", "lot_id", b"lot_id", "metadata", b"metadata", "reason", b"reason", "reservation_id", b"reservation_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -290,6 +404,8 @@ class Reservation(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     FINISH_TIME_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    DRAWS_FIELD_NUMBER: _builtins.int
+    RELEASE_REASON_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """reservation_id identifies the hold (a UUID)."""
     account_id: _builtins.str
@@ -300,6 +416,8 @@ class Reservation(_message.Message):
     """status is the hold's state."""
     committed_amount: _builtins.int
     """committed_amount is the number of credits captured; set once COMMITTED."""
+    release_reason: _builtins.str
+    """release_reason is the reason given to Release, if any."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """create_time is when the hold was placed (database clock)."""
@@ -316,6 +434,12 @@ class Reservation(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """metadata is the caller's key-value metadata given at CheckAndReserve."""
 
+    @_builtins.property
+    def draws(self) -> _containers.RepeatedCompositeFieldContainer[Global___LotDraw]:
+        """draws are the lots the hold drew from, in consumption order, and what
+        Commit consumed from each.
+        """
+
     def __init__(
         self,
         *,
@@ -328,10 +452,12 @@ class Reservation(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         finish_time: _timestamp_pb2.Timestamp | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        draws: _abc.Iterable[Global___LotDraw] | None = ...,
+        release_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "finish_time", b"finish_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "committed_amount", b"committed_amount", "create_time", b"create_time", "expire_time", b"expire_time", "finish_time", b"finish_time", "metadata", b"metadata", "reservation_id", b"reservation_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "committed_amount", b"committed_amount", "create_time", b"create_time", "draws", b"draws", "expire_time", b"expire_time", "finish_time", b"finish_time", "metadata", b"metadata", "release_reason", b"release_reason", "reservation_id", b"reservation_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -369,6 +495,8 @@ class GrantRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """account_id is the account to credit; it is created if it does not exist."""
     amount: _builtins.int
@@ -382,9 +510,17 @@ class GrantRequest(_message.Message):
     """
     reason: _builtins.str
     """reason is free text stored on the ledger entry, at most 256 characters."""
+    priority: _builtins.int
+    """priority orders consumption, 0..100, lower first; unset means 50."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """metadata is stored on the ledger entry."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """expire_time is when the granted credits expire; unset: never. It must be
+        in the future (database clock), else INVALID_ARGUMENT EXPIRE_TIME_PASSED.
+        """
 
     def __init__(
         self,
@@ -395,12 +531,16 @@ class GrantRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         reason: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        priority: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "expire_time", b"expire_time", "priority", b"priority"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "reason", b"reason", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "account_id", b"account_id", "amount", b"amount", "expire_time", b"expire_time", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "priority", b"priority", "reason", b"reason", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
 
 Global___GrantRequest: _TypeAlias = GrantRequest  # noqa: Y015
 
@@ -412,6 +552,7 @@ class GrantResponse(_message.Message):
 
     ENTRY_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    LOT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def entry(self) -> Global___LedgerEntry:
         """entry is the GRANT ledger entry written."""
@@ -420,15 +561,20 @@ class GrantResponse(_message.Message):
     def balance(self) -> Global___Balance:
         """balance is the account right after the grant."""
 
+    @_builtins.property
+    def lot(self) -> Global___Lot:
+        """lot is the lot the grant created, as created."""
+
     def __init__(
         self,
         *,
         entry: Global___LedgerEntry | None = ...,
         balance: Global___Balance | None = ...,
+        lot: Global___Lot | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "entry", b"entry"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "entry", b"entry", "lot", b"lot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "entry", b"entry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "entry", b"entry", "lot", b"lot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -680,22 +826,84 @@ class ReleaseResponse(_message.Message):
 Global___ReleaseResponse: _TypeAlias = ReleaseResponse  # noqa: Y015
 
 @_typing.final
+class ExtendReservationRequest(_message.Message):
+    """ExtendReservationRequest keeps an active hold alive longer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    """reservation_id is the hold to extend."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """ttl is the new time to live from now, at least 1 s and at most the
+        server's maximum TTL (24 hours); required.
+        """
+
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation_id", b"reservation_id", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtendReservationRequest: _TypeAlias = ExtendReservationRequest  # noqa: Y015
+
+@_typing.final
+class ExtendReservationResponse(_message.Message):
+    """ExtendReservationResponse is the result of an ExtendReservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """reservation is the hold with its new expire_time."""
+
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtendReservationResponse: _TypeAlias = ExtendReservationResponse  # noqa: Y015
+
+@_typing.final
 class GetBalanceRequest(_message.Message):
     """GetBalanceRequest asks for an account's balance."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    EXPIRING_WITHIN_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """account_id is the account to read."""
+    @_builtins.property
+    def expiring_within(self) -> _duration_pb2.Duration:
+        """expiring_within sets the window of expiring_amount, from now, at most
+        3650 days; unset: expiring_amount is 0.
+        """
+
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
+        expiring_within: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expiring_within", b"expiring_within"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expiring_within", b"expiring_within"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -708,22 +916,108 @@ class GetBalanceResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BALANCE_FIELD_NUMBER: _builtins.int
+    LOTS_FIELD_NUMBER: _builtins.int
+    LOTS_TRUNCATED_FIELD_NUMBER: _builtins.int
+    EXPIRING_AMOUNT_FIELD_NUMBER: _builtins.int
+    lots_truncated: _builtins.bool
+    """lots_truncated is true when the account has more such lots than listed."""
+    expiring_amount: _builtins.int
+    """expiring_amount is the unheld credits of unexpired lots whose expire_time
+    falls within expiring_within from now, in credits.
+    """
     @_builtins.property
     def balance(self) -> Global___Balance:
         """balance is the account's current balance."""
+
+    @_builtins.property
+    def lots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lot]:
+        """lots are the account's lots that still hold credits, in consumption
+        order, at most 100 (see lots_truncated).
+        """
 
     def __init__(
         self,
         *,
         balance: Global___Balance | None = ...,
+        lots: _abc.Iterable[Global___Lot] | None = ...,
+        lots_truncated: _builtins.bool = ...,
+        expiring_amount: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "expiring_amount", b"expiring_amount", "lots", b"lots", "lots_truncated", b"lots_truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBalanceResponse: _TypeAlias = GetBalanceResponse  # noqa: Y015
+
+@_typing.final
+class ListReservationsRequest(_message.Message):
+    """ListReservationsRequest asks for a page of an account's holds, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """account_id is the account to read."""
+    page_size: _builtins.int
+    """page_size is the maximum number of holds to return: 0 means 50, values
+    above 500 are treated as 500.
+    """
+    page_token: _builtins.str
+    """page_token is next_page_token from a previous response with the same
+    account and statuses; empty for the first page.
+    """
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___ReservationStatus.ValueType]:
+        """statuses keeps only holds in these states; empty keeps all."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        statuses: _abc.Iterable[Global___ReservationStatus.ValueType] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReservationsRequest: _TypeAlias = ListReservationsRequest  # noqa: Y015
+
+@_typing.final
+class ListReservationsResponse(_message.Message):
+    """ListReservationsResponse is one page of holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """next_page_token fetches the next page; empty on the last page."""
+    @_builtins.property
+    def reservations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reservation]:
+        """reservations are the holds of this page, newest first."""
+
+    def __init__(
+        self,
+        *,
+        reservations: _abc.Iterable[Global___Reservation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "reservations", b"reservations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReservationsResponse: _TypeAlias = ListReservationsResponse  # noqa: Y015
 
 @_typing.final
 class HistoryRequest(_message.Message):

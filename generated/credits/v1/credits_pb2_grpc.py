@@ -28,6 +28,17 @@ if _version_not_supported:
 class CreditsServiceStub:
     """CreditsService keeps a ledger of credits per account.
 
+    Lots and consumption order: every Grant creates a lot (its amount, source
+    type, priority and optional expire_time). Holds draw from the account's
+    unexpired lots in consumption order: lower priority number first, then the
+    soonest expire_time (lots that never expire last), then the oldest lot.
+    Commit consumes what the hold drew (a larger Commit takes the difference in
+    the same order); Release, expiry of the hold and a smaller Commit give the
+    rest back to the lots it came from. When a lot's expire_time passes, its
+    unheld remainder is written off with one ENTRY_TYPE_EXPIRY entry; credits a
+    hold drew from it stay with the hold, and whatever the hold gives back to it
+    later is written off at once.
+
     Callers place a hold before metered work (CheckAndReserve), then capture it
     (Commit) or void it (Release). Grant adds credits. All amounts are whole
     credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
@@ -70,10 +81,20 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.ExtendReservation = channel.unary_unary(
+                '/credits.v1.CreditsService/ExtendReservation',
+                request_serializer=credits_dot_v1_dot_credits__pb2.ExtendReservationRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.ExtendReservationResponse.FromString,
+                _registered_method=True)
         self.GetBalance = channel.unary_unary(
                 '/credits.v1.CreditsService/GetBalance',
                 request_serializer=credits_dot_v1_dot_credits__pb2.GetBalanceRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.GetBalanceResponse.FromString,
+                _registered_method=True)
+        self.ListReservations = channel.unary_unary(
+                '/credits.v1.CreditsService/ListReservations',
+                request_serializer=credits_dot_v1_dot_credits__pb2.ListReservationsRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.ListReservationsResponse.FromString,
                 _registered_method=True)
         self.History = channel.unary_unary(
                 '/credits.v1.CreditsService/History',
@@ -84,6 +105,17 @@ class CreditsServiceStub:
 
 class CreditsServiceServicer:
     """CreditsService keeps a ledger of credits per account.
+
+    Lots and consumption order: every Grant creates a lot (its amount, source
+    type, priority and optional expire_time). Holds draw from the account's
+    unexpired lots in consumption order: lower priority number first, then the
+    soonest expire_time (lots that never expire last), then the oldest lot.
+    Commit consumes what the hold drew (a larger Commit takes the difference in
+    the same order); Release, expiry of the hold and a smaller Commit give the
+    rest back to the lots it came from. When a lot's expire_time passes, its
+    unheld remainder is written off with one ENTRY_TYPE_EXPIRY entry; credits a
+    hold drew from it stay with the hold, and whatever the hold gives back to it
+    later is written off at once.
 
     Callers place a hold before metered work (CheckAndReserve), then capture it
     (Commit) or void it (Release). Grant adds credits. All amounts are whole
@@ -135,8 +167,27 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExtendReservation(self, request, context):
+        """ExtendReservation moves an active hold's expire_time to now + ttl, never
+        earlier than it was and never past the hold's create_time plus the
+        server's maximum hold lifetime (7 days by default). Extending an expired,
+        released or committed hold is FAILED_PRECONDITION. Repeating it is safe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetBalance(self, request, context):
-        """GetBalance returns the account's balance, holds and lifetime totals.
+        """GetBalance returns the account's balance, holds, lifetime totals, the
+        lots that still hold credits and the credits expiring within a window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReservations(self, request, context):
+        """ListReservations pages through the account's holds, newest first:
+        active ones and finished ones, so an operator can see what is stuck.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -172,10 +223,20 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     request_deserializer=credits_dot_v1_dot_credits__pb2.ReleaseRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.ReleaseResponse.SerializeToString,
             ),
+            'ExtendReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendReservation,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.ExtendReservationRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.ExtendReservationResponse.SerializeToString,
+            ),
             'GetBalance': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBalance,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.GetBalanceRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.GetBalanceResponse.SerializeToString,
+            ),
+            'ListReservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReservations,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.ListReservationsRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.ListReservationsResponse.SerializeToString,
             ),
             'History': grpc.unary_unary_rpc_method_handler(
                     servicer.History,
@@ -192,6 +253,17 @@ def add_CreditsServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class CreditsService:
     """CreditsService keeps a ledger of credits per account.
+
+    Lots and consumption order: every Grant creates a lot (its amount, source
+    type, priority and optional expire_time). Holds draw from the account's
+    unexpired lots in consumption order: lower priority number first, then the
+    soonest expire_time (lots that never expire last), then the oldest lot.
+    Commit consumes what the hold drew (a larger Commit takes the difference in
+    the same order); Release, expiry of the hold and a smaller Commit give the
+    rest back to the lots it came from. When a lot's expire_time passes, its
+    unheld remainder is written off with one ENTRY_TYPE_EXPIRY entry; credits a
+    hold drew from it stay with the hold, and whatever the hold gives back to it
+    later is written off at once.
 
     Callers place a hold before metered work (CheckAndReserve), then capture it
     (Commit) or void it (Release). Grant adds credits. All amounts are whole
@@ -318,6 +390,33 @@ class CreditsService:
             _registered_method=True)
 
     @staticmethod
+    def ExtendReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/ExtendReservation',
+            credits_dot_v1_dot_credits__pb2.ExtendReservationRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.ExtendReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetBalance(request,
             target,
             options=(),
@@ -334,6 +433,33 @@ class CreditsService:
             '/credits.v1.CreditsService/GetBalance',
             credits_dot_v1_dot_credits__pb2.GetBalanceRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.GetBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/ListReservations',
+            credits_dot_v1_dot_credits__pb2.ListReservationsRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.ListReservationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,6 +29,17 @@ GRPC_VERSION: str
 class CreditsServiceStub:
     """CreditsService keeps a ledger of credits per account.
 
+    Lots and consumption order: every Grant creates a lot (its amount, source
+    type, priority and optional expire_time). Holds draw from the account's
+    unexpired lots in consumption order: lower priority number first, then the
+    soonest expire_time (lots that never expire last), then the oldest lot.
+    Commit consumes what the hold drew (a larger Commit takes the difference in
+    the same order); Release, expiry of the hold and a smaller Commit give the
+    rest back to the lots it came from. When a lot's expire_time passes, its
+    unheld remainder is written off with one ENTRY_TYPE_EXPIRY entry; credits a
+    hold drew from it stay with the hold, and whatever the hold gives back to it
+    later is written off at once.
+
     Callers place a hold before metered work (CheckAndReserve), then capture it
     (Commit) or void it (Release). Grant adds credits. All amounts are whole
     credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
@@ -67,14 +78,37 @@ class CreditsServiceStub:
     """Release voids an active hold and returns its credits to `available`.
     Repeating it returns the same reservation.
     """
+    ExtendReservation: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ExtendReservationRequest, _credits_pb2.ExtendReservationResponse]
+    """ExtendReservation moves an active hold's expire_time to now + ttl, never
+    earlier than it was and never past the hold's create_time plus the
+    server's maximum hold lifetime (7 days by default). Extending an expired,
+    released or committed hold is FAILED_PRECONDITION. Repeating it is safe.
+    """
     GetBalance: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GetBalanceRequest, _credits_pb2.GetBalanceResponse]
-    """GetBalance returns the account's balance, holds and lifetime totals."""
+    """GetBalance returns the account's balance, holds, lifetime totals, the
+    lots that still hold credits and the credits expiring within a window.
+    """
+    ListReservations: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ListReservationsRequest, _credits_pb2.ListReservationsResponse]
+    """ListReservations pages through the account's holds, newest first:
+    active ones and finished ones, so an operator can see what is stuck.
+    """
     History: _grpc.UnaryUnaryMultiCallable[_credits_pb2.HistoryRequest, _credits_pb2.HistoryResponse]
     """History pages through the account's ledger, newest entry first."""
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
     """CreditsService keeps a ledger of credits per account.
+
+    Lots and consumption order: every Grant creates a lot (its amount, source
+    type, priority and optional expire_time). Holds draw from the account's
+    unexpired lots in consumption order: lower priority number first, then the
+    soonest expire_time (lots that never expire last), then the oldest lot.
+    Commit consumes what the hold drew (a larger Commit takes the difference in
+    the same order); Release, expiry of the hold and a smaller Commit give the
+    rest back to the lots it came from. When a lot's expire_time passes, its
+    unheld remainder is written off with one ENTRY_TYPE_EXPIRY entry; credits a
+    hold drew from it stay with the hold, and whatever the hold gives back to it
+    later is written off at once.
 
     Callers place a hold before metered work (CheckAndReserve), then capture it
     (Commit) or void it (Release). Grant adds credits. All amounts are whole
@@ -111,13 +145,36 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     """Release voids an active hold and returns its credits to `available`.
     Repeating it returns the same reservation.
     """
+    ExtendReservation: _aio.UnaryUnaryMultiCallable[_credits_pb2.ExtendReservationRequest, _credits_pb2.ExtendReservationResponse]  # type: ignore[assignment]
+    """ExtendReservation moves an active hold's expire_time to now + ttl, never
+    earlier than it was and never past the hold's create_time plus the
+    server's maximum hold lifetime (7 days by default). Extending an expired,
+    released or committed hold is FAILED_PRECONDITION. Repeating it is safe.
+    """
     GetBalance: _aio.UnaryUnaryMultiCallable[_credits_pb2.GetBalanceRequest, _credits_pb2.GetBalanceResponse]  # type: ignore[assignment]
-    """GetBalance returns the account's balance, holds and lifetime totals."""
+    """GetBalance returns the account's balance, holds, lifetime totals, the
+    lots that still hold credits and the credits expiring within a window.
+    """
+    ListReservations: _aio.UnaryUnaryMultiCallable[_credits_pb2.ListReservationsRequest, _credits_pb2.ListReservationsResponse]  # type: ignore[assignment]
+    """ListReservations pages through the account's holds, newest first:
+    active ones and finished ones, so an operator can see what is stuck.
+    """
     History: _aio.UnaryUnaryMultiCallable[_credits_pb2.HistoryRequest, _credits_pb2.HistoryResponse]  # type: ignore[assignment]
     """History pages through the account's ledger, newest entry first."""
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     """CreditsService keeps a ledger of credits per account.
+
+    Lots and consumption order: every Grant creates a lot (its amount, source
+    type, priority and optional expire_time). Holds draw from the account's
+    unexpired lots in consumption order: lower priority number first, then the
+    soonest expire_time (lots that never expire last), then the oldest lot.
+    Commit consumes what the hold drew (a larger Commit takes the difference in
+    the same order); Release, expiry of the hold and a smaller Commit give the
+    rest back to the lots it came from. When a lot's expire_time passes, its
+    unheld remainder is written off with one ENTRY_TYPE_EXPIRY entry; credits a
+    hold drew from it stay with the hold, and whatever the hold gives back to it
+    later is written off at once.
 
     Callers place a hold before metered work (CheckAndReserve), then capture it
     (Commit) or void it (Release). Grant adds credits. All amounts are whole
@@ -178,12 +235,36 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def ExtendReservation(
+        self,
+        request: _credits_pb2.ExtendReservationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.ExtendReservationResponse, _abc.Awaitable[_credits_pb2.ExtendReservationResponse]]:
+        """ExtendReservation moves an active hold's expire_time to now + ttl, never
+        earlier than it was and never past the hold's create_time plus the
+        server's maximum hold lifetime (7 days by default). Extending an expired,
+        released or committed hold is FAILED_PRECONDITION. Repeating it is safe.
+        """
+
+    @_abc_1.abstractmethod
     def GetBalance(
         self,
         request: _credits_pb2.GetBalanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.GetBalanceResponse, _abc.Awaitable[_credits_pb2.GetBalanceResponse]]:
-        """GetBalance returns the account's balance, holds and lifetime totals."""
+        """GetBalance returns the account's balance, holds, lifetime totals, the
+        lots that still hold credits and the credits expiring within a window.
+        """
+
+    @_abc_1.abstractmethod
+    def ListReservations(
+        self,
+        request: _credits_pb2.ListReservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.ListReservationsResponse, _abc.Awaitable[_credits_pb2.ListReservationsResponse]]:
+        """ListReservations pages through the account's holds, newest first:
+        active ones and finished ones, so an operator can see what is stuck.
+        """
 
     @_abc_1.abstractmethod
     def History(
