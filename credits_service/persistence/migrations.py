@@ -18,3 +18,8 @@ def alembic_config(database_url: str) -> Config:
 def upgrade_to_head(database_url: str) -> None:
     """Apply pending migrations. Blocking: call it from a thread inside an event loop."""
     command.upgrade(alembic_config(database_url), "head")
+
+
+def upgrade_to(database_url: str, revision: str) -> None:
+    """Apply migrations up to `revision` (tests of a migration start from the one before)."""
+    command.upgrade(alembic_config(database_url), revision)

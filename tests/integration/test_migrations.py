@@ -1,0 +1,138 @@
+"""Migration 0002 moves a ledger written before lots forward: every balance becomes one
+never-expiring lot, every active hold draws from it, and the service then works on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import grpc
+import pytest
+from alembic import command
+
+from credits.v1 import credits_pb2 as pb
+from credits.v1 import credits_pb2_grpc
+from credits_service.app import Application
+from credits_service.persistence.migrations import alembic_config, upgrade_to
+from tests import ledger_checks
+
+DATABASE = "credits_migration"
+
+# A ledger as revision 0001 held it: two accounts, grants, a committed hold, a released hold
+# and two active holds; one account spent everything.
+BEFORE_LOTS = """
+INSERT INTO accounts (account_id, balance, reserved, active_reservation_count,
+                      lifetime_granted, lifetime_used)
+VALUES ('old-1', 70, 15, 2, 100, 30), ('old-2', 0, 0, 0, 5, 5);
+INSERT INTO reservations (reservation_id, account_id, amount, status, committed_amount,
+                          expire_time, finish_time, actor)
+VALUES ('00000000-0000-0000-0000-000000000001', 'old-1', 30, 'COMMITTED', 30,
+        now() + interval '1 hour', now(), 'svc'),
+       ('00000000-0000-0000-0000-000000000002', 'old-1', 9, 'RELEASED', NULL,
+        now() + interval '1 hour', now(), 'svc'),
+       ('00000000-0000-0000-0000-000000000003', 'old-1', 10, 'ACTIVE', NULL,
+        now() + interval '1 hour', NULL, 'svc'),
+       ('00000000-0000-0000-0000-000000000004', 'old-1', 5, 'ACTIVE', NULL,
+        now() + interval '1 hour', NULL, 'svc'),
+       ('00000000-0000-0000-0000-000000000005', 'old-2', 5, 'COMMITTED', 5,
+        now() + interval '1 hour', now(), 'svc');
+INSERT INTO ledger_entries (account_id, entry_type, grant_type, amount, balance_after,
+                            reservation_id, actor)
+VALUES ('old-1', 'GRANT', 'PURCHASE', 100, 100, NULL, 'admin'),
+       ('old-1', 'USAGE', NULL, -30, 70, '00000000-0000-0000-0000-000000000001', 'svc'),
+       ('old-2', 'GRANT', 'PROMO', 5, 5, NULL, 'admin'),
+       ('old-2', 'USAGE', NULL, -5, 0, '00000000-0000-0000-0000-000000000005', 'svc');
+"""
+
+
+@pytest.fixture
+async def old_ledger(embedded_postgres) -> str:
+    admin = await asyncpg.connect(host=str(embedded_postgres.socket_dir), user="postgres",
+                                  database="postgres")
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+    finally:
+        await admin.close()
+    await embedded_postgres.ensure_database(DATABASE)
+    url = embedded_postgres.url(DATABASE)
+    await asyncio.to_thread(upgrade_to, url, "0001")
+    connection = await asyncpg.connect(host=str(embedded_postgres.socket_dir), user="postgres",
+                                       database=DATABASE)
+    try:
+        await connection.execute(BEFORE_LOTS)
+    finally:
+        await connection.close()
+    return url
+
+
+async def test_balances_become_one_never_expiring_lot_and_active_holds_draw_from_it(
+        old_ledger, embedded_postgres, test_settings):
+    connection = await asyncpg.connect(host=str(embedded_postgres.socket_dir), user="postgres",
+                                       database=DATABASE)
+    try:
+        balances_before = await connection.fetch(
+            "SELECT account_id, balance, reserved FROM accounts ORDER BY 1")
+        await asyncio.to_thread(upgrade_to, old_ledger, "head")
+
+        assert await connection.fetch(
+            "SELECT account_id, balance, reserved FROM accounts ORDER BY 1") == balances_before
+        lots = await connection.fetch(
+            "SELECT account_id, source_type, priority, expire_time, amount, remaining, held "
+            "FROM credit_lots")
+        assert [tuple(lot) for lot in lots] == [("old-1", None, 50, None, 70, 70, 15)]
+        draws = await connection.fetch(
+            "SELECT reservation_id::text, held, consumed FROM reservation_lots ORDER BY 1")
+        assert [tuple(d) for d in draws] == [
+            ("00000000-0000-0000-0000-000000000003", 10, None),
+            ("00000000-0000-0000-0000-000000000004", 5, None)]
+        await ledger_checks.assert_invariants(connection)
+
+        # The service works on the migrated ledger: commit one old hold for more than it held,
+        # release the other, grant and spend again.
+        app = await Application.start(test_settings.replace(database_url=old_ledger))
+        try:
+            async with app_channel(app) as stub:
+                committed = await stub.Commit(pb.CommitRequest(
+                    reservation_id="00000000-0000-0000-0000-000000000003", amount=12))
+                assert [(d.held, d.consumed) for d in committed.reservation.draws] == [(10, 12)]
+                await stub.Release(pb.ReleaseRequest(
+                    reservation_id="00000000-0000-0000-0000-000000000004"))
+                await stub.Grant(pb.GrantRequest(account_id="old-2", amount=3,
+                                                 type=pb.GRANT_TYPE_PURCHASE,
+                                                 idempotency_key=str(uuid.uuid4())))
+                report = await stub.GetBalance(pb.GetBalanceRequest(account_id="old-1"))
+                assert (report.balance.balance, report.balance.reserved) == (58, 0)
+                assert [(lot.remaining, lot.source_type) for lot in report.lots] == [
+                    (58, pb.GRANT_TYPE_UNSPECIFIED)]
+        finally:
+            await app.stop()
+        await ledger_checks.assert_invariants(connection)
+    finally:
+        await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def app_channel(app: Application) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        yield credits_pb2_grpc.CreditsServiceStub(channel)
+
+
+async def test_downgrade_to_0001_refuses_once_credits_have_expired(old_ledger, embedded_postgres):
+    await asyncio.to_thread(upgrade_to, old_ledger, "head")
+    config = alembic_config(old_ledger)
+    await asyncio.to_thread(command.downgrade, config, "0001")  # nothing expired yet: fine
+    await asyncio.to_thread(upgrade_to, old_ledger, "head")
+    connection = await asyncpg.connect(host=str(embedded_postgres.socket_dir), user="postgres",
+                                       database=DATABASE)
+    try:
+        lot_id = await connection.fetchval("SELECT lot_id FROM credit_lots")
+        await connection.execute(
+            "INSERT INTO ledger_entries (account_id, entry_type, amount, balance_after, actor, "
+            "lot_id) VALUES ('old-1', 'EXPIRY', -1, 69, 'system', $1)", lot_id)
+    finally:
+        await connection.close()
+    with pytest.raises(Exception, match="EXPIRY entries"):
+        await asyncio.to_thread(command.downgrade, config, "0001")
