@@ -153,7 +153,6 @@ REPLAYABLE_ERRORS: dict[str, type[DomainError]] = {
         AccountNotFound,
         InsufficientCredits,
         BalanceLimitExceeded,
-        ExpireTimePassed,
     )
 }
 

@@ -97,7 +97,9 @@ class Ledger:
 
         async def effect(uow: UnitOfWork) -> GrantResult | errors.DomainError:
             if command.expire_time is not None and command.expire_time <= await uow.lots.now():
-                return errors.ExpireTimePassed(command.expire_time.isoformat())
+                # Raised, not returned: the transaction rolls back and the key stays unused,
+                # as for any other invalid argument.
+                raise errors.ExpireTimePassed(command.expire_time.isoformat())
             balance = await uow.accounts.credit(
                 command.account_id, command.amount, self._limits.balance_max
             )

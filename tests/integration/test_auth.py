@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from google.protobuf.duration_pb2 import Duration
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
@@ -29,7 +30,8 @@ from credits_service.settings import Settings
 from credits_service.transport.auth import mint_token, token_digest
 from tests.grpc_errors import expect_error
 
-TABLES = ("accounts", "ledger_entries", "reservations", "idempotency_keys")
+TABLES = ("accounts", "ledger_entries", "reservations", "idempotency_keys", "credit_lots",
+          "reservation_lots")
 SERVICE_TOKEN = mint_token()
 OTHER_SERVICE_TOKEN = mint_token()
 ADMIN_TOKEN = mint_token()
@@ -97,8 +99,11 @@ def _requests(hold_id: str) -> dict[str, object]:
                                                      idempotency_key=f"r-{uuid.uuid4()}"),
         "Commit": pb.CommitRequest(reservation_id=hold_id, amount=1),
         "Release": pb.ReleaseRequest(reservation_id=hold_id),
+        "ExtendReservation": pb.ExtendReservationRequest(reservation_id=hold_id,
+                                                         ttl=Duration(seconds=60)),
         "GetBalance": pb.GetBalanceRequest(account_id="acct"),
         "History": pb.HistoryRequest(account_id="acct"),
+        "ListReservations": pb.ListReservationsRequest(account_id="acct"),
     }
 
 
@@ -108,7 +113,7 @@ async def test_every_rpc_for_every_kind_of_caller(stub, db, caller):
     await stub.Grant(pb.GrantRequest(account_id="acct", amount=100, type=pb.GRANT_TYPE_PURCHASE,
                                      idempotency_key="seed"), metadata=admin)
     for method, request in _requests(str(uuid.uuid4())).items():
-        if method in ("Commit", "Release"):  # a fresh hold for each, so each can succeed
+        if method in ("Commit", "Release", "ExtendReservation"):  # a fresh hold for each
             hold = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
                 account_id="acct", amount=1, idempotency_key=f"h-{uuid.uuid4()}"),
                 metadata=admin)

@@ -22,7 +22,8 @@ from tests.grpc_errors import RpcError, expect_error
 
 DOMAIN = "credits.v1"
 ACCOUNT = "acct-1"
-TABLES = ("accounts", "ledger_entries", "reservations", "idempotency_keys")
+TABLES = ("accounts", "ledger_entries", "reservations", "idempotency_keys", "credit_lots",
+          "reservation_lots")
 MISSING_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from credits.v1 import credits_pb2 as pb
 from tests.grpc_errors import expect_error
 
-TABLES = ("accounts", "ledger_entries", "reservations", "idempotency_keys")
+TABLES = ("accounts", "ledger_entries", "reservations", "idempotency_keys", "credit_lots",
+          "reservation_lots")
 ALPHABET = "ABCXYZabcxyz0189._:@-"
 TTL_MAX_S = 86_400
 
@@ -58,6 +59,21 @@ valid_grant_type = st.sampled_from([v for v in pb.GrantType.values() if v != 0])
 invalid_grant_type = st.one_of(st.just(0), st.integers(8, 2**31 - 1))
 valid_ttl = st.one_of(st.none(), st.integers(1000, TTL_MAX_S * 1000))
 invalid_ttl = st.one_of(st.integers(-10**9, 999), st.integers(TTL_MAX_S * 1000 + 1, 10**12))
+# expire_time: unset or in the future (a past one is EXPIRE_TIME_PASSED, see test_lots.py);
+# invalid: past year 9999.
+valid_expire_time = st.one_of(st.none(), st.integers(4_102_444_800, 253_402_300_799))
+invalid_expire_time = st.integers(253_402_300_800, 2**62)
+valid_priority = st.one_of(st.none(), st.integers(0, 100))
+invalid_priority = st.one_of(st.integers(-(2**31), -1), st.integers(101, 2**31 - 1))
+valid_extend_ttl = st.integers(1000, TTL_MAX_S * 1000)
+invalid_extend_ttl = st.one_of(st.none(), invalid_ttl)
+DAY_MS = 86_400_000
+valid_window = st.one_of(st.none(), st.integers(0, 3650 * DAY_MS))
+invalid_window = st.one_of(st.integers(-10**12, -1), st.integers(3650 * DAY_MS + 1, 10**15))
+valid_statuses = st.lists(st.sampled_from([v for v in pb.ReservationStatus.values() if v]),
+                          max_size=3)
+invalid_statuses = st.builds(lambda ok, bad: [*ok, bad], valid_statuses,
+                             st.one_of(st.just(0), st.integers(5, 1000)))
 valid_reservation_id = st.uuids().map(str)
 invalid_reservation_id = st.one_of(
     st.just(""), st.text(ALPHABET, max_size=40).filter(lambda s: len(s) != 36),
@@ -95,9 +111,29 @@ def _duration(ttl_ms: int | None) -> dict[str, Duration]:
     return {"ttl": Duration(seconds=sign * seconds, nanos=sign * millis * 1_000_000)}
 
 
-def _grant(account_id, amount, type, idempotency_key, reason, metadata):
+def _grant(account_id, amount, type, idempotency_key, reason, metadata, expire_time, priority):
+    extra = {} if priority is None else {"priority": priority}
+    if expire_time is not None:
+        extra["expire_time"] = Timestamp(seconds=expire_time)
     return pb.GrantRequest(account_id=account_id, amount=amount, type=type,
-                           idempotency_key=idempotency_key, reason=reason, metadata=metadata)
+                           idempotency_key=idempotency_key, reason=reason, metadata=metadata,
+                           **extra)
+
+
+def _extend(reservation_id, ttl):
+    return pb.ExtendReservationRequest(reservation_id=reservation_id, **_duration(ttl))
+
+
+def _get_balance(account_id, expiring_within):
+    extra = {}
+    if expiring_within is not None:
+        extra["expiring_within"] = _duration(expiring_within)["ttl"]
+    return pb.GetBalanceRequest(account_id=account_id, **extra)
+
+
+def _list_reservations(account_id, page_size, page_token, statuses):
+    return pb.ListReservationsRequest(account_id=account_id, page_size=page_size,
+                                      page_token=page_token, statuses=statuses)
 
 
 def _reserve(account_id, amount, idempotency_key, ttl, metadata):
@@ -129,7 +165,9 @@ RPC_REQUESTS: dict[str, st.SearchStrategy] = {
         _grant, account_id=field(valid_id, invalid_id), amount=field(valid_amount, invalid_amount),
         type=field(valid_grant_type, invalid_grant_type),
         idempotency_key=field(valid_id, invalid_id), reason=field(valid_text, invalid_text),
-        metadata=field(valid_metadata, invalid_metadata)),
+        metadata=field(valid_metadata, invalid_metadata),
+        expire_time=field(valid_expire_time, invalid_expire_time),
+        priority=field(valid_priority, invalid_priority)),
     "CheckAndReserve": requests(
         _reserve, account_id=field(valid_id, invalid_id),
         amount=field(valid_amount, invalid_amount), idempotency_key=field(valid_id, invalid_id),
@@ -143,8 +181,16 @@ RPC_REQUESTS: dict[str, st.SearchStrategy] = {
                                                          reason=reason),
         reservation_id=field(valid_reservation_id, invalid_reservation_id),
         reason=field(valid_text, invalid_text)),
-    "GetBalance": requests(lambda account_id: pb.GetBalanceRequest(account_id=account_id),
-                           account_id=field(valid_id, invalid_id)),
+    "ExtendReservation": requests(
+        _extend, reservation_id=field(valid_reservation_id, invalid_reservation_id),
+        ttl=field(valid_extend_ttl, invalid_extend_ttl)),
+    "GetBalance": requests(_get_balance, account_id=field(valid_id, invalid_id),
+                           expiring_within=field(valid_window, invalid_window)),
+    "ListReservations": requests(
+        _list_reservations, account_id=field(valid_id, invalid_id),
+        page_size=field(valid_page_size, invalid_page_size),
+        page_token=field(valid_page_token, invalid_page_token),
+        statuses=field(valid_statuses, invalid_statuses)),
     "History": requests(
         _history, account_id=field(valid_id, invalid_id),
         page_size=field(valid_page_size, invalid_page_size),
