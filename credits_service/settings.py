@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "CREDITS_"
+_EMPTY_IS_A_VALUE = frozenset({"metrics_listen"})
 
 
 def _default_data_dir() -> str:
@@ -170,7 +171,8 @@ class Settings:
             raw = getattr(args, f.name, None) if args is not None else None
             if raw is None:
                 raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is None or raw == "":
+            # Empty means unset, except where empty is a value of its own (metrics off).
+            if raw is None or (raw == "" and f.name not in _EMPTY_IS_A_VALUE):
                 continue
             values[f.name] = _parse(f.name, str(f.type), raw)
         return cls(**values)

@@ -24,6 +24,13 @@ def test_a_flag_beats_the_environment_which_beats_the_default():
     assert (settings.pool_size, settings.page_size_max, settings.sweep_interval_s) == (9, 300, 1.0)
 
 
+def test_an_empty_metrics_listen_turns_metrics_off_while_other_empty_values_mean_unset():
+    assert Settings.load(_args("--metrics-listen", ""), {}).metrics_listen == ""
+    assert Settings.load(None, {"CREDITS_METRICS_LISTEN": ""}).metrics_listen == ""
+    assert Settings.load(None, {"CREDITS_LISTEN": ""}).listen == "127.0.0.1:50051"
+    assert Settings.load(None, {}).metrics_listen == "127.0.0.1:9464"
+
+
 def test_booleans_parse_from_the_environment():
     assert Settings.load(None, {"CREDITS_REFLECTION": "off"}).reflection is False
     with pytest.raises(ValueError, match="reflection"):
@@ -38,6 +45,7 @@ def test_booleans_parse_from_the_environment():
     ({"lock_timeout_ms": 6000}, "lock_timeout_ms"),
     ({"idempotency_retention_s": 60.0}, "idempotency_retention_s"),
     ({"shutdown_grace_s": -1.0}, "shutdown_grace_s"),
+    ({"hold_lifetime_max_s": 3600.0}, "hold_lifetime_max_s"),
 ])
 def test_out_of_range_settings_are_refused_by_name(changes, field):
     with pytest.raises(ValueError, match=field):
