@@ -144,23 +144,6 @@ class AccountRepository:
         )
         return {row.account_id: _balance(row) for row in rows}
 
-    async def write_off(self, account_id: str, amount: int) -> BalanceSnapshot:
-        """Take `amount` of expired credits off the balance."""
-        balance = await self._one(
-            f"""
-            UPDATE accounts
-               SET balance = balance - :amount,
-                   lifetime_expired = lifetime_expired + :amount,
-                   update_time = credits_now()
-             WHERE account_id = :account_id
-            RETURNING {_ACCOUNT_COLUMNS}
-            """,
-            account_id=account_id,
-            amount=amount,
-        )
-        assert balance is not None, "a lot's account always exists"
-        return balance
-
     async def credit(
         self, account_id: str, amount: int, balance_max: int
     ) -> BalanceSnapshot | None:
@@ -285,6 +268,54 @@ class LedgerRepository:
             )
         ).one()
         return _entry(row)
+
+    async def write_off(
+        self, write_offs: list[tuple[str, int, int, str | None]], actor: str
+    ) -> dict[str, BalanceSnapshot]:
+        """Write off expired credits, given as (account_id, lot_id, amount, reservation_id or
+        None) in the order their EXPIRY entries are to follow one another: one statement takes
+        them off each account's balance and appends the entries with running balances."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                WITH w AS (
+                    SELECT * FROM unnest(CAST(:account_ids AS text[]), CAST(:lot_ids AS bigint[]),
+                                         CAST(:amounts AS bigint[]), CAST(:holds AS uuid[]))
+                                  WITH ORDINALITY AS w (account_id, lot_id, amount,
+                                                        reservation_id, position)
+                ), totals AS (
+                    SELECT account_id, sum(amount) AS total FROM w GROUP BY account_id
+                ), updated AS (
+                    UPDATE accounts a
+                       SET balance = a.balance - t.total,
+                           lifetime_expired = a.lifetime_expired + t.total,
+                           update_time = credits_now()
+                      FROM totals t
+                     WHERE a.account_id = t.account_id
+                    RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))},
+                              a.balance + t.total AS balance_before
+                ), entries AS (
+                    INSERT INTO ledger_entries (account_id, entry_type, amount, balance_after,
+                                                reservation_id, actor, lot_id)
+                    SELECT w.account_id, 'EXPIRY', -w.amount,
+                           u.balance_before - sum(w.amount) OVER (
+                               PARTITION BY w.account_id ORDER BY w.position),
+                           w.reservation_id, :actor, w.lot_id
+                      FROM w JOIN updated u USING (account_id)
+                     ORDER BY w.position
+                )
+                SELECT * FROM updated
+                """
+            ),
+            {
+                "account_ids": [w[0] for w in write_offs],
+                "lot_ids": [w[1] for w in write_offs],
+                "amounts": [w[2] for w in write_offs],
+                "holds": [w[3] for w in write_offs],
+                "actor": actor,
+            },
+        )
+        return {row.account_id: _balance(row) for row in rows}
 
     async def usage_of(self, reservation_id: str) -> LedgerEntry | None:
         row = (

@@ -231,9 +231,11 @@ class Ledger:
             draws = await uow.reservations.record_consumption(
                 locked.reservation_id, locked.draws, consumed
             )
-            balance = await self._write_off_given_back(
-                uow, account_id, locked.reservation_id, write_offs
-            ) or balance
+            written_off = await self._write_off(
+                uow, [(account_id, lot_id, part, locked.reservation_id)
+                      for lot_id, part in write_offs]
+            )
+            balance = written_off.get(account_id, balance)
             uow.on_commit(lambda: self._events.committed(amount))
             return CommitResult(
                 reservation=dataclasses.replace(committed, draws=draws), entry=entry,
@@ -414,47 +416,23 @@ class Ledger:
     ) -> dict[str, BalanceSnapshot]:
         """Expire the (locked) accounts' due lots, one EXPIRY entry per lot with unheld credits;
         returns the balances that changed."""
-        balances: dict[str, BalanceSnapshot] = {}
-        written_off = 0
-        for account_id, lot_id, unheld in await uow.lots.expire_due(account_ids):
-            if unheld:
-                balances[account_id] = await self._write_off(uow, account_id, lot_id, unheld)
-                written_off += unheld
-        if written_off:
-            uow.on_commit(lambda: self._events.written_off(written_off))
-        return balances
-
-    async def _write_off_given_back(
-        self,
-        uow: UnitOfWork,
-        account_id: str,
-        reservation_id: str,
-        write_offs: list[tuple[int, int]],
-    ) -> BalanceSnapshot | None:
-        balance = None
-        for lot_id, amount in write_offs:
-            balance = await self._write_off(uow, account_id, lot_id, amount, reservation_id)
-        if write_offs:
-            total = sum(amount for _, amount in write_offs)
-            uow.on_commit(lambda: self._events.written_off(total))
-        return balance
-
-    @staticmethod
-    async def _write_off(
-        uow: UnitOfWork, account_id: str, lot_id: int, amount: int,
-        reservation_id: str | None = None,
-    ) -> BalanceSnapshot:
-        balance = await uow.accounts.write_off(account_id, amount)
-        await uow.ledger.append(
-            account_id=account_id,
-            entry_type=EntryType.EXPIRY,
-            amount=-amount,
-            balance_after=balance.balance,
-            reservation_id=reservation_id,
-            actor=SYSTEM_ACTOR,
-            lot_id=lot_id,
+        expired = await uow.lots.expire_due(account_ids)
+        return await self._write_off(
+            uow, [(account_id, lot_id, unheld, None) for account_id, lot_id, unheld in expired]
         )
-        return balance
+
+    async def _write_off(
+        self, uow: UnitOfWork, write_offs: list[tuple[str, int, int, str | None]]
+    ) -> dict[str, BalanceSnapshot]:
+        """Take expired credits off the balances with their EXPIRY entries, in one statement;
+        returns the balances that changed."""
+        write_offs = [w for w in write_offs if w[2]]
+        if not write_offs:
+            return {}
+        balances = await uow.ledger.write_off(write_offs, SYSTEM_ACTOR)
+        total = sum(amount for _, _, amount, _ in write_offs)
+        uow.on_commit(lambda: self._events.written_off(total))
+        return balances
 
     async def _void(
         self,
@@ -491,12 +469,10 @@ class Ledger:
             held, count = per_account.get(hold.account_id, (0, 0))
             per_account[hold.account_id] = (held + hold.amount, count + 1)
         balances.update(await uow.accounts.unhold(per_account))
-        for hold, hold_write_offs in write_offs:
-            balance = await self._write_off_given_back(
-                uow, hold.account_id, hold.reservation_id, hold_write_offs
-            )
-            if balance is not None:
-                balances[hold.account_id] = balance
+        balances.update(await self._write_off(uow, [
+            (hold.account_id, lot_id, part, hold.reservation_id)
+            for hold, hold_write_offs in write_offs for lot_id, part in hold_write_offs
+        ]))
         ended = {
             hold.reservation_id: dataclasses.replace(
                 finished[hold.reservation_id], draws=hold.draws
