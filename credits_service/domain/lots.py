@@ -35,6 +35,15 @@ def take(free: Iterable[tuple[int, int]], amount: int) -> list[tuple[int, int]] 
     return taken if left == 0 else None
 
 
+def left_after(
+    free: Iterable[tuple[int, int]], taken: Iterable[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """What `free` still offers once `taken` is drawn from it (same order)."""
+    drawn = dict(taken)
+    return [(lot_id, available - drawn.get(lot_id, 0)) for lot_id, available in free
+            if available > drawn.get(lot_id, 0)]
+
+
 @dataclass(frozen=True, slots=True)
 class CommitSplit:
     """How a Commit of `amount` settles a hold's draws (in consumption order)."""

@@ -23,6 +23,7 @@ from credits_service.domain.model import (
     LedgerEntry,
     Lot,
     LotDraw,
+    NewHold,
     Reservation,
     ReservationStatus,
 )
@@ -178,6 +179,30 @@ class AccountRepository:
             account_id=account_id,
             amount=amount,
         )
+
+    async def hold_many(self, holds: Mapping[str, tuple[int, int]]) -> dict[str, BalanceSnapshot]:
+        """Reserve, per account, (credits, number of holds) if available covers them; accounts
+        it does not cover are left out of the result."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                UPDATE accounts a
+                   SET reserved = a.reserved + h.held,
+                       active_reservation_count = a.active_reservation_count + h.holds,
+                       update_time = credits_now()
+                  FROM unnest(CAST(:account_ids AS text[]), CAST(:held AS bigint[]),
+                              CAST(:holds AS bigint[])) AS h (account_id, held, holds)
+                 WHERE a.account_id = h.account_id AND a.balance - a.reserved >= h.held
+                RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))}
+                """
+            ),
+            {
+                "account_ids": list(holds),
+                "held": [held for held, _ in holds.values()],
+                "holds": [count for _, count in holds.values()],
+            },
+        )
+        return {row.account_id: _balance(row) for row in rows}
 
     async def capture(self, account_id: str, held: int, amount: int) -> BalanceSnapshot | None:
         """Turn a hold of `held` into usage of `amount`; None if available cannot cover it."""
@@ -471,6 +496,36 @@ class LotRepository:
         )
         return [(row.lot_id, row.free) for row in rows]
 
+    async def free_in_order_many(
+        self, wanted: Mapping[str, int]
+    ) -> dict[str, list[tuple[int, int]]]:
+        """free_in_order for several accounts at once: per account, just as many lots as it
+        takes to cover the credits wanted from it."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                SELECT account_id, lot_id, free FROM (
+                    SELECT l.account_id, l.lot_id, l.remaining - l.held AS free, w.amount,
+                           sum(l.remaining - l.held) OVER (
+                               PARTITION BY l.account_id
+                               ORDER BY {_CONSUMPTION_ORDER} ROWS UNBOUNDED PRECEDING
+                           ) AS running
+                      FROM unnest(CAST(:account_ids AS text[]), CAST(:amounts AS bigint[]))
+                           AS w (account_id, amount)
+                      JOIN credit_lots l ON l.account_id = w.account_id
+                     WHERE l.remaining > l.held AND l.expired_time IS NULL
+                       AND (l.expire_time IS NULL OR l.expire_time > credits_now())) s
+                 WHERE running - free < amount
+                 ORDER BY account_id, running
+                """
+            ),
+            {"account_ids": list(wanted), "amounts": list(wanted.values())},
+        )
+        free: dict[str, list[tuple[int, int]]] = {account_id: [] for account_id in wanted}
+        for row in rows:
+            free[row.account_id].append((row.lot_id, row.free))
+        return free
+
     async def apply(self, changes: Iterable[LotChange]) -> None:
         """Move each lot's held and remaining credits by the given deltas."""
         changes = [c for c in changes if c.held_delta or c.remaining_delta]
@@ -588,6 +643,52 @@ class ReservationRepository:
             )
         ).one()
         return _reservation(row, tuple(LotDraw(lot_id, held) for lot_id, held in draws))
+
+    async def insert_many(self, holds: list[NewHold]) -> dict[str, Reservation]:
+        """Place ACTIVE holds with what each drew from each lot, in one statement."""
+        draws = [(hold.reservation_id, lot_id, held) for hold in holds
+                 for lot_id, held in hold.draws]
+        rows = await self._connection.execute(
+            text(
+                f"""
+                WITH placed AS (
+                    INSERT INTO reservations (reservation_id, account_id, amount, status,
+                        expire_time, metadata, actor)
+                    SELECT h.reservation_id, h.account_id, h.amount, 'ACTIVE',
+                           credits_now() + h.ttl_ms * interval '1 millisecond',
+                           CAST(h.metadata AS jsonb), h.actor
+                      FROM unnest(CAST(:ids AS uuid[]), CAST(:account_ids AS text[]),
+                                  CAST(:amounts AS bigint[]), CAST(:ttl_ms AS bigint[]),
+                                  CAST(:metadata AS text[]), CAST(:actors AS text[]))
+                           AS h (reservation_id, account_id, amount, ttl_ms, metadata, actor)
+                    RETURNING {_RESERVATION_COLUMNS}
+                ), drawn AS (
+                    INSERT INTO reservation_lots (reservation_id, lot_id, held)
+                    SELECT d.reservation_id, d.lot_id, d.held
+                      FROM unnest(CAST(:draw_ids AS uuid[]), CAST(:lot_ids AS bigint[]),
+                                  CAST(:held AS bigint[])) AS d (reservation_id, lot_id, held)
+                )
+                SELECT * FROM placed
+                """
+            ),
+            {
+                "ids": [hold.reservation_id for hold in holds],
+                "account_ids": [hold.account_id for hold in holds],
+                "amounts": [hold.amount for hold in holds],
+                "ttl_ms": [hold.ttl_ms for hold in holds],
+                "metadata": [_json(hold.metadata) for hold in holds],
+                "actors": [hold.actor for hold in holds],
+                "draw_ids": [d[0] for d in draws],
+                "lot_ids": [d[1] for d in draws],
+                "held": [d[2] for d in draws],
+            },
+        )
+        by_id = {hold.reservation_id: hold for hold in holds}
+        return {
+            row.reservation_id: _reservation(row, tuple(
+                LotDraw(lot_id, held) for lot_id, held in by_id[row.reservation_id].draws))
+            for row in rows
+        }
 
     async def lock(self, reservation_id: str) -> tuple[Reservation, bool] | None:
         """The hold with its draws, locked for this transaction, and whether its expire_time
@@ -808,6 +909,70 @@ class IdempotencyRepository:
                 "WHERE scope = :scope AND idempotency_key = :key"
             ),
             {"scope": scope, "key": key, "response": json.dumps(response, sort_keys=True)},
+        )
+
+    async def claim_many(
+        self, keys: list[tuple[str, str, str, bytes]]
+    ) -> set[tuple[str, str]]:
+        """claim for (scope, key, method, request_hash) rows at once, in key order (two batches
+        claiming overlapping keys wait for each other in one order); returns the (scope, key)
+        pairs this transaction claimed."""
+        keys = sorted(keys, key=lambda k: (k[0], k[1]))
+        rows = await self._connection.execute(
+            text(
+                """
+                INSERT INTO idempotency_keys (scope, idempotency_key, method, request_hash)
+                SELECT * FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[]),
+                                     CAST(:methods AS text[]), CAST(:hashes AS bytea[]))
+                ON CONFLICT (scope, idempotency_key) DO NOTHING
+                RETURNING scope, idempotency_key
+                """
+            ),
+            {
+                "scopes": [k[0] for k in keys],
+                "keys": [k[1] for k in keys],
+                "methods": [k[2] for k in keys],
+                "hashes": [k[3] for k in keys],
+            },
+        )
+        return {(row.scope, row.idempotency_key) for row in rows}
+
+    async def get_many(
+        self, keys: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[bytes, Any]]:
+        """(request_hash, stored response) of finished keys, by (scope, key)."""
+        rows = await self._connection.execute(
+            text(
+                """
+                SELECT i.scope, i.idempotency_key, i.request_hash, i.response::text AS response
+                  FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[])) AS k (scope, key)
+                  JOIN idempotency_keys i
+                    ON i.scope = k.scope AND i.idempotency_key = k.key
+                """
+            ),
+            {"scopes": [k[0] for k in keys], "keys": [k[1] for k in keys]},
+        )
+        return {
+            (row.scope, row.idempotency_key): (
+                bytes(row.request_hash), json.loads(row.response) if row.response else None)
+            for row in rows
+        }
+
+    async def complete_many(self, responses: list[tuple[str, str, Any]]) -> None:
+        await self._connection.execute(
+            text(
+                """
+                UPDATE idempotency_keys i SET response = CAST(r.response AS jsonb)
+                  FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[]),
+                              CAST(:responses AS text[])) AS r (scope, key, response)
+                 WHERE i.scope = r.scope AND i.idempotency_key = r.key
+                """
+            ),
+            {
+                "scopes": [r[0] for r in responses],
+                "keys": [r[1] for r in responses],
+                "responses": [json.dumps(r[2], sort_keys=True) for r in responses],
+            },
         )
 
     async def purge(self, older_than_s: float, batch_size: int) -> int:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -38,6 +38,7 @@ from credits_service.domain.model import (
     GrantResult,
     HistoryPage,
     HistoryQuery,
+    NewHold,
     ReleaseCommand,
     ReleaseResult,
     Reservation,
@@ -135,41 +136,123 @@ class Ledger:
     async def check_and_reserve(self, command: ReserveCommand, actor: str) -> ReserveResult:
         """Hold credits if available covers them, drawing from lots in consumption order, once
         per idempotency key (declines too)."""
+        outcome = (await self.check_and_reserve_many([(command, actor)]))[0]
+        if isinstance(outcome, errors.DomainError):
+            raise outcome
+        return outcome
 
-        async def effect(uow: UnitOfWork) -> ReserveResult | errors.DomainError:
-            locked = (await self._lock_accounts(uow, [command.account_id])).get(
-                command.account_id
+    async def check_and_reserve_many(
+        self, calls: Sequence[tuple[ReserveCommand, str]]
+    ) -> list[ReserveResult | errors.DomainError]:
+        """Place several holds in one transaction, each (command, actor) with its own
+        idempotency key (scoped to its actor) and its own result or decline: the same answers
+        as placing them one by one, in order. The same key twice answers twice alike."""
+        method = "CheckAndReserve"
+        digests = [idempotency.request_hash(method, command) for command, _ in calls]
+        first: dict[tuple[str, str], int] = {}
+        for i, (command, actor) in enumerate(calls):
+            first.setdefault((actor, command.idempotency_key), i)
+
+        async def work(uow: UnitOfWork) -> list[ReserveResult | errors.DomainError]:
+            outcomes: list[Any] = [None] * len(calls)
+            claimed = await uow.idempotency.claim_many(
+                [(scope, key, method, digests[i]) for (scope, key), i in first.items()]
             )
-            if locked is None:
-                return errors.AccountNotFound(command.account_id)
-            if locked.available < command.amount:
-                return errors.InsufficientCredits(
-                    command.account_id, locked.available, command.amount
+            earlier = [pair for pair in first if pair not in claimed]
+            stored = await uow.idempotency.get_many(earlier) if earlier else {}
+            for pair in earlier:
+                if pair not in stored:  # purged between our insert and read: run again
+                    raise errors.TransientConflict("idempotency key vanished")
+                stored_digest, response = stored[pair]
+                i = first[pair]
+                if stored_digest != digests[i]:
+                    outcomes[i] = errors.IdempotencyKeyReused(pair[1])
+                else:
+                    assert response is not None, "a committed key always has its response"
+                    outcomes[i] = idempotency.decode(response)
+                    uow.on_commit(lambda: self._events.replayed(method))
+            new = sorted(first[pair] for pair in claimed)
+            if new:
+                await self._place_holds(uow, calls, new, outcomes)
+                await uow.idempotency.complete_many([
+                    (calls[i][1], calls[i][0].idempotency_key, idempotency.encode(outcomes[i]))
+                    for i in new
+                ])
+            for i, (command, actor) in enumerate(calls):
+                j = first[(actor, command.idempotency_key)]
+                if j != i:
+                    outcomes[i] = (outcomes[j] if digests[i] == digests[j]
+                                   else errors.IdempotencyKeyReused(command.idempotency_key))
+            return outcomes
+
+        return await self._transaction(work)
+
+    async def _place_holds(
+        self,
+        uow: UnitOfWork,
+        calls: Sequence[tuple[ReserveCommand, str]],
+        indexes: list[int],
+        outcomes: list[Any],
+    ) -> None:
+        """Decide and write the holds of calls[i] for i in `indexes`, in that order, into
+        outcomes[i]: lock their accounts, draw from lots, write everything set-based."""
+        snapshots = await self._lock_accounts(uow, [calls[i][0].account_id for i in indexes])
+        wanted: dict[str, int] = {}
+        for i in indexes:
+            command = calls[i][0]
+            if command.account_id in snapshots:
+                wanted[command.account_id] = wanted.get(command.account_id, 0) + command.amount
+        free = await uow.lots.free_in_order_many(wanted) if wanted else {}
+        holds: list[tuple[int, NewHold]] = []
+        changes: dict[int, int] = {}
+        per_account: dict[str, tuple[int, int]] = {}
+        balances: dict[int, BalanceSnapshot] = {}
+        for i in indexes:
+            command, actor = calls[i]
+            account_id = command.account_id
+            snapshot = snapshots.get(account_id)
+            if snapshot is None:
+                outcomes[i] = errors.AccountNotFound(account_id)
+                continue
+            if snapshot.available < command.amount:
+                outcomes[i] = errors.InsufficientCredits(
+                    account_id, snapshot.available, command.amount
                 )
-            draws = lots.take(
-                await uow.lots.free_in_order(command.account_id, command.amount), command.amount
-            )
+                continue
+            draws = lots.take(free[account_id], command.amount)
             if draws is None:
-                raise LotsOutOfStep(command.account_id)
-            await uow.lots.apply(lots.LotChange(lot_id, part, 0) for lot_id, part in draws)
-            balance = await uow.accounts.hold(command.account_id, command.amount)
-            if balance is None:
-                raise LotsOutOfStep(command.account_id)
-            reservation = await uow.reservations.insert(
+                raise LotsOutOfStep(account_id)
+            free[account_id] = lots.left_after(free[account_id], draws)
+            for lot_id, part in draws:
+                changes[lot_id] = changes.get(lot_id, 0) + part
+            snapshot = dataclasses.replace(
+                snapshot,
+                reserved=snapshot.reserved + command.amount,
+                active_reservation_count=snapshot.active_reservation_count + 1,
+            )
+            snapshots[account_id] = balances[i] = snapshot
+            held, count = per_account.get(account_id, (0, 0))
+            per_account[account_id] = (held + command.amount, count + 1)
+            holds.append((i, NewHold(
                 reservation_id=str(uuid.uuid4()),
-                account_id=command.account_id,
+                account_id=account_id,
                 amount=command.amount,
                 ttl_ms=command.ttl_ms or self._limits.hold_ttl_default_ms,
                 metadata=command.metadata,
                 actor=actor,
                 draws=draws,
-            )
-            uow.on_commit(self._events.reserved)
-            return ReserveResult(reservation=reservation, balance=balance)
-
-        return await self._idempotent(
-            "CheckAndReserve", command, command.idempotency_key, actor, effect
-        )
+            )))
+        if not holds:
+            return
+        await uow.lots.apply(lots.LotChange(lot_id, part, 0) for lot_id, part in changes.items())
+        updated = await uow.accounts.hold_many(per_account)
+        if any(updated.get(account_id) != snapshots[account_id] for account_id in per_account):
+            raise LotsOutOfStep(next(iter(per_account)))
+        placed = await uow.reservations.insert_many([hold for _, hold in holds])
+        for i, hold in holds:
+            outcomes[i] = ReserveResult(reservation=placed[hold.reservation_id],
+                                        balance=balances[i])
+        uow.on_commit(lambda: [self._events.reserved() for _ in holds])
 
     async def commit(self, command: CommitCommand, actor: str) -> CommitResult:
         """Capture a hold for its amount or another; repeating with the same amount replays.
