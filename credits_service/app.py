@@ -164,6 +164,7 @@ class Application:
             RequestLimits(
                 hold_ttl_max_ms=int(settings.hold_ttl_max_s * 1000),
                 page_size_max=settings.page_size_max,
+                batch_size_max=settings.batch_size_max,
             )
         )
         metrics.watch(engine.pool.checkedout, sweeper.seconds_since_sweep)  # type: ignore[attr-defined]

@@ -59,6 +59,9 @@ class Settings:
         86400.0, "how long idempotency keys are kept before they are purged"
     )
     purge_interval_s: float = _setting(60.0, "how often old idempotency keys are purged")
+    batch_size_max: int = _setting(
+        100, "items a BatchCheckAndReserve or BatchCommit call may carry, at most"
+    )
     page_size_default: int = _setting(50, "History page size when the caller gives none")
     page_size_max: int = _setting(500, "largest History page; larger requests are capped")
     pool_size: int = _setting(10, "database connections kept open")
@@ -113,6 +116,7 @@ class Settings:
             "hold_ttl_default_s": 1 <= self.hold_ttl_default_s <= self.hold_ttl_max_s,
             "sweep_interval_s": 0 < self.sweep_interval_s <= 3600,
             "sweep_batch_size": 1 <= self.sweep_batch_size <= 100_000,
+            "batch_size_max": 1 <= self.batch_size_max <= 1000,
             "page_size_default": 1 <= self.page_size_default <= self.page_size_max <= 10_000,
             "pool_size": 1 <= self.pool_size <= 200,
             "transaction_attempts_max": 1 <= self.transaction_attempts_max <= 20,

@@ -71,6 +71,7 @@ class LedgerLimits:
     hold_ttl_default_ms: int = 300_000
     hold_lifetime_max_ms: int = 7 * 86_400_000
     lots_listed_max: int = 100
+    batch_concurrency: int = 4  # transactions one BatchCommit runs at once
     page_size_default: int = 50
     page_size_max: int = 500
     transaction_attempts_max: int = 5
@@ -326,6 +327,22 @@ class Ledger:
             )
 
         return await self._transaction(work)
+
+    async def commit_each(
+        self, commands: Sequence[CommitCommand], actor: str
+    ) -> list[CommitResult | Exception]:
+        """Commit each hold in its own transaction, a few at a time, so one failing item never
+        fails another: each gets its result or the exception it alone would have raised."""
+        limit = asyncio.Semaphore(self._limits.batch_concurrency)
+
+        async def one(command: CommitCommand) -> CommitResult | Exception:
+            async with limit:
+                try:
+                    return await self.commit(command, actor)
+                except Exception as exc:  # reported per item, by the caller
+                    return exc
+
+        return list(await asyncio.gather(*(one(command) for command in commands)))
 
     async def release(self, command: ReleaseCommand, actor: str) -> ReleaseResult:
         """Void an active hold, giving its credits back to the lots they came from; releasing a

@@ -31,7 +31,7 @@ class Role(enum.Enum):
 # added later is admin-only until it is listed here.
 SERVICE_METHODS = frozenset({
     "CheckAndReserve", "Commit", "Release", "ExtendReservation", "GetBalance", "History",
-    "ListReservations",
+    "ListReservations", "BatchCheckAndReserve", "BatchCommit",
 })
 
 
@@ -115,14 +115,16 @@ class TokenBucket:
     tokens: float
     updated_s: float
 
-    def take(self, now_s: float) -> float:
-        """0 if a call may go now (and take a token), else seconds until one is available."""
+    def take(self, now_s: float, cost: float = 1) -> float:
+        """0 if a call costing `cost` tokens may go now (and take them), else seconds until
+        they are available. A cost above the burst is charged as the burst."""
+        cost = min(cost, self.burst)
         self.tokens = min(self.burst, self.tokens + (now_s - self.updated_s) * self.rate_per_s)
         self.updated_s = now_s
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= cost:
+            self.tokens -= cost
             return 0.0
-        return (1 - self.tokens) / self.rate_per_s
+        return (cost - self.tokens) / self.rate_per_s
 
 
 @dataclass
@@ -135,7 +137,9 @@ class Gatekeeper:
     rate_limit_burst: int = 1
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
 
-    def admit(self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal:
+    def admit(
+        self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None, cost: int = 1
+    ) -> Principal:
         principal = self._authenticate(metadata) if self.enabled else ANONYMOUS
         if not principal.may_call(method):
             raise PermissionDenied(principal, method)
@@ -145,7 +149,7 @@ class Gatekeeper:
             if bucket is None:
                 bucket = self._buckets[principal.name] = TokenBucket(
                     self.rate_limit_per_s, self.rate_limit_burst, self.rate_limit_burst, now_s)
-            wait_s = bucket.take(now_s)
+            wait_s = bucket.take(now_s, cost)
             if wait_s > 0:
                 raise RateLimited(principal, wait_s)
         return principal

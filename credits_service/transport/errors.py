@@ -11,6 +11,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from credits.v1 import credits_pb2 as pb
 from credits_service.domain import errors
 from credits_service.transport.admission import ShuttingDown
 from credits_service.transport.auth import PermissionDenied, RateLimited, Unauthenticated
@@ -91,3 +92,21 @@ def _status(
     return rpc_status.to_status(
         status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
     )
+
+
+def item_error(exc: BaseException) -> pb.ItemError:
+    """The error of one batch item: what the same request alone would have failed with."""
+    code = status_code_of(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        return pb.ItemError(code=code.value[0], message="internal error", reason=INTERNAL_REASON,
+                            domain=ERROR_DOMAIN)
+    violations = []
+    if isinstance(exc, InvalidArgument):
+        metadata = {"field": exc.violations[0].field}
+        violations = [pb.FieldViolation(field=v.field, description=v.description)
+                      for v in exc.violations]
+    else:
+        metadata = dict(getattr(exc, "metadata", {}))
+    return pb.ItemError(code=code.value[0], message=str(exc),
+                        reason=getattr(exc, "reason", INTERNAL_REASON), domain=ERROR_DOMAIN,
+                        metadata=metadata, field_violations=violations)

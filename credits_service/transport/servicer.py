@@ -15,6 +15,7 @@ from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
 from credits_service.domain.deadline import reset_call_deadline, set_call_deadline
 from credits_service.domain.errors import DomainError, StorageError
+from credits_service.domain.model import CommitResult, ReserveResult
 from credits_service.service.ledger import Ledger
 from credits_service.telemetry import Metrics
 from credits_service.transport import mapping
@@ -26,7 +27,7 @@ from credits_service.transport.auth import (
     RateLimited,
     Unauthenticated,
 )
-from credits_service.transport.errors import status_code_of, to_status
+from credits_service.transport.errors import item_error, status_code_of, to_status
 from credits_service.transport.validation import InvalidArgument, Validator
 
 _log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ def rpc(handler: Handler[Request, Response]) -> ServedHandler[Request, Response]
         code = grpc.StatusCode.CANCELLED  # unless the call ends another way
         try:
             try:
-                principal = self.gatekeeper.admit(method, context.invocation_metadata())
+                principal = self.gatekeeper.admit(
+                    method, context.invocation_metadata(), len(getattr(request, "items", ())) or 1
+                )
                 self.gate.enter()
             except _REFUSALS as exc:
                 code = status_code_of(exc)
@@ -143,20 +146,59 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         self, request: pb.CheckAndReserveRequest, principal: Principal
     ) -> pb.CheckAndReserveResponse:
         command = self._validate.check_and_reserve(request)
-        result = await self._ledger.check_and_reserve(command, principal.name)
-        return pb.CheckAndReserveResponse(
-            reservation=mapping.reservation(result.reservation),
-            balance=mapping.balance(result.balance),
-        )
+        return _reserve_response(await self._ledger.check_and_reserve(command, principal.name))
 
     @rpc
     async def Commit(self, request: pb.CommitRequest, principal: Principal) -> pb.CommitResponse:
-        result = await self._ledger.commit(self._validate.commit(request), principal.name)
-        return pb.CommitResponse(
-            reservation=mapping.reservation(result.reservation),
-            entry=mapping.ledger_entry(result.entry),
-            balance=mapping.balance(result.balance),
+        return _commit_response(
+            await self._ledger.commit(self._validate.commit(request), principal.name)
         )
+
+    @rpc
+    async def BatchCheckAndReserve(
+        self, request: pb.BatchCheckAndReserveRequest, principal: Principal
+    ) -> pb.BatchCheckAndReserveResponse:
+        self._validate.batch(request.items)
+        results: list[pb.CheckAndReserveResult | None] = [None] * len(request.items)
+        valid = []
+        for i, item in enumerate(request.items):
+            try:
+                valid.append((i, self._validate.check_and_reserve(item)))
+            except InvalidArgument as exc:
+                results[i] = pb.CheckAndReserveResult(error=item_error(exc))
+        outcomes = await self._ledger.check_and_reserve_many(
+            [(command, principal.name) for _, command in valid]
+        ) if valid else []
+        for (i, _), outcome in zip(valid, outcomes, strict=True):
+            if isinstance(outcome, DomainError):
+                results[i] = pb.CheckAndReserveResult(error=item_error(outcome))
+            else:
+                results[i] = pb.CheckAndReserveResult(response=_reserve_response(outcome))
+        return pb.BatchCheckAndReserveResponse(results=results)
+
+    @rpc
+    async def BatchCommit(
+        self, request: pb.BatchCommitRequest, principal: Principal
+    ) -> pb.BatchCommitResponse:
+        self._validate.batch(request.items)
+        results: list[pb.CommitResult | None] = [None] * len(request.items)
+        valid = []
+        for i, item in enumerate(request.items):
+            try:
+                valid.append((i, self._validate.commit(item)))
+            except InvalidArgument as exc:
+                results[i] = pb.CommitResult(error=item_error(exc))
+        outcomes = await self._ledger.commit_each(
+            [command for _, command in valid], principal.name
+        )
+        for (i, _), outcome in zip(valid, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                if not isinstance(outcome, DomainError | StorageError):
+                    _log.error("BatchCommit item failed unexpectedly", exc_info=outcome)
+                results[i] = pb.CommitResult(error=item_error(outcome))
+            else:
+                results[i] = pb.CommitResult(response=_commit_response(outcome))
+        return pb.BatchCommitResponse(results=results)
 
     @rpc
     async def Release(self, request: pb.ReleaseRequest, principal: Principal) -> pb.ReleaseResponse:
@@ -202,3 +244,18 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             entries=[mapping.ledger_entry(entry) for entry in page.entries],
             next_page_token=page.next_page_token,
         )
+
+
+def _reserve_response(result: ReserveResult) -> pb.CheckAndReserveResponse:
+    return pb.CheckAndReserveResponse(
+        reservation=mapping.reservation(result.reservation),
+        balance=mapping.balance(result.balance),
+    )
+
+
+def _commit_response(result: CommitResult) -> pb.CommitResponse:
+    return pb.CommitResponse(
+        reservation=mapping.reservation(result.reservation),
+        entry=mapping.ledger_entry(result.entry),
+        balance=mapping.balance(result.balance),
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -137,6 +137,7 @@ def _seconds(ms: int) -> str:
 class RequestLimits:
     hold_ttl_max_ms: int
     page_size_max: int
+    batch_size_max: int = 100
 
 
 class Validator:
@@ -180,6 +181,12 @@ class Validator:
         )
         check.done()
         return command
+
+    def batch(self, items: Sequence[object]) -> None:
+        """A batch carries 1..batch_size_max items; each item is validated on its own."""
+        if not 1 <= len(items) <= self._limits.batch_size_max:
+            raise InvalidArgument([FieldViolation(
+                "items", f"must hold between 1 and {self._limits.batch_size_max} items")])
 
     def commit(self, request: pb.CommitRequest) -> CommitCommand:
         check = _Checker()

@@ -104,6 +104,10 @@ def _requests(hold_id: str) -> dict[str, object]:
         "GetBalance": pb.GetBalanceRequest(account_id="acct"),
         "History": pb.HistoryRequest(account_id="acct"),
         "ListReservations": pb.ListReservationsRequest(account_id="acct"),
+        "BatchCheckAndReserve": pb.BatchCheckAndReserveRequest(items=[
+            pb.CheckAndReserveRequest(account_id="acct", amount=1,
+                                      idempotency_key=f"b-{uuid.uuid4()}")]),
+        "BatchCommit": pb.BatchCommitRequest(items=[pb.CommitRequest(reservation_id=hold_id)]),
     }
 
 

@@ -71,6 +71,15 @@ def test_the_token_bucket_allows_the_burst_then_the_rate():
     assert bucket.take(0.1) == 0.0
 
 
+def test_a_batch_costs_one_token_per_item_and_at_most_the_burst():
+    bucket = TokenBucket(rate_per_s=10, burst=100, tokens=100, updated_s=0.0)
+    assert bucket.take(0.0, cost=60) == 0.0
+    assert bucket.take(0.0, cost=60) == 2.0  # 40 left: 20 more take 2 s at 10/s
+    assert bucket.take(2.0, cost=60) == 0.0
+    big = TokenBucket(rate_per_s=10, burst=5, tokens=5, updated_s=0.0)
+    assert big.take(0.0, cost=100) == 0.0  # charged as the whole burst, never refused forever
+
+
 def test_rate_limits_are_per_principal():
     other = token_digest("other")
     keeper = Gatekeeper({DIGEST: Principal("a", Role.SERVICE), other: Principal("b", Role.SERVICE)},

@@ -76,6 +76,16 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.CommitRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.CommitResponse.FromString,
                 _registered_method=True)
+        self.BatchCheckAndReserve = channel.unary_unary(
+                '/credits.v1.CreditsService/BatchCheckAndReserve',
+                request_serializer=credits_dot_v1_dot_credits__pb2.BatchCheckAndReserveRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.BatchCheckAndReserveResponse.FromString,
+                _registered_method=True)
+        self.BatchCommit = channel.unary_unary(
+                '/credits.v1.CreditsService/BatchCommit',
+                request_serializer=credits_dot_v1_dot_credits__pb2.BatchCommitRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.BatchCommitResponse.FromString,
+                _registered_method=True)
         self.Release = channel.unary_unary(
                 '/credits.v1.CreditsService/Release',
                 request_serializer=credits_dot_v1_dot_credits__pb2.ReleaseRequest.SerializeToString,
@@ -159,6 +169,29 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchCheckAndReserve(self, request, context):
+        """BatchCheckAndReserve places up to 100 holds (the server's batch_size_max)
+        in one call and one transaction. Each item is a CheckAndReserveRequest with
+        its own idempotency key and gets its own result, in order: the response,
+        or the error that item alone would have got (INVALID_ARGUMENT,
+        INSUFFICIENT_CREDITS, ...), exactly as if the items had been sent one by
+        one. A failure of the database fails the whole call (UNAVAILABLE or
+        ABORTED); retry it with the same keys. The rate limit counts each item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchCommit(self, request, context):
+        """BatchCommit captures up to 100 holds in one call. Each item is a
+        CommitRequest and gets its own result, in order; items are independent
+        (each commits in its own transaction), so one failing item never fails
+        another. The rate limit counts each item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Release(self, request, context):
         """Release voids an active hold and returns its credits to `available`.
         Repeating it returns the same reservation.
@@ -217,6 +250,16 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.Commit,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.CommitRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.CommitResponse.SerializeToString,
+            ),
+            'BatchCheckAndReserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCheckAndReserve,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.BatchCheckAndReserveRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.BatchCheckAndReserveResponse.SerializeToString,
+            ),
+            'BatchCommit': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCommit,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.BatchCommitRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.BatchCommitResponse.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
@@ -352,6 +395,60 @@ class CreditsService:
             '/credits.v1.CreditsService/Commit',
             credits_dot_v1_dot_credits__pb2.CommitRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.CommitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCheckAndReserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/BatchCheckAndReserve',
+            credits_dot_v1_dot_credits__pb2.BatchCheckAndReserveRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.BatchCheckAndReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCommit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/BatchCommit',
+            credits_dot_v1_dot_credits__pb2.BatchCommitRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.BatchCommitResponse.FromString,
             options,
             channel_credentials,
             insecure,

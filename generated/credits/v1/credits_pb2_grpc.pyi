@@ -74,6 +74,21 @@ class CreditsServiceStub:
     writes one USAGE ledger entry. Repeating it with the same amount returns
     the same reservation and entry.
     """
+    BatchCheckAndReserve: _grpc.UnaryUnaryMultiCallable[_credits_pb2.BatchCheckAndReserveRequest, _credits_pb2.BatchCheckAndReserveResponse]
+    """BatchCheckAndReserve places up to 100 holds (the server's batch_size_max)
+    in one call and one transaction. Each item is a CheckAndReserveRequest with
+    its own idempotency key and gets its own result, in order: the response,
+    or the error that item alone would have got (INVALID_ARGUMENT,
+    INSUFFICIENT_CREDITS, ...), exactly as if the items had been sent one by
+    one. A failure of the database fails the whole call (UNAVAILABLE or
+    ABORTED); retry it with the same keys. The rate limit counts each item.
+    """
+    BatchCommit: _grpc.UnaryUnaryMultiCallable[_credits_pb2.BatchCommitRequest, _credits_pb2.BatchCommitResponse]
+    """BatchCommit captures up to 100 holds in one call. Each item is a
+    CommitRequest and gets its own result, in order; items are independent
+    (each commits in its own transaction), so one failing item never fails
+    another. The rate limit counts each item.
+    """
     Release: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ReleaseRequest, _credits_pb2.ReleaseResponse]
     """Release voids an active hold and returns its credits to `available`.
     Repeating it returns the same reservation.
@@ -140,6 +155,21 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     """Commit captures a hold, for its held amount or another amount, and
     writes one USAGE ledger entry. Repeating it with the same amount returns
     the same reservation and entry.
+    """
+    BatchCheckAndReserve: _aio.UnaryUnaryMultiCallable[_credits_pb2.BatchCheckAndReserveRequest, _credits_pb2.BatchCheckAndReserveResponse]  # type: ignore[assignment]
+    """BatchCheckAndReserve places up to 100 holds (the server's batch_size_max)
+    in one call and one transaction. Each item is a CheckAndReserveRequest with
+    its own idempotency key and gets its own result, in order: the response,
+    or the error that item alone would have got (INVALID_ARGUMENT,
+    INSUFFICIENT_CREDITS, ...), exactly as if the items had been sent one by
+    one. A failure of the database fails the whole call (UNAVAILABLE or
+    ABORTED); retry it with the same keys. The rate limit counts each item.
+    """
+    BatchCommit: _aio.UnaryUnaryMultiCallable[_credits_pb2.BatchCommitRequest, _credits_pb2.BatchCommitResponse]  # type: ignore[assignment]
+    """BatchCommit captures up to 100 holds in one call. Each item is a
+    CommitRequest and gets its own result, in order; items are independent
+    (each commits in its own transaction), so one failing item never fails
+    another. The rate limit counts each item.
     """
     Release: _aio.UnaryUnaryMultiCallable[_credits_pb2.ReleaseRequest, _credits_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Release voids an active hold and returns its credits to `available`.
@@ -222,6 +252,33 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Commit captures a hold, for its held amount or another amount, and
         writes one USAGE ledger entry. Repeating it with the same amount returns
         the same reservation and entry.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchCheckAndReserve(
+        self,
+        request: _credits_pb2.BatchCheckAndReserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.BatchCheckAndReserveResponse, _abc.Awaitable[_credits_pb2.BatchCheckAndReserveResponse]]:
+        """BatchCheckAndReserve places up to 100 holds (the server's batch_size_max)
+        in one call and one transaction. Each item is a CheckAndReserveRequest with
+        its own idempotency key and gets its own result, in order: the response,
+        or the error that item alone would have got (INVALID_ARGUMENT,
+        INSUFFICIENT_CREDITS, ...), exactly as if the items had been sent one by
+        one. A failure of the database fails the whole call (UNAVAILABLE or
+        ABORTED); retry it with the same keys. The rate limit counts each item.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchCommit(
+        self,
+        request: _credits_pb2.BatchCommitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.BatchCommitResponse, _abc.Awaitable[_credits_pb2.BatchCommitResponse]]:
+        """BatchCommit captures up to 100 holds in one call. Each item is a
+        CommitRequest and gets its own result, in order; items are independent
+        (each commits in its own transaction), so one failing item never fails
+        another. The rate limit counts each item.
         """
 
     @_abc_1.abstractmethod

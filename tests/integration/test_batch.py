@@ -1,0 +1,147 @@
+"""BatchCheckAndReserve and BatchCommit: each item gets what it alone would have got."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+import grpc
+
+from credits.v1 import credits_pb2 as pb
+from tests.grpc_errors import expect_error
+
+CODE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _hold(account: str, amount: int, key: str | None = None) -> pb.CheckAndReserveRequest:
+    return pb.CheckAndReserveRequest(account_id=account, amount=amount,
+                                     idempotency_key=key or str(uuid.uuid4()))
+
+
+async def _grant(stub, account: str, amount: int) -> None:
+    await stub.Grant(pb.GrantRequest(account_id=account, amount=amount,
+                                     type=pb.GRANT_TYPE_PURCHASE,
+                                     idempotency_key=str(uuid.uuid4())))
+
+
+def _summary(result) -> tuple:
+    if result.HasField("error"):
+        return ("error", CODE[result.error.code].name, result.error.reason)
+    reservation = result.response.reservation
+    return ("ok", reservation.amount, result.response.balance.available,
+            [(d.held, d.consumed) for d in reservation.draws])
+
+
+async def test_each_item_gets_its_own_result_as_if_sent_alone(stub, db):
+    await _grant(stub, "batch-a", 10)
+    await _grant(stub, "batch-b", 5)
+    items = [
+        _hold("batch-a", 4, "k1"),
+        _hold("batch-a", 0, "k2"),  # invalid amount
+        _hold("batch-a", 7, "k3"),  # 6 left: declined
+        _hold("nobody", 1, "k4"),
+        _hold("batch-b", 5, "k5"),
+        _hold("batch-a", 4, "k1"),  # the same key and request again: the same answer
+        _hold("batch-a", 5, "k1"),  # the same key, another request
+        _hold("batch-a", 6, "k6"),
+    ]
+    response = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=items))
+    got = [_summary(result) for result in response.results]
+    assert got == [
+        ("ok", 4, 6, [(4, 0)]),
+        ("error", "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
+        ("error", "FAILED_PRECONDITION", "INSUFFICIENT_CREDITS"),
+        ("error", "NOT_FOUND", "ACCOUNT_NOT_FOUND"),
+        ("ok", 5, 0, [(5, 0)]),
+        ("ok", 4, 6, [(4, 0)]),
+        ("error", "ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED"),
+        ("ok", 6, 0, [(6, 0)]),
+    ]
+    assert response.results[0].response == response.results[5].response
+    assert [v.field for v in response.results[1].error.field_violations] == ["amount"]
+    assert response.results[2].error.metadata == {
+        "accountId": "batch-a", "available": "6", "requested": "7"}
+
+    # The same batch again replays every answer; nothing new is written.
+    holds = await db.fetchval("SELECT count(*) FROM reservations")
+    again = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=items))
+    assert [_summary(r) for r in again.results] == got
+    assert again.results[0].response == response.results[0].response
+    assert await db.fetchval("SELECT count(*) FROM reservations") == holds
+    # ... and a single call with one of the keys answers the same as its item did.
+    single = await stub.CheckAndReserve(items[7])
+    assert single == response.results[7].response
+
+
+async def test_a_batch_must_hold_between_one_item_and_the_maximum(stub, test_settings):
+    for count in (0, test_settings.batch_size_max + 1):
+        request = pb.BatchCheckAndReserveRequest(items=[_hold("x", 1) for _ in range(count)])
+        error = await expect_error(stub.BatchCheckAndReserve(request))
+        assert (error.code, error.metadata["field"]) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                         "items")
+        commit = pb.BatchCommitRequest(items=[pb.CommitRequest(reservation_id=str(uuid.uuid4()))
+                                              for _ in range(count)])
+        error = await expect_error(stub.BatchCommit(commit))
+        assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_batch_commit_items_succeed_or_fail_on_their_own(stub, db):
+    await _grant(stub, "batch-c", 20)
+    placed = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(
+        items=[_hold("batch-c", 3) for _ in range(4)]))
+    ids = [result.response.reservation.reservation_id for result in placed.results]
+    await stub.Commit(pb.CommitRequest(reservation_id=ids[1], amount=2))
+    items = [
+        pb.CommitRequest(reservation_id=ids[0]),
+        pb.CommitRequest(reservation_id=ids[1], amount=3),  # committed for 2 already
+        pb.CommitRequest(reservation_id="not-a-uuid"),
+        pb.CommitRequest(reservation_id=str(uuid.uuid4())),
+        pb.CommitRequest(reservation_id=ids[2], amount=30),  # more than available
+        pb.CommitRequest(reservation_id=ids[3], amount=5),
+    ]
+    response = await stub.BatchCommit(pb.BatchCommitRequest(items=items))
+    summary = [
+        ("error", r.error.reason) if r.HasField("error")
+        else ("ok", r.response.reservation.committed_amount, r.response.entry.amount)
+        for r in response.results
+    ]
+    assert summary == [
+        ("ok", 3, -3),
+        ("error", "RESERVATION_ALREADY_COMMITTED"),
+        ("error", "INVALID_ARGUMENT"),
+        ("error", "RESERVATION_NOT_FOUND"),
+        ("error", "INSUFFICIENT_CREDITS"),
+        ("ok", 5, -5),
+    ]
+    balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id="batch-c"))).balance
+    assert (balance.balance, balance.reserved) == (20 - 3 - 2 - 5, 3)
+
+
+async def test_concurrent_batches_over_shared_accounts_and_keys_never_overdraw(stubs, db):
+    """Batches racing over 5 accounts, with keys shared between batches (so two transactions
+    claim the same keys): no overdraw, every key answered once and alike."""
+    accounts = [f"batch-race-{i}" for i in range(5)]
+    for account in accounts:
+        await _grant(stubs[0], account, 300)
+    rng = random.Random(11)
+    keys = [(f"shared-{n}", rng.choice(accounts), rng.randint(1, 9)) for n in range(120)]
+
+    async def batch(n: int) -> list:
+        chosen = rng.sample(keys, 40)
+        request = pb.BatchCheckAndReserveRequest(
+            items=[_hold(account, amount, key) for key, account, amount in chosen])
+        response = await stubs[n % len(stubs)].BatchCheckAndReserve(request, timeout=30)
+        return list(zip((key for key, _, _ in chosen), response.results, strict=True))
+
+    answers: dict[str, set] = {}
+    for results in await asyncio.gather(*(batch(n) for n in range(24))):
+        for key, result in results:
+            answers.setdefault(key, set()).add(result.SerializeToString(deterministic=True))
+    assert all(len(seen) == 1 for seen in answers.values())
+    held = await db.fetch("SELECT account_id, balance, reserved FROM accounts")
+    assert all(row["reserved"] <= row["balance"] for row in held)
+    placed = await db.fetchval("SELECT count(*) FROM reservations")
+    ok = sum(1 for seen in answers.values()
+             if pb.CheckAndReserveResult.FromString(next(iter(seen))).HasField("response"))
+    assert placed == ok
