@@ -9,7 +9,8 @@ Without --target it starts `credits-service serve` itself (embedded PostgreSQL i
 data directory, loopback, auth disabled) and reports that server's RSS before and after each
 scenario. Scenarios: health (the standard health Check: the floor every unary RPC sits on),
 reserve (CheckAndReserve), cycle (CheckAndReserve then Commit; counted in cycles), grant,
-history (a page of 50). Accounts: uniform over --accounts, one hot account, or Zipf-skewed.
+history (a page of 50), batch (BatchCheckAndReserve of --batch-size items; counted in items,
+and compared with reserve). Accounts: uniform over --accounts, one hot account, or Zipf-skewed.
 Prints a table and writes JSON (--out) with calls/s, p50/p90/p99 latency, errors by status code,
 server RSS, and each scenario's throughput relative to the health floor.
 """
@@ -35,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("health", "reserve", "cycle", "grant", "history")
+SCENARIOS = ("health", "reserve", "cycle", "grant", "history", "batch")
 DISTRIBUTIONS = ("uniform", "hot", "zipf")
 BALANCE_PER_ACCOUNT = 10**12
 
@@ -49,11 +50,14 @@ class Result:
     duration_s: float
     operations: int = 0
     operations_per_s: float = 0.0
+    items_per_call: int = 1
+    calls_per_s: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     server_rss_mb_before: float | None = None
     server_rss_mb_after: float | None = None
     ratio_to_floor: float | None = None
+    ratio_to_reserve: float | None = None
 
 
 # --- the client side (runs in worker processes) -------------------------------------------
@@ -71,7 +75,8 @@ def _account_picker(distribution: str, accounts: int, seed: int):
 
 
 async def _drive(target: str, token: str, scenario: str, distribution: str, accounts: int,
-                 in_flight: int, duration_s: float, seed: int) -> tuple[list[float], dict]:
+                 in_flight: int, duration_s: float, seed: int, batch_size: int,
+                 ) -> tuple[list[float], dict]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -98,6 +103,16 @@ async def _drive(target: str, token: str, scenario: str, distribution: str, acco
             elif scenario == "history":
                 await stub.History(pb.HistoryRequest(account_id=pick(), page_size=50),
                                    metadata=metadata, timeout=10)
+            elif scenario == "batch":
+                response = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(
+                    items=[pb.CheckAndReserveRequest(
+                        account_id=pick(), amount=1,
+                        idempotency_key=f"{prefix}-{next(counter)}") for _ in range(batch_size)]),
+                    metadata=metadata, timeout=30)
+                for result in response.results:
+                    if result.HasField("error"):
+                        reason = f"item:{result.error.reason}"
+                        errors[reason] = errors.get(reason, 0) + 1
             else:
                 hold = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
                     account_id=pick(), amount=1, idempotency_key=f"{prefix}-{next(counter)}"),
@@ -228,15 +243,18 @@ def run(args: argparse.Namespace) -> list[Result]:
             result.server_rss_mb_before = server.rss_mb() if server else None
             per_process = max(1, args.in_flight // args.client_processes)
             jobs = [(target, args.token, scenario, distribution, args.accounts, per_process,
-                     args.duration_s, seed) for seed in range(args.client_processes)]
+                     args.duration_s, seed, args.batch_size)
+                    for seed in range(args.client_processes)]
             with multiprocessing.get_context("spawn").Pool(args.client_processes) as pool:
                 outcomes = pool.map(_worker, jobs)
             latencies = sorted(v for values, _ in outcomes for v in values)
             for _, errors in outcomes:
                 for code, count in errors.items():
                     result.errors[code] = result.errors.get(code, 0) + count
-            result.operations = len(latencies)
-            result.operations_per_s = round(len(latencies) / args.duration_s, 1)
+            result.items_per_call = args.batch_size if scenario == "batch" else 1
+            result.operations = len(latencies) * result.items_per_call
+            result.operations_per_s = round(result.operations / args.duration_s, 1)
+            result.calls_per_s = round(len(latencies) / args.duration_s, 1)
             result.latency_ms = {name: round(_percentile(latencies, q) * 1000, 3)
                                  for name, q in (("p50", .5), ("p90", .9), ("p99", .99))}
             result.server_rss_mb_after = server.rss_mb() if server else None
@@ -246,9 +264,13 @@ def run(args: argparse.Namespace) -> list[Result]:
         if server:
             server.stop()
     floor = next((r.operations_per_s for r in results if r.scenario == "health"), None)
+    reserve = {r.distribution: r.operations_per_s for r in results if r.scenario == "reserve"}
     for result in results:
         if floor:
             result.ratio_to_floor = round(result.operations_per_s / floor, 3)
+        if result.scenario == "batch" and reserve.get(result.distribution):
+            result.ratio_to_reserve = round(
+                result.operations_per_s / reserve[result.distribution], 3)
     return results
 
 
@@ -256,6 +278,8 @@ def _row(r: Result) -> str:
     rss = (f"{r.server_rss_mb_before:.0f}->{r.server_rss_mb_after:.0f} MB"
            if r.server_rss_mb_before is not None else "-")
     ratio = f"{r.ratio_to_floor:.2f}" if r.ratio_to_floor is not None else "-"
+    if r.ratio_to_reserve is not None:
+        ratio += f" (x reserve {r.ratio_to_reserve:.2f})"
     return (f"{r.scenario:8} {r.distribution:8} {r.operations_per_s:>10.1f}/s "
             f"p50 {r.latency_ms.get('p50', 0):7.2f} p90 {r.latency_ms.get('p90', 0):7.2f} "
             f"p99 {r.latency_ms.get('p99', 0):7.2f} ms  x floor {ratio:>5}  errors "
@@ -272,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--client-processes", type=int, default=1)
     parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--batch-size", type=int, default=100,
+                        help="items per BatchCheckAndReserve call in the batch scenario")
     parser.add_argument("--target", default="", help="host:port of a running server")
     parser.add_argument("--token", default="", help="bearer token for --target")
     parser.add_argument("--server-arg", action="append", default=[],

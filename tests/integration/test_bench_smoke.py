@@ -16,15 +16,17 @@ async def test_the_load_driver_runs_every_scenario_and_writes_json(tmp_path):
     out = tmp_path / "results.json"
     command = [sys.executable, str(ROOT / "bench" / "load.py"), "--accounts", "20",
                "--duration-s", "1", "--in-flight", "4", "--distributions", "hot,zipf",
-               "--out", str(out)]
+               "--batch-size", "10", "--out", str(out)]
     result = await asyncio.to_thread(subprocess.run, command, cwd=ROOT, capture_output=True,
                                      text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = json.loads(out.read_text())
     assert {(r["scenario"], r["distribution"]) for r in rows} >= {
         ("health", "-"), ("reserve", "hot"), ("reserve", "zipf"), ("cycle", "hot"),
-        ("grant", "zipf"), ("history", "hot")}
+        ("grant", "zipf"), ("history", "hot"), ("batch", "hot")}
     for row in rows:
         assert row["operations"] > 0 and row["errors"] == {}, row
         assert row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
         assert row["server_rss_mb_after"] > 0 and row["ratio_to_floor"] > 0
+    batch = next(r for r in rows if r["scenario"] == "batch")
+    assert batch["items_per_call"] == 10 and batch["ratio_to_reserve"] > 0
