@@ -48,7 +48,7 @@ _LOT_COLUMNS = (
     "AND e.entry_type = 'GRANT') AS grant_entry_id"
 )
 # Consumption order (credits_service/domain/lots.py); expire_time ascending puts NULLs last.
-_CONSUMPTION_ORDER = "l.priority, l.expire_time NULLS FIRST, l.lot_id"
+_CONSUMPTION_ORDER = "l.priority, l.expire_time, l.lot_id"
 
 
 def _json(metadata: Mapping[str, str]) -> str:
