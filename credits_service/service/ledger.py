@@ -50,6 +50,7 @@ from credits_service.domain.model import (
 )
 from credits_service.service import idempotency
 from credits_service.service.events import LedgerEvents, NoEvents
+from credits_service.service.group_commit import GroupCommitter
 from credits_service.service.unit_of_work import UnitOfWork, UnitOfWorkFactory
 
 _log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class LedgerLimits:
     hold_lifetime_max_ms: int = 7 * 86_400_000
     lots_listed_max: int = 100
     batch_concurrency: int = 4  # transactions one BatchCommit runs at once
+    group_size_max: int = 100  # CheckAndReserve calls one transaction decides at most
+    group_concurrency: int = 4  # group transactions running at once
     page_size_default: int = 50
     page_size_max: int = 500
     transaction_attempts_max: int = 5
@@ -91,6 +94,12 @@ class Ledger:
         self._limits = limits
         self._events: LedgerEvents = events or NoEvents()
         self._in_flight: set[asyncio.Task[Any]] = set()
+        # Concurrent CheckAndReserve calls share transactions (see group_commit.py).
+        self._reserve_group: GroupCommitter[tuple[ReserveCommand, str], Any] = GroupCommitter(
+            self.check_and_reserve_many,
+            group_size_max=limits.group_size_max,
+            concurrency=limits.group_concurrency,
+        )
 
     # --- use cases -----------------------------------------------------------------------
 
@@ -137,7 +146,7 @@ class Ledger:
     async def check_and_reserve(self, command: ReserveCommand, actor: str) -> ReserveResult:
         """Hold credits if available covers them, drawing from lots in consumption order, once
         per idempotency key (declines too)."""
-        outcome = (await self.check_and_reserve_many([(command, actor)]))[0]
+        outcome = await self._reserve_group.submit((command, actor))
         if isinstance(outcome, errors.DomainError):
             raise outcome
         return outcome
