@@ -192,7 +192,8 @@ class AccountRepository:
                        update_time = credits_now()
                   FROM unnest(CAST(:account_ids AS text[]), CAST(:held AS bigint[]),
                               CAST(:holds AS bigint[])) AS h (account_id, held, holds)
-                 WHERE a.account_id = h.account_id AND a.balance - a.reserved >= h.held
+                 WHERE a.account_id = h.account_id AND a.account_id = ANY(:account_ids)
+                   AND a.balance - a.reserved >= h.held
                 RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))}
                 """
             ),
@@ -233,7 +234,7 @@ class AccountRepository:
                        update_time = credits_now()
                   FROM unnest(CAST(:account_ids AS text[]), CAST(:held AS bigint[]),
                               CAST(:holds AS bigint[])) AS h (account_id, held, holds)
-                 WHERE a.account_id = h.account_id
+                 WHERE a.account_id = h.account_id AND a.account_id = ANY(:account_ids)
                 RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))}
                 """
             ),
@@ -316,7 +317,7 @@ class LedgerRepository:
                            lifetime_expired = a.lifetime_expired + t.total,
                            update_time = credits_now()
                       FROM totals t
-                     WHERE a.account_id = t.account_id
+                     WHERE a.account_id = t.account_id AND a.account_id = ANY(:account_ids)
                     RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))},
                               a.balance + t.total AS balance_before
                 ), entries AS (
@@ -485,8 +486,8 @@ class LotRepository:
                                ORDER BY {_CONSUMPTION_ORDER} ROWS UNBOUNDED PRECEDING
                            ) AS running
                       FROM credit_lots l
-                     WHERE l.account_id = :account_id AND l.remaining > l.held
-                       AND l.expired_time IS NULL
+                     WHERE l.account_id = :account_id AND l.remaining > 0
+                       AND l.remaining > l.held AND l.expired_time IS NULL
                        AND (l.expire_time IS NULL OR l.expire_time > credits_now())) s
                  WHERE running - free < :amount
                  ORDER BY running
@@ -504,19 +505,21 @@ class LotRepository:
         rows = await self._connection.execute(
             text(
                 f"""
-                SELECT account_id, lot_id, free FROM (
-                    SELECT l.account_id, l.lot_id, l.remaining - l.held AS free, w.amount,
-                           sum(l.remaining - l.held) OVER (
-                               PARTITION BY l.account_id
-                               ORDER BY {_CONSUMPTION_ORDER} ROWS UNBOUNDED PRECEDING
-                           ) AS running
-                      FROM unnest(CAST(:account_ids AS text[]), CAST(:amounts AS bigint[]))
-                           AS w (account_id, amount)
-                      JOIN credit_lots l ON l.account_id = w.account_id
-                     WHERE l.remaining > l.held AND l.expired_time IS NULL
-                       AND (l.expire_time IS NULL OR l.expire_time > credits_now())) s
-                 WHERE running - free < amount
-                 ORDER BY account_id, running
+                SELECT w.account_id, s.lot_id, s.free
+                  FROM unnest(CAST(:account_ids AS text[]), CAST(:amounts AS bigint[]))
+                       WITH ORDINALITY AS w (account_id, amount, position)
+                 CROSS JOIN LATERAL (
+                    SELECT lot_id, free, running FROM (
+                        SELECT l.lot_id, l.remaining - l.held AS free,
+                               sum(l.remaining - l.held) OVER (
+                                   ORDER BY {_CONSUMPTION_ORDER} ROWS UNBOUNDED PRECEDING
+                               ) AS running
+                          FROM credit_lots l
+                         WHERE l.account_id = w.account_id AND l.remaining > 0
+                           AND l.remaining > l.held AND l.expired_time IS NULL
+                           AND (l.expire_time IS NULL OR l.expire_time > credits_now())) x
+                     WHERE running - free < w.amount) s
+                 ORDER BY w.position, s.running
                 """
             ),
             {"account_ids": list(wanted), "amounts": list(wanted.values())},
@@ -539,7 +542,7 @@ class LotRepository:
                   FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:held AS bigint[]),
                               CAST(:remaining AS bigint[]))
                        AS c (lot_id, held_delta, remaining_delta)
-                 WHERE l.lot_id = c.lot_id
+                 WHERE l.lot_id = c.lot_id AND l.lot_id = ANY(:lot_ids)
                 """
             ),
             {
@@ -948,6 +951,7 @@ class IdempotencyRepository:
                   FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[])) AS k (scope, key)
                   JOIN idempotency_keys i
                     ON i.scope = k.scope AND i.idempotency_key = k.key
+                 WHERE i.scope = ANY(:scopes) AND i.idempotency_key = ANY(:keys)
                 """
             ),
             {"scopes": [k[0] for k in keys], "keys": [k[1] for k in keys]},
@@ -966,6 +970,7 @@ class IdempotencyRepository:
                   FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[]),
                               CAST(:responses AS text[])) AS r (scope, key, response)
                  WHERE i.scope = r.scope AND i.idempotency_key = r.key
+                   AND i.scope = ANY(:scopes) AND i.idempotency_key = ANY(:keys)
                 """
             ),
             {
