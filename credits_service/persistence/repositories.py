@@ -165,21 +165,6 @@ class AccountRepository:
             balance_max=balance_max,
         )
 
-    async def hold(self, account_id: str, amount: int) -> BalanceSnapshot | None:
-        """Reserve `amount` if available covers it; None if not (or no such account)."""
-        return await self._one(
-            f"""
-            UPDATE accounts
-               SET reserved = reserved + :amount,
-                   active_reservation_count = active_reservation_count + 1,
-                   update_time = credits_now()
-             WHERE account_id = :account_id AND balance - reserved >= :amount
-            RETURNING {_ACCOUNT_COLUMNS}
-            """,
-            account_id=account_id,
-            amount=amount,
-        )
-
     async def hold_many(self, holds: Mapping[str, tuple[int, int]]) -> dict[str, BalanceSnapshot]:
         """Reserve, per account, (credits, number of holds) if available covers them; accounts
         it does not cover are left out of the result."""
@@ -474,34 +459,11 @@ class LotRepository:
         )
         return [row.account_id for row in rows]
 
-    async def free_in_order(self, account_id: str, amount: int) -> list[tuple[int, int]]:
-        """The account's unexpired lots with unheld credits, in consumption order, as
-        (lot_id, unheld credits): just as many as it takes to cover `amount`."""
-        rows = await self._connection.execute(
-            text(
-                f"""
-                SELECT lot_id, free FROM (
-                    SELECT l.lot_id, l.remaining - l.held AS free,
-                           sum(l.remaining - l.held) OVER (
-                               ORDER BY {_CONSUMPTION_ORDER} ROWS UNBOUNDED PRECEDING
-                           ) AS running
-                      FROM credit_lots l
-                     WHERE l.account_id = :account_id AND l.remaining > 0
-                       AND l.remaining > l.held AND l.expired_time IS NULL
-                       AND (l.expire_time IS NULL OR l.expire_time > credits_now())) s
-                 WHERE running - free < :amount
-                 ORDER BY running
-                """
-            ),
-            {"account_id": account_id, "amount": amount},
-        )
-        return [(row.lot_id, row.free) for row in rows]
-
     async def free_in_order_many(
         self, wanted: Mapping[str, int]
     ) -> dict[str, list[tuple[int, int]]]:
-        """free_in_order for several accounts at once: per account, just as many lots as it
-        takes to cover the credits wanted from it."""
+        """Per account, its unexpired lots with unheld credits in consumption order, as
+        (lot_id, unheld credits): just as many as it takes to cover the credits wanted."""
         rows = await self._connection.execute(
             text(
                 f"""
@@ -601,51 +563,6 @@ class LotRepository:
 class ReservationRepository:
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
-
-    async def insert(
-        self,
-        *,
-        reservation_id: str,
-        account_id: str,
-        amount: int,
-        ttl_ms: int,
-        metadata: Mapping[str, str],
-        actor: str,
-        draws: list[tuple[int, int]],
-    ) -> Reservation:
-        row = (
-            await self._connection.execute(
-                text(
-                    f"""
-                    WITH hold AS (
-                        INSERT INTO reservations (reservation_id, account_id, amount, status,
-                            expire_time, metadata, actor)
-                        VALUES (CAST(:reservation_id AS uuid), :account_id, :amount, 'ACTIVE',
-                            credits_now() + :ttl_ms * interval '1 millisecond',
-                            CAST(:metadata AS jsonb), :actor)
-                        RETURNING {_RESERVATION_COLUMNS}
-                    ), drawn AS (
-                        INSERT INTO reservation_lots (reservation_id, lot_id, held)
-                        SELECT CAST(:reservation_id AS uuid), d.lot_id, d.held
-                          FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:held AS bigint[]))
-                               AS d (lot_id, held)
-                    )
-                    SELECT * FROM hold
-                    """
-                ),
-                {
-                    "reservation_id": reservation_id,
-                    "account_id": account_id,
-                    "amount": amount,
-                    "ttl_ms": ttl_ms,
-                    "metadata": _json(metadata),
-                    "actor": actor,
-                    "lot_ids": [lot_id for lot_id, _ in draws],
-                    "held": [held for _, held in draws],
-                },
-            )
-        ).one()
-        return _reservation(row, tuple(LotDraw(lot_id, held) for lot_id, held in draws))
 
     async def insert_many(self, holds: list[NewHold]) -> dict[str, Reservation]:
         """Place ACTIVE holds with what each drew from each lot, in one statement."""

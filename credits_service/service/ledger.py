@@ -290,9 +290,8 @@ class Ledger:
             split = lots.split_commit(locked.draws, amount)
             excess: list[tuple[int, int]] = []
             if split.excess:
-                taken = lots.take(
-                    await uow.lots.free_in_order(account_id, split.excess), split.excess
-                )
+                free = await uow.lots.free_in_order_many({account_id: split.excess})
+                taken = lots.take(free[account_id], split.excess)
                 if taken is None:
                     return errors.InsufficientCredits(account_id, current.available, split.excess)
                 excess = taken
