@@ -7,12 +7,14 @@ Balance changes are conditional UPDATEs on the fixed account row (`WHERE balance
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause
+from sqlalchemy import text as _text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from credits_service.domain.lots import LotChange
@@ -49,6 +51,13 @@ _LOT_COLUMNS = (
 )
 # Consumption order (credits_service/domain/lots.py); expire_time ascending puts NULLs last.
 _CONSUMPTION_ORDER = "l.priority, l.expire_time, l.lot_id"
+
+
+@functools.cache
+def text(sql: str) -> TextClause:
+    """SQLAlchemy's text(), built once per statement: building one parses its bind parameters,
+    which cost a third of the database time of a grouped CheckAndReserve."""
+    return _text(sql)
 
 
 def _json(metadata: Mapping[str, str]) -> str:
