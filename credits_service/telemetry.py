@@ -39,6 +39,10 @@ class Metrics:
         self.retries = Counter("credits_transaction_retries",
                                "transactions retried after a serialization failure or deadlock",
                                registry=r)
+        self.group_size = Histogram("credits_group_size",
+                                    "calls decided together in one transaction (group commit)",
+                                    ["method"], buckets=(1, 2, 4, 8, 16, 32, 64, 100),
+                                    registry=r)
         self.pool_wait = Histogram("credits_db_pool_wait_seconds",
                                    "time to get a database connection from the pool",
                                    buckets=_LATENCY_BUCKETS_S, registry=r)
@@ -75,6 +79,9 @@ class Metrics:
 
     def transaction_retried(self) -> None:
         self.retries.inc()
+
+    def grouped(self, kind: str, size: int) -> None:
+        self.group_size.labels(kind).observe(size)
 
     def pool_waited(self, seconds: float) -> None:
         self.pool_wait.observe(seconds)

@@ -217,6 +217,37 @@ class AccountRepository:
             amount=amount,
         )
 
+    async def capture_many(
+        self, captures: Mapping[str, tuple[int, int, int]]
+    ) -> dict[str, BalanceSnapshot]:
+        """capture for several holds at once: per account, (credits held, credits used, number
+        of holds); accounts whose available cannot cover it are left out of the result."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                UPDATE accounts a
+                   SET balance = a.balance - c.used,
+                       reserved = a.reserved - c.held,
+                       active_reservation_count = a.active_reservation_count - c.holds,
+                       lifetime_used = a.lifetime_used + c.used,
+                       update_time = credits_now()
+                  FROM unnest(CAST(:account_ids AS text[]), CAST(:held AS bigint[]),
+                              CAST(:used AS bigint[]), CAST(:holds AS bigint[]))
+                       AS c (account_id, held, used, holds)
+                 WHERE a.account_id = c.account_id AND a.account_id = ANY(:account_ids)
+                   AND a.balance - c.used >= a.reserved - c.held
+                RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))}
+                """
+            ),
+            {
+                "account_ids": list(captures),
+                "held": [held for held, _, _ in captures.values()],
+                "used": [used for _, used, _ in captures.values()],
+                "holds": [count for _, _, count in captures.values()],
+            },
+        )
+        return {row.account_id: _balance(row) for row in rows}
+
     async def unhold(self, holds: Mapping[str, tuple[int, int]]) -> dict[str, BalanceSnapshot]:
         """Give holds back to available: per account, (credits held, number of holds)."""
         rows = await self._connection.execute(
@@ -288,6 +319,38 @@ class LedgerRepository:
             )
         ).one()
         return _entry(row)
+
+    async def append_usage_many(
+        self, usages: list[tuple[str, int, int, str, Mapping[str, str], str]]
+    ) -> dict[str, LedgerEntry]:
+        """USAGE entries for committed holds, given as (account_id, amount used, balance_after,
+        reservation_id, metadata, actor), in one statement; returns them by reservation_id."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                INSERT INTO ledger_entries (account_id, entry_type, amount, balance_after,
+                                            reservation_id, metadata, actor)
+                SELECT u.account_id, 'USAGE', -u.amount, u.balance_after, u.reservation_id,
+                       CAST(u.metadata AS jsonb), u.actor
+                  FROM unnest(CAST(:account_ids AS text[]), CAST(:amounts AS bigint[]),
+                              CAST(:balances AS bigint[]), CAST(:ids AS uuid[]),
+                              CAST(:metadata AS text[]), CAST(:actors AS text[]))
+                       WITH ORDINALITY AS u (account_id, amount, balance_after, reservation_id,
+                                             metadata, actor, position)
+                 ORDER BY u.position
+                RETURNING {_ENTRY_COLUMNS}
+                """
+            ),
+            {
+                "account_ids": [u[0] for u in usages],
+                "amounts": [u[1] for u in usages],
+                "balances": [u[2] for u in usages],
+                "ids": [u[3] for u in usages],
+                "metadata": [_json(u[4]) for u in usages],
+                "actors": [u[5] for u in usages],
+            },
+        )
+        return {row.reservation_id: _entry(row) for row in rows}
 
     async def write_off(
         self, write_offs: list[tuple[str, int, int, str | None]], actor: str
@@ -637,6 +700,24 @@ class ReservationRepository:
         draws = await self.draws_of([reservation_id])
         return _reservation(row, draws.get(reservation_id, ())), row.is_due
 
+    async def lock_many(self, reservation_ids: list[str]) -> dict[str, tuple[Reservation, bool]]:
+        """lock for several holds, in one order (reservation_id); holds not found are left
+        out."""
+        rows = await self._connection.execute(
+            text(
+                f"SELECT {_RESERVATION_COLUMNS}, expire_time <= credits_now() AS is_due "
+                "FROM reservations WHERE reservation_id = ANY(CAST(:ids AS uuid[])) "
+                "ORDER BY reservation_id FOR UPDATE"
+            ),
+            {"ids": sorted(set(reservation_ids))},
+        )
+        found = {row.reservation_id: row for row in rows}
+        draws = await self.draws_of(list(found)) if found else {}
+        return {
+            reservation_id: (_reservation(row, draws.get(reservation_id, ())), row.is_due)
+            for reservation_id, row in found.items()
+        }
+
     async def draws_of(self, reservation_ids: list[str]) -> dict[str, tuple[LotDraw, ...]]:
         """Each hold's draws, in the consumption order of their lots."""
         rows = await self._connection.execute(
@@ -681,6 +762,48 @@ class ReservationRepository:
             },
         )
         return (await self.draws_of([reservation_id])).get(reservation_id, ())
+
+    async def commit_many(
+        self, commits: list[tuple[str, int]], consumed: list[tuple[str, int, int]]
+    ) -> dict[str, Reservation]:
+        """Compare-and-set ACTIVE holds to COMMITTED, given as (reservation_id, committed
+        amount), and record what each consumed from lots it drew from, given as
+        (reservation_id, lot_id, consumed), in one statement; holds no longer ACTIVE are left
+        out (and then nothing of theirs is recorded)."""
+        rows = await self._connection.execute(
+            text(
+                f"""
+                WITH finished AS (
+                    UPDATE reservations r
+                       SET status = 'COMMITTED', committed_amount = c.amount,
+                           finish_time = credits_now()
+                      FROM unnest(CAST(:ids AS uuid[]), CAST(:amounts AS bigint[]))
+                           AS c (reservation_id, amount)
+                     WHERE r.reservation_id = c.reservation_id
+                       AND r.reservation_id = ANY(CAST(:ids AS uuid[])) AND r.status = 'ACTIVE'
+                    RETURNING {", ".join("r." + c.strip() for c in _RESERVATION_COLUMNS.split(","))}
+                ), recorded AS (
+                    UPDATE reservation_lots d
+                       SET consumed = u.consumed
+                      FROM unnest(CAST(:draw_ids AS uuid[]), CAST(:lot_ids AS bigint[]),
+                                  CAST(:consumed AS bigint[])) AS u (reservation_id, lot_id,
+                                                                     consumed)
+                     WHERE d.reservation_id = u.reservation_id AND d.lot_id = u.lot_id
+                       AND d.reservation_id = ANY(CAST(:draw_ids AS uuid[]))
+                       AND u.reservation_id::text IN (SELECT reservation_id FROM finished)
+                )
+                SELECT * FROM finished
+                """
+            ),
+            {
+                "ids": [c[0] for c in commits],
+                "amounts": [c[1] for c in commits],
+                "draw_ids": [c[0] for c in consumed],
+                "lot_ids": [c[1] for c in consumed],
+                "consumed": [c[2] for c in consumed],
+            },
+        )
+        return {row.reservation_id: _reservation(row) for row in rows}
 
     async def finish(
         self,

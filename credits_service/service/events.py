@@ -14,6 +14,7 @@ class LedgerEvents(Protocol):
     def written_off(self, credits: int) -> None: ...
     def replayed(self, method: str) -> None: ...
     def transaction_retried(self) -> None: ...
+    def grouped(self, kind: str, size: int) -> None: ...
 
 
 class NoEvents:
@@ -41,4 +42,7 @@ class NoEvents:
         pass
 
     def transaction_retried(self) -> None:
+        pass
+
+    def grouped(self, kind: str, size: int) -> None:
         pass

@@ -29,8 +29,10 @@ class GroupCommitter(Generic[Item, Outcome]):
         *,
         group_size_max: int,
         concurrency: int,
+        on_group: Callable[[int], None] = lambda size: None,
     ) -> None:
         self._run_many = run_many
+        self._on_group = on_group
         self._group_size_max = group_size_max
         self._concurrency = concurrency
         self._queue: list[tuple[Item, asyncio.Future[Outcome]]] = []
@@ -50,6 +52,7 @@ class GroupCommitter(Generic[Item, Outcome]):
             group = self._queue[: self._group_size_max]
             del self._queue[: self._group_size_max]
             self._running += 1
+            self._on_group(len(group))
             # A fresh context: the group must not inherit the call deadline of whichever
             # caller happened to start it (its transaction serves every caller in it).
             task = asyncio.get_running_loop().create_task(

@@ -59,6 +59,13 @@ _ENTRY_ID_MAX = 2**63 - 1  # ledger entry ids are bigint
 SYSTEM_ACTOR = "system"  # the actor of entries the service writes on its own (expiry)
 
 
+class _Alone:
+    """A grouped Commit the group leaves to its own transaction (see Ledger.commit)."""
+
+
+ALONE = _Alone()
+
+
 class LotsOutOfStep(Exception):
     """An account's lots disagree with its balance row: a bug, never a caller's fault. The
     transaction is rolled back and the call fails as INTERNAL."""
@@ -73,8 +80,8 @@ class LedgerLimits:
     hold_lifetime_max_ms: int = 7 * 86_400_000
     lots_listed_max: int = 100
     batch_concurrency: int = 4  # transactions one BatchCommit runs at once
-    group_size_max: int = 100  # CheckAndReserve calls one transaction decides at most
-    group_concurrency: int = 4  # group transactions running at once
+    group_size_max: int = 100  # CheckAndReserve or Commit calls one transaction decides at most
+    group_concurrency: int = 1  # group transactions of each kind running at once
     page_size_default: int = 50
     page_size_max: int = 500
     transaction_attempts_max: int = 5
@@ -99,6 +106,14 @@ class Ledger:
             self.check_and_reserve_many,
             group_size_max=limits.group_size_max,
             concurrency=limits.group_concurrency,
+            on_group=lambda size: self._events.grouped("CheckAndReserve", size),
+        )
+        # So do plain Commits (see _commit_many).
+        self._commit_group: GroupCommitter[tuple[CommitCommand, str], Any] = GroupCommitter(
+            self._commit_many,
+            group_size_max=limits.group_size_max,
+            concurrency=limits.group_concurrency,
+            on_group=lambda size: self._events.grouped("Commit", size),
         )
 
     # --- use cases -----------------------------------------------------------------------
@@ -267,7 +282,110 @@ class Ledger:
     async def commit(self, command: CommitCommand, actor: str) -> CommitResult:
         """Capture a hold for its amount or another; repeating with the same amount replays.
         It consumes what the hold drew, in consumption order; a larger amount takes the excess
-        from free lots in consumption order; a smaller one gives the rest back."""
+        from free lots in consumption order; a smaller one gives the rest back.
+
+        Concurrent Commits share transactions (_commit_many); the group leaves every case but
+        the plain one to a transaction of its own (_commit_alone)."""
+        outcome = await self._commit_group.submit((command, actor))
+        if outcome is ALONE:
+            return await self._commit_alone(command, actor)
+        if isinstance(outcome, errors.DomainError):
+            raise outcome
+        return outcome
+
+    async def _commit_many(
+        self, calls: Sequence[tuple[CommitCommand, str]]
+    ) -> list[CommitResult | _Alone]:
+        """Commit, in one transaction, the plain cases among `calls`: an ACTIVE hold, not due,
+        committed for at most its amount, whose given-back credits go to unexpired lots, named
+        once in the group. Every other call is answered ALONE, untouched, for _commit_alone to
+        decide. The same results as committing one by one, in order."""
+
+        async def work(uow: UnitOfWork) -> list[CommitResult | _Alone]:
+            outcomes: list[Any] = [ALONE] * len(calls)
+            counts: dict[str, int] = {}
+            for command, _ in calls:
+                counts[command.reservation_id] = counts.get(command.reservation_id, 0) + 1
+            locked = await uow.reservations.lock_many(
+                [rid for rid, count in counts.items() if count == 1]
+            )
+            plain: list[tuple[int, Reservation, int, lots.CommitSplit]] = []
+            for i, (command, _) in enumerate(calls):
+                found = locked.get(command.reservation_id)
+                if found is None or found[1] or found[0].status is not ReservationStatus.ACTIVE:
+                    continue
+                hold = found[0]
+                amount = command.amount if command.amount is not None else hold.amount
+                split = lots.split_commit(hold.draws, amount)
+                if not split.excess:
+                    plain.append((i, hold, amount, split))
+            if not plain:
+                return outcomes
+            snapshots = await self._lock_accounts(uow, [hold.account_id for _, hold, _, _ in plain])
+            expired = await uow.lots.expired_among(
+                lot_id for _, _, _, split in plain for lot_id, _ in split.given_back
+            )
+            plain = [p for p in plain if not any(lot_id in expired
+                                                 for lot_id, _ in p[3].given_back)]
+            if not plain:
+                return outcomes
+            merged: dict[int, list[int]] = {}
+            captures: dict[str, tuple[int, int, int]] = {}
+            balances: dict[int, BalanceSnapshot] = {}
+            usages: list[tuple[str, int, int, str, Any, str]] = []
+            consumed: list[tuple[str, int, int]] = []
+            for i, hold, amount, split in plain:
+                changes, write_offs = lots.settle(hold.draws, split.consumed, (), set())
+                assert not write_offs, "no lot a plain commit gives back to is expired"
+                for change in changes:
+                    deltas = merged.setdefault(change.lot_id, [0, 0])
+                    deltas[0] += change.held_delta
+                    deltas[1] += change.remaining_delta
+                held, used, count = captures.get(hold.account_id, (0, 0, 0))
+                captures[hold.account_id] = (held + hold.amount, used + amount, count + 1)
+                before = snapshots[hold.account_id]
+                snapshots[hold.account_id] = balances[i] = dataclasses.replace(
+                    before,
+                    balance=before.balance - amount,
+                    reserved=before.reserved - hold.amount,
+                    active_reservation_count=before.active_reservation_count - 1,
+                    lifetime_used=before.lifetime_used + amount,
+                )
+                command, actor = calls[i]
+                usages.append((hold.account_id, amount, balances[i].balance,
+                               hold.reservation_id, command.metadata, actor))
+                consumed.extend((hold.reservation_id, lot_id, part)
+                                for lot_id, part in split.consumed)
+            await uow.lots.apply(lots.LotChange(lot_id, held_delta, remaining_delta)
+                                 for lot_id, (held_delta, remaining_delta) in merged.items())
+            updated = await uow.accounts.capture_many(captures)
+            if any(updated.get(account_id) != snapshots[account_id] for account_id in captures):
+                raise LotsOutOfStep(next(iter(captures)))
+            committed = await uow.reservations.commit_many(
+                [(hold.reservation_id, amount) for _, hold, amount, _ in plain], consumed
+            )
+            entries = await uow.ledger.append_usage_many(usages)
+            if len(committed) != len(plain) or len(entries) != len(plain):
+                raise LotsOutOfStep(plain[0][1].account_id)
+            for i, hold, _, split in plain:
+                used = dict(split.consumed)
+                outcomes[i] = CommitResult(
+                    reservation=dataclasses.replace(
+                        committed[hold.reservation_id],
+                        draws=tuple(dataclasses.replace(draw, consumed=used.get(draw.lot_id, 0))
+                                    for draw in hold.draws),
+                    ),
+                    entry=entries[hold.reservation_id],
+                    balance=balances[i],
+                )
+            uow.on_commit(lambda: [self._events.committed(amount) for _, _, amount, _ in plain])
+            return outcomes
+
+        return await self._transaction(work)
+
+    async def _commit_alone(self, command: CommitCommand, actor: str) -> CommitResult:
+        """Commit in a transaction of its own: every case (replays, expiry, declines, a larger
+        amount, give-backs to expired lots)."""
 
         async def work(uow: UnitOfWork) -> CommitResult | errors.DomainError:
             locked = await self._lock_deciding_expiry(uow, command.reservation_id)

@@ -1,0 +1,163 @@
+"""Concurrent Commits share transactions (group commit): each call still gets exactly what it
+alone would have got, whether the group decides it (a plain commit) or leaves it to a
+transaction of its own (a replay, a larger amount, an expired or released hold, a give-back to
+an expired lot, a hold named twice)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from credits.v1 import credits_pb2 as pb
+from tests.grpc_errors import unpack
+
+ACCOUNT = "group-a"
+EXPIRING = "group-b"
+BLOCKER = "group-block"
+
+
+async def _grant(stub, account: str, amount: int, expire_time: Timestamp | None = None) -> None:
+    request = pb.GrantRequest(account_id=account, amount=amount, type=pb.GRANT_TYPE_PURCHASE,
+                              idempotency_key=str(uuid.uuid4()))
+    if expire_time is not None:
+        request.expire_time.CopyFrom(expire_time)
+    await stub.Grant(request)
+
+
+async def _hold(stub, account: str, amount: int, ttl_s: int = 300) -> str:
+    response = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
+        account_id=account, amount=amount, idempotency_key=str(uuid.uuid4()),
+        ttl=Duration(seconds=ttl_s)))
+    return response.reservation.reservation_id
+
+
+def _commit(reservation_id: str, amount: int | None = None) -> pb.CommitRequest:
+    request = pb.CommitRequest(reservation_id=reservation_id, metadata={"job": reservation_id})
+    if amount is not None:
+        request.amount = amount
+    return request
+
+
+def _groups_larger_than(app, size: int) -> float:
+    registry = app.metrics.registry
+    labels = {"method": "Commit"}
+    count = registry.get_sample_value("credits_group_size_count", labels) or 0.0
+    at_most = registry.get_sample_value("credits_group_size_bucket", {**labels, "le": f"{size}.0"})
+    return count - (at_most or 0.0)
+
+
+async def _wait_for_lock_waiter(db) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'credits-service' "
+            "AND wait_event_type = 'Lock'"
+        ):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the first Commit never waited for the blocked account")
+
+
+async def test_commits_decided_together_get_what_each_would_alone(
+    app, stubs, stub, db, db_pool, clock
+):
+    await _grant(stub, ACCOUNT, 100)
+    await _grant(stub, BLOCKER, 10)
+    now = await db.fetchval("SELECT now() + $1 * interval '1 millisecond'", clock.offset_ms)
+    expires = Timestamp()
+    expires.FromDatetime(now)
+    expires.seconds += 60
+    await _grant(stub, EXPIRING, 10, expires)
+
+    full = [await _hold(stub, ACCOUNT, 5) for _ in range(4)]
+    smaller = await _hold(stub, ACCOUNT, 5)
+    twice = await _hold(stub, ACCOUNT, 5)
+    larger = await _hold(stub, ACCOUNT, 5)
+    released = await _hold(stub, ACCOUNT, 5)
+    due = await _hold(stub, ACCOUNT, 5, ttl_s=30)
+    committed_before = await _hold(stub, ACCOUNT, 5)
+    given_back = await _hold(stub, EXPIRING, 6)
+    blocked = await _hold(stub, BLOCKER, 4)
+    await stub.Release(pb.ReleaseRequest(reservation_id=released))
+    await stub.Commit(_commit(committed_before))
+    clock.advance(120)  # `due` is past its expiry, and EXPIRING's lot has expired under its hold
+    # ACCOUNT: 100 granted, 5 committed; 45 held by 9 active holds (one of them due).
+
+    groups_before = _groups_larger_than(app, 8)
+    requests = [
+        *(_commit(rid) for rid in full),
+        _commit(smaller, 2),
+        _commit(twice, 5),
+        _commit(twice, 5),
+        _commit(larger, 9),
+        _commit(released),
+        _commit(due),
+        _commit(committed_before),
+        _commit(str(uuid.uuid4())),
+        _commit(given_back, 1),
+    ]
+    async with db_pool.acquire() as blocker, blocker.transaction():
+        # The group running `blocked` waits on this lock, so every other call queues behind it
+        # and the next group takes them all.
+        await blocker.execute("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE", BLOCKER)
+        first = asyncio.ensure_future(stubs[0].Commit(_commit(blocked)))
+        await _wait_for_lock_waiter(db)
+        calls = [
+            asyncio.ensure_future(stubs[i % len(stubs)].Commit(request))
+            for i, request in enumerate(requests)
+        ]
+        await asyncio.sleep(0.5)
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert (await first).reservation.committed_amount == 4
+    assert _groups_larger_than(app, 8) > groups_before, "the commits were not decided together"
+
+    ok = [r for r in results if not isinstance(r, Exception)]
+    by_id = {r.reservation.reservation_id: r for r in ok}
+    for rid in full:
+        response = by_id[rid]
+        assert response.reservation.status == pb.RESERVATION_STATUS_COMMITTED
+        assert response.reservation.committed_amount == 5
+        assert [(d.held, d.consumed) for d in response.reservation.draws] == [(5, 5)]
+        assert response.entry.amount == -5 and response.entry.metadata == {"job": rid}
+    assert by_id[smaller].reservation.committed_amount == 2
+    assert [(d.held, d.consumed) for d in by_id[smaller].reservation.draws] == [(5, 2)]
+    assert by_id[larger].reservation.committed_amount == 9
+    twice_results = [r for r, q in zip(results, requests, strict=True)
+                     if q.reservation_id == twice]
+    # One commits, the other replays it (with the balance as of its own response).
+    assert [(r.reservation, r.entry) for r in twice_results] == [
+        (twice_results[0].reservation, twice_results[0].entry)] * 2
+    assert by_id[committed_before].reservation.committed_amount == 5
+    assert by_id[given_back].reservation.committed_amount == 1
+    assert [(d.held, d.consumed) for d in by_id[given_back].reservation.draws] == [(6, 1)]
+
+    errors = {q.reservation_id: r for r, q in zip(results, requests, strict=True)
+              if isinstance(r, Exception)}
+    assert set(errors) == {released, due, requests[-2].reservation_id}
+    got = {rid: (unpack(error).code, unpack(error).reason) for rid, error in errors.items()}
+    assert got == {
+        released: (grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_RELEASED"),
+        due: (grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_EXPIRED"),
+        requests[-2].reservation_id: (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND"),
+    }
+
+    # Entries of one account follow one another: each balance_after is the one before less the
+    # amount, in the order the ledger wrote them.
+    rows = await db.fetch(
+        "SELECT amount, balance_after FROM ledger_entries WHERE account_id = $1 "
+        "ORDER BY entry_id", ACCOUNT)
+    running = 0
+    for row in rows:
+        running += row["amount"]
+        assert row["balance_after"] == running
+    balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id=ACCOUNT))).balance
+    # Used: 5 before, 4 x 5, 2, 5, 9 = 41; nothing held any more (the due hold expired).
+    assert (balance.balance, balance.reserved, balance.lifetime_used) == (59, 0, 41)
+    expired_balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id=EXPIRING))).balance
+    # 1 consumed; the 5 given back and the 4 never held went to the expired lot: written off.
+    assert (expired_balance.balance, expired_balance.lifetime_expired) == (0, 9)
