@@ -7,7 +7,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from credits_service.persistence.embedded import DataDirInUse
 from credits_service.settings import Settings
@@ -49,13 +50,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
-        return asyncio.run(_serve(settings))
+        return _run_loop(settings.event_loop, _serve(settings))
     except ValueError as exc:  # a setting that cannot work, found before starting anything
         logging.getLogger(__name__).error("cannot start: %s", exc)
         return 2
     except (DataDirInUse, OSError) as exc:
         logging.getLogger(__name__).error("cannot start: %s", exc)
         return 1
+
+
+def _run_loop(kind: str, main: Coroutine[Any, Any, int]) -> int:
+    """Run the server on the chosen event loop (grpc.aio runs on either)."""
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 def _token(name: str, role: str) -> int:

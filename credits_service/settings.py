@@ -107,6 +107,10 @@ class Settings:
     keepalive_timeout_s: float = _setting(20.0, "drop a connection whose ping goes unanswered")
     log_level: str = _setting("INFO", "DEBUG, INFO (one line per RPC), WARNING or ERROR")
     log_format: str = _setting("text", "text (for people) or json (one object per line)")
+    event_loop: str = _setting(
+        "uvloop", "the server's event loop: uvloop (faster: +20%% CheckAndReserve, see "
+        "bench/README.md) or asyncio (the standard library's)"
+    )
     metrics_listen: str = _setting(
         "127.0.0.1:9464", "host:port of the Prometheus /metrics HTTP endpoint; empty: off"
     )
@@ -136,6 +140,7 @@ class Settings:
             "idle_in_transaction_timeout_ms": 1 <= self.idle_in_transaction_timeout_ms
             <= 3_600_000,
             "log_format": self.log_format in ("text", "json"),
+            "event_loop": self.event_loop in ("uvloop", "asyncio"),
             "log_level": self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
             "rate_limit_per_s": 0 <= self.rate_limit_per_s <= 1_000_000,
             "rate_limit_burst": 1 <= self.rate_limit_burst <= 1_000_000,

@@ -42,14 +42,16 @@ from tests.serve_launcher import (
 # --- a: start, serve, stop -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum,event_loop", [
+    (signal.SIGTERM, "uvloop"), (signal.SIGINT, "uvloop"), (signal.SIGTERM, "asyncio"),
+], ids=["SIGTERM", "SIGINT", "SIGTERM-asyncio-loop"])
 async def test_serve_starts_embedded_postgres_and_stops_cleanly_on_signal(
-    launcher: Launcher, signum: int
+    launcher: Launcher, signum: int, event_loop: str
 ) -> None:
     grace_s = 5.0
     data_dir = launcher.data_dir()
     started = time.monotonic()
-    server = launcher.serve(data_dir, grace_s=grace_s)
+    server = launcher.serve(data_dir, "--event-loop", event_loop, grace_s=grace_s)
     await server.wait_serving()
     assert time.monotonic() - started < STARTUP_TIMEOUT_S
 

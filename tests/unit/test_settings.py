@@ -46,6 +46,7 @@ def test_booleans_parse_from_the_environment():
     ({"idempotency_retention_s": 60.0}, "idempotency_retention_s"),
     ({"shutdown_grace_s": -1.0}, "shutdown_grace_s"),
     ({"hold_lifetime_max_s": 3600.0}, "hold_lifetime_max_s"),
+    ({"event_loop": "trio"}, "event_loop"),
 ])
 def test_out_of_range_settings_are_refused_by_name(changes, field):
     with pytest.raises(ValueError, match=field):
