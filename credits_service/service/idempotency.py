@@ -7,6 +7,7 @@ JSON and decode back to the same result dataclasses, or to the same DomainError 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import fields, is_dataclass
@@ -39,15 +40,26 @@ def request_hash(method: str, command: Any) -> bytes:
     return hashlib.sha256(canonical.encode()).digest()
 
 
+@functools.cache
+def _fields_of(cls: type) -> tuple[tuple[str, bool], ...] | None:
+    """(name, omitted when None) of a dataclass's fields; None for any other type."""
+    if not is_dataclass(cls):
+        return None
+    return tuple((f.name, bool(f.metadata.get("hash_omit_none"))) for f in fields(cls))
+
+
 def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
+    described = _fields_of(type(value))
+    if described is not None:
         return {
-            f.name: _plain(getattr(value, f.name))
-            for f in fields(value)
-            if not (f.metadata.get("hash_omit_none") and getattr(value, f.name) is None)
+            name: _plain(field_value)
+            for name, omit_none in described
+            if not ((field_value := getattr(value, name)) is None and omit_none)
         }
     if isinstance(value, Enum):
         return value.value
+    if isinstance(value, str | int) or value is None:
+        return value
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict) or hasattr(value, "items"):

@@ -231,6 +231,22 @@ def test_request_hash_ignores_metadata_order_and_tells_methods_and_fields_apart(
     assert idempotency.request_hash("CheckAndReserve", a) != idempotency.request_hash("Grant", a)
 
 
+@pytest.mark.parametrize("method,command,digest", [
+    ("CheckAndReserve", ReserveCommand(account_id="a", amount=1, idempotency_key="k",
+                                       metadata={"y": "2", "x": "1"}),
+     "6719e512ba9b7e70cc0ad960506ccbf6b98a655aa796cf5ef0842578cf209db9"),
+    ("Grant", GrantCommand(account_id="a", amount=5, grant_type=GrantType.PROMO,
+                           idempotency_key="k"),
+     "c72fd3b304aa3b547b6ab603b36065045c03be2a4de2d200d2d3d2f40f85d112"),
+    ("Grant", GrantCommand(account_id="a", amount=5, grant_type=GrantType.PROMO,
+                           idempotency_key="k", expire_time=NOW, priority=0),
+     "546a4eb513fd857bb1b272cb8386b536c3b76a6b483e44863a3f324469c0da27"),
+])
+def test_request_hashes_never_change(method, command, digest):
+    """Stored keys hold these hashes: a retry after an upgrade must still match them."""
+    assert idempotency.request_hash(method, command).hex() == digest
+
+
 @pytest.mark.parametrize("outcome", [
     GrantResult(
         entry=LedgerEntry(entry_id=7, account_id="acct-1", entry_type=EntryType.GRANT,
