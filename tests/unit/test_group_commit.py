@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from credits_service.domain.errors import StorageUnavailable
+from credits_service.domain.errors import StorageTimeout, StorageUnavailable
 from credits_service.service.group_commit import GroupCommitter
 
 
@@ -15,6 +15,7 @@ class Recorder:
         self.groups: list[list[int]] = []
         self.fail_on = fail_on
         self.storage_down = storage_down
+        self.stuck: int | None = None
         self.release = asyncio.Event()
 
     async def run_many(self, items):
@@ -24,6 +25,8 @@ class Recorder:
             raise StorageUnavailable("down")
         if self.fail_on in items:
             raise RuntimeError(f"item {self.fail_on} breaks its group")
+        if self.stuck in items:
+            raise StorageTimeout(f"item {self.stuck} waits on a lock")
         return [item * 10 for item in items]
 
 
@@ -79,3 +82,17 @@ async def test_a_caller_that_leaves_does_not_stop_its_group():
     assert await first == 10
     await asyncio.sleep(0.01)
     assert recorder.groups == [[1], [2]]  # the cancelled caller's item was still decided
+
+
+async def test_a_group_that_times_out_reruns_its_items_alone_so_only_the_stuck_one_fails():
+    recorder = Recorder()
+    recorder.stuck = 3
+    group = GroupCommitter(recorder.run_many, group_size_max=10, concurrency=1)
+    calls = [asyncio.create_task(group.submit(n)) for n in range(5)]
+    await asyncio.sleep(0)
+    recorder.release.set()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[:3] == [0, 10, 20] and results[4] == 40
+    assert isinstance(results[3], StorageTimeout)
+    assert recorder.groups[:2] == [[0], [1, 2, 3, 4]]
+    assert sorted(recorder.groups[2:]) == [[1], [2], [3], [4]]
