@@ -175,6 +175,11 @@ class StorageTimeout(StorageError):
     reason = "DATABASE_TIMEOUT"
 
 
+class StatementTimedOut(StorageTimeout):
+    """The database itself ended a statement at its statement or lock timeout (it answered;
+    nothing is stalled): usually a lock held elsewhere."""
+
+
 class TransientConflict(StorageError):
     """Serialization failure or deadlock: the whole transaction may be run again."""
 

@@ -9,6 +9,7 @@ import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from credits_service.domain.errors import (
+    StatementTimedOut,
     StorageError,
     StorageTimeout,
     StorageUnavailable,
@@ -80,7 +81,7 @@ def translate(exc: BaseException) -> StorageError | None:
     if state in _CONFLICT_STATES:
         return TransientConflict(f"transaction conflict (SQLSTATE {state})")
     if state in _TIMEOUT_STATES:
-        return StorageTimeout(f"database timeout (SQLSTATE {state})")
+        return StatementTimedOut(f"database timeout (SQLSTATE {state})")
     if state is not None and state.startswith(_UNAVAILABLE_PREFIXES):
         return StorageUnavailable(f"database unavailable (SQLSTATE {state})")
     if isinstance(exc, sqlalchemy.exc.TimeoutError | asyncio.TimeoutError | TimeoutError):

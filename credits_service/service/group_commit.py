@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from credits_service.domain.errors import StorageError, StorageTimeout
+from credits_service.domain.errors import StatementTimedOut, StorageError
 
 _log = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -71,14 +71,14 @@ class GroupCommitter(Generic[Item, Outcome]):
     async def _settle(self, group: list[tuple[Item, asyncio.Future[Outcome]]]) -> None:
         try:
             outcomes = await self._run_many([item for item, _ in group])
-        except StorageTimeout as exc:
+        except StatementTimedOut as exc:
             if len(group) == 1:
                 _fail(group[0][1], exc)
                 return
             # One item may be stuck (its account locked elsewhere): decide each alone, so only
-            # a call that times out alone fails. Safe to rerun: the group was rolled back, or,
-            # if its COMMIT timed out and took effect after all, each rerun replays (keys for
-            # reserves, a committed hold for Commit).
+            # a call that times out alone fails. The database answered, so the group was rolled
+            # back and rerunning is safe. A database that does not answer at all (a client-side
+            # timeout) fails the group alike instead: reruns would only hold the pool longer.
             _log.warning("a group of %d timed out (%s); running its items one by one",
                          len(group), exc)
             await asyncio.gather(*(self._settle([member]) for member in group))

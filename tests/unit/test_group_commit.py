@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from credits_service.domain.errors import StorageTimeout, StorageUnavailable
+from credits_service.domain.errors import StatementTimedOut, StorageUnavailable
 from credits_service.service.group_commit import GroupCommitter
 
 
@@ -26,7 +26,7 @@ class Recorder:
         if self.fail_on in items:
             raise RuntimeError(f"item {self.fail_on} breaks its group")
         if self.stuck in items:
-            raise StorageTimeout(f"item {self.stuck} waits on a lock")
+            raise StatementTimedOut(f"item {self.stuck} waits on a lock")
         return [item * 10 for item in items]
 
 
@@ -93,6 +93,6 @@ async def test_a_group_that_times_out_reruns_its_items_alone_so_only_the_stuck_o
     recorder.release.set()
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert results[:3] == [0, 10, 20] and results[4] == 40
-    assert isinstance(results[3], StorageTimeout)
+    assert isinstance(results[3], StatementTimedOut)
     assert recorder.groups[:2] == [[0], [1, 2, 3, 4]]
     assert sorted(recorder.groups[2:]) == [[1], [2], [3], [4]]
