@@ -322,9 +322,8 @@ class Ledger:
             if not plain:
                 return outcomes
             snapshots = await self._lock_accounts(uow, [hold.account_id for _, hold, _, _ in plain])
-            expired = await uow.lots.expired_among(
-                lot_id for _, _, _, split in plain for lot_id, _ in split.given_back
-            )
+            given_back = [lot_id for _, _, _, split in plain for lot_id, _ in split.given_back]
+            expired = await uow.lots.expired_among(given_back) if given_back else set()
             plain = [p for p in plain if not any(lot_id in expired
                                                  for lot_id, _ in p[3].given_back)]
             if not plain:
