@@ -72,33 +72,32 @@ class GroupCommitter(Generic[Item, Outcome]):
         try:
             outcomes = await self._run_many([item for item, _ in group])
         except StatementTimedOut as exc:
-            if len(group) == 1:
-                _fail(group[0][1], exc)
-                return
-            # One item may be stuck (its account locked elsewhere): decide each alone, so only
-            # a call that times out alone fails. The database answered, so the group was rolled
-            # back and rerunning is safe. A database that does not answer at all (a client-side
-            # timeout) fails the group alike instead: reruns would only hold the pool longer.
-            _log.warning("a group of %d timed out (%s); running its items one by one",
-                         len(group), exc)
-            await asyncio.gather(*(self._settle([member]) for member in group))
+            # One item may be stuck (its account locked elsewhere). The database answered, so
+            # the group was rolled back and rerunning is safe. A database that does not answer
+            # at all (a client-side timeout) fails the group alike instead (below): reruns
+            # would only hold the pool longer.
+            await self._each_alone(group, exc)
             return
         except StorageError as exc:  # the database failed the group: it fails each alike
             for _, future in group:
                 _fail(future, exc)
             return
-        except Exception as exc:
-            if len(group) == 1:
-                _fail(group[0][1], exc)
-                return
-            # One item may have broken the group: decide each alone, so it fails only itself.
-            _log.warning("a group of %d failed (%r); running its items one by one",
-                         len(group), exc)
-            await asyncio.gather(*(self._settle([member]) for member in group))
+        except Exception as exc:  # one item may have broken the group
+            await self._each_alone(group, exc)
             return
         for (_, future), outcome in zip(group, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
+
+    async def _each_alone(
+        self, group: list[tuple[Item, asyncio.Future[Outcome]]], exc: Exception
+    ) -> None:
+        """After `exc` failed the group, decide each item alone, so it fails only itself."""
+        if len(group) == 1:
+            _fail(group[0][1], exc)
+            return
+        _log.warning("a group of %d failed (%r); running its items one by one", len(group), exc)
+        await asyncio.gather(*(self._settle([member]) for member in group))
 
 
 def _fail(future: asyncio.Future[object], exc: BaseException) -> None:
