@@ -40,6 +40,9 @@ def create_engine(settings: Settings, url: str) -> AsyncEngine:
         pool_size=settings.pool_size,
         max_overflow=0,
         pool_timeout=settings.pool_timeout_s,
+        # The unit of work begins and ends each transaction itself on the asyncpg connection
+        # (unit_of_work.py); SQLAlchemy adds no BEGIN or reset ROLLBACK round trips of its own.
+        isolation_level="AUTOCOMMIT",
         connect_args={
             "timeout": settings.connect_timeout_s,
             # Client-side bound on each statement (COMMIT included): a database that stops

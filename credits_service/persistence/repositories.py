@@ -126,8 +126,9 @@ def _reservation(row: Any, draws: tuple[LotDraw, ...] = ()) -> Reservation:
 
 
 class AccountRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, driver: Any = None) -> None:
         self._connection = connection
+        self._driver = driver  # the raw asyncpg connection under it, for the hot path
 
     async def _one(self, sql: str, **params: Any) -> BalanceSnapshot | None:
         row = (await self._connection.execute(text(sql), params)).one_or_none()
@@ -275,8 +276,9 @@ class AccountRepository:
 
 
 class LedgerRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, driver: Any = None) -> None:
         self._connection = connection
+        self._driver = driver  # the raw asyncpg connection under it, for the hot path
 
     async def append(
         self,
@@ -453,8 +455,9 @@ class LotRepository:
     """Credit lots. Every change to an account's lots runs under that account's row lock
     (AccountRepository.lock), so reads made after taking it are current."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, driver: Any = None) -> None:
         self._connection = connection
+        self._driver = driver  # the raw asyncpg connection under it, for the hot path
 
     async def now(self) -> datetime:
         """The service clock (credits_now(): the database clock plus any test offset)."""
@@ -633,8 +636,9 @@ class LotRepository:
 
 
 class ReservationRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, driver: Any = None) -> None:
         self._connection = connection
+        self._driver = driver  # the raw asyncpg connection under it, for the hot path
 
     async def insert_many(self, holds: list[NewHold]) -> dict[str, Reservation]:
         """Place ACTIVE holds with what each drew from each lot, in one statement."""
@@ -918,8 +922,9 @@ def _with_draws(hold: Reservation, draws: tuple[LotDraw, ...]) -> Reservation:
 
 
 class IdempotencyRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, driver: Any = None) -> None:
         self._connection = connection
+        self._driver = driver  # the raw asyncpg connection under it, for the hot path
 
     async def claim(self, scope: str, key: str, method: str, request_hash: bytes) -> bool:
         """Insert the key for this transaction. False if it exists: a concurrent holder of the

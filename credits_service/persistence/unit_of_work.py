@@ -1,4 +1,10 @@
-"""The SQLAlchemy unit of work: one connection, one transaction, rolled back unless committed."""
+"""The unit of work: one pooled connection, one transaction, rolled back unless committed.
+
+The engine runs in AUTOCOMMIT mode, so SQLAlchemy never sends BEGIN, COMMIT or a reset ROLLBACK
+of its own: the unit of work opens and ends the transaction on the asyncpg connection under the
+pooled one. Statements sent through SQLAlchemy and the hot path's raw asyncpg statements
+(repositories) run in that one transaction alike.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,10 @@ import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from credits_service.domain.deadline import time_remaining_s
 from credits_service.domain.errors import StorageTimeout
@@ -62,8 +69,10 @@ class SqlUnitOfWork:
         self._statement_timeout_ms = statement_timeout_ms
         self._on_pool_wait = on_pool_wait
         self._after_commit: list[Callable[[], None]] = []
+        self._broken = False
         self._connection: AsyncConnection | None = None
-        self._transaction: AsyncTransaction | None = None
+        self._driver: Any = None  # the asyncpg connection under self._connection
+        self._transaction: Any = None  # its asyncpg Transaction while one is open
 
     async def __aenter__(self) -> SqlUnitOfWork:
         try:
@@ -71,7 +80,10 @@ class SqlUnitOfWork:
             self._connection = await self._engine.connect()
             if self._on_pool_wait is not None:
                 self._on_pool_wait(time.perf_counter() - waited_from_s)
-            self._transaction = await self._connection.begin()
+            self._driver = (await self._connection.get_raw_connection()).driver_connection
+            transaction = self._driver.transaction()
+            await transaction.start()
+            self._transaction = transaction
             await self._bound_by_call_deadline(self._connection)
             if self._clock is not None and self._clock.offset_ms:
                 await self._connection.execute(
@@ -81,11 +93,11 @@ class SqlUnitOfWork:
         except BaseException as exc:
             await self._close()
             _reraise_translated(exc)
-        self.accounts = AccountRepository(self._connection)
-        self.ledger = LedgerRepository(self._connection)
-        self.lots = LotRepository(self._connection)
-        self.reservations = ReservationRepository(self._connection)
-        self.idempotency = IdempotencyRepository(self._connection)
+        self.accounts = AccountRepository(self._connection, self._driver)
+        self.ledger = LedgerRepository(self._connection, self._driver)
+        self.lots = LotRepository(self._connection, self._driver)
+        self.reservations = ReservationRepository(self._connection, self._driver)
+        self.idempotency = IdempotencyRepository(self._connection, self._driver)
         return self
 
     async def _bound_by_call_deadline(self, connection: AsyncConnection) -> None:
@@ -106,9 +118,14 @@ class SqlUnitOfWork:
 
     async def commit(self) -> None:
         assert self._transaction is not None
+        transaction, self._transaction = self._transaction, None
         try:
-            await self._transaction.commit()
+            await transaction.commit()
         except BaseException as exc:
+            # Whether a COMMIT the connection lost on the way took effect is unknown: the
+            # connection is never reused, and the caller gets an error it may retry (its
+            # idempotency key makes the retry safe either way).
+            self._broken = True
             _reraise_translated(exc)
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
@@ -128,15 +145,24 @@ class SqlUnitOfWork:
             _reraise_translated(exc)
 
     async def _close(self) -> None:
-        # Closing a connection with an open transaction rolls it back; a connection broken by
-        # the failure is invalidated by the pool instead of being returned to it.
-        if self._connection is not None:
+        # An open transaction is rolled back here. A connection that failed (or whose state is
+        # unknown) is invalidated, so the pool never hands it out again.
+        connection, transaction = self._connection, self._transaction
+        self._connection = self._transaction = None
+        if connection is None:
+            return
+        broken = self._broken
+        if transaction is not None and not broken:
             try:
-                await self._connection.close()
-            except Exception:
-                pass
-            self._connection = None
-            self._transaction = None
+                await transaction.rollback()
+            except BaseException:
+                broken = True
+        try:
+            if broken or self._driver is None or self._driver.is_closed():
+                await connection.invalidate()
+            await connection.close()
+        except Exception:
+            pass
 
 
 def _reraise_translated(exc: BaseException) -> None:
