@@ -122,22 +122,6 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
-class NewHold:
-    """A hold about to be placed: what it is and which lots it draws from."""
-
-    reservation_id: str
-    account_id: str
-    amount: int
-    ttl_ms: int
-    metadata: Mapping[str, str]
-    actor: str
-    draws: list[tuple[int, int]]  # (lot_id, credits)
-
-
-# Commands carry exactly what the caller sent (after validation); idempotency hashes them.
-
-
-@dataclass(frozen=True, slots=True)
 class GrantCommand:
     account_id: str
     amount: int

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import TextClause
 from sqlalchemy import text as _text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,7 +26,6 @@ from credits_service.domain.model import (
     LedgerEntry,
     Lot,
     LotDraw,
-    NewHold,
     Reservation,
     ReservationStatus,
 )
@@ -51,6 +51,18 @@ _LOT_COLUMNS = (
 )
 # Consumption order (credits_service/domain/lots.py); expire_time ascending puts NULLs last.
 _CONSUMPTION_ORDER = "l.priority, l.expire_time, l.lot_id"
+# For a lateral join on w (account_id, amount): the account's unexpired lots with unheld
+# credits in consumption order, (lot_id, free, running total), as many as cover w.amount.
+_FREE_LOTS = f"""
+    SELECT lot_id, free, running FROM (
+        SELECT l.lot_id, l.remaining - l.held AS free,
+               sum(l.remaining - l.held) OVER (
+                   ORDER BY {_CONSUMPTION_ORDER} ROWS UNBOUNDED PRECEDING) AS running
+          FROM credit_lots l
+         WHERE l.account_id = w.account_id AND l.remaining > 0
+           AND l.remaining > l.held AND l.expired_time IS NULL
+           AND (l.expire_time IS NULL OR l.expire_time > credits_now())) x
+     WHERE running - free < w.amount"""
 
 
 @functools.cache
@@ -174,31 +186,6 @@ class AccountRepository:
             amount=amount,
             balance_max=balance_max,
         )
-
-    async def hold_many(self, holds: Mapping[str, tuple[int, int]]) -> dict[str, BalanceSnapshot]:
-        """Reserve, per account, (credits, number of holds) if available covers them; accounts
-        it does not cover are left out of the result."""
-        rows = await self._connection.execute(
-            text(
-                f"""
-                UPDATE accounts a
-                   SET reserved = a.reserved + h.held,
-                       active_reservation_count = a.active_reservation_count + h.holds,
-                       update_time = credits_now()
-                  FROM unnest(CAST(:account_ids AS text[]), CAST(:held AS bigint[]),
-                              CAST(:holds AS bigint[])) AS h (account_id, held, holds)
-                 WHERE a.account_id = h.account_id AND a.account_id = ANY(:account_ids)
-                   AND a.balance - a.reserved >= h.held
-                RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))}
-                """
-            ),
-            {
-                "account_ids": list(holds),
-                "held": [held for held, _ in holds.values()],
-                "holds": [count for _, count in holds.values()],
-            },
-        )
-        return {row.account_id: _balance(row) for row in rows}
 
     async def capture(self, account_id: str, held: int, amount: int) -> BalanceSnapshot | None:
         """Turn a hold of `held` into usage of `amount`; None if available cannot cover it."""
@@ -545,17 +532,7 @@ class LotRepository:
                 SELECT w.account_id, s.lot_id, s.free
                   FROM unnest(CAST(:account_ids AS text[]), CAST(:amounts AS bigint[]))
                        WITH ORDINALITY AS w (account_id, amount, position)
-                 CROSS JOIN LATERAL (
-                    SELECT lot_id, free, running FROM (
-                        SELECT l.lot_id, l.remaining - l.held AS free,
-                               sum(l.remaining - l.held) OVER (
-                                   ORDER BY {_CONSUMPTION_ORDER} ROWS UNBOUNDED PRECEDING
-                               ) AS running
-                          FROM credit_lots l
-                         WHERE l.account_id = w.account_id AND l.remaining > 0
-                           AND l.remaining > l.held AND l.expired_time IS NULL
-                           AND (l.expire_time IS NULL OR l.expire_time > credits_now())) x
-                     WHERE running - free < w.amount) s
+                 CROSS JOIN LATERAL ({_FREE_LOTS}) s
                  ORDER BY w.position, s.running
                 """
             ),
@@ -639,52 +616,6 @@ class ReservationRepository:
     def __init__(self, connection: AsyncConnection, driver: Any = None) -> None:
         self._connection = connection
         self._driver = driver  # the raw asyncpg connection under it, for the hot path
-
-    async def insert_many(self, holds: list[NewHold]) -> dict[str, Reservation]:
-        """Place ACTIVE holds with what each drew from each lot, in one statement."""
-        draws = [(hold.reservation_id, lot_id, held) for hold in holds
-                 for lot_id, held in hold.draws]
-        rows = await self._connection.execute(
-            text(
-                f"""
-                WITH placed AS (
-                    INSERT INTO reservations (reservation_id, account_id, amount, status,
-                        expire_time, metadata, actor)
-                    SELECT h.reservation_id, h.account_id, h.amount, 'ACTIVE',
-                           credits_now() + h.ttl_ms * interval '1 millisecond',
-                           CAST(h.metadata AS jsonb), h.actor
-                      FROM unnest(CAST(:ids AS uuid[]), CAST(:account_ids AS text[]),
-                                  CAST(:amounts AS bigint[]), CAST(:ttl_ms AS bigint[]),
-                                  CAST(:metadata AS text[]), CAST(:actors AS text[]))
-                           AS h (reservation_id, account_id, amount, ttl_ms, metadata, actor)
-                    RETURNING {_RESERVATION_COLUMNS}
-                ), drawn AS (
-                    INSERT INTO reservation_lots (reservation_id, lot_id, held)
-                    SELECT d.reservation_id, d.lot_id, d.held
-                      FROM unnest(CAST(:draw_ids AS uuid[]), CAST(:lot_ids AS bigint[]),
-                                  CAST(:held AS bigint[])) AS d (reservation_id, lot_id, held)
-                )
-                SELECT * FROM placed
-                """
-            ),
-            {
-                "ids": [hold.reservation_id for hold in holds],
-                "account_ids": [hold.account_id for hold in holds],
-                "amounts": [hold.amount for hold in holds],
-                "ttl_ms": [hold.ttl_ms for hold in holds],
-                "metadata": [_json(hold.metadata) for hold in holds],
-                "actors": [hold.actor for hold in holds],
-                "draw_ids": [d[0] for d in draws],
-                "lot_ids": [d[1] for d in draws],
-                "held": [d[2] for d in draws],
-            },
-        )
-        by_id = {hold.reservation_id: hold for hold in holds}
-        return {
-            row.reservation_id: _reservation(row, tuple(
-                LotDraw(lot_id, held) for lot_id, held in by_id[row.reservation_id].draws))
-            for row in rows
-        }
 
     async def lock(self, reservation_id: str) -> tuple[Reservation, bool] | None:
         """The hold with its draws, locked for this transaction, and whether its expire_time
@@ -968,32 +899,6 @@ class IdempotencyRepository:
             {"scope": scope, "key": key, "response": json.dumps(response, sort_keys=True)},
         )
 
-    async def claim_many(
-        self, keys: list[tuple[str, str, str, bytes]]
-    ) -> set[tuple[str, str]]:
-        """claim for (scope, key, method, request_hash) rows at once, in key order (two batches
-        claiming overlapping keys wait for each other in one order); returns the (scope, key)
-        pairs this transaction claimed."""
-        keys = sorted(keys, key=lambda k: (k[0], k[1]))
-        rows = await self._connection.execute(
-            text(
-                """
-                INSERT INTO idempotency_keys (scope, idempotency_key, method, request_hash)
-                SELECT * FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[]),
-                                     CAST(:methods AS text[]), CAST(:hashes AS bytea[]))
-                ON CONFLICT (scope, idempotency_key) DO NOTHING
-                RETURNING scope, idempotency_key
-                """
-            ),
-            {
-                "scopes": [k[0] for k in keys],
-                "keys": [k[1] for k in keys],
-                "methods": [k[2] for k in keys],
-                "hashes": [k[3] for k in keys],
-            },
-        )
-        return {(row.scope, row.idempotency_key) for row in rows}
-
     async def get_many(
         self, keys: list[tuple[str, str]]
     ) -> dict[tuple[str, str], tuple[bytes, Any]]:
@@ -1047,3 +952,197 @@ class IdempotencyRepository:
             {"older_than_s": older_than_s, "batch_size": batch_size},
         )
         return result.rowcount
+
+
+class _Row(asyncpg.Record):
+    """A raw asyncpg row whose columns read as attributes too, like SQLAlchemy's rows (but
+    for columns named like Record's methods: keys, values, items, get)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+_A_ACCOUNT_COLUMNS = ", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))
+_NO_ACCOUNT_COLUMNS = (
+    "NULL::text, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, "
+    "NULL::bigint"
+)
+
+
+class HoldsRepository:
+    """The grouped CheckAndReserve (Ledger.check_and_reserve_many) in three statements on the
+    raw asyncpg connection, each spanning tables: claim the keys and lock their accounts;
+    expire due lots and find free ones; write the holds with everything they change. The same
+    rows and locks as the one-table statements of the other repositories, in fewer round trips
+    and without SQLAlchemy's per-statement work."""
+
+    def __init__(self, connection: AsyncConnection, driver: Any) -> None:
+        self._driver = driver
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        return await self._driver.fetch(sql, *args, record_class=_Row)
+
+    async def claim_and_lock(
+        self, keys: list[tuple[str, str, str, bytes, str]]
+    ) -> tuple[set[tuple[str, str]], dict[str, BalanceSnapshot]]:
+        """Claim (scope, key, method, request_hash, account_id) keys in key order, as
+        IdempotencyRepository.claim does one; then lock the accounts of the keys claimed, in
+        account order (AccountRepository.lock). Returns the (scope, key) pairs claimed and the
+        locked accounts' balances (an unknown account is left out)."""
+        keys = sorted(keys, key=lambda k: (k[0], k[1]))
+        rows = await self._fetch(
+            f"""
+            WITH k AS (
+                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[],
+                                     $5::text[])
+                       WITH ORDINALITY AS k (scope, idempotency_key, method, request_hash,
+                                             account_id, position)
+            ), claimed AS (
+                INSERT INTO idempotency_keys (scope, idempotency_key, method, request_hash)
+                SELECT scope, idempotency_key, method, request_hash FROM k ORDER BY position
+                ON CONFLICT (scope, idempotency_key) DO NOTHING
+                RETURNING scope, idempotency_key
+            ), locked AS MATERIALIZED (
+                SELECT {_ACCOUNT_COLUMNS} FROM accounts a
+                 WHERE a.account_id IN (
+                        SELECT k.account_id FROM k
+                          JOIN claimed c ON c.scope = k.scope
+                                        AND c.idempotency_key = k.idempotency_key)
+                 ORDER BY a.account_id
+                   FOR UPDATE OF a
+            )
+            SELECT NULL::text AS scope, NULL::text AS idempotency_key, {_ACCOUNT_COLUMNS}
+              FROM locked
+            UNION ALL
+            SELECT scope, idempotency_key, {_NO_ACCOUNT_COLUMNS} FROM claimed
+            """,
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+            [k[3] for k in keys], [k[4] for k in keys],
+        )
+        claimed = {(row[0], row[1]) for row in rows if row[0] is not None}
+        return claimed, {row[2]: _balance(row) for row in rows if row[0] is None}
+
+    async def expire_and_find(
+        self, account_ids: list[str], wanted: Mapping[str, int]
+    ) -> tuple[list[tuple[str, int, int]], dict[str, list[tuple[int, int]]], datetime]:
+        """For (locked) accounts: LotRepository.expire_due, and LotRepository.free_in_order_many
+        for the credits `wanted` per account, and the service clock (credits_now()), at once.
+        The free lots leave out the lots this statement expires, as they would after it."""
+        rows = await self._fetch(
+            f"""
+            WITH expired AS (
+                UPDATE credit_lots l
+                   SET remaining = l.held, expired_time = credits_now()
+                  FROM (SELECT lot_id, remaining - held AS unheld FROM credit_lots
+                         WHERE account_id = ANY($1::text[]) AND expired_time IS NULL
+                           AND expire_time <= credits_now()) due
+                 WHERE l.lot_id = due.lot_id AND l.expired_time IS NULL
+                RETURNING l.account_id, l.lot_id, due.unheld, l.expire_time
+            )
+            SELECT 0 AS kind, account_id, lot_id, unheld AS credits, expire_time AS at,
+                   0::bigint AS position, 0::numeric AS running
+              FROM expired
+            UNION ALL
+            SELECT 1, w.account_id, s.lot_id, s.free, NULL, w.position, s.running
+              FROM unnest($2::text[], $3::bigint[])
+                   WITH ORDINALITY AS w (account_id, amount, position)
+             CROSS JOIN LATERAL ({_FREE_LOTS}) s
+            UNION ALL
+            SELECT 2, NULL, NULL, NULL, credits_now(), NULL, NULL
+             ORDER BY 1, 6, 7, 2, 5, 3
+            """,
+            sorted(set(account_ids)), list(wanted), list(wanted.values()),
+        )
+        expired: list[tuple[str, int, int]] = []
+        free: dict[str, list[tuple[int, int]]] = {account_id: [] for account_id in wanted}
+        now: datetime | None = None
+        for row in rows:
+            kind = row[0]
+            if kind == 1:
+                free[row[1]].append((row[2], row[3]))
+            elif kind == 0:
+                expired.append((row[1], row[2], row[3]))
+            else:
+                now = row[4]
+        assert now is not None
+        return expired, free, now
+
+    async def place(
+        self,
+        lot_holds: Mapping[int, int],
+        per_account: Mapping[str, tuple[int, int]],
+        holds: list[Reservation],
+        actors: list[str],
+        responses: list[tuple[str, str, Any]],
+    ) -> tuple[dict[str, BalanceSnapshot], tuple[int, int, int, int]]:
+        """Write decided holds at once: the credits each lot newly holds, per account the
+        (credits, number of holds) it holds if available covers them (a conditional write, as
+        AccountRepository.capture_many), the ACTIVE holds with their draws, and the (scope, key,
+        response) of every idempotency key the group claimed (IdempotencyRepository.complete).
+        Returns the accounts' new balances (those available did not cover are left out) and
+        the rows written: (lots, holds, draws, keys)."""
+        draws = [(hold.reservation_id, draw.lot_id, draw.held)
+                 for hold in holds for draw in hold.draws]
+        account_ids = list(per_account)
+        scopes = [r[0] for r in responses]
+        keys = [r[1] for r in responses]
+        rows = await self._fetch(
+            f"""
+            WITH lots_held AS (
+                UPDATE credit_lots l SET held = l.held + c.held
+                  FROM unnest($1::bigint[], $2::bigint[]) AS c (lot_id, held)
+                 WHERE l.lot_id = c.lot_id AND l.lot_id = ANY($1::bigint[])
+                RETURNING 1
+            ), held AS (
+                UPDATE accounts a
+                   SET reserved = a.reserved + h.held,
+                       active_reservation_count = a.active_reservation_count + h.holds,
+                       update_time = credits_now()
+                  FROM unnest($3::text[], $4::bigint[], $5::bigint[]) AS h (account_id, held, holds)
+                 WHERE a.account_id = h.account_id AND a.account_id = ANY($3::text[])
+                   AND a.balance - a.reserved >= h.held
+                RETURNING {_A_ACCOUNT_COLUMNS}
+            ), placed AS (
+                INSERT INTO reservations (reservation_id, account_id, amount, status,
+                                          create_time, expire_time, metadata, actor)
+                SELECT h.reservation_id, h.account_id, h.amount, 'ACTIVE', h.create_time,
+                       h.expire_time, CAST(h.metadata AS jsonb), h.actor
+                  FROM unnest($6::uuid[], $7::text[], $8::bigint[], $9::timestamptz[],
+                              $10::timestamptz[], $11::text[], $12::text[])
+                       AS h (reservation_id, account_id, amount, create_time, expire_time,
+                             metadata, actor)
+                RETURNING 1
+            ), drawn AS (
+                INSERT INTO reservation_lots (reservation_id, lot_id, held)
+                SELECT * FROM unnest($13::uuid[], $14::bigint[], $15::bigint[])
+                RETURNING 1
+            ), completed AS (
+                UPDATE idempotency_keys i SET response = CAST(r.response AS jsonb)
+                  FROM unnest($16::text[], $17::text[], $18::text[])
+                       AS r (scope, idempotency_key, response)
+                 WHERE i.scope = r.scope AND i.idempotency_key = r.idempotency_key
+                   AND i.scope = ANY($16::text[]) AND i.idempotency_key = ANY($17::text[])
+                RETURNING 1
+            )
+            SELECT {_ACCOUNT_COLUMNS}, 0, 0, 0, 0 FROM held
+            UNION ALL
+            SELECT {_NO_ACCOUNT_COLUMNS}, (SELECT count(*) FROM lots_held),
+                   (SELECT count(*) FROM placed), (SELECT count(*) FROM drawn),
+                   (SELECT count(*) FROM completed)
+            """,
+            list(lot_holds), list(lot_holds.values()),
+            account_ids, [held for held, _ in per_account.values()],
+            [count for _, count in per_account.values()],
+            [hold.reservation_id for hold in holds], [hold.account_id for hold in holds],
+            [hold.amount for hold in holds], [hold.create_time for hold in holds],
+            [hold.expire_time for hold in holds], [_json(hold.metadata) for hold in holds],
+            actors,
+            [d[0] for d in draws], [d[1] for d in draws], [d[2] for d in draws],
+            scopes, keys, [json.dumps(r[2], sort_keys=True) for r in responses],
+        )
+        balances = {row.account_id: _balance(row) for row in rows if row.account_id is not None}
+        counts = next(row for row in rows if row.account_id is None)
+        return balances, (counts[7], counts[8], counts[9], counts[10])

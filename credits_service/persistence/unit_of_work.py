@@ -22,6 +22,7 @@ from credits_service.domain.errors import StorageTimeout
 from credits_service.persistence.database import translate
 from credits_service.persistence.repositories import (
     AccountRepository,
+    HoldsRepository,
     IdempotencyRepository,
     LedgerRepository,
     LotRepository,
@@ -52,6 +53,7 @@ class SqlUnitOfWork:
     """
 
     accounts: AccountRepository
+    holds: HoldsRepository
     ledger: LedgerRepository
     lots: LotRepository
     reservations: ReservationRepository
@@ -98,6 +100,7 @@ class SqlUnitOfWork:
         self.lots = LotRepository(self._connection, self._driver)
         self.reservations = ReservationRepository(self._connection, self._driver)
         self.idempotency = IdempotencyRepository(self._connection, self._driver)
+        self.holds = HoldsRepository(self._connection, self._driver)
         return self
 
     async def _bound_by_call_deadline(self, connection: AsyncConnection) -> None:

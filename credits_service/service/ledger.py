@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from tenacity import (
@@ -38,7 +38,7 @@ from credits_service.domain.model import (
     GrantResult,
     HistoryPage,
     HistoryQuery,
-    NewHold,
+    LotDraw,
     ReleaseCommand,
     ReleaseResult,
     Reservation,
@@ -180,9 +180,10 @@ class Ledger:
 
         async def work(uow: UnitOfWork) -> list[ReserveResult | errors.DomainError]:
             outcomes: list[Any] = [None] * len(calls)
-            claimed = await uow.idempotency.claim_many(
-                [(scope, key, method, digests[i]) for (scope, key), i in first.items()]
-            )
+            claimed, snapshots = await uow.holds.claim_and_lock([
+                (scope, key, method, digests[i], calls[i][0].account_id)
+                for (scope, key), i in first.items()
+            ])
             earlier = [pair for pair in first if pair not in claimed]
             stored = await uow.idempotency.get_many(earlier) if earlier else {}
             for pair in earlier:
@@ -198,11 +199,7 @@ class Ledger:
                     uow.on_commit(lambda: self._events.replayed(method))
             new = sorted(first[pair] for pair in claimed)
             if new:
-                await self._place_holds(uow, calls, new, outcomes)
-                await uow.idempotency.complete_many([
-                    (calls[i][1], calls[i][0].idempotency_key, idempotency.encode(outcomes[i]))
-                    for i in new
-                ])
+                await self._place_holds(uow, calls, new, outcomes, snapshots)
             for i, (command, actor) in enumerate(calls):
                 j = first[(actor, command.idempotency_key)]
                 if j != i:
@@ -218,22 +215,31 @@ class Ledger:
         calls: Sequence[tuple[ReserveCommand, str]],
         indexes: list[int],
         outcomes: list[Any],
+        snapshots: dict[str, BalanceSnapshot],
     ) -> None:
-        """Decide and write the holds of calls[i] for i in `indexes`, in that order, into
-        outcomes[i]: lock their accounts, draw from lots, write everything set-based."""
-        snapshots = await self._lock_accounts(uow, [calls[i][0].account_id for i in indexes])
+        """Decide and write the holds of calls[i] for i in `indexes` (their idempotency keys
+        claimed, their accounts locked with these `snapshots`), in that order, into
+        outcomes[i], and complete their keys: expire due lots, draw from free lots in
+        consumption order, write everything set-based."""
         wanted: dict[str, int] = {}
         for i in indexes:
             command = calls[i][0]
             if command.account_id in snapshots:
                 wanted[command.account_id] = wanted.get(command.account_id, 0) + command.amount
-        free = await uow.lots.free_in_order_many(wanted) if wanted else {}
-        holds: list[tuple[int, NewHold]] = []
+        holds: list[tuple[int, Reservation]] = []
+        free: dict[str, list[tuple[int, int]]] = {}
+        now = datetime.min  # set below whenever a hold can be placed
+        if wanted:
+            expired, free, now = await uow.holds.expire_and_find(list(snapshots), wanted)
+            if expired:
+                snapshots.update(await self._write_off(
+                    uow, [(account_id, lot_id, unheld, None)
+                          for account_id, lot_id, unheld in expired]))
         changes: dict[int, int] = {}
         per_account: dict[str, tuple[int, int]] = {}
         balances: dict[int, BalanceSnapshot] = {}
         for i in indexes:
-            command, actor = calls[i]
+            command = calls[i][0]
             account_id = command.account_id
             snapshot = snapshots.get(account_id)
             if snapshot is None:
@@ -258,25 +264,34 @@ class Ledger:
             snapshots[account_id] = balances[i] = snapshot
             held, count = per_account.get(account_id, (0, 0))
             per_account[account_id] = (held + command.amount, count + 1)
-            holds.append((i, NewHold(
+            ttl_ms = command.ttl_ms or self._limits.hold_ttl_default_ms
+            hold = Reservation(
                 reservation_id=str(uuid.uuid4()),
                 account_id=account_id,
                 amount=command.amount,
-                ttl_ms=command.ttl_ms or self._limits.hold_ttl_default_ms,
-                metadata=command.metadata,
-                actor=actor,
-                draws=draws,
-            )))
+                status=ReservationStatus.ACTIVE,
+                committed_amount=None,
+                create_time=now,
+                expire_time=now + timedelta(milliseconds=ttl_ms),
+                finish_time=None,
+                metadata=dict(command.metadata),
+                draws=tuple(LotDraw(lot_id, part) for lot_id, part in draws),
+            )
+            holds.append((i, hold))
+            outcomes[i] = ReserveResult(reservation=hold, balance=balances[i])
+        responses = [(calls[i][1], calls[i][0].idempotency_key, idempotency.encode(outcomes[i]))
+                     for i in indexes]
         if not holds:
+            await uow.idempotency.complete_many(responses)
             return
-        await uow.lots.apply(lots.LotChange(lot_id, part, 0) for lot_id, part in changes.items())
-        updated = await uow.accounts.hold_many(per_account)
-        if any(updated.get(account_id) != snapshots[account_id] for account_id in per_account):
+        updated, written = await uow.holds.place(
+            changes, per_account, [hold for _, hold in holds],
+            [calls[i][1] for i, _ in holds], responses,
+        )
+        draws_written = sum(len(hold.draws) for _, hold in holds)
+        if (any(updated.get(account_id) != snapshots[account_id] for account_id in per_account)
+                or written != (len(changes), len(holds), draws_written, len(responses))):
             raise LotsOutOfStep(next(iter(per_account)))
-        placed = await uow.reservations.insert_many([hold for _, hold in holds])
-        for i, hold in holds:
-            outcomes[i] = ReserveResult(reservation=placed[hold.reservation_id],
-                                        balance=balances[i])
         uow.on_commit(lambda: [self._events.reserved() for _ in holds])
 
     async def commit(self, command: CommitCommand, actor: str) -> CommitResult:

@@ -1,4 +1,4 @@
-"""What the use cases need from storage: a unit of work with five repositories."""
+"""What the use cases need from storage: a unit of work with its repositories."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ class UnitOfWork(Protocol):
     lots: Any
     reservations: Any
     idempotency: Any
+    holds: Any  # the grouped CheckAndReserve's statements
 
     async def __aenter__(self) -> Self: ...
 
