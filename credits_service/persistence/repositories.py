@@ -51,6 +51,15 @@ _LOT_COLUMNS = (
 )
 # Consumption order (credits_service/domain/lots.py); expire_time ascending puts NULLs last.
 _CONSUMPTION_ORDER = "l.priority, l.expire_time, l.lot_id"
+# Marks the (locked) accounts' lots past expire_time as expired, keeping their held credits.
+_EXPIRE_DUE = """
+    UPDATE credit_lots l
+       SET remaining = l.held, expired_time = credits_now()
+      FROM (SELECT lot_id, remaining - held AS unheld FROM credit_lots
+             WHERE account_id = ANY({account_ids}) AND expired_time IS NULL
+               AND expire_time <= credits_now()) due
+     WHERE l.lot_id = due.lot_id AND l.expired_time IS NULL
+    RETURNING l.account_id, l.lot_id, due.unheld, l.expire_time"""
 # For a lateral join on w (account_id, amount): the account's unexpired lots with unheld
 # credits in consumption order, (lot_id, free, running total), as many as cover w.amount.
 _FREE_LOTS = f"""
@@ -205,37 +214,6 @@ class AccountRepository:
             amount=amount,
         )
 
-    async def capture_many(
-        self, captures: Mapping[str, tuple[int, int, int]]
-    ) -> dict[str, BalanceSnapshot]:
-        """capture for several holds at once: per account, (credits held, credits used, number
-        of holds); accounts whose available cannot cover it are left out of the result."""
-        rows = await self._connection.execute(
-            text(
-                f"""
-                UPDATE accounts a
-                   SET balance = a.balance - c.used,
-                       reserved = a.reserved - c.held,
-                       active_reservation_count = a.active_reservation_count - c.holds,
-                       lifetime_used = a.lifetime_used + c.used,
-                       update_time = credits_now()
-                  FROM unnest(CAST(:account_ids AS text[]), CAST(:held AS bigint[]),
-                              CAST(:used AS bigint[]), CAST(:holds AS bigint[]))
-                       AS c (account_id, held, used, holds)
-                 WHERE a.account_id = c.account_id AND a.account_id = ANY(:account_ids)
-                   AND a.balance - c.used >= a.reserved - c.held
-                RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))}
-                """
-            ),
-            {
-                "account_ids": list(captures),
-                "held": [held for held, _, _ in captures.values()],
-                "used": [used for _, used, _ in captures.values()],
-                "holds": [count for _, _, count in captures.values()],
-            },
-        )
-        return {row.account_id: _balance(row) for row in rows}
-
     async def unhold(self, holds: Mapping[str, tuple[int, int]]) -> dict[str, BalanceSnapshot]:
         """Give holds back to available: per account, (credits held, number of holds)."""
         rows = await self._connection.execute(
@@ -308,38 +286,6 @@ class LedgerRepository:
             )
         ).one()
         return _entry(row)
-
-    async def append_usage_many(
-        self, usages: list[tuple[str, int, int, str, Mapping[str, str], str]]
-    ) -> dict[str, LedgerEntry]:
-        """USAGE entries for committed holds, given as (account_id, amount used, balance_after,
-        reservation_id, metadata, actor), in one statement; returns them by reservation_id."""
-        rows = await self._connection.execute(
-            text(
-                f"""
-                INSERT INTO ledger_entries (account_id, entry_type, amount, balance_after,
-                                            reservation_id, metadata, actor)
-                SELECT u.account_id, 'USAGE', -u.amount, u.balance_after, u.reservation_id,
-                       CAST(u.metadata AS jsonb), u.actor
-                  FROM unnest(CAST(:account_ids AS text[]), CAST(:amounts AS bigint[]),
-                              CAST(:balances AS bigint[]), CAST(:ids AS uuid[]),
-                              CAST(:metadata AS text[]), CAST(:actors AS text[]))
-                       WITH ORDINALITY AS u (account_id, amount, balance_after, reservation_id,
-                                             metadata, actor, position)
-                 ORDER BY u.position
-                RETURNING {_ENTRY_COLUMNS}
-                """
-            ),
-            {
-                "account_ids": [u[0] for u in usages],
-                "amounts": [u[1] for u in usages],
-                "balances": [u[2] for u in usages],
-                "ids": [u[3] for u in usages],
-                "metadata": [_json(u[4]) for u in usages],
-                "actors": [u[5] for u in usages],
-            },
-        )
-        return {row.reservation_id: _entry(row) for row in rows}
 
     async def write_off(
         self, write_offs: list[tuple[str, int, int, str | None]], actor: str
@@ -486,15 +432,7 @@ class LotRepository:
         Compare-and-set on expired_time: a lot is written off once, whoever gets there first."""
         rows = await self._connection.execute(
             text(
-                """
-                UPDATE credit_lots l
-                   SET remaining = l.held, expired_time = credits_now()
-                  FROM (SELECT lot_id, remaining - held AS unheld FROM credit_lots
-                         WHERE account_id = ANY(:account_ids) AND expired_time IS NULL
-                           AND expire_time <= credits_now()) due
-                 WHERE l.lot_id = due.lot_id AND l.expired_time IS NULL
-                RETURNING l.account_id, l.lot_id, due.unheld, l.expire_time
-                """
+_EXPIRE_DUE.format(account_ids=":account_ids")
             ),
             {"account_ids": sorted(set(account_ids))},
         )
@@ -635,24 +573,6 @@ class ReservationRepository:
         draws = await self.draws_of([reservation_id])
         return _reservation(row, draws.get(reservation_id, ())), row.is_due
 
-    async def lock_many(self, reservation_ids: list[str]) -> dict[str, tuple[Reservation, bool]]:
-        """lock for several holds, in one order (reservation_id); holds not found are left
-        out."""
-        rows = await self._connection.execute(
-            text(
-                f"SELECT {_RESERVATION_COLUMNS}, expire_time <= credits_now() AS is_due "
-                "FROM reservations WHERE reservation_id = ANY(CAST(:ids AS uuid[])) "
-                "ORDER BY reservation_id FOR UPDATE"
-            ),
-            {"ids": sorted(set(reservation_ids))},
-        )
-        found = {row.reservation_id: row for row in rows}
-        draws = await self.draws_of(list(found)) if found else {}
-        return {
-            reservation_id: (_reservation(row, draws.get(reservation_id, ())), row.is_due)
-            for reservation_id, row in found.items()
-        }
-
     async def draws_of(self, reservation_ids: list[str]) -> dict[str, tuple[LotDraw, ...]]:
         """Each hold's draws, in the consumption order of their lots."""
         rows = await self._connection.execute(
@@ -697,48 +617,6 @@ class ReservationRepository:
             },
         )
         return (await self.draws_of([reservation_id])).get(reservation_id, ())
-
-    async def commit_many(
-        self, commits: list[tuple[str, int]], consumed: list[tuple[str, int, int]]
-    ) -> dict[str, Reservation]:
-        """Compare-and-set ACTIVE holds to COMMITTED, given as (reservation_id, committed
-        amount), and record what each consumed from lots it drew from, given as
-        (reservation_id, lot_id, consumed), in one statement; holds no longer ACTIVE are left
-        out (and then nothing of theirs is recorded)."""
-        rows = await self._connection.execute(
-            text(
-                f"""
-                WITH finished AS (
-                    UPDATE reservations r
-                       SET status = 'COMMITTED', committed_amount = c.amount,
-                           finish_time = credits_now()
-                      FROM unnest(CAST(:ids AS uuid[]), CAST(:amounts AS bigint[]))
-                           AS c (reservation_id, amount)
-                     WHERE r.reservation_id = c.reservation_id
-                       AND r.reservation_id = ANY(CAST(:ids AS uuid[])) AND r.status = 'ACTIVE'
-                    RETURNING {", ".join("r." + c.strip() for c in _RESERVATION_COLUMNS.split(","))}
-                ), recorded AS (
-                    UPDATE reservation_lots d
-                       SET consumed = u.consumed
-                      FROM unnest(CAST(:draw_ids AS uuid[]), CAST(:lot_ids AS bigint[]),
-                                  CAST(:consumed AS bigint[])) AS u (reservation_id, lot_id,
-                                                                     consumed)
-                     WHERE d.reservation_id = u.reservation_id AND d.lot_id = u.lot_id
-                       AND d.reservation_id = ANY(CAST(:draw_ids AS uuid[]))
-                       AND u.reservation_id::text IN (SELECT reservation_id FROM finished)
-                )
-                SELECT * FROM finished
-                """
-            ),
-            {
-                "ids": [c[0] for c in commits],
-                "amounts": [c[1] for c in commits],
-                "draw_ids": [c[0] for c in consumed],
-                "lot_ids": [c[1] for c in consumed],
-                "consumed": [c[2] for c in consumed],
-            },
-        )
-        return {row.reservation_id: _reservation(row) for row in rows}
 
     async def finish(
         self,
@@ -1033,15 +911,7 @@ class HoldsRepository:
         The free lots leave out the lots this statement expires, as they would after it."""
         rows = await self._fetch(
             f"""
-            WITH expired AS (
-                UPDATE credit_lots l
-                   SET remaining = l.held, expired_time = credits_now()
-                  FROM (SELECT lot_id, remaining - held AS unheld FROM credit_lots
-                         WHERE account_id = ANY($1::text[]) AND expired_time IS NULL
-                           AND expire_time <= credits_now()) due
-                 WHERE l.lot_id = due.lot_id AND l.expired_time IS NULL
-                RETURNING l.account_id, l.lot_id, due.unheld, l.expire_time
-            )
+            WITH expired AS ({_EXPIRE_DUE.format(account_ids="$1::text[]")})
             SELECT 0 AS kind, account_id, lot_id, unheld AS credits, expire_time AS at,
                    0::bigint AS position, 0::numeric AS running
               FROM expired
@@ -1080,7 +950,7 @@ class HoldsRepository:
     ) -> tuple[dict[str, BalanceSnapshot], tuple[int, int, int, int]]:
         """Write decided holds at once: the credits each lot newly holds, per account the
         (credits, number of holds) it holds if available covers them (a conditional write, as
-        AccountRepository.capture_many), the ACTIVE holds with their draws, and the (scope, key,
+        AccountRepository.capture), the ACTIVE holds with their draws, and the (scope, key,
         response) of every idempotency key the group claimed (IdempotencyRepository.complete).
         Returns the accounts' new balances (those available did not cover are left out) and
         the rows written: (lots, holds, draws, keys)."""
@@ -1146,3 +1016,163 @@ class HoldsRepository:
         balances = {row.account_id: _balance(row) for row in rows if row.account_id is not None}
         counts = next(row for row in rows if row.account_id is None)
         return balances, (counts[7], counts[8], counts[9], counts[10])
+
+    async def lock_for_commit(
+        self, reservation_ids: list[str]
+    ) -> tuple[dict[str, tuple[Reservation, bool]], dict[str, BalanceSnapshot], datetime]:
+        """For the grouped Commit: lock the holds (ReservationRepository.lock, in
+        reservation_id order) with their draws, then lock the accounts of
+        the holds still ACTIVE and not due (AccountRepository.lock), and the service clock,
+        at once. A hold's draws are read with it: they change only when it leaves ACTIVE."""
+        rows = await self._fetch(
+            f"""
+            WITH h AS MATERIALIZED (
+                SELECT {_RESERVATION_COLUMNS}, expire_time <= credits_now() AS is_due
+                  FROM reservations WHERE reservation_id = ANY($1::uuid[])
+                 ORDER BY reservation_id FOR UPDATE
+            ), a AS MATERIALIZED (
+                SELECT {_ACCOUNT_COLUMNS} FROM accounts
+                 WHERE account_id IN (SELECT account_id FROM h
+                                       WHERE status = 'ACTIVE' AND NOT is_due)
+                 ORDER BY account_id FOR UPDATE
+            )
+            SELECT h.*, d.lot_ids, d.held, d.consumed, credits_now() AS now,
+                   {_NO_ACCOUNT_COLUMNS}
+              FROM h LEFT JOIN LATERAL (
+                   SELECT array_agg(d.lot_id ORDER BY {_CONSUMPTION_ORDER}) AS lot_ids,
+                          array_agg(d.held ORDER BY {_CONSUMPTION_ORDER}) AS held,
+                          array_agg(d.consumed ORDER BY {_CONSUMPTION_ORDER}) AS consumed
+                     FROM reservation_lots d JOIN credit_lots l USING (lot_id)
+                    WHERE d.reservation_id = h.reservation_id::uuid) d ON true
+            UNION ALL
+            SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                   NULL, NULL, {_ACCOUNT_COLUMNS}
+              FROM a
+            """,
+            sorted(set(reservation_ids)),
+        )
+        holds: dict[str, tuple[Reservation, bool]] = {}
+        balances: dict[str, BalanceSnapshot] = {}
+        now: datetime | None = None
+        for row in rows:
+            if row[0] is None:
+                balances[row[15]] = BalanceSnapshot(*row[15:22])
+                continue
+            now = row[14]
+            draws = tuple(LotDraw(*draw) for draw in zip(row[11] or (), row[12] or (),
+                                                          row[13] or (), strict=True))
+            holds[row[0]] = (_reservation(row, draws), row[10])
+        return holds, balances, now or datetime.min
+
+    async def expire_and_check(
+        self, account_ids: list[str], lot_ids: list[int]
+    ) -> tuple[list[tuple[str, int, int]], set[int]]:
+        """For (locked) accounts: LotRepository.expire_due, and which of `lot_ids` are expired
+        after it (LotRepository.expired_among), at once."""
+        rows = await self._fetch(
+            f"""
+            WITH expired AS ({_EXPIRE_DUE.format(account_ids="$1::text[]")})
+            SELECT 0 AS kind, account_id, lot_id, unheld, expire_time FROM expired
+            UNION ALL
+            SELECT 1, NULL, lot_id, NULL, NULL FROM credit_lots
+             WHERE lot_id = ANY($2::bigint[]) AND expired_time IS NOT NULL
+             ORDER BY 1, 2, 5, 3
+            """,
+            sorted(set(account_ids)), sorted(set(lot_ids)),
+        )
+        wanted = set(lot_ids)
+        expired = [(row[1], row[2], row[3]) for row in rows if row[0] == 0]
+        return expired, {row[2] for row in rows if row[0] == 1 or row[2] in wanted} & wanted
+
+    async def capture(
+        self,
+        lot_changes: Mapping[int, tuple[int, int]],
+        captures: Mapping[str, tuple[int, int, int]],
+        commits: list[tuple[str, int]],
+        consumed: list[tuple[str, int, int]],
+        usages: list[tuple[str, int, int, str, Mapping[str, str], str]],
+    ) -> tuple[dict[str, BalanceSnapshot], dict[str, int], tuple[int, int, int]]:
+        """Write decided Commits at once: each lot's (held, remaining) deltas
+        (LotRepository.apply), per account (credits held, credits used, number of holds) if
+        available covers it (as AccountRepository.capture does one), the holds' compare-and-set from
+        ACTIVE to COMMITTED with what each consumed per lot (ReservationRepository.finish and
+        record_consumption) and their USAGE entries (LedgerRepository.append). Returns the accounts'
+        new balances, the entry ids by reservation_id and the rows written: (lots, holds,
+        draws)."""
+        rows = await self._fetch(
+            f"""
+            WITH lots_changed AS (
+                UPDATE credit_lots l
+                   SET held = l.held + c.held_delta, remaining = l.remaining + c.remaining_delta
+                  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
+                       AS c (lot_id, held_delta, remaining_delta)
+                 WHERE l.lot_id = c.lot_id AND l.lot_id = ANY($1::bigint[])
+                RETURNING 1
+            ), captured AS (
+                UPDATE accounts a
+                   SET balance = a.balance - c.used,
+                       reserved = a.reserved - c.held,
+                       active_reservation_count = a.active_reservation_count - c.holds,
+                       lifetime_used = a.lifetime_used + c.used,
+                       update_time = credits_now()
+                  FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bigint[])
+                       AS c (account_id, held, used, holds)
+                 WHERE a.account_id = c.account_id AND a.account_id = ANY($4::text[])
+                   AND a.balance - c.used >= a.reserved - c.held
+                RETURNING {_A_ACCOUNT_COLUMNS}
+            ), finished AS (
+                UPDATE reservations r
+                   SET status = 'COMMITTED', committed_amount = c.amount,
+                       finish_time = credits_now()
+                  FROM unnest($8::uuid[], $9::bigint[]) AS c (reservation_id, amount)
+                 WHERE r.reservation_id = c.reservation_id
+                   AND r.reservation_id = ANY($8::uuid[]) AND r.status = 'ACTIVE'
+                RETURNING r.reservation_id
+            ), recorded AS (
+                UPDATE reservation_lots d
+                   SET consumed = u.consumed
+                  FROM unnest($10::uuid[], $11::bigint[], $12::bigint[])
+                       AS u (reservation_id, lot_id, consumed)
+                 WHERE d.reservation_id = u.reservation_id AND d.lot_id = u.lot_id
+                   AND d.reservation_id = ANY($10::uuid[])
+                   AND u.reservation_id IN (SELECT reservation_id FROM finished)
+                RETURNING 1
+            ), entries AS (
+                INSERT INTO ledger_entries (account_id, entry_type, amount, balance_after,
+                                            reservation_id, metadata, actor)
+                SELECT u.account_id, 'USAGE', -u.amount, u.balance_after, u.reservation_id,
+                       CAST(u.metadata AS jsonb), u.actor
+                  FROM unnest($13::text[], $14::bigint[], $15::bigint[], $16::uuid[],
+                              $17::text[], $18::text[])
+                       WITH ORDINALITY AS u (account_id, amount, balance_after, reservation_id,
+                                             metadata, actor, position)
+                 ORDER BY u.position
+                RETURNING reservation_id::text AS reservation_id, entry_id
+            )
+            SELECT 0 AS kind, {_ACCOUNT_COLUMNS} FROM captured
+            UNION ALL
+            SELECT 1, reservation_id, entry_id, NULL, NULL, NULL, NULL, NULL FROM entries
+            UNION ALL
+            SELECT 2, NULL, (SELECT count(*) FROM lots_changed), (SELECT count(*) FROM finished),
+                   (SELECT count(*) FROM recorded), NULL, NULL, NULL
+            """,
+            list(lot_changes), [held for held, _ in lot_changes.values()],
+            [remaining for _, remaining in lot_changes.values()],
+            list(captures), [c[0] for c in captures.values()], [c[1] for c in captures.values()],
+            [c[2] for c in captures.values()],
+            [c[0] for c in commits], [c[1] for c in commits],
+            [c[0] for c in consumed], [c[1] for c in consumed], [c[2] for c in consumed],
+            [u[0] for u in usages], [u[1] for u in usages], [u[2] for u in usages],
+            [u[3] for u in usages], [_json(u[4]) for u in usages], [u[5] for u in usages],
+        )
+        balances: dict[str, BalanceSnapshot] = {}
+        entry_ids: dict[str, int] = {}
+        counts = (0, 0, 0)
+        for row in rows:
+            if row[0] == 0:
+                balances[row[1]] = BalanceSnapshot(*row[1:8])
+            elif row[0] == 1:
+                entry_ids[row[1]] = row[2]
+            else:
+                counts = (row[2], row[3], row[4])
+        return balances, entry_ids, counts

@@ -38,6 +38,7 @@ from credits_service.domain.model import (
     GrantResult,
     HistoryPage,
     HistoryQuery,
+    LedgerEntry,
     LotDraw,
     ReleaseCommand,
     ReleaseResult,
@@ -231,10 +232,7 @@ class Ledger:
         now = datetime.min  # set below whenever a hold can be placed
         if wanted:
             expired, free, now = await uow.holds.expire_and_find(list(snapshots), wanted)
-            if expired:
-                snapshots.update(await self._write_off(
-                    uow, [(account_id, lot_id, unheld, None)
-                          for account_id, lot_id, unheld in expired]))
+            snapshots.update(await self._write_off_lapsed(uow, expired))
         changes: dict[int, int] = {}
         per_account: dict[str, tuple[int, int]] = {}
         balances: dict[int, BalanceSnapshot] = {}
@@ -321,7 +319,7 @@ class Ledger:
             counts: dict[str, int] = {}
             for command, _ in calls:
                 counts[command.reservation_id] = counts.get(command.reservation_id, 0) + 1
-            locked = await uow.reservations.lock_many(
+            locked, snapshots, now = await uow.holds.lock_for_commit(
                 [rid for rid, count in counts.items() if count == 1]
             )
             plain: list[tuple[int, Reservation, int, lots.CommitSplit]] = []
@@ -336,9 +334,9 @@ class Ledger:
                     plain.append((i, hold, amount, split))
             if not plain:
                 return outcomes
-            snapshots = await self._lock_accounts(uow, [hold.account_id for _, hold, _, _ in plain])
             given_back = [lot_id for _, _, _, split in plain for lot_id, _ in split.given_back]
-            expired = await uow.lots.expired_among(given_back) if given_back else set()
+            due, expired = await uow.holds.expire_and_check(list(snapshots), given_back)
+            snapshots.update(await self._write_off_lapsed(uow, due))
             plain = [p for p in plain if not any(lot_id in expired
                                                  for lot_id, _ in p[3].given_back)]
             if not plain:
@@ -370,26 +368,41 @@ class Ledger:
                                hold.reservation_id, command.metadata, actor))
                 consumed.extend((hold.reservation_id, lot_id, part)
                                 for lot_id, part in split.consumed)
-            await uow.lots.apply(lots.LotChange(lot_id, held_delta, remaining_delta)
-                                 for lot_id, (held_delta, remaining_delta) in merged.items())
-            updated = await uow.accounts.capture_many(captures)
-            if any(updated.get(account_id) != snapshots[account_id] for account_id in captures):
-                raise LotsOutOfStep(next(iter(captures)))
-            committed = await uow.reservations.commit_many(
-                [(hold.reservation_id, amount) for _, hold, amount, _ in plain], consumed
+            changed = {lot_id: (held, remaining) for lot_id, (held, remaining) in merged.items()
+                       if held or remaining}
+            updated, entry_ids, written = await uow.holds.capture(
+                changed, captures,
+                [(hold.reservation_id, amount) for _, hold, amount, _ in plain], consumed, usages,
             )
-            entries = await uow.ledger.append_usage_many(usages)
-            if len(committed) != len(plain) or len(entries) != len(plain):
+            if (any(updated.get(account_id) != snapshots[account_id] for account_id in captures)
+                    or len(entry_ids) != len(plain)
+                    or written != (len(changed), len(plain), len(consumed))):
                 raise LotsOutOfStep(plain[0][1].account_id)
-            for i, hold, _, split in plain:
+            for i, hold, amount, split in plain:
+                command, actor = calls[i]
                 used = dict(split.consumed)
                 outcomes[i] = CommitResult(
                     reservation=dataclasses.replace(
-                        committed[hold.reservation_id],
+                        hold,
+                        status=ReservationStatus.COMMITTED,
+                        committed_amount=amount,
+                        finish_time=now,
                         draws=tuple(dataclasses.replace(draw, consumed=used.get(draw.lot_id, 0))
                                     for draw in hold.draws),
                     ),
-                    entry=entries[hold.reservation_id],
+                    entry=LedgerEntry(
+                        entry_id=entry_ids[hold.reservation_id],
+                        account_id=hold.account_id,
+                        entry_type=EntryType.USAGE,
+                        grant_type=None,
+                        amount=-amount,
+                        balance_after=balances[i].balance,
+                        reservation_id=hold.reservation_id,
+                        reason="",
+                        metadata=dict(command.metadata),
+                        actor=actor,
+                        create_time=now,
+                    ),
                     balance=balances[i],
                 )
             uow.on_commit(lambda: [self._events.committed(amount) for _, _, amount, _ in plain])
@@ -656,7 +669,13 @@ class Ledger:
     ) -> dict[str, BalanceSnapshot]:
         """Expire the (locked) accounts' due lots, one EXPIRY entry per lot with unheld credits;
         returns the balances that changed."""
-        expired = await uow.lots.expire_due(account_ids)
+        return await self._write_off_lapsed(uow, await uow.lots.expire_due(account_ids))
+
+    async def _write_off_lapsed(
+        self, uow: UnitOfWork, expired: list[tuple[str, int, int]]
+    ) -> dict[str, BalanceSnapshot]:
+        """Write off lots just marked expired, given as (account_id, lot_id, unheld credits) in
+        expiry order; returns the balances that changed."""
         return await self._write_off(
             uow, [(account_id, lot_id, unheld, None) for account_id, lot_id, unheld in expired]
         )
