@@ -108,7 +108,10 @@ def _is_asyncpg_connection_error(exc: BaseException) -> bool:
     return any(
         isinstance(
             e,
-            asyncpg.exceptions.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError,
+            # InternalClientError: the driver found the connection mid-operation (a failed
+            # statement's error not yet consumed); the unit of work then discards it.
+            asyncpg.exceptions.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError
+            | asyncpg.exceptions._base.InternalClientError,
         )
         for e in chain
         if e is not None

@@ -93,6 +93,9 @@ class SqlUnitOfWork:
                     {"ms": str(self._clock.offset_ms)},
                 )
         except BaseException as exc:
+            # A driver failure here (BEGIN or a setting timed out or broke) may leave the
+            # connection mid-operation: it is never handed out again.
+            self._broken = not isinstance(exc, StorageTimeout)
             await self._close()
             _reraise_translated(exc)
         self.accounts = AccountRepository(self._connection, self._driver)
