@@ -62,7 +62,9 @@ def build_ledger(
     settings: Settings, engine: AsyncEngine, metrics: Metrics, clock: DatabaseClock
 ) -> Ledger:
     return Ledger(
-        lambda: SqlUnitOfWork(engine, settings.statement_timeout_ms, metrics.pool_waited, clock),
+        lambda grouped=False: SqlUnitOfWork(
+            engine, settings.statement_timeout_ms, metrics.pool_waited, clock, grouped=grouped
+        ),
         LedgerLimits(
             hold_ttl_default_ms=int(settings.hold_ttl_default_s * 1000),
             hold_lifetime_max_ms=int(settings.hold_lifetime_max_s * 1000),

@@ -50,9 +50,6 @@ def create_engine(settings: Settings, url: str) -> AsyncEngine:
             "command_timeout": settings.command_timeout_s,
             "server_settings": {
                 "application_name": "credits-service",
-                # Every statement is prepared once per connection; replanning it on each run
-                # cost more than running it (a third of a lone CheckAndReserve's time).
-                "plan_cache_mode": "force_generic_plan",
                 "statement_timeout": str(settings.statement_timeout_ms),
                 "lock_timeout": str(settings.lock_timeout_ms),
                 "idle_in_transaction_session_timeout": str(

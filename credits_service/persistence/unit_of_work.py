@@ -45,6 +45,28 @@ class DatabaseClock:
         self.offset_ms += round(seconds * 1000)
 
 
+_GENERIC_PLANS = "; SET LOCAL plan_cache_mode = force_generic_plan"
+
+
+class _Transaction:
+    """BEGIN, COMMIT and ROLLBACK on the asyncpg connection; BEGIN sends any SET LOCAL settings
+    in the same round trip."""
+
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver
+
+    async def start(self, settings: str) -> None:
+        await self._driver.execute("BEGIN" + settings)
+
+    async def commit(self) -> None:
+        status = await self._driver.execute("COMMIT")
+        if status != "COMMIT":  # PostgreSQL ends a failed transaction with ROLLBACK instead
+            raise RuntimeError(f"COMMIT of a failed transaction ended as {status}")
+
+    async def rollback(self) -> None:
+        await self._driver.execute("ROLLBACK")
+
+
 class SqlUnitOfWork:
     """`async with uow:` opens a transaction; leaving without `commit()` rolls it back.
 
@@ -65,8 +87,11 @@ class SqlUnitOfWork:
         statement_timeout_ms: int,
         on_pool_wait: Callable[[float], None] | None = None,
         clock: DatabaseClock | None = None,
+        *,
+        grouped: bool = False,
     ) -> None:
         self._engine = engine
+        self._grouped = grouped
         self._clock = clock
         self._statement_timeout_ms = statement_timeout_ms
         self._on_pool_wait = on_pool_wait
@@ -74,7 +99,7 @@ class SqlUnitOfWork:
         self._broken = False
         self._connection: AsyncConnection | None = None
         self._driver: Any = None  # the asyncpg connection under self._connection
-        self._transaction: Any = None  # its asyncpg Transaction while one is open
+        self._transaction: _Transaction | None = None  # while one is open
 
     async def __aenter__(self) -> SqlUnitOfWork:
         try:
@@ -83,8 +108,12 @@ class SqlUnitOfWork:
             if self._on_pool_wait is not None:
                 self._on_pool_wait(time.perf_counter() - waited_from_s)
             self._driver = (await self._connection.get_raw_connection()).driver_connection
-            transaction = self._driver.transaction()
-            await transaction.start()
+            transaction = _Transaction(self._driver)
+            # A group commit's transaction runs the same few statements over and over: they
+            # keep their generic plans, as replanning each cost more than running it (a third
+            # of a lone CheckAndReserve). Other statements, such as History's with optional
+            # filters, are planned for their parameters as usual.
+            await transaction.start(_GENERIC_PLANS if self._grouped else "")
             self._transaction = transaction
             await self._bound_by_call_deadline(self._connection)
             if self._clock is not None and self._clock.offset_ms:

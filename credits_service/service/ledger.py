@@ -208,7 +208,7 @@ class Ledger:
                                    else errors.IdempotencyKeyReused(command.idempotency_key))
             return outcomes
 
-        return await self._transaction(work)
+        return await self._transaction(work, grouped=True)
 
     async def _place_holds(
         self,
@@ -408,7 +408,7 @@ class Ledger:
             uow.on_commit(lambda: [self._events.committed(amount) for _, _, amount, _ in plain])
             return outcomes
 
-        return await self._transaction(work)
+        return await self._transaction(work, grouped=True)
 
     async def _commit_alone(self, command: CommitCommand, actor: str) -> CommitResult:
         """Commit in a transaction of its own: every case (replays, expiry, declines, a larger
@@ -786,14 +786,17 @@ class Ledger:
 
         return await self._transaction(work)
 
-    async def _transaction(self, work: Callable[[UnitOfWork], Awaitable[Any]]) -> Any:
+    async def _transaction(
+        self, work: Callable[[UnitOfWork], Awaitable[Any]], *, grouped: bool = False
+    ) -> Any:
         """Run `work` in one committed transaction and return its result, raising a domain
         decline only after committing (a decline may still have written, e.g. an expiry or an
         idempotency record). Once begun, the transaction runs to its end even if the caller is
         cancelled, so it never stops half way on the client side: it is bounded instead by the
         database timeouts, lowered to the caller's deadline when that is nearer (see
-        SqlUnitOfWork), and by the client-side command timeout."""
-        task = asyncio.ensure_future(self._with_retries(work))
+        SqlUnitOfWork), and by the client-side command timeout. `grouped`: a group commit's
+        transaction (UnitOfWorkFactory)."""
+        task = asyncio.ensure_future(self._with_retries(work, grouped))
         self._in_flight.add(task)
         task.add_done_callback(_forget(self._in_flight))
         outcome = await asyncio.shield(task)
@@ -801,7 +804,9 @@ class Ledger:
             raise outcome
         return outcome
 
-    async def _with_retries(self, work: Callable[[UnitOfWork], Awaitable[Any]]) -> Any:
+    async def _with_retries(
+        self, work: Callable[[UnitOfWork], Awaitable[Any]], grouped: bool
+    ) -> Any:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(errors.TransientConflict),
             stop=stop_after_attempt(self._limits.transaction_attempts_max),
@@ -811,7 +816,7 @@ class Ledger:
         )
         async for attempt in retrying:
             with attempt:
-                async with self._uow_factory() as uow:
+                async with self._uow_factory(grouped=grouped) as uow:
                     outcome = await work(uow)
                     await uow.commit()
         return outcome

@@ -24,4 +24,7 @@ class UnitOfWork(Protocol):
         """Run `callback` once this transaction has committed (never if it does not)."""
 
 
-UnitOfWorkFactory = Callable[[], UnitOfWork]
+class UnitOfWorkFactory(Protocol):
+    def __call__(self, *, grouped: bool = False) -> UnitOfWork:
+        """A new unit of work; `grouped` for a group commit's transaction, which runs the same
+        few statements over and over (storage may keep their plans)."""
