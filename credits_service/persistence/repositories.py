@@ -1011,7 +1011,7 @@ class HoldsRepository:
             [hold.expire_time for hold in holds], [_json(hold.metadata) for hold in holds],
             actors,
             [d[0] for d in draws], [d[1] for d in draws], [d[2] for d in draws],
-            scopes, keys, [json.dumps(r[2], sort_keys=True) for r in responses],
+            scopes, keys, [json.dumps(r[2]) for r in responses],  # jsonb orders keys itself
         )
         balances = {row.account_id: _balance(row) for row in rows if row.account_id is not None}
         counts = next(row for row in rows if row.account_id is None)

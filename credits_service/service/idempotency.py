@@ -80,8 +80,39 @@ def encode(outcome: Outcome) -> dict[str, Any]:
                 "metadata": outcome.metadata,
             }
         }
-    kind = "grant" if isinstance(outcome, GrantResult) else "reserve"
-    return {kind: _plain(outcome)}
+    if isinstance(outcome, ReserveResult):  # the hot path: _plain's dict, built directly
+        return {"reserve": {"reservation": _plain_reservation(outcome.reservation),
+                            "balance": _plain_balance(outcome.balance)}}
+    return {"grant": _plain(outcome)}
+
+
+def _plain_reservation(hold: Reservation) -> dict[str, Any]:
+    return {
+        "reservation_id": hold.reservation_id,
+        "account_id": hold.account_id,
+        "amount": hold.amount,
+        "status": hold.status.value,
+        "committed_amount": hold.committed_amount,
+        "create_time": hold.create_time.isoformat(),
+        "expire_time": hold.expire_time.isoformat(),
+        "finish_time": None if hold.finish_time is None else hold.finish_time.isoformat(),
+        "metadata": {str(k): v for k, v in hold.metadata.items()},
+        "draws": [{"lot_id": draw.lot_id, "held": draw.held, "consumed": draw.consumed}
+                  for draw in hold.draws],
+        "release_reason": hold.release_reason,
+    }
+
+
+def _plain_balance(balance: BalanceSnapshot) -> dict[str, Any]:
+    return {
+        "account_id": balance.account_id,
+        "balance": balance.balance,
+        "reserved": balance.reserved,
+        "active_reservation_count": balance.active_reservation_count,
+        "lifetime_granted": balance.lifetime_granted,
+        "lifetime_used": balance.lifetime_used,
+        "lifetime_expired": balance.lifetime_expired,
+    }
 
 
 def decode(stored: dict[str, Any]) -> Outcome:
