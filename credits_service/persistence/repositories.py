@@ -147,9 +147,8 @@ def _reservation(row: Any, draws: tuple[LotDraw, ...] = ()) -> Reservation:
 
 
 class AccountRepository:
-    def __init__(self, connection: AsyncConnection, driver: Any = None) -> None:
+    def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
-        self._driver = driver  # the raw asyncpg connection under it, for the hot path
 
     async def _one(self, sql: str, **params: Any) -> BalanceSnapshot | None:
         row = (await self._connection.execute(text(sql), params)).one_or_none()
@@ -241,9 +240,8 @@ class AccountRepository:
 
 
 class LedgerRepository:
-    def __init__(self, connection: AsyncConnection, driver: Any = None) -> None:
+    def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
-        self._driver = driver  # the raw asyncpg connection under it, for the hot path
 
     async def append(
         self,
@@ -388,9 +386,8 @@ class LotRepository:
     """Credit lots. Every change to an account's lots runs under that account's row lock
     (AccountRepository.lock), so reads made after taking it are current."""
 
-    def __init__(self, connection: AsyncConnection, driver: Any = None) -> None:
+    def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
-        self._driver = driver  # the raw asyncpg connection under it, for the hot path
 
     async def now(self) -> datetime:
         """The service clock (credits_now(): the database clock plus any test offset)."""
@@ -551,9 +548,8 @@ _EXPIRE_DUE.format(account_ids=":account_ids")
 
 
 class ReservationRepository:
-    def __init__(self, connection: AsyncConnection, driver: Any = None) -> None:
+    def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
-        self._driver = driver  # the raw asyncpg connection under it, for the hot path
 
     async def lock(self, reservation_id: str) -> tuple[Reservation, bool] | None:
         """The hold with its draws, locked for this transaction, and whether its expire_time
@@ -731,9 +727,8 @@ def _with_draws(hold: Reservation, draws: tuple[LotDraw, ...]) -> Reservation:
 
 
 class IdempotencyRepository:
-    def __init__(self, connection: AsyncConnection, driver: Any = None) -> None:
+    def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
-        self._driver = driver  # the raw asyncpg connection under it, for the hot path
 
     async def claim(self, scope: str, key: str, method: str, request_hash: bytes) -> bool:
         """Insert the key for this transaction. False if it exists: a concurrent holder of the
@@ -857,8 +852,8 @@ class HoldsRepository:
     rows and locks as the one-table statements of the other repositories, in fewer round trips
     and without SQLAlchemy's per-statement work."""
 
-    def __init__(self, connection: AsyncConnection, driver: Any) -> None:
-        self._driver = driver
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver  # the asyncpg connection under the unit of work's
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         return await self._driver.fetch(sql, *args, record_class=_Row)
