@@ -845,12 +845,192 @@ _NO_ACCOUNT_COLUMNS = (
 )
 
 
+_CLAIM_AND_LOCK = f"""
+    WITH k AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[],
+                             $5::text[])
+               WITH ORDINALITY AS k (scope, idempotency_key, method, request_hash,
+                                     account_id, position)
+    ), claimed AS (
+        INSERT INTO idempotency_keys (scope, idempotency_key, method, request_hash)
+        SELECT scope, idempotency_key, method, request_hash FROM k ORDER BY position
+        ON CONFLICT (scope, idempotency_key) DO NOTHING
+        RETURNING scope, idempotency_key
+    ), locked AS MATERIALIZED (
+        SELECT {_ACCOUNT_COLUMNS} FROM accounts a
+         WHERE a.account_id IN (
+                SELECT k.account_id FROM k
+                  JOIN claimed c ON c.scope = k.scope
+                                AND c.idempotency_key = k.idempotency_key)
+         ORDER BY a.account_id
+           FOR UPDATE OF a
+    )
+    SELECT NULL::text AS scope, NULL::text AS idempotency_key, {_ACCOUNT_COLUMNS}
+      FROM locked
+    UNION ALL
+    SELECT scope, idempotency_key, {_NO_ACCOUNT_COLUMNS} FROM claimed
+    """
+
+_EXPIRE_AND_FIND = f"""
+    WITH expired AS ({_EXPIRE_DUE.format(account_ids="$1::text[]")})
+    SELECT 0 AS kind, account_id, lot_id, unheld AS credits, expire_time AS at,
+           0::bigint AS position, 0::numeric AS running
+      FROM expired
+    UNION ALL
+    SELECT 1, w.account_id, s.lot_id, s.free, NULL, w.position, s.running
+      FROM unnest($2::text[], $3::bigint[])
+           WITH ORDINALITY AS w (account_id, amount, position)
+     CROSS JOIN LATERAL ({_FREE_LOTS}) s
+    UNION ALL
+    SELECT 2, NULL, NULL, NULL, credits_now(), NULL, NULL
+     ORDER BY 1, 6, 7, 2, 5, 3
+    """
+
+_PLACE = f"""
+    WITH lots_held AS (
+        UPDATE credit_lots l SET held = l.held + c.held
+          FROM unnest($1::bigint[], $2::bigint[]) AS c (lot_id, held)
+         WHERE l.lot_id = c.lot_id AND l.lot_id = ANY($1::bigint[])
+        RETURNING 1
+    ), held AS (
+        UPDATE accounts a
+           SET reserved = a.reserved + h.held,
+               active_reservation_count = a.active_reservation_count + h.holds,
+               update_time = credits_now()
+          FROM unnest($3::text[], $4::bigint[], $5::bigint[]) AS h (account_id, held, holds)
+         WHERE a.account_id = h.account_id AND a.account_id = ANY($3::text[])
+           AND a.balance - a.reserved >= h.held
+        RETURNING {_A_ACCOUNT_COLUMNS}
+    ), placed AS (
+        INSERT INTO reservations (reservation_id, account_id, amount, status,
+                                  create_time, expire_time, metadata, actor)
+        SELECT h.reservation_id, h.account_id, h.amount, 'ACTIVE', h.create_time,
+               h.expire_time, CAST(h.metadata AS jsonb), h.actor
+          FROM unnest($6::uuid[], $7::text[], $8::bigint[], $9::timestamptz[],
+                      $10::timestamptz[], $11::text[], $12::text[])
+               AS h (reservation_id, account_id, amount, create_time, expire_time,
+                     metadata, actor)
+        RETURNING 1
+    ), drawn AS (
+        INSERT INTO reservation_lots (reservation_id, lot_id, held)
+        SELECT * FROM unnest($13::uuid[], $14::bigint[], $15::bigint[])
+        RETURNING 1
+    ), completed AS (
+        UPDATE idempotency_keys i SET response = CAST(r.response AS jsonb)
+          FROM unnest($16::text[], $17::text[], $18::text[])
+               AS r (scope, idempotency_key, response)
+         WHERE i.scope = r.scope AND i.idempotency_key = r.idempotency_key
+           AND i.scope = ANY($16::text[]) AND i.idempotency_key = ANY($17::text[])
+        RETURNING 1
+    )
+    SELECT {_ACCOUNT_COLUMNS}, 0, 0, 0, 0 FROM held
+    UNION ALL
+    SELECT {_NO_ACCOUNT_COLUMNS}, (SELECT count(*) FROM lots_held),
+           (SELECT count(*) FROM placed), (SELECT count(*) FROM drawn),
+           (SELECT count(*) FROM completed)
+    """
+
+_LOCK_FOR_COMMIT = f"""
+    WITH h AS MATERIALIZED (
+        SELECT {_RESERVATION_COLUMNS}, expire_time <= credits_now() AS is_due
+          FROM reservations WHERE reservation_id = ANY($1::uuid[])
+         ORDER BY reservation_id FOR UPDATE
+    ), a AS MATERIALIZED (
+        SELECT {_ACCOUNT_COLUMNS} FROM accounts
+         WHERE account_id IN (SELECT account_id FROM h
+                               WHERE status = 'ACTIVE' AND NOT is_due)
+         ORDER BY account_id FOR UPDATE
+    )
+    SELECT h.*, d.lot_ids, d.held, d.consumed, credits_now() AS now,
+           {_NO_ACCOUNT_COLUMNS}
+      FROM h LEFT JOIN LATERAL (
+           SELECT array_agg(d.lot_id ORDER BY {_CONSUMPTION_ORDER}) AS lot_ids,
+                  array_agg(d.held ORDER BY {_CONSUMPTION_ORDER}) AS held,
+                  array_agg(d.consumed ORDER BY {_CONSUMPTION_ORDER}) AS consumed
+             FROM reservation_lots d JOIN credit_lots l USING (lot_id)
+            WHERE d.reservation_id = h.reservation_id::uuid) d ON true
+    UNION ALL
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           NULL, NULL, {_ACCOUNT_COLUMNS}
+      FROM a
+    """
+
+_EXPIRE_AND_CHECK = f"""
+    WITH expired AS ({_EXPIRE_DUE.format(account_ids="$1::text[]")})
+    SELECT 0 AS kind, account_id, lot_id, unheld, expire_time FROM expired
+    UNION ALL
+    SELECT 1, NULL, lot_id, NULL, NULL FROM credit_lots
+     WHERE lot_id = ANY($2::bigint[]) AND expired_time IS NOT NULL
+     ORDER BY 1, 2, 5, 3
+    """
+
+_CAPTURE = f"""
+    WITH lots_changed AS (
+        UPDATE credit_lots l
+           SET held = l.held + c.held_delta, remaining = l.remaining + c.remaining_delta
+          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
+               AS c (lot_id, held_delta, remaining_delta)
+         WHERE l.lot_id = c.lot_id AND l.lot_id = ANY($1::bigint[])
+        RETURNING 1
+    ), captured AS (
+        UPDATE accounts a
+           SET balance = a.balance - c.used,
+               reserved = a.reserved - c.held,
+               active_reservation_count = a.active_reservation_count - c.holds,
+               lifetime_used = a.lifetime_used + c.used,
+               update_time = credits_now()
+          FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bigint[])
+               AS c (account_id, held, used, holds)
+         WHERE a.account_id = c.account_id AND a.account_id = ANY($4::text[])
+           AND a.balance - c.used >= a.reserved - c.held
+        RETURNING {_A_ACCOUNT_COLUMNS}
+    ), finished AS (
+        UPDATE reservations r
+           SET status = 'COMMITTED', committed_amount = c.amount,
+               finish_time = credits_now()
+          FROM unnest($8::uuid[], $9::bigint[]) AS c (reservation_id, amount)
+         WHERE r.reservation_id = c.reservation_id
+           AND r.reservation_id = ANY($8::uuid[]) AND r.status = 'ACTIVE'
+        RETURNING r.reservation_id
+    ), recorded AS (
+        UPDATE reservation_lots d
+           SET consumed = u.consumed
+          FROM unnest($10::uuid[], $11::bigint[], $12::bigint[])
+               AS u (reservation_id, lot_id, consumed)
+         WHERE d.reservation_id = u.reservation_id AND d.lot_id = u.lot_id
+           AND d.reservation_id = ANY($10::uuid[])
+           AND u.reservation_id IN (SELECT reservation_id FROM finished)
+        RETURNING 1
+    ), entries AS (
+        INSERT INTO ledger_entries (account_id, entry_type, amount, balance_after,
+                                    reservation_id, metadata, actor)
+        SELECT u.account_id, 'USAGE', -u.amount, u.balance_after, u.reservation_id,
+               CAST(u.metadata AS jsonb), u.actor
+          FROM unnest($13::text[], $14::bigint[], $15::bigint[], $16::uuid[],
+                      $17::text[], $18::text[])
+               WITH ORDINALITY AS u (account_id, amount, balance_after, reservation_id,
+                                     metadata, actor, position)
+         ORDER BY u.position
+        RETURNING reservation_id::text AS reservation_id, entry_id
+    )
+    SELECT 0 AS kind, {_ACCOUNT_COLUMNS} FROM captured
+    UNION ALL
+    SELECT 1, reservation_id, entry_id, NULL, NULL, NULL, NULL, NULL FROM entries
+    UNION ALL
+    SELECT 2, NULL, (SELECT count(*) FROM lots_changed), (SELECT count(*) FROM finished),
+           (SELECT count(*) FROM recorded), NULL, NULL, NULL
+    """
+
+
 class HoldsRepository:
-    """The grouped CheckAndReserve (Ledger.check_and_reserve_many) in three statements on the
-    raw asyncpg connection, each spanning tables: claim the keys and lock their accounts;
-    expire due lots and find free ones; write the holds with everything they change. The same
-    rows and locks as the one-table statements of the other repositories, in fewer round trips
-    and without SQLAlchemy's per-statement work."""
+    """The group transactions' statements, on the raw asyncpg connection, each spanning tables.
+    A grouped CheckAndReserve (Ledger.check_and_reserve_many) takes three: claim the keys and
+    lock their accounts; expire due lots and find free ones; write the holds with everything
+    they change. A grouped Commit (Ledger._commit_many) takes three: lock the holds and their
+    accounts; expire due lots and check give-backs; write the captures. The same rows and locks
+    as the one-table statements of the other repositories, in fewer round trips and without
+    SQLAlchemy's per-statement work. The statements (_CLAIM_AND_LOCK and the others above) are
+    built once, at import."""
 
     def __init__(self, driver: Any) -> None:
         self._driver = driver  # the asyncpg connection under the unit of work's
@@ -867,31 +1047,7 @@ class HoldsRepository:
         locked accounts' balances (an unknown account is left out)."""
         keys = sorted(keys, key=lambda k: (k[0], k[1]))
         rows = await self._fetch(
-            f"""
-            WITH k AS (
-                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[],
-                                     $5::text[])
-                       WITH ORDINALITY AS k (scope, idempotency_key, method, request_hash,
-                                             account_id, position)
-            ), claimed AS (
-                INSERT INTO idempotency_keys (scope, idempotency_key, method, request_hash)
-                SELECT scope, idempotency_key, method, request_hash FROM k ORDER BY position
-                ON CONFLICT (scope, idempotency_key) DO NOTHING
-                RETURNING scope, idempotency_key
-            ), locked AS MATERIALIZED (
-                SELECT {_ACCOUNT_COLUMNS} FROM accounts a
-                 WHERE a.account_id IN (
-                        SELECT k.account_id FROM k
-                          JOIN claimed c ON c.scope = k.scope
-                                        AND c.idempotency_key = k.idempotency_key)
-                 ORDER BY a.account_id
-                   FOR UPDATE OF a
-            )
-            SELECT NULL::text AS scope, NULL::text AS idempotency_key, {_ACCOUNT_COLUMNS}
-              FROM locked
-            UNION ALL
-            SELECT scope, idempotency_key, {_NO_ACCOUNT_COLUMNS} FROM claimed
-            """,
+            _CLAIM_AND_LOCK,
             [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
             [k[3] for k in keys], [k[4] for k in keys],
         )
@@ -905,20 +1061,7 @@ class HoldsRepository:
         for the credits `wanted` per account, and the service clock (credits_now()), at once.
         The free lots leave out the lots this statement expires, as they would after it."""
         rows = await self._fetch(
-            f"""
-            WITH expired AS ({_EXPIRE_DUE.format(account_ids="$1::text[]")})
-            SELECT 0 AS kind, account_id, lot_id, unheld AS credits, expire_time AS at,
-                   0::bigint AS position, 0::numeric AS running
-              FROM expired
-            UNION ALL
-            SELECT 1, w.account_id, s.lot_id, s.free, NULL, w.position, s.running
-              FROM unnest($2::text[], $3::bigint[])
-                   WITH ORDINALITY AS w (account_id, amount, position)
-             CROSS JOIN LATERAL ({_FREE_LOTS}) s
-            UNION ALL
-            SELECT 2, NULL, NULL, NULL, credits_now(), NULL, NULL
-             ORDER BY 1, 6, 7, 2, 5, 3
-            """,
+            _EXPIRE_AND_FIND,
             sorted(set(account_ids)), list(wanted), list(wanted.values()),
         )
         expired: list[tuple[str, int, int]] = []
@@ -955,49 +1098,7 @@ class HoldsRepository:
         scopes = [r[0] for r in responses]
         keys = [r[1] for r in responses]
         rows = await self._fetch(
-            f"""
-            WITH lots_held AS (
-                UPDATE credit_lots l SET held = l.held + c.held
-                  FROM unnest($1::bigint[], $2::bigint[]) AS c (lot_id, held)
-                 WHERE l.lot_id = c.lot_id AND l.lot_id = ANY($1::bigint[])
-                RETURNING 1
-            ), held AS (
-                UPDATE accounts a
-                   SET reserved = a.reserved + h.held,
-                       active_reservation_count = a.active_reservation_count + h.holds,
-                       update_time = credits_now()
-                  FROM unnest($3::text[], $4::bigint[], $5::bigint[]) AS h (account_id, held, holds)
-                 WHERE a.account_id = h.account_id AND a.account_id = ANY($3::text[])
-                   AND a.balance - a.reserved >= h.held
-                RETURNING {_A_ACCOUNT_COLUMNS}
-            ), placed AS (
-                INSERT INTO reservations (reservation_id, account_id, amount, status,
-                                          create_time, expire_time, metadata, actor)
-                SELECT h.reservation_id, h.account_id, h.amount, 'ACTIVE', h.create_time,
-                       h.expire_time, CAST(h.metadata AS jsonb), h.actor
-                  FROM unnest($6::uuid[], $7::text[], $8::bigint[], $9::timestamptz[],
-                              $10::timestamptz[], $11::text[], $12::text[])
-                       AS h (reservation_id, account_id, amount, create_time, expire_time,
-                             metadata, actor)
-                RETURNING 1
-            ), drawn AS (
-                INSERT INTO reservation_lots (reservation_id, lot_id, held)
-                SELECT * FROM unnest($13::uuid[], $14::bigint[], $15::bigint[])
-                RETURNING 1
-            ), completed AS (
-                UPDATE idempotency_keys i SET response = CAST(r.response AS jsonb)
-                  FROM unnest($16::text[], $17::text[], $18::text[])
-                       AS r (scope, idempotency_key, response)
-                 WHERE i.scope = r.scope AND i.idempotency_key = r.idempotency_key
-                   AND i.scope = ANY($16::text[]) AND i.idempotency_key = ANY($17::text[])
-                RETURNING 1
-            )
-            SELECT {_ACCOUNT_COLUMNS}, 0, 0, 0, 0 FROM held
-            UNION ALL
-            SELECT {_NO_ACCOUNT_COLUMNS}, (SELECT count(*) FROM lots_held),
-                   (SELECT count(*) FROM placed), (SELECT count(*) FROM drawn),
-                   (SELECT count(*) FROM completed)
-            """,
+            _PLACE,
             list(lot_holds), list(lot_holds.values()),
             account_ids, [held for held, _ in per_account.values()],
             [count for _, count in per_account.values()],
@@ -1019,33 +1120,7 @@ class HoldsRepository:
         reservation_id order) with their draws, then lock the accounts of
         the holds still ACTIVE and not due (AccountRepository.lock), and the service clock,
         at once. A hold's draws are read with it: they change only when it leaves ACTIVE."""
-        rows = await self._fetch(
-            f"""
-            WITH h AS MATERIALIZED (
-                SELECT {_RESERVATION_COLUMNS}, expire_time <= credits_now() AS is_due
-                  FROM reservations WHERE reservation_id = ANY($1::uuid[])
-                 ORDER BY reservation_id FOR UPDATE
-            ), a AS MATERIALIZED (
-                SELECT {_ACCOUNT_COLUMNS} FROM accounts
-                 WHERE account_id IN (SELECT account_id FROM h
-                                       WHERE status = 'ACTIVE' AND NOT is_due)
-                 ORDER BY account_id FOR UPDATE
-            )
-            SELECT h.*, d.lot_ids, d.held, d.consumed, credits_now() AS now,
-                   {_NO_ACCOUNT_COLUMNS}
-              FROM h LEFT JOIN LATERAL (
-                   SELECT array_agg(d.lot_id ORDER BY {_CONSUMPTION_ORDER}) AS lot_ids,
-                          array_agg(d.held ORDER BY {_CONSUMPTION_ORDER}) AS held,
-                          array_agg(d.consumed ORDER BY {_CONSUMPTION_ORDER}) AS consumed
-                     FROM reservation_lots d JOIN credit_lots l USING (lot_id)
-                    WHERE d.reservation_id = h.reservation_id::uuid) d ON true
-            UNION ALL
-            SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                   NULL, NULL, {_ACCOUNT_COLUMNS}
-              FROM a
-            """,
-            sorted(set(reservation_ids)),
-        )
+        rows = await self._fetch(_LOCK_FOR_COMMIT, sorted(set(reservation_ids)))
         holds: dict[str, tuple[Reservation, bool]] = {}
         balances: dict[str, BalanceSnapshot] = {}
         now: datetime | None = None
@@ -1064,20 +1139,10 @@ class HoldsRepository:
     ) -> tuple[list[tuple[str, int, int]], set[int]]:
         """For (locked) accounts: LotRepository.expire_due, and which of `lot_ids` are expired
         after it (LotRepository.expired_among), at once."""
-        rows = await self._fetch(
-            f"""
-            WITH expired AS ({_EXPIRE_DUE.format(account_ids="$1::text[]")})
-            SELECT 0 AS kind, account_id, lot_id, unheld, expire_time FROM expired
-            UNION ALL
-            SELECT 1, NULL, lot_id, NULL, NULL FROM credit_lots
-             WHERE lot_id = ANY($2::bigint[]) AND expired_time IS NOT NULL
-             ORDER BY 1, 2, 5, 3
-            """,
-            sorted(set(account_ids)), sorted(set(lot_ids)),
-        )
-        wanted = set(lot_ids)
+        rows = await self._fetch(_EXPIRE_AND_CHECK, sorted(set(account_ids)), sorted(set(lot_ids)))
+        wanted = set(lot_ids)  # kind 1 rows are among them already; kind 0 rows may not be
         expired = [(row[1], row[2], row[3]) for row in rows if row[0] == 0]
-        return expired, {row[2] for row in rows if row[0] == 1 or row[2] in wanted} & wanted
+        return expired, {row[2] for row in rows if row[0] == 1 or row[2] in wanted}
 
     async def capture(
         self,
@@ -1088,69 +1153,14 @@ class HoldsRepository:
         usages: list[tuple[str, int, int, str, Mapping[str, str], str]],
     ) -> tuple[dict[str, BalanceSnapshot], dict[str, int], tuple[int, int, int]]:
         """Write decided Commits at once: each lot's (held, remaining) deltas
-        (LotRepository.apply), per account (credits held, credits used, number of holds) if
-        available covers it (as AccountRepository.capture does one), the holds' compare-and-set from
-        ACTIVE to COMMITTED with what each consumed per lot (ReservationRepository.finish and
-        record_consumption) and their USAGE entries (LedgerRepository.append). Returns the accounts'
-        new balances, the entry ids by reservation_id and the rows written: (lots, holds,
-        draws)."""
+        (LotRepository.apply); per account (credits held, credits used, number of holds) if
+        available covers it (as AccountRepository.capture does one); the holds' compare-and-set
+        from ACTIVE to COMMITTED with what each consumed per lot (ReservationRepository.finish
+        and record_consumption); their USAGE entries (LedgerRepository.append). Returns the
+        accounts' new balances, the entry ids by reservation_id and the rows written: (lots,
+        holds, draws)."""
         rows = await self._fetch(
-            f"""
-            WITH lots_changed AS (
-                UPDATE credit_lots l
-                   SET held = l.held + c.held_delta, remaining = l.remaining + c.remaining_delta
-                  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
-                       AS c (lot_id, held_delta, remaining_delta)
-                 WHERE l.lot_id = c.lot_id AND l.lot_id = ANY($1::bigint[])
-                RETURNING 1
-            ), captured AS (
-                UPDATE accounts a
-                   SET balance = a.balance - c.used,
-                       reserved = a.reserved - c.held,
-                       active_reservation_count = a.active_reservation_count - c.holds,
-                       lifetime_used = a.lifetime_used + c.used,
-                       update_time = credits_now()
-                  FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bigint[])
-                       AS c (account_id, held, used, holds)
-                 WHERE a.account_id = c.account_id AND a.account_id = ANY($4::text[])
-                   AND a.balance - c.used >= a.reserved - c.held
-                RETURNING {_A_ACCOUNT_COLUMNS}
-            ), finished AS (
-                UPDATE reservations r
-                   SET status = 'COMMITTED', committed_amount = c.amount,
-                       finish_time = credits_now()
-                  FROM unnest($8::uuid[], $9::bigint[]) AS c (reservation_id, amount)
-                 WHERE r.reservation_id = c.reservation_id
-                   AND r.reservation_id = ANY($8::uuid[]) AND r.status = 'ACTIVE'
-                RETURNING r.reservation_id
-            ), recorded AS (
-                UPDATE reservation_lots d
-                   SET consumed = u.consumed
-                  FROM unnest($10::uuid[], $11::bigint[], $12::bigint[])
-                       AS u (reservation_id, lot_id, consumed)
-                 WHERE d.reservation_id = u.reservation_id AND d.lot_id = u.lot_id
-                   AND d.reservation_id = ANY($10::uuid[])
-                   AND u.reservation_id IN (SELECT reservation_id FROM finished)
-                RETURNING 1
-            ), entries AS (
-                INSERT INTO ledger_entries (account_id, entry_type, amount, balance_after,
-                                            reservation_id, metadata, actor)
-                SELECT u.account_id, 'USAGE', -u.amount, u.balance_after, u.reservation_id,
-                       CAST(u.metadata AS jsonb), u.actor
-                  FROM unnest($13::text[], $14::bigint[], $15::bigint[], $16::uuid[],
-                              $17::text[], $18::text[])
-                       WITH ORDINALITY AS u (account_id, amount, balance_after, reservation_id,
-                                             metadata, actor, position)
-                 ORDER BY u.position
-                RETURNING reservation_id::text AS reservation_id, entry_id
-            )
-            SELECT 0 AS kind, {_ACCOUNT_COLUMNS} FROM captured
-            UNION ALL
-            SELECT 1, reservation_id, entry_id, NULL, NULL, NULL, NULL, NULL FROM entries
-            UNION ALL
-            SELECT 2, NULL, (SELECT count(*) FROM lots_changed), (SELECT count(*) FROM finished),
-                   (SELECT count(*) FROM recorded), NULL, NULL, NULL
-            """,
+            _CAPTURE,
             list(lot_changes), [held for held, _ in lot_changes.values()],
             [remaining for _, remaining in lot_changes.values()],
             list(captures), [c[0] for c in captures.values()], [c[1] for c in captures.values()],
