@@ -772,46 +772,6 @@ class IdempotencyRepository:
             {"scope": scope, "key": key, "response": json.dumps(response, sort_keys=True)},
         )
 
-    async def get_many(
-        self, keys: list[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[bytes, Any]]:
-        """(request_hash, stored response) of finished keys, by (scope, key)."""
-        rows = await self._connection.execute(
-            text(
-                """
-                SELECT i.scope, i.idempotency_key, i.request_hash, i.response::text AS response
-                  FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[])) AS k (scope, key)
-                  JOIN idempotency_keys i
-                    ON i.scope = k.scope AND i.idempotency_key = k.key
-                 WHERE i.scope = ANY(:scopes) AND i.idempotency_key = ANY(:keys)
-                """
-            ),
-            {"scopes": [k[0] for k in keys], "keys": [k[1] for k in keys]},
-        )
-        return {
-            (row.scope, row.idempotency_key): (
-                bytes(row.request_hash), json.loads(row.response) if row.response else None)
-            for row in rows
-        }
-
-    async def complete_many(self, responses: list[tuple[str, str, Any]]) -> None:
-        await self._connection.execute(
-            text(
-                """
-                UPDATE idempotency_keys i SET response = CAST(r.response AS jsonb)
-                  FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[]),
-                              CAST(:responses AS text[])) AS r (scope, key, response)
-                 WHERE i.scope = r.scope AND i.idempotency_key = r.key
-                   AND i.scope = ANY(:scopes) AND i.idempotency_key = ANY(:keys)
-                """
-            ),
-            {
-                "scopes": [r[0] for r in responses],
-                "keys": [r[1] for r in responses],
-                "responses": [json.dumps(r[2], sort_keys=True) for r in responses],
-            },
-        )
-
     async def purge(self, older_than_s: float, batch_size: int) -> int:
         result = await self._connection.execute(
             text(
@@ -845,31 +805,60 @@ _NO_ACCOUNT_COLUMNS = (
 )
 
 
-_CLAIM_AND_LOCK = f"""
+def _scope_and_key(key: tuple[str, str, bytes, Any]) -> tuple[str, str]:
+    return key[0], key[1]
+
+
+def _key_columns(keys: list[tuple[str, str, bytes, Any]]) -> list[list[Any]]:
+    # jsonb orders an object's keys itself: no sort_keys needed here
+    return [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+            [json.dumps(k[3]) for k in keys]]
+
+
+_FIND_AND_LOCK = f"""
     WITH k AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[],
-                             $5::text[])
-               WITH ORDINALITY AS k (scope, idempotency_key, method, request_hash,
-                                     account_id, position)
-    ), claimed AS (
-        INSERT INTO idempotency_keys (scope, idempotency_key, method, request_hash)
-        SELECT scope, idempotency_key, method, request_hash FROM k ORDER BY position
-        ON CONFLICT (scope, idempotency_key) DO NOTHING
-        RETURNING scope, idempotency_key
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+               AS k (scope, idempotency_key, account_id)
+    ), stored AS MATERIALIZED (
+        SELECT i.scope, i.idempotency_key, i.request_hash, i.response::text AS response
+          FROM k JOIN idempotency_keys i
+            ON i.scope = k.scope AND i.idempotency_key = k.idempotency_key
+    ), fresh AS MATERIALIZED (  -- one array, so the accounts are found in one index scan
+        SELECT array_agg(k.account_id) AS account_ids FROM k
+         WHERE NOT EXISTS (SELECT FROM stored s
+                            WHERE s.scope = k.scope AND s.idempotency_key = k.idempotency_key)
     ), locked AS MATERIALIZED (
         SELECT {_ACCOUNT_COLUMNS} FROM accounts a
-         WHERE a.account_id IN (
-                SELECT k.account_id FROM k
-                  JOIN claimed c ON c.scope = k.scope
-                                AND c.idempotency_key = k.idempotency_key)
+         WHERE a.account_id = ANY((SELECT account_ids FROM fresh)::text[])
          ORDER BY a.account_id
            FOR UPDATE OF a
     )
-    SELECT NULL::text AS scope, NULL::text AS idempotency_key, {_ACCOUNT_COLUMNS}
+    SELECT NULL::text AS scope, NULL::text AS idempotency_key, NULL::bytea AS request_hash,
+           NULL::text AS response, {_ACCOUNT_COLUMNS}
       FROM locked
     UNION ALL
-    SELECT scope, idempotency_key, {_NO_ACCOUNT_COLUMNS} FROM claimed
+    SELECT scope, idempotency_key, request_hash, response, {_NO_ACCOUNT_COLUMNS} FROM stored
     """
+
+
+def _record_keys(first: int) -> str:
+    """Insert idempotency keys with their responses, in the order given (sorted by the
+    caller, so concurrent transactions wait on each other's keys in one order, never in a
+    cycle), from parameters $first.. (scopes, keys, request hashes, responses, method). A key
+    another transaction recorded meanwhile is left alone (ON CONFLICT waits for that
+    transaction): the caller counts the rows and runs again to replay it."""
+    a, b, c, d, e = (f"${first + i}" for i in range(5))
+    return f"""
+        INSERT INTO idempotency_keys (scope, idempotency_key, method, request_hash, response)
+        SELECT r.scope, r.idempotency_key, {e}::text, r.request_hash, CAST(r.response AS jsonb)
+          FROM unnest({a}::text[], {b}::text[], {c}::bytea[], {d}::text[])
+               WITH ORDINALITY AS r (scope, idempotency_key, request_hash, response, position)
+         ORDER BY r.position
+        ON CONFLICT (scope, idempotency_key) DO NOTHING
+    """
+
+
+_RECORD = _record_keys(1)
 
 _EXPIRE_AND_FIND = f"""
     WITH expired AS ({_EXPIRE_DUE.format(account_ids="$1::text[]")})
@@ -915,19 +904,14 @@ _PLACE = f"""
         INSERT INTO reservation_lots (reservation_id, lot_id, held)
         SELECT * FROM unnest($13::uuid[], $14::bigint[], $15::bigint[])
         RETURNING 1
-    ), completed AS (
-        UPDATE idempotency_keys i SET response = CAST(r.response AS jsonb)
-          FROM unnest($16::text[], $17::text[], $18::text[])
-               AS r (scope, idempotency_key, response)
-         WHERE i.scope = r.scope AND i.idempotency_key = r.idempotency_key
-           AND i.scope = ANY($16::text[]) AND i.idempotency_key = ANY($17::text[])
+    ), recorded AS ({_record_keys(16)}
         RETURNING 1
     )
     SELECT {_ACCOUNT_COLUMNS}, 0, 0, 0, 0 FROM held
     UNION ALL
     SELECT {_NO_ACCOUNT_COLUMNS}, (SELECT count(*) FROM lots_held),
            (SELECT count(*) FROM placed), (SELECT count(*) FROM drawn),
-           (SELECT count(*) FROM completed)
+           (SELECT count(*) FROM recorded)
     """
 
 _LOCK_FOR_COMMIT = f"""
@@ -1024,13 +1008,14 @@ _CAPTURE = f"""
 
 class HoldsRepository:
     """The group transactions' statements, on the raw asyncpg connection, each spanning tables.
-    A grouped CheckAndReserve (Ledger.check_and_reserve_many) takes three: claim the keys and
-    lock their accounts; expire due lots and find free ones; write the holds with everything
-    they change. A grouped Commit (Ledger._commit_many) takes three: lock the holds and their
-    accounts; expire due lots and check give-backs; write the captures. The same rows and locks
-    as the one-table statements of the other repositories, in fewer round trips and without
-    SQLAlchemy's per-statement work. The statements (_CLAIM_AND_LOCK and the others above) are
-    built once, at import."""
+    A grouped CheckAndReserve (Ledger.check_and_reserve_many) takes three: read the keys already
+    recorded and lock the accounts of the others; expire due lots and find free ones; write the
+    holds with everything they change, the keys and their responses included (each key is
+    written once, with its response). A grouped Commit (Ledger._commit_many) takes three: lock
+    the holds and their accounts; expire due lots and check give-backs; write the captures.
+    The same rows and locks as the one-table statements of the other repositories, in fewer
+    round trips and without SQLAlchemy's per-statement work. The statements (_FIND_AND_LOCK
+    and the others above) are built once, at import."""
 
     def __init__(self, driver: Any) -> None:
         self._driver = driver  # the asyncpg connection under the unit of work's
@@ -1038,21 +1023,20 @@ class HoldsRepository:
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         return await self._driver.fetch(sql, *args, record_class=_Row)
 
-    async def claim_and_lock(
-        self, keys: list[tuple[str, str, str, bytes, str]]
-    ) -> tuple[set[tuple[str, str]], dict[str, BalanceSnapshot]]:
-        """Claim (scope, key, method, request_hash, account_id) keys in key order, as
-        IdempotencyRepository.claim does one; then lock the accounts of the keys claimed, in
-        account order (AccountRepository.lock). Returns the (scope, key) pairs claimed and the
-        locked accounts' balances (an unknown account is left out)."""
-        keys = sorted(keys, key=lambda k: (k[0], k[1]))
+    async def find_and_lock(
+        self, keys: list[tuple[str, str, str]]
+    ) -> tuple[dict[tuple[str, str], tuple[bytes, Any]], dict[str, BalanceSnapshot]]:
+        """For (scope, key, account_id) keys: the (request_hash, response) of those already
+        recorded (IdempotencyRepository.get), and the locked balances of the accounts of the
+        others, locked in account order (AccountRepository.lock; an unknown account is left
+        out). A key recorded by a transaction still running is not seen: recording it again
+        (place, record) waits for that transaction and leaves the key alone."""
         rows = await self._fetch(
-            _CLAIM_AND_LOCK,
-            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-            [k[3] for k in keys], [k[4] for k in keys],
+            _FIND_AND_LOCK, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
         )
-        claimed = {(row[0], row[1]) for row in rows if row[0] is not None}
-        return claimed, {row[2]: _balance(row) for row in rows if row[0] is None}
+        stored = {(row[0], row[1]): (bytes(row[2]), json.loads(row[3]) if row[3] else None)
+                  for row in rows if row[0] is not None}
+        return stored, {row[4]: _balance(row) for row in rows if row[0] is None}
 
     async def expire_and_find(
         self, account_ids: list[str], wanted: Mapping[str, int]
@@ -1084,19 +1068,19 @@ class HoldsRepository:
         per_account: Mapping[str, tuple[int, int]],
         holds: list[Reservation],
         actors: list[str],
-        responses: list[tuple[str, str, Any]],
+        method: str,
+        keys: list[tuple[str, str, bytes, Any]],
     ) -> tuple[dict[str, BalanceSnapshot], tuple[int, int, int, int]]:
         """Write decided holds at once: the credits each lot newly holds, per account the
         (credits, number of holds) it holds if available covers them (a conditional write, as
-        AccountRepository.capture), the ACTIVE holds with their draws, and the (scope, key,
-        response) of every idempotency key the group claimed (IdempotencyRepository.complete).
+        AccountRepository.capture), the ACTIVE holds with their draws, and the idempotency
+        keys (scope, key, request_hash, response) of `method` with their responses (record).
         Returns the accounts' new balances (those available did not cover are left out) and
         the rows written: (lots, holds, draws, keys)."""
         draws = [(hold.reservation_id, draw.lot_id, draw.held)
                  for hold in holds for draw in hold.draws]
         account_ids = list(per_account)
-        scopes = [r[0] for r in responses]
-        keys = [r[1] for r in responses]
+        keys = sorted(keys, key=_scope_and_key)
         rows = await self._fetch(
             _PLACE,
             list(lot_holds), list(lot_holds.values()),
@@ -1107,11 +1091,18 @@ class HoldsRepository:
             [hold.expire_time for hold in holds], [_json(hold.metadata) for hold in holds],
             actors,
             [d[0] for d in draws], [d[1] for d in draws], [d[2] for d in draws],
-            scopes, keys, [json.dumps(r[2]) for r in responses],  # jsonb orders keys itself
+            *_key_columns(keys), method,
         )
         balances = {row.account_id: _balance(row) for row in rows if row.account_id is not None}
         counts = next(row for row in rows if row.account_id is None)
         return balances, (counts[7], counts[8], counts[9], counts[10])
+
+    async def record(self, method: str, keys: list[tuple[str, str, bytes, Any]]) -> int:
+        """Record idempotency keys (scope, key, request_hash, response) of `method` with their
+        responses; returns how many were new (see _record_keys)."""
+        status = await self._driver.execute(
+            _RECORD, *_key_columns(sorted(keys, key=_scope_and_key)), method)
+        return int(status.rsplit(" ", 1)[1])
 
     async def lock_for_commit(
         self, reservation_ids: list[str]
