@@ -34,6 +34,10 @@ _ACCOUNT_COLUMNS = (
     "account_id, balance, reserved, active_reservation_count, lifetime_granted, lifetime_used, "
     "lifetime_expired"
 )
+# The group statements read balances by position: BalanceSnapshot(*row[i:i + 7]).
+if _ACCOUNT_COLUMNS.replace(" ", "").split(",") != [
+        f.name for f in dataclasses.fields(BalanceSnapshot)]:
+    raise ImportError("_ACCOUNT_COLUMNS must list BalanceSnapshot's fields in order")
 _ENTRY_COLUMNS = (
     "entry_id, account_id, entry_type, grant_type, amount, balance_after, "
     "reservation_id::text AS reservation_id, reason, metadata::text AS metadata, actor, "
@@ -1036,7 +1040,8 @@ class HoldsRepository:
         )
         stored = {(row[0], row[1]): (bytes(row[2]), json.loads(row[3]) if row[3] else None)
                   for row in rows if row[0] is not None}
-        return stored, {row[4]: _balance(row) for row in rows if row[0] is None}
+        # _ACCOUNT_COLUMNS are BalanceSnapshot's fields in order: read by position, not name
+        return stored, {row[4]: BalanceSnapshot(*row[4:11]) for row in rows if row[0] is None}
 
     async def expire_and_find(
         self, account_ids: list[str], wanted: Mapping[str, int]
@@ -1093,8 +1098,8 @@ class HoldsRepository:
             [d[0] for d in draws], [d[1] for d in draws], [d[2] for d in draws],
             *_key_columns(keys), method,
         )
-        balances = {row.account_id: _balance(row) for row in rows if row.account_id is not None}
-        counts = next(row for row in rows if row.account_id is None)
+        balances = {row[0]: BalanceSnapshot(*row[:7]) for row in rows if row[0] is not None}
+        counts = next(row for row in rows if row[0] is None)
         return balances, (counts[7], counts[8], counts[9], counts[10])
 
     async def record(self, method: str, keys: list[tuple[str, str, bytes, Any]]) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -44,10 +44,16 @@ RESERVATION_STATUS_TO_PROTO: dict[ReservationStatus, int] = {
 RESERVATION_STATUS_FROM_PROTO = {value: key for key, value in RESERVATION_STATUS_TO_PROTO.items()}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    """As Timestamp.FromDatetime (a naive time is UTC), at a fraction of its cost."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    seconds, micros = divmod((value - _EPOCH) // _MICROSECOND, 1_000_000)
+    return Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
 def balance(snapshot: BalanceSnapshot) -> pb.Balance:

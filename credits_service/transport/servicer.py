@@ -7,7 +7,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -104,6 +104,9 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         self.gatekeeper = gatekeeper
         self.gate = gate
         self._metrics = metrics
+        # The labelled children, looked up once each instead of on every call
+        self._counters: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._timers: dict[str, Any] = {}
 
     def observe(
         self,
@@ -114,8 +117,15 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         duration_s: float,
     ) -> None:
         """Count, time and log one finished call (never its token; the key only hashed)."""
-        self._metrics.rpc_requests.labels(method, code.name).inc()
-        self._metrics.rpc_duration.labels(method).observe(duration_s)
+        counter = self._counters.get((method, code))
+        if counter is None:
+            counter = self._counters[(method, code)] = self._metrics.rpc_requests.labels(
+                method, code.name)
+        counter.inc()
+        timer = self._timers.get(method)
+        if timer is None:
+            timer = self._timers[method] = self._metrics.rpc_duration.labels(method)
+        timer.observe(duration_s)
         if not _rpc_log.isEnabledFor(logging.INFO):
             return
         fields: dict[str, object] = {
