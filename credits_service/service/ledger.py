@@ -81,6 +81,9 @@ class LedgerLimits:
     hold_lifetime_max_ms: int = 7 * 86_400_000
     lots_listed_max: int = 100
     batch_concurrency: int = 4  # transactions one BatchCommit runs at once
+    # BatchCheckAndReserve transactions running at once, across all calls: more only wait on
+    # each other's account locks (a Zipf-skewed load ran 6.8k items/s with 4, 3.9k with 10).
+    batch_reserve_concurrency: int = 4
     group_size_max: int = 100  # CheckAndReserve or Commit calls one transaction decides at most
     group_concurrency: int = 1  # group transactions of each kind running at once
     page_size_default: int = 50
@@ -102,6 +105,7 @@ class Ledger:
         self._limits = limits
         self._events: LedgerEvents = events or NoEvents()
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._batch_reserve_slots = asyncio.Semaphore(limits.batch_reserve_concurrency)
         # Concurrent CheckAndReserve calls share transactions (see group_commit.py).
         self._reserve_group: GroupCommitter[tuple[ReserveCommand, str], Any] = GroupCommitter(
             self.check_and_reserve_many,
@@ -166,6 +170,14 @@ class Ledger:
         if isinstance(outcome, errors.DomainError):
             raise outcome
         return outcome
+
+    async def check_and_reserve_batch(
+        self, calls: Sequence[tuple[ReserveCommand, str]]
+    ) -> list[ReserveResult | errors.DomainError]:
+        """check_and_reserve_many for a caller's batch, once one of the few batch slots is
+        free (LedgerLimits.batch_reserve_concurrency)."""
+        async with self._batch_reserve_slots:
+            return await self.check_and_reserve_many(calls)
 
     async def check_and_reserve_many(
         self, calls: Sequence[tuple[ReserveCommand, str]]

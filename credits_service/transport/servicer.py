@@ -176,7 +176,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 valid.append((i, self._validate.check_and_reserve(item)))
             except InvalidArgument as exc:
                 results[i] = pb.CheckAndReserveResult(error=item_error(exc))
-        outcomes = await self._ledger.check_and_reserve_many(
+        outcomes = await self._ledger.check_and_reserve_batch(
             [(command, principal.name) for _, command in valid]
         ) if valid else []
         for (i, _), outcome in zip(valid, outcomes, strict=True):

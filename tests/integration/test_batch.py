@@ -145,3 +145,32 @@ async def test_concurrent_batches_over_shared_accounts_and_keys_never_overdraw(s
     ok = sum(1 for seen in answers.values()
              if pb.CheckAndReserveResult.FromString(next(iter(seen))).HasField("response"))
     assert placed == ok
+
+
+async def test_batches_beyond_the_batch_slots_wait_their_turn(app, stubs, db, monkeypatch):
+    """At most batch_reserve_concurrency BatchCheckAndReserve transactions run at once (more
+    only queue on each other's account locks); the others wait for a slot and then succeed."""
+    ledger = app.ledger
+    running = peak = 0
+    real = ledger.check_and_reserve_many
+
+    async def counted(calls):
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await asyncio.sleep(0.05)  # long enough for every batch to have arrived
+            return await real(calls)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(ledger, "check_and_reserve_many", counted)
+    await _grant(stubs[0], "batch-slots", 1_000)
+    batches = ledger._limits.batch_reserve_concurrency * 3
+    responses = await asyncio.gather(*(
+        stubs[n % len(stubs)].BatchCheckAndReserve(
+            pb.BatchCheckAndReserveRequest(items=[_hold("batch-slots", 1) for _ in range(5)]),
+            timeout=30)
+        for n in range(batches)))
+    assert peak == ledger._limits.batch_reserve_concurrency
+    assert all(r.HasField("response") for response in responses for r in response.results)
