@@ -159,7 +159,7 @@ async def test_batches_beyond_the_batch_slots_wait_their_turn(app, stubs, db, mo
         running += 1
         peak = max(peak, running)
         try:
-            await asyncio.sleep(0.05)  # long enough for every batch to have arrived
+            await asyncio.sleep(0.2)  # long enough for every batch to have arrived
             return await real(calls)
         finally:
             running -= 1
