@@ -776,6 +776,27 @@ class IdempotencyRepository:
             {"scope": scope, "key": key, "response": json.dumps(response, sort_keys=True)},
         )
 
+    async def get_many(
+        self, keys: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[bytes, Any]]:
+        """(request_hash, stored response) of finished keys, by (scope, key)."""
+        rows = await self._connection.execute(
+            text(
+                """
+                SELECT i.scope, i.idempotency_key, i.request_hash, i.response::text AS response
+                  FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[])) AS k (scope, key)
+                  JOIN idempotency_keys i
+                    ON i.scope = k.scope AND i.idempotency_key = k.key
+                """
+            ),
+            {"scopes": [k[0] for k in keys], "keys": [k[1] for k in keys]},
+        )
+        return {
+            (row.scope, row.idempotency_key): (
+                bytes(row.request_hash), json.loads(row.response) if row.response else None)
+            for row in rows
+        }
+
     async def purge(self, older_than_s: float, batch_size: int) -> int:
         result = await self._connection.execute(
             text(
@@ -809,60 +830,44 @@ _NO_ACCOUNT_COLUMNS = (
 )
 
 
-def _scope_and_key(key: tuple[str, str, bytes, Any]) -> tuple[str, str]:
-    return key[0], key[1]
-
-
-def _key_columns(keys: list[tuple[str, str, bytes, Any]]) -> list[list[Any]]:
+def _responses(responses: list[tuple[str, str, Any]]) -> list[list[Any]]:
     # jsonb orders an object's keys itself: no sort_keys needed here
-    return [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-            [json.dumps(k[3]) for k in keys]]
+    return [[r[0] for r in responses], [r[1] for r in responses],
+            [json.dumps(r[2]) for r in responses]]
 
 
-_FIND_AND_LOCK = f"""
+_CLAIM_AND_LOCK = f"""
     WITH k AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-               AS k (scope, idempotency_key, account_id)
-    ), stored AS MATERIALIZED (
-        SELECT i.scope, i.idempotency_key, i.request_hash, i.response::text AS response
-          FROM k JOIN idempotency_keys i
-            ON i.scope = k.scope AND i.idempotency_key = k.idempotency_key
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[],
+                             $5::text[])
+               WITH ORDINALITY AS k (scope, idempotency_key, method, request_hash,
+                                     account_id, position)
+    ), claimed AS (
+        INSERT INTO idempotency_keys (scope, idempotency_key, method, request_hash)
+        SELECT scope, idempotency_key, method, request_hash FROM k ORDER BY position
+        ON CONFLICT (scope, idempotency_key) DO NOTHING
+        RETURNING scope, idempotency_key
     ), fresh AS MATERIALIZED (  -- one array, so the accounts are found in one index scan
-        SELECT array_agg(k.account_id) AS account_ids FROM k
-         WHERE NOT EXISTS (SELECT FROM stored s
-                            WHERE s.scope = k.scope AND s.idempotency_key = k.idempotency_key)
+        SELECT array_agg(k.account_id) AS account_ids
+          FROM k JOIN claimed c
+            ON c.scope = k.scope AND c.idempotency_key = k.idempotency_key
     ), locked AS MATERIALIZED (
         SELECT {_ACCOUNT_COLUMNS} FROM accounts a
          WHERE a.account_id = ANY((SELECT account_ids FROM fresh)::text[])
          ORDER BY a.account_id
            FOR UPDATE OF a
     )
-    SELECT NULL::text AS scope, NULL::text AS idempotency_key, NULL::bytea AS request_hash,
-           NULL::text AS response, {_ACCOUNT_COLUMNS}
+    SELECT NULL::text AS scope, NULL::text AS idempotency_key, {_ACCOUNT_COLUMNS}
       FROM locked
     UNION ALL
-    SELECT scope, idempotency_key, request_hash, response, {_NO_ACCOUNT_COLUMNS} FROM stored
+    SELECT scope, idempotency_key, {_NO_ACCOUNT_COLUMNS} FROM claimed
     """
 
-
-def _record_keys(first: int) -> str:
-    """Insert idempotency keys with their responses, in the order given (sorted by the
-    caller, so concurrent transactions wait on each other's keys in one order, never in a
-    cycle), from parameters $first.. (scopes, keys, request hashes, responses, method). A key
-    another transaction recorded meanwhile is left alone (ON CONFLICT waits for that
-    transaction): the caller counts the rows and runs again to replay it."""
-    a, b, c, d, e = (f"${first + i}" for i in range(5))
-    return f"""
-        INSERT INTO idempotency_keys (scope, idempotency_key, method, request_hash, response)
-        SELECT r.scope, r.idempotency_key, {e}::text, r.request_hash, CAST(r.response AS jsonb)
-          FROM unnest({a}::text[], {b}::text[], {c}::bytea[], {d}::text[])
-               WITH ORDINALITY AS r (scope, idempotency_key, request_hash, response, position)
-         ORDER BY r.position
-        ON CONFLICT (scope, idempotency_key) DO NOTHING
+_COMPLETE = """
+    UPDATE idempotency_keys i SET response = CAST(r.response AS jsonb)
+      FROM unnest($1::text[], $2::text[], $3::text[]) AS r (scope, idempotency_key, response)
+     WHERE i.scope = r.scope AND i.idempotency_key = r.idempotency_key
     """
-
-
-_RECORD = _record_keys(1)
 
 _EXPIRE_AND_FIND = f"""
     WITH expired AS ({_EXPIRE_DUE.format(account_ids="$1::text[]")})
@@ -908,14 +913,18 @@ _PLACE = f"""
         INSERT INTO reservation_lots (reservation_id, lot_id, held)
         SELECT * FROM unnest($13::uuid[], $14::bigint[], $15::bigint[])
         RETURNING 1
-    ), recorded AS ({_record_keys(16)}
+    ), completed AS (
+        UPDATE idempotency_keys i SET response = CAST(r.response AS jsonb)
+          FROM unnest($16::text[], $17::text[], $18::text[])
+               AS r (scope, idempotency_key, response)
+         WHERE i.scope = r.scope AND i.idempotency_key = r.idempotency_key
         RETURNING 1
     )
     SELECT {_ACCOUNT_COLUMNS}, 0, 0, 0, 0 FROM held
     UNION ALL
     SELECT {_NO_ACCOUNT_COLUMNS}, (SELECT count(*) FROM lots_held),
            (SELECT count(*) FROM placed), (SELECT count(*) FROM drawn),
-           (SELECT count(*) FROM recorded)
+           (SELECT count(*) FROM completed)
     """
 
 _LOCK_FOR_COMMIT = f"""
@@ -1012,13 +1021,13 @@ _CAPTURE = f"""
 
 class HoldsRepository:
     """The group transactions' statements, on the raw asyncpg connection, each spanning tables.
-    A grouped CheckAndReserve (Ledger.check_and_reserve_many) takes three: read the keys already
-    recorded and lock the accounts of the others; expire due lots and find free ones; write the
-    holds with everything they change, the keys and their responses included (each key is
-    written once, with its response). A grouped Commit (Ledger._commit_many) takes three: lock
-    the holds and their accounts; expire due lots and check give-backs; write the captures.
+    A grouped CheckAndReserve (Ledger.check_and_reserve_many) takes three: claim the keys and
+    lock their accounts; expire due lots and find free ones; write the holds with everything
+    they change, the claimed keys' responses included. A grouped Commit (Ledger._commit_many)
+    takes three: lock the holds and their accounts; expire due lots and check give-backs; write
+    the captures.
     The same rows and locks as the one-table statements of the other repositories, in fewer
-    round trips and without SQLAlchemy's per-statement work. The statements (_FIND_AND_LOCK
+    round trips and without SQLAlchemy's per-statement work. The statements (_CLAIM_AND_LOCK
     and the others above) are built once, at import."""
 
     def __init__(self, driver: Any) -> None:
@@ -1027,21 +1036,22 @@ class HoldsRepository:
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         return await self._driver.fetch(sql, *args, record_class=_Row)
 
-    async def find_and_lock(
-        self, keys: list[tuple[str, str, str]]
-    ) -> tuple[dict[tuple[str, str], tuple[bytes, Any]], dict[str, BalanceSnapshot]]:
-        """For (scope, key, account_id) keys: the (request_hash, response) of those already
-        recorded (IdempotencyRepository.get), and the locked balances of the accounts of the
-        others, locked in account order (AccountRepository.lock; an unknown account is left
-        out). A key recorded by a transaction still running is not seen: recording it again
-        (place, record) waits for that transaction and leaves the key alone."""
+    async def claim_and_lock(
+        self, keys: list[tuple[str, str, str, bytes, str]]
+    ) -> tuple[set[tuple[str, str]], dict[str, BalanceSnapshot]]:
+        """Claim (scope, key, method, request_hash, account_id) keys in key order, as
+        IdempotencyRepository.claim does one; then lock the accounts of the keys claimed, in
+        account order (AccountRepository.lock). Returns the (scope, key) pairs claimed and the
+        locked accounts' balances (an unknown account is left out)."""
+        keys = sorted(keys, key=lambda k: (k[0], k[1]))
         rows = await self._fetch(
-            _FIND_AND_LOCK, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+            _CLAIM_AND_LOCK,
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+            [k[3] for k in keys], [k[4] for k in keys],
         )
-        stored = {(row[0], row[1]): (bytes(row[2]), json.loads(row[3]) if row[3] else None)
-                  for row in rows if row[0] is not None}
+        claimed = {(row[0], row[1]) for row in rows if row[0] is not None}
         # _ACCOUNT_COLUMNS are BalanceSnapshot's fields in order: read by position, not name
-        return stored, {row[4]: BalanceSnapshot(*row[4:11]) for row in rows if row[0] is None}
+        return claimed, {row[2]: BalanceSnapshot(*row[2:9]) for row in rows if row[0] is None}
 
     async def expire_and_find(
         self, account_ids: list[str], wanted: Mapping[str, int]
@@ -1073,19 +1083,17 @@ class HoldsRepository:
         per_account: Mapping[str, tuple[int, int]],
         holds: list[Reservation],
         actors: list[str],
-        method: str,
-        keys: list[tuple[str, str, bytes, Any]],
+        responses: list[tuple[str, str, Any]],
     ) -> tuple[dict[str, BalanceSnapshot], tuple[int, int, int, int]]:
         """Write decided holds at once: the credits each lot newly holds, per account the
         (credits, number of holds) it holds if available covers them (a conditional write, as
-        AccountRepository.capture), the ACTIVE holds with their draws, and the idempotency
-        keys (scope, key, request_hash, response) of `method` with their responses (record).
+        AccountRepository.capture), the ACTIVE holds with their draws, and the (scope, key,
+        response) of every idempotency key the group claimed (complete).
         Returns the accounts' new balances (those available did not cover are left out) and
         the rows written: (lots, holds, draws, keys)."""
         draws = [(hold.reservation_id, draw.lot_id, draw.held)
                  for hold in holds for draw in hold.draws]
         account_ids = list(per_account)
-        keys = sorted(keys, key=_scope_and_key)
         rows = await self._fetch(
             _PLACE,
             list(lot_holds), list(lot_holds.values()),
@@ -1096,18 +1104,16 @@ class HoldsRepository:
             [hold.expire_time for hold in holds], [_json(hold.metadata) for hold in holds],
             actors,
             [d[0] for d in draws], [d[1] for d in draws], [d[2] for d in draws],
-            *_key_columns(keys), method,
+            *_responses(responses),
         )
         balances = {row[0]: BalanceSnapshot(*row[:7]) for row in rows if row[0] is not None}
         counts = next(row for row in rows if row[0] is None)
         return balances, (counts[7], counts[8], counts[9], counts[10])
 
-    async def record(self, method: str, keys: list[tuple[str, str, bytes, Any]]) -> int:
-        """Record idempotency keys (scope, key, request_hash, response) of `method` with their
-        responses; returns how many were new (see _record_keys)."""
-        status = await self._driver.execute(
-            _RECORD, *_key_columns(sorted(keys, key=_scope_and_key)), method)
-        return int(status.rsplit(" ", 1)[1])
+    async def complete(self, responses: list[tuple[str, str, Any]]) -> None:
+        """Store the (scope, key, response) of keys the group claimed, when it placed no hold
+        (IdempotencyRepository.complete)."""
+        await self._driver.execute(_COMPLETE, *_responses(responses))
 
     async def lock_for_commit(
         self, reservation_ids: list[str]

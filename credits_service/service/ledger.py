@@ -193,10 +193,16 @@ class Ledger:
 
         async def work(uow: UnitOfWork) -> list[ReserveResult | errors.DomainError]:
             outcomes: list[Any] = [None] * len(calls)
-            stored, snapshots = await uow.holds.find_and_lock([
-                (scope, key, calls[i][0].account_id) for (scope, key), i in first.items()
+            claimed, snapshots = await uow.holds.claim_and_lock([
+                (scope, key, method, digests[i], calls[i][0].account_id)
+                for (scope, key), i in first.items()
             ])
-            for pair, (stored_digest, response) in stored.items():
+            earlier = [pair for pair in first if pair not in claimed]
+            stored = await uow.idempotency.get_many(earlier) if earlier else {}
+            for pair in earlier:
+                if pair not in stored:  # purged between our insert and read: run again
+                    raise errors.TransientConflict("idempotency key vanished")
+                stored_digest, response = stored[pair]
                 i = first[pair]
                 if stored_digest != digests[i]:
                     outcomes[i] = errors.IdempotencyKeyReused(pair[1])
@@ -204,9 +210,9 @@ class Ledger:
                     assert response is not None, "a committed key always has its response"
                     outcomes[i] = idempotency.decode(response)
                     uow.on_commit(lambda: self._events.replayed(method))
-            new = [i for pair, i in first.items() if pair not in stored]
+            new = sorted(first[pair] for pair in claimed)
             if new:
-                await self._place_holds(uow, calls, new, outcomes, snapshots, digests)
+                await self._place_holds(uow, calls, new, outcomes, snapshots)
             for i, (command, actor) in enumerate(calls):
                 j = first[(actor, command.idempotency_key)]
                 if j != i:
@@ -223,14 +229,11 @@ class Ledger:
         indexes: list[int],
         outcomes: list[Any],
         snapshots: dict[str, BalanceSnapshot],
-        digests: list[bytes],
     ) -> None:
         """Decide and write the holds of calls[i] for i in `indexes` (their idempotency keys
-        new, their accounts locked with these `snapshots`), in that order, into outcomes[i],
-        and record their keys with the outcomes (request hashes `digests`): expire due lots,
-        draw from free lots in consumption order, write everything set-based. A key another
-        transaction recorded meanwhile fails the transaction as a TransientConflict, so it
-        runs again and replays that key."""
+        claimed, their accounts locked with these `snapshots`), in that order, into
+        outcomes[i], and complete their keys: expire due lots, draw from free lots in
+        consumption order, write everything set-based."""
         wanted: dict[str, int] = {}
         for i in indexes:
             command = calls[i][0]
@@ -286,22 +289,19 @@ class Ledger:
             )
             holds.append((i, hold))
             outcomes[i] = ReserveResult(reservation=hold, balance=balances[i])
-        keys = [(calls[i][1], calls[i][0].idempotency_key, digests[i],
-                 idempotency.encode(outcomes[i])) for i in indexes]
+        responses = [(calls[i][1], calls[i][0].idempotency_key, idempotency.encode(outcomes[i]))
+                     for i in indexes]
         if not holds:
-            if await uow.holds.record("CheckAndReserve", keys) != len(keys):
-                raise errors.TransientConflict("an idempotency key was recorded concurrently")
+            await uow.holds.complete(responses)
             return
         updated, written = await uow.holds.place(
             changes, per_account, [hold for _, hold in holds],
-            [calls[i][1] for i, _ in holds], "CheckAndReserve", keys,
+            [calls[i][1] for i, _ in holds], responses,
         )
         draws_written = sum(len(hold.draws) for _, hold in holds)
         if (any(updated.get(account_id) != snapshots[account_id] for account_id in per_account)
-                or written[:3] != (len(changes), len(holds), draws_written)):
+                or written != (len(changes), len(holds), draws_written, len(responses))):
             raise LotsOutOfStep(next(iter(per_account)))
-        if written[3] != len(keys):
-            raise errors.TransientConflict("an idempotency key was recorded concurrently")
         uow.on_commit(lambda: [self._events.reserved() for _ in holds])
 
     async def commit(self, command: CommitCommand, actor: str) -> CommitResult:
