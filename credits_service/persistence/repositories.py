@@ -1025,10 +1025,9 @@ class HoldsRepository:
     lock their accounts; expire due lots and find free ones; write the holds with everything
     they change, the claimed keys' responses included. A grouped Commit (Ledger._commit_many)
     takes three: lock the holds and their accounts; expire due lots and check give-backs; write
-    the captures.
-    The same rows and locks as the one-table statements of the other repositories, in fewer
-    round trips and without SQLAlchemy's per-statement work. The statements (_CLAIM_AND_LOCK
-    and the others above) are built once, at import."""
+    the captures. The same rows and locks as the one-table statements of the other
+    repositories, in fewer round trips and without SQLAlchemy's per-statement work. The
+    statements (_CLAIM_AND_LOCK and the others above) are built once, at import."""
 
     def __init__(self, driver: Any) -> None:
         self._driver = driver  # the asyncpg connection under the unit of work's
