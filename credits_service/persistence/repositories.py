@@ -64,17 +64,23 @@ _EXPIRE_DUE = """
                AND expire_time <= credits_now()) due
      WHERE l.lot_id = due.lot_id AND l.expired_time IS NULL
     RETURNING l.account_id, l.lot_id, due.unheld, l.expire_time"""
-# For a lateral join on w (account_id, amount): the account's unexpired lots with unheld
+# For a lateral join on w (account_id, amount > 0): the account's unexpired lots with unheld
 # credits in consumption order, (lot_id, free, running total), as many as cover w.amount.
+# Each such lot has at least one free credit, so the first w.amount of them always cover it:
+# the LIMIT lets the scan of the consumption-order index stop there instead of reading and
+# sorting every lot of the account (one lot instead of 6,000 for a hold of 1 credit).
 _FREE_LOTS = f"""
     SELECT lot_id, free, running FROM (
-        SELECT l.lot_id, l.remaining - l.held AS free,
-               sum(l.remaining - l.held) OVER (
-                   ORDER BY {_CONSUMPTION_ORDER} ROWS UNBOUNDED PRECEDING) AS running
-          FROM credit_lots l
-         WHERE l.account_id = w.account_id AND l.remaining > 0
-           AND l.remaining > l.held AND l.expired_time IS NULL
-           AND (l.expire_time IS NULL OR l.expire_time > credits_now())) x
+        SELECT l.lot_id, l.free,
+               sum(l.free) OVER (ORDER BY {_CONSUMPTION_ORDER} ROWS UNBOUNDED PRECEDING)
+                   AS running
+          FROM (SELECT l.lot_id, l.remaining - l.held AS free, l.priority, l.expire_time
+                  FROM credit_lots l
+                 WHERE l.account_id = w.account_id AND l.remaining > 0
+                   AND l.remaining > l.held AND l.expired_time IS NULL
+                   AND (l.expire_time IS NULL OR l.expire_time > credits_now())
+                 ORDER BY {_CONSUMPTION_ORDER}
+                 LIMIT w.amount) l) x
      WHERE running - free < w.amount"""
 
 
