@@ -41,7 +41,8 @@ class Metrics:
                                registry=r)
         self.group_size = Histogram("credits_group_size",
                                     "calls decided together in one transaction (group commit)",
-                                    ["method"], buckets=(1, 2, 4, 8, 16, 32, 64, 100),
+                                    ["method"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 100, 250, 500, 1000),
                                     registry=r)
         self.pool_wait = Histogram("credits_db_pool_wait_seconds",
                                    "time to get a database connection from the pool",

@@ -1,10 +1,11 @@
 """Group commit: concurrent calls of one kind share one transaction.
 
 Each caller queues its item and waits. While fewer than `concurrency` groups are running, the
-next group takes everything queued (at most `group_size_max` items) and runs it as one call of
-`run_many`. Nothing waits on a timer: a lone call runs at once as a group of one, and groups
-grow only when calls arrive faster than transactions finish. The hot account gains most: its
-holds are decided together instead of one row-lock turn each.
+next group takes everything queued, up to `group_size_max` in all (items count 1 each, or
+`size_of`; a group always takes at least one), and runs it as one call of `run_many`. Nothing
+waits on a timer: a lone call runs at once as a group of one, and groups grow only when calls
+arrive faster than transactions finish. The hot account gains most: its holds are decided
+together instead of one row-lock turn each.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ class GroupCommitter(Generic[Item, Outcome]):
         *,
         group_size_max: int,
         concurrency: int,
+        size_of: Callable[[Item], int] = lambda item: 1,
         on_group: Callable[[int], None] = lambda size: None,
     ) -> None:
         self._run_many = run_many
+        self._size_of = size_of
         self._on_group = on_group
         self._group_size_max = group_size_max
         self._concurrency = concurrency
@@ -49,10 +52,17 @@ class GroupCommitter(Generic[Item, Outcome]):
 
     def _start_groups(self) -> None:
         while self._queue and self._running < self._concurrency:
-            group = self._queue[: self._group_size_max]
-            del self._queue[: self._group_size_max]
+            taken = total = 0
+            for item, _ in self._queue:
+                size = self._size_of(item)
+                if taken and total + size > self._group_size_max:
+                    break
+                taken += 1
+                total += size
+            group = self._queue[:taken]
+            del self._queue[:taken]
             self._running += 1
-            self._on_group(len(group))
+            self._on_group(total)
             # A fresh context: the group must not inherit the call deadline of whichever
             # caller happened to start it (its transaction serves every caller in it).
             task = asyncio.get_running_loop().create_task(

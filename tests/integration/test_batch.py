@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+import zlib
 
 import grpc
 
 from credits.v1 import credits_pb2 as pb
+from credits_service.domain.errors import StorageUnavailable
 from tests.grpc_errors import expect_error
 
 CODE = {code.value[0]: code for code in grpc.StatusCode}
@@ -72,6 +74,38 @@ async def test_each_item_gets_its_own_result_as_if_sent_alone(stub, db):
     # ... and a single call with one of the keys answers the same as its item did.
     single = await stub.CheckAndReserve(items[7])
     assert single == response.results[7].response
+
+
+async def test_a_key_repeated_on_another_account_answers_as_one_by_one(app, stub,
+                                                                       monkeypatch):
+    """The first use of a key decides it, even when a later item repeats the key on an
+    account whose shard decides first (batches are split over shards by account)."""
+    ledger = app.ledger
+    shards = ledger._limits.batch_reserve_shards
+    names = [f"batch-key-{i}" for i in range(40)]
+
+    def shard(name: str) -> int:
+        return zlib.crc32(name.encode()) % shards
+
+    first = next(name for name in names if shard(name) == shards - 1)
+    later = next(name for name in names if shard(name) == 0)
+    for account in (first, later):
+        await _grant(stub, account, 10)
+    real = ledger.check_and_reserve_many
+
+    async def first_decides_last(calls):
+        if any(command.account_id == first for command, _ in calls):
+            await asyncio.sleep(0.2)
+        return await real(calls)
+
+    monkeypatch.setattr(ledger, "check_and_reserve_many", first_decides_last)
+    items = [_hold(first, 3, "shared-key"), _hold(later, 3, "shared-key"), _hold(later, 4)]
+    response = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=items))
+    assert [_summary(r) for r in response.results] == [
+        ("ok", 3, 7, [(3, 0)]),
+        ("error", "ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED"),
+        ("ok", 4, 6, [(4, 0)]),
+    ]
 
 
 async def test_a_batch_must_hold_between_one_item_and_the_maximum(stub, test_settings):
@@ -147,30 +181,82 @@ async def test_concurrent_batches_over_shared_accounts_and_keys_never_overdraw(s
     assert placed == ok
 
 
-async def test_batches_beyond_the_batch_slots_wait_their_turn(app, stubs, db, monkeypatch):
-    """At most batch_reserve_concurrency BatchCheckAndReserve transactions run at once (more
-    only queue on each other's account locks); the others wait for a slot and then succeed."""
+async def test_concurrent_batches_run_as_transactions_over_disjoint_accounts(app, stubs, db,
+                                                                            monkeypatch):
+    """Concurrent batches over shared accounts are split by account and merged: transactions
+    run side by side only over disjoint accounts (never waiting on each other's locks), one
+    transaction decides items of several batches, and none decides more than its bound."""
     ledger = app.ledger
-    running = peak = 0
+    running: list[set[str]] = []
+    overlapped = merged = 0
+    sizes: list[int] = []
     real = ledger.check_and_reserve_many
 
-    async def counted(calls):
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
+    async def watched(calls):
+        nonlocal overlapped, merged
+        accounts = {command.account_id for command, _ in calls}
+        assert all(accounts.isdisjoint(other) for other in running)
+        overlapped += bool(running)
+        merged += len({command.metadata["batch"] for command, _ in calls}) > 1
+        sizes.append(len(calls))
+        running.append(accounts)
         try:
-            await asyncio.sleep(0.2)  # long enough for every batch to have arrived
+            await asyncio.sleep(0.05)  # long enough for the other batches to arrive
             return await real(calls)
         finally:
-            running -= 1
+            running.remove(accounts)
 
-    monkeypatch.setattr(ledger, "check_and_reserve_many", counted)
-    await _grant(stubs[0], "batch-slots", 1_000)
-    batches = ledger._limits.batch_reserve_concurrency * 3
-    responses = await asyncio.gather(*(
-        stubs[n % len(stubs)].BatchCheckAndReserve(
-            pb.BatchCheckAndReserveRequest(items=[_hold("batch-slots", 1) for _ in range(5)]),
-            timeout=30)
-        for n in range(batches)))
-    assert peak == ledger._limits.batch_reserve_concurrency
+    monkeypatch.setattr(ledger, "check_and_reserve_many", watched)
+    accounts = [f"batch-shard-{i}" for i in range(12)]
+    for account in accounts:
+        await _grant(stubs[0], account, 1_000)
+
+    async def batch(n: int):
+        items = [_hold(account, 1) for account in accounts * 3]
+        for item in items:
+            item.metadata["batch"] = str(n)
+        return await stubs[n % len(stubs)].BatchCheckAndReserve(
+            pb.BatchCheckAndReserveRequest(items=items), timeout=30)
+
+    responses = await asyncio.gather(*(batch(n) for n in range(24)))
     assert all(r.HasField("response") for response in responses for r in response.results)
+    assert overlapped and merged
+    assert max(sizes) <= ledger._limits.batch_reserve_group_items_max
+    for account in accounts:
+        balance = (await stubs[0].GetBalance(pb.GetBalanceRequest(account_id=account))).balance
+        assert balance.reserved == 24 * 3
+
+
+async def test_a_batch_that_fails_on_one_shard_is_retried_safely(app, stub, db, monkeypatch):
+    """A database failure on the shard of some of a batch's accounts fails the call, while
+    the items of other shards may be decided: the retry with the same keys replays those and
+    decides the rest, each once."""
+    ledger = app.ledger
+    accounts = [f"batch-part-{i}" for i in range(8)]
+    for account in accounts:
+        await _grant(stub, account, 10)
+    items = [_hold(account, 2) for account in accounts]
+    real = ledger.check_and_reserve_many
+
+    async def failing(calls):
+        if any(command.account_id == accounts[0] for command, _ in calls):
+            raise StorageUnavailable("the database went away")
+        return await real(calls)
+
+    monkeypatch.setattr(ledger, "check_and_reserve_many", failing)
+    error = await expect_error(
+        stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=items)))
+    assert error.code == grpc.StatusCode.UNAVAILABLE
+    decided = await db.fetch("SELECT account_id, reservation_id FROM reservations")
+    assert 0 < len(decided) < len(accounts)  # the other shards' parts were decided
+
+    monkeypatch.setattr(ledger, "check_and_reserve_many", real)
+    retried = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=items))
+    placed = {r.response.reservation.account_id: r.response.reservation.reservation_id
+              for r in retried.results}
+    assert set(placed) == set(accounts)
+    assert all(placed[row["account_id"]] == str(row["reservation_id"]) for row in decided)
+    assert await db.fetchval("SELECT count(*) FROM reservations") == len(accounts)
+    for account in accounts:
+        balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id=account))).balance
+        assert balance.reserved == 2

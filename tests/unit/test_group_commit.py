@@ -96,3 +96,14 @@ async def test_a_group_that_times_out_reruns_its_items_alone_so_only_the_stuck_o
     assert isinstance(results[3], StatementTimedOut)
     assert recorder.groups[:2] == [[0], [1, 2, 3, 4]]
     assert sorted(recorder.groups[2:]) == [[1], [2], [3], [4]]
+
+
+async def test_a_group_takes_items_up_to_a_total_size_and_always_at_least_one():
+    recorder = Recorder()
+    group = GroupCommitter(recorder.run_many, group_size_max=5, concurrency=1,
+                           size_of=lambda item: item)
+    calls = [asyncio.create_task(group.submit(n)) for n in (1, 2, 3, 9, 1, 1)]
+    await asyncio.sleep(0)
+    recorder.release.set()
+    assert await asyncio.gather(*calls) == [10, 20, 30, 90, 10, 10]
+    assert recorder.groups == [[1], [2, 3], [9], [1, 1]]

@@ -171,12 +171,15 @@ class CreditsServiceServicer:
 
     def BatchCheckAndReserve(self, request, context):
         """BatchCheckAndReserve places up to 100 holds (the server's batch_size_max)
-        in one call and one transaction. Each item is a CheckAndReserveRequest with
-        its own idempotency key and gets its own result, in order: the response,
-        or the error that item alone would have got (INVALID_ARGUMENT,
-        INSUFFICIENT_CREDITS, ...), exactly as if the items had been sent one by
-        one. A failure of the database fails the whole call (UNAVAILABLE or
-        ABORTED); retry it with the same keys. The rate limit counts each item.
+        in one call. Each item is a CheckAndReserveRequest with its own idempotency
+        key and gets its own result, in order: the response, or the error that
+        item alone would have got (INVALID_ARGUMENT, INSUFFICIENT_CREDITS, ...),
+        exactly as if the items had been sent one by one. The server decides the
+        items of each account in one transaction, together with other batches'
+        items of the accounts that share its shard. A failure of the database fails
+        the whole call (UNAVAILABLE or ABORTED), though items of other accounts may
+        have been decided: retry it with the same keys, which replays them. The
+        rate limit counts each item.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

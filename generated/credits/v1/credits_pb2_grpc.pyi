@@ -76,12 +76,15 @@ class CreditsServiceStub:
     """
     BatchCheckAndReserve: _grpc.UnaryUnaryMultiCallable[_credits_pb2.BatchCheckAndReserveRequest, _credits_pb2.BatchCheckAndReserveResponse]
     """BatchCheckAndReserve places up to 100 holds (the server's batch_size_max)
-    in one call and one transaction. Each item is a CheckAndReserveRequest with
-    its own idempotency key and gets its own result, in order: the response,
-    or the error that item alone would have got (INVALID_ARGUMENT,
-    INSUFFICIENT_CREDITS, ...), exactly as if the items had been sent one by
-    one. A failure of the database fails the whole call (UNAVAILABLE or
-    ABORTED); retry it with the same keys. The rate limit counts each item.
+    in one call. Each item is a CheckAndReserveRequest with its own idempotency
+    key and gets its own result, in order: the response, or the error that
+    item alone would have got (INVALID_ARGUMENT, INSUFFICIENT_CREDITS, ...),
+    exactly as if the items had been sent one by one. The server decides the
+    items of each account in one transaction, together with other batches'
+    items of the accounts that share its shard. A failure of the database fails
+    the whole call (UNAVAILABLE or ABORTED), though items of other accounts may
+    have been decided: retry it with the same keys, which replays them. The
+    rate limit counts each item.
     """
     BatchCommit: _grpc.UnaryUnaryMultiCallable[_credits_pb2.BatchCommitRequest, _credits_pb2.BatchCommitResponse]
     """BatchCommit captures up to 100 holds in one call. Each item is a
@@ -158,12 +161,15 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     """
     BatchCheckAndReserve: _aio.UnaryUnaryMultiCallable[_credits_pb2.BatchCheckAndReserveRequest, _credits_pb2.BatchCheckAndReserveResponse]  # type: ignore[assignment]
     """BatchCheckAndReserve places up to 100 holds (the server's batch_size_max)
-    in one call and one transaction. Each item is a CheckAndReserveRequest with
-    its own idempotency key and gets its own result, in order: the response,
-    or the error that item alone would have got (INVALID_ARGUMENT,
-    INSUFFICIENT_CREDITS, ...), exactly as if the items had been sent one by
-    one. A failure of the database fails the whole call (UNAVAILABLE or
-    ABORTED); retry it with the same keys. The rate limit counts each item.
+    in one call. Each item is a CheckAndReserveRequest with its own idempotency
+    key and gets its own result, in order: the response, or the error that
+    item alone would have got (INVALID_ARGUMENT, INSUFFICIENT_CREDITS, ...),
+    exactly as if the items had been sent one by one. The server decides the
+    items of each account in one transaction, together with other batches'
+    items of the accounts that share its shard. A failure of the database fails
+    the whole call (UNAVAILABLE or ABORTED), though items of other accounts may
+    have been decided: retry it with the same keys, which replays them. The
+    rate limit counts each item.
     """
     BatchCommit: _aio.UnaryUnaryMultiCallable[_credits_pb2.BatchCommitRequest, _credits_pb2.BatchCommitResponse]  # type: ignore[assignment]
     """BatchCommit captures up to 100 holds in one call. Each item is a
@@ -261,12 +267,15 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.BatchCheckAndReserveResponse, _abc.Awaitable[_credits_pb2.BatchCheckAndReserveResponse]]:
         """BatchCheckAndReserve places up to 100 holds (the server's batch_size_max)
-        in one call and one transaction. Each item is a CheckAndReserveRequest with
-        its own idempotency key and gets its own result, in order: the response,
-        or the error that item alone would have got (INVALID_ARGUMENT,
-        INSUFFICIENT_CREDITS, ...), exactly as if the items had been sent one by
-        one. A failure of the database fails the whole call (UNAVAILABLE or
-        ABORTED); retry it with the same keys. The rate limit counts each item.
+        in one call. Each item is a CheckAndReserveRequest with its own idempotency
+        key and gets its own result, in order: the response, or the error that
+        item alone would have got (INVALID_ARGUMENT, INSUFFICIENT_CREDITS, ...),
+        exactly as if the items had been sent one by one. The server decides the
+        items of each account in one transaction, together with other batches'
+        items of the accounts that share its shard. A failure of the database fails
+        the whole call (UNAVAILABLE or ABORTED), though items of other accounts may
+        have been decided: retry it with the same keys, which replays them. The
+        rate limit counts each item.
         """
 
     @_abc_1.abstractmethod
