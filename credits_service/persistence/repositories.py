@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from sqlalchemy import TextClause
 from sqlalchemy import text as _text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -92,7 +93,7 @@ def text(sql: str) -> TextClause:
 
 
 def _json(metadata: Mapping[str, str]) -> str:
-    return json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"))
+    return orjson.dumps(dict(metadata)).decode()  # for jsonb, which orders keys itself
 
 
 def _balance(row: Any) -> BalanceSnapshot:
@@ -758,8 +759,8 @@ class IdempotencyRepository:
         ).one_or_none()
         return row is not None
 
-    async def get(self, scope: str, key: str) -> tuple[bytes, Any] | None:
-        """(request_hash, stored response) of a finished key."""
+    async def get(self, scope: str, key: str) -> tuple[bytes, str | None] | None:
+        """(request_hash, stored response as JSON text) of a finished key."""
         row = (
             await self._connection.execute(
                 text(
@@ -771,21 +772,22 @@ class IdempotencyRepository:
         ).one_or_none()
         if row is None:
             return None
-        return bytes(row.request_hash), json.loads(row.response) if row.response else None
+        return bytes(row.request_hash), row.response
 
-    async def complete(self, scope: str, key: str, response: Any) -> None:
+    async def complete(self, scope: str, key: str, response: str) -> None:
+        """Store the response (JSON text) of a claimed key."""
         await self._connection.execute(
             text(
                 "UPDATE idempotency_keys SET response = CAST(:response AS jsonb) "
                 "WHERE scope = :scope AND idempotency_key = :key"
             ),
-            {"scope": scope, "key": key, "response": json.dumps(response, sort_keys=True)},
+            {"scope": scope, "key": key, "response": response},
         )
 
     async def get_many(
         self, keys: list[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[bytes, Any]]:
-        """(request_hash, stored response) of finished keys, by (scope, key)."""
+    ) -> dict[tuple[str, str], tuple[bytes, str | None]]:
+        """(request_hash, stored response as JSON text) of finished keys, by (scope, key)."""
         rows = await self._connection.execute(
             text(
                 """
@@ -798,8 +800,7 @@ class IdempotencyRepository:
             {"scopes": [k[0] for k in keys], "keys": [k[1] for k in keys]},
         )
         return {
-            (row.scope, row.idempotency_key): (
-                bytes(row.request_hash), json.loads(row.response) if row.response else None)
+            (row.scope, row.idempotency_key): (bytes(row.request_hash), row.response)
             for row in rows
         }
 
@@ -836,10 +837,8 @@ _NO_ACCOUNT_COLUMNS = (
 )
 
 
-def _responses(responses: list[tuple[str, str, Any]]) -> list[list[Any]]:
-    # jsonb orders an object's keys itself: no sort_keys needed here
-    return [[r[0] for r in responses], [r[1] for r in responses],
-            [json.dumps(r[2]) for r in responses]]
+def _responses(responses: list[tuple[str, str, str]]) -> list[list[str]]:
+    return [[r[0] for r in responses], [r[1] for r in responses], [r[2] for r in responses]]
 
 
 _CLAIM_AND_LOCK = f"""
@@ -1088,7 +1087,7 @@ class HoldsRepository:
         per_account: Mapping[str, tuple[int, int]],
         holds: list[Reservation],
         actors: list[str],
-        responses: list[tuple[str, str, Any]],
+        responses: list[tuple[str, str, str]],
     ) -> tuple[dict[str, BalanceSnapshot], tuple[int, int, int, int]]:
         """Write decided holds at once: the credits each lot newly holds, per account the
         (credits, number of holds) it holds if available covers them (a conditional write, as
@@ -1115,7 +1114,7 @@ class HoldsRepository:
         counts = next(row for row in rows if row[0] is None)
         return balances, (counts[7], counts[8], counts[9], counts[10])
 
-    async def complete(self, responses: list[tuple[str, str, Any]]) -> None:
+    async def complete(self, responses: list[tuple[str, str, str]]) -> None:
         """Store the (scope, key, response) of keys the group claimed, when it placed no hold
         (IdempotencyRepository.complete)."""
         await self._driver.execute(_COMPLETE, *_responses(responses))

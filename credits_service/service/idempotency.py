@@ -2,7 +2,8 @@
 
 The hash covers the method and exactly what the caller sent (never derived values such as the
 default TTL or the time), so a retry with the same request always matches. Stored responses are
-JSON and decode back to the same result dataclasses, or to the same DomainError for a decline.
+JSON text and decode back to the same result dataclasses, or to the same DomainError for a
+decline.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from enum import Enum
 from typing import Any
+
+import orjson
 
 from credits_service.domain import errors
 from credits_service.domain.model import (
@@ -71,51 +75,33 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def encode(outcome: Outcome) -> dict[str, Any]:
+def encode(outcome: Outcome) -> str:
+    """The stored form of an outcome: JSON text."""
     if isinstance(outcome, errors.DomainError):
-        return {
+        stored: dict[str, Any] = {
             "error": {
                 "reason": outcome.reason,
                 "message": outcome.message,
                 "metadata": outcome.metadata,
             }
         }
-    if isinstance(outcome, ReserveResult):  # the hot path: _plain's dict, built directly
-        return {"reserve": {"reservation": _plain_reservation(outcome.reservation),
-                            "balance": _plain_balance(outcome.balance)}}
-    return {"grant": _plain(outcome)}
+    elif isinstance(outcome, ReserveResult):
+        # The hot path: orjson writes the dataclasses as _plain would (their fields by name,
+        # enums by value, datetimes in ISO 8601), much faster.
+        stored = {"reserve": outcome}
+    else:
+        stored = {"grant": _plain(outcome)}
+    return orjson.dumps(stored, default=_as_dict).decode()
 
 
-def _plain_reservation(hold: Reservation) -> dict[str, Any]:
-    return {
-        "reservation_id": hold.reservation_id,
-        "account_id": hold.account_id,
-        "amount": hold.amount,
-        "status": hold.status.value,
-        "committed_amount": hold.committed_amount,
-        "create_time": hold.create_time.isoformat(),
-        "expire_time": hold.expire_time.isoformat(),
-        "finish_time": None if hold.finish_time is None else hold.finish_time.isoformat(),
-        "metadata": {str(k): v for k, v in hold.metadata.items()},
-        "draws": [{"lot_id": draw.lot_id, "held": draw.held, "consumed": draw.consumed}
-                  for draw in hold.draws],
-        "release_reason": hold.release_reason,
-    }
+def _as_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):  # a read-only mapping (metadata): orjson writes only dicts
+        return dict(value)
+    raise TypeError(f"cannot store {type(value).__name__}")
 
 
-def _plain_balance(balance: BalanceSnapshot) -> dict[str, Any]:
-    return {
-        "account_id": balance.account_id,
-        "balance": balance.balance,
-        "reserved": balance.reserved,
-        "active_reservation_count": balance.active_reservation_count,
-        "lifetime_granted": balance.lifetime_granted,
-        "lifetime_used": balance.lifetime_used,
-        "lifetime_expired": balance.lifetime_expired,
-    }
-
-
-def decode(stored: dict[str, Any]) -> Outcome:
+def decode(text: str) -> Outcome:
+    stored = orjson.loads(text)
     if "error" in stored:
         error = stored["error"]
         cls = errors.REPLAYABLE_ERRORS[error["reason"]]
