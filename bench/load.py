@@ -6,11 +6,12 @@
     .venv/bin/python bench/load.py --target 127.0.0.1:50051 --token "$TOKEN"   # a running server
 
 Without --target it starts `credits-service serve` itself (embedded PostgreSQL in a temporary
-data directory, loopback, auth disabled) and reports that server's RSS before and after each
-scenario. Scenarios: health (the standard health Check: the floor every unary RPC sits on),
-reserve (CheckAndReserve), cycle (CheckAndReserve then Commit; counted in cycles), grant,
-history (a page of 50), batch (BatchCheckAndReserve of --batch-size items; counted in items,
-and compared with reserve). Accounts: uniform over --accounts, one hot account, or Zipf-skewed.
+data directory, loopback, auth disabled) and reports that server's RSS for each scenario: idle
+before, once loaded (after --rss-settle-s of load), its peak under load, and idle after.
+Scenarios: health (the standard health Check: the floor every unary RPC sits on), reserve
+(CheckAndReserve), cycle (CheckAndReserve then Commit; counted in cycles), grant, history (a
+page of 50), batch (BatchCheckAndReserve of --batch-size items; counted in items, and compared
+with reserve). Accounts: uniform over --accounts, one hot account, or Zipf-skewed.
 Prints a table and writes JSON (--out) with calls/s, p50/p90/p99 latency, errors by status code,
 server RSS, and each scenario's throughput relative to the health floor.
 """
@@ -34,6 +35,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("health", "reserve", "cycle", "grant", "history", "batch")
@@ -54,8 +56,10 @@ class Result:
     calls_per_s: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
-    server_rss_mb_before: float | None = None
-    server_rss_mb_after: float | None = None
+    server_rss_mb_before: float | None = None  # idle, just before the load
+    server_rss_mb_loaded: float | None = None  # once the load has run --rss-settle-s
+    server_rss_mb_peak: float | None = None  # the largest of the 1 s samples under load
+    server_rss_mb_after: float | None = None  # idle again, just after the load
     ratio_to_floor: float | None = None
     ratio_to_reserve: float | None = None
 
@@ -220,6 +224,19 @@ async def _fund(target: str, token: str, accounts: int) -> None:
         await asyncio.gather(*(funder() for _ in range(64)))
 
 
+def _sample_rss(server: Server, pending: Any, result: Result, settle_s: float) -> None:
+    """Sample the server's RSS every second while the clients run: the first sample once the
+    load has run settle_s (the working set of full load, the start of a growth measurement
+    that leaves out the ramp from idle), and the peak."""
+    started = time.perf_counter()
+    while not pending.ready():
+        pending.wait(1.0)
+        rss = server.rss_mb()
+        result.server_rss_mb_peak = max(result.server_rss_mb_peak or 0.0, rss)
+        if result.server_rss_mb_loaded is None and time.perf_counter() - started >= settle_s:
+            result.server_rss_mb_loaded = rss
+
+
 def _percentile(sorted_values: list[float], fraction: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -246,7 +263,11 @@ def run(args: argparse.Namespace) -> list[Result]:
                      args.duration_s, seed, args.batch_size)
                     for seed in range(args.client_processes)]
             with multiprocessing.get_context("spawn").Pool(args.client_processes) as pool:
-                outcomes = pool.map(_worker, jobs)
+                pending = pool.map_async(_worker, jobs)
+                if server:
+                    _sample_rss(server, pending, result, min(args.rss_settle_s,
+                                                             args.duration_s / 2))
+                outcomes = pending.get()
             latencies = sorted(v for values, _ in outcomes for v in values)
             for _, errors in outcomes:
                 for code, count in errors.items():
@@ -275,8 +296,12 @@ def run(args: argparse.Namespace) -> list[Result]:
 
 
 def _row(r: Result) -> str:
-    rss = (f"{r.server_rss_mb_before:.0f}->{r.server_rss_mb_after:.0f} MB"
-           if r.server_rss_mb_before is not None else "-")
+    rss = "-"
+    if r.server_rss_mb_before is not None:
+        loaded = (f"{r.server_rss_mb_loaded:.0f}"
+                  if r.server_rss_mb_loaded is not None else "?")
+        rss = (f"{r.server_rss_mb_before:.0f}->{loaded}->{r.server_rss_mb_after:.0f} MB "
+               f"(peak {r.server_rss_mb_peak or 0:.0f})")
     ratio = f"{r.ratio_to_floor:.2f}" if r.ratio_to_floor is not None else "-"
     if r.ratio_to_reserve is not None:
         ratio += f" (x reserve {r.ratio_to_reserve:.2f})"
@@ -302,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default="", help="bearer token for --target")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra flag for the server this driver starts (repeatable)")
+    parser.add_argument("--rss-settle-s", type=float, default=10.0,
+                        help="server RSS 'loaded' is sampled once the load has run this long "
+                             "(at most half the duration)")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     args = parser.parse_args(argv)
     bad = [s for s in args.scenarios if s not in SCENARIOS] + [

@@ -28,5 +28,6 @@ async def test_the_load_driver_runs_every_scenario_and_writes_json(tmp_path):
         assert row["operations"] > 0 and row["errors"] == {}, row
         assert row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
         assert row["server_rss_mb_after"] > 0 and row["ratio_to_floor"] > 0
+        assert 0 < row["server_rss_mb_loaded"] <= row["server_rss_mb_peak"]
     batch = next(r for r in rows if r["scenario"] == "batch")
     assert batch["items_per_call"] == 10 and batch["ratio_to_reserve"] > 0
