@@ -59,8 +59,8 @@ class Metrics:
     def granted(self, amount: int) -> None:
         self.credits.labels("granted").inc(amount)
 
-    def reserved(self) -> None:
-        self.reservations.labels("placed").inc()
+    def reserved(self, holds: int) -> None:
+        self.reservations.labels("placed").inc(holds)
 
     def committed(self, amount: int) -> None:
         self.reservations.labels("committed").inc()

@@ -58,6 +58,15 @@ class BalanceSnapshot:
     def available(self) -> int:
         return self.balance - self.reserved
 
+    def holding(self, credits: int) -> BalanceSnapshot:
+        """This balance with one more hold of `credits` (dataclasses.replace, without its
+        per-call field introspection: the batch path calls it once an item)."""
+        return BalanceSnapshot(
+            self.account_id, self.balance, self.reserved + credits,
+            self.active_reservation_count + 1, self.lifetime_granted, self.lifetime_used,
+            self.lifetime_expired,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:

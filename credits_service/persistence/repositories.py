@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import operator
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -837,6 +838,9 @@ _NO_ACCOUNT_COLUMNS = (
 )
 
 
+_SCOPE_AND_KEY = operator.itemgetter(0, 1)
+
+
 def _responses(responses: list[tuple[str, str, str]]) -> list[list[str]]:
     return [[r[0] for r in responses], [r[1] for r in responses], [r[2] for r in responses]]
 
@@ -1047,7 +1051,7 @@ class HoldsRepository:
         IdempotencyRepository.claim does one; then lock the accounts of the keys claimed, in
         account order (AccountRepository.lock). Returns the (scope, key) pairs claimed and the
         locked accounts' balances (an unknown account is left out)."""
-        keys = sorted(keys, key=lambda k: (k[0], k[1]))
+        keys = sorted(keys, key=_SCOPE_AND_KEY)
         rows = await self._fetch(
             _CLAIM_AND_LOCK,
             [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],

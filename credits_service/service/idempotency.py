@@ -36,11 +36,14 @@ from credits_service.domain.model import (
 Outcome = GrantResult | ReserveResult | errors.DomainError
 
 
+# json.dumps(value, sort_keys=True, separators=(",", ":")), without building an encoder per call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
 def request_hash(method: str, command: Any) -> bytes:
     """SHA-256 of the method and the command's fields, in a canonical JSON form."""
-    canonical = json.dumps(
-        {"method": method, "request": _plain(command)}, sort_keys=True, separators=(",", ":")
-    )
+    canonical = _CANONICAL.encode({"method": method, "request": _plain(command)})
     return hashlib.sha256(canonical.encode()).digest()
 
 
@@ -53,6 +56,8 @@ def _fields_of(cls: type) -> tuple[tuple[str, bool], ...] | None:
 
 
 def _plain(value: Any) -> Any:
+    if type(value) in _SCALARS:  # most fields: no lookups
+        return value
     described = _fields_of(type(value))
     if described is not None:
         return {

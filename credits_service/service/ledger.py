@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -59,6 +60,14 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 _ENTRY_ID_MAX = 2**63 - 1  # ledger entry ids are bigint
 SYSTEM_ACTOR = "system"  # the actor of entries the service writes on its own (expiry)
+
+
+def new_reservation_id() -> str:
+    """str(uuid.uuid4()) (random, version 4, RFC 4122 variant) in a third of its time: it
+    formats the hex digits directly instead of through an int."""
+    digits = os.urandom(16).hex()
+    return (f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-"
+            f"{'89ab'[int(digits[16], 16) & 3]}{digits[17:20]}-{digits[20:]}")
 
 
 class _Alone:
@@ -306,17 +315,13 @@ class Ledger:
             free[account_id] = lots.left_after(free[account_id], draws)
             for lot_id, part in draws:
                 changes[lot_id] = changes.get(lot_id, 0) + part
-            snapshot = dataclasses.replace(
-                snapshot,
-                reserved=snapshot.reserved + command.amount,
-                active_reservation_count=snapshot.active_reservation_count + 1,
-            )
+            snapshot = snapshot.holding(command.amount)
             snapshots[account_id] = balances[i] = snapshot
             held, count = per_account.get(account_id, (0, 0))
             per_account[account_id] = (held + command.amount, count + 1)
             ttl_ms = command.ttl_ms or self._limits.hold_ttl_default_ms
             hold = Reservation(
-                reservation_id=str(uuid.uuid4()),
+                reservation_id=new_reservation_id(),
                 account_id=account_id,
                 amount=command.amount,
                 status=ReservationStatus.ACTIVE,
@@ -342,7 +347,7 @@ class Ledger:
         if (any(updated.get(account_id) != snapshots[account_id] for account_id in per_account)
                 or written != (len(changes), len(holds), draws_written, len(responses))):
             raise LotsOutOfStep(next(iter(per_account)))
-        uow.on_commit(lambda: [self._events.reserved() for _ in holds])
+        uow.on_commit(lambda: self._events.reserved(len(holds)))
 
     async def commit(self, command: CommitCommand, actor: str) -> CommitResult:
         """Capture a hold for its amount or another; repeating with the same amount replays.

@@ -50,23 +50,34 @@ _MICROSECOND = timedelta(microseconds=1)
 
 def _timestamp(value: datetime) -> Timestamp:
     """As Timestamp.FromDatetime (a naive time is UTC), at a fraction of its cost."""
+    return _set_time(Timestamp(), value)
+
+
+def _set_time(message: Timestamp, value: datetime) -> Timestamp:
+    """Set `message` (a field of a message being built: no copy) to _timestamp(value)."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     seconds, micros = divmod((value - _EPOCH) // _MICROSECOND, 1_000_000)
-    return Timestamp(seconds=seconds, nanos=micros * 1000)
+    message.seconds = seconds
+    message.nanos = micros * 1000
+    return message
 
 
 def balance(snapshot: BalanceSnapshot) -> pb.Balance:
-    return pb.Balance(
-        account_id=snapshot.account_id,
-        balance=snapshot.balance,
-        reserved=snapshot.reserved,
-        available=snapshot.available,
-        active_reservation_count=snapshot.active_reservation_count,
-        lifetime_granted=snapshot.lifetime_granted,
-        lifetime_used=snapshot.lifetime_used,
-        lifetime_expired=snapshot.lifetime_expired,
-    )
+    return set_balance(pb.Balance(), snapshot)
+
+
+def set_balance(message: pb.Balance, snapshot: BalanceSnapshot) -> pb.Balance:
+    """Fill an empty Balance (a field of a message being built, so nothing is copied)."""
+    message.account_id = snapshot.account_id
+    message.balance = snapshot.balance
+    message.reserved = snapshot.reserved
+    message.available = snapshot.available
+    message.active_reservation_count = snapshot.active_reservation_count
+    message.lifetime_granted = snapshot.lifetime_granted
+    message.lifetime_used = snapshot.lifetime_used
+    message.lifetime_expired = snapshot.lifetime_expired
+    return message
 
 
 def lot(value: Lot) -> pb.Lot:
@@ -104,21 +115,25 @@ def ledger_entry(entry: LedgerEntry) -> pb.LedgerEntry:
 
 
 def reservation(hold: Reservation) -> pb.Reservation:
-    message = pb.Reservation(
-        reservation_id=hold.reservation_id,
-        account_id=hold.account_id,
-        amount=hold.amount,
-        status=RESERVATION_STATUS_TO_PROTO[hold.status],  # type: ignore[arg-type]
-        committed_amount=hold.committed_amount or 0,
-        create_time=_timestamp(hold.create_time),
-        expire_time=_timestamp(hold.expire_time),
-        metadata=dict(hold.metadata),
-        draws=[
-            pb.LotDraw(lot_id=str(d.lot_id), held=d.held, consumed=d.consumed or 0)
-            for d in hold.draws
-        ],
-        release_reason=hold.release_reason,
-    )
+    return set_reservation(pb.Reservation(), hold)
+
+
+def set_reservation(message: pb.Reservation, hold: Reservation) -> pb.Reservation:
+    """Fill an empty Reservation (a field of a message being built, so nothing is copied)."""
+    message.reservation_id = hold.reservation_id
+    message.account_id = hold.account_id
+    message.amount = hold.amount
+    message.status = RESERVATION_STATUS_TO_PROTO[hold.status]  # type: ignore[assignment]
+    if hold.committed_amount:
+        message.committed_amount = hold.committed_amount
+    _set_time(message.create_time, hold.create_time)
+    _set_time(message.expire_time, hold.expire_time)
     if hold.finish_time is not None:
-        message.finish_time.CopyFrom(_timestamp(hold.finish_time))
+        _set_time(message.finish_time, hold.finish_time)
+    if hold.metadata:
+        message.metadata.update(hold.metadata)
+    for draw in hold.draws:
+        message.draws.add(lot_id=str(draw.lot_id), held=draw.held, consumed=draw.consumed or 0)
+    if hold.release_reason:
+        message.release_reason = hold.release_reason
     return message

@@ -169,22 +169,26 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         self, request: pb.BatchCheckAndReserveRequest, principal: Principal
     ) -> pb.BatchCheckAndReserveResponse:
         self._validate.batch(request.items)
-        results: list[pb.CheckAndReserveResult | None] = [None] * len(request.items)
+        answers: list[Any] = [None] * len(request.items)
         valid = []
         for i, item in enumerate(request.items):
             try:
                 valid.append((i, self._validate.check_and_reserve(item)))
             except InvalidArgument as exc:
-                results[i] = pb.CheckAndReserveResult(error=item_error(exc))
+                answers[i] = exc
         outcomes = await self._ledger.check_and_reserve_batch(
             [(command, principal.name) for _, command in valid]
         ) if valid else []
         for (i, _), outcome in zip(valid, outcomes, strict=True):
-            if isinstance(outcome, DomainError):
-                results[i] = pb.CheckAndReserveResult(error=item_error(outcome))
+            answers[i] = outcome
+        response = pb.BatchCheckAndReserveResponse()
+        for answer in answers:  # built in place: a result given to a constructor is copied
+            result = response.results.add()
+            if isinstance(answer, Exception):
+                result.error.CopyFrom(item_error(answer))
             else:
-                results[i] = pb.CheckAndReserveResult(response=_reserve_response(outcome))
-        return pb.BatchCheckAndReserveResponse(results=results)
+                _set_reserve_response(result.response, answer)
+        return response
 
     @rpc
     async def BatchCommit(
@@ -257,10 +261,15 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
 
 
 def _reserve_response(result: ReserveResult) -> pb.CheckAndReserveResponse:
-    return pb.CheckAndReserveResponse(
-        reservation=mapping.reservation(result.reservation),
-        balance=mapping.balance(result.balance),
-    )
+    return _set_reserve_response(pb.CheckAndReserveResponse(), result)
+
+
+def _set_reserve_response(
+    message: pb.CheckAndReserveResponse, result: ReserveResult
+) -> pb.CheckAndReserveResponse:
+    mapping.set_reservation(message.reservation, result.reservation)
+    mapping.set_balance(message.balance, result.balance)
+    return message
 
 
 def _commit_response(result: CommitResult) -> pb.CommitResponse:

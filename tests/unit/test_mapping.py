@@ -1,11 +1,21 @@
 """Domain -> protobuf mapping details that have a reference to agree with."""
 
+import dataclasses
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from credits_service.transport.mapping import _timestamp
+from credits.v1 import credits_pb2 as pb
+from credits_service.domain.model import BalanceSnapshot, LotDraw, Reservation, ReservationStatus
+from credits_service.service.ledger import new_reservation_id
+from credits_service.transport.mapping import (
+    RESERVATION_STATUS_TO_PROTO,
+    _timestamp,
+    balance,
+    reservation,
+)
 
 
 @pytest.mark.parametrize(
@@ -23,3 +33,55 @@ def test_timestamps_match_protobufs_own_conversion(value: datetime) -> None:
     expected = Timestamp()
     expected.FromDatetime(value)
     assert _timestamp(value) == expected
+
+
+def _hold(**changes: object) -> Reservation:
+    hold = Reservation(
+        reservation_id="0f8fad5b-d9cb-469f-a165-70867728950e", account_id="acct", amount=9,
+        status=ReservationStatus.COMMITTED, committed_amount=7,
+        create_time=datetime(2026, 11, 22, 3, 4, 5, 123_456, tzinfo=UTC),
+        expire_time=datetime(2026, 11, 22, 3, 5, 5, tzinfo=UTC),
+        finish_time=datetime(2026, 11, 22, 3, 4, 6, tzinfo=UTC),
+        metadata={"job": "render", "note": "caf\u00e9"},
+        draws=(LotDraw(3, 4, 4), LotDraw(5, 5, 3)), release_reason="done",
+    )
+    return dataclasses.replace(hold, **changes)
+
+
+@pytest.mark.parametrize("hold", [
+    _hold(),
+    _hold(status=ReservationStatus.ACTIVE, committed_amount=None, finish_time=None,
+          metadata={}, draws=(LotDraw(1, 9),), release_reason=""),
+])
+def test_messages_built_in_place_match_the_constructor_form(hold: Reservation) -> None:
+    """set_reservation / set_balance fill fields in place (no copies); the message is the one
+    the keyword constructor gives."""
+    expected = pb.Reservation(
+        reservation_id=hold.reservation_id, account_id=hold.account_id, amount=hold.amount,
+        status=RESERVATION_STATUS_TO_PROTO[hold.status],
+        committed_amount=hold.committed_amount or 0,
+        create_time=_timestamp(hold.create_time), expire_time=_timestamp(hold.expire_time),
+        metadata=dict(hold.metadata),
+        draws=[pb.LotDraw(lot_id=str(d.lot_id), held=d.held, consumed=d.consumed or 0)
+               for d in hold.draws],
+        release_reason=hold.release_reason,
+    )
+    if hold.finish_time is not None:
+        expected.finish_time.CopyFrom(_timestamp(hold.finish_time))
+    assert reservation(hold) == expected
+    assert reservation(hold).HasField("finish_time") is (hold.finish_time is not None)
+    snapshot = BalanceSnapshot("acct", 10, 4, 2, 12, 2, 1)
+    assert balance(snapshot) == pb.Balance(
+        account_id="acct", balance=10, reserved=4, available=6, active_reservation_count=2,
+        lifetime_granted=12, lifetime_used=2, lifetime_expired=1)
+
+
+def test_reservation_ids_are_random_version_4_uuids_in_canonical_form() -> None:
+    ids = [new_reservation_id() for _ in range(4000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert {value[19] for value in ids} == set("89ab")  # every variant digit occurs
+    assert {value[20] for value in ids} == set("0123456789abcdef")

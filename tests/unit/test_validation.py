@@ -18,6 +18,7 @@ from credits_service.domain import errors
 from credits_service.domain.model import (
     AMOUNT_MAX,
     BalanceSnapshot,
+    CommitCommand,
     EntryType,
     GrantCommand,
     GrantResult,
@@ -243,6 +244,12 @@ def test_request_hash_ignores_metadata_order_and_tells_methods_and_fields_apart(
     ("Grant", GrantCommand(account_id="a", amount=5, grant_type=GrantType.PROMO,
                            idempotency_key="k", expire_time=NOW, priority=0),
      "546a4eb513fd857bb1b272cb8386b536c3b76a6b483e44863a3f324469c0da27"),
+    ("CheckAndReserve", ReserveCommand(account_id="a", amount=7, idempotency_key="k",
+                                       ttl_ms=60000,
+                                       metadata={"note": "caf\u00e9 \u2603 \"q\"\n", "b": ""}),
+     "3cef76e6433512249fb644b04466db23c6fbc73f9e2d480b66098db9e36a2991"),
+    ("Commit", CommitCommand(reservation_id="0f8fad5b-d9cb-469f-a165-70867728950e"),
+     "e42fb9195c26e62081cd2518cc2670897d73e42b3951db519c6367a807a0bf9b"),
 ])
 def test_request_hashes_never_change(method, command, digest):
     """Stored keys hold these hashes: a retry after an upgrade must still match them."""
