@@ -52,6 +52,10 @@ async def test_counters_move_with_traffic(app, stub):
     held = [await stub.CheckAndReserve(pb.CheckAndReserveRequest(
         account_id="m", amount=10, idempotency_key=f"r{i}", ttl=Duration(seconds=1)))
         for i in range(3)]
+    batch = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=[
+        pb.CheckAndReserveRequest(account_id="m", amount=1, idempotency_key=f"b{i}")
+        for i in range(4)]))  # one group placing 4 holds counts 4
+    assert all(result.HasField("response") for result in batch.results)
     await stub.Commit(pb.CommitRequest(reservation_id=held[0].reservation.reservation_id,
                                        amount=7))
     await stub.Release(pb.ReleaseRequest(reservation_id=held[1].reservation.reservation_id))
@@ -68,7 +72,7 @@ async def test_counters_move_with_traffic(app, stub):
     assert moved("credits_idempotent_replays_total", method="Grant") == 1
     assert moved("credits_credits_total", kind="granted") == 100
     assert moved("credits_credits_total", kind="consumed") == 7
-    for event, count in {"placed": 3, "committed": 1, "released": 1, "expired": 1}.items():
+    for event, count in {"placed": 3 + 4, "committed": 1, "released": 1, "expired": 1}.items():
         assert moved("credits_reservations_total", event=event) == count, event
     assert moved("credits_db_pool_wait_seconds_count") >= 7
     assert value(after, "credits_db_pool_connections_in_use") >= 0
