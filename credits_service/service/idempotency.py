@@ -42,9 +42,20 @@ _SCALARS = frozenset({str, int, bool, type(None)})
 
 
 def request_hash(method: str, command: Any) -> bytes:
-    """SHA-256 of the method and the command's fields, in a canonical JSON form."""
-    canonical = _CANONICAL.encode({"method": method, "request": _plain(command)})
-    return hashlib.sha256(canonical.encode()).digest()
+    """SHA-256 of the method and the command's fields, in a canonical JSON form: the bytes of
+    json.dumps(..., sort_keys=True, separators=(",", ":")), as ever (stored keys keep
+    matching). orjson writes the same bytes about 3 x faster for any ASCII text but DEL (which
+    json escapes and orjson does not; every other ASCII character both write alike, escapes
+    included). So: orjson's bytes when they are ASCII without DEL, else json's, also for any
+    value orjson refuses (an integer beyond 64 bits)."""
+    plain = {"method": method, "request": _plain(command)}
+    try:
+        canonical = orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError
+        canonical = b"\x7f"
+    if not canonical.isascii() or b"\x7f" in canonical:
+        canonical = _CANONICAL.encode(plain).encode()
+    return hashlib.sha256(canonical).digest()
 
 
 @functools.cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -254,6 +255,49 @@ def test_request_hash_ignores_metadata_order_and_tells_methods_and_fields_apart(
 def test_request_hashes_never_change(method, command, digest):
     """Stored keys hold these hashes: a retry after an upgrade must still match them."""
     assert idempotency.request_hash(method, command).hex() == digest
+
+
+def _reference_hash(method: str, command: object) -> str:
+    """The request hash as first defined: json.dumps of the plain fields, sorted, compact."""
+    plain = {"method": method, "request": idempotency._plain(command)}
+    canonical = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# Alphabets for whole requests: the encoders differ only when some character needs escaping
+# or is not printable ASCII, so each character class is also tried alone among printable
+# ASCII (a lone DEL, say), as well as everything at once.
+_ALPHABETS = [st.characters(min_codepoint=0x20, max_codepoint=0x7e)] + [
+    st.sampled_from(["a", "Z", "/", " ", special])
+    for special in ['"', "\\", "\x7f", "\x00", "\x1f", "\n", "\u00e9", "\u2028",
+                    "\U0001f600"]
+] + [st.characters(codec="utf-8")]
+
+
+@given(data=st.data(), alphabet=st.sampled_from(_ALPHABETS),
+       amount=st.sampled_from([2**63, 2**64, 2**70]) | st.integers(0, 2**70),
+       ttl_ms=st.none() | st.integers(0, 10**9),
+       grant_type=st.sampled_from(GrantType),
+       expire_time=st.none() | st.datetimes(timezones=st.just(UTC)))
+def test_request_hashes_are_the_reference_encodings_hash(data, alphabet, amount, ttl_ms,
+                                                         grant_type, expire_time):
+    """Whichever encoder writes it, the hash is the reference encoding's: for printable ASCII,
+    quotes and backslashes, control characters, DEL, any non-ASCII, integers beyond 64 bits."""
+    text = st.text(alphabet, max_size=12)
+    account_id, key = data.draw(text), data.draw(text)
+    metadata = data.draw(st.dictionaries(text, text, max_size=3))
+    commands = [
+        ("CheckAndReserve", ReserveCommand(account_id=account_id, amount=amount,
+                                           idempotency_key=key, ttl_ms=ttl_ms,
+                                           metadata=metadata)),
+        ("Grant", GrantCommand(account_id=account_id, amount=amount, grant_type=grant_type,
+                               idempotency_key=key, reason=key, metadata=metadata,
+                               expire_time=expire_time, priority=ttl_ms)),
+        ("Commit", CommitCommand(reservation_id=key, amount=ttl_ms, metadata=metadata)),
+    ]
+    for method, command in commands:
+        assert idempotency.request_hash(method, command).hex() == _reference_hash(method,
+                                                                                  command)
 
 
 @pytest.mark.parametrize("outcome", [
