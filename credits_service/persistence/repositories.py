@@ -838,44 +838,57 @@ _NO_ACCOUNT_COLUMNS = (
 )
 
 
+def _responses(responses: list[tuple[str, str, str, bytes, str]]) -> list[list[Any]]:
+    """_STORE_KEYS' arrays: the (scope, key, method, request_hash, response) keys in key order."""
+    ordered = sorted(responses, key=_SCOPE_AND_KEY)
+    return [[r[n] for r in ordered] for n in range(5)]
+
+
 _SCOPE_AND_KEY = operator.itemgetter(0, 1)
 
 
-def _responses(responses: list[tuple[str, str, str]]) -> list[list[str]]:
-    return [[r[0] for r in responses], [r[1] for r in responses], [r[2] for r in responses]]
-
-
-_CLAIM_AND_LOCK = f"""
+_FIND_AND_LOCK = f"""
     WITH k AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[],
-                             $5::text[])
-               WITH ORDINALITY AS k (scope, idempotency_key, method, request_hash,
-                                     account_id, position)
-    ), claimed AS (
-        INSERT INTO idempotency_keys (scope, idempotency_key, method, request_hash)
-        SELECT scope, idempotency_key, method, request_hash FROM k ORDER BY position
-        ON CONFLICT (scope, idempotency_key) DO NOTHING
-        RETURNING scope, idempotency_key
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+               AS k (scope, idempotency_key, account_id)
+    ), stored AS MATERIALIZED (
+        SELECT i.scope, i.idempotency_key, i.request_hash, i.response::text AS response
+          FROM k JOIN idempotency_keys i
+            ON i.scope = k.scope AND i.idempotency_key = k.idempotency_key
     ), fresh AS MATERIALIZED (  -- one array, so the accounts are found in one index scan
-        SELECT array_agg(k.account_id) AS account_ids
-          FROM k JOIN claimed c
-            ON c.scope = k.scope AND c.idempotency_key = k.idempotency_key
+        SELECT array_agg(k.account_id) AS account_ids FROM k
+         WHERE NOT EXISTS (SELECT FROM stored s WHERE s.scope = k.scope
+                                                 AND s.idempotency_key = k.idempotency_key)
     ), locked AS MATERIALIZED (
         SELECT {_ACCOUNT_COLUMNS} FROM accounts a
          WHERE a.account_id = ANY((SELECT account_ids FROM fresh)::text[])
          ORDER BY a.account_id
            FOR UPDATE OF a
     )
-    SELECT NULL::text AS scope, NULL::text AS idempotency_key, {_ACCOUNT_COLUMNS}
+    SELECT NULL::text AS scope, NULL::text AS idempotency_key, NULL::bytea AS request_hash,
+           NULL::text AS response, {_ACCOUNT_COLUMNS}
       FROM locked
     UNION ALL
-    SELECT scope, idempotency_key, {_NO_ACCOUNT_COLUMNS} FROM claimed
+    SELECT scope, idempotency_key, request_hash, response, {_NO_ACCOUNT_COLUMNS} FROM stored
     """
 
-_COMPLETE = """
-    UPDATE idempotency_keys i SET response = CAST(r.response AS jsonb)
-      FROM unnest($1::text[], $2::text[], $3::text[]) AS r (scope, idempotency_key, response)
-     WHERE i.scope = r.scope AND i.idempotency_key = r.idempotency_key
+# The keys a group decided, each with its response, in the order given: _responses sorts them
+# by (scope, key), so two transactions taking keys of each other wait in one order (sorting
+# in SQL costs as much as the rest of the insert: the rows are wide). A key another
+# transaction took since FIND_AND_LOCK is waited for and then left out: the caller sees
+# fewer keys than it gave and rolls back.
+_STORE_KEYS = """
+    INSERT INTO idempotency_keys (scope, idempotency_key, method, request_hash, response)
+    SELECT scope, idempotency_key, method, request_hash, CAST(response AS jsonb)
+      FROM unnest({0}::text[], {1}::text[], {2}::text[], {3}::bytea[], {4}::text[])
+           AS r (scope, idempotency_key, method, request_hash, response)
+        ON CONFLICT (scope, idempotency_key) DO NOTHING
+    RETURNING 1
+    """
+
+_COMPLETE = f"""
+    WITH stored AS ({_STORE_KEYS.format("$1", "$2", "$3", "$4", "$5")})
+    SELECT count(*) FROM stored
     """
 
 _EXPIRE_AND_FIND = f"""
@@ -922,12 +935,7 @@ _PLACE = f"""
         INSERT INTO reservation_lots (reservation_id, lot_id, held)
         SELECT * FROM unnest($13::uuid[], $14::bigint[], $15::bigint[])
         RETURNING 1
-    ), completed AS (
-        UPDATE idempotency_keys i SET response = CAST(r.response AS jsonb)
-          FROM unnest($16::text[], $17::text[], $18::text[])
-               AS r (scope, idempotency_key, response)
-         WHERE i.scope = r.scope AND i.idempotency_key = r.idempotency_key
-        RETURNING 1
+    ), completed AS ({_STORE_KEYS.format("$16", "$17", "$18", "$19", "$20")}
     )
     SELECT {_ACCOUNT_COLUMNS}, 0, 0, 0, 0 FROM held
     UNION ALL
@@ -1030,13 +1038,14 @@ _CAPTURE = f"""
 
 class HoldsRepository:
     """The group transactions' statements, on the raw asyncpg connection, each spanning tables.
-    A grouped CheckAndReserve (Ledger.check_and_reserve_many) takes three: claim the keys and
-    lock their accounts; expire due lots and find free ones; write the holds with everything
-    they change, the claimed keys' responses included. A grouped Commit (Ledger._commit_many)
-    takes three: lock the holds and their accounts; expire due lots and check give-backs; write
-    the captures. The same rows and locks as the one-table statements of the other
-    repositories, in fewer round trips and without SQLAlchemy's per-statement work. The
-    statements (_CLAIM_AND_LOCK and the others above) are built once, at import."""
+    A grouped CheckAndReserve (Ledger.check_and_reserve_many) takes three: find the keys
+    stored already and lock the accounts of the others; expire due lots and find free ones;
+    write the holds with everything they change, the new keys with their responses included.
+    A grouped Commit (Ledger._commit_many) takes three: lock the holds and their accounts;
+    expire due lots and check give-backs; write the captures. The same rows and locks as the
+    one-table statements of the other repositories, in fewer round trips and without
+    SQLAlchemy's per-statement work. The statements (_FIND_AND_LOCK and the others above)
+    are built once, at import."""
 
     def __init__(self, driver: Any) -> None:
         self._driver = driver  # the asyncpg connection under the unit of work's
@@ -1044,22 +1053,20 @@ class HoldsRepository:
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         return await self._driver.fetch(sql, *args, record_class=_Row)
 
-    async def claim_and_lock(
-        self, keys: list[tuple[str, str, str, bytes, str]]
-    ) -> tuple[set[tuple[str, str]], dict[str, BalanceSnapshot]]:
-        """Claim (scope, key, method, request_hash, account_id) keys in key order, as
-        IdempotencyRepository.claim does one; then lock the accounts of the keys claimed, in
-        account order (AccountRepository.lock). Returns the (scope, key) pairs claimed and the
-        locked accounts' balances (an unknown account is left out)."""
-        keys = sorted(keys, key=_SCOPE_AND_KEY)
+    async def find_and_lock(
+        self, keys: list[tuple[str, str, str]]
+    ) -> tuple[dict[tuple[str, str], tuple[bytes, str]], dict[str, BalanceSnapshot]]:
+        """Find (scope, key, account_id) keys stored already (IdempotencyRepository.get_many),
+        then lock the accounts of the others, in account order (AccountRepository.lock).
+        Returns (request_hash, response as JSON text) by (scope, key) of the keys found, and the
+        locked accounts' balances (an unknown account is left out). A key is not taken here:
+        place or complete store it with its response, or roll back."""
         rows = await self._fetch(
-            _CLAIM_AND_LOCK,
-            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-            [k[3] for k in keys], [k[4] for k in keys],
+            _FIND_AND_LOCK, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
         )
-        claimed = {(row[0], row[1]) for row in rows if row[0] is not None}
+        stored = {(row[0], row[1]): (bytes(row[2]), row[3]) for row in rows if row[0] is not None}
         # _ACCOUNT_COLUMNS are BalanceSnapshot's fields in order: read by position, not name
-        return claimed, {row[2]: BalanceSnapshot(*row[2:9]) for row in rows if row[0] is None}
+        return stored, {row[4]: BalanceSnapshot(*row[4:11]) for row in rows if row[0] is None}
 
     async def expire_and_find(
         self, account_ids: list[str], wanted: Mapping[str, int]
@@ -1091,12 +1098,12 @@ class HoldsRepository:
         per_account: Mapping[str, tuple[int, int]],
         holds: list[Reservation],
         actors: list[str],
-        responses: list[tuple[str, str, str]],
+        responses: list[tuple[str, str, str, bytes, str]],
     ) -> tuple[dict[str, BalanceSnapshot], tuple[int, int, int, int]]:
         """Write decided holds at once: the credits each lot newly holds, per account the
         (credits, number of holds) it holds if available covers them (a conditional write, as
-        AccountRepository.capture), the ACTIVE holds with their draws, and the (scope, key,
-        response) of every idempotency key the group claimed (complete).
+        AccountRepository.capture), the ACTIVE holds with their draws, and the idempotency keys
+        (scope, key, method, request_hash, response) the group decided (complete).
         Returns the accounts' new balances (those available did not cover are left out) and
         the rows written: (lots, holds, draws, keys)."""
         draws = [(hold.reservation_id, draw.lot_id, draw.held)
@@ -1118,10 +1125,12 @@ class HoldsRepository:
         counts = next(row for row in rows if row[0] is None)
         return balances, (counts[7], counts[8], counts[9], counts[10])
 
-    async def complete(self, responses: list[tuple[str, str, str]]) -> None:
-        """Store the (scope, key, response) of keys the group claimed, when it placed no hold
-        (IdempotencyRepository.complete)."""
-        await self._driver.execute(_COMPLETE, *_responses(responses))
+    async def complete(self, responses: list[tuple[str, str, str, bytes, str]]) -> int:
+        """Store the idempotency keys (scope, key, method, request_hash, response) a group
+        decided, when it placed no hold. Returns how many were stored: a key another transaction
+        stored since find_and_lock is left out."""
+        stored: int = await self._driver.fetchval(_COMPLETE, *_responses(responses))
+        return stored
 
     async def lock_for_commit(
         self, reservation_ids: list[str]

@@ -77,6 +77,11 @@ class _Alone:
 ALONE = _Alone()
 
 
+# A grouped CheckAndReserve stores its keys last: a key a concurrent transaction stored
+# meanwhile (another shard's, a replica's) rolls the group back, and the retry replays it.
+_KEY_TAKEN = "an idempotency key was stored by a concurrent transaction"
+
+
 class LotsOutOfStep(Exception):
     """An account's lots disagree with its balance row: a bug, never a caller's fault. The
     transaction is rolled back and the call fails as INTERNAL."""
@@ -242,26 +247,22 @@ class Ledger:
 
         async def work(uow: UnitOfWork) -> list[ReserveResult | errors.DomainError]:
             outcomes: list[Any] = [None] * len(calls)
-            claimed, snapshots = await uow.holds.claim_and_lock([
-                (scope, key, method, digests[i], calls[i][0].account_id)
-                for (scope, key), i in first.items()
+            stored, snapshots = await uow.holds.find_and_lock([
+                (scope, key, calls[i][0].account_id) for (scope, key), i in first.items()
             ])
-            earlier = [pair for pair in first if pair not in claimed]
-            stored = await uow.idempotency.get_many(earlier) if earlier else {}
-            for pair in earlier:
-                if pair not in stored:  # purged between our insert and read: run again
-                    raise errors.TransientConflict("idempotency key vanished")
-                stored_digest, response = stored[pair]
-                i = first[pair]
-                if stored_digest != digests[i]:
+            new: list[int] = []  # in call order, as first is
+            for pair, i in first.items():
+                found = stored.get(pair)
+                if found is None:
+                    new.append(i)
+                elif found[0] != digests[i]:
                     outcomes[i] = errors.IdempotencyKeyReused(pair[1])
                 else:
-                    assert response is not None, "a committed key always has its response"
-                    outcomes[i] = idempotency.decode(response)
+                    assert found[1] is not None, "a committed key always has its response"
+                    outcomes[i] = idempotency.decode(found[1])
                     uow.on_commit(lambda: self._events.replayed(method))
-            new = sorted(first[pair] for pair in claimed)
             if new:
-                await self._place_holds(uow, calls, new, outcomes, snapshots)
+                await self._place_holds(uow, calls, new, outcomes, snapshots, method, digests)
             for i, (command, actor) in enumerate(calls):
                 j = first[(actor, command.idempotency_key)]
                 if j != i:
@@ -278,11 +279,14 @@ class Ledger:
         indexes: list[int],
         outcomes: list[Any],
         snapshots: dict[str, BalanceSnapshot],
+        method: str,
+        digests: list[bytes],
     ) -> None:
         """Decide and write the holds of calls[i] for i in `indexes` (their idempotency keys
-        claimed, their accounts locked with these `snapshots`), in that order, into
-        outcomes[i], and complete their keys: expire due lots, draw from free lots in
-        consumption order, write everything set-based."""
+        not stored yet, their accounts locked with these `snapshots`), in that order, into
+        outcomes[i], and store their keys with `method`, request hash digests[i] and the
+        answer: expire due lots, draw from free lots in consumption order, write everything
+        set-based. A key another transaction stored meanwhile rolls all back, to run again."""
         wanted: dict[str, int] = {}
         for i in indexes:
             command = calls[i][0]
@@ -334,15 +338,18 @@ class Ledger:
             )
             holds.append((i, hold))
             outcomes[i] = ReserveResult(reservation=hold, balance=balances[i])
-        responses = [(calls[i][1], calls[i][0].idempotency_key, idempotency.encode(outcomes[i]))
-                     for i in indexes]
+        responses = [(calls[i][1], calls[i][0].idempotency_key, method, digests[i],
+                      idempotency.encode(outcomes[i])) for i in indexes]
         if not holds:
-            await uow.holds.complete(responses)
+            if await uow.holds.complete(responses) != len(responses):
+                raise errors.TransientConflict(_KEY_TAKEN)
             return
         updated, written = await uow.holds.place(
             changes, per_account, [hold for _, hold in holds],
             [calls[i][1] for i, _ in holds], responses,
         )
+        if written[3] != len(responses):
+            raise errors.TransientConflict(_KEY_TAKEN)
         draws_written = sum(len(hold.draws) for _, hold in holds)
         if (any(updated.get(account_id) != snapshots[account_id] for account_id in per_account)
                 or written != (len(changes), len(holds), draws_written, len(responses))):

@@ -12,6 +12,7 @@ import grpc
 from credits.v1 import credits_pb2 as pb
 from credits_service.domain.errors import StorageUnavailable
 from tests.grpc_errors import expect_error
+from tests.integration.test_telemetry import scrape, value
 
 CODE = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -25,6 +26,11 @@ async def _grant(stub, account: str, amount: int) -> None:
     await stub.Grant(pb.GrantRequest(account_id=account, amount=amount,
                                      type=pb.GRANT_TYPE_PURCHASE,
                                      idempotency_key=str(uuid.uuid4())))
+
+
+async def _retries(app) -> float:
+    samples = await scrape(app)
+    return value(samples, "credits_transaction_retries_total")
 
 
 def _summary(result) -> tuple:
@@ -179,6 +185,43 @@ async def test_concurrent_batches_over_shared_accounts_and_keys_never_overdraw(s
     ok = sum(1 for seen in answers.values()
              if pb.CheckAndReserveResult.FromString(next(iter(seen))).HasField("response"))
     assert placed == ok
+
+
+async def test_a_key_sent_at_once_alone_and_in_a_batch_places_one_hold(app, stubs, db):
+    """A CheckAndReserve and a batch item with the same key run in two transactions at once
+    (the unary group's and a batch shard's); the key is stored last, so the second finds it
+    only when storing it: that one rolls back and replays. One hold per key, both answers
+    alike, and some rounds did race (the retry counter moved)."""
+    await _grant(stubs[0], "batch-dup", 1000)
+    retried_before = await _retries(app)
+    for round_ in range(20):
+        keys = [f"dup-{round_}-{n}" for n in range(5)]
+        alone = [stubs[n % len(stubs)].CheckAndReserve(_hold("batch-dup", 1, key), timeout=30)
+                 for n, key in enumerate(keys)]
+        batch = stubs[-1].BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(
+            items=[_hold("batch-dup", 1, key) for key in keys]), timeout=30)
+        *singles, batched = await asyncio.gather(*alone, batch)
+        for single, result in zip(singles, batched.results, strict=True):
+            assert result.response.SerializeToString(deterministic=True) == (
+                single.SerializeToString(deterministic=True))
+    assert await db.fetchval("SELECT count(*) FROM reservations") == 100
+    assert await db.fetchval(
+        "SELECT reserved FROM accounts WHERE account_id = 'batch-dup'") == 100
+    assert await _retries(app) > retried_before
+    # Declines too: a transaction that places no hold stores its keys alone.
+    await _grant(stubs[0], "batch-dup-poor", 1)
+    retried_before = await _retries(app)
+    for round_ in range(20):
+        key = f"dup-poor-{round_}"
+        single, batched = await asyncio.gather(
+            stubs[0].CheckAndReserve(_hold("batch-dup-poor", 5, key), timeout=30),
+            stubs[-1].BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(
+                items=[_hold("batch-dup-poor", 5, key)]), timeout=30),
+            return_exceptions=True)
+        assert isinstance(single, grpc.aio.AioRpcError)
+        assert single.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert batched.results[0].error.reason == "INSUFFICIENT_CREDITS"
+    assert await _retries(app) > retried_before
 
 
 async def test_concurrent_batches_run_as_transactions_over_disjoint_accounts(app, stubs, db,
