@@ -62,12 +62,18 @@ _ENTRY_ID_MAX = 2**63 - 1  # ledger entry ids are bigint
 SYSTEM_ACTOR = "system"  # the actor of entries the service writes on its own (expiry)
 
 
-def new_reservation_id() -> str:
-    """str(uuid.uuid4()) (random, version 4, RFC 4122 variant) in a third of its time: it
-    formats the hex digits directly instead of through an int."""
-    digits = os.urandom(16).hex()
-    return (f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-"
-            f"{'89ab'[int(digits[16], 16) & 3]}{digits[17:20]}-{digits[20:]}")
+def new_reservation_ids(count: int) -> list[str]:
+    """`count` of str(uuid.uuid4()) (random, version 4, RFC 4122 variant), from one read of the
+    system's random source for them all (uuid4 reads it once per id, a system call each:
+    getrandom took 4 % of the samples of a native profile of a batch run), formatting the hex
+    digits directly instead of through an int."""
+    random = os.urandom(16 * count).hex()
+    ids = []
+    for start in range(0, 32 * count, 32):
+        digits = random[start:start + 32]
+        ids.append(f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-"
+                   f"{'89ab'[int(digits[16], 16) & 3]}{digits[17:20]}-{digits[20:]}")
+    return ids
 
 
 class _Alone:
@@ -300,6 +306,7 @@ class Ledger:
             snapshots.update(await self._write_off_lapsed(uow, expired))
         changes: dict[int, int] = {}
         per_account: dict[str, tuple[int, int]] = {}
+        reservation_ids = iter(new_reservation_ids(len(indexes)))
         balances: dict[int, BalanceSnapshot] = {}
         for i in indexes:
             command = calls[i][0]
@@ -325,7 +332,7 @@ class Ledger:
             per_account[account_id] = (held + command.amount, count + 1)
             ttl_ms = command.ttl_ms or self._limits.hold_ttl_default_ms
             hold = Reservation(
-                reservation_id=new_reservation_id(),
+                reservation_id=next(reservation_ids),
                 account_id=account_id,
                 amount=command.amount,
                 status=ReservationStatus.ACTIVE,

@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from credits.v1 import credits_pb2 as pb
 from credits_service.domain.model import BalanceSnapshot, LotDraw, Reservation, ReservationStatus
-from credits_service.service.ledger import new_reservation_id
+from credits_service.service.ledger import new_reservation_ids
 from credits_service.transport.mapping import (
     RESERVATION_STATUS_TO_PROTO,
     _timestamp,
@@ -77,7 +77,8 @@ def test_messages_built_in_place_match_the_constructor_form(hold: Reservation) -
 
 
 def test_reservation_ids_are_random_version_4_uuids_in_canonical_form() -> None:
-    ids = [new_reservation_id() for _ in range(4000)]
+    ids = [value for count in (1, 2, 997, 3000) for value in new_reservation_ids(count)]
+    assert len(ids) == 4000
     assert len(set(ids)) == len(ids)
     for value in ids:
         parsed = uuid.UUID(value)
