@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -93,6 +94,15 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+def freeze_startup_heap() -> None:
+    """Collect the garbage of start-up, then move everything left (modules, descriptors,
+    compiled statements: objects that live as long as the process) out of the collector's
+    generations: its collections then scan only what calls allocate. A batch run served
+    about 7 % more items/s (bench/README.md)."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _serve(settings: Settings) -> int:
     from credits_service.app import Application
 
@@ -101,6 +111,7 @@ async def _serve(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     app = await Application.start(settings)
+    freeze_startup_heap()
     await stopping.wait()
     await app.stop()
     return 0
