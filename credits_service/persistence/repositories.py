@@ -785,26 +785,6 @@ class IdempotencyRepository:
             {"scope": scope, "key": key, "response": response},
         )
 
-    async def get_many(
-        self, keys: list[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[bytes, str | None]]:
-        """(request_hash, stored response as JSON text) of finished keys, by (scope, key)."""
-        rows = await self._connection.execute(
-            text(
-                """
-                SELECT i.scope, i.idempotency_key, i.request_hash, i.response::text AS response
-                  FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[])) AS k (scope, key)
-                  JOIN idempotency_keys i
-                    ON i.scope = k.scope AND i.idempotency_key = k.key
-                """
-            ),
-            {"scopes": [k[0] for k in keys], "keys": [k[1] for k in keys]},
-        )
-        return {
-            (row.scope, row.idempotency_key): (bytes(row.request_hash), row.response)
-            for row in rows
-        }
-
     async def purge(self, older_than_s: float, batch_size: int) -> int:
         result = await self._connection.execute(
             text(
@@ -1056,7 +1036,7 @@ class HoldsRepository:
     async def find_and_lock(
         self, keys: list[tuple[str, str, str]]
     ) -> tuple[dict[tuple[str, str], tuple[bytes, str]], dict[str, BalanceSnapshot]]:
-        """Find (scope, key, account_id) keys stored already (IdempotencyRepository.get_many),
+        """Find (scope, key, account_id) keys stored already (IdempotencyRepository.get does one),
         then lock the accounts of the others, in account order (AccountRepository.lock).
         Returns (request_hash, response as JSON text) by (scope, key) of the keys found, and the
         locked accounts' balances (an unknown account is left out). A key is not taken here:
