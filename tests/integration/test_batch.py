@@ -12,7 +12,7 @@ import grpc
 from credits.v1 import credits_pb2 as pb
 from credits_service.domain.errors import StorageUnavailable
 from tests.grpc_errors import expect_error
-from tests.integration.test_telemetry import scrape, value
+from tests.metrics import scrape, value
 
 CODE = {code.value[0]: code for code in grpc.StatusCode}
 

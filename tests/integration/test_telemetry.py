@@ -7,8 +7,6 @@ import asyncio
 import io
 import json
 import logging
-import re
-import urllib.request
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -20,27 +18,7 @@ from credits_service.telemetry import JsonFormatter
 from credits_service.transport.auth import mint_token, token_digest
 from tests.conftest import SWEEP_INTERVAL_S
 from tests.grpc_errors import expect_error
-
-SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
-
-
-def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
-    samples = {}
-    for line in body.decode().splitlines():
-        if match := SAMPLE.match(line):
-            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match["labels"] or ""))
-            samples[(match["name"], labels)] = float(match["value"])
-    return samples
-
-
-async def scrape(app: Application) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    assert app.metrics_port is not None
-    return await asyncio.to_thread(_scrape, app.metrics_port)
-
-
-def value(samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+from tests.metrics import scrape, value
 
 
 async def test_counters_move_with_traffic(app, stub):
