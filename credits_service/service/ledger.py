@@ -83,11 +83,6 @@ class _Alone:
 ALONE = _Alone()
 
 
-# A grouped CheckAndReserve stores its keys last: a key a concurrent transaction stored
-# meanwhile (another shard's, a replica's) rolls the group back, and the retry replays it.
-_KEY_TAKEN = "an idempotency key was stored by a concurrent transaction"
-
-
 class LotsOutOfStep(Exception):
     """An account's lots disagree with its balance row: a bug, never a caller's fault. The
     transaction is rolled back and the call fails as INTERNAL."""
@@ -348,15 +343,12 @@ class Ledger:
         responses = [(calls[i][1], calls[i][0].idempotency_key, method, digests[i],
                       idempotency.encode(outcomes[i])) for i in indexes]
         if not holds:
-            if await uow.holds.complete(responses) != len(responses):
-                raise errors.TransientConflict(_KEY_TAKEN)
+            await uow.holds.complete(responses)
             return
         updated, written = await uow.holds.place(
             changes, per_account, [hold for _, hold in holds],
             [calls[i][1] for i, _ in holds], responses,
         )
-        if written[3] != len(responses):
-            raise errors.TransientConflict(_KEY_TAKEN)
         draws_written = sum(len(hold.draws) for _, hold in holds)
         if (any(updated.get(account_id) != snapshots[account_id] for account_id in per_account)
                 or written != (len(changes), len(holds), draws_written, len(responses))):

@@ -1,5 +1,6 @@
 """Migration 0002 moves a ledger written before lots forward: every balance becomes one
-never-expiring lot, every active hold draws from it, and the service then works on it."""
+never-expiring lot, every active hold draws from it, and the service then works on it.
+Migration 0003 stores idempotent responses as text: stored ones still replay, both ways."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
 from credits_service.app import Application
 from credits_service.persistence.migrations import alembic_config, upgrade_to
-from tests import ledger_checks
+from tests import grpc_errors, ledger_checks
 
 DATABASE = "credits_migration"
 
@@ -136,3 +137,46 @@ async def test_downgrade_to_0001_refuses_once_credits_have_expired(old_ledger, e
         await connection.close()
     with pytest.raises(Exception, match="EXPIRY entries"):
         await asyncio.to_thread(command.downgrade, config, "0001")
+
+
+async def test_stored_responses_replay_alike_across_0003_down_and_up(
+        old_ledger, embedded_postgres, test_settings):
+    await asyncio.to_thread(upgrade_to, old_ledger, "head")
+    app_settings = test_settings.replace(database_url=old_ledger)
+    grant = pb.GrantRequest(account_id="old-2", amount=7, type=pb.GRANT_TYPE_PROMO,
+                            idempotency_key="grant-1")
+    hold = pb.CheckAndReserveRequest(account_id="old-1", amount=5, idempotency_key="hold-1",
+                                     metadata={"model": "ünïcode \"quoted\""})
+    declined = pb.CheckAndReserveRequest(account_id="old-1", amount=10**6,
+                                         idempotency_key="hold-2")
+
+    async def answers() -> tuple[object, ...]:
+        app = await Application.start(app_settings)
+        try:
+            async with app_channel(app) as stub:
+                return (await stub.Grant(grant), await stub.CheckAndReserve(hold),
+                        await grpc_errors.expect_error(stub.CheckAndReserve(declined)))
+        finally:
+            await app.stop()
+
+    first = await answers()
+    connection = await asyncpg.connect(host=str(embedded_postgres.socket_dir), user="postgres",
+                                       database=DATABASE)
+    column_type = ("SELECT data_type FROM information_schema.columns "
+                   "WHERE table_name = 'idempotency_keys' AND column_name = 'response'")
+    try:
+        assert await connection.fetchval(column_type) == "text"
+        await asyncio.to_thread(command.downgrade, alembic_config(old_ledger), "0002")
+        assert await connection.fetchval(column_type) == "jsonb"
+        assert await connection.fetchval(
+            "SELECT count(*) FROM idempotency_keys WHERE jsonb_typeof(response) = 'object'") == 3
+        await asyncio.to_thread(upgrade_to, old_ledger, "head")
+        assert await connection.fetchval(column_type) == "text"
+        counts = "SELECT (SELECT count(*) FROM reservations), (SELECT count(*) FROM ledger_entries)"
+        before = await connection.fetchrow(counts)
+
+        assert await answers() == first  # replayed from the keys stored as jsonb, then text
+        assert await connection.fetchrow(counts) == before
+        assert first[2].reason == "INSUFFICIENT_CREDITS"
+    finally:
+        await connection.close()

@@ -297,7 +297,7 @@ async def _check_final_ledger(load: Load, db: asyncpg.Connection) -> dict[str, i
         f"{sorted(told - written)[:5]}")
     # And one idempotency record per key, pointing at that entry.
     stored = dict(await db.fetch(
-        """SELECT idempotency_key, (response -> 'grant' -> 'entry' ->> 'entry_id')::bigint
+        """SELECT idempotency_key, (response::jsonb -> 'grant' -> 'entry' ->> 'entry_id')::bigint
              FROM idempotency_keys WHERE method = 'Grant'"""))
     assert stored == {op.request.idempotency_key: int(op.answer.response.entry.entry_id)
                       for op in grants}
