@@ -12,7 +12,7 @@ import functools
 import json
 import operator
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -820,10 +820,15 @@ _NO_ACCOUNT_COLUMNS = (
 )
 
 
-def _responses(responses: list[tuple[str, str, str, bytes, str]]) -> list[list[Any]]:
-    """_STORE_KEYS' arrays: the (scope, key, method, request_hash, response) keys in key order."""
+def _key_arguments(method: str, responses: list[tuple[str, str, bytes, str]]) -> list[Any]:
+    """_STORE_KEYS' arguments: the (scope, key, request_hash, response) keys' arrays in key
+    order, the method third."""
     ordered = sorted(responses, key=_SCOPE_AND_KEY)
-    return [[r[n] for r in ordered] for n in range(5)]
+    scopes, keys, hashes, texts = ([r[n] for r in ordered] for n in range(4))
+    return [scopes, keys, method, hashes, texts]
+
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 _SCOPE_AND_KEY = operator.itemgetter(0, 1)
@@ -854,17 +859,18 @@ _FIND_AND_LOCK = f"""
     SELECT scope, idempotency_key, request_hash, response, {_NO_ACCOUNT_COLUMNS} FROM stored
     """
 
-# The keys a group decided, each with its response, in the order given: _responses sorts them
+# The keys a group decided, each with its response, in the order given: _key_arguments sorts them
 # by (scope, key), so two transactions taking keys of each other wait in one order (sorting
 # in SQL costs as much as the rest of the insert: the rows are wide). A key another
 # transaction stored since FIND_AND_LOCK is waited for, then violates the primary key
 # (_keys_taken). A plain INSERT: ON CONFLICT DO NOTHING would probe the index once more per
-# key, about 2.8 us of 15 for a key in a group of 500.
+# key, about 2.8 us of 15 for a key in a group of 500. The method, one for all, is a scalar:
+# asyncpg's encoding of an array costs a few hundred ns an element on the event loop.
 _STORE_KEYS = """
     INSERT INTO idempotency_keys (scope, idempotency_key, method, request_hash, response)
-    SELECT scope, idempotency_key, method, request_hash, response
-      FROM unnest({0}::text[], {1}::text[], {2}::text[], {3}::bytea[], {4}::text[])
-           AS r (scope, idempotency_key, method, request_hash, response)
+    SELECT scope, idempotency_key, {2}::text, request_hash, response
+      FROM unnest({0}::text[], {1}::text[], {3}::bytea[], {4}::text[])
+           AS r (scope, idempotency_key, request_hash, response)
     """
 
 KEY_TAKEN = "an idempotency key was stored by a concurrent transaction"
@@ -913,15 +919,15 @@ _PLACE = f"""
          WHERE a.account_id = h.account_id AND a.account_id = ANY($3::text[])
            AND a.balance - a.reserved >= h.held
         RETURNING {_A_ACCOUNT_COLUMNS}
-    ), placed AS (
+    ), placed AS (  -- $9: the holds' one create_time; expire_time from it by the microsecond
         INSERT INTO reservations (reservation_id, account_id, amount, status,
                                   create_time, expire_time, metadata, actor)
-        SELECT h.reservation_id, h.account_id, h.amount, 'ACTIVE', h.create_time,
-               h.expire_time, CAST(h.metadata AS jsonb), h.actor
-          FROM unnest($6::uuid[], $7::text[], $8::bigint[], $9::timestamptz[],
-                      $10::timestamptz[], $11::text[], $12::text[])
-               AS h (reservation_id, account_id, amount, create_time, expire_time,
-                     metadata, actor)
+        SELECT h.reservation_id, h.account_id, h.amount, 'ACTIVE', $9::timestamptz,
+               $9::timestamptz + h.ttl_us * interval '1 microsecond',
+               CAST(h.metadata AS jsonb), h.actor
+          FROM unnest($6::uuid[], $7::text[], $8::bigint[], $10::bigint[], $11::text[],
+                      $12::text[])
+               AS h (reservation_id, account_id, amount, ttl_us, metadata, actor)
         RETURNING 1
     ), drawn AS (
         INSERT INTO reservation_lots (reservation_id, lot_id, held)
@@ -1091,17 +1097,21 @@ class HoldsRepository:
         per_account: Mapping[str, tuple[int, int]],
         holds: list[Reservation],
         actors: list[str],
-        responses: list[tuple[str, str, str, bytes, str]],
+        method: str,
+        responses: list[tuple[str, str, bytes, str]],
     ) -> tuple[dict[str, BalanceSnapshot], tuple[int, int, int, int]]:
         """Write decided holds at once: the credits each lot newly holds, per account the
         (credits, number of holds) it holds if available covers them (a conditional write, as
         AccountRepository.capture), the ACTIVE holds with their draws, and the idempotency keys
-        (scope, key, method, request_hash, response) the group decided (complete).
-        Returns the accounts' new balances (those available did not cover are left out) and
-        the rows written: (lots, holds, draws, keys)."""
+        (scope, key, request_hash, response) of `method` the group decided (complete). The
+        holds share one create_time. Returns the accounts' new balances (those available did
+        not cover are left out) and the rows written: (lots, holds, draws, keys)."""
         draws = [(hold.reservation_id, draw.lot_id, draw.held)
                  for hold in holds for draw in hold.draws]
         account_ids = list(per_account)
+        created = holds[0].create_time
+        if any(hold.create_time != created for hold in holds):
+            raise ValueError("holds placed together share one create_time")
         with _keys_taken():
             rows = await self._fetch(
                 _PLACE,
@@ -1109,22 +1119,22 @@ class HoldsRepository:
                 account_ids, [held for held, _ in per_account.values()],
                 [count for _, count in per_account.values()],
                 [hold.reservation_id for hold in holds], [hold.account_id for hold in holds],
-                [hold.amount for hold in holds], [hold.create_time for hold in holds],
-                [hold.expire_time for hold in holds], [_json(hold.metadata) for hold in holds],
-                actors,
+                [hold.amount for hold in holds], created,
+                [(hold.expire_time - created) // _MICROSECOND for hold in holds],
+                [_json(hold.metadata) for hold in holds], actors,
                 [d[0] for d in draws], [d[1] for d in draws], [d[2] for d in draws],
-                *_responses(responses),
+                *_key_arguments(method, responses),
             )
         balances = {row[0]: BalanceSnapshot(*row[:7]) for row in rows if row[0] is not None}
         counts = next(row for row in rows if row[0] is None)
         return balances, (counts[7], counts[8], counts[9], counts[10])
 
-    async def complete(self, responses: list[tuple[str, str, str, bytes, str]]) -> None:
-        """Store the idempotency keys (scope, key, method, request_hash, response) a group
+    async def complete(self, method: str, responses: list[tuple[str, str, bytes, str]]) -> None:
+        """Store the idempotency keys (scope, key, request_hash, response) of `method` a group
         decided, when it placed no hold. A key another transaction stored since find_and_lock
         raises TransientConflict (KEY_TAKEN)."""
         with _keys_taken():
-            await self._driver.execute(_COMPLETE, *_responses(responses))
+            await self._driver.execute(_COMPLETE, *_key_arguments(method, responses))
 
     async def lock_for_commit(
         self, reservation_ids: list[str]

@@ -340,14 +340,14 @@ class Ledger:
             )
             holds.append((i, hold))
             outcomes[i] = ReserveResult(reservation=hold, balance=balances[i])
-        responses = [(calls[i][1], calls[i][0].idempotency_key, method, digests[i],
+        responses = [(calls[i][1], calls[i][0].idempotency_key, digests[i],
                       idempotency.encode(outcomes[i])) for i in indexes]
         if not holds:
-            await uow.holds.complete(responses)
+            await uow.holds.complete(method, responses)
             return
         updated, written = await uow.holds.place(
             changes, per_account, [hold for _, hold in holds],
-            [calls[i][1] for i, _ in holds], responses,
+            [calls[i][1] for i, _ in holds], method, responses,
         )
         draws_written = sum(len(hold.draws) for _, hold in holds)
         if (any(updated.get(account_id) != snapshots[account_id] for account_id in per_account)

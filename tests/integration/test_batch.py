@@ -303,3 +303,27 @@ async def test_a_batch_that_fails_on_one_shard_is_retried_safely(app, stub, db, 
     for account in accounts:
         balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id=account))).balance
         assert balance.reserved == 2
+
+
+async def test_held_times_read_back_as_answered_for_every_ttl(stub):
+    """A group writes its holds' expire_time as create_time plus each TTL in the database:
+    what a list reads back is what the batch answered, to the microsecond."""
+    await _grant(stub, "ttl-a", 100)
+    ttls_ms = [None, 1_000, 1_234, 59_999, 86_399_999, 86_400_000]
+    items = []
+    for ttl_ms in ttls_ms:
+        item = _hold("ttl-a", 1)
+        if ttl_ms is not None:
+            item.ttl.FromMilliseconds(ttl_ms)
+        items.append(item)
+    response = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=items))
+    answered = {r.response.reservation.reservation_id: r.response.reservation
+                for r in response.results}
+    assert len(answered) == len(ttls_ms)
+    for result, ttl_ms in zip(response.results, ttls_ms, strict=True):
+        held = result.response.reservation
+        lived = held.expire_time.ToNanoseconds() - held.create_time.ToNanoseconds()
+        assert lived == (ttl_ms or 300_000) * 1_000_000
+    listed = await stub.ListReservations(pb.ListReservationsRequest(account_id="ttl-a"))
+    assert {r.reservation_id: (r.create_time, r.expire_time) for r in listed.reservations} == {
+        i: (r.create_time, r.expire_time) for i, r in answered.items()}
