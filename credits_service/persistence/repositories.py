@@ -861,13 +861,13 @@ _FIND_AND_LOCK = f"""
     SELECT scope, idempotency_key, request_hash, response, {_NO_ACCOUNT_COLUMNS} FROM stored
     """
 
-# The keys a group decided, each with its response, in the order given: _key_arguments sorts them
-# by (scope, key), so two transactions taking keys of each other wait in one order (sorting
-# in SQL costs as much as the rest of the insert: the rows are wide). A key another
-# transaction stored since FIND_AND_LOCK is waited for, then violates the primary key
-# (_keys_taken). A plain INSERT: ON CONFLICT DO NOTHING would probe the index once more per
-# key, about 2.8 us of 15 for a key in a group of 500. The method, one for all, is a scalar:
-# asyncpg's encoding of an array costs a few hundred ns an element on the event loop.
+# The keys a group decided, each with its response. _key_arguments sorts them by (scope, key),
+# so two transactions taking keys of each other wait in one order (sorting in SQL costs as
+# much as the rest of the insert: the rows are wide). A key another transaction stored since
+# FIND_AND_LOCK is waited for, then violates the primary key (_keys_taken). A plain INSERT:
+# ON CONFLICT DO NOTHING would probe the index once more per key, about 2.8 us of 15 for a
+# key in a group of 500. The method, one for all, is a scalar: asyncpg encodes an array
+# element by element on the event loop.
 _STORE_KEYS = """
     INSERT INTO idempotency_keys (scope, idempotency_key, method, request_hash, response)
     SELECT scope, idempotency_key, {2}::text, request_hash, response
@@ -875,19 +875,21 @@ _STORE_KEYS = """
            AS r (scope, idempotency_key, request_hash, response)
     """
 
-KEY_TAKEN = "an idempotency key was stored by a concurrent transaction"
+_KEY_TAKEN = "an idempotency key was stored by a concurrent transaction"
 
 
 @contextlib.contextmanager
 def _keys_taken() -> Iterator[None]:
     """A key a concurrent transaction stored (another shard's, the unary group's, a replica's)
-    fails the statement: the transaction is lost, and runs again to replay that key."""
+    fails the statement and aborts the transaction: TransientConflict, so the unit of work
+    rolls back and the retry replays that key."""
     try:
         yield
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "pk_idempotency_keys":
             raise
-        raise TransientConflict(KEY_TAKEN) from exc
+        raise TransientConflict(_KEY_TAKEN) from exc
+
 
 _COMPLETE = _STORE_KEYS.format("$1", "$2", "$3", "$4", "$5")
 
@@ -1134,7 +1136,7 @@ class HoldsRepository:
     async def complete(self, method: str, responses: list[tuple[str, str, bytes, str]]) -> None:
         """Store the idempotency keys (scope, key, request_hash, response) of `method` a group
         decided, when it placed no hold. A key another transaction stored since find_and_lock
-        raises TransientConflict (KEY_TAKEN)."""
+        raises TransientConflict."""
         with _keys_taken():
             await self._driver.execute(_COMPLETE, *_key_arguments(method, responses))
 
