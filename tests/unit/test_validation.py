@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from dataclasses import fields
 from datetime import UTC, datetime
 from types import MappingProxyType
 
@@ -343,9 +344,51 @@ def test_stored_outcomes_decode_to_what_was_stored(outcome):
                 expire_time=NOW.replace(microsecond=7), finish_time=None,
                 metadata=MappingProxyType({"é": "ü\n"})),
 ])
-def test_a_stored_hold_is_the_generic_form(reservation):
-    """The hot path stores a CheckAndReserve response through orjson's own dataclass
-    encoding: it stays exactly what the generic encoding makes."""
+def test_a_stored_hold_decodes_to_itself_and_one_stored_by_name_still_does(reservation):
+    """A CheckAndReserve response is stored as an array of its fields. A hold stored by name
+    (the generic form, before that) must still replay as it was: keys outlive an upgrade."""
     outcome = ReserveResult(reservation=reservation, balance=BALANCE)
-    assert json.loads(idempotency.encode(outcome)) == {"reserve": idempotency._plain(outcome)}
     assert idempotency.decode(idempotency.encode(outcome)) == outcome
+    assert idempotency.decode(json.dumps({"reserve": idempotency._plain(outcome)})) == outcome
+
+
+def test_a_stored_hold_keeps_every_field():
+    """Every field of a hold, its draws and its balance set apart from its default comes back;
+    a field added to one of them fails here until the stored form carries it."""
+    assert [f.name for f in fields(Reservation)] == [
+        "reservation_id", "account_id", "amount", "status", "committed_amount", "create_time",
+        "expire_time", "finish_time", "metadata", "draws", "release_reason"]
+    assert [f.name for f in fields(LotDraw)] == ["lot_id", "held", "consumed"]
+    assert [f.name for f in fields(BalanceSnapshot)] == [
+        "account_id", "balance", "reserved", "active_reservation_count", "lifetime_granted",
+        "lifetime_used", "lifetime_expired"]
+    outcome = ReserveResult(
+        reservation=Reservation(
+            reservation_id=RESERVATION_ID, account_id="acct-1", amount=10,
+            status=ReservationStatus.COMMITTED, committed_amount=7,
+            create_time=NOW.replace(microsecond=1), expire_time=NOW.replace(microsecond=2),
+            finish_time=NOW.replace(microsecond=3), metadata={"k": "v"},
+            draws=(LotDraw(lot_id=3, held=6, consumed=4),), release_reason="why"),
+        balance=BalanceSnapshot(account_id="acct-2", balance=11, reserved=12,
+                                active_reservation_count=13, lifetime_granted=14,
+                                lifetime_used=15, lifetime_expired=16),
+    )
+    assert idempotency.decode(idempotency.encode(outcome)) == outcome
+
+
+def test_a_stored_hold_is_compact():
+    """Each stored response is written to the table and the WAL once per hold; by name, a
+    typical one took 542 bytes and batches of holds ran about 10 % slower for it."""
+    outcome = ReserveResult(
+        reservation=Reservation(
+            reservation_id=RESERVATION_ID, account_id="bench-9663", amount=1,
+            status=ReservationStatus.ACTIVE, committed_amount=None,
+            create_time=NOW.replace(microsecond=537_680),
+            expire_time=NOW.replace(microsecond=537_680), finish_time=None, metadata={},
+            draws=(LotDraw(lot_id=9664, held=1),)),
+        balance=BalanceSnapshot(account_id="bench-9663", balance=2_000_000_000_001,
+                                reserved=1, active_reservation_count=1,
+                                lifetime_granted=2_000_000_000_001, lifetime_used=0),
+    )
+    assert len(json.dumps({"reserve": idempotency._plain(outcome)})) > 500
+    assert len(idempotency.encode(outcome)) <= 220
