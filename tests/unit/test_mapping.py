@@ -1,6 +1,7 @@
 """Domain -> protobuf mapping details that have a reference to agree with."""
 
 import dataclasses
+import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -76,13 +77,26 @@ def test_messages_built_in_place_match_the_constructor_form(hold: Reservation) -
         lifetime_granted=12, lifetime_used=2, lifetime_expired=1)
 
 
-def test_reservation_ids_are_random_version_4_uuids_in_canonical_form() -> None:
+def test_reservation_ids_are_version_7_uuids_in_canonical_form() -> None:
+    before_ms = time.time_ns() // 1_000_000
     ids = [value for count in (1, 2, 997, 3000) for value in new_reservation_ids(count)]
+    after_ms = time.time_ns() // 1_000_000
     assert len(ids) == 4000
     assert len(set(ids)) == len(ids)
     for value in ids:
         parsed = uuid.UUID(value)
         assert str(parsed) == value
-        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before_ms <= parsed.int >> 80 <= after_ms  # the Unix time in milliseconds
     assert {value[19] for value in ids} == set("89ab")  # every variant digit occurs
-    assert {value[20] for value in ids} == set("0123456789abcdef")
+    for position in (15, 16, 17, 20, 35):  # random digits take every value
+        assert {value[position] for value in ids} == set("0123456789abcdef")
+
+
+def test_reservation_ids_created_later_sort_after() -> None:
+    """Index locality: holds created in a later millisecond get larger ids."""
+    earlier = new_reservation_ids(50)
+    time.sleep(0.002)
+    later = new_reservation_ids(50)
+    assert max(earlier) < min(later)
+    assert max(uuid.UUID(v) for v in earlier) < min(uuid.UUID(v) for v in later)
