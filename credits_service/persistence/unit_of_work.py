@@ -127,11 +127,11 @@ class SqlUnitOfWork:
             self._broken = not isinstance(exc, StorageTimeout)
             await self._close()
             _reraise_translated(exc)
-        self.accounts = AccountRepository(self._connection)
-        self.ledger = LedgerRepository(self._connection)
-        self.lots = LotRepository(self._connection)
+        self.accounts = AccountRepository(self._connection, self._driver)
+        self.ledger = LedgerRepository(self._connection, self._driver)
+        self.lots = LotRepository(self._connection, self._driver)
         self.reservations = ReservationRepository(self._connection)
-        self.idempotency = IdempotencyRepository(self._connection)
+        self.idempotency = IdempotencyRepository(self._connection, self._driver)
         self.holds = HoldsRepository(self._driver)
         return self
 
