@@ -104,7 +104,8 @@ _NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 @functools.cache
 def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
     """`sql` with its :name parameters numbered as asyncpg takes them ($1, $2, ...; a name
-    used twice keeps its number), and the names in number order."""
+    used twice keeps its number), and the names in number order. Casts (::type) are left
+    alone; a string literal holding ":word" would not be, so such SQL goes through text()."""
     names: list[str] = []
 
     def number(match: re.Match[str]) -> str:
@@ -118,7 +119,7 @@ def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
 async def _fetch_named(driver: Any, sql: str, params: Mapping[str, Any]) -> list[Any]:
     """Run `sql` (with :name parameters, as for text()) on the raw asyncpg connection under the
     unit of work's: the same statement and transaction as through SQLAlchemy, without its
-    per-statement work (most of a Grant's server CPU went there)."""
+    per-statement work (much of a Grant's server CPU went there)."""
     positional, names = _positional(sql)
     return await driver.fetch(positional, *[params[name] for name in names], record_class=_Row)
 

@@ -122,7 +122,7 @@ def encode(outcome: Outcome) -> str:
 
 # A ReserveResult as one array (see _hold_fields). Every byte of a stored response is written
 # to the heap and the WAL once per item: by name, a hold took 542 bytes, and batches of holds
-# ran about 15 % slower (bench/README.md).
+# ran about 10 % slower (bench/README.md).
 _HOLD = "hold"
 
 
