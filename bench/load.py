@@ -13,7 +13,9 @@ Scenarios: health (the standard health Check: the floor every unary RPC sits on)
 page of 50), batch (BatchCheckAndReserve of --batch-size items; counted in items, and compared
 with reserve). Accounts: uniform over --accounts, one hot account, or Zipf-skewed.
 Prints a table and writes JSON (--out) with calls/s, p50/p90/p99 latency, errors by status code,
-server RSS, and each scenario's throughput relative to the health floor.
+server RSS, the CPU each process spent (cores on average and microseconds per operation: the
+clients always; the server and its PostgreSQL when the driver started them), and each
+scenario's throughput relative to the health floor.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ class Result:
     server_rss_mb_loaded: float | None = None  # once the load has run --rss-settle-s
     server_rss_mb_peak: float | None = None  # the largest of the 1 s samples under load
     server_rss_mb_after: float | None = None  # idle again, just after the load
+    # CPU spent while the scenario ran, by "client", "server" and "postgres" (the last two only
+    # for a server this driver started): cores on average over the duration, and microseconds
+    # per operation (per item for batches, per cycle for cycles)
+    cpu_cores: dict[str, float] = field(default_factory=dict)
+    cpu_us_per_operation: dict[str, float] = field(default_factory=dict)
     ratio_to_floor: float | None = None
     ratio_to_reserve: float | None = None
 
@@ -80,7 +87,7 @@ def _account_picker(distribution: str, accounts: int, seed: int):
 
 async def _drive(target: str, token: str, scenario: str, distribution: str, accounts: int,
                  in_flight: int, duration_s: float, seed: int, batch_size: int,
-                 ) -> tuple[list[float], dict]:
+                 ) -> tuple[list[float], dict, float]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -136,11 +143,13 @@ async def _drive(target: str, token: str, scenario: str, distribution: str, acco
                 except grpc.aio.AioRpcError as error:
                     errors[error.code().name] = errors.get(error.code().name, 0) + 1
 
+        cpu_started_s = time.process_time()  # every thread of this process, gRPC's included
         await asyncio.gather(*(loop() for _ in range(in_flight)))
-    return latencies, errors
+        cpu_s = time.process_time() - cpu_started_s
+    return latencies, errors, cpu_s
 
 
-def _worker(args: tuple) -> tuple[list[float], dict]:
+def _worker(args: tuple) -> tuple[list[float], dict, float]:
     return asyncio.run(_drive(*args))
 
 
@@ -191,6 +200,30 @@ class Server:
         import psutil
 
         return psutil.Process(self.process.pid).memory_info().rss / 2**20
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds used so far by the server process (all its threads) and by its embedded
+        PostgreSQL (the postmaster, its live children and the children it has reaped)."""
+        import psutil
+
+        def used(times: Any, reaped: bool = False) -> float:
+            total = times.user + times.system
+            return total + (times.children_user + times.children_system if reaped else 0.0)
+
+        spent = {"server": used(psutil.Process(self.process.pid).cpu_times())}
+        pid_file = Path(self.directory.name) / "data" / "pgdata" / "postmaster.pid"
+        try:
+            postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+            total = used(postmaster.cpu_times(), reaped=True)
+            for child in postmaster.children(recursive=True):
+                try:
+                    total += used(child.cpu_times())
+                except psutil.NoSuchProcess:
+                    pass
+            spent["postgres"] = total
+        except (OSError, ValueError, IndexError, psutil.Error):
+            pass
+        return spent
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -258,6 +291,7 @@ def run(args: argparse.Namespace) -> list[Result]:
             result = Result(scenario, distribution if scenario != "health" else "-",
                             args.in_flight, args.client_processes, args.duration_s)
             result.server_rss_mb_before = server.rss_mb() if server else None
+            cpu_before = server.cpu_s() if server else {}
             per_process = max(1, args.in_flight // args.client_processes)
             jobs = [(target, args.token, scenario, distribution, args.accounts, per_process,
                      args.duration_s, seed, args.batch_size)
@@ -268,14 +302,23 @@ def run(args: argparse.Namespace) -> list[Result]:
                     _sample_rss(server, pending, result, min(args.rss_settle_s,
                                                              args.duration_s / 2))
                 outcomes = pending.get()
-            latencies = sorted(v for values, _ in outcomes for v in values)
-            for _, errors in outcomes:
+            cpu_s = {"client": sum(spent for _, _, spent in outcomes)}
+            if server:  # the window includes the clients' start-up, when the server is idle
+                cpu_s.update((name, spent - cpu_before[name])
+                             for name, spent in server.cpu_s().items() if name in cpu_before)
+            latencies = sorted(v for values, _, _ in outcomes for v in values)
+            for _, errors, _ in outcomes:
                 for code, count in errors.items():
                     result.errors[code] = result.errors.get(code, 0) + count
             result.items_per_call = args.batch_size if scenario == "batch" else 1
             result.operations = len(latencies) * result.items_per_call
             result.operations_per_s = round(result.operations / args.duration_s, 1)
             result.calls_per_s = round(len(latencies) / args.duration_s, 1)
+            for name, spent in cpu_s.items():
+                result.cpu_cores[name] = round(spent / args.duration_s, 3)
+                if result.operations:
+                    result.cpu_us_per_operation[name] = round(
+                        spent / result.operations * 1e6, 1)
             result.latency_ms = {name: round(_percentile(latencies, q) * 1000, 3)
                                  for name, q in (("p50", .5), ("p90", .9), ("p99", .99))}
             result.server_rss_mb_after = server.rss_mb() if server else None
@@ -305,10 +348,12 @@ def _row(r: Result) -> str:
     ratio = f"{r.ratio_to_floor:.2f}" if r.ratio_to_floor is not None else "-"
     if r.ratio_to_reserve is not None:
         ratio += f" (x reserve {r.ratio_to_reserve:.2f})"
+    cpu = " ".join(f"{name} {r.cpu_us_per_operation[name]:.0f} ({r.cpu_cores[name]:.2f})"
+                   for name in ("client", "server", "postgres") if name in r.cpu_us_per_operation)
     return (f"{r.scenario:8} {r.distribution:8} {r.operations_per_s:>10.1f}/s "
             f"p50 {r.latency_ms.get('p50', 0):7.2f} p90 {r.latency_ms.get('p90', 0):7.2f} "
             f"p99 {r.latency_ms.get('p99', 0):7.2f} ms  x floor {ratio:>5}  errors "
-            f"{r.errors or '{}'}  rss {rss}")
+            f"{r.errors or '{}'}  rss {rss}  cpu us/op (cores) {cpu or '-'}")
 
 
 def main(argv: list[str] | None = None) -> int:

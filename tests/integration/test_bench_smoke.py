@@ -29,5 +29,11 @@ async def test_the_load_driver_runs_every_scenario_and_writes_json(tmp_path):
         assert row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
         assert row["server_rss_mb_after"] > 0 and row["ratio_to_floor"] > 0
         assert 0 < row["server_rss_mb_loaded"] <= row["server_rss_mb_peak"]
+        # CPU by process: the clients and the server always spend some; PostgreSQL does for
+        # everything but the health Check
+        assert set(row["cpu_us_per_operation"]) == {"client", "server", "postgres"}, row
+        assert row["cpu_cores"]["client"] > 0 and row["cpu_cores"]["server"] > 0, row
+        if row["scenario"] != "health":
+            assert row["cpu_us_per_operation"]["postgres"] > 0, row
     batch = next(r for r in rows if r["scenario"] == "batch")
     assert batch["items_per_call"] == 10 and batch["ratio_to_reserve"] > 0
