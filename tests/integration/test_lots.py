@@ -162,9 +162,9 @@ async def test_finding_free_lots_reads_only_as_many_lots_as_the_hold_needs(stub,
 
 async def test_a_holds_draws_are_read_lot_by_lot_whatever_the_planner_estimates(stub, db):
     """Commit (grouped, and alone through draws_of) reads a hold's lots by their primary key,
-    one per draw. With nested loops priced out, as statistics not yet gathered once made them
-    look (about 200 draws taken for each hold), a plain join read every lot of every account
-    for each hold instead."""
+    one per draw. Pricing nested loops out stands in for the estimates made before the first
+    ANALYZE (about 200 draws a hold), under which a plain join of draws to lots read every
+    lot of every account for each hold."""
     for _ in range(30):
         await _grant(stub, 1, account="someone-else")  # lots the statements must not read
     await _grant(stub, 1, priority=1)
