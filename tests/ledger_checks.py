@@ -6,6 +6,23 @@ import asyncio
 
 import asyncpg
 
+TABLES = "reservation_lots, ledger_entries, credit_lots, reservations, idempotency_keys, accounts"
+_EMPTY_ATTEMPTS = 5
+
+
+async def empty_ledger(connection: asyncpg.Connection, timeout_s: float | None = None) -> None:
+    """TRUNCATE every ledger table. The server's sweeper can be in a transaction that locks
+    these tables in another order; PostgreSQL then fails one of the two with a deadlock, and
+    the TRUNCATE runs again."""
+    for attempt in range(_EMPTY_ATTEMPTS):
+        try:
+            await connection.execute(f"TRUNCATE {TABLES}", timeout=timeout_s)
+            return
+        except asyncpg.DeadlockDetectedError:
+            if attempt == _EMPTY_ATTEMPTS - 1:
+                raise
+
+
 INVARIANTS: dict[str, str] = {
     "balance == sum(ledger amounts)": """
         SELECT a.account_id, a.balance, coalesce(l.total, 0) AS ledger

@@ -15,18 +15,7 @@ from tests import ledger_checks
 @pytest.fixture(autouse=True)
 async def clean_ledger(db_pool: asyncpg.Pool, app: object) -> AsyncIterator[None]:
     async with db_pool.acquire() as connection:
-        for attempt in range(5):
-            try:
-                await connection.execute(
-                    "TRUNCATE reservation_lots, ledger_entries, credit_lots, reservations, "
-                    "idempotency_keys, accounts"
-                )
-                break
-            except asyncpg.DeadlockDetectedError:
-                # The app's sweeper can be in a transaction that locks these tables in another
-                # order; PostgreSQL then picks one of the two to fail.
-                if attempt == 4:
-                    raise
+        await ledger_checks.empty_ledger(connection)
     yield
     async with db_pool.acquire() as connection:
         await ledger_checks.assert_invariants(connection)

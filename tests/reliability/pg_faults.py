@@ -41,6 +41,7 @@ from credits.v1 import credits_pb2_grpc
 from credits_service.app import Application, migrate
 from credits_service.persistence.embedded import EmbeddedPostgres
 from credits_service.settings import Settings
+from tests import ledger_checks
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,10 +101,7 @@ class PostgresController:
         """Start a test from an empty ledger (the cluster is shared by a module's tests)."""
         connection = await self.connect()
         try:
-            await connection.execute(
-                "TRUNCATE reservation_lots, ledger_entries, credit_lots, reservations, "
-                "idempotency_keys, accounts", timeout=30
-            )
+            await ledger_checks.empty_ledger(connection, timeout_s=30)
         finally:
             await connection.close(timeout=5)
 
