@@ -1,4 +1,5 @@
-"""The ledger invariants of ../shared/RELIABILITY.md, checked in SQL against the real tables."""
+"""The ledger invariants of ../shared/RELIABILITY.md, checked in SQL against the real tables,
+and emptying those tables between tests."""
 
 from __future__ import annotations
 
