@@ -9,7 +9,8 @@ Without --target it starts `credits-service serve` itself (embedded PostgreSQL i
 data directory, loopback, auth disabled) and reports that server's RSS for each scenario: idle
 before, once loaded (after --rss-settle-s of load), its peak under load, and idle after.
 Scenarios: health (the standard health Check: the floor every unary RPC sits on), reserve
-(CheckAndReserve), cycle (CheckAndReserve then Commit; counted in cycles), grant, history (a
+(CheckAndReserve), cycle (CheckAndReserve then Commit; counted in cycles), release
+(CheckAndReserve then Release: the path of work that failed; counted in pairs), grant, history (a
 page of 50), batch (BatchCheckAndReserve of --batch-size items; counted in items, and compared
 with reserve). Accounts: uniform over --accounts, one hot account, or Zipf-skewed.
 Prints a table and writes JSON (--out) with calls/s, p50/p90/p99 latency, errors by status code,
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("health", "reserve", "cycle", "grant", "history", "batch")
+SCENARIOS = ("health", "reserve", "cycle", "release", "grant", "history", "batch")
 DISTRIBUTIONS = ("uniform", "hot", "zipf")
 BALANCE_PER_ACCOUNT = 10**12
 
@@ -64,7 +65,7 @@ class Result:
     server_rss_mb_after: float | None = None  # idle again, just after the load
     # CPU spent while the scenario ran, by "client", "server" and "postgres" (the last two only
     # for a server this driver started): cores on average over the duration, and microseconds
-    # per operation (per item for batches, per cycle for cycles)
+    # per operation (per item for batches, per cycle or pair for cycle and release)
     cpu_cores: dict[str, float] = field(default_factory=dict)
     cpu_us_per_operation: dict[str, float] = field(default_factory=dict)
     ratio_to_floor: float | None = None
@@ -132,6 +133,10 @@ async def _drive(target: str, token: str, scenario: str, distribution: str, acco
                     await stub.Commit(pb.CommitRequest(
                         reservation_id=hold.reservation.reservation_id), metadata=metadata,
                         timeout=10)
+                elif scenario == "release":
+                    await stub.Release(pb.ReleaseRequest(
+                        reservation_id=hold.reservation.reservation_id, reason="bench"),
+                        metadata=metadata, timeout=10)
 
         stop_at = time.perf_counter() + duration_s
 

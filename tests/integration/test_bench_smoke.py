@@ -23,7 +23,7 @@ async def test_the_load_driver_runs_every_scenario_and_writes_json(tmp_path):
     rows = json.loads(out.read_text())
     assert {(r["scenario"], r["distribution"]) for r in rows} >= {
         ("health", "-"), ("reserve", "hot"), ("reserve", "zipf"), ("cycle", "hot"),
-        ("grant", "zipf"), ("history", "hot"), ("batch", "hot")}
+        ("release", "zipf"), ("grant", "zipf"), ("history", "hot"), ("batch", "hot")}
     for row in rows:
         assert row["operations"] > 0 and row["errors"] == {}, row
         assert row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
