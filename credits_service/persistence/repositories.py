@@ -1,4 +1,5 @@
-"""Repositories: the only place that writes SQL. Each works on the unit of work's connection.
+"""Repositories: the only place that writes SQL. Each runs its statements on the raw asyncpg
+connection under the unit of work's pooled SQLAlchemy connection, in its transaction.
 
 Balance changes are conditional UPDATEs on the fixed account row (`WHERE balance - reserved >=
 ...`), hold transitions are compare-and-set on status. Rows come back as domain dataclasses.
@@ -18,9 +19,6 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import TextClause
-from sqlalchemy import text as _text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from credits_service.domain.errors import TransientConflict
 from credits_service.domain.lots import LotChange
@@ -106,13 +104,6 @@ _FREE_LOTS = f"""
      WHERE running - free < w.amount"""
 
 
-@functools.cache
-def text(sql: str) -> TextClause:
-    """SQLAlchemy's text(), built once per statement: building one parses its bind parameters,
-    which cost a third of the database time of a grouped CheckAndReserve."""
-    return _text(sql)
-
-
 _NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -120,7 +111,7 @@ _NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
     """`sql` with its :name parameters numbered as asyncpg takes them ($1, $2, ...; a name
     used twice keeps its number), and the names in number order. Casts (::type) are left
-    alone; a string literal holding ":word" would not be, so such SQL goes through text()."""
+    alone; a string literal holding ":word" would not be, so such a value goes as a parameter."""
     names: list[str] = []
 
     def number(match: re.Match[str]) -> str:
@@ -132,9 +123,9 @@ def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
 
 
 async def _fetch_named(driver: Any, sql: str, params: Mapping[str, Any]) -> list[Any]:
-    """Run `sql` (with :name parameters, as for text()) on the raw asyncpg connection under the
-    unit of work's: the same statement and transaction as through SQLAlchemy, without its
-    per-statement work (much of a Grant's server CPU went there)."""
+    """Run `sql` (with :name parameters) on the raw asyncpg connection under the unit of work's
+    SQLAlchemy one: the unit of work's transaction, without SQLAlchemy's per-statement work
+    (much of a Grant's server CPU, most of a Release's, went there)."""
     positional, names = _positional(sql)
     return await driver.fetch(positional, *[params[name] for name in names], record_class=_Row)
 
@@ -205,9 +196,8 @@ def _reservation(row: Any, draws: tuple[LotDraw, ...] = ()) -> Reservation:
 
 
 class AccountRepository:
-    def __init__(self, connection: AsyncConnection, driver: Any) -> None:
-        self._connection = connection
-        self._driver = driver  # the asyncpg connection under it (_fetch_named)
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver  # the asyncpg connection under the unit of work's (_fetch_named)
 
     async def _one(self, sql: str, **params: Any) -> BalanceSnapshot | None:
         rows = await _fetch_named(self._driver, sql, params)
@@ -223,13 +213,12 @@ class AccountRepository:
         """Lock the accounts for this transaction (every change to an account's lots happens
         under its lock), in one order (account_id) so that two transactions locking several
         never deadlock on them."""
-        rows = await self._connection.execute(
-            text(
-                f"""
-                SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY(:account_ids)
-                 ORDER BY account_id FOR UPDATE
-                """
-            ),
+        rows = await _fetch_named(
+            self._driver,
+            f"""
+            SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY(:account_ids)
+             ORDER BY account_id FOR UPDATE
+            """,
             {"account_ids": sorted(set(account_ids))},
         )
         return {row.account_id: _balance(row) for row in rows}
@@ -274,19 +263,18 @@ class AccountRepository:
 
     async def unhold(self, holds: Mapping[str, tuple[int, int]]) -> dict[str, BalanceSnapshot]:
         """Give holds back to available: per account, (credits held, number of holds)."""
-        rows = await self._connection.execute(
-            text(
-                f"""
-                UPDATE accounts a
-                   SET reserved = a.reserved - h.held,
-                       active_reservation_count = a.active_reservation_count - h.holds,
-                       update_time = credits_now()
-                  FROM unnest(CAST(:account_ids AS text[]), CAST(:held AS bigint[]),
-                              CAST(:holds AS bigint[])) AS h (account_id, held, holds)
-                 WHERE a.account_id = h.account_id AND a.account_id = ANY(:account_ids)
-                RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))}
-                """
-            ),
+        rows = await _fetch_named(
+            self._driver,
+            f"""
+            UPDATE accounts a
+               SET reserved = a.reserved - h.held,
+                   active_reservation_count = a.active_reservation_count - h.holds,
+                   update_time = credits_now()
+              FROM unnest(CAST(:account_ids AS text[]), CAST(:held AS bigint[]),
+                          CAST(:holds AS bigint[])) AS h (account_id, held, holds)
+             WHERE a.account_id = h.account_id AND a.account_id = ANY(:account_ids)
+            RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))}
+            """,
             {
                 "account_ids": list(holds),
                 "held": [held for held, _ in holds.values()],
@@ -299,9 +287,8 @@ class AccountRepository:
 
 
 class LedgerRepository:
-    def __init__(self, connection: AsyncConnection, driver: Any) -> None:
-        self._connection = connection
-        self._driver = driver  # the asyncpg connection under it (_fetch_named)
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver  # the asyncpg connection under the unit of work's (_fetch_named)
 
     async def append(
         self,
@@ -348,38 +335,37 @@ class LedgerRepository:
         """Write off expired credits, given as (account_id, lot_id, amount, reservation_id or
         None) in the order their EXPIRY entries are to follow one another: one statement takes
         them off each account's balance and appends the entries with running balances."""
-        rows = await self._connection.execute(
-            text(
-                f"""
-                WITH w AS (
-                    SELECT * FROM unnest(CAST(:account_ids AS text[]), CAST(:lot_ids AS bigint[]),
-                                         CAST(:amounts AS bigint[]), CAST(:holds AS uuid[]))
-                                  WITH ORDINALITY AS w (account_id, lot_id, amount,
-                                                        reservation_id, position)
-                ), totals AS (
-                    SELECT account_id, sum(amount) AS total FROM w GROUP BY account_id
-                ), updated AS (
-                    UPDATE accounts a
-                       SET balance = a.balance - t.total,
-                           lifetime_expired = a.lifetime_expired + t.total,
-                           update_time = credits_now()
-                      FROM totals t
-                     WHERE a.account_id = t.account_id AND a.account_id = ANY(:account_ids)
-                    RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))},
-                              a.balance + t.total AS balance_before
-                ), entries AS (
-                    INSERT INTO ledger_entries (account_id, entry_type, amount, balance_after,
-                                                reservation_id, actor, lot_id)
-                    SELECT w.account_id, 'EXPIRY', -w.amount,
-                           u.balance_before - sum(w.amount) OVER (
-                               PARTITION BY w.account_id ORDER BY w.position),
-                           w.reservation_id, :actor, w.lot_id
-                      FROM w JOIN updated u USING (account_id)
-                     ORDER BY w.position
-                )
-                SELECT * FROM updated
-                """
-            ),
+        rows = await _fetch_named(
+            self._driver,
+            f"""
+            WITH w AS (
+                SELECT * FROM unnest(CAST(:account_ids AS text[]), CAST(:lot_ids AS bigint[]),
+                                     CAST(:amounts AS bigint[]), CAST(:holds AS uuid[]))
+                              WITH ORDINALITY AS w (account_id, lot_id, amount,
+                                                    reservation_id, position)
+            ), totals AS (
+                SELECT account_id, sum(amount) AS total FROM w GROUP BY account_id
+            ), updated AS (
+                UPDATE accounts a
+                   SET balance = a.balance - t.total,
+                       lifetime_expired = a.lifetime_expired + t.total,
+                       update_time = credits_now()
+                  FROM totals t
+                 WHERE a.account_id = t.account_id AND a.account_id = ANY(:account_ids)
+                RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))},
+                          a.balance + t.total AS balance_before
+            ), entries AS (
+                INSERT INTO ledger_entries (account_id, entry_type, amount, balance_after,
+                                            reservation_id, actor, lot_id)
+                SELECT w.account_id, 'EXPIRY', -w.amount,
+                       u.balance_before - sum(w.amount) OVER (
+                           PARTITION BY w.account_id ORDER BY w.position),
+                       w.reservation_id, :actor, w.lot_id
+                  FROM w JOIN updated u USING (account_id)
+                 ORDER BY w.position
+            )
+            SELECT * FROM updated
+            """,
             {
                 "account_ids": [w[0] for w in write_offs],
                 "lot_ids": [w[1] for w in write_offs],
@@ -391,16 +377,13 @@ class LedgerRepository:
         return {row.account_id: _balance(row) for row in rows}
 
     async def usage_of(self, reservation_id: str) -> LedgerEntry | None:
-        row = (
-            await self._connection.execute(
-                text(
-                    f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries "
-                    "WHERE reservation_id = CAST(:reservation_id AS uuid) AND entry_type = 'USAGE'"
-                ),
-                {"reservation_id": reservation_id},
-            )
-        ).one_or_none()
-        return _entry(row) if row is not None else None
+        rows = await _fetch_named(
+            self._driver,
+            f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries "
+            "WHERE reservation_id = CAST(:reservation_id AS uuid) AND entry_type = 'USAGE'",
+            {"reservation_id": reservation_id},
+        )
+        return _entry(rows[0]) if rows else None
 
     async def page(
         self,
@@ -442,13 +425,16 @@ class LotRepository:
     """Credit lots. Every change to an account's lots runs under that account's row lock
     (AccountRepository.lock), so reads made after taking it are current."""
 
-    def __init__(self, connection: AsyncConnection, driver: Any) -> None:
-        self._connection = connection
-        self._driver = driver  # the asyncpg connection under it (_fetch_named)
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver  # the asyncpg connection under the unit of work's (_fetch_named)
 
     async def now(self) -> datetime:
         """The service clock (credits_now(): the database clock plus any test offset)."""
-        (row,) = await _fetch_named(self._driver, "SELECT credits_now() AS now", {})
+        (row,) = await _fetch_named(
+            self._driver,
+            "SELECT credits_now() AS now",
+            {},
+        )
         return row.now
 
     async def create(
@@ -482,10 +468,9 @@ class LotRepository:
         """Mark the (locked) accounts' lots past expire_time as expired, keeping only their held
         credits; returns (account_id, lot_id, unheld credits to write off) in expiry order.
         Compare-and-set on expired_time: a lot is written off once, whoever gets there first."""
-        rows = await self._connection.execute(
-            text(
-_EXPIRE_DUE.format(account_ids=":account_ids")
-            ),
+        rows = await _fetch_named(
+            self._driver,
+            _EXPIRE_DUE.format(account_ids=":account_ids"),
             {"account_ids": sorted(set(account_ids))},
         )
         ordered = sorted(rows, key=lambda r: (r.account_id, r.expire_time, r.lot_id))
@@ -494,19 +479,18 @@ _EXPIRE_DUE.format(account_ids=":account_ids")
     async def due_accounts(self, limit: int) -> list[str]:
         """Accounts with lots past expire_time not yet written off, soonest first; accounts
         locked by another transaction are left out (it writes their lots off itself)."""
-        rows = await self._connection.execute(
-            text(
-                """
-                SELECT a.account_id FROM accounts a
-                 WHERE a.account_id IN (
-                        SELECT account_id FROM credit_lots
-                         WHERE expired_time IS NULL AND expire_time <= credits_now()
-                         ORDER BY expire_time LIMIT :scan)
-                 ORDER BY a.account_id
-                 LIMIT :limit
-                   FOR UPDATE OF a SKIP LOCKED
-                """
-            ),
+        rows = await _fetch_named(
+            self._driver,
+            """
+            SELECT a.account_id FROM accounts a
+             WHERE a.account_id IN (
+                    SELECT account_id FROM credit_lots
+                     WHERE expired_time IS NULL AND expire_time <= credits_now()
+                     ORDER BY expire_time LIMIT :scan)
+             ORDER BY a.account_id
+             LIMIT :limit
+               FOR UPDATE OF a SKIP LOCKED
+            """,
             {"scan": limit * 4, "limit": limit},
         )
         return [row.account_id for row in rows]
@@ -516,16 +500,15 @@ _EXPIRE_DUE.format(account_ids=":account_ids")
     ) -> dict[str, list[tuple[int, int]]]:
         """Per account, its unexpired lots with unheld credits in consumption order, as
         (lot_id, unheld credits): just as many as it takes to cover the credits wanted."""
-        rows = await self._connection.execute(
-            text(
-                f"""
-                SELECT w.account_id, s.lot_id, s.free
-                  FROM unnest(CAST(:account_ids AS text[]), CAST(:amounts AS bigint[]))
-                       WITH ORDINALITY AS w (account_id, amount, position)
-                 CROSS JOIN LATERAL ({_FREE_LOTS}) s
-                 ORDER BY w.position, s.running
-                """
-            ),
+        rows = await _fetch_named(
+            self._driver,
+            f"""
+            SELECT w.account_id, s.lot_id, s.free
+              FROM unnest(CAST(:account_ids AS text[]), CAST(:amounts AS bigint[]))
+                   WITH ORDINALITY AS w (account_id, amount, position)
+             CROSS JOIN LATERAL ({_FREE_LOTS}) s
+             ORDER BY w.position, s.running
+            """,
             {"account_ids": list(wanted), "amounts": list(wanted.values())},
         )
         free: dict[str, list[tuple[int, int]]] = {account_id: [] for account_id in wanted}
@@ -538,32 +521,31 @@ _EXPIRE_DUE.format(account_ids=":account_ids")
         changes = [c for c in changes if c.held_delta or c.remaining_delta]
         if not changes:
             return
-        result = await self._connection.execute(
-            text(
-                """
-                UPDATE credit_lots l
-                   SET held = l.held + c.held_delta, remaining = l.remaining + c.remaining_delta
-                  FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:held AS bigint[]),
-                              CAST(:remaining AS bigint[]))
-                       AS c (lot_id, held_delta, remaining_delta)
-                 WHERE l.lot_id = c.lot_id AND l.lot_id = ANY(:lot_ids)
-                """
-            ),
+        rows = await _fetch_named(
+            self._driver,
+            """
+            UPDATE credit_lots l
+               SET held = l.held + c.held_delta, remaining = l.remaining + c.remaining_delta
+              FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:held AS bigint[]),
+                          CAST(:remaining AS bigint[]))
+                   AS c (lot_id, held_delta, remaining_delta)
+             WHERE l.lot_id = c.lot_id AND l.lot_id = ANY(:lot_ids)
+            RETURNING 1
+            """,
             {
                 "lot_ids": [c.lot_id for c in changes],
                 "held": [c.held_delta for c in changes],
                 "remaining": [c.remaining_delta for c in changes],
             },
         )
-        assert result.rowcount == len(changes), "every lot changed exists"
+        assert len(rows) == len(changes), "every lot changed exists"
 
     async def expired_among(self, lot_ids: Iterable[int]) -> set[int]:
         """Which of these lots have expired."""
-        rows = await self._connection.execute(
-            text(
-                "SELECT lot_id FROM credit_lots WHERE lot_id = ANY(:lot_ids) "
-                "AND expired_time IS NOT NULL"
-            ),
+        rows = await _fetch_named(
+            self._driver,
+            "SELECT lot_id FROM credit_lots WHERE lot_id = ANY(:lot_ids) "
+            "AND expired_time IS NOT NULL",
             {"lot_ids": sorted(set(lot_ids))},
         )
         return {row.lot_id for row in rows}
@@ -573,60 +555,58 @@ _EXPIRE_DUE.format(account_ids=":account_ids")
     ) -> tuple[list[Lot], int]:
         """The account's lots that still hold credits, in consumption order (at most `limit`),
         and the unheld credits of unexpired lots expiring within the window from now."""
-        rows = await self._connection.execute(
-            text(
-                f"""
-                SELECT {_LOT_COLUMNS} FROM credit_lots l
-                 WHERE l.account_id = :account_id AND l.remaining > 0
-                 ORDER BY {_CONSUMPTION_ORDER} LIMIT :limit
-                """
-            ),
+        rows = await _fetch_named(
+            self._driver,
+            f"""
+            SELECT {_LOT_COLUMNS} FROM credit_lots l
+             WHERE l.account_id = :account_id AND l.remaining > 0
+             ORDER BY {_CONSUMPTION_ORDER} LIMIT :limit
+            """,
             {"account_id": account_id, "limit": limit},
         )
         lots = [_lot(row) for row in rows]
         if expiring_within_ms is None:
             return lots, 0
-        row = (
-            await self._connection.execute(
-                text(
-                    """
-                    SELECT coalesce(sum(remaining - held), 0)::bigint AS expiring
-                      FROM credit_lots
-                     WHERE account_id = :account_id AND expired_time IS NULL
-                       AND expire_time <= credits_now() + :ms * interval '1 millisecond'
-                    """
-                ),
-                {"account_id": account_id, "ms": expiring_within_ms},
-            )
-        ).one()
+        (row,) = await _fetch_named(
+            self._driver,
+            """
+            SELECT coalesce(sum(remaining - held), 0)::bigint AS expiring
+              FROM credit_lots
+             WHERE account_id = :account_id AND expired_time IS NULL
+               AND expire_time <= credits_now() + :ms * interval '1 millisecond'
+            """,
+            {"account_id": account_id, "ms": expiring_within_ms},
+        )
         return lots, int(row.expiring)
 
 
 class ReservationRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._connection = connection
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver  # the asyncpg connection under the unit of work's (_fetch_named)
 
     async def lock(self, reservation_id: str) -> tuple[Reservation, bool] | None:
         """The hold with its draws, locked for this transaction, and whether its expire_time
         has passed."""
-        row = (
-            await self._connection.execute(
-                text(
-                    f"SELECT {_RESERVATION_COLUMNS}, expire_time <= credits_now() AS is_due "
-                    "FROM reservations WHERE reservation_id = CAST(:reservation_id AS uuid) "
-                    "FOR UPDATE"
-                ),
-                {"reservation_id": reservation_id},
-            )
-        ).one_or_none()
-        if row is None:
+        rows = await _fetch_named(
+            self._driver,
+            f"SELECT {_RESERVATION_COLUMNS}, expire_time <= credits_now() AS is_due "
+            "FROM reservations WHERE reservation_id = CAST(:reservation_id AS uuid) "
+            "FOR UPDATE",
+            {"reservation_id": reservation_id},
+        )
+        if not rows:
             return None
+        row = rows[0]
         draws = await self.draws_of([reservation_id])
         return _reservation(row, draws.get(reservation_id, ())), row.is_due
 
     async def draws_of(self, reservation_ids: list[str]) -> dict[str, tuple[LotDraw, ...]]:
         """Each hold's draws, in the consumption order of their lots."""
-        rows = await self._connection.execute(text(_DRAWS_OF), {"ids": reservation_ids})
+        rows = await _fetch_named(
+            self._driver,
+            _DRAWS_OF,
+            {"ids": reservation_ids},
+        )
         draws: dict[str, list[LotDraw]] = {}
         for row in rows:
             draws.setdefault(row.reservation_id, []).append(
@@ -640,16 +620,15 @@ class ReservationRepository:
         """Write what Commit consumed from each lot (lots it took beyond the hold are added with
         nothing held); returns the hold's draws."""
         held = {draw.lot_id: draw.held for draw in draws}
-        await self._connection.execute(
-            text(
-                """
-                INSERT INTO reservation_lots AS d (reservation_id, lot_id, held, consumed)
-                SELECT CAST(:reservation_id AS uuid), c.lot_id, c.held, c.consumed
-                  FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:held AS bigint[]),
-                              CAST(:consumed AS bigint[])) AS c (lot_id, held, consumed)
-                ON CONFLICT (reservation_id, lot_id) DO UPDATE SET consumed = EXCLUDED.consumed
-                """
-            ),
+        await _fetch_named(
+            self._driver,
+            """
+            INSERT INTO reservation_lots AS d (reservation_id, lot_id, held, consumed)
+            SELECT CAST(:reservation_id AS uuid), c.lot_id, c.held, c.consumed
+              FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:held AS bigint[]),
+                          CAST(:consumed AS bigint[])) AS c (lot_id, held, consumed)
+            ON CONFLICT (reservation_id, lot_id) DO UPDATE SET consumed = EXCLUDED.consumed
+            """,
             {
                 "reservation_id": reservation_id,
                 "lot_ids": list(consumed),
@@ -668,16 +647,15 @@ class ReservationRepository:
         release_reason: str = "",
     ) -> dict[str, Reservation]:
         """Compare-and-set ACTIVE -> `status`; holds no longer ACTIVE are left out."""
-        rows = await self._connection.execute(
-            text(
-                f"""
-                UPDATE reservations
-                   SET status = :status, committed_amount = :committed_amount,
-                       release_reason = :release_reason, finish_time = credits_now()
-                 WHERE reservation_id = ANY(CAST(:ids AS uuid[])) AND status = 'ACTIVE'
-                RETURNING {_RESERVATION_COLUMNS}
-                """
-            ),
+        rows = await _fetch_named(
+            self._driver,
+            f"""
+            UPDATE reservations
+               SET status = :status, committed_amount = :committed_amount,
+                   release_reason = :release_reason, finish_time = credits_now()
+             WHERE reservation_id = ANY(CAST(:ids AS uuid[])) AND status = 'ACTIVE'
+            RETURNING {_RESERVATION_COLUMNS}
+            """,
             {
                 "ids": reservation_ids,
                 "status": status.value,
@@ -690,38 +668,33 @@ class ReservationRepository:
     async def extend(self, reservation_id: str, ttl_ms: int, lifetime_max_ms: int) -> Reservation:
         """Move an ACTIVE (locked) hold's expire_time to now + ttl, never earlier than it was and
         never past create_time + lifetime_max."""
-        row = (
-            await self._connection.execute(
-                text(
-                    f"""
-                    UPDATE reservations
-                       SET expire_time = greatest(expire_time, least(
-                               credits_now() + :ttl_ms * interval '1 millisecond',
-                               create_time + :lifetime_ms * interval '1 millisecond'))
-                     WHERE reservation_id = CAST(:reservation_id AS uuid) AND status = 'ACTIVE'
-                    RETURNING {_RESERVATION_COLUMNS}
-                    """
-                ),
-                {"reservation_id": reservation_id, "ttl_ms": ttl_ms,
-                 "lifetime_ms": lifetime_max_ms},
-            )
-        ).one()
+        (row,) = await _fetch_named(
+            self._driver,
+            f"""
+            UPDATE reservations
+               SET expire_time = greatest(expire_time, least(
+                       credits_now() + :ttl_ms * interval '1 millisecond',
+                       create_time + :lifetime_ms * interval '1 millisecond'))
+             WHERE reservation_id = CAST(:reservation_id AS uuid) AND status = 'ACTIVE'
+            RETURNING {_RESERVATION_COLUMNS}
+            """,
+            {"reservation_id": reservation_id, "ttl_ms": ttl_ms, "lifetime_ms": lifetime_max_ms},
+        )
         return _reservation(row)
 
     async def lock_due(self, batch_size: int) -> list[Reservation]:
         """Up to `batch_size` ACTIVE holds past expire_time, locked. Holds locked by a Commit or
         Release in flight are skipped, not waited for: that transaction decides them, and the
         next sweep sees them."""
-        rows = await self._connection.execute(
-            text(
-                f"""
-                SELECT {_RESERVATION_COLUMNS} FROM reservations
-                 WHERE status = 'ACTIVE' AND expire_time <= credits_now()
-                 ORDER BY expire_time
-                 LIMIT :batch_size
-                   FOR UPDATE SKIP LOCKED
-                """
-            ),
+        rows = await _fetch_named(
+            self._driver,
+            f"""
+            SELECT {_RESERVATION_COLUMNS} FROM reservations
+             WHERE status = 'ACTIVE' AND expire_time <= credits_now()
+             ORDER BY expire_time
+             LIMIT :batch_size
+               FOR UPDATE SKIP LOCKED
+            """,
             {"batch_size": batch_size},
         )
         holds = [_reservation(row) for row in rows]
@@ -739,19 +712,18 @@ class ReservationRepository:
         limit: int,
     ) -> list[Reservation]:
         """Holds newest first (create_time, then id), strictly before `before` when given."""
-        rows = await self._connection.execute(
-            text(
-                f"""
-                SELECT {_RESERVATION_COLUMNS} FROM reservations
-                 WHERE account_id = :account_id
-                   AND (CAST(:statuses AS text[]) IS NULL OR status = ANY(:statuses))
-                   AND (CAST(:before_time AS timestamptz) IS NULL
-                        OR (create_time, reservation_id)
-                           < (:before_time, CAST(:before_id AS uuid)))
-                 ORDER BY create_time DESC, reservation_id DESC
-                 LIMIT :limit
-                """
-            ),
+        rows = await _fetch_named(
+            self._driver,
+            f"""
+            SELECT {_RESERVATION_COLUMNS} FROM reservations
+             WHERE account_id = :account_id
+               AND (CAST(:statuses AS text[]) IS NULL OR status = ANY(:statuses))
+               AND (CAST(:before_time AS timestamptz) IS NULL
+                    OR (create_time, reservation_id)
+                       < (:before_time, CAST(:before_id AS uuid)))
+             ORDER BY create_time DESC, reservation_id DESC
+             LIMIT :limit
+            """,
             {
                 "account_id": account_id,
                 "statuses": sorted(s.value for s in statuses) or None,
@@ -772,9 +744,8 @@ def _with_draws(hold: Reservation, draws: tuple[LotDraw, ...]) -> Reservation:
 
 
 class IdempotencyRepository:
-    def __init__(self, connection: AsyncConnection, driver: Any) -> None:
-        self._connection = connection
-        self._driver = driver  # the asyncpg connection under it (_fetch_named)
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver  # the asyncpg connection under the unit of work's (_fetch_named)
 
     async def claim(self, scope: str, key: str, method: str, request_hash: bytes) -> bool:
         """Insert the key for this transaction. False if it exists: a concurrent holder of the
@@ -813,18 +784,18 @@ class IdempotencyRepository:
         )
 
     async def purge(self, older_than_s: float, batch_size: int) -> int:
-        result = await self._connection.execute(
-            text(
-                """
-                DELETE FROM idempotency_keys WHERE ctid IN (
-                    SELECT ctid FROM idempotency_keys
-                     WHERE create_time < credits_now() - :older_than_s * interval '1 second'
-                     LIMIT :batch_size)
-                """
-            ),
+        rows = await _fetch_named(
+            self._driver,
+            """
+            DELETE FROM idempotency_keys WHERE ctid IN (
+                SELECT ctid FROM idempotency_keys
+                 WHERE create_time < credits_now() - :older_than_s * interval '1 second'
+                 LIMIT :batch_size)
+            RETURNING 1
+            """,
             {"older_than_s": older_than_s, "batch_size": batch_size},
         )
-        return result.rowcount
+        return len(rows)
 
 
 class _Row(asyncpg.Record):

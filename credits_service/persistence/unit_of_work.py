@@ -2,8 +2,8 @@
 
 The engine runs in AUTOCOMMIT mode, so SQLAlchemy never sends BEGIN, COMMIT or a reset ROLLBACK
 of its own: the unit of work opens and ends the transaction on the asyncpg connection under the
-pooled one. Statements sent through SQLAlchemy and the hot path's raw asyncpg statements
-(repositories) run in that one transaction alike.
+pooled one. The repositories' statements run on that asyncpg connection too, in that one
+transaction.
 """
 
 from __future__ import annotations
@@ -127,11 +127,11 @@ class SqlUnitOfWork:
             self._broken = not isinstance(exc, StorageTimeout)
             await self._close()
             _reraise_translated(exc)
-        self.accounts = AccountRepository(self._connection, self._driver)
-        self.ledger = LedgerRepository(self._connection, self._driver)
-        self.lots = LotRepository(self._connection, self._driver)
-        self.reservations = ReservationRepository(self._connection)
-        self.idempotency = IdempotencyRepository(self._connection, self._driver)
+        self.accounts = AccountRepository(self._driver)
+        self.ledger = LedgerRepository(self._driver)
+        self.lots = LotRepository(self._driver)
+        self.reservations = ReservationRepository(self._driver)
+        self.idempotency = IdempotencyRepository(self._driver)
         self.holds = HoldsRepository(self._driver)
         return self
 
