@@ -1032,6 +1032,38 @@ _CAPTURE = f"""
            (SELECT count(*) FROM recorded), NULL, NULL, NULL
     """
 
+# The grouped Release's write: what each lot holds no more, per account the credits and holds
+# it holds no more, and each hold's compare-and-set from ACTIVE to RELEASED with its reason.
+_RELEASE = f"""
+    WITH lots_changed AS (
+        UPDATE credit_lots l
+           SET held = l.held + c.held_delta, remaining = l.remaining + c.remaining_delta
+          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
+               AS c (lot_id, held_delta, remaining_delta)
+         WHERE l.lot_id = c.lot_id AND l.lot_id = ANY($1::bigint[])
+        RETURNING 1
+    ), unheld AS (
+        UPDATE accounts a
+           SET reserved = a.reserved - c.held,
+               active_reservation_count = a.active_reservation_count - c.holds,
+               update_time = credits_now()
+          FROM unnest($4::text[], $5::bigint[], $6::bigint[]) AS c (account_id, held, holds)
+         WHERE a.account_id = c.account_id AND a.account_id = ANY($4::text[])
+        RETURNING {_A_ACCOUNT_COLUMNS}
+    ), finished AS (
+        UPDATE reservations r
+           SET status = 'RELEASED', release_reason = c.reason, finish_time = credits_now()
+          FROM unnest($7::uuid[], $8::text[]) AS c (reservation_id, reason)
+         WHERE r.reservation_id = c.reservation_id
+           AND r.reservation_id = ANY($7::uuid[]) AND r.status = 'ACTIVE'
+        RETURNING 1
+    )
+    SELECT {_ACCOUNT_COLUMNS}, NULL::bigint, NULL::bigint FROM unheld
+    UNION ALL
+    SELECT {_NO_ACCOUNT_COLUMNS}, (SELECT count(*) FROM lots_changed),
+           (SELECT count(*) FROM finished)
+    """
+
 
 class HoldsRepository:
     """The group transactions' statements, on the raw asyncpg connection, each spanning tables.
@@ -1039,10 +1071,10 @@ class HoldsRepository:
     stored already and lock the accounts of the others; expire due lots and find free ones;
     write the holds with everything they change, the new keys with their responses included.
     A grouped Commit (Ledger._commit_many) takes three: lock the holds and their accounts;
-    expire due lots and check give-backs; write the captures. The same rows and locks as the
-    one-table statements of the other repositories, in fewer round trips and without
-    SQLAlchemy's per-statement work. The statements (_FIND_AND_LOCK and the others above)
-    are built once, at import."""
+    expire due lots and check give-backs; write the captures. A grouped Release
+    (Ledger._release_many) takes the same first two, then writes the releases. The same rows
+    and locks as the one-table statements of the other repositories, in fewer round trips.
+    The statements (_FIND_AND_LOCK and the others above) are built once, at import."""
 
     def __init__(self, driver: Any) -> None:
         self._driver = driver  # the asyncpg connection under the unit of work's
@@ -1202,3 +1234,26 @@ class HoldsRepository:
             else:
                 counts = (row[2], row[3], row[4])
         return balances, entry_ids, counts
+
+    async def release(
+        self,
+        lot_changes: Mapping[int, tuple[int, int]],
+        per_account: Mapping[str, tuple[int, int]],
+        releases: list[tuple[str, str]],
+    ) -> tuple[dict[str, BalanceSnapshot], tuple[int, int]]:
+        """Write decided Releases at once: each lot's (held, remaining) deltas
+        (LotRepository.apply); per account the (credits, number of holds) it holds no more
+        (AccountRepository.unhold); each (reservation_id, reason) hold's compare-and-set from
+        ACTIVE to RELEASED (ReservationRepository.finish). Returns the accounts' new balances
+        and the rows written: (lots, holds)."""
+        rows = await self._fetch(
+            _RELEASE,
+            list(lot_changes), [held for held, _ in lot_changes.values()],
+            [remaining for _, remaining in lot_changes.values()],
+            list(per_account), [held for held, _ in per_account.values()],
+            [count for _, count in per_account.values()],
+            [r[0] for r in releases], [r[1] for r in releases],
+        )
+        balances = {row[0]: BalanceSnapshot(*row[:7]) for row in rows if row[0] is not None}
+        counts = next(row for row in rows if row[0] is None)
+        return balances, (counts[7], counts[8])

@@ -82,7 +82,8 @@ def new_reservation_ids(count: int) -> list[str]:
 
 
 class _Alone:
-    """A grouped Commit the group leaves to its own transaction (see Ledger.commit)."""
+    """A grouped Commit or Release the group leaves to its own transaction (see Ledger.commit
+    and Ledger.release)."""
 
 
 ALONE = _Alone()
@@ -146,12 +147,18 @@ class Ledger:
             concurrency=limits.group_concurrency,
             on_group=lambda size: self._events.grouped("CheckAndReserve", size),
         )
-        # So do plain Commits (see _commit_many).
+        # So do plain Commits (see _commit_many) and plain Releases (see _release_many).
         self._commit_group: GroupCommitter[tuple[CommitCommand, str], Any] = GroupCommitter(
             self._commit_many,
             group_size_max=limits.group_size_max,
             concurrency=limits.group_concurrency,
             on_group=lambda size: self._events.grouped("Commit", size),
+        )
+        self._release_group: GroupCommitter[ReleaseCommand, Any] = GroupCommitter(
+            self._release_many,
+            group_size_max=limits.group_size_max,
+            concurrency=limits.group_concurrency,
+            on_group=lambda size: self._events.grouped("Release", size),
         )
 
     # --- use cases -----------------------------------------------------------------------
@@ -567,7 +574,94 @@ class Ledger:
 
     async def release(self, command: ReleaseCommand, actor: str) -> ReleaseResult:
         """Void an active hold, giving its credits back to the lots they came from; releasing a
-        released hold replays."""
+        released hold replays.
+
+        Concurrent Releases share transactions (_release_many); the group leaves every case but
+        the plain one to a transaction of its own (_release_alone)."""
+        outcome = await self._release_group.submit(command)
+        if outcome is ALONE:
+            return await self._release_alone(command)
+        if isinstance(outcome, errors.DomainError):
+            raise outcome
+        return outcome
+
+    async def _release_many(
+        self, commands: Sequence[ReleaseCommand]
+    ) -> list[ReleaseResult | _Alone]:
+        """Release, in one transaction, the plain cases among `commands`: an ACTIVE hold, not
+        due, whose credits all go back to unexpired lots, named once in the group. Every other
+        call is answered ALONE, untouched, for _release_alone to decide. The same results as
+        releasing one by one, in order."""
+
+        async def work(uow: UnitOfWork) -> list[ReleaseResult | _Alone]:
+            outcomes: list[Any] = [ALONE] * len(commands)
+            counts: dict[str, int] = {}
+            for command in commands:
+                counts[command.reservation_id] = counts.get(command.reservation_id, 0) + 1
+            locked, snapshots, now = await uow.holds.lock_for_commit(
+                [rid for rid, count in counts.items() if count == 1]
+            )
+            plain: list[tuple[int, Reservation]] = []
+            for i, command in enumerate(commands):
+                found = locked.get(command.reservation_id)
+                if found is not None and not found[1] and (
+                        found[0].status is ReservationStatus.ACTIVE):
+                    plain.append((i, found[0]))
+            if not plain:
+                return outcomes
+            given_back = [draw.lot_id for _, hold in plain for draw in hold.draws]
+            due, expired = await uow.holds.expire_and_check(list(snapshots), given_back)
+            snapshots.update(await self._write_off_lapsed(uow, due))
+            plain = [(i, hold) for i, hold in plain
+                     if not any(draw.lot_id in expired for draw in hold.draws)]
+            if not plain:
+                return outcomes
+            merged: dict[int, list[int]] = {}
+            per_account: dict[str, tuple[int, int]] = {}
+            balances: dict[int, BalanceSnapshot] = {}
+            for i, hold in plain:
+                changes, write_offs = lots.settle(hold.draws, (), (), set())
+                assert not write_offs, "no lot a plain release gives back to is expired"
+                for change in changes:
+                    deltas = merged.setdefault(change.lot_id, [0, 0])
+                    deltas[0] += change.held_delta
+                    deltas[1] += change.remaining_delta
+                held, count = per_account.get(hold.account_id, (0, 0))
+                per_account[hold.account_id] = (held + hold.amount, count + 1)
+                before = snapshots[hold.account_id]
+                snapshots[hold.account_id] = balances[i] = dataclasses.replace(
+                    before,
+                    reserved=before.reserved - hold.amount,
+                    active_reservation_count=before.active_reservation_count - 1,
+                )
+            changed = {lot_id: (held, remaining) for lot_id, (held, remaining) in merged.items()
+                       if held or remaining}
+            updated, written = await uow.holds.release(
+                changed, per_account,
+                [(hold.reservation_id, commands[i].reason) for i, hold in plain],
+            )
+            if (any(updated.get(account_id) != snapshots[account_id]
+                    for account_id in per_account)
+                    or written != (len(changed), len(plain))):
+                raise LotsOutOfStep(plain[0][1].account_id)
+            for i, hold in plain:
+                outcomes[i] = ReleaseResult(
+                    reservation=dataclasses.replace(
+                        hold,
+                        status=ReservationStatus.RELEASED,
+                        finish_time=now,
+                        release_reason=commands[i].reason,
+                    ),
+                    balance=balances[i],
+                )
+            uow.on_commit(lambda: [self._events.released() for _ in plain])
+            return outcomes
+
+        return await self._transaction(work, grouped=True)
+
+    async def _release_alone(self, command: ReleaseCommand) -> ReleaseResult:
+        """Release in a transaction of its own: every case (replays, expiry, declines,
+        give-backs to expired lots)."""
 
         async def work(uow: UnitOfWork) -> ReleaseResult | errors.DomainError:
             locked = await self._lock_deciding_expiry(uow, command.reservation_id)

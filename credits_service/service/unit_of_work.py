@@ -12,7 +12,7 @@ class UnitOfWork(Protocol):
     lots: Any
     reservations: Any
     idempotency: Any
-    holds: Any  # the grouped CheckAndReserve's statements
+    holds: Any  # the group transactions' statements (CheckAndReserve, Commit, Release)
 
     async def __aenter__(self) -> Self: ...
 

@@ -1,7 +1,7 @@
-"""Concurrent Commits share transactions (group commit): each call still gets exactly what it
-alone would have got, whether the group decides it (a plain commit) or leaves it to a
-transaction of its own (a replay, a larger amount, an expired or released hold, a give-back to
-an expired lot, a hold named twice)."""
+"""Concurrent Commits share transactions (group commit), and so do concurrent Releases: each
+call still gets exactly what it alone would have got, whether the group decides it (a plain
+commit or release) or leaves it to a transaction of its own (a replay, a larger amount, an
+expired, committed or released hold, a give-back to an expired lot, a hold named twice)."""
 
 from __future__ import annotations
 
@@ -43,12 +43,16 @@ def _commit(reservation_id: str, amount: int | None = None) -> pb.CommitRequest:
     return request
 
 
-def _groups_larger_than(app, size: int) -> float:
+def _groups_larger_than(app, size: int, method: str = "Commit") -> float:
     registry = app.metrics.registry
-    labels = {"method": "Commit"}
+    labels = {"method": method}
     count = registry.get_sample_value("credits_group_size_count", labels) or 0.0
     at_most = registry.get_sample_value("credits_group_size_bucket", {**labels, "le": f"{size}.0"})
     return count - (at_most or 0.0)
+
+
+def _release(reservation_id: str) -> pb.ReleaseRequest:
+    return pb.ReleaseRequest(reservation_id=reservation_id, reason=f"done with {reservation_id}")
 
 
 async def _wait_for_lock_waiter(db) -> None:
@@ -60,7 +64,7 @@ async def _wait_for_lock_waiter(db) -> None:
         ):
             return
         await asyncio.sleep(0.02)
-    raise AssertionError("the first Commit never waited for the blocked account")
+    raise AssertionError("the first call never waited for the blocked account")
 
 
 async def test_commits_decided_together_get_what_each_would_alone(
@@ -161,3 +165,91 @@ async def test_commits_decided_together_get_what_each_would_alone(
     expired_balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id=EXPIRING))).balance
     # 1 consumed; the 5 given back and the 4 never held went to the expired lot: written off.
     assert (expired_balance.balance, expired_balance.lifetime_expired) == (0, 9)
+
+
+async def test_releases_decided_together_get_what_each_would_alone(
+    app, stubs, stub, db, db_pool, clock
+):
+    await _grant(stub, ACCOUNT, 100)
+    await _grant(stub, BLOCKER, 10)
+    now = await db.fetchval("SELECT now() + $1 * interval '1 millisecond'", clock.offset_ms)
+    expires = Timestamp()
+    expires.FromDatetime(now)
+    expires.seconds += 60
+    await _grant(stub, EXPIRING, 10, expires)
+
+    plain = [await _hold(stub, ACCOUNT, 5) for _ in range(4)]
+    twice = await _hold(stub, ACCOUNT, 5)
+    released_before = await _hold(stub, ACCOUNT, 5)
+    committed_before = await _hold(stub, ACCOUNT, 5)
+    due = await _hold(stub, ACCOUNT, 5, ttl_s=30)
+    given_back = await _hold(stub, EXPIRING, 6)
+    blocked = await _hold(stub, BLOCKER, 4)
+    await stub.Release(_release(released_before))
+    await stub.Commit(_commit(committed_before))
+    clock.advance(120)  # `due` is past its expiry, and EXPIRING's lot has expired under its hold
+    # ACCOUNT: 100 granted, 5 committed; 30 held by 6 active holds (one of them due).
+
+    groups_before = _groups_larger_than(app, 8, "Release")
+    requests = [
+        *(_release(rid) for rid in plain),
+        _release(twice),
+        _release(twice),
+        _release(released_before),
+        _release(committed_before),
+        _release(due),
+        _release(str(uuid.uuid4())),
+        _release(given_back),
+    ]
+    async with db_pool.acquire() as blocker, blocker.transaction():
+        # The group running `blocked` waits on this lock, so every other call queues behind it
+        # and the next group takes them all.
+        await blocker.execute("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE", BLOCKER)
+        first = asyncio.ensure_future(stubs[0].Release(_release(blocked)))
+        await _wait_for_lock_waiter(db)
+        calls = [
+            asyncio.ensure_future(stubs[i % len(stubs)].Release(request))
+            for i, request in enumerate(requests)
+        ]
+        await asyncio.sleep(0.5)
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert (await first).reservation.status == pb.RESERVATION_STATUS_RELEASED
+    assert _groups_larger_than(app, 8, "Release") > groups_before, (
+        "the releases were not decided together")
+
+    ok = [r for r in results if not isinstance(r, Exception)]
+    by_id = {r.reservation.reservation_id: r for r in ok}
+    for rid in [*plain, twice, released_before, given_back]:
+        response = by_id[rid]
+        assert response.reservation.status == pb.RESERVATION_STATUS_RELEASED
+        assert response.reservation.release_reason == f"done with {rid}"
+        assert response.reservation.HasField("finish_time")
+        assert [(d.held, d.consumed) for d in response.reservation.draws] == [
+            (5 if rid != given_back else 6, 0)]
+    # The plain four were decided in one transaction (one finish_time: the transaction's
+    # clock), and each answers with the balance as after its own release, as one by one would:
+    # 5 held less each time. The first leaves 25 held, or 20 if the sweeper expired `due` first.
+    assert len({by_id[rid].reservation.finish_time.ToDatetime() for rid in plain}) == 1
+    reserved = sorted(by_id[rid].balance.reserved for rid in plain)
+    assert [r - reserved[0] for r in reserved] == [0, 5, 10, 15] and reserved[-1] in (20, 25)
+    twice_results = [r for r, q in zip(results, requests, strict=True)
+                     if q.reservation_id == twice]
+    assert [r.reservation for r in twice_results] == [twice_results[0].reservation] * 2
+
+    errors = {q.reservation_id: r for r, q in zip(results, requests, strict=True)
+              if isinstance(r, Exception)}
+    got = {rid: (unpack(error).code, unpack(error).reason) for rid, error in errors.items()}
+    assert got == {
+        committed_before: (grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_ALREADY_COMMITTED"),
+        due: (grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_EXPIRED"),
+        requests[-2].reservation_id: (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND"),
+    }
+
+    balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id=ACCOUNT))).balance
+    # 5 used before; every hold released or expired, nothing held.
+    assert (balance.balance, balance.reserved, balance.active_reservation_count,
+            balance.lifetime_used) == (95, 0, 0, 5)
+    expired_balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id=EXPIRING))).balance
+    # The 6 given back went to the expired lot: written off, as the 4 never held were.
+    assert (expired_balance.balance, expired_balance.reserved,
+            expired_balance.lifetime_expired) == (0, 0, 10)
