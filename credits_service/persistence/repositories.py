@@ -975,15 +975,18 @@ _EXPIRE_AND_CHECK = f"""
      ORDER BY 1, 2, 5, 3
     """
 
-_CAPTURE = f"""
-    WITH lots_changed AS (
+# The group writes' first step: lots $1 move their held and remaining credits by $2 and $3.
+_LOTS_CHANGED = """lots_changed AS (
         UPDATE credit_lots l
            SET held = l.held + c.held_delta, remaining = l.remaining + c.remaining_delta
           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
                AS c (lot_id, held_delta, remaining_delta)
          WHERE l.lot_id = c.lot_id AND l.lot_id = ANY($1::bigint[])
         RETURNING 1
-    ), captured AS (
+    )"""
+
+_CAPTURE = f"""
+    WITH {_LOTS_CHANGED}, captured AS (
         UPDATE accounts a
            SET balance = a.balance - c.used,
                reserved = a.reserved - c.held,
@@ -1035,14 +1038,7 @@ _CAPTURE = f"""
 # The grouped Release's write: what each lot holds no more, per account the credits and holds
 # it holds no more, and each hold's compare-and-set from ACTIVE to RELEASED with its reason.
 _RELEASE = f"""
-    WITH lots_changed AS (
-        UPDATE credit_lots l
-           SET held = l.held + c.held_delta, remaining = l.remaining + c.remaining_delta
-          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
-               AS c (lot_id, held_delta, remaining_delta)
-         WHERE l.lot_id = c.lot_id AND l.lot_id = ANY($1::bigint[])
-        RETURNING 1
-    ), unheld AS (
+    WITH {_LOTS_CHANGED}, unheld AS (
         UPDATE accounts a
            SET reserved = a.reserved - c.held,
                active_reservation_count = a.active_reservation_count - c.holds,

@@ -391,18 +391,13 @@ class Ledger:
 
         async def work(uow: UnitOfWork) -> list[CommitResult | _Alone]:
             outcomes: list[Any] = [ALONE] * len(calls)
-            counts: dict[str, int] = {}
-            for command, _ in calls:
-                counts[command.reservation_id] = counts.get(command.reservation_id, 0) + 1
-            locked, snapshots, now = await uow.holds.lock_for_commit(
-                [rid for rid, count in counts.items() if count == 1]
+            active, snapshots, now = await _lock_active_holds(
+                uow, [command.reservation_id for command, _ in calls]
             )
             plain: list[tuple[int, Reservation, int, lots.CommitSplit]] = []
-            for i, (command, _) in enumerate(calls):
-                found = locked.get(command.reservation_id)
-                if found is None or found[1] or found[0].status is not ReservationStatus.ACTIVE:
+            for i, ((command, _), hold) in enumerate(zip(calls, active, strict=True)):
+                if hold is None:
                     continue
-                hold = found[0]
                 amount = command.amount if command.amount is not None else hold.amount
                 split = lots.split_commit(hold.draws, amount)
                 if not split.excess:
@@ -416,7 +411,7 @@ class Ledger:
                                                  for lot_id, _ in p[3].given_back)]
             if not plain:
                 return outcomes
-            merged: dict[int, list[int]] = {}
+            lot_changes: list[lots.LotChange] = []
             captures: dict[str, tuple[int, int, int]] = {}
             balances: dict[int, BalanceSnapshot] = {}
             usages: list[tuple[str, int, int, str, Any, str]] = []
@@ -424,10 +419,7 @@ class Ledger:
             for i, hold, amount, split in plain:
                 changes, write_offs = lots.settle(hold.draws, split.consumed, (), set())
                 assert not write_offs, "no lot a plain commit gives back to is expired"
-                for change in changes:
-                    deltas = merged.setdefault(change.lot_id, [0, 0])
-                    deltas[0] += change.held_delta
-                    deltas[1] += change.remaining_delta
+                lot_changes.extend(changes)
                 held, used, count = captures.get(hold.account_id, (0, 0, 0))
                 captures[hold.account_id] = (held + hold.amount, used + amount, count + 1)
                 before = snapshots[hold.account_id]
@@ -443,8 +435,7 @@ class Ledger:
                                hold.reservation_id, command.metadata, actor))
                 consumed.extend((hold.reservation_id, lot_id, part)
                                 for lot_id, part in split.consumed)
-            changed = {lot_id: (held, remaining) for lot_id, (held, remaining) in merged.items()
-                       if held or remaining}
+            changed = _summed(lot_changes)
             updated, entry_ids, written = await uow.holds.capture(
                 changed, captures,
                 [(hold.reservation_id, amount) for _, hold, amount, _ in plain], consumed, usages,
@@ -595,18 +586,10 @@ class Ledger:
 
         async def work(uow: UnitOfWork) -> list[ReleaseResult | _Alone]:
             outcomes: list[Any] = [ALONE] * len(commands)
-            counts: dict[str, int] = {}
-            for command in commands:
-                counts[command.reservation_id] = counts.get(command.reservation_id, 0) + 1
-            locked, snapshots, now = await uow.holds.lock_for_commit(
-                [rid for rid, count in counts.items() if count == 1]
+            active, snapshots, now = await _lock_active_holds(
+                uow, [command.reservation_id for command in commands]
             )
-            plain: list[tuple[int, Reservation]] = []
-            for i, command in enumerate(commands):
-                found = locked.get(command.reservation_id)
-                if found is not None and not found[1] and (
-                        found[0].status is ReservationStatus.ACTIVE):
-                    plain.append((i, found[0]))
+            plain = [(i, hold) for i, hold in enumerate(active) if hold is not None]
             if not plain:
                 return outcomes
             given_back = [draw.lot_id for _, hold in plain for draw in hold.draws]
@@ -616,16 +599,13 @@ class Ledger:
                      if not any(draw.lot_id in expired for draw in hold.draws)]
             if not plain:
                 return outcomes
-            merged: dict[int, list[int]] = {}
+            lot_changes: list[lots.LotChange] = []
             per_account: dict[str, tuple[int, int]] = {}
             balances: dict[int, BalanceSnapshot] = {}
             for i, hold in plain:
                 changes, write_offs = lots.settle(hold.draws, (), (), set())
                 assert not write_offs, "no lot a plain release gives back to is expired"
-                for change in changes:
-                    deltas = merged.setdefault(change.lot_id, [0, 0])
-                    deltas[0] += change.held_delta
-                    deltas[1] += change.remaining_delta
+                lot_changes.extend(changes)
                 held, count = per_account.get(hold.account_id, (0, 0))
                 per_account[hold.account_id] = (held + hold.amount, count + 1)
                 before = snapshots[hold.account_id]
@@ -634,8 +614,7 @@ class Ledger:
                     reserved=before.reserved - hold.amount,
                     active_reservation_count=before.active_reservation_count - 1,
                 )
-            changed = {lot_id: (held, remaining) for lot_id, (held, remaining) in merged.items()
-                       if held or remaining}
+            changed = _summed(lot_changes)
             updated, written = await uow.holds.release(
                 changed, per_account,
                 [(hold.reservation_id, commands[i].reason) for i, hold in plain],
@@ -866,20 +845,15 @@ class Ledger:
         and what goes back to an expired lot is written off at once."""
         balances = await self._lock_accounts(uow, [hold.account_id for hold in holds])
         expired = await uow.lots.expired_among(d.lot_id for hold in holds for d in hold.draws)
-        merged: dict[int, lots.LotChange] = {}
+        lot_changes: list[lots.LotChange] = []
         write_offs: list[tuple[Reservation, list[tuple[int, int]]]] = []
         for hold in holds:
             changes, hold_write_offs = lots.settle(hold.draws, (), (), expired)
-            for change in changes:
-                before = merged.get(change.lot_id, lots.LotChange(change.lot_id, 0, 0))
-                merged[change.lot_id] = lots.LotChange(
-                    change.lot_id,
-                    before.held_delta + change.held_delta,
-                    before.remaining_delta + change.remaining_delta,
-                )
+            lot_changes.extend(changes)
             if hold_write_offs:
                 write_offs.append((hold, hold_write_offs))
-        await uow.lots.apply(merged.values())
+        await uow.lots.apply(lots.LotChange(lot_id, held, remaining)
+                             for lot_id, (held, remaining) in _summed(lot_changes).items())
         finished = await uow.reservations.finish(
             [hold.reservation_id for hold in holds], status, release_reason=reason
         )
@@ -982,6 +956,36 @@ class Ledger:
                     outcome = await work(uow)
                     await uow.commit()
         return outcome
+
+
+async def _lock_active_holds(
+    uow: UnitOfWork, reservation_ids: Sequence[str]
+) -> tuple[list[Reservation | None], dict[str, BalanceSnapshot], datetime]:
+    """The start of a group of Commits or Releases, one reservation id per call: lock the holds
+    named once in the group, and the accounts of those ACTIVE and not due (a group decides no
+    other case). Returns per call its hold if so (else None), the locked accounts' balances and
+    the service clock."""
+    counts: dict[str, int] = {}
+    for rid in reservation_ids:
+        counts[rid] = counts.get(rid, 0) + 1
+    locked, snapshots, now = await uow.holds.lock_for_commit(
+        [rid for rid, count in counts.items() if count == 1]
+    )
+    active: list[Reservation | None] = []
+    for rid in reservation_ids:
+        found = locked.get(rid)
+        plain = found is not None and not found[1] and found[0].status is ReservationStatus.ACTIVE
+        active.append(found[0] if plain else None)
+    return active, snapshots, now
+
+
+def _summed(changes: Sequence[lots.LotChange]) -> dict[int, tuple[int, int]]:
+    """Per lot, the (held, remaining) deltas of `changes` added up; lots left unchanged out."""
+    summed: dict[int, tuple[int, int]] = {}
+    for change in changes:
+        held, remaining = summed.get(change.lot_id, (0, 0))
+        summed[change.lot_id] = (held + change.held_delta, remaining + change.remaining_delta)
+    return {lot_id: deltas for lot_id, deltas in summed.items() if deltas != (0, 0)}
 
 
 def _split_by_account(
