@@ -41,6 +41,8 @@ _ACCOUNT_COLUMNS = (
 if _ACCOUNT_COLUMNS.replace(" ", "").split(",") != [
         f.name for f in dataclasses.fields(BalanceSnapshot)]:
     raise ImportError("_ACCOUNT_COLUMNS must list BalanceSnapshot's fields in order")
+# The same columns of an UPDATE's target aliased `a`, for its RETURNING clause
+_A_ACCOUNT_COLUMNS = ", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))
 _ENTRY_COLUMNS = (
     "entry_id, account_id, entry_type, grant_type, amount, balance_after, "
     "reservation_id::text AS reservation_id, reason, metadata::text AS metadata, actor, "
@@ -273,7 +275,7 @@ class AccountRepository:
               FROM unnest(CAST(:account_ids AS text[]), CAST(:held AS bigint[]),
                           CAST(:holds AS bigint[])) AS h (account_id, held, holds)
              WHERE a.account_id = h.account_id AND a.account_id = ANY(:account_ids)
-            RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))}
+            RETURNING {_A_ACCOUNT_COLUMNS}
             """,
             {
                 "account_ids": list(holds),
@@ -352,7 +354,7 @@ class LedgerRepository:
                        update_time = credits_now()
                   FROM totals t
                  WHERE a.account_id = t.account_id AND a.account_id = ANY(:account_ids)
-                RETURNING {", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))},
+                RETURNING {_A_ACCOUNT_COLUMNS},
                           a.balance + t.total AS balance_before
             ), entries AS (
                 INSERT INTO ledger_entries (account_id, entry_type, amount, balance_after,
@@ -809,7 +811,6 @@ class _Row(asyncpg.Record):
             raise AttributeError(name) from None
 
 
-_A_ACCOUNT_COLUMNS = ", ".join("a." + c.strip() for c in _ACCOUNT_COLUMNS.split(","))
 _NO_ACCOUNT_COLUMNS = (
     "NULL::text, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, "
     "NULL::bigint"
