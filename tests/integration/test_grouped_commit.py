@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -55,6 +56,37 @@ def _release(reservation_id: str) -> pb.ReleaseRequest:
     return pb.ReleaseRequest(reservation_id=reservation_id, reason=f"done with {reservation_id}")
 
 
+async def _fund(stub, db, clock) -> None:
+    """ACCOUNT 100 credits, BLOCKER 10, and EXPIRING 10 in a lot that expires in a minute."""
+    await _grant(stub, ACCOUNT, 100)
+    await _grant(stub, BLOCKER, 10)
+    now = await db.fetchval("SELECT now() + $1 * interval '1 millisecond'", clock.offset_ms)
+    expires = Timestamp()
+    expires.FromDatetime(now)
+    expires.seconds += 60
+    await _grant(stub, EXPIRING, 10, expires)
+
+
+async def _behind_a_blocked_group(
+    db, db_pool, stubs, method: str, blocked: Any, requests: list[Any]
+) -> tuple[Any, list[Any]]:
+    """Send `blocked` (a call on BLOCKER's hold), whose group then waits on a lock this test
+    holds on BLOCKER's account, then every request, so that they queue behind it and the next
+    group takes them all; release the lock. Returns the first call's response and the others'
+    responses or errors, in order."""
+    async with db_pool.acquire() as blocker, blocker.transaction():
+        await blocker.execute("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE", BLOCKER)
+        first = asyncio.ensure_future(getattr(stubs[0], method)(blocked))
+        await _wait_for_lock_waiter(db)
+        calls = [
+            asyncio.ensure_future(getattr(stubs[i % len(stubs)], method)(request))
+            for i, request in enumerate(requests)
+        ]
+        await asyncio.sleep(0.5)
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    return await first, results
+
+
 async def _wait_for_lock_waiter(db) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -70,13 +102,7 @@ async def _wait_for_lock_waiter(db) -> None:
 async def test_commits_decided_together_get_what_each_would_alone(
     app, stubs, stub, db, db_pool, clock
 ):
-    await _grant(stub, ACCOUNT, 100)
-    await _grant(stub, BLOCKER, 10)
-    now = await db.fetchval("SELECT now() + $1 * interval '1 millisecond'", clock.offset_ms)
-    expires = Timestamp()
-    expires.FromDatetime(now)
-    expires.seconds += 60
-    await _grant(stub, EXPIRING, 10, expires)
+    await _fund(stub, db, clock)
 
     full = [await _hold(stub, ACCOUNT, 5) for _ in range(4)]
     smaller = await _hold(stub, ACCOUNT, 5)
@@ -105,19 +131,9 @@ async def test_commits_decided_together_get_what_each_would_alone(
         _commit(str(uuid.uuid4())),
         _commit(given_back, 1),
     ]
-    async with db_pool.acquire() as blocker, blocker.transaction():
-        # The group running `blocked` waits on this lock, so every other call queues behind it
-        # and the next group takes them all.
-        await blocker.execute("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE", BLOCKER)
-        first = asyncio.ensure_future(stubs[0].Commit(_commit(blocked)))
-        await _wait_for_lock_waiter(db)
-        calls = [
-            asyncio.ensure_future(stubs[i % len(stubs)].Commit(request))
-            for i, request in enumerate(requests)
-        ]
-        await asyncio.sleep(0.5)
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    assert (await first).reservation.committed_amount == 4
+    first, results = await _behind_a_blocked_group(
+        db, db_pool, stubs, "Commit", _commit(blocked), requests)
+    assert first.reservation.committed_amount == 4
     assert _groups_larger_than(app, 8) > groups_before, "the commits were not decided together"
 
     ok = [r for r in results if not isinstance(r, Exception)]
@@ -170,13 +186,7 @@ async def test_commits_decided_together_get_what_each_would_alone(
 async def test_releases_decided_together_get_what_each_would_alone(
     app, stubs, stub, db, db_pool, clock
 ):
-    await _grant(stub, ACCOUNT, 100)
-    await _grant(stub, BLOCKER, 10)
-    now = await db.fetchval("SELECT now() + $1 * interval '1 millisecond'", clock.offset_ms)
-    expires = Timestamp()
-    expires.FromDatetime(now)
-    expires.seconds += 60
-    await _grant(stub, EXPIRING, 10, expires)
+    await _fund(stub, db, clock)
 
     plain = [await _hold(stub, ACCOUNT, 5) for _ in range(4)]
     twice = await _hold(stub, ACCOUNT, 5)
@@ -201,19 +211,9 @@ async def test_releases_decided_together_get_what_each_would_alone(
         _release(str(uuid.uuid4())),
         _release(given_back),
     ]
-    async with db_pool.acquire() as blocker, blocker.transaction():
-        # The group running `blocked` waits on this lock, so every other call queues behind it
-        # and the next group takes them all.
-        await blocker.execute("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE", BLOCKER)
-        first = asyncio.ensure_future(stubs[0].Release(_release(blocked)))
-        await _wait_for_lock_waiter(db)
-        calls = [
-            asyncio.ensure_future(stubs[i % len(stubs)].Release(request))
-            for i, request in enumerate(requests)
-        ]
-        await asyncio.sleep(0.5)
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    assert (await first).reservation.status == pb.RESERVATION_STATUS_RELEASED
+    first, results = await _behind_a_blocked_group(
+        db, db_pool, stubs, "Release", _release(blocked), requests)
+    assert first.reservation.status == pb.RESERVATION_STATUS_RELEASED
     assert _groups_larger_than(app, 8, "Release") > groups_before, (
         "the releases were not decided together")
 
