@@ -76,6 +76,20 @@ def build_ledger(
     )
 
 
+def build_servicer(
+    settings: Settings, ledger: Ledger, gatekeeper: Gatekeeper, metrics: Metrics
+) -> CreditsServicer:
+    """The gRPC servicer over `ledger`, with the request limits of the settings."""
+    validator = Validator(
+        RequestLimits(
+            hold_ttl_max_ms=int(settings.hold_ttl_max_s * 1000),
+            page_size_max=settings.page_size_max,
+            batch_size_max=settings.batch_size_max,
+        )
+    )
+    return CreditsServicer(ledger, validator, gatekeeper, CallGate(), metrics)
+
+
 def build_gatekeeper(settings: Settings) -> Gatekeeper:
     """Who may call, from the settings; raises ValueError on an unsafe or empty setup."""
     if settings.auth_disabled:
@@ -162,17 +176,10 @@ class Application:
             idempotency_retention_s=settings.idempotency_retention_s,
             purge_interval_s=settings.purge_interval_s,
         )
-        validator = Validator(
-            RequestLimits(
-                hold_ttl_max_ms=int(settings.hold_ttl_max_s * 1000),
-                page_size_max=settings.page_size_max,
-                batch_size_max=settings.batch_size_max,
-            )
-        )
         metrics.watch(engine.pool.checkedout, sweeper.seconds_since_sweep)  # type: ignore[attr-defined]
         metrics_port = metrics.serve(settings.metrics_listen) if settings.metrics_listen else None
         try:
-            servicer = CreditsServicer(ledger, validator, gatekeeper, CallGate(), metrics)
+            servicer = build_servicer(settings, ledger, gatekeeper, metrics)
             grpc_server = await start_grpc_server(settings, servicer)
         except BaseException:
             metrics.stop()

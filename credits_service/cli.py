@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
-        return _run_loop(settings.event_loop, _serve(settings))
+        return run_loop(settings.event_loop, _serve(settings))
     except ValueError as exc:  # a setting that cannot work, found before starting anything
         logging.getLogger(__name__).error("cannot start: %s", exc)
         return 2
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _run_loop(kind: str, main: Coroutine[Any, Any, int]) -> int:
+def run_loop(kind: str, main: Coroutine[Any, Any, int]) -> int:
     """Run the server on the chosen event loop (grpc.aio runs on either)."""
     if kind == "uvloop":
         import uvloop
