@@ -4,6 +4,7 @@
     .venv/bin/python bench/load.py                                   # every scenario, 10 s each
     .venv/bin/python bench/load.py --scenarios health,reserve --in-flight 64 --duration-s 30
     .venv/bin/python bench/load.py --target 127.0.0.1:50051 --token "$TOKEN"   # a running server
+    .venv/bin/python bench/load.py --no-database --distributions uniform   # no database work
 
 Without --target it starts `credits-service serve` itself (embedded PostgreSQL in a temporary
 data directory, loopback, auth disabled) and reports that server's RSS for each scenario: idle
@@ -43,6 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("health", "reserve", "cycle", "release", "grant", "history", "batch")
 DISTRIBUTIONS = ("uniform", "hot", "zipf")
+NO_DATABASE_SCENARIOS = ("health", "reserve", "cycle", "release", "grant")  # memory_server.py
 BALANCE_PER_ACCOUNT = 10**12
 
 
@@ -162,9 +164,10 @@ def _worker(args: tuple) -> tuple[list[float], dict, float]:
 
 
 class Server:
-    """`credits-service serve` on a free loopback port with its own embedded PostgreSQL."""
+    """`credits-service serve` on a free loopback port with its own embedded PostgreSQL; or,
+    with no_database, bench/memory_server.py: the same gRPC server over a ledger in memory."""
 
-    def __init__(self, extra_args: list[str]) -> None:
+    def __init__(self, extra_args: list[str], no_database: bool = False) -> None:
         self.directory = tempfile.TemporaryDirectory(prefix="credits-bench-")
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -173,7 +176,8 @@ class Server:
         env["CREDITS_AUTH_DISABLED"] = "1"
         self.log = open(Path(self.directory.name) / "serve.log", "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "credits_service", "serve", "--data-dir",
+            [sys.executable, *([str(ROOT / "bench" / "memory_server.py")] if no_database
+                               else ["-m", "credits_service", "serve"]), "--data-dir",
              str(Path(self.directory.name) / "data"), "--listen", f"127.0.0.1:{self.port}",
              "--metrics-listen", "", "--log-level", "WARNING", "--rate-limit-per-s", "0",
              *extra_args],
@@ -282,14 +286,15 @@ def _percentile(sorted_values: list[float], fraction: float) -> float:
 
 
 def run(args: argparse.Namespace) -> list[Result]:
-    server = None if args.target else Server(args.server_arg)
+    server = None if args.target else Server(args.server_arg, args.no_database)
     target = args.target or server.target
     results: list[Result] = []
     try:
         if server:
             server.wait_serving()
-        print(f"funding {args.accounts} accounts ...", file=sys.stderr)
-        asyncio.run(_fund(target, args.token, args.accounts))
+        if not args.no_database:
+            print(f"funding {args.accounts} accounts ...", file=sys.stderr)
+            asyncio.run(_fund(target, args.token, args.accounts))
         for scenario, distribution in itertools.product(args.scenarios, args.distributions):
             if scenario == "health" and distribution != args.distributions[0]:
                 continue  # accounts do not matter to the floor
@@ -363,8 +368,9 @@ def _row(r: Result) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        type=lambda v: [s for s in v.split(",") if s])
+    parser.add_argument("--scenarios", type=lambda v: [s for s in v.split(",") if s],
+                        help=f"default: {','.join(SCENARIOS)} (with --no-database: "
+                             f"{','.join(NO_DATABASE_SCENARIOS)})")
     parser.add_argument("--distributions", default="uniform,hot,zipf",
                         type=lambda v: [s for s in v.split(",") if s])
     parser.add_argument("--accounts", type=int, default=100_000)
@@ -380,12 +386,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-settle-s", type=float, default=10.0,
                         help="server RSS 'loaded' is sampled once the load has run this long "
                              "(at most half the duration)")
+    parser.add_argument("--no-database", action="store_true",
+                        help="start bench/memory_server.py instead: our gRPC server over a "
+                             "ledger that answers from memory, to measure the ceiling of "
+                             "a call before any database work")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    args.scenarios = args.scenarios or list(
+        NO_DATABASE_SCENARIOS if args.no_database else SCENARIOS)
     bad = [s for s in args.scenarios if s not in SCENARIOS] + [
         d for d in args.distributions if d not in DISTRIBUTIONS]
     if bad:
         parser.error(f"unknown scenario or distribution: {bad}")
+    if args.no_database and (args.target or set(args.scenarios) - set(NO_DATABASE_SCENARIOS)):
+        parser.error("--no-database starts its own server, for the scenarios "
+                     f"{','.join(NO_DATABASE_SCENARIOS)} only")
     results = run(args)
     print("\n".join(_row(r) for r in results))
     if args.out:

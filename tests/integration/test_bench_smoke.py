@@ -37,3 +37,20 @@ async def test_the_load_driver_runs_every_scenario_and_writes_json(tmp_path):
             assert row["cpu_us_per_operation"]["postgres"] > 0, row
     batch = next(r for r in rows if r["scenario"] == "batch")
     assert batch["items_per_call"] == 10 and batch["ratio_to_reserve"] > 0
+
+
+async def test_the_load_driver_measures_our_server_without_a_database(tmp_path):
+    out = tmp_path / "results.json"
+    command = [sys.executable, str(ROOT / "bench" / "load.py"), "--no-database",
+               "--duration-s", "1", "--in-flight", "4", "--distributions", "uniform",
+               "--out", str(out)]
+    result = await asyncio.to_thread(subprocess.run, command, cwd=ROOT, capture_output=True,
+                                     text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())
+    assert [r["scenario"] for r in rows] == ["health", "reserve", "cycle", "release", "grant"]
+    for row in rows:
+        assert row["operations"] > 0 and row["errors"] == {}, row
+        # the server's CPU is measured, and no PostgreSQL ran
+        assert set(row["cpu_us_per_operation"]) == {"client", "server"}, row
+        assert row["ratio_to_floor"] > 0
