@@ -6,6 +6,13 @@ next group takes everything queued, up to `group_size_max` in all (items count 1
 waits on a timer: a lone call runs at once as a group of one, and groups grow only when calls
 arrive faster than transactions finish. The hot account gains most: its holds are decided
 together instead of one row-lock turn each.
+
+With `concurrency_when_full` above `concurrency`, more groups may run, up to that many, but
+only full ones: a group that could take no more (the next item would pass `group_size_max`).
+Such a group is worth starting while another runs even when both wait on the same row locks:
+its statements are queued in the database behind the running transaction, instead of waiting
+for it to finish and for the event loop to start the next. Partial groups still wait, so that
+they keep growing instead of splitting the queue into smaller, costlier transactions.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ class GroupCommitter(Generic[Item, Outcome]):
         *,
         group_size_max: int,
         concurrency: int,
+        concurrency_when_full: int = 0,
         size_of: Callable[[Item], int] = lambda item: 1,
         on_group: Callable[[int], None] = lambda size: None,
     ) -> None:
@@ -38,6 +46,7 @@ class GroupCommitter(Generic[Item, Outcome]):
         self._on_group = on_group
         self._group_size_max = group_size_max
         self._concurrency = concurrency
+        self._concurrency_when_full = max(concurrency, concurrency_when_full)
         self._queue: list[tuple[Item, asyncio.Future[Outcome]]] = []
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -51,7 +60,7 @@ class GroupCommitter(Generic[Item, Outcome]):
         return await future
 
     def _start_groups(self) -> None:
-        while self._queue and self._running < self._concurrency:
+        while self._queue and self._running < self._concurrency_when_full:
             taken = total = 0
             for item, _ in self._queue:
                 size = self._size_of(item)
@@ -59,6 +68,9 @@ class GroupCommitter(Generic[Item, Outcome]):
                     break
                 taken += 1
                 total += size
+            full = taken < len(self._queue) or total >= self._group_size_max
+            if self._running >= self._concurrency and not full:
+                return
             group = self._queue[:taken]
             del self._queue[:taken]
             self._running += 1

@@ -104,10 +104,12 @@ class LedgerLimits:
     lots_listed_max: int = 100
     batch_concurrency: int = 4  # transactions one BatchCommit runs at once
     # BatchCheckAndReserve: shards of accounts, each deciding the items of its accounts one
-    # transaction at a time (see check_and_reserve_batch), and the items one such transaction
-    # decides at most. bench/README.md has the figures behind both.
+    # transaction at a time, or up to batch_reserve_full_groups_max at once while its queue fills
+    # whole groups (see check_and_reserve_batch), and the items one such transaction decides at
+    # most. bench/README.md has the figures behind all three.
     batch_reserve_shards: int = 4
     batch_reserve_group_items_max: int = 500
+    batch_reserve_full_groups_max: int = 2
     group_size_max: int = 100  # CheckAndReserve or Commit calls one transaction decides at most
     group_concurrency: int = 1  # group transactions of each kind running at once
     page_size_default: int = 50
@@ -135,6 +137,7 @@ class Ledger:
                 self._check_and_reserve_parts,
                 group_size_max=limits.batch_reserve_group_items_max,
                 concurrency=1,
+                concurrency_when_full=limits.batch_reserve_full_groups_max,
                 size_of=len,
                 on_group=lambda size: self._events.grouped("BatchCheckAndReserve", size),
             )
@@ -216,7 +219,8 @@ class Ledger:
     ) -> list[ReserveResult | errors.DomainError]:
         """The answers check_and_reserve_many gives `calls`, decided shard by shard: each call
         goes to the shard of its account (LedgerLimits.batch_reserve_shards), and each shard
-        decides the calls of concurrent batches together, one transaction at a time. Shards
+        decides the calls of concurrent batches together, one transaction at a time (a second
+        one starts only with a full group, while calls queue faster than one drains). Shards
         share no account, so their transactions never wait on each other's account locks, and
         a transaction decides the calls of one account in order, as one by one. Every part is
         decided before this returns or raises the first part's failure."""

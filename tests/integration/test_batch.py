@@ -224,33 +224,32 @@ async def test_a_key_sent_at_once_alone_and_in_a_batch_places_one_hold(app, stub
     assert await _retries(app) > retried_before
 
 
-async def test_concurrent_batches_run_as_transactions_over_disjoint_accounts(app, stubs, db,
-                                                                            monkeypatch):
-    """Concurrent batches over shared accounts are split by account and merged: transactions
-    run side by side only over disjoint accounts (never waiting on each other's locks), one
-    transaction decides items of several batches, and none decides more than its bound."""
-    ledger = app.ledger
-    running: list[set[str]] = []
-    overlapped = merged = 0
-    sizes: list[int] = []
-    real = ledger.check_and_reserve_many
+class _Transactions:
+    """Watches the ledger's batch transactions: for each, its calls, its accounts and the
+    accounts of the transactions running when it started. Each is held 50 ms, long enough
+    for the other batches to arrive."""
 
-    async def watched(calls):
-        nonlocal overlapped, merged
-        accounts = {command.account_id for command, _ in calls}
-        assert all(accounts.isdisjoint(other) for other in running)
-        overlapped += bool(running)
-        merged += len({command.metadata["batch"] for command, _ in calls}) > 1
-        sizes.append(len(calls))
-        running.append(accounts)
-        try:
-            await asyncio.sleep(0.05)  # long enough for the other batches to arrive
-            return await real(calls)
-        finally:
-            running.remove(accounts)
+    def __init__(self, ledger, monkeypatch) -> None:
+        self.started: list[tuple[list, set[str], list[set[str]]]] = []
+        running: list[set[str]] = []
+        real = ledger.check_and_reserve_many
 
-    monkeypatch.setattr(ledger, "check_and_reserve_many", watched)
-    accounts = [f"batch-shard-{i}" for i in range(12)]
+        async def watched(calls):
+            accounts = {command.account_id for command, _ in calls}
+            self.started.append((calls, accounts, list(running)))
+            running.append(accounts)
+            try:
+                await asyncio.sleep(0.05)
+                return await real(calls)
+            finally:
+                running.remove(accounts)
+
+        monkeypatch.setattr(ledger, "check_and_reserve_many", watched)
+
+
+async def _batches_over_shared_accounts(stubs, accounts: list[str], batches: int = 24) -> None:
+    """`batches` concurrent batches, each holding 1 credit three times on every account (each
+    item tagged with its batch); every item is placed and every account holds them all."""
     for account in accounts:
         await _grant(stubs[0], account, 1_000)
 
@@ -261,13 +260,54 @@ async def test_concurrent_batches_run_as_transactions_over_disjoint_accounts(app
         return await stubs[n % len(stubs)].BatchCheckAndReserve(
             pb.BatchCheckAndReserveRequest(items=items), timeout=30)
 
-    responses = await asyncio.gather(*(batch(n) for n in range(24)))
+    responses = await asyncio.gather(*(batch(n) for n in range(batches)))
     assert all(r.HasField("response") for response in responses for r in response.results)
-    assert overlapped and merged
-    assert max(sizes) <= ledger._limits.batch_reserve_group_items_max
     for account in accounts:
         balance = (await stubs[0].GetBalance(pb.GetBalanceRequest(account_id=account))).balance
-        assert balance.reserved == 24 * 3
+        assert balance.reserved == batches * 3
+
+
+async def test_concurrent_batches_run_as_transactions_over_disjoint_accounts(app, stubs, db,
+                                                                            monkeypatch):
+    """Concurrent batches over shared accounts are split by account and merged: while groups
+    are partial, transactions run side by side only over disjoint accounts (never waiting on
+    each other's locks), one transaction decides items of several batches, and none decides
+    more than its bound."""
+    transactions = _Transactions(app.ledger, monkeypatch)
+    await _batches_over_shared_accounts(stubs, [f"batch-shard-{i}" for i in range(12)])
+    for _, accounts, beside in transactions.started:
+        assert all(accounts.isdisjoint(other) for other in beside)
+    assert any(beside for _, _, beside in transactions.started)
+    assert any(len({command.metadata["batch"] for command, _ in calls}) > 1
+               for calls, _, _ in transactions.started)
+    limit = app.ledger._limits.batch_reserve_group_items_max
+    assert max(len(calls) for calls, _, _ in transactions.started) <= limit
+
+
+async def test_a_shard_runs_a_second_transaction_only_for_a_full_group(app, stubs, db,
+                                                                      monkeypatch):
+    """When a shard's queue fills whole groups, a second transaction over the same accounts
+    starts beside the running one (its statements wait on the first's locks in the database,
+    not in the queue), never a third, and only with a full group; no hold is lost or doubled."""
+    items_max = 30
+    for shard in app.ledger._batch_shards:
+        monkeypatch.setattr(shard, "_group_size_max", items_max)
+    transactions = _Transactions(app.ledger, monkeypatch)
+    accounts = [f"batch-full-{i}" for i in range(12)]
+    await _batches_over_shared_accounts(stubs, accounts)
+    shards = app.ledger._limits.batch_reserve_shards
+    per_shard = [sum(zlib.crc32(a.encode()) % shards == s for a in accounts)
+                 for s in range(shards)]
+    part_max = 3 * max(per_shard)  # the most items one batch sends one shard
+    seconds = 0
+    for calls, mine, beside in transactions.started:
+        sharing = [other for other in beside if not mine.isdisjoint(other)]
+        assert len(sharing) <= 1
+        if sharing:
+            seconds += 1
+            assert len(calls) > items_max - part_max  # the next part would not have fitted
+        assert len(calls) <= items_max
+    assert seconds
 
 
 async def test_a_batch_that_fails_on_one_shard_is_retried_safely(app, stub, db, monkeypatch):

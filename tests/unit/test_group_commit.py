@@ -107,3 +107,22 @@ async def test_a_group_takes_items_up_to_a_total_size_and_always_at_least_one():
     recorder.release.set()
     assert await asyncio.gather(*calls) == [10, 20, 30, 90, 10, 10]
     assert recorder.groups == [[1], [2, 3], [9], [1, 1]]
+
+
+async def test_a_second_group_starts_while_one_runs_only_when_it_is_full():
+    recorder = Recorder()
+    group = GroupCommitter(recorder.run_many, group_size_max=3, concurrency=1,
+                           concurrency_when_full=2)
+    first = asyncio.create_task(group.submit(0))
+    await asyncio.sleep(0)
+    partial = [asyncio.create_task(group.submit(n)) for n in (1, 2)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert recorder.groups == [[0]]  # a partial group waits for the running one
+    more = [asyncio.create_task(group.submit(n)) for n in (3, 4, 5)]
+    await asyncio.sleep(0)  # the calls queue, and a full group's task is created
+    await asyncio.sleep(0)  # which starts
+    assert recorder.groups == [[0], [1, 2, 3]]  # full: it starts beside the first
+    recorder.release.set()
+    assert await asyncio.gather(first, *partial, *more) == [n * 10 for n in range(6)]
+    assert recorder.groups == [[0], [1, 2, 3], [4, 5]]
