@@ -82,6 +82,11 @@ async def test_each_item_gets_its_own_result_as_if_sent_alone(stub, db):
     assert single == response.results[7].response
 
 
+def _shard_of(app, account_id: str) -> int:
+    """The batch shard the ledger sends `account_id`'s items to (by CRC-32 of the account)."""
+    return zlib.crc32(account_id.encode()) % app.ledger._limits.batch_reserve_shards
+
+
 async def test_a_key_repeated_on_another_account_answers_as_one_by_one(app, stub,
                                                                        monkeypatch):
     """The first use of a key decides it, even when a later item repeats the key on an
@@ -89,12 +94,8 @@ async def test_a_key_repeated_on_another_account_answers_as_one_by_one(app, stub
     ledger = app.ledger
     shards = ledger._limits.batch_reserve_shards
     names = [f"batch-key-{i}" for i in range(40)]
-
-    def shard(name: str) -> int:
-        return zlib.crc32(name.encode()) % shards
-
-    first = next(name for name in names if shard(name) == shards - 1)
-    later = next(name for name in names if shard(name) == 0)
+    first = next(name for name in names if _shard_of(app, name) == shards - 1)
+    later = next(name for name in names if _shard_of(app, name) == 0)
     for account in (first, later):
         await _grant(stub, account, 10)
     real = ledger.check_and_reserve_many
@@ -296,8 +297,7 @@ async def test_a_shard_runs_a_second_transaction_only_for_a_full_group(app, stub
     accounts = [f"batch-full-{i}" for i in range(12)]
     await _batches_over_shared_accounts(stubs, accounts)
     shards = app.ledger._limits.batch_reserve_shards
-    per_shard = [sum(zlib.crc32(a.encode()) % shards == s for a in accounts)
-                 for s in range(shards)]
+    per_shard = [sum(_shard_of(app, a) == s for a in accounts) for s in range(shards)]
     part_max = 3 * max(per_shard)  # the most items one batch sends one shard
     seconds = 0
     for calls, mine, beside in transactions.started:
