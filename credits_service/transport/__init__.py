@@ -1,1 +1,0 @@
-"""Transport: gRPC servicers, validation, proto <-> domain mapping, the error table."""
