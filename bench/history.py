@@ -69,7 +69,7 @@ async def main(args: argparse.Namespace) -> dict:
             await connection.close()
             print(f"seeded {rows} ledger rows over {args.accounts} accounts in "
                   f"{time.perf_counter() - started:.1f}s", file=sys.stderr)
-            settings = Settings(listen="127.0.0.1:0", database_url=server.url(),
+            settings = Settings.build(listen="127.0.0.1:0", database_url=server.url(),
                                 metrics_listen="", auth_disabled=True, log_level="WARNING",
                                 rate_limit_per_s=0, migrate_on_start=False)
             app = await Application.start(settings)

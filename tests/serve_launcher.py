@@ -30,7 +30,7 @@ from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
 from credits_service.persistence.embedded import EmbeddedPostgres
 from credits_service.settings import ENV_PREFIX
-from credits_service.transport.server import SERVICE_NAME
+from credits_service.transport.grpc.server import SERVICE_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 20.0

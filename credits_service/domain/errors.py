@@ -1,35 +1,139 @@
-"""Domain errors. Each names one condition and carries a stable `reason` and metadata.
+"""Every error the service answers with, each with its stable `reason` (AIP-193).
 
-The transport layer maps each class to a gRPC status code in one table
-(credits_service/transport/errors.py). Metadata keys are lowerCamel (AIP-193).
+This is the one module that defines them. Transport maps each class to a gRPC status code in
+one table (credits_service/transport/grpc/errors.py) and sends `reason` and `metadata` in a
+google.rpc.ErrorInfo; metadata keys are lowerCamel. Storage failures are not errors here: the
+service layer turns them into the `Database*` errors below (service/transactions.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 
-class DomainError(Exception):
-    """A request that the ledger declines; nothing it asked for was applied."""
+class CreditsError(Exception):
+    """An answer other than success: `reason` names the condition, `metadata` its details."""
 
-    reason: str = "DOMAIN_ERROR"
+    reason: ClassVar[str] = "INTERNAL"
 
     def __init__(self, message: str, metadata: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.metadata: dict[str, str] = dict(metadata or {})
 
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- the request ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class InvalidArgument(CreditsError):
+    """The request breaks one or more field rules; nothing was done."""
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: Sequence[FieldViolation]) -> None:
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations),
+                         {"field": violations[0].field})
+        self.violations = list(violations)
+
+
+class MalformedRequest(CreditsError):
+    """The request's bytes are not a valid message of its type; nothing was done."""
+
+    reason = "MALFORMED_REQUEST"
+
+    def __init__(self, message_type: str) -> None:
+        super().__init__(f"the request is not a valid {message_type} message",
+                         {"messageType": message_type})
+
+
+class InvalidPageToken(CreditsError):
+    """A page token that was not made by this service, or was made for other filters."""
+
+    reason = "INVALID_PAGE_TOKEN"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "page_token is malformed or does not match this account and these filters",
+            {"field": "page_token"},
+        )
+
+
+class ExpireTimePassed(CreditsError):
+    """A grant whose expire_time is not after now (the service clock); nothing was written."""
+
+    reason = "EXPIRE_TIME_PASSED"
+
+    def __init__(self, expire_time: str) -> None:
+        super().__init__(
+            f"expire_time {expire_time} is not in the future",
+            {"field": "expire_time", "expireTime": expire_time},
+        )
+
+
+# --- the caller -------------------------------------------------------------------------
+
+
+class Unauthenticated(CreditsError):
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(CreditsError):
+    reason = "PERMISSION_DENIED"
+
+    def __init__(self, principal: str, role: str, method: str) -> None:
+        super().__init__(f"{role} principal {principal!r} may not call {method}",
+                         {"principal": principal, "role": role, "method": method})
+
+
+class RateLimited(CreditsError):
+    reason = "RATE_LIMITED"
+
+    def __init__(self, principal: str, retry_after_s: float) -> None:
+        retry_after_ms = max(1, round(retry_after_s * 1000))
+        super().__init__(
+            f"principal {principal!r} is over its rate limit; retry in {retry_after_ms} ms",
+            {"principal": principal, "retryAfterMs": str(retry_after_ms)},
+        )
+
+
+class ShuttingDown(CreditsError):
+    """A call arrived after the server began to drain; nothing was done. Retry elsewhere."""
+
+    reason = "SERVER_SHUTTING_DOWN"
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down; nothing was done, retry the call")
+
+
+# --- declines of the ledger's rules -----------------------------------------------------
+
+
+class Declined(CreditsError):
+    """A request the ledger declines; nothing it asked for was applied. Declines of keyed
+    calls are stored with the key and replayed (REPLAYABLE)."""
+
     @classmethod
-    def restore(cls, message: str, metadata: Mapping[str, str]) -> DomainError:
+    def restore(cls, message: str, metadata: Mapping[str, str]) -> Declined:
         """Rebuild a stored decline exactly as it was first raised (idempotent replay)."""
         error = cls.__new__(cls)
-        DomainError.__init__(error, message, metadata)
+        CreditsError.__init__(error, message, metadata)
         return error
 
     def __eq__(self, other: object) -> bool:
         return (
             type(self) is type(other)
-            and isinstance(other, DomainError)
+            and isinstance(other, Declined)
             and (self.message, self.metadata) == (other.message, other.metadata)
         )
 
@@ -37,14 +141,14 @@ class DomainError(Exception):
         return hash((type(self), self.message))
 
 
-class AccountNotFound(DomainError):
+class AccountNotFound(Declined):
     reason = "ACCOUNT_NOT_FOUND"
 
     def __init__(self, account_id: str) -> None:
         super().__init__(f"account {account_id!r} does not exist", {"accountId": account_id})
 
 
-class ReservationNotFound(DomainError):
+class ReservationNotFound(Declined):
     reason = "RESERVATION_NOT_FOUND"
 
     def __init__(self, reservation_id: str) -> None:
@@ -53,7 +157,7 @@ class ReservationNotFound(DomainError):
         )
 
 
-class InsufficientCredits(DomainError):
+class InsufficientCredits(Declined):
     reason = "INSUFFICIENT_CREDITS"
 
     def __init__(self, account_id: str, available: int, requested: int) -> None:
@@ -63,7 +167,7 @@ class InsufficientCredits(DomainError):
         )
 
 
-class BalanceLimitExceeded(DomainError):
+class BalanceLimitExceeded(Declined):
     reason = "BALANCE_LIMIT_EXCEEDED"
 
     def __init__(self, account_id: str, balance: int, amount: int, balance_max: int) -> None:
@@ -79,19 +183,7 @@ class BalanceLimitExceeded(DomainError):
         )
 
 
-class ExpireTimePassed(DomainError):
-    """A grant whose expire_time is not after now (the service clock)."""
-
-    reason = "EXPIRE_TIME_PASSED"
-
-    def __init__(self, expire_time: str) -> None:
-        super().__init__(
-            f"expire_time {expire_time} is not in the future",
-            {"field": "expire_time", "expireTime": expire_time},
-        )
-
-
-class _ReservationStateError(DomainError):
+class _ReservationStateError(Declined):
     def __init__(self, reservation_id: str, what: str, extra: Mapping[str, str] | None = None):
         super().__init__(
             f"reservation {reservation_id!r} {what}",
@@ -124,7 +216,7 @@ class ReservationAlreadyCommitted(_ReservationStateError):
         )
 
 
-class IdempotencyKeyReused(DomainError):
+class IdempotencyKeyReused(Declined):
     reason = "IDEMPOTENCY_KEY_REUSED"
 
     def __init__(self, idempotency_key: str) -> None:
@@ -134,53 +226,46 @@ class IdempotencyKeyReused(DomainError):
         )
 
 
-class InvalidPageToken(DomainError):
-    """A page token that is malformed or was made for other filters."""
-
-    reason = "INVALID_PAGE_TOKEN"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "page_token is malformed or does not match this account and these filters",
-            {"field": "page_token"},
-        )
-
-
 # Declines that are stored with an idempotency key and replayed, by reason.
-REPLAYABLE_ERRORS: dict[str, type[DomainError]] = {
-    cls.reason: cls
-    for cls in (
-        AccountNotFound,
-        InsufficientCredits,
-        BalanceLimitExceeded,
-    )
+REPLAYABLE: dict[str, type[Declined]] = {
+    cls.reason: cls for cls in (AccountNotFound, InsufficientCredits, BalanceLimitExceeded)
 }
 
 
-class StorageError(Exception):
-    """The database could not give a definite answer; the operation may be retried."""
-
-    reason: str = "DATABASE_ERROR"
+# --- the database -----------------------------------------------------------------------
 
 
-class StorageUnavailable(StorageError):
-    """Connection lost, refused, or the database is shutting down or starting."""
+class DatabaseUnavailable(CreditsError):
+    """The database could not give a definite answer (unreachable, restarting, out of
+    connections): the call may or may not have taken effect. Retry it with the same key."""
 
     reason = "DATABASE_UNAVAILABLE"
 
 
-class StorageTimeout(StorageError):
-    """A statement, lock or connection wait hit its bound."""
+class DatabaseTimeout(DatabaseUnavailable):
+    """A statement, lock or connection wait hit its bound, or the call's deadline passed."""
 
     reason = "DATABASE_TIMEOUT"
 
 
-class StatementTimedOut(StorageTimeout):
-    """The database itself ended a statement at its statement or lock timeout (it answered;
-    nothing is stalled): usually a lock held elsewhere."""
+class DatabaseStatementTimeout(DatabaseTimeout):
+    """The database itself ended a statement at its statement or lock timeout: it answered
+    and rolled back, nothing is stalled (usually a lock held elsewhere)."""
 
 
-class TransientConflict(StorageError):
-    """Serialization failure or deadlock: the whole transaction may be run again."""
+class ConcurrencyConflict(DatabaseUnavailable):
+    """Serialization failures or deadlocks went on past the bounded retry."""
 
     reason = "CONCURRENCY_CONFLICT"
+
+
+# --- bugs -------------------------------------------------------------------------------
+
+
+class LotsOutOfStep(CreditsError):
+    """An account's lots disagree with its balance row: a bug, never a caller's fault. The
+    transaction is rolled back and the call fails as INTERNAL."""
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"lots of account {account_id!r} disagree with its balance",
+                         {"accountId": account_id})

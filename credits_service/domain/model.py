@@ -1,14 +1,14 @@
-"""Entities, commands and results of the credits ledger.
+"""The ledger's entities and values: accounts' balances, ledger entries, lots, reservations.
 
 Amounts are whole credits as Python ints, stored as BIGINT. Times are timezone-aware datetimes
-taken from the database clock.
+taken from the database clock. The words are those of docs/architecture.md's glossary.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 AMOUNT_MIN = 1
@@ -19,6 +19,8 @@ BALANCE_MAX = 10**15
 PRIORITY_MIN = 0
 PRIORITY_MAX = 100
 PRIORITY_DEFAULT = 50
+# GetBalance lists at most this many lots (the API promises it).
+LOTS_LISTED_MAX = 100
 
 
 class GrantType(enum.Enum):
@@ -58,9 +60,9 @@ class BalanceSnapshot:
     def available(self) -> int:
         return self.balance - self.reserved
 
-    def holding(self, credits: int) -> BalanceSnapshot:
-        """This balance with one more hold of `credits` (dataclasses.replace, without its
-        per-call field introspection: the batch path calls it once an item)."""
+    def with_reservation(self, credits: int) -> BalanceSnapshot:
+        """This balance with one more reservation of `credits` (dataclasses.replace, without
+        its per-call field introspection: the batch path calls it once an item)."""
         return BalanceSnapshot(
             self.account_id, self.balance, self.reserved + credits,
             self.active_reservation_count + 1, self.lifetime_granted, self.lifetime_used,
@@ -87,11 +89,11 @@ class LedgerEntry:
 @dataclass(frozen=True, slots=True)
 class Lot:
     """The credits of one grant. `remaining` counts held credits too; `held` is what active
-    holds drew. Once `expired`, the lot keeps only held credits (remaining == held)."""
+    reservations drew. Once `expired`, the lot keeps only held credits (remaining == held)."""
 
     lot_id: int
     account_id: str
-    source_type: GrantType | None  # None: the lot carrying a balance from before lots
+    grant_type: GrantType | None  # None: the lot carrying a balance from before lots
     priority: int
     expire_time: datetime | None  # None: never expires
     amount: int
@@ -108,7 +110,7 @@ class Lot:
 
 @dataclass(frozen=True, slots=True)
 class LotDraw:
-    """What one hold drew from one lot, and what its Commit consumed there."""
+    """What one reservation drew from one lot, and what its Commit consumed there."""
 
     lot_id: int
     held: int
@@ -128,115 +130,3 @@ class Reservation:
     metadata: Mapping[str, str]
     draws: tuple[LotDraw, ...] = ()
     release_reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class GrantCommand:
-    account_id: str
-    amount: int
-    grant_type: GrantType
-    idempotency_key: str
-    reason: str = ""
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    # Fields added after keys were first stored: left out of the request hash while unset, so a
-    # retry of a request made before they existed still matches its stored key.
-    expire_time: datetime | None = field(default=None, metadata={"hash_omit_none": True})
-    priority: int | None = field(default=None, metadata={"hash_omit_none": True})
-
-
-@dataclass(frozen=True, slots=True)
-class ReserveCommand:
-    account_id: str
-    amount: int
-    idempotency_key: str
-    ttl_ms: int | None = None  # None: the server's default TTL
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class CommitCommand:
-    reservation_id: str
-    amount: int | None = None  # None: the held amount
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseCommand:
-    reservation_id: str
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ExtendCommand:
-    reservation_id: str
-    ttl_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class BalanceQuery:
-    account_id: str
-    expiring_within_ms: int | None = None  # None: no expiring amount asked for
-
-
-@dataclass(frozen=True, slots=True)
-class ReservationsQuery:
-    account_id: str
-    page_size: int
-    page_token: str = ""
-    statuses: frozenset[ReservationStatus] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryQuery:
-    account_id: str
-    page_size: int
-    page_token: str = ""
-    entry_types: frozenset[EntryType] = frozenset()
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GrantResult:
-    entry: LedgerEntry
-    balance: BalanceSnapshot
-    lot: Lot | None = None  # None only in responses stored before lots existed
-
-
-@dataclass(frozen=True, slots=True)
-class ReserveResult:
-    reservation: Reservation
-    balance: BalanceSnapshot
-
-
-@dataclass(frozen=True, slots=True)
-class CommitResult:
-    reservation: Reservation
-    entry: LedgerEntry
-    balance: BalanceSnapshot
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseResult:
-    reservation: Reservation
-    balance: BalanceSnapshot
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryPage:
-    entries: tuple[LedgerEntry, ...]
-    next_page_token: str
-
-
-@dataclass(frozen=True, slots=True)
-class BalanceReport:
-    balance: BalanceSnapshot
-    lots: tuple[Lot, ...]
-    lots_truncated: bool
-    expiring_amount: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReservationPage:
-    reservations: tuple[Reservation, ...]
-    next_page_token: str

@@ -1,27 +1,12 @@
-"""Engine construction and translation of database failures into domain storage errors."""
+"""The engine: SQLAlchemy's bounded pool of asyncpg connections carrying our timeouts."""
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import urlsplit, urlunsplit
 
-import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from credits_service.domain.errors import (
-    StatementTimedOut,
-    StorageError,
-    StorageTimeout,
-    StorageUnavailable,
-    TransientConflict,
-)
-from credits_service.settings import Settings
-
-_CONFLICT_STATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
-_TIMEOUT_STATES = {"57014", "55P03"}  # query_canceled (statement_timeout), lock_not_available
-# connection_exception class, admin/crash shutdown, cannot_connect_now, too many connections,
-# idle-in-transaction timeout (the server closed the session).
-_UNAVAILABLE_PREFIXES = ("08", "57P0", "53", "25P03")
+from credits_service.settings import DatabaseSettings
 
 
 def asyncpg_url(url: str) -> str:
@@ -33,7 +18,17 @@ def asyncpg_url(url: str) -> str:
     return urlunsplit(("postgresql+asyncpg", *parts[1:]))
 
 
-def create_engine(settings: Settings, url: str) -> AsyncEngine:
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", *parts[2:]))
+
+
+def create_engine(settings: DatabaseSettings, url: str) -> AsyncEngine:
     """The service's one engine: a bounded pool whose sessions carry our timeouts."""
     return create_async_engine(
         asyncpg_url(url),
@@ -57,59 +52,4 @@ def create_engine(settings: Settings, url: str) -> AsyncEngine:
                 ),
             },
         },
-    )
-
-
-def sqlstate_of(exc: BaseException) -> str | None:
-    """The SQLSTATE carried by a driver error or anything it wraps, if any."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        state = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
-        if isinstance(state, str) and len(state) == 5:
-            return state
-        pending.extend([getattr(current, "orig", None), current.__cause__, current.__context__])
-    return None
-
-
-def translate(exc: BaseException) -> StorageError | None:
-    """A storage error for a database failure, or None when `exc` is not one (a bug)."""
-    if isinstance(exc, StorageError):
-        return exc
-    state = sqlstate_of(exc)
-    if state in _CONFLICT_STATES:
-        return TransientConflict(f"transaction conflict (SQLSTATE {state})")
-    if state in _TIMEOUT_STATES:
-        return StatementTimedOut(f"database timeout (SQLSTATE {state})")
-    if state is not None and state.startswith(_UNAVAILABLE_PREFIXES):
-        return StorageUnavailable(f"database unavailable (SQLSTATE {state})")
-    if isinstance(exc, sqlalchemy.exc.TimeoutError | asyncio.TimeoutError | TimeoutError):
-        return StorageTimeout("timed out waiting for the database")
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-        return StorageUnavailable("database connection lost")
-    if isinstance(exc, OSError | ConnectionError | sqlalchemy.exc.InterfaceError):
-        return StorageUnavailable(f"database connection failed: {type(exc).__name__}")
-    if _is_asyncpg_connection_error(exc):
-        return StorageUnavailable(f"database connection failed: {type(exc).__name__}")
-    return None
-
-
-def _is_asyncpg_connection_error(exc: BaseException) -> bool:
-    import asyncpg
-
-    chain = [exc, getattr(exc, "orig", None), exc.__cause__]
-    return any(
-        isinstance(
-            e,
-            # InternalClientError: the driver found the connection mid-operation (a failed
-            # statement's error not yet consumed); the unit of work then discards it.
-            asyncpg.exceptions.InterfaceError | asyncpg.exceptions.ConnectionDoesNotExistError
-            | asyncpg.exceptions._base.InternalClientError,
-        )
-        for e in chain
-        if e is not None
     )

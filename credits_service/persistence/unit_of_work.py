@@ -2,8 +2,8 @@
 
 The engine runs in AUTOCOMMIT mode, so SQLAlchemy never sends BEGIN, COMMIT or a reset ROLLBACK
 of its own: the unit of work opens and ends the transaction on the asyncpg connection under the
-pooled one. The repositories' statements run on that asyncpg connection too, in that one
-transaction.
+pooled one, and the repositories' statements run on that asyncpg connection, in that one
+transaction. Database failures leave it as StorageError subclasses (errors.py).
 """
 
 from __future__ import annotations
@@ -11,25 +11,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from credits_service.domain.deadline import time_remaining_s
-from credits_service.domain.errors import StorageTimeout
-from credits_service.persistence.database import translate
-from credits_service.persistence.repositories import (
-    AccountRepository,
-    HoldsRepository,
-    IdempotencyRepository,
-    LedgerRepository,
-    LotRepository,
-    ReservationRepository,
-)
+from credits_service.persistence.accounts import AccountRepository
+from credits_service.persistence.entries import EntryRepository
+from credits_service.persistence.errors import StorageTimeout, translate
+from credits_service.persistence.groups import GroupStatements
+from credits_service.persistence.idempotency import IdempotencyRepository
+from credits_service.persistence.lots import LotRepository
+from credits_service.persistence.reservations import ReservationRepository
 
 _log = logging.getLogger(__name__)
+
+# A group commit's transaction runs the same few statements over and over: they keep their
+# generic plans, as replanning each cost more than running it (a third of a lone
+# CheckAndReserve). Other statements, such as History's with optional filters, are planned
+# for their parameters as usual.
+_GENERIC_PLANS = "; SET LOCAL plan_cache_mode = force_generic_plan"
 
 
 class DatabaseClock:
@@ -45,41 +47,15 @@ class DatabaseClock:
         self.offset_ms += round(seconds * 1000)
 
 
-_GENERIC_PLANS = "; SET LOCAL plan_cache_mode = force_generic_plan"
-
-
-class _Transaction:
-    """BEGIN, COMMIT and ROLLBACK on the asyncpg connection; BEGIN sends any SET LOCAL settings
-    in the same round trip."""
-
-    def __init__(self, driver: Any) -> None:
-        self._driver = driver
-
-    async def start(self, settings: str) -> None:
-        await self._driver.execute("BEGIN" + settings)
-
-    async def commit(self) -> None:
-        status = await self._driver.execute("COMMIT")
-        if status != "COMMIT":  # PostgreSQL ends a failed transaction with ROLLBACK instead
-            raise RuntimeError(f"COMMIT of a failed transaction ended as {status}")
-
-    async def rollback(self) -> None:
-        await self._driver.execute("ROLLBACK")
-
-
 class SqlUnitOfWork:
-    """`async with uow:` opens a transaction; leaving without `commit()` rolls it back.
-
-    Database failures leave it as domain StorageError subclasses, so the layers above never
-    see a SQLAlchemy or asyncpg type.
-    """
+    """`async with uow:` opens a transaction; leaving without `commit()` rolls it back."""
 
     accounts: AccountRepository
-    holds: HoldsRepository
-    ledger: LedgerRepository
+    entries: EntryRepository
     lots: LotRepository
     reservations: ReservationRepository
     idempotency: IdempotencyRepository
+    groups: GroupStatements
 
     def __init__(
         self,
@@ -89,17 +65,19 @@ class SqlUnitOfWork:
         clock: DatabaseClock | None = None,
         *,
         grouped: bool = False,
+        time_remaining_s: float | None = None,
     ) -> None:
         self._engine = engine
         self._grouped = grouped
         self._clock = clock
         self._statement_timeout_ms = statement_timeout_ms
+        self._time_remaining_s = time_remaining_s
         self._on_pool_wait = on_pool_wait
         self._after_commit: list[Callable[[], None]] = []
         self._broken = False
         self._connection: AsyncConnection | None = None
         self._driver: Any = None  # the asyncpg connection under self._connection
-        self._transaction: _Transaction | None = None  # while one is open
+        self._open = False  # a transaction is open on it
 
     async def __aenter__(self) -> SqlUnitOfWork:
         try:
@@ -108,19 +86,14 @@ class SqlUnitOfWork:
             if self._on_pool_wait is not None:
                 self._on_pool_wait(time.perf_counter() - waited_from_s)
             self._driver = (await self._connection.get_raw_connection()).driver_connection
-            transaction = _Transaction(self._driver)
-            # A group commit's transaction runs the same few statements over and over: they
-            # keep their generic plans, as replanning each cost more than running it (a third
-            # of a lone CheckAndReserve). Other statements, such as History's with optional
-            # filters, are planned for their parameters as usual.
-            await transaction.start(_GENERIC_PLANS if self._grouped else "")
-            self._transaction = transaction
-            await self._bound_by_call_deadline(self._connection)
+            # BEGIN sends the SET LOCAL settings in the same round trip.
+            await self._driver.execute("BEGIN" + (_GENERIC_PLANS if self._grouped else ""))
+            self._open = True
+            await self._bound_by_call_deadline()
             if self._clock is not None and self._clock.offset_ms:
-                await self._connection.execute(
-                    text("SELECT set_config('credits.clock_offset_ms', :ms, true)"),
-                    {"ms": str(self._clock.offset_ms)},
-                )
+                await self._driver.execute(
+                    "SELECT set_config('credits.clock_offset_ms', $1, true)",
+                    str(self._clock.offset_ms))
         except BaseException as exc:
             # A driver failure here (BEGIN or a setting timed out or broke) may leave the
             # connection mid-operation: it is never handed out again.
@@ -128,34 +101,39 @@ class SqlUnitOfWork:
             await self._close()
             _reraise_translated(exc)
         self.accounts = AccountRepository(self._driver)
-        self.ledger = LedgerRepository(self._driver)
+        self.entries = EntryRepository(self._driver)
         self.lots = LotRepository(self._driver)
         self.reservations = ReservationRepository(self._driver)
         self.idempotency = IdempotencyRepository(self._driver)
-        self.holds = HoldsRepository(self._driver)
+        self.groups = GroupStatements(self._driver)
         return self
 
-    async def _bound_by_call_deadline(self, connection: AsyncConnection) -> None:
+    async def _bound_by_call_deadline(self) -> None:
         """A call with less time left than the statement timeout gets that much, no more: its
         transaction cannot outlive the caller by longer than one statement's grace."""
-        remaining_s = time_remaining_s()
+        remaining_s = self._time_remaining_s
         if remaining_s is None or remaining_s * 1000 >= self._statement_timeout_ms:
             return
         if remaining_s <= 0:
             raise StorageTimeout("the call's deadline passed before its transaction began")
-        await connection.execute(
-            text("SELECT set_config('statement_timeout', :ms, true)"),
-            {"ms": str(max(1, int(remaining_s * 1000)))},
-        )
+        await self._driver.execute("SELECT set_config('statement_timeout', $1, true)",
+                                   str(max(1, int(remaining_s * 1000))))
+
+    async def now(self) -> datetime:
+        """The service clock (credits_now(): the database clock plus any test offset)."""
+        now: datetime = await self._driver.fetchval("SELECT credits_now()")
+        return now
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         self._after_commit.append(callback)
 
     async def commit(self) -> None:
-        assert self._transaction is not None
-        transaction, self._transaction = self._transaction, None
+        assert self._open, "commit() of a unit of work with no open transaction"
+        self._open = False
         try:
-            await transaction.commit()
+            status = await self._driver.execute("COMMIT")
+            if status != "COMMIT":  # PostgreSQL ends a failed transaction with ROLLBACK
+                raise RuntimeError(f"COMMIT of a failed transaction ended as {status}")
         except BaseException as exc:
             # Whether a COMMIT the connection lost on the way took effect is unknown: the
             # connection is never reused, and the caller gets an error it may retry (its
@@ -182,14 +160,14 @@ class SqlUnitOfWork:
     async def _close(self) -> None:
         # An open transaction is rolled back here. A connection that failed (or whose state is
         # unknown) is invalidated, so the pool never hands it out again.
-        connection, transaction = self._connection, self._transaction
-        self._connection = self._transaction = None
+        connection, was_open = self._connection, self._open
+        self._connection, self._open = None, False
         if connection is None:
             return
         broken = self._broken
-        if transaction is not None and not broken:
+        if was_open and not broken:
             try:
-                await transaction.rollback()
+                await self._driver.execute("ROLLBACK")
             except BaseException:
                 broken = True
         try:

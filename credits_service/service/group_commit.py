@@ -23,18 +23,26 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from credits_service.domain.errors import StatementTimedOut, StorageError
+from credits_service.domain.errors import DatabaseStatementTimeout, DatabaseUnavailable
 
 _log = logging.getLogger(__name__)
 Item = TypeVar("Item")
 Outcome = TypeVar("Outcome")
 
 
+class Undecided:
+    """A group's answer for an item it leaves to `run_alone` (see the module's docstring)."""
+
+
+UNDECIDED = Undecided()
+
+
 class GroupCommitter(Generic[Item, Outcome]):
     def __init__(
         self,
-        run_many: Callable[[Sequence[Item]], Awaitable[Sequence[Outcome]]],
+        run_many: Callable[[Sequence[Item]], Awaitable[Sequence[Outcome | Undecided]]],
         *,
+        run_alone: Callable[[Item], Awaitable[Outcome]] | None = None,
         group_size_max: int,
         concurrency: int,
         concurrency_when_full: int = 0,
@@ -42,22 +50,28 @@ class GroupCommitter(Generic[Item, Outcome]):
         on_group: Callable[[int], None] = lambda size: None,
     ) -> None:
         self._run_many = run_many
+        self._run_alone = run_alone
         self._size_of = size_of
         self._on_group = on_group
         self._group_size_max = group_size_max
         self._concurrency = concurrency
         self._concurrency_when_full = max(concurrency, concurrency_when_full)
-        self._queue: list[tuple[Item, asyncio.Future[Outcome]]] = []
+        self._queue: list[tuple[Item, asyncio.Future[Outcome | Undecided]]] = []
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item) -> Outcome:
-        """The outcome `run_many` gave this item. A caller that leaves early (cancelled) does
-        not stop its group: the item is decided all the same, as a lone call would be."""
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        """The outcome `run_many` gave this item, or, if it left the item UNDECIDED,
+        `run_alone`'s. A caller that leaves early (cancelled) does not stop its group: the
+        item is decided all the same, as a lone call would be."""
+        future: asyncio.Future[Outcome | Undecided] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         self._start_groups()
-        return await future
+        outcome = await future
+        if isinstance(outcome, Undecided):
+            assert self._run_alone is not None, "a group left an item undecided: no run_alone"
+            return await self._run_alone(item)
+        return outcome
 
     def _start_groups(self) -> None:
         while self._queue and self._running < self._concurrency_when_full:
@@ -83,24 +97,24 @@ class GroupCommitter(Generic[Item, Outcome]):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, group: list[tuple[Item, asyncio.Future[Outcome]]]) -> None:
+    async def _run(self, group: list[tuple[Item, asyncio.Future[Outcome | Undecided]]]) -> None:
         try:
             await self._settle(group)
         finally:
             self._running -= 1
             self._start_groups()
 
-    async def _settle(self, group: list[tuple[Item, asyncio.Future[Outcome]]]) -> None:
+    async def _settle(self, group: list[tuple[Item, asyncio.Future[Outcome | Undecided]]]) -> None:
         try:
             outcomes = await self._run_many([item for item, _ in group])
-        except StatementTimedOut as exc:
+        except DatabaseStatementTimeout as exc:
             # One item may be stuck (its account locked elsewhere). The database answered, so
             # the group was rolled back and rerunning is safe. A database that does not answer
             # at all (a client-side timeout) fails the group alike instead (below): reruns
             # would only hold the pool longer.
             await self._each_alone(group, exc)
             return
-        except StorageError as exc:  # the database failed the group: it fails each alike
+        except DatabaseUnavailable as exc:  # the database failed the group: each fails alike
             for _, future in group:
                 _fail(future, exc)
             return
@@ -112,7 +126,7 @@ class GroupCommitter(Generic[Item, Outcome]):
                 future.set_result(outcome)
 
     async def _each_alone(
-        self, group: list[tuple[Item, asyncio.Future[Outcome]]], exc: Exception
+        self, group: list[tuple[Item, asyncio.Future[Outcome | Undecided]]], exc: Exception
     ) -> None:
         """After `exc` failed the group, decide each item alone, so it fails only itself."""
         if len(group) == 1:

@@ -27,7 +27,7 @@ from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
 from credits_service.app import Application
 from credits_service.settings import Settings
-from credits_service.transport.auth import mint_token, token_digest
+from credits_service.transport.grpc.auth import mint_token, token_digest
 from tests.grpc_errors import expect_error
 
 TABLES = ("accounts", "ledger_entries", "reservations", "idempotency_keys", "credit_lots",

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-import zlib
 
 import grpc
 
 from credits.v1 import credits_pb2 as pb
-from credits_service.domain.errors import StorageUnavailable
+from credits_service.domain.errors import DatabaseUnavailable
+from credits_service.service.reservations.batch import shard_of
 from tests.grpc_errors import expect_error
 from tests.metrics import scrape, value
 
@@ -83,8 +83,8 @@ async def test_each_item_gets_its_own_result_as_if_sent_alone(stub, db):
 
 
 def _shard_of(app, account_id: str) -> int:
-    """The batch shard the ledger sends `account_id`'s items to (by CRC-32 of the account)."""
-    return zlib.crc32(account_id.encode()) % app.ledger._limits.batch_reserve_shards
+    """The batch shard the ledger sends `account_id`'s items to."""
+    return shard_of(account_id, app.settings.ledger.batch_reserve_shards)
 
 
 async def test_a_key_repeated_on_another_account_answers_as_one_by_one(app, stub,
@@ -92,20 +92,20 @@ async def test_a_key_repeated_on_another_account_answers_as_one_by_one(app, stub
     """The first use of a key decides it, even when a later item repeats the key on an
     account whose shard decides first (batches are split over shards by account)."""
     ledger = app.ledger
-    shards = ledger._limits.batch_reserve_shards
+    shards = app.settings.ledger.batch_reserve_shards
     names = [f"batch-key-{i}" for i in range(40)]
     first = next(name for name in names if _shard_of(app, name) == shards - 1)
     later = next(name for name in names if _shard_of(app, name) == 0)
     for account in (first, later):
         await _grant(stub, account, 10)
-    real = ledger.check_and_reserve_many
+    real = ledger.reserving.check_and_reserve_many
 
     async def first_decides_last(calls):
         if any(command.account_id == first for command, _ in calls):
             await asyncio.sleep(0.2)
         return await real(calls)
 
-    monkeypatch.setattr(ledger, "check_and_reserve_many", first_decides_last)
+    monkeypatch.setattr(ledger.reserving, "check_and_reserve_many", first_decides_last)
     items = [_hold(first, 3, "shared-key"), _hold(later, 3, "shared-key"), _hold(later, 4)]
     response = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=items))
     assert [_summary(r) for r in response.results] == [
@@ -116,7 +116,7 @@ async def test_a_key_repeated_on_another_account_answers_as_one_by_one(app, stub
 
 
 async def test_a_batch_must_hold_between_one_item_and_the_maximum(stub, test_settings):
-    for count in (0, test_settings.batch_size_max + 1):
+    for count in (0, test_settings.ledger.batch_size_max + 1):
         request = pb.BatchCheckAndReserveRequest(items=[_hold("x", 1) for _ in range(count)])
         error = await expect_error(stub.BatchCheckAndReserve(request))
         assert (error.code, error.metadata["field"]) == (grpc.StatusCode.INVALID_ARGUMENT,
@@ -233,7 +233,7 @@ class _Transactions:
     def __init__(self, ledger, monkeypatch) -> None:
         self.started: list[tuple[list, set[str], list[set[str]]]] = []
         running: list[set[str]] = []
-        real = ledger.check_and_reserve_many
+        real = ledger.reserving.check_and_reserve_many
 
         async def watched(calls):
             accounts = {command.account_id for command, _ in calls}
@@ -245,7 +245,7 @@ class _Transactions:
             finally:
                 running.remove(accounts)
 
-        monkeypatch.setattr(ledger, "check_and_reserve_many", watched)
+        monkeypatch.setattr(ledger.reserving, "check_and_reserve_many", watched)
 
 
 async def _batches_over_shared_accounts(stubs, accounts: list[str], batches: int = 24) -> None:
@@ -281,7 +281,7 @@ async def test_concurrent_batches_run_as_transactions_over_disjoint_accounts(app
     assert any(beside for _, _, beside in transactions.started)
     assert any(len({command.metadata["batch"] for command, _ in calls}) > 1
                for calls, _, _ in transactions.started)
-    limit = app.ledger._limits.batch_reserve_group_items_max
+    limit = app.settings.ledger.batch_reserve_group_items_max
     assert max(len(calls) for calls, _, _ in transactions.started) <= limit
 
 
@@ -291,12 +291,12 @@ async def test_a_shard_runs_a_second_transaction_only_for_a_full_group(app, stub
     starts beside the running one (its statements wait on the first's locks in the database,
     not in the queue), never a third, and only with a full group; no hold is lost or doubled."""
     items_max = 30
-    for shard in app.ledger._batch_shards:
+    for shard in app.ledger.batches._shards:
         monkeypatch.setattr(shard, "_group_size_max", items_max)
     transactions = _Transactions(app.ledger, monkeypatch)
     accounts = [f"batch-full-{i}" for i in range(12)]
     await _batches_over_shared_accounts(stubs, accounts)
-    shards = app.ledger._limits.batch_reserve_shards
+    shards = app.settings.ledger.batch_reserve_shards
     per_shard = [sum(_shard_of(app, a) == s for a in accounts) for s in range(shards)]
     part_max = 3 * max(per_shard)  # the most items one batch sends one shard
     seconds = 0
@@ -319,21 +319,21 @@ async def test_a_batch_that_fails_on_one_shard_is_retried_safely(app, stub, db, 
     for account in accounts:
         await _grant(stub, account, 10)
     items = [_hold(account, 2) for account in accounts]
-    real = ledger.check_and_reserve_many
+    real = ledger.reserving.check_and_reserve_many
 
     async def failing(calls):
         if any(command.account_id == accounts[0] for command, _ in calls):
-            raise StorageUnavailable("the database went away")
+            raise DatabaseUnavailable("the database went away")
         return await real(calls)
 
-    monkeypatch.setattr(ledger, "check_and_reserve_many", failing)
+    monkeypatch.setattr(ledger.reserving, "check_and_reserve_many", failing)
     error = await expect_error(
         stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=items)))
     assert error.code == grpc.StatusCode.UNAVAILABLE
     decided = await db.fetch("SELECT account_id, reservation_id FROM reservations")
     assert 0 < len(decided) < len(accounts)  # the other shards' parts were decided
 
-    monkeypatch.setattr(ledger, "check_and_reserve_many", real)
+    monkeypatch.setattr(ledger.reserving, "check_and_reserve_many", real)
     retried = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=items))
     placed = {r.response.reservation.account_id: r.response.reservation.reservation_id
               for r in retried.results}

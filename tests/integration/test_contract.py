@@ -94,10 +94,12 @@ def _seconds(stamp: Timestamp) -> float:
 
 
 def _page_token(after: object, real_token: str) -> str:
-    data = json.loads(base64.urlsafe_b64decode(real_token + "=" * (-len(real_token) % 4)))
+    """`real_token` with its position edited, keeping its signature: a forgery."""
+    body, _, signature = real_token.rpartition(".")
+    data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     data["after"] = after
     raw = json.dumps(data, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=") + "." + signature
 
 
 # --- Grant -----------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ async def test_serialization_failures_and_deadlocks_are_retried_as_a_whole(
 async def test_conflicts_past_the_retry_bound_are_aborted_and_write_nothing(
     app: Application, stub, db, inject
 ):
-    await inject("40001", app.settings.transaction_attempts_max)
+    await inject("40001", app.settings.ledger.transaction_attempts_max)
     failure = await expect_error(stub.Grant(_grant("aborted")))
     assert (failure.code, failure.reason) == (grpc.StatusCode.ABORTED, "CONCURRENCY_CONFLICT")
     assert await _rows(db) == (0, 0, 0)

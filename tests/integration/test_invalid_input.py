@@ -241,7 +241,7 @@ async def test_an_oversized_message_is_refused_by_the_transport(stub, db, test_s
     """Larger than max_message_bytes: RESOURCE_EXHAUSTED before any handler runs."""
     request = pb.GrantRequest(account_id="acct", amount=1, type=pb.GRANT_TYPE_PURCHASE,
                               idempotency_key=str(uuid.uuid4()),
-                              reason="x" * (test_settings.max_message_bytes + 1))
+                              reason="x" * (test_settings.server.max_message_bytes + 1))
     error = await expect_error(stub.Grant(request, timeout=10))
     assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED, error
     assert await _row_counts(db) == dict.fromkeys(TABLES, 0)

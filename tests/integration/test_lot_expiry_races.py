@@ -45,8 +45,8 @@ async def test_sweepers_and_commits_racing_expiry_write_off_once_and_spend_nothi
 
     async def sweeper() -> None:  # two of these, besides the server's own every 0.2 s
         while not stop.is_set():
-            await app.ledger.expire_due_lots(batch_size=2)
-            await app.ledger.expire_due_holds(batch_size=5)
+            await app.ledger.maintenance.expire_due_lots(batch_size=2)
+            await app.ledger.maintenance.expire_due_reservations(batch_size=5)
             await asyncio.sleep(0.001)
 
     async def worker(n: int) -> None:

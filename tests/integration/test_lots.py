@@ -14,7 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from credits.v1 import credits_pb2 as pb
-from credits_service.persistence import repositories
+from credits_service.persistence import group_sql
 from tests.grpc_errors import expect_error
 
 ACCOUNT = "lots-1"
@@ -86,7 +86,7 @@ async def test_a_grant_creates_a_lot_with_its_source_priority_expiry_and_entry(s
                             grant_type=pb.GRANT_TYPE_PROMO)
     lot = response.lot
     assert (lot.amount, lot.remaining, lot.held, lot.priority) == (40, 40, 0, 10)
-    assert lot.source_type == pb.GRANT_TYPE_PROMO
+    assert lot.grant_type == lot.source_type == pb.GRANT_TYPE_PROMO  # source_type: its old name
     assert lot.expire_time == expires and not lot.expired
     assert lot.grant_entry_id == response.entry.entry_id
     assert response.entry.lot_id == lot.lot_id
@@ -152,7 +152,7 @@ async def test_finding_free_lots_reads_only_as_many_lots_as_the_hold_needs(stub,
     await transaction.start()
     try:  # EXPLAIN ANALYZE runs the statement, its expiry of due lots too: undo that
         plan = json.loads(await db.fetchval(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + repositories._EXPIRE_AND_FIND,
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + group_sql.EXPIRE_AND_FIND,
             [ACCOUNT], [ACCOUNT], [2]))
     finally:
         await transaction.rollback()
@@ -170,8 +170,7 @@ async def test_a_holds_draws_are_read_lot_by_lot_whatever_the_planner_estimates(
     await _grant(stub, 1, priority=1)
     await _grant(stub, 1)
     hold = await _reserve(stub, 2)
-    positional, _ = repositories._positional(repositories._DRAWS_OF)
-    for sql in (repositories._LOCK_FOR_COMMIT, positional):
+    for sql in (group_sql.LOCK_FOR_SETTLING, group_sql.DRAWS_OF):
         transaction = db.transaction()
         await transaction.start()
         try:  # the lock-for-commit statement locks the hold and its account: undo that
@@ -282,7 +281,7 @@ async def test_available_stops_counting_an_expired_lot_within_a_sweep_interval(
     loop = asyncio.get_running_loop()
     started = loop.time()
     while (await _lots(stub)).balance.available != 4:
-        assert loop.time() - started < 10 * test_settings.sweep_interval_s, "not swept"
+        assert loop.time() - started < 10 * test_settings.workers.sweep_interval_s, "not swept"
         await asyncio.sleep(0.02)
     assert (await _lots(stub)).balance.lifetime_expired == 30
 
@@ -364,7 +363,7 @@ async def test_extend_never_shortens_a_hold_and_never_passes_its_lifetime_maximu
             clock.advance(DAY_S - HOUR_S)
         capped = await _extend(stub, hold.reservation_id, DAY_S)
     lifetime = capped.expire_time.ToDatetime() - capped.create_time.ToDatetime()
-    assert lifetime == timedelta(seconds=test_settings.hold_lifetime_max_s)
+    assert lifetime == timedelta(seconds=test_settings.ledger.reservation_lifetime_max_s)
 
 
 async def test_extending_an_expired_or_finished_hold_is_failed_precondition(stub, clock):
@@ -456,7 +455,7 @@ async def test_a_cliff_of_lots_expiring_together_is_written_off_in_one_sweep(app
         WITH a AS (INSERT INTO accounts (account_id, balance, lifetime_granted)
                    SELECT 'cliff-' || i, 10, 10 FROM generate_series(1, $1) i
                    RETURNING account_id),
-             l AS (INSERT INTO credit_lots (account_id, source_type, priority, expire_time,
+             l AS (INSERT INTO credit_lots (account_id, grant_type, priority, expire_time,
                                             amount, remaining)
                    SELECT account_id, 'SUBSCRIPTION', 50, now() + interval '1 hour', 10, 10
                      FROM a RETURNING account_id, lot_id)

@@ -659,7 +659,7 @@ def _machine(env: Env) -> type[LotsMachine]:
 
 async def _run_machine(app, stub, db, clock, test_settings, run_settings: settings) -> Env:
     env = Env(asyncio.get_running_loop(), app, stub, db, clock,
-              round(test_settings.hold_lifetime_max_s) // HOUR_S)
+              round(test_settings.ledger.reservation_lifetime_max_s) // HOUR_S)
     machine = _machine(env)
     await asyncio.to_thread(run_state_machine_as_test, machine, settings=run_settings)
     return env

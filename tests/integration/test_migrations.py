@@ -81,7 +81,7 @@ async def test_balances_become_one_never_expiring_lot_and_active_holds_draw_from
         assert await connection.fetch(
             "SELECT account_id, balance, reserved FROM accounts ORDER BY 1") == balances_before
         lots = await connection.fetch(
-            "SELECT account_id, source_type, priority, expire_time, amount, remaining, held "
+            "SELECT account_id, grant_type, priority, expire_time, amount, remaining, held "
             "FROM credit_lots")
         assert [tuple(lot) for lot in lots] == [("old-1", None, 50, None, 70, 70, 15)]
         draws = await connection.fetch(
@@ -106,7 +106,7 @@ async def test_balances_become_one_never_expiring_lot_and_active_holds_draw_from
                                                  idempotency_key=str(uuid.uuid4())))
                 report = await stub.GetBalance(pb.GetBalanceRequest(account_id="old-1"))
                 assert (report.balance.balance, report.balance.reserved) == (58, 0)
-                assert [(lot.remaining, lot.source_type) for lot in report.lots] == [
+                assert [(lot.remaining, lot.grant_type) for lot in report.lots] == [
                     (58, pb.GRANT_TYPE_UNSPECIFIED)]
         finally:
             await app.stop()

@@ -12,7 +12,7 @@ async def test_keys_older_than_retention_are_purged_and_younger_ones_kept(
     for key in ("old", "young"):
         await stub.Grant(pb.GrantRequest(account_id="keep", amount=1, idempotency_key=key,
                                          type=pb.GRANT_TYPE_PROMO))
-    retention_s = app.settings.idempotency_retention_s
+    retention_s = app.settings.workers.idempotency_retention_s
     await db.execute(
         "UPDATE idempotency_keys SET create_time = now() - $1 * interval '1 second' "
         "WHERE idempotency_key = 'old'",

@@ -17,6 +17,8 @@ import dataclasses
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import asyncpg
@@ -26,11 +28,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
+from credits_service.cli import MIGRATE_SECTIONS
 from credits_service.persistence.embedded import DATABASE_NAME, EmbeddedPostgres
-from credits_service.settings import ENV_PREFIX, Settings
-from credits_service.transport.server import SERVICE_NAME
+from credits_service.settings import ENV_PREFIX, SECTIONS, external_name
+from credits_service.transport.grpc.server import SERVICE_NAME
 from tests.serve_launcher import (
     NOT_SERVING,
+    REPO_ROOT,
     SERVING,
     STARTUP_TIMEOUT_S,
     Launcher,
@@ -275,30 +279,43 @@ def _option_blocks(help_text: str) -> dict[str, str]:
     return blocks
 
 
-@pytest.mark.parametrize("command", ["serve", "migrate"])
-async def test_help_documents_every_flag_and_its_environment_variable(
-    launcher: Launcher, command: str
+@pytest.mark.parametrize("command,sections", [
+    ("serve", tuple(SECTIONS)),
+    ("migrate", MIGRATE_SECTIONS),
+])
+async def test_help_documents_each_commands_own_flags_and_their_environment_variables(
+    launcher: Launcher, command: str, sections: tuple[str, ...]
 ) -> None:
+    """Each command's --help exits 0 and lists exactly the settings it reads, each with its
+    environment variable: serve all of them, migrate those of the database and the logs."""
     result = await launcher.run(command, "--help", env={"COLUMNS": "100"})
     assert result.returncode == 0, result.stderr
     blocks = _option_blocks(result.stdout)
-    for name, env in [
-        ("--listen", "CREDITS_LISTEN"),
-        ("--database-url", "CREDITS_DATABASE_URL"),
-        ("--data-dir", "CREDITS_DATA_DIR"),
-        ("--hold-ttl-max-s", "CREDITS_HOLD_TTL_MAX_S"),
-        ("--shutdown-grace-s", "CREDITS_SHUTDOWN_GRACE_S"),
-    ]:
-        assert name in blocks, f"{name} missing from `{command} --help`:\n{result.stdout}"
-        assert f"env {env}" in blocks[name], f"{name} does not name {env}: {blocks[name]}"
-    missing = []
-    for field in dataclasses.fields(Settings):
-        flag = "--" + field.name.replace("_", "-")
-        env = ENV_PREFIX + field.name.upper()
-        if flag not in blocks or f"env {env}" not in blocks[flag]:
-            missing.append(f"{flag} / {env}")
+    missing, extra = [], []
+    for section, cls in SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            name = external_name(field)
+            flag, env = "--" + name.replace("_", "-"), ENV_PREFIX + name.upper()
+            documented = flag in blocks and f"env {env}" in blocks[flag]
+            if section in sections and not documented:
+                missing.append(f"{flag} / {env}")
+            if section not in sections and flag in blocks:
+                extra.append(flag)
     assert not missing, f"undocumented in `{command} --help`: {missing}\n{result.stdout}"
-    assert "--no-migrate-on-start" in blocks and "--no-reflection" in blocks
+    assert not extra, f"`{command} --help` lists flags it ignores: {extra}\n{result.stdout}"
+    assert "--no-migrate-on-start" in blocks
+    if command == "serve":
+        assert "--no-reflection" in blocks and "--hold-ttl-max-s" in blocks  # its former name
+    else:
+        assert "--listen" not in blocks
+
+
+async def test_dev_script_help_exits_0_and_names_both_commands() -> None:
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, str(REPO_ROOT / "scripts" / "dev.py"), "--help"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "dev.py serve" in result.stdout and "dev.py test" in result.stdout
 
 
 # --- e: port in use ------------------------------------------------------------------------
@@ -332,7 +349,13 @@ async def test_second_serve_on_a_busy_port_and_data_dir_leaves_the_first_alone(
 
         second = launcher.serve(data_dir, port=first.port)
         assert await second.wait_exit(STARTUP_TIMEOUT_S) != 0, second.describe()
-        assert "is in use by another credits-service process" in second.log(), second.describe()
+        # Refused on the port, checked before the data directory is touched
+        assert f"cannot listen on 127.0.0.1:{first.port}" in second.log(), second.describe()
+
+        # ... and on the data directory alone, given a free port
+        third = launcher.serve(data_dir)
+        assert await third.wait_exit(STARTUP_TIMEOUT_S) != 0, third.describe()
+        assert "is in use by another credits-service process" in third.log(), third.describe()
 
         balance = await stub.GetBalance(pb.GetBalanceRequest(account_id="twice"), timeout=10)
         assert balance.balance.balance == 5

@@ -15,7 +15,7 @@ from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
 from credits_service.app import Application
 from credits_service.telemetry import JsonFormatter
-from credits_service.transport.auth import mint_token, token_digest
+from credits_service.transport.grpc.auth import mint_token, token_digest
 from tests.conftest import SWEEP_INTERVAL_S
 from tests.grpc_errors import expect_error
 from tests.metrics import scrape, value

@@ -25,7 +25,7 @@ async def test_a_group_transaction_keeps_generic_plans_and_others_do_not(
         assert await _setting(uow, "plan_cache_mode") == "force_generic_plan"
         await uow.commit()
     # SET LOCAL ended with the transaction: the pooled connection plans as usual again.
-    for _ in range(app.settings.pool_size + 1):
+    for _ in range(app.settings.database.pool_size + 1):
         async with _uow(app) as uow:
             assert await _setting(uow, "plan_cache_mode") == "auto"
             await uow.commit()

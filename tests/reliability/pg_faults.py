@@ -386,7 +386,7 @@ class RunningService:
 async def running_service(database_url: str, **settings: object) -> AsyncIterator[RunningService]:
     """An in-process Application on 127.0.0.1:0 against `database_url` (a small pool, a fast
     sweeper), with stubs on separate channels; stopped, within a bound, at the end."""
-    app = await Application.start(Settings(**{
+    app = await Application.start(Settings.build(**{
         "listen": "127.0.0.1:0",
         "database_url": database_url,
         "migrate_on_start": False,

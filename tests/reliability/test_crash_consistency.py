@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
 from credits_service.persistence.embedded import DATABASE_NAME
-from credits_service.transport.server import SERVICE_NAME
+from credits_service.transport.grpc.server import SERVICE_NAME
 from tests.grpc_errors import unpack
 from tests.ledger_checks import assert_invariants
 from tests.serve_launcher import (

@@ -213,14 +213,14 @@ async def _pause(pg: PostgresController, service: RunningService, pause_s: float
         probe_outcome, probe_s = await probe
     finally:
         probe.cancel()
-    bound_s = service.app.settings.command_timeout_s + CLOSE_GRACE_S
+    bound_s = service.app.settings.database.command_timeout_s + CLOSE_GRACE_S
     if pause_s > bound_s:
         assert probe_outcome.startswith("UNAVAILABLE/") and probe_s <= bound_s, (
             f"a stall of {pause_s}s held a call for {probe_s:.2f}s ({probe_outcome}), "
             f"the service's own bound is {bound_s}s"
         )
     return (f"{frozen} processes stopped; pool connections checked out, each second of the "
-            f"pause: {checked_out} of {service.app.settings.pool_size}; probe with a "
+            f"pause: {checked_out} of {service.app.settings.database.pool_size}; probe with a "
             f"{PROBE_DEADLINE_S:.0f}s deadline: {probe_outcome} after {probe_s:.2f}s")
 
 

@@ -7,16 +7,15 @@ import sys
 
 import pytest
 
-from credits_service.app import build_gatekeeper
+from credits_service.app import StartupError, build_gatekeeper
+from credits_service.domain.errors import PermissionDenied, RateLimited, Unauthenticated
 from credits_service.settings import Settings
-from credits_service.transport.auth import (
+from credits_service.transport.grpc.auth import (
+    CREDITS_SERVICE,
     Gatekeeper,
-    PermissionDenied,
     Principal,
-    RateLimited,
     Role,
     TokenBucket,
-    Unauthenticated,
     mint_token,
     parse_token_lines,
     token_digest,
@@ -53,14 +52,15 @@ def _metadata(value: str) -> list[tuple[str, str]]:
 
 def test_gatekeeper_authenticates_authorizes_and_never_echoes_the_token():
     keeper = Gatekeeper({DIGEST: Principal("ci", Role.SERVICE)})
-    assert keeper.admit("Commit", _metadata(f"Bearer {TOKEN}")) == Principal("ci", Role.SERVICE)
-    assert keeper.admit("Commit", _metadata(f"bearer {TOKEN}")).name == "ci"
+    admitted = keeper.admit(CREDITS_SERVICE, "Commit", _metadata(f"Bearer {TOKEN}"))
+    assert admitted == Principal("ci", Role.SERVICE)
+    assert keeper.admit(CREDITS_SERVICE, "Commit", _metadata(f"bearer {TOKEN}")).name == "ci"
     with pytest.raises(PermissionDenied):
-        keeper.admit("Grant", _metadata(f"Bearer {TOKEN}"))
+        keeper.admit(CREDITS_SERVICE, "Grant", _metadata(f"Bearer {TOKEN}"))
     for metadata in ([], _metadata(TOKEN), _metadata("Bearer nope"), _metadata("Bearer "),
                      [*_metadata(f"Bearer {TOKEN}"), ("authorization", "Bearer x")]):
         with pytest.raises(Unauthenticated) as raised:
-            keeper.admit("Commit", metadata)
+            keeper.admit(CREDITS_SERVICE, "Commit", metadata)
         assert TOKEN not in str(raised.value)
 
 
@@ -84,30 +84,35 @@ def test_rate_limits_are_per_principal():
     other = token_digest("other")
     keeper = Gatekeeper({DIGEST: Principal("a", Role.SERVICE), other: Principal("b", Role.SERVICE)},
                         rate_limit_per_s=0.001, rate_limit_burst=2)
-    keeper.admit("Commit", _metadata(f"Bearer {TOKEN}"))
-    keeper.admit("Commit", _metadata(f"Bearer {TOKEN}"))
+    keeper.admit(CREDITS_SERVICE, "Commit", _metadata(f"Bearer {TOKEN}"))
+    keeper.admit(CREDITS_SERVICE, "Commit", _metadata(f"Bearer {TOKEN}"))
     with pytest.raises(RateLimited):
-        keeper.admit("Commit", _metadata(f"Bearer {TOKEN}"))
-    assert keeper.admit("Commit", _metadata("Bearer other")).name == "b"
+        keeper.admit(CREDITS_SERVICE, "Commit", _metadata(f"Bearer {TOKEN}"))
+    assert keeper.admit(CREDITS_SERVICE, "Commit", _metadata("Bearer other")).name == "b"
+
+
+def _gatekeeper(**values) -> Gatekeeper:
+    settings = Settings.build(**values)
+    return build_gatekeeper(settings.auth, settings.server.listen)
 
 
 def test_auth_disabled_is_refused_off_loopback():
-    with pytest.raises(ValueError, match="loopback"):
-        build_gatekeeper(Settings(auth_disabled=True, listen="0.0.0.0:50051"))
+    with pytest.raises(StartupError, match="loopback"):
+        _gatekeeper(auth_disabled=True, listen="0.0.0.0:50051")
     for listen in ("127.0.0.1:50051", "[::1]:50051", "localhost:50051"):
-        assert build_gatekeeper(Settings(auth_disabled=True, listen=listen)).enabled is False
+        assert _gatekeeper(auth_disabled=True, listen=listen).enabled is False
 
 
 def test_auth_on_without_any_principal_is_refused():
-    with pytest.raises(ValueError, match="no principal is configured"):
-        build_gatekeeper(Settings(auth_disabled=False))
+    with pytest.raises(StartupError, match="no principal is configured"):
+        _gatekeeper(auth_disabled=False)
 
 
 def test_principals_come_from_the_setting_and_the_file(tmp_path):
     path = tmp_path / "tokens"
     path.write_text(f"ops admin {DIGEST}\n")
-    keeper = build_gatekeeper(Settings(auth_disabled=False, auth_tokens_file=str(path),
-                                       auth_tokens=f"ci service {token_digest('x')}"))
+    keeper = _gatekeeper(auth_disabled=False, auth_tokens_file=str(path),
+                         auth_tokens=f"ci service {token_digest('x')}")
     assert {p.name for p in keeper.principals.values()} == {"ops", "ci"}
 
 
@@ -119,5 +124,5 @@ def test_the_token_command_prints_a_token_and_the_line_that_admits_it():
     token = lines[1]
     config = lines[3]
     keeper = Gatekeeper(parse_token_lines(config))
-    assert keeper.admit("Commit", _metadata(f"Bearer {token}")) == Principal("billing",
-                                                                             Role.SERVICE)
+    admitted = keeper.admit(CREDITS_SERVICE, "Commit", _metadata(f"Bearer {token}"))
+    assert admitted == Principal("billing", Role.SERVICE)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from credits_service.domain.errors import (
+from credits_service.persistence.errors import (
     StatementTimedOut,
     StorageTimeout,
     StorageUnavailable,
     TransientConflict,
+    translate,
 )
-from credits_service.persistence.database import translate
 
 
 def _postgres_error(sqlstate: str) -> asyncpg.PostgresError:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from credits_service.domain.errors import StatementTimedOut, StorageUnavailable
+from credits_service.domain.errors import DatabaseStatementTimeout, DatabaseUnavailable
 from credits_service.service.group_commit import GroupCommitter
 
 
@@ -22,11 +22,11 @@ class Recorder:
         self.groups.append(list(items))
         await self.release.wait()
         if self.storage_down:
-            raise StorageUnavailable("down")
+            raise DatabaseUnavailable("down")
         if self.fail_on in items:
             raise RuntimeError(f"item {self.fail_on} breaks its group")
         if self.stuck in items:
-            raise StatementTimedOut(f"item {self.stuck} waits on a lock")
+            raise DatabaseStatementTimeout(f"item {self.stuck} waits on a lock")
         return [item * 10 for item in items]
 
 
@@ -66,7 +66,7 @@ async def test_a_database_failure_fails_every_item_of_the_group_without_rerunnin
     await asyncio.sleep(0)
     recorder.release.set()
     for call in calls:
-        with pytest.raises(StorageUnavailable):
+        with pytest.raises(DatabaseUnavailable):
             await call
     assert recorder.groups == [[0], [1, 2, 3]]
 
@@ -93,7 +93,7 @@ async def test_a_group_that_times_out_reruns_its_items_alone_so_only_the_stuck_o
     recorder.release.set()
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert results[:3] == [0, 10, 20] and results[4] == 40
-    assert isinstance(results[3], StatementTimedOut)
+    assert isinstance(results[3], DatabaseStatementTimeout)
     assert recorder.groups[:2] == [[0], [1, 2, 3, 4]]
     assert sorted(recorder.groups[2:]) == [[1], [2], [3], [4]]
 

@@ -9,9 +9,9 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from credits.v1 import credits_pb2 as pb
+from credits_service.domain.ids import new_reservation_ids
 from credits_service.domain.model import BalanceSnapshot, LotDraw, Reservation, ReservationStatus
-from credits_service.service.ledger import new_reservation_ids
-from credits_service.transport.mapping import (
+from credits_service.transport.grpc.messages import (
     RESERVATION_STATUS_TO_PROTO,
     _timestamp,
     balance,

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from credits_service.settings import Settings
+from credits_service.settings import Settings, SettingsError
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -21,36 +21,73 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_a_flag_beats_the_environment_which_beats_the_default():
     environ = {"CREDITS_POOL_SIZE": "7", "CREDITS_PAGE_SIZE_MAX": "300"}
     settings = Settings.load(_args("--pool-size", "9"), environ)
-    assert (settings.pool_size, settings.page_size_max, settings.sweep_interval_s) == (9, 300, 1.0)
+    assert (settings.database.pool_size, settings.ledger.page_size_max,
+            settings.workers.sweep_interval_s) == (9, 300, 1.0)
 
 
 def test_an_empty_metrics_listen_turns_metrics_off_while_other_empty_values_mean_unset():
-    assert Settings.load(_args("--metrics-listen", ""), {}).metrics_listen == ""
-    assert Settings.load(None, {"CREDITS_METRICS_LISTEN": ""}).metrics_listen == ""
-    assert Settings.load(None, {"CREDITS_LISTEN": ""}).listen == "127.0.0.1:50051"
-    assert Settings.load(None, {}).metrics_listen == "127.0.0.1:9464"
+    assert Settings.load(_args("--metrics-listen", ""), {}).telemetry.metrics_listen == ""
+    assert Settings.load(None, {"CREDITS_METRICS_LISTEN": ""}).telemetry.metrics_listen == ""
+    assert Settings.load(None, {"CREDITS_LISTEN": ""}).server.listen == "127.0.0.1:50051"
+    assert Settings.load(None, {}).telemetry.metrics_listen == "127.0.0.1:9464"
 
 
 def test_booleans_parse_from_the_environment():
-    assert Settings.load(None, {"CREDITS_REFLECTION": "off"}).reflection is False
+    assert Settings.load(None, {"CREDITS_REFLECTION": "off"}).server.reflection is False
     with pytest.raises(ValueError, match="reflection"):
         Settings.load(None, {"CREDITS_REFLECTION": "maybe"})
 
 
 @pytest.mark.parametrize("changes,field", [
     ({"pool_size": 0}, "pool_size"),
-    ({"hold_ttl_default_s": 600.0, "hold_ttl_max_s": 300.0}, "hold_ttl_default_s"),
+    ({"reservation_ttl_default_s": 600.0, "reservation_ttl_max_s": 300.0},
+     "reservation_ttl_default_s"),
     ({"page_size_default": 501}, "page_size_default"),
     ({"statement_timeout_ms": 5000, "command_timeout_s": 5.0}, "command_timeout_s"),
     ({"lock_timeout_ms": 6000}, "lock_timeout_ms"),
     ({"idempotency_retention_s": 60.0}, "idempotency_retention_s"),
     ({"shutdown_grace_s": -1.0}, "shutdown_grace_s"),
-    ({"hold_lifetime_max_s": 3600.0}, "hold_lifetime_max_s"),
+    ({"reservation_lifetime_max_s": 3600.0}, "reservation_lifetime_max_s"),
     ({"event_loop": "trio"}, "event_loop"),
 ])
 def test_out_of_range_settings_are_refused_by_name(changes, field):
     with pytest.raises(ValueError, match=field):
-        Settings(**changes)
+        Settings.build(**changes)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"pool_size": 0}, "setting pool_size=0 (--pool-size, CREDITS_POOL_SIZE) is out of "
+                       "range: must be at least 1 and at most 200"),
+    ({"lock_timeout_ms": 6000}, "setting lock_timeout_ms=6000 (--lock-timeout-ms, "
+                                "CREDITS_LOCK_TIMEOUT_MS) must be at most statement_timeout_ms "
+                                "(5000)"),
+    ({"event_loop": "trio"}, "setting event_loop='trio' (--event-loop, CREDITS_EVENT_LOOP) "
+                             "must be one of uvloop, asyncio"),
+    ({"auth_open_services": "health,admin"}, "may name only health, reflection"),
+])
+def test_an_invalid_setting_names_itself_its_value_and_its_rule(changes, message):
+    with pytest.raises(SettingsError) as raised:
+        Settings.build(**changes)
+    assert message in str(raised.value)
+
+
+def test_every_invalid_setting_is_named_at_once():
+    with pytest.raises(SettingsError) as raised:
+        Settings.load(None, {"CREDITS_POOL_SIZE": "lots", "CREDITS_SWEEP_INTERVAL_S": "0",
+                             "CREDITS_EVENT_LOOP": "trio"})
+    assert "setting pool_size='lots' (--pool-size, CREDITS_POOL_SIZE) cannot be read as an " \
+           "integer" in str(raised.value)
+    with pytest.raises(SettingsError) as raised:
+        Settings.build(sweep_interval_s=0, event_loop="trio")
+    assert "sweep_interval_s=0" in str(raised.value) and "event_loop='trio'" in str(
+        raised.value)
+
+
+def test_the_former_hold_names_of_the_reservation_settings_are_still_read():
+    args = _args("--hold-ttl-default-s", "60")
+    settings = Settings.load(args, {"CREDITS_HOLD_TTL_MAX_S": "600"})
+    assert (settings.ledger.reservation_ttl_default_s,
+            settings.ledger.reservation_ttl_max_s) == (60.0, 600.0)
 
 
 def test_serve_with_a_bad_setting_exits_2_before_starting_anything():

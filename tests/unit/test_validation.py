@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 from dataclasses import fields
 from datetime import UTC, datetime
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 
 import pytest
 from google.protobuf.duration_pb2 import Duration
@@ -17,33 +18,43 @@ from hypothesis import strategies as st
 
 from credits.v1 import credits_pb2 as pb
 from credits_service.domain import errors
+from credits_service.domain.commands import (
+    CommitCommand,
+    GrantCommand,
+    GrantResult,
+    HistoryQuery,
+    ReserveCommand,
+    ReserveResult,
+)
+from credits_service.domain.errors import InvalidArgument
 from credits_service.domain.model import (
     AMOUNT_MAX,
     BalanceSnapshot,
-    CommitCommand,
     EntryType,
-    GrantCommand,
-    GrantResult,
     GrantType,
-    HistoryQuery,
     LedgerEntry,
     LotDraw,
     Reservation,
     ReservationStatus,
-    ReserveCommand,
-    ReserveResult,
 )
-from credits_service.service import idempotency
-from credits_service.service.ledger import _decode_page_token, _encode_page_token, _filter_digest
-from credits_service.transport.validation import (
-    ID_PATTERN,
-    InvalidArgument,
-    RequestLimits,
-    Validator,
-)
+from credits_service.service import idempotency, responses
+from credits_service.service.page_tokens import PageTokens
+from credits_service.service.queries import entry_id_position, history_filters
+from credits_service.transport.grpc.fields import ID_PATTERN, RequestLimits
+from credits_service.transport.grpc.grants import grant_command
+from credits_service.transport.grpc.queries import QueryRequests
+from credits_service.transport.grpc.reservations import ReservationRequests
 
 TTL_MAX_S = 86_400
-validator = Validator(RequestLimits(hold_ttl_max_ms=TTL_MAX_S * 1000, page_size_max=500))
+_reservations = ReservationRequests(
+    RequestLimits(reservation_ttl_max_ms=TTL_MAX_S * 1000, page_size_max=500))
+_queries = QueryRequests()
+# Each request type's reader, by the request's name
+validator = SimpleNamespace(
+    grant=grant_command, check_and_reserve=_reservations.check_and_reserve,
+    commit=_reservations.commit, release=_reservations.release,
+    get_balance=_queries.get_balance, history=_queries.history,
+)
 RESERVATION_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 
@@ -174,7 +185,17 @@ def test_history_page_size_zero_means_the_default():
 
 # --- page tokens -------------------------------------------------------------------------
 
+TOKENS = PageTokens(b"test page token key, 32 bytes..")
+_filter_digest = history_filters
 FILTERS = _filter_digest(HistoryQuery(account_id="acct-1", page_size=0))
+
+
+def _encode_page_token(entry_id: int, filters: str) -> str:
+    return TOKENS.encode(entry_id, filters)
+
+
+def _decode_page_token(token: str, filters: str) -> int:
+    return TOKENS.decode(token, filters, entry_id_position)
 
 
 @given(st.integers(min_value=1, max_value=2**63 - 1))
@@ -183,7 +204,10 @@ def test_page_tokens_round_trip(entry_id):
 
 
 def _token(payload: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    """A token signed with the right key whatever it holds: its position is what is tested."""
+    body = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    signature = hmac.new(TOKENS._key, body.encode(), hashlib.sha256).digest()[:16]
+    return f"{body}.{base64.urlsafe_b64encode(signature).decode().rstrip('=')}"
 
 
 @pytest.mark.parametrize("token", [
@@ -260,7 +284,7 @@ def test_request_hashes_never_change(method, command, digest):
 
 def _reference_hash(method: str, command: object) -> str:
     """The request hash as first defined: json.dumps of the plain fields, sorted, compact."""
-    plain = {"method": method, "request": idempotency._plain(command)}
+    plain = {"method": method, "request": responses.plain(command)}
     canonical = json.dumps(plain, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -320,9 +344,9 @@ def test_request_hashes_are_the_reference_encodings_hash(data, alphabet, amount,
     errors.AccountNotFound("acct-9"),
 ])
 def test_stored_outcomes_decode_to_what_was_stored(outcome):
-    stored = json.dumps(json.loads(idempotency.encode(outcome)))  # as jsonb::text returns it
-    decoded = idempotency.decode(stored)
-    if isinstance(outcome, errors.DomainError):
+    stored = json.dumps(json.loads(responses.encode(outcome)))  # as jsonb::text returns it
+    decoded = responses.decode(stored)
+    if isinstance(outcome, errors.Declined):
         assert type(decoded) is type(outcome)
         assert (decoded.reason, decoded.message, decoded.metadata) == (
             outcome.reason, outcome.message, outcome.metadata)
@@ -348,8 +372,8 @@ def test_a_stored_hold_decodes_to_itself_and_one_stored_by_name_still_does(reser
     """A CheckAndReserve response is stored as an array of its fields. A hold stored by name
     (the generic form, before that) must still replay as it was: keys outlive an upgrade."""
     outcome = ReserveResult(reservation=reservation, balance=BALANCE)
-    assert idempotency.decode(idempotency.encode(outcome)) == outcome
-    assert idempotency.decode(json.dumps({"reserve": idempotency._plain(outcome)})) == outcome
+    assert responses.decode(responses.encode(outcome)) == outcome
+    assert responses.decode(json.dumps({"reserve": responses.plain(outcome)})) == outcome
 
 
 def test_a_stored_hold_keeps_every_field():
@@ -373,7 +397,7 @@ def test_a_stored_hold_keeps_every_field():
                                 active_reservation_count=13, lifetime_granted=14,
                                 lifetime_used=15, lifetime_expired=16),
     )
-    assert idempotency.decode(idempotency.encode(outcome)) == outcome
+    assert responses.decode(responses.encode(outcome)) == outcome
 
 
 def test_a_stored_hold_is_compact():
@@ -390,5 +414,5 @@ def test_a_stored_hold_is_compact():
                                 reserved=1, active_reservation_count=1,
                                 lifetime_granted=2_000_000_000_001, lifetime_used=0),
     )
-    assert len(json.dumps({"reserve": idempotency._plain(outcome)})) > 500
-    assert len(idempotency.encode(outcome)) <= 220
+    assert len(json.dumps({"reserve": responses.plain(outcome)})) > 500
+    assert len(responses.encode(outcome)) <= 220

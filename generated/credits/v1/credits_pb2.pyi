@@ -19,6 +19,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _GrantType:
@@ -195,12 +200,23 @@ class Lot(_message.Message):
     EXPIRED_FIELD_NUMBER: _builtins.int
     GRANT_ENTRY_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    GRANT_TYPE_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     """lot_id identifies the lot; opaque."""
-    source_type: Global___GrantType.ValueType
-    """source_type is the grant's type; GRANT_TYPE_UNSPECIFIED for the lot that
-    carried over a balance granted before lots existed.
-    """
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def source_type(self) -> Global___GrantType.ValueType:
+        """source_type is grant_type under its former name, kept for callers that
+        read it; new callers read grant_type.
+        """
+
+    @source_type.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def source_type(self, value: Global___GrantType.ValueType) -> None:
+        """source_type is grant_type under its former name, kept for callers that
+        read it; new callers read grant_type.
+        """
+
     priority: _builtins.int
     """priority orders consumption: lower numbers are spent first (0..100)."""
     amount: _builtins.int
@@ -216,6 +232,11 @@ class Lot(_message.Message):
     grant_entry_id: _builtins.str
     """grant_entry_id is the GRANT ledger entry that created the lot; empty for
     the carried-over lot.
+    """
+    grant_type: Global___GrantType.ValueType
+    """grant_type is the type of the grant that created the lot;
+    GRANT_TYPE_UNSPECIFIED for the lot that carried over a balance granted
+    before lots existed.
     """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
@@ -238,10 +259,11 @@ class Lot(_message.Message):
         expired: _builtins.bool = ...,
         grant_entry_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        grant_type: Global___GrantType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "expire_time", b"expire_time", "expired", b"expired", "grant_entry_id", b"grant_entry_id", "held", b"held", "lot_id", b"lot_id", "priority", b"priority", "remaining", b"remaining", "source_type", b"source_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "expire_time", b"expire_time", "expired", b"expired", "grant_entry_id", b"grant_entry_id", "grant_type", b"grant_type", "held", b"held", "lot_id", b"lot_id", "priority", b"priority", "remaining", b"remaining", "source_type", b"source_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -859,6 +881,7 @@ class ItemError(_message.Message):
     DOMAIN_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     FIELD_VIOLATIONS_FIELD_NUMBER: _builtins.int
+    CODE_NAME_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """code is the gRPC status code (google.rpc.Code value), e.g. 9 for
     FAILED_PRECONDITION.
@@ -869,6 +892,8 @@ class ItemError(_message.Message):
     """reason is the stable ErrorInfo reason, e.g. INSUFFICIENT_CREDITS."""
     domain: _builtins.str
     """domain is the ErrorInfo domain, "credits.v1"."""
+    code_name: _builtins.str
+    """code_name is the name of `code`, e.g. "FAILED_PRECONDITION"."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """metadata is the ErrorInfo metadata."""
@@ -886,10 +911,11 @@ class ItemError(_message.Message):
         domain: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         field_violations: _abc.Iterable[Global___FieldViolation] | None = ...,
+        code_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "domain", b"domain", "field_violations", b"field_violations", "message", b"message", "metadata", b"metadata", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "code_name", b"code_name", "domain", b"domain", "field_violations", b"field_violations", "message", b"message", "metadata", b"metadata", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,8 +1,9 @@
 """The deadline of the call being served, so the database work it starts ends with it.
 
-Transport sets it from the gRPC deadline; the unit of work reads it when a transaction begins
-and lowers that transaction's statement timeout to the time left. A context variable, so it
-follows the call into the task that runs its transaction (tasks copy the context they start in).
+Transport sets it from the gRPC deadline; the transaction runner reads it when a transaction
+begins, and storage lowers that transaction's statement timeout to the time left. A context
+variable, so it follows the call into the task that runs its transaction (tasks copy the
+context they start in); a group transaction starts in a fresh context and has none.
 """
 
 from __future__ import annotations

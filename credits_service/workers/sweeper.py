@@ -1,4 +1,4 @@
-"""Background work of one server process: expire due holds, purge old idempotency keys."""
+"""The sweeper: expires due reservations and lots, and purges old idempotency keys."""
 
 from __future__ import annotations
 
@@ -8,28 +8,29 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from credits_service.domain.errors import StorageError
-from credits_service.service.ledger import Ledger
+from credits_service.domain.errors import DatabaseUnavailable
+from credits_service.service.maintenance import Maintenance
 
 _log = logging.getLogger(__name__)
 _BACKLOG_ROUNDS_MAX = 100  # sweeps run back to back while full batches keep coming
 
 
 class Sweeper:
-    """Expires ACTIVE holds and writes off lots past expire_time within one `interval_s`;
-    several sweepers (one per replica) may run at once: each hold and each account is locked
-    by one of them (SKIP LOCKED), and a lot is written off once (compare-and-set)."""
+    """Expires ACTIVE reservations and writes off lots past expire_time within one
+    `interval_s`; several sweepers (one per replica) may run at once: each reservation and
+    each account is locked by one of them (SKIP LOCKED), and a lot is written off once
+    (compare-and-set)."""
 
     def __init__(
         self,
-        ledger: Ledger,
+        maintenance: Maintenance,
         *,
         interval_s: float,
         batch_size: int,
         idempotency_retention_s: float,
         purge_interval_s: float,
     ) -> None:
-        self._ledger = ledger
+        self._maintenance = maintenance
         self._interval_s = interval_s
         self._batch_size = batch_size
         self._retention_s = idempotency_retention_s
@@ -48,10 +49,11 @@ class Sweeper:
                 await self._task
 
     async def sweep_once(self) -> int:
-        """Expire due holds, then write off due lots, until none are left (bounded); returns
-        how many holds expired."""
-        expired = await self._in_batches(self._ledger.expire_due_holds, self._batch_size)
-        accounts = await self._in_batches(self._ledger.expire_due_lots, self._batch_size)
+        """Expire due reservations, then write off due lots, until none are left (bounded);
+        returns how many reservations expired."""
+        expired = await self._in_batches(
+            self._maintenance.expire_due_reservations, self._batch_size)
+        accounts = await self._in_batches(self._maintenance.expire_due_lots, self._batch_size)
         if accounts:
             _log.info("wrote off expired lots of %d accounts", accounts)
         self._last_sweep_s = time.monotonic()
@@ -65,7 +67,7 @@ class Sweeper:
         """Delete idempotency keys older than the retention period; returns how many."""
 
         async def purge(batch_size: int) -> int:
-            return await self._ledger.purge_idempotency_keys(self._retention_s, batch_size)
+            return await self._maintenance.purge_idempotency_keys(self._retention_s, batch_size)
 
         return await self._in_batches(purge, self._batch_size)
 
@@ -86,17 +88,18 @@ class Sweeper:
             try:
                 expired = await self.sweep_once()
                 if expired:
-                    _log.info("expired %d holds", expired)
+                    _log.info("expired %d reservations", expired)
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + self._purge_interval_s
                     purged = await self.purge_once()
                     if purged:
                         _log.info("purged %d idempotency keys", purged)
-            except StorageError as exc:
+            except DatabaseUnavailable as exc:
                 _log.warning("sweep failed, will retry: %s", exc)
             except Exception:
                 _log.exception("sweep failed unexpectedly, will retry")
-            # Start to start: a hold due just after a sweep began waits one interval, at most.
+            # Start to start: a reservation due just after a sweep began waits one interval, at
+            # most.
             pause_s = max(0.0, self._interval_s - (time.monotonic() - started_s))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), pause_s)

@@ -1,0 +1,129 @@
+"""What the use cases take (commands and queries) and what they answer (results)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from credits_service.domain.model import (
+    BalanceSnapshot,
+    EntryType,
+    GrantType,
+    LedgerEntry,
+    Lot,
+    Reservation,
+    ReservationStatus,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantCommand:
+    account_id: str
+    amount: int
+    grant_type: GrantType
+    idempotency_key: str
+    reason: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    # Fields added after keys were first stored: left out of the request hash while unset, so a
+    # retry of a request made before they existed still matches its stored key.
+    expire_time: datetime | None = field(default=None, metadata={"hash_omit_none": True})
+    priority: int | None = field(default=None, metadata={"hash_omit_none": True})
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveCommand:
+    account_id: str
+    amount: int
+    idempotency_key: str
+    ttl_ms: int | None = None  # None: the server's default TTL
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitCommand:
+    reservation_id: str
+    amount: int | None = None  # None: the held amount
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseCommand:
+    reservation_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendCommand:
+    reservation_id: str
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceQuery:
+    account_id: str
+    expiring_within_ms: int | None = None  # None: no expiring amount asked for
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationsQuery:
+    account_id: str
+    page_size: int
+    page_token: str = ""
+    statuses: frozenset[ReservationStatus] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    account_id: str
+    page_size: int
+    page_token: str = ""
+    entry_types: frozenset[EntryType] = frozenset()
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantResult:
+    entry: LedgerEntry
+    balance: BalanceSnapshot
+    lot: Lot | None = None  # None only in responses stored before lots existed
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    reservation: Reservation
+    balance: BalanceSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    reservation: Reservation
+    entry: LedgerEntry
+    balance: BalanceSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResult:
+    reservation: Reservation
+    balance: BalanceSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    entries: tuple[LedgerEntry, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceReport:
+    balance: BalanceSnapshot
+    lots: tuple[Lot, ...]
+    lots_truncated: bool
+    expiring_amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationPage:
+    reservations: tuple[Reservation, ...]
+    next_page_token: str

@@ -1,0 +1,86 @@
+"""Accounts: one fixed row per account holding its balance and the credits its active
+reservations hold. Every change is a conditional write on that row."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from credits_service.domain.model import BalanceSnapshot
+from credits_service.domain.rows import HeldTotals
+from credits_service.persistence import columns
+
+_GET = f"SELECT {columns.ACCOUNT} FROM accounts WHERE account_id = $1"
+
+# In one order (account_id), so two transactions locking several never deadlock on them.
+_LOCK = f"""
+    SELECT {columns.ACCOUNT} FROM accounts WHERE account_id = ANY($1::text[])
+     ORDER BY account_id FOR UPDATE"""
+
+_CREDIT = f"""
+    INSERT INTO accounts AS a (account_id, balance, lifetime_granted)
+    VALUES ($1, $2, $2)
+    ON CONFLICT (account_id) DO UPDATE
+       SET balance = a.balance + EXCLUDED.balance,
+           lifetime_granted = a.lifetime_granted + EXCLUDED.lifetime_granted,
+           update_time = credits_now()
+     WHERE a.balance + EXCLUDED.balance <= $3
+    RETURNING {columns.ACCOUNT}"""
+
+_CAPTURE = f"""
+    UPDATE accounts
+       SET balance = balance - $3,
+           reserved = reserved - $2,
+           active_reservation_count = active_reservation_count - 1,
+           lifetime_used = lifetime_used + $3,
+           update_time = credits_now()
+     WHERE account_id = $1 AND balance - $3 >= reserved - $2
+    RETURNING {columns.ACCOUNT}"""
+
+_UNHOLD = f"""
+    UPDATE accounts a
+       SET reserved = a.reserved - h.held,
+           active_reservation_count = a.active_reservation_count - h.reservations,
+           update_time = credits_now()
+      FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS h (account_id, held, reservations)
+     WHERE a.account_id = h.account_id AND a.account_id = ANY($1::text[])
+    RETURNING {columns.A_ACCOUNT}"""
+
+
+class AccountRepository:
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection  # asyncpg, in the unit of work's transaction
+
+    async def _one(self, sql: str, *args: Any) -> BalanceSnapshot | None:
+        row = await self._connection.fetchrow(sql, *args)
+        return columns.balance(row) if row is not None else None
+
+    async def get(self, account_id: str) -> BalanceSnapshot | None:
+        return await self._one(_GET, account_id)
+
+    async def lock(self, account_ids: Iterable[str]) -> dict[str, BalanceSnapshot]:
+        """Lock the accounts for this transaction (every change to an account's lots happens
+        under its lock); unknown ones are left out."""
+        rows = await self._connection.fetch(_LOCK, sorted(set(account_ids)))
+        return {row["account_id"]: columns.balance(row) for row in rows}
+
+    async def credit(
+        self, account_id: str, amount: int, balance_max: int
+    ) -> BalanceSnapshot | None:
+        """Add `amount`, creating the account; None if the balance would pass `balance_max`."""
+        return await self._one(_CREDIT, account_id, amount, balance_max)
+
+    async def capture(self, account_id: str, held: int, amount: int) -> BalanceSnapshot | None:
+        """Turn a reservation of `held` into usage of `amount`; None if available cannot cover
+        it."""
+        return await self._one(_CAPTURE, account_id, held, amount)
+
+    async def unhold(self, held: Mapping[str, HeldTotals]) -> dict[str, BalanceSnapshot]:
+        """Give reservations' credits back to available, per account."""
+        rows = await self._connection.fetch(
+            _UNHOLD, list(held), [totals.credits for totals in held.values()],
+            [totals.reservations for totals in held.values()],
+        )
+        balances = {row["account_id"]: columns.balance(row) for row in rows}
+        assert len(balances) == len(held), "a reservation's account always exists"
+        return balances

@@ -1,0 +1,114 @@
+"""The columns each repository reads, and the domain values it builds from a row.
+
+Rows are asyncpg Records read by column name, never by position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from credits_service.domain.model import (
+    BalanceSnapshot,
+    EntryType,
+    GrantType,
+    LedgerEntry,
+    Lot,
+    LotDraw,
+    Reservation,
+    ReservationStatus,
+)
+
+Row = Any  # an asyncpg Record: read by column name
+
+ACCOUNT = ("account_id, balance, reserved, active_reservation_count, lifetime_granted, "
+           "lifetime_used, lifetime_expired")
+# The same columns of an UPDATE's target aliased `a`, for its RETURNING clause
+A_ACCOUNT = ", ".join("a." + column.strip() for column in ACCOUNT.split(","))
+ENTRY = (
+    "entry_id, account_id, entry_type, grant_type, amount, balance_after, "
+    "reservation_id::text AS reservation_id, reason, metadata::text AS metadata, actor, "
+    "create_time, lot_id"
+)
+RESERVATION = (
+    "reservation_id::text AS reservation_id, account_id, amount, status, committed_amount, "
+    "create_time, expire_time, finish_time, metadata::text AS metadata, release_reason"
+)
+LOT = (
+    "l.lot_id, l.account_id, l.grant_type, l.priority, l.expire_time, l.amount, l.remaining, "
+    "l.held, l.expired_time IS NOT NULL AS expired, l.create_time, "
+    "(SELECT e.entry_id FROM ledger_entries e WHERE e.lot_id = l.lot_id "
+    "AND e.entry_type = 'GRANT') AS grant_entry_id"
+)
+# Consumption order (domain/lots.py) of lots aliased `l`; expire_time ascending puts NULLs last.
+CONSUMPTION_ORDER = "l.priority, l.expire_time, l.lot_id"
+
+
+def json_text(metadata: Mapping[str, str]) -> str:
+    """Metadata for a jsonb parameter (which orders keys itself)."""
+    return orjson.dumps(dict(metadata)).decode()
+
+
+def balance(row: Row) -> BalanceSnapshot:
+    return BalanceSnapshot(
+        account_id=row["account_id"],
+        balance=row["balance"],
+        reserved=row["reserved"],
+        active_reservation_count=row["active_reservation_count"],
+        lifetime_granted=row["lifetime_granted"],
+        lifetime_used=row["lifetime_used"],
+        lifetime_expired=row["lifetime_expired"],
+    )
+
+
+def entry(row: Row) -> LedgerEntry:
+    grant_type = row["grant_type"]
+    return LedgerEntry(
+        entry_id=row["entry_id"],
+        account_id=row["account_id"],
+        entry_type=EntryType(row["entry_type"]),
+        grant_type=GrantType(grant_type) if grant_type else None,
+        amount=row["amount"],
+        balance_after=row["balance_after"],
+        reservation_id=row["reservation_id"],
+        reason=row["reason"],
+        metadata=orjson.loads(row["metadata"]),
+        actor=row["actor"],
+        create_time=row["create_time"],
+        lot_id=row["lot_id"],
+    )
+
+
+def lot(row: Row) -> Lot:
+    grant_type = row["grant_type"]
+    return Lot(
+        lot_id=row["lot_id"],
+        account_id=row["account_id"],
+        grant_type=GrantType(grant_type) if grant_type else None,
+        priority=row["priority"],
+        expire_time=row["expire_time"],
+        amount=row["amount"],
+        remaining=row["remaining"],
+        held=row["held"],
+        expired=row["expired"],
+        grant_entry_id=row["grant_entry_id"],
+        create_time=row["create_time"],
+    )
+
+
+def reservation(row: Row, draws: tuple[LotDraw, ...] = ()) -> Reservation:
+    return Reservation(
+        reservation_id=row["reservation_id"],
+        account_id=row["account_id"],
+        amount=row["amount"],
+        status=ReservationStatus(row["status"]),
+        committed_amount=row["committed_amount"],
+        create_time=row["create_time"],
+        expire_time=row["expire_time"],
+        finish_time=row["finish_time"],
+        metadata=orjson.loads(row["metadata"]),
+        draws=draws,
+        release_reason=row["release_reason"],
+    )

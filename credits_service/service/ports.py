@@ -1,0 +1,314 @@
+"""What the use cases need from the world, as typed Protocols: a unit of work with its
+repositories (storage), and somewhere to report what they did (metrics).
+
+persistence/ implements the storage ports (SqlUnitOfWork) and telemetry.py the metrics port;
+tests/support/fake_storage.py implements the storage ports in memory. A repository method
+raises persistence.errors.StorageError subclasses when the database fails; the unit of work
+rolls back unless committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Protocol, Self
+
+from credits_service.domain.lots import LotChange
+from credits_service.domain.model import (
+    BalanceSnapshot,
+    EntryType,
+    GrantType,
+    LedgerEntry,
+    Lot,
+    LotDraw,
+    Reservation,
+    ReservationStatus,
+)
+from credits_service.domain.rows import (
+    Capture,
+    Captured,
+    CaptureTotals,
+    Consumption,
+    ExpiredAndFree,
+    ExpiredLot,
+    FreeLot,
+    HeldTotals,
+    KeyedAccount,
+    KeyRecord,
+    LockedForSettling,
+    LockedReservation,
+    Placed,
+    Released,
+    ReleaseOf,
+    StoredResponse,
+    UsageEntry,
+    WriteOff,
+)
+
+
+class AccountRepository(Protocol):
+    """One fixed row per account; every change is a conditional write on it."""
+
+    async def get(self, account_id: str) -> BalanceSnapshot | None: ...
+
+    async def lock(self, account_ids: Iterable[str]) -> dict[str, BalanceSnapshot]:
+        """Lock the accounts for the transaction, in account order; unknown ones left out."""
+
+    async def credit(
+        self, account_id: str, amount: int, balance_max: int
+    ) -> BalanceSnapshot | None:
+        """Add `amount`, creating the account; None if the balance would pass `balance_max`."""
+
+    async def capture(self, account_id: str, held: int, amount: int) -> BalanceSnapshot | None:
+        """Turn a reservation of `held` into usage of `amount`; None if available cannot
+        cover it."""
+
+    async def unhold(self, held: Mapping[str, HeldTotals]) -> dict[str, BalanceSnapshot]:
+        """Give reservations' credits back to available, per account."""
+
+
+class EntryRepository(Protocol):
+    """The ledger: immutable entries, each with the balance right after it."""
+
+    async def append(
+        self,
+        *,
+        account_id: str,
+        entry_type: EntryType,
+        amount: int,
+        balance_after: int,
+        actor: str,
+        grant_type: GrantType | None = None,
+        reservation_id: str | None = None,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        lot_id: int | None = None,
+    ) -> LedgerEntry: ...
+
+    async def write_off(
+        self, write_offs: Sequence[WriteOff], actor: str
+    ) -> dict[str, BalanceSnapshot]:
+        """Take expired credits off the balances, one EXPIRY entry each, in order."""
+
+    async def usage_of(self, reservation_id: str) -> LedgerEntry | None: ...
+
+    async def page(
+        self,
+        *,
+        account_id: str,
+        before_entry_id: int | None,
+        entry_types: Iterable[EntryType],
+        start_time: datetime | None,
+        end_time: datetime | None,
+        limit: int,
+    ) -> list[LedgerEntry]:
+        """Entries newest first, strictly older than `before_entry_id` when given."""
+
+
+class LotRepository(Protocol):
+    """Credit lots; every change to an account's lots runs under the account's lock."""
+
+    async def create(
+        self,
+        *,
+        account_id: str,
+        grant_type: GrantType,
+        priority: int,
+        expire_time: datetime | None,
+        amount: int,
+    ) -> Lot: ...
+
+    async def expire_due(self, account_ids: Iterable[str]) -> list[ExpiredLot]:
+        """Mark the locked accounts' lots past expire_time expired (compare-and-set)."""
+
+    async def due_accounts(self, limit: int) -> list[str]:
+        """Accounts with lots due to expire, locked, skipping accounts locked elsewhere."""
+
+    async def free_in_order(self, wanted: Mapping[str, int]) -> dict[str, list[FreeLot]]:
+        """Per account, free credits of unexpired lots in consumption order, enough to cover
+        the credits wanted."""
+
+    async def apply(self, changes: Iterable[LotChange]) -> None: ...
+
+    async def expired_among(self, lot_ids: Iterable[int]) -> set[int]: ...
+
+    async def listing(
+        self, account_id: str, limit: int, expiring_within_ms: int | None
+    ) -> tuple[list[Lot], int]:
+        """Lots that still hold credits, in consumption order, and the credits expiring within
+        the window."""
+
+
+class ReservationRepository(Protocol):
+    """Reservations and their draws; a reservation leaves ACTIVE once (compare-and-set)."""
+
+    async def lock(self, reservation_id: str) -> LockedReservation | None: ...
+
+    async def draws_of(self, reservation_ids: list[str]) -> dict[str, tuple[LotDraw, ...]]: ...
+
+    async def record_consumption(
+        self, reservation_id: str, draws: tuple[LotDraw, ...], consumed: Mapping[int, int]
+    ) -> tuple[LotDraw, ...]: ...
+
+    async def finish(
+        self,
+        reservation_ids: list[str],
+        status: ReservationStatus,
+        *,
+        committed_amount: int | None = None,
+        release_reason: str = "",
+    ) -> dict[str, Reservation]:
+        """Compare-and-set ACTIVE -> `status`; those no longer ACTIVE are left out."""
+
+    async def extend(
+        self, reservation_id: str, ttl_ms: int, lifetime_max_ms: int
+    ) -> Reservation: ...
+
+    async def lock_due(self, batch_size: int) -> list[Reservation]:
+        """ACTIVE reservations past expire_time, locked, skipping those locked elsewhere."""
+
+    async def page(
+        self,
+        *,
+        account_id: str,
+        statuses: Iterable[ReservationStatus],
+        before: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[Reservation]: ...
+
+
+class IdempotencyRepository(Protocol):
+    async def claim(self, scope: str, key: str, method: str, request_hash: bytes) -> bool:
+        """Take the key for this transaction; False if it is stored already (a concurrent
+        holder is waited for, so False always sees a finished record)."""
+
+    async def get(self, scope: str, key: str) -> StoredResponse | None: ...
+
+    async def complete(self, scope: str, key: str, response: str) -> None: ...
+
+    async def purge(self, older_than_s: float, batch_size: int) -> int: ...
+
+
+class GroupStatements(Protocol):
+    """The statements of group transactions, each spanning tables (persistence/groups.py
+    says which one-table statements each stands for). A key another transaction stored
+    meanwhile raises TransientConflict from place and complete."""
+
+    async def find_and_lock(
+        self, keys: Sequence[KeyedAccount]
+    ) -> tuple[dict[tuple[str, str], StoredResponse], dict[str, BalanceSnapshot]]: ...
+
+    async def expire_and_find(
+        self, account_ids: Sequence[str], wanted: Mapping[str, int]
+    ) -> ExpiredAndFree: ...
+
+    async def place(
+        self,
+        lot_holds: Mapping[int, int],
+        held: Mapping[str, HeldTotals],
+        reservations: Sequence[Reservation],
+        actors: Sequence[str],
+        method: str,
+        keys: Sequence[KeyRecord],
+    ) -> Placed: ...
+
+    async def complete(self, method: str, keys: Sequence[KeyRecord]) -> None: ...
+
+    async def lock_for_settling(self, reservation_ids: Sequence[str]) -> LockedForSettling: ...
+
+    async def expire_and_check(
+        self, account_ids: Sequence[str], lot_ids: Sequence[int]
+    ) -> tuple[list[ExpiredLot], set[int]]: ...
+
+    async def capture(
+        self,
+        lot_changes: Sequence[LotChange],
+        captures: Mapping[str, CaptureTotals],
+        commits: Sequence[Capture],
+        consumed: Sequence[Consumption],
+        usages: Sequence[UsageEntry],
+    ) -> Captured: ...
+
+    async def release(
+        self,
+        lot_changes: Sequence[LotChange],
+        held: Mapping[str, HeldTotals],
+        releases: Sequence[ReleaseOf],
+    ) -> Released: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction: `async with` opens it; leaving without commit() rolls it back."""
+
+    accounts: AccountRepository
+    entries: EntryRepository
+    lots: LotRepository
+    reservations: ReservationRepository
+    idempotency: IdempotencyRepository
+    groups: GroupStatements
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def now(self) -> datetime:
+        """The service clock: the database's."""
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once this transaction has committed (never if it does not)."""
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(
+        self, *, grouped: bool = False, time_remaining_s: float | None = None
+    ) -> UnitOfWork:
+        """A new unit of work. `grouped`: a group commit's transaction, which runs the same
+        few statements over and over (storage may keep their plans). `time_remaining_s`: the
+        calling RPC's time left, below which storage bounds its statements."""
+
+
+class LedgerMetrics(Protocol):
+    """What the ledger reports as it works. Reported only for committed work."""
+
+    def granted(self, amount: int) -> None: ...
+    def reserved(self, reservations: int) -> None: ...
+    def committed(self, amount: int) -> None: ...
+    def released(self) -> None: ...
+    def expired(self, reservations: int) -> None: ...
+    def written_off(self, credits: int) -> None: ...
+    def replayed(self, method: str) -> None: ...
+    def transaction_retried(self) -> None: ...
+    def grouped(self, kind: str, size: int) -> None: ...
+
+
+class NoMetrics:
+    """Reports nowhere."""
+
+    def granted(self, amount: int) -> None:
+        pass
+
+    def reserved(self, reservations: int) -> None:
+        pass
+
+    def committed(self, amount: int) -> None:
+        pass
+
+    def released(self) -> None:
+        pass
+
+    def expired(self, reservations: int) -> None:
+        pass
+
+    def written_off(self, credits: int) -> None:
+        pass
+
+    def replayed(self, method: str) -> None:
+        pass
+
+    def transaction_retried(self) -> None:
+        pass
+
+    def grouped(self, kind: str, size: int) -> None:
+        pass

@@ -1,0 +1,140 @@
+"""Reads: an account's balance and lots, its ledger, its reservations. Pages are keyset
+pages with signed tokens (page_tokens.py)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from credits_service.domain import errors
+from credits_service.domain.commands import (
+    BalanceQuery,
+    BalanceReport,
+    HistoryPage,
+    HistoryQuery,
+    ReservationPage,
+    ReservationsQuery,
+)
+from credits_service.domain.model import LOTS_LISTED_MAX
+from credits_service.service.page_tokens import PageTokens, filters_digest
+from credits_service.service.ports import UnitOfWork
+from credits_service.service.transactions import Transactions
+from credits_service.settings import LedgerSettings
+
+_ENTRY_ID_MAX = 2**63 - 1  # ledger entry ids are bigint
+
+
+class Queries:
+    def __init__(
+        self, transactions: Transactions, settings: LedgerSettings, page_tokens: PageTokens
+    ) -> None:
+        self._transactions = transactions
+        self._page_size_default = settings.page_size_default
+        self._page_size_max = settings.page_size_max
+        self._tokens = page_tokens
+
+    async def get_balance(self, query: BalanceQuery) -> BalanceReport:
+        async def work(uow: UnitOfWork) -> BalanceReport | errors.Declined:
+            balance = await uow.accounts.get(query.account_id)
+            if balance is None:
+                return errors.AccountNotFound(query.account_id)
+            listed, expiring = await uow.lots.listing(
+                query.account_id, LOTS_LISTED_MAX + 1, query.expiring_within_ms)
+            return BalanceReport(
+                balance=balance,
+                lots=tuple(listed[:LOTS_LISTED_MAX]),
+                lots_truncated=len(listed) > LOTS_LISTED_MAX,
+                expiring_amount=expiring,
+            )
+
+        return await self._transactions.run(work)
+
+    async def history(self, query: HistoryQuery) -> HistoryPage:
+        """One page of the account's ledger, newest first, keyset-paginated by entry id."""
+        page_size = self._page_size(query.page_size)
+        filters = history_filters(query)
+        before = (self._tokens.decode(query.page_token, filters, entry_id_position)
+                  if query.page_token else None)
+
+        async def work(uow: UnitOfWork) -> HistoryPage | errors.Declined:
+            entries = await uow.entries.page(
+                account_id=query.account_id,
+                before_entry_id=before,
+                entry_types=query.entry_types,
+                start_time=query.start_time,
+                end_time=query.end_time,
+                limit=page_size + 1,
+            )
+            if not entries and before is None and await uow.accounts.get(query.account_id) is None:
+                return errors.AccountNotFound(query.account_id)
+            token = (self._tokens.encode(entries[page_size - 1].entry_id, filters)
+                     if len(entries) > page_size else "")
+            return HistoryPage(entries=tuple(entries[:page_size]), next_page_token=token)
+
+        return await self._transactions.run(work)
+
+    async def list_reservations(self, query: ReservationsQuery) -> ReservationPage:
+        """One page of the account's reservations, newest first, keyset-paginated."""
+        page_size = self._page_size(query.page_size)
+        filters = reservations_filters(query)
+        before = (self._tokens.decode(query.page_token, filters, reservation_position)
+                  if query.page_token else None)
+
+        async def work(uow: UnitOfWork) -> ReservationPage | errors.Declined:
+            found = await uow.reservations.page(
+                account_id=query.account_id,
+                statuses=query.statuses,
+                before=before,
+                limit=page_size + 1,
+            )
+            if not found and before is None and await uow.accounts.get(query.account_id) is None:
+                return errors.AccountNotFound(query.account_id)
+            token = ""
+            if len(found) > page_size:
+                last = found[page_size - 1]
+                token = self._tokens.encode(
+                    [last.create_time.isoformat(), last.reservation_id], filters)
+            return ReservationPage(reservations=tuple(found[:page_size]), next_page_token=token)
+
+        return await self._transactions.run(work)
+
+    def _page_size(self, asked: int) -> int:
+        return min(asked or self._page_size_default, self._page_size_max)
+
+
+def history_filters(query: HistoryQuery) -> str:
+    """What a History page token is bound to: the account and every filter, not the page
+    size (a client may change it between pages)."""
+    return filters_digest([
+        query.account_id,
+        sorted(t.value for t in query.entry_types),
+        query.start_time.isoformat() if query.start_time else None,
+        query.end_time.isoformat() if query.end_time else None,
+    ])
+
+
+def reservations_filters(query: ReservationsQuery) -> str:
+    """What a ListReservations page token is bound to: the account and the statuses."""
+    return filters_digest(
+        ["reservations", query.account_id, sorted(s.value for s in query.statuses)])
+
+
+def entry_id_position(after: Any) -> int:
+    """A History token's position: the last entry id of the page before."""
+    # type() is int: JSON true is a bool, and bool is an int in Python.
+    if type(after) is not int or not 1 <= after <= _ENTRY_ID_MAX:
+        raise ValueError(after)
+    return after
+
+
+def reservation_position(after: Any) -> tuple[datetime, str]:
+    """A ListReservations token's position: the last reservation's (create_time, id)."""
+    create_time, reservation_id = after
+    if type(create_time) is not str or type(reservation_id) is not str:
+        raise ValueError(after)
+    parsed = datetime.fromisoformat(create_time)
+    if parsed.tzinfo is None:
+        raise ValueError(create_time)
+    parsed.astimezone(UTC)  # OverflowError at the edges of the calendar
+    return parsed, str(uuid.UUID(reservation_id))

@@ -1,0 +1,1 @@
+"""The reservation use cases: reserve, commit, release, extend, and their batch forms."""

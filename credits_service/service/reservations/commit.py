@@ -1,0 +1,252 @@
+"""Commit: capture a reservation for its amount or another; repeating it with the same amount
+replays. It consumes what the reservation drew, in consumption order; a larger amount takes
+the excess from free lots in consumption order; a smaller one gives the rest back.
+
+Concurrent Commits share transactions: the group decides the plain case, and leaves every
+other to a transaction of its own (group_commit.py, UNDECIDED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from credits_service.domain import errors, lots
+from credits_service.domain.commands import CommitCommand, CommitResult
+from credits_service.domain.model import (
+    BalanceSnapshot,
+    EntryType,
+    LedgerEntry,
+    Reservation,
+    ReservationStatus,
+)
+from credits_service.domain.rows import Capture, CaptureTotals, Consumption, UsageEntry, WriteOff
+from credits_service.service.group_commit import UNDECIDED, GroupCommitter, Undecided
+from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.reservations.settling import (
+    lock_active,
+    lock_deciding_expiry,
+    summed,
+)
+from credits_service.service.transactions import Transactions
+from credits_service.service.write_offs import lock_accounts, write_off, write_off_expired
+from credits_service.settings import LedgerSettings
+
+METHOD = "Commit"
+Call = tuple[CommitCommand, str]  # the command and its actor
+
+
+class Committing:
+    def __init__(
+        self, transactions: Transactions, settings: LedgerSettings, metrics: LedgerMetrics
+    ) -> None:
+        self._transactions = transactions
+        self._metrics = metrics
+        self._batch_concurrency = settings.batch_commit_concurrency
+        self._group: GroupCommitter[Call, CommitResult | errors.Declined] = GroupCommitter(
+            self._commit_many,
+            run_alone=self._commit_alone,
+            group_size_max=settings.group_size_max,
+            concurrency=settings.group_concurrency,
+            on_group=lambda size: metrics.grouped(METHOD, size),
+        )
+
+    async def commit(self, command: CommitCommand, actor: str) -> CommitResult:
+        """Capture a reservation, or raise why not."""
+        outcome = await self._group.submit((command, actor))
+        if isinstance(outcome, errors.Declined):
+            raise outcome
+        return outcome
+
+    async def commit_each(
+        self, commands: Sequence[CommitCommand], actor: str
+    ) -> list[CommitResult | Exception]:
+        """Commit each reservation in its own transaction, a few at a time, so one failing
+        item never fails another: each gets its result or the exception it alone would have
+        raised."""
+        limit = asyncio.Semaphore(self._batch_concurrency)
+
+        async def one(command: CommitCommand) -> CommitResult | Exception:
+            async with limit:
+                try:
+                    return await self.commit(command, actor)
+                except Exception as exc:  # reported per item, by the caller
+                    return exc
+
+        return list(await asyncio.gather(*(one(command) for command in commands)))
+
+    async def _commit_many(
+        self, calls: Sequence[Call]
+    ) -> list[CommitResult | errors.Declined | Undecided]:
+        """Commit, in one transaction, the plain cases among `calls`: an ACTIVE reservation,
+        not due, committed for at most its amount, whose given-back credits go to unexpired
+        lots, named once in the group. Every other call is left UNDECIDED, untouched. The same
+        results as committing one by one, in order."""
+
+        async def work(uow: UnitOfWork) -> list[CommitResult | errors.Declined | Undecided]:
+            outcomes: list[Any] = [UNDECIDED] * len(calls)
+            active, snapshots, now = await lock_active(
+                uow, [command.reservation_id for command, _ in calls])
+            plain: list[tuple[int, Reservation, int, lots.CommitSplit]] = []
+            for i, ((command, _), reservation) in enumerate(zip(calls, active, strict=True)):
+                if reservation is None:
+                    continue
+                amount = command.amount if command.amount is not None else reservation.amount
+                split = lots.split_commit(reservation.draws, amount)
+                if not split.excess:
+                    plain.append((i, reservation, amount, split))
+            if not plain:
+                return outcomes
+            given_back = [lot_id for _, _, _, split in plain for lot_id, _ in split.given_back]
+            due, expired = await uow.groups.expire_and_check(list(snapshots), given_back)
+            snapshots.update(await write_off_expired(uow, due, self._metrics))
+            plain = [p for p in plain
+                     if not any(lot_id in expired for lot_id, _ in p[3].given_back)]
+            if not plain:
+                return outcomes
+            lot_changes: list[lots.LotChange] = []
+            captures: dict[str, CaptureTotals] = {}
+            balances: dict[int, BalanceSnapshot] = {}
+            usages: list[UsageEntry] = []
+            consumed: list[Consumption] = []
+            for i, reservation, amount, split in plain:
+                changes, lapsed = lots.settle(reservation.draws, split.consumed, (), set())
+                assert not lapsed, "no lot a plain commit gives back to is expired"
+                lot_changes.extend(changes)
+                account_id = reservation.account_id
+                held, used, count = captures.get(account_id, (0, 0, 0))
+                captures[account_id] = CaptureTotals(
+                    held + reservation.amount, used + amount, count + 1)
+                before = snapshots[account_id]
+                snapshots[account_id] = balances[i] = dataclasses.replace(
+                    before,
+                    balance=before.balance - amount,
+                    reserved=before.reserved - reservation.amount,
+                    active_reservation_count=before.active_reservation_count - 1,
+                    lifetime_used=before.lifetime_used + amount,
+                )
+                command, actor = calls[i]
+                usages.append(UsageEntry(account_id, amount, balances[i].balance,
+                                         reservation.reservation_id, command.metadata, actor))
+                consumed.extend(Consumption(reservation.reservation_id, lot_id, part)
+                                for lot_id, part in split.consumed)
+            changed = summed(lot_changes)
+            written = await uow.groups.capture(
+                changed, captures,
+                [Capture(r.reservation_id, amount) for _, r, amount, _ in plain], consumed,
+                usages,
+            )
+            if (any(written.balances.get(a) != snapshots[a] for a in captures)
+                    or len(written.entry_ids) != len(plain)
+                    or (written.lots, written.reservations, written.draws)
+                    != (len(changed), len(plain), len(consumed))):
+                raise errors.LotsOutOfStep(plain[0][1].account_id)
+            for i, reservation, amount, split in plain:
+                command, actor = calls[i]
+                used_of = dict(split.consumed)
+                outcomes[i] = CommitResult(
+                    reservation=dataclasses.replace(
+                        reservation,
+                        status=ReservationStatus.COMMITTED,
+                        committed_amount=amount,
+                        finish_time=now,
+                        draws=tuple(dataclasses.replace(d, consumed=used_of.get(d.lot_id, 0))
+                                    for d in reservation.draws),
+                    ),
+                    entry=LedgerEntry(
+                        entry_id=written.entry_ids[reservation.reservation_id],
+                        account_id=reservation.account_id,
+                        entry_type=EntryType.USAGE,
+                        grant_type=None,
+                        amount=-amount,
+                        balance_after=balances[i].balance,
+                        reservation_id=reservation.reservation_id,
+                        reason="",
+                        metadata=dict(command.metadata),
+                        actor=actor,
+                        create_time=now,
+                    ),
+                    balance=balances[i],
+                )
+            uow.on_commit(lambda: [self._metrics.committed(amount) for _, _, amount, _ in plain])
+            return outcomes
+
+        return await self._transactions.run(work, grouped=True)
+
+    async def _commit_alone(self, call: Call) -> CommitResult:
+        """Commit in a transaction of its own: every case (replays, expiry, declines, a larger
+        amount, credits given back to expired lots). Raises a decline."""
+        command, actor = call
+
+        async def work(uow: UnitOfWork) -> CommitResult | errors.Declined:
+            locked = await lock_deciding_expiry(uow, command.reservation_id, self._metrics)
+            if isinstance(locked, errors.Declined):
+                return locked
+            amount = command.amount if command.amount is not None else locked.amount
+            if locked.status is ReservationStatus.COMMITTED:
+                if locked.committed_amount != amount:
+                    return errors.ReservationAlreadyCommitted(
+                        locked.reservation_id, locked.committed_amount or 0)
+                entry = await uow.entries.usage_of(locked.reservation_id)
+                balance = await uow.accounts.get(locked.account_id)
+                assert entry is not None and balance is not None, "a commit wrote both"
+                uow.on_commit(lambda: self._metrics.replayed(METHOD))
+                return CommitResult(reservation=locked, entry=entry, balance=balance)
+            if locked.status is ReservationStatus.RELEASED:
+                return errors.ReservationReleased(locked.reservation_id)
+            return await self._capture(uow, locked, amount, command, actor)
+
+        return await self._transactions.run(work)
+
+    async def _capture(
+        self, uow: UnitOfWork, locked: Reservation, amount: int, command: CommitCommand,
+        actor: str,
+    ) -> CommitResult | errors.Declined:
+        """Capture a locked ACTIVE reservation for `amount`, taking any excess from free lots
+        in consumption order and writing off what goes back to expired lots."""
+        account_id = locked.account_id
+        current = (await lock_accounts(uow, [account_id], self._metrics))[account_id]
+        split = lots.split_commit(locked.draws, amount)
+        excess: list[tuple[int, int]] = []
+        if split.excess:
+            free = await uow.lots.free_in_order({account_id: split.excess})
+            taken = lots.take(free[account_id], split.excess)
+            if taken is None:
+                return errors.InsufficientCredits(account_id, current.available, split.excess)
+            excess = taken
+        expired = (
+            await uow.lots.expired_among(lot_id for lot_id, _ in split.given_back)
+            if split.given_back else set()
+        )
+        changes, lapsed = lots.settle(locked.draws, split.consumed, excess, expired)
+        await uow.lots.apply(changes)
+        balance = await uow.accounts.capture(account_id, locked.amount, amount)
+        if balance is None:
+            raise errors.LotsOutOfStep(account_id)
+        finished = await uow.reservations.finish(
+            [locked.reservation_id], ReservationStatus.COMMITTED, committed_amount=amount)
+        entry = await uow.entries.append(
+            account_id=account_id,
+            entry_type=EntryType.USAGE,
+            amount=-amount,
+            balance_after=balance.balance,
+            reservation_id=locked.reservation_id,
+            metadata=command.metadata,
+            actor=actor,
+        )
+        consumed = dict(split.consumed)
+        for lot_id, part in excess:
+            consumed[lot_id] = consumed.get(lot_id, 0) + part
+        draws = await uow.reservations.record_consumption(
+            locked.reservation_id, locked.draws, consumed)
+        written_off = await write_off(uow, [
+            WriteOff(account_id, lot_id, part, locked.reservation_id) for lot_id, part in lapsed
+        ], self._metrics)
+        uow.on_commit(lambda: self._metrics.committed(amount))
+        return CommitResult(
+            reservation=dataclasses.replace(finished[locked.reservation_id], draws=draws),
+            entry=entry,
+            balance=written_off.get(account_id, balance),
+        )

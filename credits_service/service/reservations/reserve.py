@@ -1,0 +1,167 @@
+"""CheckAndReserve: hold credits if available covers them, drawing from lots in consumption
+order, once per idempotency key (declines too).
+
+Concurrent calls share transactions (group_commit.py): a group finds its stored keys and
+locks its accounts, expires due lots and finds free ones, then writes every reservation, lot,
+balance and key in one statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from credits_service.domain import errors, lots
+from credits_service.domain.commands import ReserveCommand, ReserveResult
+from credits_service.domain.ids import new_reservation_ids
+from credits_service.domain.model import BalanceSnapshot, LotDraw, Reservation, ReservationStatus
+from credits_service.domain.rows import FreeLot, HeldTotals, KeyedAccount, KeyRecord
+from credits_service.service import idempotency, responses
+from credits_service.service.group_commit import GroupCommitter
+from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.transactions import Transactions
+from credits_service.service.write_offs import write_off_expired
+from credits_service.settings import LedgerSettings
+
+METHOD = "CheckAndReserve"
+Call = tuple[ReserveCommand, str]  # the command and its actor, whose scope its key is in
+Answer = ReserveResult | errors.Declined
+
+
+class Reserving:
+    def __init__(
+        self, transactions: Transactions, settings: LedgerSettings, metrics: LedgerMetrics
+    ) -> None:
+        self._transactions = transactions
+        self._metrics = metrics
+        self._ttl_default_ms = int(settings.reservation_ttl_default_s * 1000)
+        self._group: GroupCommitter[Call, Answer] = GroupCommitter(
+            self.check_and_reserve_many,
+            group_size_max=settings.group_size_max,
+            concurrency=settings.group_concurrency,
+            on_group=lambda size: metrics.grouped(METHOD, size),
+        )
+
+    async def check_and_reserve(self, command: ReserveCommand, actor: str) -> ReserveResult:
+        """Place a reservation, or raise the decline (stored with the key, and replayed)."""
+        outcome = await self._group.submit((command, actor))
+        if isinstance(outcome, errors.Declined):
+            raise outcome
+        return outcome
+
+    async def check_and_reserve_many(self, calls: Sequence[Call]) -> list[Answer]:
+        """Place several reservations in one transaction, each call with its own idempotency
+        key (scoped to its actor) and its own result or decline: the same answers as placing
+        them one by one, in order. The same key twice answers twice alike."""
+        digests = [idempotency.request_hash(METHOD, command) for command, _ in calls]
+        first: dict[tuple[str, str], int] = {}
+        for i, (command, actor) in enumerate(calls):
+            first.setdefault((actor, command.idempotency_key), i)
+
+        async def work(uow: UnitOfWork) -> list[Answer]:
+            outcomes: list[Any] = [None] * len(calls)
+            stored, snapshots = await uow.groups.find_and_lock([
+                KeyedAccount(scope, key, calls[i][0].account_id)
+                for (scope, key), i in first.items()
+            ])
+            new: list[int] = []  # in call order, as first is
+            for pair, i in first.items():
+                found = stored.get(pair)
+                if found is None:
+                    new.append(i)
+                elif found.request_hash != digests[i]:
+                    outcomes[i] = errors.IdempotencyKeyReused(pair[1])
+                else:
+                    assert found.response is not None, "a committed key always has its response"
+                    outcomes[i] = responses.decode(found.response)
+                    uow.on_commit(lambda: self._metrics.replayed(METHOD))
+            if new:
+                await self._place(uow, calls, new, outcomes, snapshots, digests)
+            for i, (command, actor) in enumerate(calls):
+                j = first[(actor, command.idempotency_key)]
+                if j != i:
+                    outcomes[i] = (outcomes[j] if digests[i] == digests[j]
+                                   else errors.IdempotencyKeyReused(command.idempotency_key))
+            return outcomes
+
+        return await self._transactions.run(work, grouped=True)
+
+    async def _place(
+        self,
+        uow: UnitOfWork,
+        calls: Sequence[Call],
+        indexes: list[int],
+        outcomes: list[Any],
+        snapshots: dict[str, BalanceSnapshot],
+        digests: list[bytes],
+    ) -> None:
+        """Decide and write the reservations of calls[i] for i in `indexes` (their keys not
+        stored yet, their accounts locked with these `snapshots`), in that order, into
+        outcomes[i], and store their keys with the answers: expire due lots, draw from free
+        lots in consumption order, write everything set-based. A key another transaction
+        stored meanwhile rolls all back, to run again."""
+        wanted: dict[str, int] = {}
+        for i in indexes:
+            command = calls[i][0]
+            if command.account_id in snapshots:
+                wanted[command.account_id] = wanted.get(command.account_id, 0) + command.amount
+        free: dict[str, list[FreeLot]] = {}
+        now = datetime.min  # set below whenever a reservation can be placed
+        if wanted:
+            found = await uow.groups.expire_and_find(list(snapshots), wanted)
+            free, now = found.free, found.now
+            snapshots.update(await write_off_expired(uow, found.expired, self._metrics))
+        placed: list[tuple[int, Reservation]] = []
+        lot_holds: dict[int, int] = {}
+        held: dict[str, HeldTotals] = {}
+        reservation_ids = iter(new_reservation_ids(len(indexes)))
+        for i in indexes:
+            command = calls[i][0]
+            account_id = command.account_id
+            snapshot = snapshots.get(account_id)
+            if snapshot is None:
+                outcomes[i] = errors.AccountNotFound(account_id)
+                continue
+            if snapshot.available < command.amount:
+                outcomes[i] = errors.InsufficientCredits(
+                    account_id, snapshot.available, command.amount)
+                continue
+            draws = lots.take(free[account_id], command.amount)
+            if draws is None:
+                raise errors.LotsOutOfStep(account_id)
+            free[account_id] = lots.left_after(free[account_id], draws)
+            for lot_id, part in draws:
+                lot_holds[lot_id] = lot_holds.get(lot_id, 0) + part
+            snapshots[account_id] = snapshot = snapshot.with_reservation(command.amount)
+            credits, count = held.get(account_id, (0, 0))
+            held[account_id] = HeldTotals(credits + command.amount, count + 1)
+            reservation = Reservation(
+                reservation_id=next(reservation_ids),
+                account_id=account_id,
+                amount=command.amount,
+                status=ReservationStatus.ACTIVE,
+                committed_amount=None,
+                create_time=now,
+                expire_time=now + timedelta(milliseconds=command.ttl_ms or self._ttl_default_ms),
+                finish_time=None,
+                metadata=dict(command.metadata),
+                draws=tuple(LotDraw(lot_id, part) for lot_id, part in draws),
+            )
+            placed.append((i, reservation))
+            outcomes[i] = ReserveResult(reservation=reservation, balance=snapshot)
+        keys = [KeyRecord(calls[i][1], calls[i][0].idempotency_key, digests[i],
+                          responses.encode(outcomes[i])) for i in indexes]
+        if not placed:
+            await uow.groups.complete(METHOD, keys)
+            return
+        written = await uow.groups.place(
+            lot_holds, held, [r for _, r in placed], [calls[i][1] for i, _ in placed], METHOD,
+            keys,
+        )
+        draws_written = sum(len(r.draws) for _, r in placed)
+        if (any(written.balances.get(account_id) != snapshots[account_id] for account_id in held)
+                or (written.lots, written.reservations, written.draws, written.keys)
+                != (len(lot_holds), len(placed), draws_written, len(keys))):
+            raise errors.LotsOutOfStep(next(iter(held)))
+        uow.on_commit(lambda: self._metrics.reserved(len(placed)))

@@ -1,0 +1,1 @@
+"""Transport: how callers reach the ledger (gRPC today)."""

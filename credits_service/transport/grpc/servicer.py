@@ -1,0 +1,21 @@
+"""The CreditsService servicer: the API families' methods in one class, as grpc registers one
+servicer per service. Each method validates and maps its request, calls one use case and maps
+the result back; the interceptor (interceptors.py) has admitted the caller before."""
+
+from __future__ import annotations
+
+from credits.v1 import credits_pb2_grpc
+from credits_service.service.ledger import Ledger
+from credits_service.transport.grpc.fields import RequestLimits
+from credits_service.transport.grpc.grants import GrantsApi
+from credits_service.transport.grpc.queries import QueriesApi, QueryRequests
+from credits_service.transport.grpc.reservations import ReservationRequests, ReservationsApi
+
+
+class CreditsServicer(
+    GrantsApi, ReservationsApi, QueriesApi, credits_pb2_grpc.CreditsServiceServicer
+):
+    def __init__(self, ledger: Ledger, limits: RequestLimits) -> None:
+        self._ledger = ledger
+        self._reservation_requests = ReservationRequests(limits)
+        self._query_requests = QueryRequests()

@@ -1,0 +1,1 @@
+"""Background work, each safe when several replicas run it at once."""
