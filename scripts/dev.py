@@ -6,7 +6,8 @@
 
 It creates .venv (on Debian, whose python3 lacks ensurepip until python3-venv is installed,
 it installs that package with apt-get when run as root), installs the project in editable
-mode, and reinstalls only when pyproject.toml changes.
+mode (serve with the walk-through's tools, grpcurl among them; test with every development
+tool), and reinstalls only when pyproject.toml changes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
+# The project's extras each command installs: serve the README walk-through's tools
+# (grpcurl), test every development tool.
+EXTRAS = {"serve": "tools", "test": "dev"}
 
 
 def _run(*args: str | Path) -> None:
@@ -64,8 +68,8 @@ def main(argv: list[str]) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     _ensure_venv()
+    _ensure_installed(EXTRAS[command])
     if command == "serve":
-        _ensure_installed("")
         env = dict(os.environ)
         if not any(name.startswith("CREDITS_AUTH_") for name in env) and not any(
                 arg.startswith(("--auth", "--no-auth")) for arg in rest):
@@ -74,7 +78,6 @@ def main(argv: list[str]) -> int:
             print("dev.py: authentication disabled for local development "
                   "(CREDITS_AUTH_DISABLED=1); see README 'Callers and tokens'", file=sys.stderr)
         os.execve(VENV / "bin" / "credits-service", ["credits-service", "serve", *rest], env)
-    _ensure_installed("dev")
     env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     os.chdir(ROOT)
     os.execve(PYTHON, [str(PYTHON), "-m", "pytest", *rest], env)

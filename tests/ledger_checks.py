@@ -120,3 +120,9 @@ async def assert_invariants(connection: asyncpg.Connection, settle_s: float = 2.
     ):
         await asyncio.sleep(0.05)
     assert idle == 0, f"{idle} service sessions left idle in a transaction"
+
+
+async def row_counts(connection: asyncpg.Connection) -> dict[str, int]:
+    """The number of rows of every ledger table: what a refused call must leave unchanged."""
+    return {table: await connection.fetchval(f"SELECT count(*) FROM {table}")
+            for table in TABLES.split(", ")}

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf.duration_pb2 import Duration
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
@@ -145,13 +147,74 @@ async def test_permission_denied_names_principal_role_and_method(stub):
 
 
 async def test_health_stays_open_without_a_token(auth_settings):
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     async with serving(auth_settings) as app, grpc.aio.insecure_channel(
             f"127.0.0.1:{app.port}") as channel:
         response = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=10)
         assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def _list_services(channel: grpc.aio.Channel, metadata=()) -> list[str]:
+    """The services server reflection lists (as grpcurl list asks)."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    async for response in stub.ServerReflectionInfo(iter([request]), metadata=metadata,
+                                                    timeout=10):
+        return [service.name for service in response.list_services_response.service]
+    raise AssertionError("reflection answered nothing")
+
+
+async def test_reflection_follows_authentication_unless_left_open(auth_settings):
+    """By default reflection, like our RPCs, needs a token (any role); auth_open_services
+    can leave it open, and can close health too."""
+    async with serving(auth_settings) as app, grpc.aio.insecure_channel(
+            f"127.0.0.1:{app.port}") as channel:
+        error = await expect_error(_list_services(channel))
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED,
+                                              "UNAUTHENTICATED")
+        assert "credits.v1.CreditsService" in await _list_services(
+            channel, bearer(SERVICE_TOKEN))
+
+    opened = auth_settings.replace(auth_open_services="health,reflection")
+    async with serving(opened) as app, grpc.aio.insecure_channel(
+            f"127.0.0.1:{app.port}") as channel:
+        assert "credits.v1.CreditsService" in await _list_services(channel)
+
+    closed = auth_settings.replace(auth_open_services="")
+    async with serving(closed) as app, grpc.aio.insecure_channel(
+            f"127.0.0.1:{app.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        error = await expect_error(health.Check(health_pb2.HealthCheckRequest(), timeout=10))
+        assert error.code is grpc.StatusCode.UNAUTHENTICATED
+        response = await health.Check(health_pb2.HealthCheckRequest(),
+                                      metadata=bearer(SERVICE_TOKEN), timeout=10)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# Bytes that are no GrantRequest: a varint longer than ten bytes
+CORRUPT = b"\x10" + b"\xff" * 11
+
+
+async def test_no_token_no_work_even_for_bytes_that_do_not_decode(auth_settings, caplog):
+    """Authentication and the rate limit come before the request is decoded: corrupt bytes
+    from a caller without a valid token are UNAUTHENTICATED (not a decoding error), a caller
+    over its rate is RESOURCE_EXHAUSTED, and only an admitted caller learns the bytes are
+    malformed. No traceback is logged for any of them."""
+    settings = auth_settings.replace(rate_limit_per_s=0.001, rate_limit_burst=1)
+    async with serving(settings) as app, grpc.aio.insecure_channel(
+            f"127.0.0.1:{app.port}") as channel:
+        grant = channel.unary_unary("/credits.v1.CreditsService/Grant")
+        for metadata in ((), bearer("cst_not-a-token")):
+            error = await expect_error(grant(CORRUPT, metadata=metadata, timeout=10))
+            assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                  "UNAUTHENTICATED")
+        error = await expect_error(grant(CORRUPT, metadata=bearer(ADMIN_TOKEN), timeout=10))
+        assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                              "MALFORMED_REQUEST")
+        error = await expect_error(grant(CORRUPT, metadata=bearer(ADMIN_TOKEN), timeout=10))
+        assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                              "RATE_LIMITED")
+    assert not any(record.exc_info for record in caplog.records)
 
 
 # --- principals ---------------------------------------------------------------------------

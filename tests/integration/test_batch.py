@@ -82,6 +82,23 @@ async def test_each_item_gets_its_own_result_as_if_sent_alone(stub, db):
     assert single == response.results[7].response
 
 
+async def test_item_errors_name_their_status_code(stub):
+    """An item error carries its code as a number and by name, as a status would."""
+    await _grant(stub, "batch-names", 1)
+    response = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=[
+        _hold("batch-names", 5), _hold("batch-names", 0), _hold("nobody-here", 1)]))
+    errors = [(r.error.code, r.error.code_name, r.error.reason) for r in response.results]
+    assert errors == [
+        (grpc.StatusCode.FAILED_PRECONDITION.value[0], "FAILED_PRECONDITION",
+         "INSUFFICIENT_CREDITS"),
+        (grpc.StatusCode.INVALID_ARGUMENT.value[0], "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
+        (grpc.StatusCode.NOT_FOUND.value[0], "NOT_FOUND", "ACCOUNT_NOT_FOUND"),
+    ]
+    commits = await stub.BatchCommit(pb.BatchCommitRequest(items=[
+        pb.CommitRequest(reservation_id=str(uuid.uuid4()))]))
+    assert commits.results[0].error.code_name == "NOT_FOUND"
+
+
 def _shard_of(app, account_id: str) -> int:
     """The batch shard the ledger sends `account_id`'s items to."""
     return shard_of(account_id, app.settings.ledger.batch_reserve_shards)

@@ -17,8 +17,6 @@ import dataclasses
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import asyncpg
@@ -34,12 +32,12 @@ from credits_service.settings import ENV_PREFIX, SECTIONS, external_name
 from credits_service.transport.grpc.server import SERVICE_NAME
 from tests.serve_launcher import (
     NOT_SERVING,
-    REPO_ROOT,
     SERVING,
     STARTUP_TIMEOUT_S,
     Launcher,
     assert_nothing_running_in,
     credits_stub,
+    free_port,
     grant,
 )
 
@@ -310,14 +308,6 @@ async def test_help_documents_each_commands_own_flags_and_their_environment_vari
         assert "--listen" not in blocks
 
 
-async def test_dev_script_help_exits_0_and_names_both_commands() -> None:
-    result = await asyncio.to_thread(
-        subprocess.run, [sys.executable, str(REPO_ROOT / "scripts" / "dev.py"), "--help"],
-        capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert "dev.py serve" in result.stdout and "dev.py test" in result.stdout
-
-
 # --- e: port in use ------------------------------------------------------------------------
 
 
@@ -334,6 +324,41 @@ async def test_port_in_use_fails_fast_with_a_clear_message(launcher: Launcher) -
     assert time.monotonic() - started < STARTUP_TIMEOUT_S
     assert f"cannot listen on 127.0.0.1:{port}" in server.log(), server.describe()
     await assert_nothing_running_in(data_dir)
+
+
+async def test_second_instance_fails_on_the_metrics_port_before_starting_anything(
+    launcher: Launcher,
+) -> None:
+    """A second instance with its own data directory and port but the first's metrics port
+    fails at once, naming the setting to change, before it starts a database or migrates."""
+    metrics = f"127.0.0.1:{free_port()}"
+    first = launcher.serve(launcher.data_dir("first"), "--metrics-listen", metrics)
+    await first.wait_serving()
+    second_dir = launcher.data_dir("second")
+    second = launcher.serve(second_dir, "--metrics-listen", metrics)
+    started = time.monotonic()
+    assert await second.wait_exit(STARTUP_TIMEOUT_S) == 1, second.describe()
+    assert time.monotonic() - started < 10, second.describe()
+    log = second.log()
+    assert f"cannot listen on {metrics} (--metrics-listen / CREDITS_METRICS_LISTEN)" in log, log
+    assert not second_dir.exists(), "the second instance started its database"
+    assert await first.stop() == 0, first.describe()
+
+
+async def test_an_unreachable_database_is_named_without_its_password(launcher: Launcher) -> None:
+    """A database URL that cannot be reached stops the start with the URL (password hidden),
+    the setting and what to check."""
+    url = f"postgresql://credits:s3cret-pw@127.0.0.1:{free_port()}/credits"
+    server = launcher.serve(launcher.data_dir(), "--database-url", url,
+                            "--connect-timeout-s", "2")
+    assert await server.wait_exit(STARTUP_TIMEOUT_S) == 1, server.describe()
+    log = server.log()
+    assert "s3cret-pw" not in log, log
+    assert (f"cannot connect to the database at postgresql://credits:***@127.0.0.1:"
+            f"{url.rsplit(':', 1)[1].split('/')[0]}/credits (--database-url / "
+            "CREDITS_DATABASE_URL)") in log, log
+    assert "Check that PostgreSQL is running" in log, log
+    assert "Traceback" not in log, log
 
 
 async def test_second_serve_on_a_busy_port_and_data_dir_leaves_the_first_alone(

@@ -14,7 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
 from credits_service.app import Application
-from credits_service.telemetry import JsonFormatter
+from credits_service.telemetry import JsonFormatter, TextFormatter
 from credits_service.transport.grpc.auth import mint_token, token_digest
 from tests.conftest import SWEEP_INTERVAL_S
 from tests.grpc_errors import expect_error
@@ -88,3 +88,43 @@ async def test_each_rpc_is_logged_once_as_json_without_its_token_or_raw_key(
     assert lines[0]["duration_ms"] > 0 and lines[0]["level"] == "INFO"
     everything = stream.getvalue() + caplog.text
     assert token not in everything and "secret-key" not in everything
+
+
+RPC_FIELDS = ("request_id", "method", "principal", "code", "reason", "duration_ms")
+
+
+async def test_text_and_json_lines_carry_the_same_fields(stub):
+    """The fields the documentation promises, in both formats: request_id (the caller's
+    x-request-id when it sends one), method, principal, code, reason, duration_ms, and the
+    account or reservation the request names."""
+    streams = {"text": io.StringIO(), "json": io.StringIO()}
+    handlers = []
+    for name, formatter in (("text", TextFormatter()), ("json", JsonFormatter())):
+        handler = logging.StreamHandler(streams[name])
+        handler.setFormatter(formatter)
+        handlers.append(handler)
+    rpc_log = logging.getLogger("credits_service.rpc")
+    level = rpc_log.level
+    rpc_log.setLevel(logging.INFO)
+    for handler in handlers:
+        rpc_log.addHandler(handler)
+    try:
+        await expect_error(stub.GetBalance(pb.GetBalanceRequest(account_id="nobody"),
+                                           metadata=(("x-request-id", "req-42"),)))
+        await stub.Grant(pb.GrantRequest(account_id="text-log", amount=5, idempotency_key="k",
+                                         type=pb.GRANT_TYPE_PROMO))
+        await asyncio.sleep(0.05)  # the server logs a call once it has answered
+    finally:
+        for handler in handlers:
+            rpc_log.removeHandler(handler)
+        rpc_log.setLevel(level)
+    text = streams["text"].getvalue().splitlines()
+    json_lines = [json.loads(line) for line in streams["json"].getvalue().splitlines()]
+    assert len(text) == len(json_lines) == 2
+    assert json_lines[0]["request_id"] == "req-42" and "request_id=req-42" in text[0]
+    assert json_lines[0]["reason"] == "ACCOUNT_NOT_FOUND" and "reason=ACCOUNT_NOT_FOUND" in text[0]
+    assert len(json_lines[1]["request_id"]) == 16  # one made for a caller that sent none
+    for line, fields in zip(text, json_lines, strict=True):
+        for name in (*RPC_FIELDS, "account_id"):
+            assert name in fields, (name, fields)
+            assert f"{name}={fields[name]}" in line, (name, line)
