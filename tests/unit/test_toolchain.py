@@ -65,3 +65,10 @@ def _differences(comparison: filecmp.dircmp[str], prefix: str = "") -> list[str]
 def test_ruff_passes():
     result = _run(_tool("ruff"), "check", ".")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_imports_keep_the_layers():
+    """transport and workers -> service -> persistence -> domain, never upward; the domain
+    pure; no protobuf below transport; no SQLAlchemy above persistence (pyproject.toml)."""
+    result = _run(_tool("lint-imports"))
+    assert result.returncode == 0, result.stdout + result.stderr
