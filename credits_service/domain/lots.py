@@ -1,4 +1,4 @@
-"""Consumption order and give-back: which lots a hold draws from and where its credits go.
+"""Consumption order and give-back: which lots a reservation draws from and where its credits go.
 
 Pure functions over (lot, amount) lists; the service layer reads the lots, plans here, and
 writes the plan. Consumption order: lower priority number first, then the soonest expire_time
@@ -46,16 +46,16 @@ def left_after(
 
 @dataclass(frozen=True, slots=True)
 class CommitSplit:
-    """How a Commit of `amount` settles a hold's draws (in consumption order)."""
+    """How a Commit of `amount` settles a reservation's draws (in consumption order)."""
 
-    consumed: tuple[tuple[int, int], ...]  # (lot_id, consumed from the hold's draw)
+    consumed: tuple[tuple[int, int], ...]  # (lot_id, consumed from the reservation's draw)
     given_back: tuple[tuple[int, int], ...]  # (lot_id, returned to the lot), nonzero only
-    excess: int  # what the commit needs beyond the hold, taken from free lots
+    excess: int  # what the commit needs beyond the reservation, taken from free lots
 
 
 def split_commit(draws: Sequence[LotDraw], amount: int) -> CommitSplit:
-    """Consume the hold's draws in consumption order up to `amount`; what is left of them goes
-    back to the lots it came from; anything above the hold is excess."""
+    """Consume the reservation's draws in consumption order up to `amount`; what is left of them goes
+    back to the lots it came from; anything above the reservation is excess."""
     consumed, given_back = [], []
     left = amount
     for draw in draws:
@@ -82,7 +82,7 @@ def settle(
     excess: Iterable[tuple[int, int]],
     expired_lots: set[int],
 ) -> tuple[list[LotChange], list[tuple[int, int]]]:
-    """The lot changes that end a hold: each draw stops being held; what was consumed leaves
+    """The lot changes that end a reservation: each draw stops being held; what was consumed leaves
     the lot; what is given back to an expired lot is written off at once. Returns the changes
     (one per lot) and the write-offs (lot_id, amount), in draw order."""
     held = {draw.lot_id: draw.held for draw in draws}

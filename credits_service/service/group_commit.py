@@ -4,7 +4,7 @@ Each caller queues its item and waits. While fewer than `concurrency` groups are
 next group takes everything queued, up to `group_size_max` in all (items count 1 each, or
 `size_of`; a group always takes at least one), and runs it as one call of `run_many`. Nothing
 waits on a timer: a lone call runs at once as a group of one, and groups grow only when calls
-arrive faster than transactions finish. The hot account gains most: its holds are decided
+arrive faster than transactions finish. The hot account gains most: its reservations are decided
 together instead of one row-lock turn each.
 
 With `concurrency_when_full` above `concurrency`, more groups may run, up to that many, but

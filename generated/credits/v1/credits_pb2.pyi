@@ -107,7 +107,9 @@ class _ReservationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Res
     RESERVATION_STATUS_UNSPECIFIED: _ReservationStatus.ValueType  # 0
     """RESERVATION_STATUS_UNSPECIFIED is never returned."""
     RESERVATION_STATUS_ACTIVE: _ReservationStatus.ValueType  # 1
-    """RESERVATION_STATUS_ACTIVE holds credits until committed, released or expired."""
+    """RESERVATION_STATUS_ACTIVE holds credits until committed, released or
+    expired.
+    """
     RESERVATION_STATUS_COMMITTED: _ReservationStatus.ValueType  # 2
     """RESERVATION_STATUS_COMMITTED was captured by Commit."""
     RESERVATION_STATUS_RELEASED: _ReservationStatus.ValueType  # 3
@@ -116,14 +118,17 @@ class _ReservationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Res
     """RESERVATION_STATUS_EXPIRED passed its expire_time while still active."""
 
 class ReservationStatus(_ReservationStatus, metaclass=_ReservationStatusEnumTypeWrapper):
-    """ReservationStatus is the state of a hold. ACTIVE is the only non-terminal
-    state; each hold reaches exactly one of the terminal states.
+    """ReservationStatus is the state of a reservation. ACTIVE is the only
+    non-terminal state; each reservation reaches exactly one of the terminal
+    states.
     """
 
 RESERVATION_STATUS_UNSPECIFIED: ReservationStatus.ValueType  # 0
 """RESERVATION_STATUS_UNSPECIFIED is never returned."""
 RESERVATION_STATUS_ACTIVE: ReservationStatus.ValueType  # 1
-"""RESERVATION_STATUS_ACTIVE holds credits until committed, released or expired."""
+"""RESERVATION_STATUS_ACTIVE holds credits until committed, released or
+expired.
+"""
 RESERVATION_STATUS_COMMITTED: ReservationStatus.ValueType  # 2
 """RESERVATION_STATUS_COMMITTED was captured by Commit."""
 RESERVATION_STATUS_RELEASED: ReservationStatus.ValueType  # 3
@@ -151,11 +156,13 @@ class Balance(_message.Message):
     balance: _builtins.int
     """balance is the sum of all ledger entries of the account, in credits."""
     reserved: _builtins.int
-    """reserved is the sum of the account's active holds, in credits."""
+    """reserved is the sum of the account's active reservations, in credits."""
     available: _builtins.int
-    """available is balance - reserved: what a new hold may take, in credits."""
+    """available is balance - reserved: what a new reservation may take, in
+    credits.
+    """
     active_reservation_count: _builtins.int
-    """active_reservation_count is the number of active holds."""
+    """active_reservation_count is the number of active reservations."""
     lifetime_granted: _builtins.int
     """lifetime_granted is the sum of all grants ever made, in credits."""
     lifetime_used: _builtins.int
@@ -224,10 +231,10 @@ class Lot(_message.Message):
     remaining: _builtins.int
     """remaining is what is neither consumed nor written off (held included)."""
     held: _builtins.int
-    """held is the part of remaining that active holds have drawn."""
+    """held is the part of remaining that active reservations have drawn."""
     expired: _builtins.bool
     """expired is true once expire_time passed and the unheld remainder was
-    written off; what holds give back to it is written off too.
+    written off; what reservations give back to it is written off too.
     """
     grant_entry_id: _builtins.str
     """grant_entry_id is the GRANT ledger entry that created the lot; empty for
@@ -271,7 +278,7 @@ Global___Lot: _TypeAlias = Lot  # noqa: Y015
 
 @_typing.final
 class LotDraw(_message.Message):
-    """LotDraw is what one hold took from one lot."""
+    """LotDraw is what one reservation took from one lot."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -281,10 +288,10 @@ class LotDraw(_message.Message):
     lot_id: _builtins.str
     """lot_id is the lot drawn from."""
     held: _builtins.int
-    """held is what the hold drew from the lot when it was placed."""
+    """held is what the reservation drew from the lot when it was placed."""
     consumed: _builtins.int
     """consumed is what Commit took from the lot (it can exceed held when the
-    commit was larger than the hold); 0 until committed.
+    commit was larger than the reservation); 0 until committed.
     """
     def __init__(
         self,
@@ -352,7 +359,7 @@ class LedgerEntry(_message.Message):
     balance_after: _builtins.int
     """balance_after is the account's balance right after this entry, in credits."""
     reservation_id: _builtins.str
-    """reservation_id is the hold a USAGE entry captured; empty otherwise."""
+    """reservation_id is the reservation a USAGE entry captured; empty otherwise."""
     reason: _builtins.str
     """reason is the caller's free-text reason, if any."""
     actor: _builtins.str
@@ -393,7 +400,9 @@ Global___LedgerEntry: _TypeAlias = LedgerEntry  # noqa: Y015
 
 @_typing.final
 class Reservation(_message.Message):
-    """Reservation is a hold on an account's credits."""
+    """Reservation holds credits of an account for a piece of work (also called a
+    hold).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -429,28 +438,28 @@ class Reservation(_message.Message):
     DRAWS_FIELD_NUMBER: _builtins.int
     RELEASE_REASON_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
-    """reservation_id identifies the hold (a UUID)."""
+    """reservation_id identifies the reservation (a UUID)."""
     account_id: _builtins.str
     """account_id is the account whose credits are held."""
     amount: _builtins.int
-    """amount is the number of credits held when the hold was placed."""
+    """amount is the number of credits held when the reservation was placed."""
     status: Global___ReservationStatus.ValueType
-    """status is the hold's state."""
+    """status is the reservation's state."""
     committed_amount: _builtins.int
     """committed_amount is the number of credits captured; set once COMMITTED."""
     release_reason: _builtins.str
     """release_reason is the reason given to Release, if any."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """create_time is when the hold was placed (database clock)."""
+        """create_time is when the reservation was placed (database clock)."""
 
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
-        """expire_time is when an ACTIVE hold expires (database clock)."""
+        """expire_time is when an ACTIVE reservation expires (database clock)."""
 
     @_builtins.property
     def finish_time(self) -> _timestamp_pb2.Timestamp:
-        """finish_time is when the hold left ACTIVE; unset while ACTIVE."""
+        """finish_time is when the reservation left ACTIVE; unset while ACTIVE."""
 
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -458,8 +467,8 @@ class Reservation(_message.Message):
 
     @_builtins.property
     def draws(self) -> _containers.RepeatedCompositeFieldContainer[Global___LotDraw]:
-        """draws are the lots the hold drew from, in consumption order, and what
-        Commit consumed from each.
+        """draws are the lots the reservation drew from, in consumption order, and
+        what Commit consumed from each.
         """
 
     def __init__(
@@ -604,7 +613,7 @@ Global___GrantResponse: _TypeAlias = GrantResponse  # noqa: Y015
 
 @_typing.final
 class CheckAndReserveRequest(_message.Message):
-    """CheckAndReserveRequest places a hold."""
+    """CheckAndReserveRequest places a reservation."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -641,9 +650,9 @@ class CheckAndReserveRequest(_message.Message):
     """idempotency_key makes retries safe; required (see GrantRequest)."""
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """ttl is how long the hold lives if not committed or released. Unset means
-        the server default (5 minutes); at least 1 s, at most the server maximum
-        (24 hours).
+        """ttl is how long the reservation lives if not committed or released. Unset
+        means the server default (5 minutes); at least 1 s, at most the server
+        maximum (24 hours).
         """
 
     @_builtins.property
@@ -677,11 +686,11 @@ class CheckAndReserveResponse(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def reservation(self) -> Global___Reservation:
-        """reservation is the hold placed."""
+        """reservation is the reservation placed."""
 
     @_builtins.property
     def balance(self) -> Global___Balance:
-        """balance is the account right after the hold was placed."""
+        """balance is the account right after the reservation was placed."""
 
     def __init__(
         self,
@@ -699,7 +708,7 @@ Global___CheckAndReserveResponse: _TypeAlias = CheckAndReserveResponse  # noqa: 
 
 @_typing.final
 class CommitRequest(_message.Message):
-    """CommitRequest captures a hold."""
+    """CommitRequest captures a reservation."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -727,12 +736,12 @@ class CommitRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
-    """reservation_id is the hold to capture."""
+    """reservation_id is the reservation to capture."""
     amount: _builtins.int
     """amount is the number of credits to capture, 1..10^12. Unset means the
     held amount. Less releases the rest; more takes the difference from the
     account's available credits, or fails with INSUFFICIENT_CREDITS and
-    leaves the hold as it was.
+    leaves the reservation as it was.
     """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -766,7 +775,7 @@ class CommitResponse(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def reservation(self) -> Global___Reservation:
-        """reservation is the hold, now COMMITTED."""
+        """reservation is the reservation, now COMMITTED."""
 
     @_builtins.property
     def entry(self) -> Global___LedgerEntry:
@@ -793,14 +802,14 @@ Global___CommitResponse: _TypeAlias = CommitResponse  # noqa: Y015
 
 @_typing.final
 class ReleaseRequest(_message.Message):
-    """ReleaseRequest voids a hold."""
+    """ReleaseRequest voids a reservation."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
-    """reservation_id is the hold to release."""
+    """reservation_id is the reservation to release."""
     reason: _builtins.str
     """reason is free text stored on the reservation, at most 256 characters."""
     def __init__(
@@ -827,7 +836,7 @@ class ReleaseResponse(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def reservation(self) -> Global___Reservation:
-        """reservation is the hold, now RELEASED."""
+        """reservation is the reservation, now RELEASED."""
 
     @_builtins.property
     def balance(self) -> Global___Balance:
@@ -949,14 +958,14 @@ Global___FieldViolation: _TypeAlias = FieldViolation  # noqa: Y015
 
 @_typing.final
 class BatchCheckAndReserveRequest(_message.Message):
-    """BatchCheckAndReserveRequest places several holds."""
+    """BatchCheckAndReserveRequest places several reservations."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckAndReserveRequest]:
-        """items are the holds to place, 1..batch_size_max (100 by default)."""
+        """items are the reservations to place, 1..batch_size_max (100 by default)."""
 
     def __init__(
         self,
@@ -1029,7 +1038,7 @@ Global___CheckAndReserveResult: _TypeAlias = CheckAndReserveResult  # noqa: Y015
 
 @_typing.final
 class BatchCommitRequest(_message.Message):
-    """BatchCommitRequest captures several holds."""
+    """BatchCommitRequest captures several reservations."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1109,14 +1118,14 @@ Global___CommitResult: _TypeAlias = CommitResult  # noqa: Y015
 
 @_typing.final
 class ExtendReservationRequest(_message.Message):
-    """ExtendReservationRequest keeps an active hold alive longer."""
+    """ExtendReservationRequest keeps an active reservation alive longer."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
-    """reservation_id is the hold to extend."""
+    """reservation_id is the reservation to extend."""
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """ttl is the new time to live from now, at least 1 s and at most the
@@ -1146,7 +1155,7 @@ class ExtendReservationResponse(_message.Message):
     RESERVATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def reservation(self) -> Global___Reservation:
-        """reservation is the hold with its new expire_time."""
+        """reservation is the reservation with its new expire_time."""
 
     def __init__(
         self,
@@ -1235,7 +1244,9 @@ Global___GetBalanceResponse: _TypeAlias = GetBalanceResponse  # noqa: Y015
 
 @_typing.final
 class ListReservationsRequest(_message.Message):
-    """ListReservationsRequest asks for a page of an account's holds, newest first."""
+    """ListReservationsRequest asks for a page of an account's reservations, newest
+    first.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1246,8 +1257,8 @@ class ListReservationsRequest(_message.Message):
     account_id: _builtins.str
     """account_id is the account to read."""
     page_size: _builtins.int
-    """page_size is the maximum number of holds to return: 0 means 50, values
-    above 500 are treated as 500.
+    """page_size is the maximum number of reservations to return: 0 means 50,
+    values above 500 are treated as 500.
     """
     page_token: _builtins.str
     """page_token is next_page_token from a previous response with the same
@@ -1255,7 +1266,7 @@ class ListReservationsRequest(_message.Message):
     """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___ReservationStatus.ValueType]:
-        """statuses keeps only holds in these states; empty keeps all."""
+        """statuses keeps only reservations in these states; empty keeps all."""
 
     def __init__(
         self,
@@ -1275,7 +1286,7 @@ Global___ListReservationsRequest: _TypeAlias = ListReservationsRequest  # noqa: 
 
 @_typing.final
 class ListReservationsResponse(_message.Message):
-    """ListReservationsResponse is one page of holds."""
+    """ListReservationsResponse is one page of reservations."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1285,7 +1296,7 @@ class ListReservationsResponse(_message.Message):
     """next_page_token fetches the next page; empty on the last page."""
     @_builtins.property
     def reservations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reservation]:
-        """reservations are the holds of this page, newest first."""
+        """reservations are the reservations of this page, newest first."""
 
     def __init__(
         self,

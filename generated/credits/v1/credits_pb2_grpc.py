@@ -28,21 +28,21 @@ if _version_not_supported:
 class CreditsServiceStub:
     """CreditsService keeps a ledger of credits per account.
 
-    Lots and consumption order: every Grant creates a lot (its amount, source
-    type, priority and optional expire_time). Holds draw from the account's
-    unexpired lots in consumption order: lower priority number first, then the
-    soonest expire_time (lots that never expire last), then the oldest lot.
-    Commit consumes what the hold drew (a larger Commit takes the difference in
-    the same order); Release, expiry of the hold and a smaller Commit give the
-    rest back to the lots it came from. When a lot's expire_time passes, its
-    unheld remainder is written off with one ENTRY_TYPE_EXPIRY entry; credits a
-    hold drew from it stay with the hold, and whatever the hold gives back to it
-    later is written off at once.
+    Lots and consumption order: every Grant creates a lot (its amount, grant
+    type, priority and optional expire_time). Reservations draw from the
+    account's unexpired lots in consumption order: lower priority number first,
+    then the soonest expire_time (lots that never expire last), then the oldest
+    lot. Commit consumes what the reservation drew (a larger Commit takes the
+    difference in the same order); Release, expiry of the reservation and a
+    smaller Commit give the rest back to the lots it came from. When a lot's
+    expire_time passes, its unheld remainder is written off with one
+    ENTRY_TYPE_EXPIRY entry; credits a reservation drew from it stay with it, and
+    whatever the reservation gives back to it later is written off at once.
 
-    Callers place a hold before metered work (CheckAndReserve), then capture it
-    (Commit) or void it (Release). Grant adds credits. All amounts are whole
-    credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
-    google.rpc.ErrorInfo detail in domain "credits.v1"; see README.md for the
+    Callers place a reservation before metered work (CheckAndReserve), then
+    capture it (Commit) or void it (Release). Grant adds credits. All amounts are
+    whole credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
+    google.rpc.ErrorInfo detail in domain "credits.v1"; see docs/api.md for the
     table of reasons.
 
     Identifiers (account_id, idempotency_key) are 1-128 characters from
@@ -116,21 +116,21 @@ class CreditsServiceStub:
 class CreditsServiceServicer:
     """CreditsService keeps a ledger of credits per account.
 
-    Lots and consumption order: every Grant creates a lot (its amount, source
-    type, priority and optional expire_time). Holds draw from the account's
-    unexpired lots in consumption order: lower priority number first, then the
-    soonest expire_time (lots that never expire last), then the oldest lot.
-    Commit consumes what the hold drew (a larger Commit takes the difference in
-    the same order); Release, expiry of the hold and a smaller Commit give the
-    rest back to the lots it came from. When a lot's expire_time passes, its
-    unheld remainder is written off with one ENTRY_TYPE_EXPIRY entry; credits a
-    hold drew from it stay with the hold, and whatever the hold gives back to it
-    later is written off at once.
+    Lots and consumption order: every Grant creates a lot (its amount, grant
+    type, priority and optional expire_time). Reservations draw from the
+    account's unexpired lots in consumption order: lower priority number first,
+    then the soonest expire_time (lots that never expire last), then the oldest
+    lot. Commit consumes what the reservation drew (a larger Commit takes the
+    difference in the same order); Release, expiry of the reservation and a
+    smaller Commit give the rest back to the lots it came from. When a lot's
+    expire_time passes, its unheld remainder is written off with one
+    ENTRY_TYPE_EXPIRY entry; credits a reservation drew from it stay with it, and
+    whatever the reservation gives back to it later is written off at once.
 
-    Callers place a hold before metered work (CheckAndReserve), then capture it
-    (Commit) or void it (Release). Grant adds credits. All amounts are whole
-    credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
-    google.rpc.ErrorInfo detail in domain "credits.v1"; see README.md for the
+    Callers place a reservation before metered work (CheckAndReserve), then
+    capture it (Commit) or void it (Release). Grant adds credits. All amounts are
+    whole credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
+    google.rpc.ErrorInfo detail in domain "credits.v1"; see docs/api.md for the
     table of reasons.
 
     Identifiers (account_id, idempotency_key) are 1-128 characters from
@@ -152,7 +152,7 @@ class CreditsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CheckAndReserve(self, request, context):
-        """CheckAndReserve places a hold of `amount` credits if the account's
+        """CheckAndReserve places a reservation of `amount` credits if the account's
         available credits cover it; otherwise FAILED_PRECONDITION with reason
         INSUFFICIENT_CREDITS. Idempotent by idempotency_key (declines included).
         """
@@ -161,7 +161,7 @@ class CreditsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Commit(self, request, context):
-        """Commit captures a hold, for its held amount or another amount, and
+        """Commit captures a reservation, for its held amount or another amount, and
         writes one USAGE ledger entry. Repeating it with the same amount returns
         the same reservation and entry.
         """
@@ -170,23 +170,23 @@ class CreditsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BatchCheckAndReserve(self, request, context):
-        """BatchCheckAndReserve places up to 100 holds (the server's batch_size_max)
-        in one call. Each item is a CheckAndReserveRequest with its own idempotency
-        key and gets its own result, in order: the response, or the error that
-        item alone would have got (INVALID_ARGUMENT, INSUFFICIENT_CREDITS, ...),
-        exactly as if the items had been sent one by one. The server decides the
-        items of each account in one transaction, together with other batches'
-        items of the accounts that share its shard. A failure of the database fails
-        the whole call (UNAVAILABLE or ABORTED), though items of other accounts may
-        have been decided: retry it with the same keys, which replays them. The
-        rate limit counts each item.
+        """BatchCheckAndReserve places up to 100 reservations (the server's
+        batch_size_max) in one call. Each item is a CheckAndReserveRequest with its
+        own idempotency key and gets its own result, in order: the response, or the
+        error that item alone would have got (INVALID_ARGUMENT,
+        INSUFFICIENT_CREDITS, ...), exactly as if the items had been sent one by
+        one. The server decides the items of each account in one transaction,
+        together with other batches' items of the accounts that share its shard. A
+        failure of the database fails the whole call (UNAVAILABLE or ABORTED),
+        though items of other accounts may have been decided: retry it with the
+        same keys, which replays them. The rate limit counts each item.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def BatchCommit(self, request, context):
-        """BatchCommit captures up to 100 holds in one call. Each item is a
+        """BatchCommit captures up to 100 reservations in one call. Each item is a
         CommitRequest and gets its own result, in order; items are independent
         (each commits in its own transaction), so one failing item never fails
         another. The rate limit counts each item.
@@ -196,7 +196,7 @@ class CreditsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Release(self, request, context):
-        """Release voids an active hold and returns its credits to `available`.
+        """Release voids an active reservation and returns its credits to `available`.
         Repeating it returns the same reservation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -204,25 +204,26 @@ class CreditsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExtendReservation(self, request, context):
-        """ExtendReservation moves an active hold's expire_time to now + ttl, never
-        earlier than it was and never past the hold's create_time plus the
-        server's maximum hold lifetime (7 days by default). Extending an expired,
-        released or committed hold is FAILED_PRECONDITION. Repeating it is safe.
+        """ExtendReservation moves an active reservation's expire_time to now + ttl,
+        never earlier than it was and never past the reservation's create_time plus
+        the server's maximum reservation lifetime (7 days by default). Extending an
+        expired, released or committed reservation is FAILED_PRECONDITION.
+        Repeating it is safe.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetBalance(self, request, context):
-        """GetBalance returns the account's balance, holds, lifetime totals, the
-        lots that still hold credits and the credits expiring within a window.
+        """GetBalance returns the account's balance, reservations, lifetime totals,
+        the lots that still hold credits and the credits expiring within a window.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListReservations(self, request, context):
-        """ListReservations pages through the account's holds, newest first:
+        """ListReservations pages through the account's reservations, newest first:
         active ones and finished ones, so an operator can see what is stuck.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -300,21 +301,21 @@ def add_CreditsServiceServicer_to_server(servicer, server):
 class CreditsService:
     """CreditsService keeps a ledger of credits per account.
 
-    Lots and consumption order: every Grant creates a lot (its amount, source
-    type, priority and optional expire_time). Holds draw from the account's
-    unexpired lots in consumption order: lower priority number first, then the
-    soonest expire_time (lots that never expire last), then the oldest lot.
-    Commit consumes what the hold drew (a larger Commit takes the difference in
-    the same order); Release, expiry of the hold and a smaller Commit give the
-    rest back to the lots it came from. When a lot's expire_time passes, its
-    unheld remainder is written off with one ENTRY_TYPE_EXPIRY entry; credits a
-    hold drew from it stay with the hold, and whatever the hold gives back to it
-    later is written off at once.
+    Lots and consumption order: every Grant creates a lot (its amount, grant
+    type, priority and optional expire_time). Reservations draw from the
+    account's unexpired lots in consumption order: lower priority number first,
+    then the soonest expire_time (lots that never expire last), then the oldest
+    lot. Commit consumes what the reservation drew (a larger Commit takes the
+    difference in the same order); Release, expiry of the reservation and a
+    smaller Commit give the rest back to the lots it came from. When a lot's
+    expire_time passes, its unheld remainder is written off with one
+    ENTRY_TYPE_EXPIRY entry; credits a reservation drew from it stay with it, and
+    whatever the reservation gives back to it later is written off at once.
 
-    Callers place a hold before metered work (CheckAndReserve), then capture it
-    (Commit) or void it (Release). Grant adds credits. All amounts are whole
-    credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
-    google.rpc.ErrorInfo detail in domain "credits.v1"; see README.md for the
+    Callers place a reservation before metered work (CheckAndReserve), then
+    capture it (Commit) or void it (Release). Grant adds credits. All amounts are
+    whole credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
+    google.rpc.ErrorInfo detail in domain "credits.v1"; see docs/api.md for the
     table of reasons.
 
     Identifiers (account_id, idempotency_key) are 1-128 characters from

@@ -29,21 +29,21 @@ GRPC_VERSION: str
 class CreditsServiceStub:
     """CreditsService keeps a ledger of credits per account.
 
-    Lots and consumption order: every Grant creates a lot (its amount, source
-    type, priority and optional expire_time). Holds draw from the account's
-    unexpired lots in consumption order: lower priority number first, then the
-    soonest expire_time (lots that never expire last), then the oldest lot.
-    Commit consumes what the hold drew (a larger Commit takes the difference in
-    the same order); Release, expiry of the hold and a smaller Commit give the
-    rest back to the lots it came from. When a lot's expire_time passes, its
-    unheld remainder is written off with one ENTRY_TYPE_EXPIRY entry; credits a
-    hold drew from it stay with the hold, and whatever the hold gives back to it
-    later is written off at once.
+    Lots and consumption order: every Grant creates a lot (its amount, grant
+    type, priority and optional expire_time). Reservations draw from the
+    account's unexpired lots in consumption order: lower priority number first,
+    then the soonest expire_time (lots that never expire last), then the oldest
+    lot. Commit consumes what the reservation drew (a larger Commit takes the
+    difference in the same order); Release, expiry of the reservation and a
+    smaller Commit give the rest back to the lots it came from. When a lot's
+    expire_time passes, its unheld remainder is written off with one
+    ENTRY_TYPE_EXPIRY entry; credits a reservation drew from it stay with it, and
+    whatever the reservation gives back to it later is written off at once.
 
-    Callers place a hold before metered work (CheckAndReserve), then capture it
-    (Commit) or void it (Release). Grant adds credits. All amounts are whole
-    credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
-    google.rpc.ErrorInfo detail in domain "credits.v1"; see README.md for the
+    Callers place a reservation before metered work (CheckAndReserve), then
+    capture it (Commit) or void it (Release). Grant adds credits. All amounts are
+    whole credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
+    google.rpc.ErrorInfo detail in domain "credits.v1"; see docs/api.md for the
     table of reasons.
 
     Identifiers (account_id, idempotency_key) are 1-128 characters from
@@ -65,49 +65,50 @@ class CreditsServiceStub:
     Idempotent by idempotency_key.
     """
     CheckAndReserve: _grpc.UnaryUnaryMultiCallable[_credits_pb2.CheckAndReserveRequest, _credits_pb2.CheckAndReserveResponse]
-    """CheckAndReserve places a hold of `amount` credits if the account's
+    """CheckAndReserve places a reservation of `amount` credits if the account's
     available credits cover it; otherwise FAILED_PRECONDITION with reason
     INSUFFICIENT_CREDITS. Idempotent by idempotency_key (declines included).
     """
     Commit: _grpc.UnaryUnaryMultiCallable[_credits_pb2.CommitRequest, _credits_pb2.CommitResponse]
-    """Commit captures a hold, for its held amount or another amount, and
+    """Commit captures a reservation, for its held amount or another amount, and
     writes one USAGE ledger entry. Repeating it with the same amount returns
     the same reservation and entry.
     """
     BatchCheckAndReserve: _grpc.UnaryUnaryMultiCallable[_credits_pb2.BatchCheckAndReserveRequest, _credits_pb2.BatchCheckAndReserveResponse]
-    """BatchCheckAndReserve places up to 100 holds (the server's batch_size_max)
-    in one call. Each item is a CheckAndReserveRequest with its own idempotency
-    key and gets its own result, in order: the response, or the error that
-    item alone would have got (INVALID_ARGUMENT, INSUFFICIENT_CREDITS, ...),
-    exactly as if the items had been sent one by one. The server decides the
-    items of each account in one transaction, together with other batches'
-    items of the accounts that share its shard. A failure of the database fails
-    the whole call (UNAVAILABLE or ABORTED), though items of other accounts may
-    have been decided: retry it with the same keys, which replays them. The
-    rate limit counts each item.
+    """BatchCheckAndReserve places up to 100 reservations (the server's
+    batch_size_max) in one call. Each item is a CheckAndReserveRequest with its
+    own idempotency key and gets its own result, in order: the response, or the
+    error that item alone would have got (INVALID_ARGUMENT,
+    INSUFFICIENT_CREDITS, ...), exactly as if the items had been sent one by
+    one. The server decides the items of each account in one transaction,
+    together with other batches' items of the accounts that share its shard. A
+    failure of the database fails the whole call (UNAVAILABLE or ABORTED),
+    though items of other accounts may have been decided: retry it with the
+    same keys, which replays them. The rate limit counts each item.
     """
     BatchCommit: _grpc.UnaryUnaryMultiCallable[_credits_pb2.BatchCommitRequest, _credits_pb2.BatchCommitResponse]
-    """BatchCommit captures up to 100 holds in one call. Each item is a
+    """BatchCommit captures up to 100 reservations in one call. Each item is a
     CommitRequest and gets its own result, in order; items are independent
     (each commits in its own transaction), so one failing item never fails
     another. The rate limit counts each item.
     """
     Release: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ReleaseRequest, _credits_pb2.ReleaseResponse]
-    """Release voids an active hold and returns its credits to `available`.
+    """Release voids an active reservation and returns its credits to `available`.
     Repeating it returns the same reservation.
     """
     ExtendReservation: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ExtendReservationRequest, _credits_pb2.ExtendReservationResponse]
-    """ExtendReservation moves an active hold's expire_time to now + ttl, never
-    earlier than it was and never past the hold's create_time plus the
-    server's maximum hold lifetime (7 days by default). Extending an expired,
-    released or committed hold is FAILED_PRECONDITION. Repeating it is safe.
+    """ExtendReservation moves an active reservation's expire_time to now + ttl,
+    never earlier than it was and never past the reservation's create_time plus
+    the server's maximum reservation lifetime (7 days by default). Extending an
+    expired, released or committed reservation is FAILED_PRECONDITION.
+    Repeating it is safe.
     """
     GetBalance: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GetBalanceRequest, _credits_pb2.GetBalanceResponse]
-    """GetBalance returns the account's balance, holds, lifetime totals, the
-    lots that still hold credits and the credits expiring within a window.
+    """GetBalance returns the account's balance, reservations, lifetime totals,
+    the lots that still hold credits and the credits expiring within a window.
     """
     ListReservations: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ListReservationsRequest, _credits_pb2.ListReservationsResponse]
-    """ListReservations pages through the account's holds, newest first:
+    """ListReservations pages through the account's reservations, newest first:
     active ones and finished ones, so an operator can see what is stuck.
     """
     History: _grpc.UnaryUnaryMultiCallable[_credits_pb2.HistoryRequest, _credits_pb2.HistoryResponse]
@@ -117,21 +118,21 @@ class CreditsServiceStub:
 class CreditsServiceAsyncStub(CreditsServiceStub):
     """CreditsService keeps a ledger of credits per account.
 
-    Lots and consumption order: every Grant creates a lot (its amount, source
-    type, priority and optional expire_time). Holds draw from the account's
-    unexpired lots in consumption order: lower priority number first, then the
-    soonest expire_time (lots that never expire last), then the oldest lot.
-    Commit consumes what the hold drew (a larger Commit takes the difference in
-    the same order); Release, expiry of the hold and a smaller Commit give the
-    rest back to the lots it came from. When a lot's expire_time passes, its
-    unheld remainder is written off with one ENTRY_TYPE_EXPIRY entry; credits a
-    hold drew from it stay with the hold, and whatever the hold gives back to it
-    later is written off at once.
+    Lots and consumption order: every Grant creates a lot (its amount, grant
+    type, priority and optional expire_time). Reservations draw from the
+    account's unexpired lots in consumption order: lower priority number first,
+    then the soonest expire_time (lots that never expire last), then the oldest
+    lot. Commit consumes what the reservation drew (a larger Commit takes the
+    difference in the same order); Release, expiry of the reservation and a
+    smaller Commit give the rest back to the lots it came from. When a lot's
+    expire_time passes, its unheld remainder is written off with one
+    ENTRY_TYPE_EXPIRY entry; credits a reservation drew from it stay with it, and
+    whatever the reservation gives back to it later is written off at once.
 
-    Callers place a hold before metered work (CheckAndReserve), then capture it
-    (Commit) or void it (Release). Grant adds credits. All amounts are whole
-    credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
-    google.rpc.ErrorInfo detail in domain "credits.v1"; see README.md for the
+    Callers place a reservation before metered work (CheckAndReserve), then
+    capture it (Commit) or void it (Release). Grant adds credits. All amounts are
+    whole credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
+    google.rpc.ErrorInfo detail in domain "credits.v1"; see docs/api.md for the
     table of reasons.
 
     Identifiers (account_id, idempotency_key) are 1-128 characters from
@@ -150,49 +151,50 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     Idempotent by idempotency_key.
     """
     CheckAndReserve: _aio.UnaryUnaryMultiCallable[_credits_pb2.CheckAndReserveRequest, _credits_pb2.CheckAndReserveResponse]  # type: ignore[assignment]
-    """CheckAndReserve places a hold of `amount` credits if the account's
+    """CheckAndReserve places a reservation of `amount` credits if the account's
     available credits cover it; otherwise FAILED_PRECONDITION with reason
     INSUFFICIENT_CREDITS. Idempotent by idempotency_key (declines included).
     """
     Commit: _aio.UnaryUnaryMultiCallable[_credits_pb2.CommitRequest, _credits_pb2.CommitResponse]  # type: ignore[assignment]
-    """Commit captures a hold, for its held amount or another amount, and
+    """Commit captures a reservation, for its held amount or another amount, and
     writes one USAGE ledger entry. Repeating it with the same amount returns
     the same reservation and entry.
     """
     BatchCheckAndReserve: _aio.UnaryUnaryMultiCallable[_credits_pb2.BatchCheckAndReserveRequest, _credits_pb2.BatchCheckAndReserveResponse]  # type: ignore[assignment]
-    """BatchCheckAndReserve places up to 100 holds (the server's batch_size_max)
-    in one call. Each item is a CheckAndReserveRequest with its own idempotency
-    key and gets its own result, in order: the response, or the error that
-    item alone would have got (INVALID_ARGUMENT, INSUFFICIENT_CREDITS, ...),
-    exactly as if the items had been sent one by one. The server decides the
-    items of each account in one transaction, together with other batches'
-    items of the accounts that share its shard. A failure of the database fails
-    the whole call (UNAVAILABLE or ABORTED), though items of other accounts may
-    have been decided: retry it with the same keys, which replays them. The
-    rate limit counts each item.
+    """BatchCheckAndReserve places up to 100 reservations (the server's
+    batch_size_max) in one call. Each item is a CheckAndReserveRequest with its
+    own idempotency key and gets its own result, in order: the response, or the
+    error that item alone would have got (INVALID_ARGUMENT,
+    INSUFFICIENT_CREDITS, ...), exactly as if the items had been sent one by
+    one. The server decides the items of each account in one transaction,
+    together with other batches' items of the accounts that share its shard. A
+    failure of the database fails the whole call (UNAVAILABLE or ABORTED),
+    though items of other accounts may have been decided: retry it with the
+    same keys, which replays them. The rate limit counts each item.
     """
     BatchCommit: _aio.UnaryUnaryMultiCallable[_credits_pb2.BatchCommitRequest, _credits_pb2.BatchCommitResponse]  # type: ignore[assignment]
-    """BatchCommit captures up to 100 holds in one call. Each item is a
+    """BatchCommit captures up to 100 reservations in one call. Each item is a
     CommitRequest and gets its own result, in order; items are independent
     (each commits in its own transaction), so one failing item never fails
     another. The rate limit counts each item.
     """
     Release: _aio.UnaryUnaryMultiCallable[_credits_pb2.ReleaseRequest, _credits_pb2.ReleaseResponse]  # type: ignore[assignment]
-    """Release voids an active hold and returns its credits to `available`.
+    """Release voids an active reservation and returns its credits to `available`.
     Repeating it returns the same reservation.
     """
     ExtendReservation: _aio.UnaryUnaryMultiCallable[_credits_pb2.ExtendReservationRequest, _credits_pb2.ExtendReservationResponse]  # type: ignore[assignment]
-    """ExtendReservation moves an active hold's expire_time to now + ttl, never
-    earlier than it was and never past the hold's create_time plus the
-    server's maximum hold lifetime (7 days by default). Extending an expired,
-    released or committed hold is FAILED_PRECONDITION. Repeating it is safe.
+    """ExtendReservation moves an active reservation's expire_time to now + ttl,
+    never earlier than it was and never past the reservation's create_time plus
+    the server's maximum reservation lifetime (7 days by default). Extending an
+    expired, released or committed reservation is FAILED_PRECONDITION.
+    Repeating it is safe.
     """
     GetBalance: _aio.UnaryUnaryMultiCallable[_credits_pb2.GetBalanceRequest, _credits_pb2.GetBalanceResponse]  # type: ignore[assignment]
-    """GetBalance returns the account's balance, holds, lifetime totals, the
-    lots that still hold credits and the credits expiring within a window.
+    """GetBalance returns the account's balance, reservations, lifetime totals,
+    the lots that still hold credits and the credits expiring within a window.
     """
     ListReservations: _aio.UnaryUnaryMultiCallable[_credits_pb2.ListReservationsRequest, _credits_pb2.ListReservationsResponse]  # type: ignore[assignment]
-    """ListReservations pages through the account's holds, newest first:
+    """ListReservations pages through the account's reservations, newest first:
     active ones and finished ones, so an operator can see what is stuck.
     """
     History: _aio.UnaryUnaryMultiCallable[_credits_pb2.HistoryRequest, _credits_pb2.HistoryResponse]  # type: ignore[assignment]
@@ -201,21 +203,21 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     """CreditsService keeps a ledger of credits per account.
 
-    Lots and consumption order: every Grant creates a lot (its amount, source
-    type, priority and optional expire_time). Holds draw from the account's
-    unexpired lots in consumption order: lower priority number first, then the
-    soonest expire_time (lots that never expire last), then the oldest lot.
-    Commit consumes what the hold drew (a larger Commit takes the difference in
-    the same order); Release, expiry of the hold and a smaller Commit give the
-    rest back to the lots it came from. When a lot's expire_time passes, its
-    unheld remainder is written off with one ENTRY_TYPE_EXPIRY entry; credits a
-    hold drew from it stay with the hold, and whatever the hold gives back to it
-    later is written off at once.
+    Lots and consumption order: every Grant creates a lot (its amount, grant
+    type, priority and optional expire_time). Reservations draw from the
+    account's unexpired lots in consumption order: lower priority number first,
+    then the soonest expire_time (lots that never expire last), then the oldest
+    lot. Commit consumes what the reservation drew (a larger Commit takes the
+    difference in the same order); Release, expiry of the reservation and a
+    smaller Commit give the rest back to the lots it came from. When a lot's
+    expire_time passes, its unheld remainder is written off with one
+    ENTRY_TYPE_EXPIRY entry; credits a reservation drew from it stay with it, and
+    whatever the reservation gives back to it later is written off at once.
 
-    Callers place a hold before metered work (CheckAndReserve), then capture it
-    (Commit) or void it (Release). Grant adds credits. All amounts are whole
-    credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
-    google.rpc.ErrorInfo detail in domain "credits.v1"; see README.md for the
+    Callers place a reservation before metered work (CheckAndReserve), then
+    capture it (Commit) or void it (Release). Grant adds credits. All amounts are
+    whole credits (int64, 1..10^12 per call). Errors are google.rpc.Status with a
+    google.rpc.ErrorInfo detail in domain "credits.v1"; see docs/api.md for the
     table of reasons.
 
     Identifiers (account_id, idempotency_key) are 1-128 characters from
@@ -244,7 +246,7 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _credits_pb2.CheckAndReserveRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.CheckAndReserveResponse, _abc.Awaitable[_credits_pb2.CheckAndReserveResponse]]:
-        """CheckAndReserve places a hold of `amount` credits if the account's
+        """CheckAndReserve places a reservation of `amount` credits if the account's
         available credits cover it; otherwise FAILED_PRECONDITION with reason
         INSUFFICIENT_CREDITS. Idempotent by idempotency_key (declines included).
         """
@@ -255,7 +257,7 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _credits_pb2.CommitRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.CommitResponse, _abc.Awaitable[_credits_pb2.CommitResponse]]:
-        """Commit captures a hold, for its held amount or another amount, and
+        """Commit captures a reservation, for its held amount or another amount, and
         writes one USAGE ledger entry. Repeating it with the same amount returns
         the same reservation and entry.
         """
@@ -266,16 +268,16 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _credits_pb2.BatchCheckAndReserveRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.BatchCheckAndReserveResponse, _abc.Awaitable[_credits_pb2.BatchCheckAndReserveResponse]]:
-        """BatchCheckAndReserve places up to 100 holds (the server's batch_size_max)
-        in one call. Each item is a CheckAndReserveRequest with its own idempotency
-        key and gets its own result, in order: the response, or the error that
-        item alone would have got (INVALID_ARGUMENT, INSUFFICIENT_CREDITS, ...),
-        exactly as if the items had been sent one by one. The server decides the
-        items of each account in one transaction, together with other batches'
-        items of the accounts that share its shard. A failure of the database fails
-        the whole call (UNAVAILABLE or ABORTED), though items of other accounts may
-        have been decided: retry it with the same keys, which replays them. The
-        rate limit counts each item.
+        """BatchCheckAndReserve places up to 100 reservations (the server's
+        batch_size_max) in one call. Each item is a CheckAndReserveRequest with its
+        own idempotency key and gets its own result, in order: the response, or the
+        error that item alone would have got (INVALID_ARGUMENT,
+        INSUFFICIENT_CREDITS, ...), exactly as if the items had been sent one by
+        one. The server decides the items of each account in one transaction,
+        together with other batches' items of the accounts that share its shard. A
+        failure of the database fails the whole call (UNAVAILABLE or ABORTED),
+        though items of other accounts may have been decided: retry it with the
+        same keys, which replays them. The rate limit counts each item.
         """
 
     @_abc_1.abstractmethod
@@ -284,7 +286,7 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _credits_pb2.BatchCommitRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.BatchCommitResponse, _abc.Awaitable[_credits_pb2.BatchCommitResponse]]:
-        """BatchCommit captures up to 100 holds in one call. Each item is a
+        """BatchCommit captures up to 100 reservations in one call. Each item is a
         CommitRequest and gets its own result, in order; items are independent
         (each commits in its own transaction), so one failing item never fails
         another. The rate limit counts each item.
@@ -296,7 +298,7 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _credits_pb2.ReleaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.ReleaseResponse, _abc.Awaitable[_credits_pb2.ReleaseResponse]]:
-        """Release voids an active hold and returns its credits to `available`.
+        """Release voids an active reservation and returns its credits to `available`.
         Repeating it returns the same reservation.
         """
 
@@ -306,10 +308,11 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _credits_pb2.ExtendReservationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.ExtendReservationResponse, _abc.Awaitable[_credits_pb2.ExtendReservationResponse]]:
-        """ExtendReservation moves an active hold's expire_time to now + ttl, never
-        earlier than it was and never past the hold's create_time plus the
-        server's maximum hold lifetime (7 days by default). Extending an expired,
-        released or committed hold is FAILED_PRECONDITION. Repeating it is safe.
+        """ExtendReservation moves an active reservation's expire_time to now + ttl,
+        never earlier than it was and never past the reservation's create_time plus
+        the server's maximum reservation lifetime (7 days by default). Extending an
+        expired, released or committed reservation is FAILED_PRECONDITION.
+        Repeating it is safe.
         """
 
     @_abc_1.abstractmethod
@@ -318,8 +321,8 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _credits_pb2.GetBalanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.GetBalanceResponse, _abc.Awaitable[_credits_pb2.GetBalanceResponse]]:
-        """GetBalance returns the account's balance, holds, lifetime totals, the
-        lots that still hold credits and the credits expiring within a window.
+        """GetBalance returns the account's balance, reservations, lifetime totals,
+        the lots that still hold credits and the credits expiring within a window.
         """
 
     @_abc_1.abstractmethod
@@ -328,7 +331,7 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _credits_pb2.ListReservationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.ListReservationsResponse, _abc.Awaitable[_credits_pb2.ListReservationsResponse]]:
-        """ListReservations pages through the account's holds, newest first:
+        """ListReservations pages through the account's reservations, newest first:
         active ones and finished ones, so an operator can see what is stuck.
         """
 
