@@ -54,8 +54,8 @@ class CommitSplit:
 
 
 def split_commit(draws: Sequence[LotDraw], amount: int) -> CommitSplit:
-    """Consume the reservation's draws in consumption order up to `amount`; what is left of them goes
-    back to the lots it came from; anything above the reservation is excess."""
+    """Consume the reservation's draws in consumption order up to `amount`; what is left of
+    them goes back to the lots it came from; anything above the reservation is excess."""
     consumed, given_back = [], []
     left = amount
     for draw in draws:
