@@ -1,0 +1,1 @@
+"""Code the test suites share."""
