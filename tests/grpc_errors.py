@@ -1,4 +1,4 @@
-"""Helpers to call an RPC expecting an error and unpack its google.rpc details."""
+"""Helpers to call an RPC expecting an error, unpack its google.rpc details and check them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+DOMAIN = "credits.v1"
 
 
 @dataclass
@@ -56,3 +58,10 @@ async def expect_error(call: Awaitable[object]) -> RpcError:
     except grpc.aio.AioRpcError as error:
         return unpack(error)
     raise AssertionError(f"expected an error, got {response!r}")
+
+
+def assert_error(error: RpcError, code: grpc.StatusCode, reason: str, **metadata: str) -> None:
+    """`error` has this code, reason and our domain, and these ErrorInfo metadata among its own."""
+    assert (error.code, error.reason, error.domain) == (code, reason, DOMAIN), error
+    for key, value in metadata.items():
+        assert error.metadata.get(key) == value, (key, error.metadata)

@@ -8,6 +8,7 @@ import asyncio
 import asyncpg
 
 TABLES = "reservation_lots, ledger_entries, credit_lots, reservations, idempotency_keys, accounts"
+TABLE_NAMES = tuple(TABLES.split(", "))
 _EMPTY_ATTEMPTS = 5
 
 
@@ -125,4 +126,4 @@ async def assert_invariants(connection: asyncpg.Connection, settle_s: float = 2.
 async def row_counts(connection: asyncpg.Connection) -> dict[str, int]:
     """The number of rows of every ledger table: what a refused call must leave unchanged."""
     return {table: await connection.fetchval(f"SELECT count(*) FROM {table}")
-            for table in TABLES.split(", ")}
+            for table in TABLE_NAMES}

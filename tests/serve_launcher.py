@@ -26,7 +26,6 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
 from credits_service.persistence.embedded import EmbeddedPostgres
 from credits_service.settings import ENV_PREFIX
@@ -236,8 +235,3 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
 async def credits_stub(address: str) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
     async with grpc.aio.insecure_channel(address) as channel:
         yield credits_pb2_grpc.CreditsServiceStub(channel)
-
-
-def grant(account_id: str, amount: int, key: str) -> pb.GrantRequest:
-    return pb.GrantRequest(account_id=account_id, amount=amount, type=pb.GRANT_TYPE_PURCHASE,
-                           idempotency_key=key)

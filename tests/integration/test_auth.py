@@ -31,9 +31,8 @@ from credits_service.app import Application
 from credits_service.settings import Settings
 from credits_service.transport.grpc.auth import mint_token, token_digest
 from tests.grpc_errors import expect_error
+from tests.ledger_checks import row_counts
 
-TABLES = ("accounts", "ledger_entries", "reservations", "idempotency_keys", "credit_lots",
-          "reservation_lots")
 SERVICE_TOKEN = mint_token()
 OTHER_SERVICE_TOKEN = mint_token()
 ADMIN_TOKEN = mint_token()
@@ -68,10 +67,6 @@ async def stub(auth_settings: Settings) -> AsyncIterator[credits_pb2_grpc.Credit
     async with serving(auth_settings) as app, grpc.aio.insecure_channel(
             f"127.0.0.1:{app.port}") as channel:
         yield credits_pb2_grpc.CreditsServiceStub(channel)
-
-
-async def _row_counts(db) -> dict[str, int]:
-    return {table: await db.fetchval(f"SELECT count(*) FROM {table}") for table in TABLES}
 
 
 # --- the authorization matrix --------------------------------------------------------------
@@ -127,7 +122,7 @@ async def test_every_rpc_for_every_kind_of_caller(stub, db, caller):
         denial = EXPECTED_DENIAL[caller]
         if caller == "service" and method in SERVICE_DENIED_METHODS:
             denial = grpc.StatusCode.PERMISSION_DENIED
-        before = await _row_counts(db)
+        before = await row_counts(db)
         call = getattr(stub, method)(request, metadata=CALLERS[caller], timeout=10)
         if denial is None:
             await call  # allowed: the call goes through
@@ -136,7 +131,7 @@ async def test_every_rpc_for_every_kind_of_caller(stub, db, caller):
         assert error.code is denial, (caller, method, error)
         assert error.reason == denial.name and error.domain == "credits.v1", error
         assert SERVICE_TOKEN not in error.message and ADMIN_TOKEN not in error.message
-        assert await _row_counts(db) == before, (caller, method)
+        assert await row_counts(db) == before, (caller, method)
 
 
 async def test_permission_denied_names_principal_role_and_method(stub):

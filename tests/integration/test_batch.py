@@ -13,19 +13,9 @@ from credits_service.domain.errors import DatabaseUnavailable
 from credits_service.service.reservations.batch import shard_of
 from tests.grpc_errors import expect_error
 from tests.metrics import scrape, value
+from tests.support.calls import balance_of, commit, commit_request, grant, reserve_request
 
 CODE = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def _hold(account: str, amount: int, key: str | None = None) -> pb.CheckAndReserveRequest:
-    return pb.CheckAndReserveRequest(account_id=account, amount=amount,
-                                     idempotency_key=key or str(uuid.uuid4()))
-
-
-async def _grant(stub, account: str, amount: int) -> None:
-    await stub.Grant(pb.GrantRequest(account_id=account, amount=amount,
-                                     type=pb.GRANT_TYPE_PURCHASE,
-                                     idempotency_key=str(uuid.uuid4())))
 
 
 async def _retries(app) -> float:
@@ -42,17 +32,17 @@ def _summary(result) -> tuple:
 
 
 async def test_each_item_gets_its_own_result_as_if_sent_alone(stub, db):
-    await _grant(stub, "batch-a", 10)
-    await _grant(stub, "batch-b", 5)
+    await grant(stub, "batch-a", 10)
+    await grant(stub, "batch-b", 5)
     items = [
-        _hold("batch-a", 4, "k1"),
-        _hold("batch-a", 0, "k2"),  # invalid amount
-        _hold("batch-a", 7, "k3"),  # 6 left: declined
-        _hold("nobody", 1, "k4"),
-        _hold("batch-b", 5, "k5"),
-        _hold("batch-a", 4, "k1"),  # the same key and request again: the same answer
-        _hold("batch-a", 5, "k1"),  # the same key, another request
-        _hold("batch-a", 6, "k6"),
+        reserve_request("batch-a", 4, key="k1"),
+        reserve_request("batch-a", 0, key="k2"),  # invalid amount
+        reserve_request("batch-a", 7, key="k3"),  # 6 left: declined
+        reserve_request("nobody", 1, key="k4"),
+        reserve_request("batch-b", 5, key="k5"),
+        reserve_request("batch-a", 4, key="k1"),  # the same key and request: the same answer
+        reserve_request("batch-a", 5, key="k1"),  # the same key, another request
+        reserve_request("batch-a", 6, key="k6"),
     ]
     response = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=items))
     got = [_summary(result) for result in response.results]
@@ -84,9 +74,10 @@ async def test_each_item_gets_its_own_result_as_if_sent_alone(stub, db):
 
 async def test_item_errors_name_their_status_code(stub):
     """An item error carries its code as a number and by name, as a status would."""
-    await _grant(stub, "batch-names", 1)
+    await grant(stub, "batch-names", 1)
     response = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=[
-        _hold("batch-names", 5), _hold("batch-names", 0), _hold("nobody-here", 1)]))
+        reserve_request("batch-names", 5), reserve_request("batch-names", 0),
+        reserve_request("nobody-here", 1)]))
     errors = [(r.error.code, r.error.code_name, r.error.reason) for r in response.results]
     assert errors == [
         (grpc.StatusCode.FAILED_PRECONDITION.value[0], "FAILED_PRECONDITION",
@@ -95,7 +86,7 @@ async def test_item_errors_name_their_status_code(stub):
         (grpc.StatusCode.NOT_FOUND.value[0], "NOT_FOUND", "ACCOUNT_NOT_FOUND"),
     ]
     commits = await stub.BatchCommit(pb.BatchCommitRequest(items=[
-        pb.CommitRequest(reservation_id=str(uuid.uuid4()))]))
+        commit_request(str(uuid.uuid4()))]))
     assert commits.results[0].error.code_name == "NOT_FOUND"
 
 
@@ -114,7 +105,7 @@ async def test_a_key_repeated_on_another_account_answers_as_one_by_one(app, stub
     first = next(name for name in names if _shard_of(app, name) == shards - 1)
     later = next(name for name in names if _shard_of(app, name) == 0)
     for account in (first, later):
-        await _grant(stub, account, 10)
+        await grant(stub, account, 10)
     real = ledger.reserving.check_and_reserve_many
 
     async def first_decides_last(calls):
@@ -123,7 +114,8 @@ async def test_a_key_repeated_on_another_account_answers_as_one_by_one(app, stub
         return await real(calls)
 
     monkeypatch.setattr(ledger.reserving, "check_and_reserve_many", first_decides_last)
-    items = [_hold(first, 3, "shared-key"), _hold(later, 3, "shared-key"), _hold(later, 4)]
+    items = [reserve_request(first, 3, key="shared-key"),
+             reserve_request(later, 3, key="shared-key"), reserve_request(later, 4)]
     response = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=items))
     assert [_summary(r) for r in response.results] == [
         ("ok", 3, 7, [(3, 0)]),
@@ -134,29 +126,30 @@ async def test_a_key_repeated_on_another_account_answers_as_one_by_one(app, stub
 
 async def test_a_batch_must_hold_between_one_item_and_the_maximum(stub, test_settings):
     for count in (0, test_settings.ledger.batch_size_max + 1):
-        request = pb.BatchCheckAndReserveRequest(items=[_hold("x", 1) for _ in range(count)])
+        request = pb.BatchCheckAndReserveRequest(
+            items=[reserve_request("x", 1) for _ in range(count)])
         error = await expect_error(stub.BatchCheckAndReserve(request))
         assert (error.code, error.metadata["field"]) == (grpc.StatusCode.INVALID_ARGUMENT,
                                                          "items")
-        commit = pb.BatchCommitRequest(items=[pb.CommitRequest(reservation_id=str(uuid.uuid4()))
+        commit = pb.BatchCommitRequest(items=[commit_request(str(uuid.uuid4()))
                                               for _ in range(count)])
         error = await expect_error(stub.BatchCommit(commit))
         assert error.code is grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_batch_commit_items_succeed_or_fail_on_their_own(stub, db):
-    await _grant(stub, "batch-c", 20)
+    await grant(stub, "batch-c", 20)
     placed = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(
-        items=[_hold("batch-c", 3) for _ in range(4)]))
+        items=[reserve_request("batch-c", 3) for _ in range(4)]))
     ids = [result.response.reservation.reservation_id for result in placed.results]
-    await stub.Commit(pb.CommitRequest(reservation_id=ids[1], amount=2))
+    await commit(stub, ids[1], 2)
     items = [
-        pb.CommitRequest(reservation_id=ids[0]),
-        pb.CommitRequest(reservation_id=ids[1], amount=3),  # committed for 2 already
-        pb.CommitRequest(reservation_id="not-a-uuid"),
-        pb.CommitRequest(reservation_id=str(uuid.uuid4())),
-        pb.CommitRequest(reservation_id=ids[2], amount=30),  # more than available
-        pb.CommitRequest(reservation_id=ids[3], amount=5),
+        commit_request(ids[0]),
+        commit_request(ids[1], 3),  # committed for 2 already
+        commit_request("not-a-uuid"),
+        commit_request(str(uuid.uuid4())),
+        commit_request(ids[2], 30),  # more than available
+        commit_request(ids[3], 5),
     ]
     response = await stub.BatchCommit(pb.BatchCommitRequest(items=items))
     summary = [
@@ -172,7 +165,7 @@ async def test_batch_commit_items_succeed_or_fail_on_their_own(stub, db):
         ("error", "INSUFFICIENT_CREDITS"),
         ("ok", 5, -5),
     ]
-    balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id="batch-c"))).balance
+    balance = await balance_of(stub, "batch-c")
     assert (balance.balance, balance.reserved) == (20 - 3 - 2 - 5, 3)
 
 
@@ -181,14 +174,14 @@ async def test_concurrent_batches_over_shared_accounts_and_keys_never_overdraw(s
     claim the same keys): no overdraw, every key answered once and alike."""
     accounts = [f"batch-race-{i}" for i in range(5)]
     for account in accounts:
-        await _grant(stubs[0], account, 300)
+        await grant(stubs[0], account, 300)
     rng = random.Random(11)
     keys = [(f"shared-{n}", rng.choice(accounts), rng.randint(1, 9)) for n in range(120)]
 
     async def batch(n: int) -> list:
         chosen = rng.sample(keys, 40)
         request = pb.BatchCheckAndReserveRequest(
-            items=[_hold(account, amount, key) for key, account, amount in chosen])
+            items=[reserve_request(account, amount, key=key) for key, account, amount in chosen])
         response = await stubs[n % len(stubs)].BatchCheckAndReserve(request, timeout=30)
         return list(zip((key for key, _, _ in chosen), response.results, strict=True))
 
@@ -210,14 +203,15 @@ async def test_a_key_sent_at_once_alone_and_in_a_batch_places_one_hold(app, stub
     (the unary group's and a batch shard's); the key is stored last, so the second finds it
     only when storing it: that one rolls back and replays. One hold per key, both answers
     alike, and some rounds did race (the retry counter moved)."""
-    await _grant(stubs[0], "batch-dup", 1000)
+    await grant(stubs[0], "batch-dup", 1000)
     retried_before = await _retries(app)
     for round_ in range(20):
         keys = [f"dup-{round_}-{n}" for n in range(5)]
-        alone = [stubs[n % len(stubs)].CheckAndReserve(_hold("batch-dup", 1, key), timeout=30)
+        alone = [stubs[n % len(stubs)].CheckAndReserve(reserve_request("batch-dup", 1, key=key),
+                                                       timeout=30)
                  for n, key in enumerate(keys)]
         batch = stubs[-1].BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(
-            items=[_hold("batch-dup", 1, key) for key in keys]), timeout=30)
+            items=[reserve_request("batch-dup", 1, key=key) for key in keys]), timeout=30)
         *singles, batched = await asyncio.gather(*alone, batch)
         for single, result in zip(singles, batched.results, strict=True):
             assert result.response.SerializeToString(deterministic=True) == (
@@ -227,14 +221,14 @@ async def test_a_key_sent_at_once_alone_and_in_a_batch_places_one_hold(app, stub
         "SELECT reserved FROM accounts WHERE account_id = 'batch-dup'") == 100
     assert await _retries(app) > retried_before
     # Declines too: a transaction that places no hold stores its keys alone.
-    await _grant(stubs[0], "batch-dup-poor", 1)
+    await grant(stubs[0], "batch-dup-poor", 1)
     retried_before = await _retries(app)
     for round_ in range(20):
         key = f"dup-poor-{round_}"
         single, batched = await asyncio.gather(
-            stubs[0].CheckAndReserve(_hold("batch-dup-poor", 5, key), timeout=30),
+            stubs[0].CheckAndReserve(reserve_request("batch-dup-poor", 5, key=key), timeout=30),
             stubs[-1].BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(
-                items=[_hold("batch-dup-poor", 5, key)]), timeout=30),
+                items=[reserve_request("batch-dup-poor", 5, key=key)]), timeout=30),
             return_exceptions=True)
         assert isinstance(single, grpc.aio.AioRpcError)
         assert single.code() is grpc.StatusCode.FAILED_PRECONDITION
@@ -269,10 +263,10 @@ async def _batches_over_shared_accounts(stubs, accounts: list[str], batches: int
     """`batches` concurrent batches, each holding 1 credit three times on every account (each
     item tagged with its batch); every item is placed and every account holds them all."""
     for account in accounts:
-        await _grant(stubs[0], account, 1_000)
+        await grant(stubs[0], account, 1_000)
 
     async def batch(n: int):
-        items = [_hold(account, 1) for account in accounts * 3]
+        items = [reserve_request(account, 1) for account in accounts * 3]
         for item in items:
             item.metadata["batch"] = str(n)
         return await stubs[n % len(stubs)].BatchCheckAndReserve(
@@ -281,7 +275,7 @@ async def _batches_over_shared_accounts(stubs, accounts: list[str], batches: int
     responses = await asyncio.gather(*(batch(n) for n in range(batches)))
     assert all(r.HasField("response") for response in responses for r in response.results)
     for account in accounts:
-        balance = (await stubs[0].GetBalance(pb.GetBalanceRequest(account_id=account))).balance
+        balance = await balance_of(stubs[0], account)
         assert balance.reserved == batches * 3
 
 
@@ -334,8 +328,8 @@ async def test_a_batch_that_fails_on_one_shard_is_retried_safely(app, stub, db, 
     ledger = app.ledger
     accounts = [f"batch-part-{i}" for i in range(8)]
     for account in accounts:
-        await _grant(stub, account, 10)
-    items = [_hold(account, 2) for account in accounts]
+        await grant(stub, account, 10)
+    items = [reserve_request(account, 2) for account in accounts]
     real = ledger.reserving.check_and_reserve_many
 
     async def failing(calls):
@@ -358,18 +352,18 @@ async def test_a_batch_that_fails_on_one_shard_is_retried_safely(app, stub, db, 
     assert all(placed[row["account_id"]] == str(row["reservation_id"]) for row in decided)
     assert await db.fetchval("SELECT count(*) FROM reservations") == len(accounts)
     for account in accounts:
-        balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id=account))).balance
+        balance = await balance_of(stub, account)
         assert balance.reserved == 2
 
 
 async def test_held_times_read_back_as_answered_for_every_ttl(stub):
     """A group writes its holds' expire_time as create_time plus each TTL in the database:
     what a list reads back is what the batch answered, to the microsecond."""
-    await _grant(stub, "ttl-a", 100)
+    await grant(stub, "ttl-a", 100)
     ttls_ms = [None, 1_000, 1_234, 59_999, 86_399_999, 86_400_000]
     items = []
     for ttl_ms in ttls_ms:
-        item = _hold("ttl-a", 1)
+        item = reserve_request("ttl-a", 1)
         if ttl_ms is not None:
             item.ttl.FromMilliseconds(ttl_ms)
         items.append(item)

@@ -5,7 +5,6 @@ several HTTP/2 connections, so the transactions really overlap in Postgres."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 
 import grpc
@@ -13,19 +12,7 @@ import pytest
 
 from credits.v1 import credits_pb2 as pb
 from tests.grpc_errors import unpack
-
-counter = itertools.count()
-
-
-async def grant(stub, account_id: str, amount: int) -> None:
-    await stub.Grant(
-        pb.GrantRequest(
-            account_id=account_id,
-            amount=amount,
-            type=pb.GRANT_TYPE_PURCHASE,
-            idempotency_key=f"grant-{next(counter)}",
-        )
-    )
+from tests.support.calls import balance_of, commit, grant, grant_request, release, reserve_request
 
 
 async def test_500_concurrent_unit_reserves_against_100_credits_accept_exactly_100(stubs, db):
@@ -34,9 +21,7 @@ async def test_500_concurrent_unit_reserves_against_100_credits_accept_exactly_1
 
     async def reserve(i: int) -> str:
         try:
-            await stubs[i % len(stubs)].CheckAndReserve(
-                pb.CheckAndReserveRequest(account_id="hot", amount=1, idempotency_key=f"r-{i}")
-            )
+            await stubs[i % len(stubs)].CheckAndReserve(reserve_request("hot", 1, key=f"r-{i}"))
             return "OK"
         except grpc.aio.AioRpcError as error:
             return unpack(error).reason
@@ -45,7 +30,7 @@ async def test_500_concurrent_unit_reserves_against_100_credits_accept_exactly_1
 
     assert outcomes.count("OK") == 100
     assert outcomes.count("INSUFFICIENT_CREDITS") == 400
-    balance = (await stubs[0].GetBalance(pb.GetBalanceRequest(account_id="hot"))).balance
+    balance = await balance_of(stubs[0], "hot")
     assert (balance.balance, balance.reserved, balance.available) == (100, 100, 0)
     assert balance.active_reservation_count == 100
     assert await db.fetchval("SELECT count(*) FROM reservations WHERE status = 'ACTIVE'") == 100
@@ -60,9 +45,7 @@ async def test_concurrent_random_amounts_never_overdraw(stubs, db):
     async def reserve(i: int, amount: int) -> tuple[int, str, dict[str, str]]:
         try:
             await stubs[i % len(stubs)].CheckAndReserve(
-                pb.CheckAndReserveRequest(
-                    account_id="mixed", amount=amount, idempotency_key=f"m{i}"
-                )
+                reserve_request("mixed", amount, key=f"m{i}")
             )
             return amount, "OK", {}
         except grpc.aio.AioRpcError as error:
@@ -86,9 +69,7 @@ async def test_concurrent_random_amounts_never_overdraw(stubs, db):
 
 async def test_20_concurrent_identical_grants_apply_once_with_identical_responses(stubs, db):
     """F2: one effect, identical responses; F3: same key with another amount writes nothing."""
-    request = pb.GrantRequest(
-        account_id="idem", amount=70, type=pb.GRANT_TYPE_PROMO, idempotency_key="same-key"
-    )
+    request = grant_request("idem", 70, key="same-key", grant_type=pb.GRANT_TYPE_PROMO)
     responses = await asyncio.gather(
         *(stubs[i % len(stubs)].Grant(request) for i in range(20))
     )
@@ -115,7 +96,7 @@ async def test_20_concurrent_identical_grants_apply_once_with_identical_response
 async def test_20_concurrent_identical_reserves_place_one_hold(stubs, db):
     """F2 for holds: one reservation, every caller gets its id."""
     await grant(stubs[0], "idem-hold", 10)
-    request = pb.CheckAndReserveRequest(account_id="idem-hold", amount=3, idempotency_key="h")
+    request = reserve_request("idem-hold", 3, key="h")
     responses = await asyncio.gather(
         *(stubs[i % len(stubs)].CheckAndReserve(request) for i in range(20))
     )
@@ -132,9 +113,7 @@ async def test_commit_and_release_racing_on_each_hold_have_exactly_one_winner(st
     await grant(stubs[0], "race", 10_000)
     reservations = [
         (
-            await stubs[0].CheckAndReserve(
-                pb.CheckAndReserveRequest(account_id="race", amount=10, idempotency_key=f"h{i}")
-            )
+            await stubs[0].CheckAndReserve(reserve_request("race", 10, key=f"h{i}"))
         ).reservation.reservation_id
         for i in range(holds)
     ]
@@ -143,11 +122,11 @@ async def test_commit_and_release_racing_on_each_hold_have_exactly_one_winner(st
         stub = stubs[i % len(stubs)]
         try:
             if call == "release":
-                await stub.Release(pb.ReleaseRequest(reservation_id=reservation_id))
+                await release(stub, reservation_id)
             elif call == "commit":
-                await stub.Commit(pb.CommitRequest(reservation_id=reservation_id))
+                await commit(stub, reservation_id)
             else:
-                await stub.Commit(pb.CommitRequest(reservation_id=reservation_id, amount=7))
+                await commit(stub, reservation_id, 7)
             return call, "OK"
         except grpc.aio.AioRpcError as error:
             return call, unpack(error).reason
@@ -200,8 +179,8 @@ async def test_zipf_skewed_reserves_over_100_accounts_never_overdraw_any(stubs, 
     async def reserve(i: int, account: str, amount: int) -> tuple[str, int, str, dict]:
         async with in_flight:
             try:
-                await stubs[i % len(stubs)].CheckAndReserve(pb.CheckAndReserveRequest(
-                    account_id=account, amount=amount, idempotency_key=f"z{i}"))
+                await stubs[i % len(stubs)].CheckAndReserve(
+                    reserve_request(account, amount, key=f"z{i}"))
                 return account, amount, "OK", {}
             except grpc.aio.AioRpcError as error:
                 failure = unpack(error)

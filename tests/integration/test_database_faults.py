@@ -16,6 +16,9 @@ import pytest
 from credits.v1 import credits_pb2 as pb
 from credits_service.app import Application
 from tests.grpc_errors import expect_error
+from tests.support.calls import commit, grant, grant_request, place_hold
+
+ACCOUNT = "faulty"
 
 FAULT_TRIGGER = """
 CREATE TABLE IF NOT EXISTS test_fault (sqlstate text NOT NULL, times bigint NOT NULL);
@@ -53,11 +56,6 @@ async def inject(db) -> AsyncIterator[object]:
         await db.execute("DROP SEQUENCE test_fault_calls")
 
 
-def _grant(key: str, amount: int = 10) -> pb.GrantRequest:
-    return pb.GrantRequest(account_id="faulty", amount=amount, type=pb.GRANT_TYPE_PURCHASE,
-                           idempotency_key=key)
-
-
 async def _rows(db) -> tuple[int, int, int]:
     return (
         await db.fetchval("SELECT count(*) FROM ledger_entries"),
@@ -71,7 +69,7 @@ async def test_serialization_failures_and_deadlocks_are_retried_as_a_whole(
     stub, db, inject, sqlstate
 ):
     await inject(sqlstate, 2)
-    response = await stub.Grant(_grant("retried"))
+    response = await grant(stub, ACCOUNT, 10, key="retried")
     assert response.balance.balance == 10
     assert await _rows(db) == (1, 1, 10)
 
@@ -80,11 +78,11 @@ async def test_conflicts_past_the_retry_bound_are_aborted_and_write_nothing(
     app: Application, stub, db, inject
 ):
     await inject("40001", app.settings.ledger.transaction_attempts_max)
-    failure = await expect_error(stub.Grant(_grant("aborted")))
+    failure = await expect_error(grant(stub, ACCOUNT, 10, key="aborted"))
     assert (failure.code, failure.reason) == (grpc.StatusCode.ABORTED, "CONCURRENCY_CONFLICT")
     assert await _rows(db) == (0, 0, 0)
     # The same key, retried as callers are told to, applies once.
-    assert (await stub.Grant(_grant("aborted"))).balance.balance == 10
+    assert (await grant(stub, ACCOUNT, 10, key="aborted")).balance.balance == 10
 
 
 @pytest.mark.parametrize(
@@ -101,15 +99,15 @@ async def test_database_outages_are_unavailable_never_a_business_answer(
     stub, db, inject, sqlstate, reason
 ):
     await inject(sqlstate, 1)
-    failure = await expect_error(stub.Grant(_grant("outage")))
+    failure = await expect_error(grant(stub, ACCOUNT, 10, key="outage"))
     assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, reason)
     assert await _rows(db) == (0, 0, 0)
-    assert (await stub.Grant(_grant("outage"))).balance.balance == 10
+    assert (await grant(stub, ACCOUNT, 10, key="outage")).balance.balance == 10
 
 
 async def test_an_unexpected_database_error_is_internal_without_details(stub, db, inject):
     await inject("22012", 1)  # division_by_zero: a bug, not an outage
-    failure = await expect_error(stub.Grant(_grant("bug")))
+    failure = await expect_error(grant(stub, ACCOUNT, 10, key="bug"))
     assert (failure.code, failure.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
     assert "injected" not in failure.message
     assert await _rows(db) == (0, 0, 0)
@@ -118,15 +116,13 @@ async def test_an_unexpected_database_error_is_internal_without_details(stub, db
 async def test_commit_failing_mid_transaction_leaves_the_hold_active(stub, db, inject):
     """The USAGE insert fails after the account and hold rows were updated: all of it rolls
     back, the hold stays ACTIVE and can be committed afterwards."""
-    await stub.Grant(_grant("g", 100))
-    hold = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
-        account_id="faulty", amount=40, idempotency_key="r"))
-    rid = hold.reservation.reservation_id
+    await grant(stub, ACCOUNT, 100, key="g")
+    rid = await place_hold(stub, ACCOUNT, 40, key="r")
     await inject("57P01", 1)
-    await expect_error(stub.Commit(pb.CommitRequest(reservation_id=rid)))
+    await expect_error(commit(stub, rid))
     row = await db.fetchrow("SELECT balance, reserved FROM accounts")
     assert tuple(row) == (100, 40)
-    committed = await stub.Commit(pb.CommitRequest(reservation_id=rid))
+    committed = await commit(stub, rid)
     assert committed.balance.balance == 60
 
 
@@ -140,7 +136,7 @@ async def test_calls_cut_off_by_their_deadline_apply_fully_or_not_at_all(stubs, 
     async def hurried(i: int, key: str) -> None:
         async with in_flight:
             try:
-                await stubs[i % len(stubs)].Grant(_grant(key, 1),
+                await stubs[i % len(stubs)].Grant(grant_request(ACCOUNT, 1, key=key),
                                                   timeout=rng.uniform(0.0005, 0.02))
             except grpc.aio.AioRpcError as error:
                 assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED, error
@@ -153,7 +149,7 @@ async def test_calls_cut_off_by_their_deadline_apply_fully_or_not_at_all(stubs, 
         async with in_flight:
             for _ in range(5):
                 try:
-                    return await stubs[i % len(stubs)].Grant(_grant(key, 1))
+                    return await grant(stubs[i % len(stubs)], ACCOUNT, 1, key=key)
                 except grpc.aio.AioRpcError as error:
                     if error.code() is not grpc.StatusCode.CANCELLED:
                         raise
@@ -186,7 +182,8 @@ async def test_a_call_deadline_bounds_the_database_work_it_started(stub, db):
     await db.execute(SLOW_LEDGER)
     try:
         started = time.monotonic()
-        error = await expect_error(stub.Grant(_grant("slow"), timeout=0.5))
+        error = await expect_error(stub.Grant(grant_request(ACCOUNT, 10, key="slow"),
+                                              timeout=0.5))
         assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
         while await db.fetchval(BUSY_ON_LEDGER) and time.monotonic() - started < 5:
             await asyncio.sleep(0.02)

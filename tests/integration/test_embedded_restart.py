@@ -35,8 +35,8 @@ from tests.serve_launcher import (
     clean_env,
     credits_stub,
     free_port,
-    grant,
 )
+from tests.support.calls import grant_request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -150,7 +150,7 @@ async def wait_until_dead(process: psutil.Process, *, zombie: bool,
 
 async def grant_before_the_crash(server: ServeProcess, account: str) -> None:
     async with credits_stub(server.address) as stub:
-        await stub.Grant(grant(account, 55, f"{account}-1"), timeout=10)
+        await stub.Grant(grant_request(account, 55, key=f"{account}-1"), timeout=10)
 
 
 async def restart_and_check(launcher: Launcher, data_dir: Path, account: str) -> None:

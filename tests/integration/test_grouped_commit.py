@@ -11,37 +11,29 @@ import uuid
 from typing import Any
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from credits.v1 import credits_pb2 as pb
 from tests.grpc_errors import unpack
+from tests.support.calls import (
+    balance_of,
+    commit_request,
+    grant,
+    place_hold,
+    release,
+    release_request,
+)
+from tests.support.database import service_now
+from tests.support.messages import later
 
 ACCOUNT = "group-a"
 EXPIRING = "group-b"
 BLOCKER = "group-block"
 
 
-async def _grant(stub, account: str, amount: int, expire_time: Timestamp | None = None) -> None:
-    request = pb.GrantRequest(account_id=account, amount=amount, type=pb.GRANT_TYPE_PURCHASE,
-                              idempotency_key=str(uuid.uuid4()))
-    if expire_time is not None:
-        request.expire_time.CopyFrom(expire_time)
-    await stub.Grant(request)
-
-
-async def _hold(stub, account: str, amount: int, ttl_s: int = 300) -> str:
-    response = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
-        account_id=account, amount=amount, idempotency_key=str(uuid.uuid4()),
-        ttl=Duration(seconds=ttl_s)))
-    return response.reservation.reservation_id
-
-
+# Each Commit and Release names its hold in its metadata or reason, so that a response can be
+# told from the others of its group.
 def _commit(reservation_id: str, amount: int | None = None) -> pb.CommitRequest:
-    request = pb.CommitRequest(reservation_id=reservation_id, metadata={"job": reservation_id})
-    if amount is not None:
-        request.amount = amount
-    return request
+    return commit_request(reservation_id, amount, metadata={"job": reservation_id})
 
 
 def _groups_larger_than(app, size: int, method: str = "Commit") -> float:
@@ -53,18 +45,14 @@ def _groups_larger_than(app, size: int, method: str = "Commit") -> float:
 
 
 def _release(reservation_id: str) -> pb.ReleaseRequest:
-    return pb.ReleaseRequest(reservation_id=reservation_id, reason=f"done with {reservation_id}")
+    return release_request(reservation_id, f"done with {reservation_id}")
 
 
 async def _fund(stub, db, clock) -> None:
     """ACCOUNT 100 credits, BLOCKER 10, and EXPIRING 10 in a lot that expires in a minute."""
-    await _grant(stub, ACCOUNT, 100)
-    await _grant(stub, BLOCKER, 10)
-    now = await db.fetchval("SELECT now() + $1 * interval '1 millisecond'", clock.offset_ms)
-    expires = Timestamp()
-    expires.FromDatetime(now)
-    expires.seconds += 60
-    await _grant(stub, EXPIRING, 10, expires)
+    await grant(stub, ACCOUNT, 100)
+    await grant(stub, BLOCKER, 10)
+    await grant(stub, EXPIRING, 10, expire_time=later(await service_now(db, clock), 60))
 
 
 async def _behind_a_blocked_group(
@@ -104,16 +92,16 @@ async def test_commits_decided_together_get_what_each_would_alone(
 ):
     await _fund(stub, db, clock)
 
-    full = [await _hold(stub, ACCOUNT, 5) for _ in range(4)]
-    smaller = await _hold(stub, ACCOUNT, 5)
-    twice = await _hold(stub, ACCOUNT, 5)
-    larger = await _hold(stub, ACCOUNT, 5)
-    released = await _hold(stub, ACCOUNT, 5)
-    due = await _hold(stub, ACCOUNT, 5, ttl_s=30)
-    committed_before = await _hold(stub, ACCOUNT, 5)
-    given_back = await _hold(stub, EXPIRING, 6)
-    blocked = await _hold(stub, BLOCKER, 4)
-    await stub.Release(pb.ReleaseRequest(reservation_id=released))
+    full = [await place_hold(stub, ACCOUNT, 5) for _ in range(4)]
+    smaller = await place_hold(stub, ACCOUNT, 5)
+    twice = await place_hold(stub, ACCOUNT, 5)
+    larger = await place_hold(stub, ACCOUNT, 5)
+    released = await place_hold(stub, ACCOUNT, 5)
+    due = await place_hold(stub, ACCOUNT, 5, ttl_s=30)
+    committed_before = await place_hold(stub, ACCOUNT, 5)
+    given_back = await place_hold(stub, EXPIRING, 6)
+    blocked = await place_hold(stub, BLOCKER, 4)
+    await release(stub, released)
     await stub.Commit(_commit(committed_before))
     clock.advance(120)  # `due` is past its expiry, and EXPIRING's lot has expired under its hold
     # ACCOUNT: 100 granted, 5 committed; 45 held by 9 active holds (one of them due).
@@ -175,10 +163,10 @@ async def test_commits_decided_together_get_what_each_would_alone(
     for row in rows:
         running += row["amount"]
         assert row["balance_after"] == running
-    balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id=ACCOUNT))).balance
+    balance = await balance_of(stub, ACCOUNT)
     # Used: 5 before, 4 x 5, 2, 5, 9 = 41; nothing held any more (the due hold expired).
     assert (balance.balance, balance.reserved, balance.lifetime_used) == (59, 0, 41)
-    expired_balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id=EXPIRING))).balance
+    expired_balance = await balance_of(stub, EXPIRING)
     # 1 consumed; the 5 given back and the 4 never held went to the expired lot: written off.
     assert (expired_balance.balance, expired_balance.lifetime_expired) == (0, 9)
 
@@ -188,13 +176,13 @@ async def test_releases_decided_together_get_what_each_would_alone(
 ):
     await _fund(stub, db, clock)
 
-    plain = [await _hold(stub, ACCOUNT, 5) for _ in range(4)]
-    twice = await _hold(stub, ACCOUNT, 5)
-    released_before = await _hold(stub, ACCOUNT, 5)
-    committed_before = await _hold(stub, ACCOUNT, 5)
-    due = await _hold(stub, ACCOUNT, 5, ttl_s=30)
-    given_back = await _hold(stub, EXPIRING, 6)
-    blocked = await _hold(stub, BLOCKER, 4)
+    plain = [await place_hold(stub, ACCOUNT, 5) for _ in range(4)]
+    twice = await place_hold(stub, ACCOUNT, 5)
+    released_before = await place_hold(stub, ACCOUNT, 5)
+    committed_before = await place_hold(stub, ACCOUNT, 5)
+    due = await place_hold(stub, ACCOUNT, 5, ttl_s=30)
+    given_back = await place_hold(stub, EXPIRING, 6)
+    blocked = await place_hold(stub, BLOCKER, 4)
     await stub.Release(_release(released_before))
     await stub.Commit(_commit(committed_before))
     clock.advance(120)  # `due` is past its expiry, and EXPIRING's lot has expired under its hold
@@ -245,11 +233,11 @@ async def test_releases_decided_together_get_what_each_would_alone(
         requests[-2].reservation_id: (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND"),
     }
 
-    balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id=ACCOUNT))).balance
+    balance = await balance_of(stub, ACCOUNT)
     # 5 used before; every hold released or expired, nothing held.
     assert (balance.balance, balance.reserved, balance.active_reservation_count,
             balance.lifetime_used) == (95, 0, 0, 5)
-    expired_balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id=EXPIRING))).balance
+    expired_balance = await balance_of(stub, EXPIRING)
     # The 6 given back went to the expired lot: written off, as the 4 never held were.
     assert (expired_balance.balance, expired_balance.reserved,
             expired_balance.lifetime_expired) == (0, 0, 10)

@@ -8,7 +8,6 @@ server on the test's event loop.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +19,9 @@ from hypothesis import strategies as st
 
 from credits.v1 import credits_pb2 as pb
 from tests.grpc_errors import expect_error
+from tests.ledger_checks import TABLE_NAMES, row_counts
+from tests.support.calls import grant, grant_request, reserve
 
-TABLES = ("accounts", "ledger_entries", "reservations", "idempotency_keys", "credit_lots",
-          "reservation_lots")
 ALPHABET = "ABCXYZabcxyz0189._:@-"
 TTL_MAX_S = 86_400
 
@@ -103,6 +102,8 @@ def requests(build: Callable[..., Any], **fields: st.SearchStrategy) -> st.Searc
     return st.fixed_dictionaries(fields).map(assemble).filter(lambda pair: pair[1])
 
 
+# The builders take each field by its proto name and any drawn value, valid or not: `requests`
+# names the broken fields by those parameter names (tests.support.calls builds valid requests).
 def _duration(ttl_ms: int | None) -> dict[str, Duration]:
     if ttl_ms is None:
         return {}
@@ -201,17 +202,11 @@ RPC_REQUESTS: dict[str, st.SearchStrategy] = {
 FIELD_NAMES = {"time_range": "end_time"}
 
 
-async def _row_counts(db) -> dict[str, int]:
-    return {table: await db.fetchval(f"SELECT count(*) FROM {table}") for table in TABLES}
-
-
 async def test_generated_invalid_requests_are_refused_naming_exactly_the_broken_fields(stub, db):
     # Something to break: an account with a hold, so a write would show.
-    await stub.Grant(pb.GrantRequest(account_id="acct", amount=100, idempotency_key="g",
-                                     type=pb.GRANT_TYPE_PURCHASE))
-    await stub.CheckAndReserve(pb.CheckAndReserveRequest(account_id="acct", amount=10,
-                                                         idempotency_key="r"))
-    before = await _row_counts(db)
+    await grant(stub, "acct", 100, key="g")
+    await reserve(stub, "acct", 10, key="r")
+    before = await row_counts(db)
     loop = asyncio.get_running_loop()
     seen: dict[str, int] = dict.fromkeys(RPC_REQUESTS, 0)
 
@@ -234,14 +229,12 @@ async def test_generated_invalid_requests_are_refused_naming_exactly_the_broken_
 
     await asyncio.to_thread(generated)
     assert all(seen.values()), f"some RPC was never exercised: {seen}"
-    assert await _row_counts(db) == before
+    assert await row_counts(db) == before
 
 
 async def test_an_oversized_message_is_refused_by_the_transport(stub, db, test_settings):
     """Larger than max_message_bytes: RESOURCE_EXHAUSTED before any handler runs."""
-    request = pb.GrantRequest(account_id="acct", amount=1, type=pb.GRANT_TYPE_PURCHASE,
-                              idempotency_key=str(uuid.uuid4()),
-                              reason="x" * (test_settings.server.max_message_bytes + 1))
+    request = grant_request("acct", 1, reason="x" * (test_settings.server.max_message_bytes + 1))
     error = await expect_error(stub.Grant(request, timeout=10))
     assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED, error
-    assert await _row_counts(db) == dict.fromkeys(TABLES, 0)
+    assert await row_counts(db) == dict.fromkeys(TABLE_NAMES, 0)

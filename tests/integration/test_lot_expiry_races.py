@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from credits.v1 import credits_pb2 as pb
+from tests.support.calls import commit, grant, release, reserve
 
 ACCOUNTS = [f"race-{i}" for i in range(6)]
 PROMO = 200  # expiring credits per account, drawn first (priority 0)
 PLAIN = 400  # never-expiring credits per account
 EXPIRE_AFTER_S = 1.5
-
-
-async def _grant(stub, account: str, amount: int, **fields) -> pb.Lot:
-    return (await stub.Grant(pb.GrantRequest(
-        account_id=account, amount=amount, type=pb.GRANT_TYPE_PROMO,
-        idempotency_key=str(uuid.uuid4()), **fields))).lot
 
 
 async def test_sweepers_and_commits_racing_expiry_write_off_once_and_spend_nothing_expired(
@@ -33,9 +27,9 @@ async def test_sweepers_and_commits_racing_expiry_write_off_once_and_spend_nothi
     expires.seconds += int(EXPIRE_AFTER_S) + 1
     promo = {}
     for account in ACCOUNTS:
-        promo[account] = int((await _grant(stubs[0], account, PROMO, priority=0,
-                                           expire_time=expires)).lot_id)
-        await _grant(stubs[0], account, PLAIN)
+        promo[account] = int((await grant(stubs[0], account, PROMO, grant_type=pb.GRANT_TYPE_PROMO,
+                                          priority=0, expire_time=expires)).lot.lot_id)
+        await grant(stubs[0], account, PLAIN, grant_type=pb.GRANT_TYPE_PROMO)
     rng = random.Random(7)
     stop = asyncio.Event()
     outcomes: dict[str, int] = {}
@@ -54,17 +48,14 @@ async def test_sweepers_and_commits_racing_expiry_write_off_once_and_spend_nothi
         while not stop.is_set():
             account = rng.choice(ACCOUNTS)
             try:
-                hold = (await stub.CheckAndReserve(pb.CheckAndReserveRequest(
-                    account_id=account, amount=rng.randint(1, 12),
-                    idempotency_key=str(uuid.uuid4())))).reservation
+                hold = (await reserve(stub, account, rng.randint(1, 12))).reservation
                 await asyncio.sleep(rng.uniform(0, 0.05))
                 if rng.random() < 0.3:
-                    await stub.Release(pb.ReleaseRequest(reservation_id=hold.reservation_id))
+                    await release(stub, hold.reservation_id)
                     count("released")
                 else:  # smaller, equal or larger than the hold
                     amount = max(1, hold.amount + rng.choice([-3, 0, 0, 4]))
-                    await stub.Commit(pb.CommitRequest(reservation_id=hold.reservation_id,
-                                                       amount=amount))
+                    await commit(stub, hold.reservation_id, amount)
                     count("committed")
             except grpc.aio.AioRpcError as error:
                 assert error.code() is grpc.StatusCode.FAILED_PRECONDITION, error

@@ -11,59 +11,17 @@ from datetime import timedelta
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from credits.v1 import credits_pb2 as pb
 from credits_service.persistence import group_sql
 from tests.grpc_errors import expect_error
+from tests.support.calls import commit, extend, get_balance, grant, release, reserve
+from tests.support.database import reservation_status, service_now
+from tests.support.messages import draws, later
 
 ACCOUNT = "lots-1"
 HOUR_S = 3600
 DAY_S = 86400
-
-
-async def _now(db, clock) -> Timestamp:
-    """The service clock as a Timestamp."""
-    value = await db.fetchval("SELECT now() + $1 * interval '1 millisecond'", clock.offset_ms)
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def _later(stamp: Timestamp, seconds: int) -> Timestamp:
-    return Timestamp(seconds=stamp.seconds + seconds, nanos=stamp.nanos)
-
-
-async def _grant(stub, amount: int, *, expire_time: Timestamp | None = None,
-                 priority: int | None = None, account: str = ACCOUNT,
-                 grant_type: int = pb.GRANT_TYPE_PURCHASE) -> pb.GrantResponse:
-    request = pb.GrantRequest(account_id=account, amount=amount, type=grant_type,
-                              idempotency_key=str(uuid.uuid4()))
-    if expire_time is not None:
-        request.expire_time.CopyFrom(expire_time)
-    if priority is not None:
-        request.priority = priority
-    return await stub.Grant(request)
-
-
-async def _reserve(stub, amount: int, account: str = ACCOUNT, ttl_s: int | None = None,
-                   ) -> pb.Reservation:
-    request = pb.CheckAndReserveRequest(account_id=account, amount=amount,
-                                        idempotency_key=str(uuid.uuid4()))
-    if ttl_s is not None:
-        request.ttl.CopyFrom(Duration(seconds=ttl_s))
-    return (await stub.CheckAndReserve(request)).reservation
-
-
-async def _commit(stub, reservation_id: str, amount: int | None = None) -> pb.CommitResponse:
-    request = pb.CommitRequest(reservation_id=reservation_id)
-    if amount is not None:
-        request.amount = amount
-    return await stub.Commit(request)
-
-
-async def _lots(stub, account: str = ACCOUNT, **fields) -> pb.GetBalanceResponse:
-    return await stub.GetBalance(pb.GetBalanceRequest(account_id=account, **fields))
 
 
 async def _remaining(db, *lot_ids: str) -> list[tuple[int, int]]:
@@ -73,17 +31,13 @@ async def _remaining(db, *lot_ids: str) -> list[tuple[int, int]]:
     return [(row["remaining"], row["held"]) for row in rows]
 
 
-def _draws(reservation: pb.Reservation) -> list[tuple[str, int, int]]:
-    return [(d.lot_id, d.held, d.consumed) for d in reservation.draws]
-
-
 # --- grants and lots -------------------------------------------------------------------------
 
 
 async def test_a_grant_creates_a_lot_with_its_source_priority_expiry_and_entry(stub, db, clock):
-    expires = _later(await _now(db, clock), DAY_S)
-    response = await _grant(stub, 40, expire_time=expires, priority=10,
-                            grant_type=pb.GRANT_TYPE_PROMO)
+    expires = later(await service_now(db, clock), DAY_S)
+    response = await grant(stub, ACCOUNT, 40, expire_time=expires, priority=10,
+                           grant_type=pb.GRANT_TYPE_PROMO)
     lot = response.lot
     assert (lot.amount, lot.remaining, lot.held, lot.priority) == (40, 40, 0, 10)
     assert lot.grant_type == lot.source_type == pb.GRANT_TYPE_PROMO  # source_type: its old name
@@ -91,29 +45,29 @@ async def test_a_grant_creates_a_lot_with_its_source_priority_expiry_and_entry(s
     assert lot.grant_entry_id == response.entry.entry_id
     assert response.entry.lot_id == lot.lot_id
 
-    plain = (await _grant(stub, 5)).lot
+    plain = (await grant(stub, ACCOUNT, 5)).lot
     assert plain.priority == 50 and not plain.HasField("expire_time")
 
 
 async def test_get_balance_lists_lots_in_consumption_order_with_the_expiring_amount(
         stub, db, clock):
-    now = await _now(db, clock)
-    never = (await _grant(stub, 1)).lot.lot_id
-    late = (await _grant(stub, 2, expire_time=_later(now, 30 * DAY_S))).lot.lot_id
-    soon = (await _grant(stub, 4, expire_time=_later(now, DAY_S))).lot.lot_id
-    first = (await _grant(stub, 8, priority=0)).lot.lot_id
-    tie = (await _grant(stub, 16, expire_time=_later(now, DAY_S))).lot.lot_id
+    now = await service_now(db, clock)
+    never = (await grant(stub, ACCOUNT, 1)).lot.lot_id
+    late = (await grant(stub, ACCOUNT, 2, expire_time=later(now, 30 * DAY_S))).lot.lot_id
+    soon = (await grant(stub, ACCOUNT, 4, expire_time=later(now, DAY_S))).lot.lot_id
+    first = (await grant(stub, ACCOUNT, 8, priority=0)).lot.lot_id
+    tie = (await grant(stub, ACCOUNT, 16, expire_time=later(now, DAY_S))).lot.lot_id
 
-    report = await _lots(stub, expiring_within=Duration(seconds=2 * DAY_S))
+    report = await get_balance(stub, ACCOUNT, expiring_within=Duration(seconds=2 * DAY_S))
     assert [lot.lot_id for lot in report.lots] == [first, soon, tie, late, never]
     assert report.expiring_amount == 4 + 16
     assert not report.lots_truncated
-    assert (await _lots(stub)).expiring_amount == 0  # no window asked for
+    assert (await get_balance(stub, ACCOUNT)).expiring_amount == 0  # no window asked for
 
 
 async def test_a_grant_that_expires_in_the_past_is_refused_and_writes_nothing(stub, db, clock):
-    past = _later(await _now(db, clock), -1)
-    error = await expect_error(_grant(stub, 10, expire_time=past))
+    past = later(await service_now(db, clock), -1)
+    error = await expect_error(grant(stub, ACCOUNT, 10, expire_time=past))
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
     assert (error.reason, error.metadata["field"]) == ("EXPIRE_TIME_PASSED", "expire_time")
     assert await db.fetchval("SELECT count(*) FROM credit_lots") == 0
@@ -121,7 +75,7 @@ async def test_a_grant_that_expires_in_the_past_is_refused_and_writes_nothing(st
 
 
 async def test_a_priority_out_of_range_is_invalid_argument(stub, db):
-    error = await expect_error(_grant(stub, 10, priority=101))
+    error = await expect_error(grant(stub, ACCOUNT, 10, priority=101))
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
     assert [name for name, _ in error.field_violations] == ["priority"]
 
@@ -130,16 +84,16 @@ async def test_a_priority_out_of_range_is_invalid_argument(stub, db):
 
 
 async def test_a_hold_draws_from_lots_in_consumption_order(stub, db, clock):
-    now = await _now(db, clock)
-    never = (await _grant(stub, 10)).lot.lot_id
-    promo = (await _grant(stub, 5, expire_time=_later(now, DAY_S))).lot.lot_id
-    first = (await _grant(stub, 3, priority=1)).lot.lot_id
+    now = await service_now(db, clock)
+    never = (await grant(stub, ACCOUNT, 10)).lot.lot_id
+    promo = (await grant(stub, ACCOUNT, 5, expire_time=later(now, DAY_S))).lot.lot_id
+    first = (await grant(stub, ACCOUNT, 3, priority=1)).lot.lot_id
 
-    hold = await _reserve(stub, 12)
+    hold = (await reserve(stub, ACCOUNT, 12)).reservation
 
-    assert _draws(hold) == [(first, 3, 0), (promo, 5, 0), (never, 4, 0)]
+    assert draws(hold) == [(first, 3, 0), (promo, 5, 0), (never, 4, 0)]
     assert await _remaining(db, first, promo, never) == [(3, 3), (5, 5), (10, 4)]
-    balance = (await _lots(stub)).balance
+    balance = (await get_balance(stub, ACCOUNT)).balance
     assert (balance.balance, balance.reserved, balance.available) == (18, 12, 6)
 
 
@@ -147,7 +101,7 @@ async def test_finding_free_lots_reads_only_as_many_lots_as_the_hold_needs(stub,
     """The free lots are found by a consumption-order index scan that stops once the credits
     wanted are covered, not by reading (and sorting) every lot of the account."""
     for _ in range(40):
-        await _grant(stub, 1)
+        await grant(stub, ACCOUNT, 1)
     transaction = db.transaction()
     await transaction.start()
     try:  # EXPLAIN ANALYZE runs the statement, its expiry of due lots too: undo that
@@ -166,10 +120,10 @@ async def test_a_holds_draws_are_read_lot_by_lot_whatever_the_planner_estimates(
     ANALYZE (about 200 draws a hold), under which a plain join of draws to lots read every
     lot of every account for each hold."""
     for _ in range(30):
-        await _grant(stub, 1, account="someone-else")  # lots the statements must not read
-    await _grant(stub, 1, priority=1)
-    await _grant(stub, 1)
-    hold = await _reserve(stub, 2)
+        await grant(stub, "someone-else", 1)  # lots the statements must not read
+    await grant(stub, ACCOUNT, 1, priority=1)
+    await grant(stub, ACCOUNT, 1)
+    hold = (await reserve(stub, ACCOUNT, 2)).reservation
     for sql in (group_sql.LOCK_FOR_SETTLING, group_sql.DRAWS_OF):
         transaction = db.transaction()
         await transaction.start()
@@ -193,68 +147,67 @@ def _lots_read(plan: list[dict]) -> int:
 
 
 async def test_an_equal_commit_consumes_exactly_what_the_hold_drew(stub, db):
-    a = (await _grant(stub, 5, priority=1)).lot.lot_id
-    b = (await _grant(stub, 10)).lot.lot_id
-    hold = await _reserve(stub, 8)
+    a = (await grant(stub, ACCOUNT, 5, priority=1)).lot.lot_id
+    b = (await grant(stub, ACCOUNT, 10)).lot.lot_id
+    hold = (await reserve(stub, ACCOUNT, 8)).reservation
 
-    committed = (await _commit(stub, hold.reservation_id)).reservation
+    committed = (await commit(stub, hold.reservation_id)).reservation
 
-    assert _draws(committed) == [(a, 5, 5), (b, 3, 3)]
+    assert draws(committed) == [(a, 5, 5), (b, 3, 3)]
     assert await _remaining(db, a, b) == [(0, 0), (7, 0)]
 
 
 async def test_a_smaller_commit_gives_the_rest_back_to_the_lots_it_came_from(stub, db):
-    a = (await _grant(stub, 5, priority=1)).lot.lot_id
-    b = (await _grant(stub, 10)).lot.lot_id
-    hold = await _reserve(stub, 12)  # 5 from a, 7 from b
+    a = (await grant(stub, ACCOUNT, 5, priority=1)).lot.lot_id
+    b = (await grant(stub, ACCOUNT, 10)).lot.lot_id
+    hold = (await reserve(stub, ACCOUNT, 12)).reservation  # 5 from a, 7 from b
 
-    committed = (await _commit(stub, hold.reservation_id, amount=6)).reservation
+    committed = (await commit(stub, hold.reservation_id, amount=6)).reservation
 
-    assert _draws(committed) == [(a, 5, 5), (b, 7, 1)]
+    assert draws(committed) == [(a, 5, 5), (b, 7, 1)]
     assert await _remaining(db, a, b) == [(0, 0), (9, 0)]
 
 
 async def test_a_larger_commit_takes_the_excess_in_consumption_order(stub, db):
-    a = (await _grant(stub, 5, priority=1)).lot.lot_id
-    b = (await _grant(stub, 10, priority=2)).lot.lot_id
-    c = (await _grant(stub, 10, priority=3)).lot.lot_id
-    hold = await _reserve(stub, 3)  # 3 from a
-    other = await _reserve(stub, 9)  # 2 from a, 7 from b
+    a = (await grant(stub, ACCOUNT, 5, priority=1)).lot.lot_id
+    b = (await grant(stub, ACCOUNT, 10, priority=2)).lot.lot_id
+    c = (await grant(stub, ACCOUNT, 10, priority=3)).lot.lot_id
+    hold = (await reserve(stub, ACCOUNT, 3)).reservation  # 3 from a
+    other = (await reserve(stub, ACCOUNT, 9)).reservation  # 2 from a, 7 from b
 
-    committed = (await _commit(stub, hold.reservation_id, amount=10)).reservation
+    committed = (await commit(stub, hold.reservation_id, amount=10)).reservation
 
     # Excess 7: b has 3 free, then 4 from c; the other hold's draw is untouched.
-    assert _draws(committed) == [(a, 3, 3), (b, 0, 3), (c, 0, 4)]
+    assert draws(committed) == [(a, 3, 3), (b, 0, 3), (c, 0, 4)]
     assert await _remaining(db, a, b, c) == [(2, 2), (7, 7), (6, 0)]
-    released = (await stub.Release(pb.ReleaseRequest(
-        reservation_id=other.reservation_id))).reservation
-    assert _draws(released) == [(a, 2, 0), (b, 7, 0)]
+    released = (await release(stub, other.reservation_id)).reservation
+    assert draws(released) == [(a, 2, 0), (b, 7, 0)]
     assert await _remaining(db, a, b, c) == [(2, 0), (7, 0), (6, 0)]
 
 
 async def test_release_gives_credits_back_to_their_lots_not_in_consumption_order(stub, db):
-    b = (await _grant(stub, 10)).lot.lot_id
-    hold = await _reserve(stub, 6)  # all from b
-    a = (await _grant(stub, 5, priority=1)).lot.lot_id  # now first in order
+    b = (await grant(stub, ACCOUNT, 10)).lot.lot_id
+    hold = (await reserve(stub, ACCOUNT, 6)).reservation  # all from b
+    a = (await grant(stub, ACCOUNT, 5, priority=1)).lot.lot_id  # now first in order
 
-    await stub.Release(pb.ReleaseRequest(reservation_id=hold.reservation_id, reason="job failed"))
+    await release(stub, hold.reservation_id, reason="job failed")
 
     assert await _remaining(db, a, b) == [(5, 0), (10, 0)]
-    again = await _reserve(stub, 6)
-    assert _draws(again) == [(a, 5, 0), (b, 1, 0)]
+    again = (await reserve(stub, ACCOUNT, 6)).reservation
+    assert draws(again) == [(a, 5, 0), (b, 1, 0)]
 
 
 # --- expiry ----------------------------------------------------------------------------------
 
 
 async def test_an_expired_lot_is_written_off_once_and_never_spent(app, stub, db, clock):
-    now = await _now(db, clock)
-    promo = (await _grant(stub, 30, expire_time=_later(now, HOUR_S))).lot.lot_id
-    await _grant(stub, 5)
+    now = await service_now(db, clock)
+    promo = (await grant(stub, ACCOUNT, 30, expire_time=later(now, HOUR_S))).lot.lot_id
+    await grant(stub, ACCOUNT, 5)
 
     clock.advance(HOUR_S)
     # Before any sweep: a hold cannot draw expired credits; this call writes them off.
-    error = await expect_error(_reserve(stub, 6))
+    error = await expect_error(reserve(stub, ACCOUNT, 6))
     assert (error.reason, error.metadata["available"]) == ("INSUFFICIENT_CREDITS", "5")
     await app.sweeper.sweep_once()
     await app.sweeper.sweep_once()
@@ -263,7 +216,7 @@ async def test_an_expired_lot_is_written_off_once_and_never_spent(app, stub, db,
                             "WHERE entry_type = 'EXPIRY'")
     assert [(row["amount"], str(row["lot_id"]), row["reservation_id"]) for row in expiry] == [
         (-30, promo, None)]
-    balance = (await _lots(stub)).balance
+    balance = (await get_balance(stub, ACCOUNT)).balance
     assert (balance.balance, balance.available, balance.lifetime_expired) == (5, 5, 30)
     history = await stub.History(pb.HistoryRequest(account_id=ACCOUNT,
                                                    types=[pb.ENTRY_TYPE_EXPIRY]))
@@ -274,113 +227,109 @@ async def test_available_stops_counting_an_expired_lot_within_a_sweep_interval(
         stub, db, clock, test_settings):
     """No call touches the account: the background sweeper alone writes the lot off, within
     one interval (0.2 s in tests; bound 2 s for a loaded machine)."""
-    now = await _now(db, clock)
-    await _grant(stub, 30, expire_time=_later(now, HOUR_S))
-    await _grant(stub, 4)
+    now = await service_now(db, clock)
+    await grant(stub, ACCOUNT, 30, expire_time=later(now, HOUR_S))
+    await grant(stub, ACCOUNT, 4)
     clock.advance(HOUR_S)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    while (await _lots(stub)).balance.available != 4:
+    while (await get_balance(stub, ACCOUNT)).balance.available != 4:
         assert loop.time() - started < 10 * test_settings.workers.sweep_interval_s, "not swept"
         await asyncio.sleep(0.02)
-    assert (await _lots(stub)).balance.lifetime_expired == 30
+    assert (await get_balance(stub, ACCOUNT)).balance.lifetime_expired == 30
 
 
 async def test_credits_held_from_a_lot_that_expires_stay_with_the_hold(app, stub, db, clock):
-    now = await _now(db, clock)
-    promo = (await _grant(stub, 10, expire_time=_later(now, HOUR_S), priority=1)).lot.lot_id
-    plain = (await _grant(stub, 10)).lot.lot_id
-    hold = await _reserve(stub, 8, ttl_s=3 * HOUR_S)  # 8 from promo
-    second = await _reserve(stub, 4, ttl_s=3 * HOUR_S)  # 2 from promo, 2 from plain
+    now = await service_now(db, clock)
+    promo = (await grant(stub, ACCOUNT, 10, expire_time=later(now, HOUR_S),
+                         priority=1)).lot.lot_id
+    plain = (await grant(stub, ACCOUNT, 10)).lot.lot_id
+    hold = (await reserve(stub, ACCOUNT, 8, ttl_s=3 * HOUR_S)).reservation  # 8 from promo
+    # 2 from promo, 2 from plain
+    second = (await reserve(stub, ACCOUNT, 4, ttl_s=3 * HOUR_S)).reservation
 
     clock.advance(HOUR_S)
     await app.sweeper.sweep_once()
     assert await _remaining(db, promo) == [(10, 10)]  # all of it held: nothing written off
-    report = await _lots(stub)
+    report = await get_balance(stub, ACCOUNT)
     assert [lot.expired for lot in report.lots] == [True, False]
 
     # Commit 5 of 8: 5 consumed, the 3 given back to the expired lot are written off at once.
-    committed = await _commit(stub, hold.reservation_id, amount=5)
-    assert _draws(committed.reservation) == [(promo, 8, 5)]
+    committed = await commit(stub, hold.reservation_id, amount=5)
+    assert draws(committed.reservation) == [(promo, 8, 5)]
     assert await _remaining(db, promo, plain) == [(2, 2), (10, 2)]
     # Release the other: 2 written off (promo), 2 back to plain.
-    await stub.Release(pb.ReleaseRequest(reservation_id=second.reservation_id))
+    await release(stub, second.reservation_id)
     assert await _remaining(db, promo, plain) == [(0, 0), (10, 0)]
     expiry = await db.fetch(
         "SELECT amount, reservation_id::text FROM ledger_entries WHERE entry_type = 'EXPIRY' "
         "ORDER BY entry_id")
     assert [(row[0], row[1]) for row in expiry] == [
         (-3, hold.reservation_id), (-2, second.reservation_id)]
-    balance = (await _lots(stub)).balance
+    balance = (await get_balance(stub, ACCOUNT)).balance
     assert (balance.balance, balance.reserved, balance.lifetime_expired) == (10, 0, 5)
 
 
 async def test_a_hold_that_expires_gives_back_to_an_expired_lot_as_a_write_off(
         app, stub, db, clock):
-    now = await _now(db, clock)
-    promo = (await _grant(stub, 10, expire_time=_later(now, HOUR_S))).lot.lot_id
-    hold = await _reserve(stub, 10, ttl_s=2 * HOUR_S)
+    now = await service_now(db, clock)
+    promo = (await grant(stub, ACCOUNT, 10, expire_time=later(now, HOUR_S))).lot.lot_id
+    hold = (await reserve(stub, ACCOUNT, 10, ttl_s=2 * HOUR_S)).reservation
 
     clock.advance(2 * HOUR_S)
     await app.sweeper.sweep_once()
 
-    assert await db.fetchval("SELECT status FROM reservations WHERE reservation_id = $1::uuid",
-                             hold.reservation_id) == "EXPIRED"
+    assert await reservation_status(db, hold.reservation_id) == "EXPIRED"
     assert await _remaining(db, promo) == [(0, 0)]
-    assert (await _lots(stub)).balance.lifetime_expired == 10
+    assert (await get_balance(stub, ACCOUNT)).balance.lifetime_expired == 10
 
 
 # --- ExtendReservation -----------------------------------------------------------------------
 
 
-async def _extend(stub, reservation_id: str, ttl_s: int) -> pb.Reservation:
-    return (await stub.ExtendReservation(pb.ExtendReservationRequest(
-        reservation_id=reservation_id, ttl=Duration(seconds=ttl_s)))).reservation
-
-
 async def test_extend_keeps_a_hold_alive_past_its_first_ttl(app, stub, clock):
-    await _grant(stub, 10)
-    hold = await _reserve(stub, 4, ttl_s=HOUR_S)
+    await grant(stub, ACCOUNT, 10)
+    hold = (await reserve(stub, ACCOUNT, 4, ttl_s=HOUR_S)).reservation
     clock.advance(HOUR_S - 60)
-    extended = await _extend(stub, hold.reservation_id, 2 * HOUR_S)
+    extended = (await extend(stub, hold.reservation_id, 2 * HOUR_S)).reservation
     moved = extended.expire_time.ToDatetime() - hold.expire_time.ToDatetime()
     # now + 2 h, where now is 1 h - 60 s after the hold was placed (plus real seconds passed)
     assert timedelta(seconds=2 * HOUR_S - 60) <= moved < timedelta(seconds=2 * HOUR_S)
     assert [d.held for d in extended.draws] == [4]
     clock.advance(HOUR_S)
     await app.sweeper.sweep_once()
-    assert (await _commit(stub, hold.reservation_id)).reservation.committed_amount == 4
+    assert (await commit(stub, hold.reservation_id)).reservation.committed_amount == 4
 
 
 async def test_extend_never_shortens_a_hold_and_never_passes_its_lifetime_maximum(
         stub, clock, test_settings):
-    await _grant(stub, 10)
-    hold = await _reserve(stub, 4, ttl_s=10 * HOUR_S)
-    shorter = await _extend(stub, hold.reservation_id, HOUR_S)
+    await grant(stub, ACCOUNT, 10)
+    hold = (await reserve(stub, ACCOUNT, 4, ttl_s=10 * HOUR_S)).reservation
+    shorter = (await extend(stub, hold.reservation_id, HOUR_S)).reservation
     assert shorter.expire_time == hold.expire_time
     for day in range(8):  # a day at a time, up to create_time + the lifetime maximum (7 days)
         if day:
             clock.advance(DAY_S - HOUR_S)
-        capped = await _extend(stub, hold.reservation_id, DAY_S)
+        capped = (await extend(stub, hold.reservation_id, DAY_S)).reservation
     lifetime = capped.expire_time.ToDatetime() - capped.create_time.ToDatetime()
     assert lifetime == timedelta(seconds=test_settings.ledger.reservation_lifetime_max_s)
 
 
 async def test_extending_an_expired_or_finished_hold_is_failed_precondition(stub, clock):
-    await _grant(stub, 10)
-    expired = await _reserve(stub, 1, ttl_s=HOUR_S)
-    committed = await _reserve(stub, 1)
-    released = await _reserve(stub, 1)
-    await _commit(stub, committed.reservation_id)
-    await stub.Release(pb.ReleaseRequest(reservation_id=released.reservation_id))
+    await grant(stub, ACCOUNT, 10)
+    expired = (await reserve(stub, ACCOUNT, 1, ttl_s=HOUR_S)).reservation
+    committed = (await reserve(stub, ACCOUNT, 1)).reservation
+    released = (await reserve(stub, ACCOUNT, 1)).reservation
+    await commit(stub, committed.reservation_id)
+    await release(stub, released.reservation_id)
     clock.advance(HOUR_S)  # due, not yet swept: still refused
 
     for hold, reason in ((expired, "RESERVATION_EXPIRED"),
                          (committed, "RESERVATION_ALREADY_COMMITTED"),
                          (released, "RESERVATION_RELEASED")):
-        error = await expect_error(_extend(stub, hold.reservation_id, HOUR_S))
+        error = await expect_error(extend(stub, hold.reservation_id, HOUR_S))
         assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, reason)
-    missing = await expect_error(_extend(stub, str(uuid.uuid4()), HOUR_S))
+    missing = await expect_error(extend(stub, str(uuid.uuid4()), HOUR_S))
     assert (missing.code, missing.reason) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
 
 
@@ -398,10 +347,10 @@ async def test_extend_validates_its_ttl(stub):
 
 
 async def test_list_reservations_pages_newest_first_and_filters_by_status(stub):
-    await _grant(stub, 100)
-    holds = [await _reserve(stub, 1) for _ in range(7)]
-    await _commit(stub, holds[1].reservation_id)
-    await stub.Release(pb.ReleaseRequest(reservation_id=holds[2].reservation_id))
+    await grant(stub, ACCOUNT, 100)
+    holds = [(await reserve(stub, ACCOUNT, 1)).reservation for _ in range(7)]
+    await commit(stub, holds[1].reservation_id)
+    await release(stub, holds[2].reservation_id)
 
     seen, token = [], ""
     while True:
@@ -425,9 +374,9 @@ async def test_list_reservations_pages_newest_first_and_filters_by_status(stub):
 
 
 async def test_list_reservations_refuses_a_token_made_for_other_statuses(stub):
-    await _grant(stub, 100)
+    await grant(stub, ACCOUNT, 100)
     for _ in range(3):
-        await _reserve(stub, 1)
+        await reserve(stub, ACCOUNT, 1)
     page = await stub.ListReservations(pb.ListReservationsRequest(account_id=ACCOUNT,
                                                                   page_size=1))
     error = await expect_error(stub.ListReservations(pb.ListReservationsRequest(

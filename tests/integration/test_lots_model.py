@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,6 +40,8 @@ from hypothesis.stateful import (
 from credits.v1 import credits_pb2 as pb
 from tests import ledger_checks
 from tests.grpc_errors import RpcError, unpack
+from tests.support.calls import commit_request, grant_request, release_request, reserve_request
+from tests.support.messages import draws, seconds
 
 HOUR_S = 3600
 ACCOUNTS = ("m-a", "m-b")
@@ -331,14 +332,6 @@ def _amount_of(spec: tuple[str, int], base: int) -> int:
     return value if kind == "n" else max(1, base + value)
 
 
-def _draws(reservation: pb.Reservation) -> list[tuple[str, int, int]]:
-    return [(d.lot_id, d.held, d.consumed) for d in reservation.draws]
-
-
-def _seconds(stamp: Timestamp) -> float:
-    return stamp.seconds + stamp.nanos / 1e9
-
-
 # Mostly the first account; the second one starts unknown (NOT_FOUND) until granted to.
 accounts = st.sampled_from((ACCOUNTS[0], ACCOUNTS[0], ACCOUNTS[0], ACCOUNTS[1]))
 grant_amounts = st.integers(1, 50)
@@ -443,13 +436,10 @@ class LotsMachine(RuleBasedStateMachine):
     def grant(self, account: str, amount: int, expires_in_h: int | None,
               priority: int | None, grant_type: int) -> None:
         self._step()
-        request = pb.GrantRequest(account_id=account, amount=amount, type=grant_type,
-                                  idempotency_key=str(uuid.uuid4()))
         expire_h = None if expires_in_h is None else self.model.now_h + expires_in_h
-        if expire_h is not None:
-            request.expire_time.CopyFrom(self._stamp(expire_h))
-        if priority is not None:
-            request.priority = priority
+        request = grant_request(
+            account, amount, grant_type=grant_type, priority=priority,
+            expire_time=None if expire_h is None else self._stamp(expire_h))
         reply, error = self._call(lambda: self.env.stub.Grant(request, timeout=RPC_TIMEOUT_S))
         assert error is None, error
         lot = reply.lot
@@ -466,9 +456,7 @@ class LotsMachine(RuleBasedStateMachine):
         self._step()
         value = _amount_of(amount, self.model.available(account)
                            if account in self.model.accounts else 0)
-        request = pb.CheckAndReserveRequest(account_id=account, amount=value,
-                                            idempotency_key=str(uuid.uuid4()),
-                                            ttl=Duration(seconds=ttl_h * HOUR_S))
+        request = reserve_request(account, value, ttl_s=ttl_h * HOUR_S)
         reply, error = self._call(
             lambda: self.env.stub.CheckAndReserve(request, timeout=RPC_TIMEOUT_S))
         expected = self.model.reserve(account, value)
@@ -477,10 +465,10 @@ class LotsMachine(RuleBasedStateMachine):
             return
         assert error is None, error
         hold = reply.reservation
-        assert _draws(hold) == [(lot_id, part, 0) for lot_id, part in expected], (
-            _draws(hold), expected)
+        assert draws(hold) == [(lot_id, part, 0) for lot_id, part in expected], (
+            draws(hold), expected)
         assert (hold.amount, hold.status) == (value, pb.RESERVATION_STATUS_ACTIVE)
-        assert _seconds(hold.expire_time) - _seconds(hold.create_time) == ttl_h * HOUR_S
+        assert seconds(hold.expire_time) - seconds(hold.create_time) == ttl_h * HOUR_S
         self.model.add_hold(ModelHold(hold.reservation_id, account, value, self.model.now_h,
                                       self.model.now_h + ttl_h, expected))
         self._expect_balance(reply.balance, account)
@@ -510,10 +498,8 @@ class LotsMachine(RuleBasedStateMachine):
         self._commit(hold, hold.amount + by)
 
     def _commit(self, hold: ModelHold, amount: int | None) -> None:
-        request = pb.CommitRequest(reservation_id=hold.reservation_id)
+        request = commit_request(hold.reservation_id, amount)
         value = hold.amount if amount is None else amount
-        if amount is not None:
-            request.amount = amount
         kind = ("default" if amount is None else "equal" if value == hold.amount
                 else "smaller" if value < hold.amount else "larger")
         reply, error = self._call(lambda: self.env.stub.Commit(request, timeout=RPC_TIMEOUT_S))
@@ -525,7 +511,7 @@ class LotsMachine(RuleBasedStateMachine):
         committed = reply.reservation
         assert (committed.status, committed.committed_amount) == (
             pb.RESERVATION_STATUS_COMMITTED, value), committed
-        assert _draws(committed) == expected, (_draws(committed), expected)
+        assert draws(committed) == expected, (draws(committed), expected)
         assert reply.entry.amount == -value
         self._expect_balance(reply.balance, hold.account)
 
@@ -534,7 +520,7 @@ class LotsMachine(RuleBasedStateMachine):
     def release(self, which: str, pick: int) -> None:
         self._step()
         hold = self._hold(which, pick)
-        request = pb.ReleaseRequest(reservation_id=hold.reservation_id, reason="model")
+        request = release_request(hold.reservation_id, "model")
         reply, error = self._call(lambda: self.env.stub.Release(request, timeout=RPC_TIMEOUT_S))
         expected = self.model.release(hold)
         if isinstance(expected, Declined):
@@ -542,7 +528,7 @@ class LotsMachine(RuleBasedStateMachine):
             return
         assert error is None, error
         assert reply.reservation.status == pb.RESERVATION_STATUS_RELEASED
-        assert _draws(reply.reservation) == [(lot_id, held, 0) for lot_id, held in hold.draws]
+        assert draws(reply.reservation) == [(lot_id, held, 0) for lot_id, held in hold.draws]
         self._expect_balance(reply.balance, hold.account)
 
     @precondition(_has_holds)
@@ -561,8 +547,8 @@ class LotsMachine(RuleBasedStateMachine):
         assert error is None, error
         extended = reply.reservation
         assert extended.status == pb.RESERVATION_STATUS_ACTIVE
-        assert _draws(extended) == [(lot_id, held, 0) for lot_id, held in hold.draws]
-        lifetime = _seconds(extended.expire_time) - _seconds(extended.create_time)
+        assert draws(extended) == [(lot_id, held, 0) for lot_id, held in hold.draws]
+        lifetime = seconds(extended.expire_time) - seconds(extended.create_time)
         model_lifetime = (hold.expire_h - hold.created_h) * HOUR_S
         assert 0 <= lifetime - model_lifetime < DRIFT_MAX_S, (lifetime, model_lifetime)
 

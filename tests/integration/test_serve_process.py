@@ -38,8 +38,8 @@ from tests.serve_launcher import (
     assert_nothing_running_in,
     credits_stub,
     free_port,
-    grant,
 )
+from tests.support.calls import grant_request
 
 # --- a: start, serve, stop -----------------------------------------------------------------
 
@@ -62,7 +62,7 @@ async def test_serve_starts_embedded_postgres_and_stops_cleanly_on_signal(
     assert f"listening on {server.address}" in log, log
 
     async with credits_stub(server.address) as stub:
-        response = await stub.Grant(grant("proc-a", 42, "proc-a-1"), timeout=10)
+        response = await stub.Grant(grant_request("proc-a", 42, key="proc-a-1"), timeout=10)
         assert response.balance.balance == 42
         balance = await stub.GetBalance(pb.GetBalanceRequest(account_id="proc-a"), timeout=10)
         assert balance.balance.available == 42
@@ -85,7 +85,7 @@ async def test_restart_on_the_same_data_dir_keeps_the_data(launcher: Launcher) -
     first = launcher.serve(data_dir)
     await first.wait_serving()
     async with credits_stub(first.address) as stub:
-        await stub.Grant(grant("keep", 1234, "keep-1"), timeout=10)
+        await stub.Grant(grant_request("keep", 1234, key="keep-1"), timeout=10)
         reserved = await stub.CheckAndReserve(
             pb.CheckAndReserveRequest(account_id="keep", amount=34, idempotency_key="keep-r"),
             timeout=10,
@@ -100,7 +100,7 @@ async def test_restart_on_the_same_data_dir_keeps_the_data(launcher: Launcher) -
                                          timeout=10)).balance
         assert (balance.balance, balance.reserved, balance.available) == (1234, 34, 1200)
         # The idempotency keys survived too: a retry is answered, not applied twice.
-        again = await stub.Grant(grant("keep", 1234, "keep-1"), timeout=10)
+        again = await stub.Grant(grant_request("keep", 1234, key="keep-1"), timeout=10)
         assert again.balance.balance == 1234
         retried = await stub.CheckAndReserve(
             pb.CheckAndReserveRequest(account_id="keep", amount=34, idempotency_key="keep-r"),
@@ -120,7 +120,7 @@ async def test_restart_after_a_crash_attaches_to_the_orphaned_postgres(
     first = launcher.serve(data_dir)
     await first.wait_serving()
     async with credits_stub(first.address) as stub:
-        await stub.Grant(grant("crash", 77, "crash-1"), timeout=10)
+        await stub.Grant(grant_request("crash", 77, key="crash-1"), timeout=10)
     first.popen.kill()
     assert await first.wait_exit(10) == -signal.SIGKILL
     assert (data_dir / "pgdata" / "postmaster.pid").exists(), "expected an orphaned postgres"
@@ -151,7 +151,7 @@ async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(launcher: Lau
         stub = credits_pb2_grpc.CreditsServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         for account in accounts:
-            await stub.Grant(grant(account, 10**9, f"{account}-grant"), timeout=10)
+            await stub.Grant(grant_request(account, 10**9, key=f"{account}-grant"), timeout=10)
 
         watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
         assert (await asyncio.wait_for(watch.read(), 10)).status == SERVING
@@ -370,7 +370,7 @@ async def test_second_serve_on_a_busy_port_and_data_dir_leaves_the_first_alone(
     first = launcher.serve(data_dir)
     await first.wait_serving()
     async with credits_stub(first.address) as stub:
-        await stub.Grant(grant("twice", 5, "twice-1"), timeout=10)
+        await stub.Grant(grant_request("twice", 5, key="twice-1"), timeout=10)
 
         second = launcher.serve(data_dir, port=first.port)
         assert await second.wait_exit(STARTUP_TIMEOUT_S) != 0, second.describe()
@@ -394,5 +394,5 @@ async def test_migrate_while_serving_leaves_the_server_working(launcher: Launche
     result = await launcher.run("migrate", "--data-dir", str(data_dir))
     assert result.returncode == 0, result.stdout + result.stderr
     async with credits_stub(server.address) as stub:
-        await stub.Grant(grant("live", 5, "live-1"), timeout=10)
+        await stub.Grant(grant_request("live", 5, key="live-1"), timeout=10)
     assert await server.stop() == 0, server.describe()

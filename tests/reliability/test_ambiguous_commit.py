@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
@@ -36,6 +35,7 @@ from tests.reliability.pg_faults import (
     running_service,
     until_definite,
 )
+from tests.support.calls import commit_request, grant_request, reserve_request
 
 DROP_SHARE = 0.25
 DROP_SEED = 20260
@@ -83,19 +83,16 @@ async def _run_flows(stub: Stub, worker: int, count: int, log: CallLog) -> list[
     for number in range(count):
         key = f"w{worker}-f{number}"
         flow = Flow(
-            grant=pb.GrantRequest(account_id=f"acct-{(worker + number) % ACCOUNTS}",
-                                  amount=20 + number % 9, type=pb.GRANT_TYPE_PURCHASE,
-                                  idempotency_key=f"{key}-grant"),
-            reserve=pb.CheckAndReserveRequest(account_id=f"acct-{(worker + number) % ACCOUNTS}",
-                                              amount=10 + number % 5,
-                                              idempotency_key=f"{key}-hold",
-                                              ttl=duration_pb2.Duration(seconds=HOLD_TTL_S)),
+            grant=grant_request(f"acct-{(worker + number) % ACCOUNTS}", 20 + number % 9,
+                                key=f"{key}-grant"),
+            reserve=reserve_request(f"acct-{(worker + number) % ACCOUNTS}", 10 + number % 5,
+                                    key=f"{key}-hold", ttl_s=HOLD_TTL_S),
         )
         flows.append(flow)
         flow.granted = await _definite(stub, "Grant", flow.grant, log)
         flow.reserved = await _definite(stub, "CheckAndReserve", flow.reserve, log)
         # Capture the held amount (no amount given, or given), or less than it.
-        flow.commit = pb.CommitRequest(reservation_id=flow.reserved.reservation.reservation_id)
+        flow.commit = commit_request(flow.reserved.reservation.reservation_id)
         if number % 3 == 1:
             flow.commit.amount = flow.reserve.amount
         elif number % 3 == 2:
@@ -167,9 +164,8 @@ async def test_lost_commit_replies_never_charge_twice(
     async with running_service(proxy.url(FAULT_DATABASE)) as service:
         stub = service.stubs[0]
         for i in range(ACCOUNTS):
-            await stub.Grant(pb.GrantRequest(
-                account_id=f"acct-{i}", amount=INITIAL_CREDITS, type=pb.GRANT_TYPE_PURCHASE,
-                idempotency_key=f"initial-{i}"), timeout=10)
+            await stub.Grant(grant_request(f"acct-{i}", INITIAL_CREDITS, key=f"initial-{i}"),
+                             timeout=10)
         proxy.drop_replies(DROP_SHARE, DROP_SEED)
         started_s = loop.time()
         tasks = [

@@ -23,7 +23,6 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -39,8 +38,8 @@ from tests.serve_launcher import (
     Launcher,
     ServeProcess,
     free_port,
-    grant,
 )
+from tests.support.calls import commit_request, grant_request, release_request, reserve_request
 
 WORKERS = 6
 ACCOUNTS = [f"crash-{k}" for k in range(3)]
@@ -227,25 +226,23 @@ class Load:
                 return
             account = ACCOUNTS[(worker + n) % len(ACCOUNTS)]
             if n % 3 == 0:
-                await self.call(worker, "Grant",
-                                grant(account, 5 + (7 * worker + n) % 20, f"g-{worker}-{n}"))
+                await self.call(worker, "Grant", grant_request(
+                    account, 5 + (7 * worker + n) % 20, key=f"g-{worker}-{n}"))
                 continue
             held = 1 + (13 * worker + 7 * n) % 25
-            reserved = await self.call(worker, "CheckAndReserve", pb.CheckAndReserveRequest(
-                account_id=account, amount=held, idempotency_key=f"r-{worker}-{n}",
-                ttl=Duration(seconds=HOLD_TTL_S)))
+            reserved = await self.call(worker, "CheckAndReserve", reserve_request(
+                account, held, key=f"r-{worker}-{n}", ttl_s=HOLD_TTL_S))
             if not reserved.ok:
                 continue
             reservation_id = reserved.response.reservation.reservation_id
             mode = n % 5
             if mode < 4:
-                commit = pb.CommitRequest(reservation_id=reservation_id)
+                commit = commit_request(reservation_id)
                 if mode < 3:
                     commit.amount = {0: held, 1: max(1, held - 3), 2: held + 5}[mode]
                 if (await self.call(worker, "Commit", commit)).ok:
                     continue
-            await self.call(worker, "Release", pb.ReleaseRequest(
-                reservation_id=reservation_id, reason="job cancelled"))
+            await self.call(worker, "Release", release_request(reservation_id, "job cancelled"))
 
     async def wait_for_ops(self, count: int, tasks: list[asyncio.Task[None]]) -> None:
         """Wait until `count` more requests got their definite answer."""
@@ -368,7 +365,8 @@ async def test_server_killed_under_load_keeps_ledger_consistent_and_retries_conv
     started = time.monotonic()
     try:
         for k, account in enumerate(ACCOUNTS):
-            await load.call(k % WORKERS, "Grant", grant(account, OPENING_GRANT, f"open-{k}"))
+            await load.call(k % WORKERS, "Grant",
+                            grant_request(account, OPENING_GRANT, key=f"open-{k}"))
         tasks = [asyncio.create_task(load.worker(w)) for w in range(WORKERS)]
         for cycle in range(cycles):
             await load.wait_for_ops(OPS_BEFORE_KILL, tasks)

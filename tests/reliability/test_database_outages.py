@@ -30,7 +30,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
@@ -45,6 +44,7 @@ from tests.reliability.pg_faults import (
     running_service,
     until_definite,
 )
+from tests.support.calls import commit_request, grant_request, release_request, reserve_request
 
 ACCOUNTS = 4
 INITIAL_CREDITS = 1_000_000_000  # so rich that INSUFFICIENT_CREDITS is always a wrong answer
@@ -110,22 +110,18 @@ class Load:
         while not self.stopping.is_set():
             account = f"acct-{(number + flow) % ACCOUNTS}"
             key = f"w{number}-f{flow}"
-            await self.call(stub, f"{key}-grant", "Grant", pb.GrantRequest(
-                account_id=account, amount=10 + flow % 7, type=pb.GRANT_TYPE_PURCHASE,
-                idempotency_key=f"{key}-grant"))
-            held = await self.call(stub, f"{key}-hold", "CheckAndReserve",
-                                   pb.CheckAndReserveRequest(
-                                       account_id=account, amount=5 + flow % 5,
-                                       idempotency_key=f"{key}-hold",
-                                       ttl=duration_pb2.Duration(seconds=HOLD_TTL_S)))
+            await self.call(stub, f"{key}-grant", "Grant", grant_request(
+                account, 10 + flow % 7, key=f"{key}-grant"))
+            held = await self.call(stub, f"{key}-hold", "CheckAndReserve", reserve_request(
+                account, 5 + flow % 5, key=f"{key}-hold", ttl_s=HOLD_TTL_S))
             if held is not None:
                 reservation_id = held.reservation.reservation_id
                 if flow % 3:
-                    await self.call(stub, f"{key}-commit", "Commit", pb.CommitRequest(
-                        reservation_id=reservation_id, amount=1 + flow % 4))
+                    await self.call(stub, f"{key}-commit", "Commit",
+                                    commit_request(reservation_id, 1 + flow % 4))
                 else:
                     await self.call(stub, f"{key}-release", "Release",
-                                    pb.ReleaseRequest(reservation_id=reservation_id))
+                                    release_request(reservation_id))
             balance = await self.call(stub, "", "GetBalance",
                                       pb.GetBalanceRequest(account_id=account))
             if balance is not None and balance.balance.balance < INITIAL_CREDITS:
@@ -282,9 +278,8 @@ async def test_database_outages_under_load_are_retriable_and_recover(
     async with running_service(pg.url) as service:
         stub = service.stubs[0]
         for i in range(ACCOUNTS):
-            await stub.Grant(pb.GrantRequest(
-                account_id=f"acct-{i}", amount=INITIAL_CREDITS, type=pb.GRANT_TYPE_PURCHASE,
-                idempotency_key=f"initial-{i}"), timeout=10)
+            await stub.Grant(grant_request(f"acct-{i}", INITIAL_CREDITS, key=f"initial-{i}"),
+                             timeout=10)
         load = Load(service.stubs)
         started_s = loop.time()
         tasks = [asyncio.create_task(load.worker(n)) for n in range(workers)]

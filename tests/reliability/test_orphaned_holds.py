@@ -24,7 +24,8 @@ from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
 from credits_service.persistence.embedded import DATABASE_NAME
 from tests.ledger_checks import assert_invariants
-from tests.serve_launcher import REPO_ROOT, Launcher, clean_env, credits_stub, grant
+from tests.serve_launcher import REPO_ROOT, Launcher, clean_env, credits_stub
+from tests.support.calls import grant_request
 
 SWEEP_INTERVAL_S = 1.0
 EXPIRY_SLACK_S = 1.0  # allowed beyond one sweep interval: the sweep's own run and our look
@@ -143,7 +144,7 @@ async def _run_round(
     accounts = [f"orphan-r{round_no}-a{k}" for k in range(ACCOUNTS_PER_ROUND)]
     granted_per_account = 10**9
     for account in accounts:
-        await stub.Grant(grant(account, granted_per_account, f"{account}-grant"),
+        await stub.Grant(grant_request(account, granted_per_account, key=f"{account}-grant"),
                          timeout=RPC_TIMEOUT_S)
 
     script = tmp_path / "orphaning_client.py"
