@@ -6,6 +6,7 @@ import filecmp
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,14 @@ def test_imports_keep_the_layers():
     pure; no protobuf below transport; no SQLAlchemy above persistence (pyproject.toml)."""
     result = _run(_tool("lint-imports"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_package_of_the_service_is_installed_by_pip():
+    """pyproject.toml lists the packages a wheel installs; the editable install of the test
+    environment finds every package anyway, so a new one missing from the list would only
+    break `pip install .`."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    found = {".".join(path.parent.relative_to(ROOT).parts)
+             for path in (ROOT / "credits_service").rglob("__init__.py")}
+    assert found <= listed, f"missing from [tool.setuptools] packages: {sorted(found - listed)}"
