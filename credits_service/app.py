@@ -32,7 +32,11 @@ from credits_service.transport.grpc.auth import OPEN_SERVICES, Gatekeeper, parse
 from credits_service.transport.grpc.call_log import CallLog
 from credits_service.transport.grpc.fields import RequestLimits
 from credits_service.transport.grpc.interceptors import CallInterceptor
-from credits_service.transport.grpc.server import GrpcServer, start_grpc_server
+from credits_service.transport.grpc.server import (
+    GrpcServer,
+    check_tls_files,
+    start_grpc_server,
+)
 from credits_service.transport.grpc.servicer import CreditsServicer
 from credits_service.workers.sweeper import Sweeper
 
@@ -123,8 +127,17 @@ async def check_database(settings: DatabaseSettings) -> None:
 
 
 async def migrate(database_url: str) -> None:
-    # Alembic's async env.py runs its own event loop: give it a thread.
-    await asyncio.to_thread(upgrade_to_head, database_url)
+    """Apply pending migrations; a failure is a StartupError saying what to check."""
+    try:
+        # Alembic's async env.py runs its own event loop: give it a thread.
+        await asyncio.to_thread(upgrade_to_head, database_url)
+    except Exception as exc:
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise StartupError(
+            f"migrating the database at {redacted(database_url)} failed: "
+            f"{type(exc).__name__}: {cause}. The role of the URL must own the schema (create "
+            "tables and functions in it); or run `credits-service migrate` as the owner and "
+            "start serve with --no-migrate-on-start (docs/operating.md)", exit_code=1) from exc
 
 
 def build_ledger(
@@ -227,6 +240,10 @@ class Application:
     async def start(cls, settings: Settings) -> Application:
         # A bad setup fails before anything starts.
         check_listen_addresses(settings)
+        try:
+            check_tls_files(settings.server)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         gatekeeper = build_gatekeeper(settings.auth, settings.server.listen)
         database_url, embedded = await resolve_database(settings.database)
         try:

@@ -17,8 +17,8 @@ from credits_service.settings import Settings, SettingsError
 from credits_service.telemetry import configure_logging
 from credits_service.transport.grpc.auth import NAME_PATTERN, Role, mint_token, token_digest
 
-# The settings each command reads (and lists in its --help)
-MIGRATE_SECTIONS = ("database", "telemetry")
+# The settings `migrate` reads, and lists in its --help (serve reads them all)
+MIGRATE_SETTINGS = ("database_url", "data_dir", "connect_timeout_s", "log_level", "log_format")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         "migrate", help="apply pending database migrations and exit",
         description="Apply pending database migrations and exit. Beside a running serve that "
         "owns the embedded database, it uses that database and leaves it running.")
-    Settings.add_arguments(migrate, MIGRATE_SECTIONS)
+    Settings.add_arguments(migrate, MIGRATE_SETTINGS)
     token = commands.add_parser(
         "token", help="mint a bearer token for a principal and print the line to configure",
         description="Mint a bearer token for a principal; print the token (give it to the "
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(args.name, args.role)
     try:
         if args.command == "migrate":
-            settings = Settings.load(args, sections=MIGRATE_SECTIONS)
+            settings = Settings.load(args, names=MIGRATE_SETTINGS)
         else:
             settings = Settings.load(args)
     except SettingsError as exc:
@@ -113,8 +113,8 @@ async def _migrate(settings: Settings) -> int:
 def freeze_startup_heap() -> None:
     """Collect the garbage of start-up, then move everything left (modules, descriptors,
     compiled statements: objects that live as long as the process) out of the collector's
-    generations: its collections then scan only what calls allocate. A batch run served
-    about 7 % more items/s (bench/README.md)."""
+    generations: its collections then scan only what calls allocate (bench/README.md has
+    the gain)."""
     gc.collect()
     gc.freeze()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -346,45 +346,50 @@ class Settings:
 
     @classmethod
     def add_arguments(
-        cls, parser: argparse.ArgumentParser, sections: Sequence[str] = tuple(SECTIONS)
+        cls, parser: argparse.ArgumentParser, names: Collection[str] | None = None
     ) -> None:
-        """A flag for every setting of `sections`, grouped by section in --help."""
-        for section in sections:
-            group = parser.add_argument_group(SECTIONS[section].title)
-            for f in dataclasses.fields(SECTIONS[section]):
-                name = external_name(f)
-                flags = ["--" + n.replace("_", "-") for n in (name, *f.metadata["aliases"])]
-                help_text = (f"{f.metadata['help']} (env {ENV_PREFIX}{name.upper()}; default "
-                             f"{f.default!r})").replace("%", "%%")
-                if f.type in ("bool", bool):
-                    group.add_argument(*flags, dest=name, default=None, help=help_text,
-                                       action=argparse.BooleanOptionalAction)
-                else:
-                    group.add_argument(*flags, dest=name, default=None, help=help_text)
+        """A flag for every setting named in `names` (all when None), grouped by section in
+        --help."""
+        groups: dict[str, Any] = {}
+        for title, f in describe():
+            name = external_name(f)
+            if names is not None and name not in names:
+                continue
+            if title not in groups:
+                groups[title] = parser.add_argument_group(title)
+            flags = ["--" + n.replace("_", "-") for n in (name, *f.metadata["aliases"])]
+            help_text = (f"{f.metadata['help']} (env {ENV_PREFIX}{name.upper()}; default "
+                         f"{f.default!r})").replace("%", "%%")
+            if f.type in ("bool", bool):
+                groups[title].add_argument(*flags, dest=name, default=None, help=help_text,
+                                           action=argparse.BooleanOptionalAction)
+            else:
+                groups[title].add_argument(*flags, dest=name, default=None, help=help_text)
 
     @classmethod
     def load(
         cls,
         args: argparse.Namespace | None = None,
         environ: Mapping[str, str] | None = None,
-        sections: Sequence[str] = tuple(SECTIONS),
+        names: Collection[str] | None = None,
     ) -> Settings:
-        """Settings of `sections` from flags, then CREDITS_* environment variables, then
-        defaults; every other section at its defaults."""
+        """The settings named in `names` (all when None) from flags, then CREDITS_*
+        environment variables, then defaults; every other setting at its default."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         problems: list[Rule] = []
-        for section in sections:
-            for f in dataclasses.fields(SECTIONS[section]):
-                name = external_name(f)
-                raw = _raw_value(name, f.metadata, args, environ)
-                if raw is None:
-                    continue
-                try:
-                    values[name] = _parse(str(f.type), raw)
-                except ValueError:
-                    kind = _TYPE_NAMES[str(f.type)]
-                    problems.append(Rule(name, raw, f"cannot be read as {kind}"))
+        for _, f in describe():
+            name = external_name(f)
+            if names is not None and name not in names:
+                continue
+            raw = _raw_value(name, f.metadata, args, environ)
+            if raw is None:
+                continue
+            try:
+                values[name] = _parse(str(f.type), raw)
+            except ValueError:
+                kind = _TYPE_NAMES[str(f.type)]
+                problems.append(Rule(name, raw, f"cannot be read as {kind}"))
         if problems:
             raise SettingsError("\n".join(str(rule) for rule in problems))
         return cls.build(**values)

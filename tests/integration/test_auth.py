@@ -30,6 +30,7 @@ from credits.v1 import credits_pb2_grpc
 from credits_service.app import Application
 from credits_service.settings import Settings
 from credits_service.transport.grpc.auth import mint_token, token_digest
+from credits_service.transport.grpc.server import check_tls_files
 from tests.grpc_errors import expect_error
 from tests.ledger_checks import row_counts
 
@@ -372,3 +373,21 @@ async def test_tls_refuses_plaintext_and_untrusted_clients(auth_settings, pki, m
             assert code is grpc.StatusCode.NOT_FOUND, (name, code)  # reached the service
         else:
             assert code is grpc.StatusCode.UNAVAILABLE, (name, code)  # no connection at all
+
+
+def test_tls_files_that_cannot_serve_are_named_before_anything_starts(auth_settings, pki,
+                                                                      tmp_path):
+    """A missing file, a key that is not the certificate's, or a client CA bundle with no
+    certificate stops the start, naming the setting; checked before the database."""
+    base = dict(tls_cert_file=str(pki.server_cert), tls_key_file=str(pki.server_key))
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("no certificate here\n")
+    cases = {
+        "--tls-cert-file": dict(base, tls_cert_file=str(tmp_path / "missing.crt")),
+        "--tls-key-file": dict(base, tls_key_file=str(pki.client_key)),
+        "--tls-client-ca-file": dict(base, tls_client_ca_file=str(not_pem)),
+    }
+    for flag, files in cases.items():
+        with pytest.raises(ValueError, match=flag):
+            check_tls_files(auth_settings.replace(**files).server)
+    check_tls_files(auth_settings.replace(**base, tls_client_ca_file=str(pki.ca)).server)

@@ -16,7 +16,7 @@ from alembic import command
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
-from credits_service.app import Application
+from credits_service.app import Application, StartupError, migrate
 from credits_service.persistence.migrations import alembic_config, upgrade_to
 from tests import grpc_errors, ledger_checks
 
@@ -180,3 +180,27 @@ async def test_stored_responses_replay_alike_across_0003_down_and_up(
         assert first[2].reason == "INSUFFICIENT_CREDITS"
     finally:
         await connection.close()
+
+
+async def test_a_migration_the_role_may_not_run_stops_the_start_saying_what_to_do(
+        embedded_postgres):
+    """A role that does not own the schema cannot migrate (PostgreSQL 15 and later give
+    PUBLIC no CREATE on it): the start stops with the database named, the cause, and what to
+    do, not a traceback."""
+    admin = await asyncpg.connect(host=str(embedded_postgres.socket_dir), user="postgres",
+                                  database="postgres")
+    try:
+        await admin.execute("DROP DATABASE IF EXISTS credits_unowned")
+        await admin.execute("DROP ROLE IF EXISTS credits_runtime")
+        await admin.execute("CREATE ROLE credits_runtime LOGIN")
+        await admin.execute("CREATE DATABASE credits_unowned")
+    finally:
+        await admin.close()
+    url = (f"postgresql://credits_runtime@/credits_unowned?host="
+           f"{embedded_postgres.socket_dir}")
+    with pytest.raises(StartupError) as raised:
+        await migrate(url)
+    message = str(raised.value)
+    assert message.startswith("migrating the database at postgresql://credits_runtime@"), message
+    assert "permission denied" in message and "--no-migrate-on-start" in message, message
+    assert raised.value.exit_code == 1

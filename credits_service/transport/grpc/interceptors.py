@@ -146,7 +146,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     _log.warning("%s failed: %s", method.name, exc)
                 await context.abort_with_status(to_status(exc))
             finally:
-                principal = None if refusal else caller().name
+                principal = (caller().name if refusal is None
+                             else refusal.metadata.get("principal"))
                 call_log.observe(method.name, request, principal, code, reason,
                                  time.perf_counter() - started_s, _request_id.get())
             raise AssertionError("abort_with_status always raises")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,31 @@ class GrpcServer:
         # refusing until callers have stopped sending (or the grace is spent).
         await self.gate.wait_quiet(_QUIET_BEFORE_CLOSE_S, left_s())
         await self.server.stop(left_s())
+
+
+def check_tls_files(settings: ServerSettings) -> None:
+    """Raise ValueError, naming the setting, if a TLS file cannot serve: unreadable, not PEM,
+    or a key that does not match its certificate. Checked before anything starts."""
+    if not settings.tls_cert_file:
+        return
+    files = {"--tls-cert-file": settings.tls_cert_file, "--tls-key-file": settings.tls_key_file,
+             "--tls-client-ca-file": settings.tls_client_ca_file}
+    for flag, path in files.items():
+        if path and not os.access(path, os.R_OK):
+            raise ValueError(f"{flag} {path!r} cannot be read")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except ssl.SSLError as exc:
+        raise ValueError(f"--tls-cert-file {settings.tls_cert_file!r} and --tls-key-file "
+                         f"{settings.tls_key_file!r} are not a PEM certificate and its private "
+                         f"key: {exc.reason or exc}") from None
+    if settings.tls_client_ca_file:
+        try:
+            context.load_verify_locations(settings.tls_client_ca_file)
+        except ssl.SSLError as exc:
+            raise ValueError(f"--tls-client-ca-file {settings.tls_client_ca_file!r} holds no PEM "
+                             f"certificate: {exc.reason or exc}") from None
 
 
 def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
