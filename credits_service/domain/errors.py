@@ -37,7 +37,8 @@ class FieldViolation:
 
 
 class InvalidArgument(CreditsError):
-    """The request breaks one or more field rules; nothing was done."""
+    """A field breaks its rule (metadata `field` names the first, a google.rpc.BadRequest
+    every one); nothing was done."""
 
     reason = "INVALID_ARGUMENT"
 
@@ -48,7 +49,8 @@ class InvalidArgument(CreditsError):
 
 
 class MalformedRequest(CreditsError):
-    """The request's bytes are not a valid message of its type; nothing was done."""
+    """The request's bytes are not a valid message of its type (metadata `messageType`);
+    nothing was done."""
 
     reason = "MALFORMED_REQUEST"
 
@@ -58,7 +60,8 @@ class MalformedRequest(CreditsError):
 
 
 class InvalidPageToken(CreditsError):
-    """A page token that was not made by this service, or was made for other filters."""
+    """A page token this service did not make, or made for another account or other
+    filters (metadata `field`)."""
 
     reason = "INVALID_PAGE_TOKEN"
 
@@ -70,7 +73,8 @@ class InvalidPageToken(CreditsError):
 
 
 class ExpireTimePassed(CreditsError):
-    """A grant whose expire_time is not after now (the service clock); nothing was written."""
+    """A Grant's `expire_time` is not after now, database clock (metadata `field`,
+    `expireTime`); nothing was written and the key stays unused."""
 
     reason = "EXPIRE_TIME_PASSED"
 
@@ -85,10 +89,15 @@ class ExpireTimePassed(CreditsError):
 
 
 class Unauthenticated(CreditsError):
+    """No, a malformed or an unknown bearer token; checked before the request is read."""
+
     reason = "UNAUTHENTICATED"
 
 
 class PermissionDenied(CreditsError):
+    """The principal's role may not call this RPC (metadata `principal`, `role`,
+    `method`)."""
+
     reason = "PERMISSION_DENIED"
 
     def __init__(self, principal: str, role: str, method: str) -> None:
@@ -97,6 +106,9 @@ class PermissionDenied(CreditsError):
 
 
 class RateLimited(CreditsError):
+    """The principal is over its rate limit, each batch item counting one (metadata
+    `retryAfterMs`)."""
+
     reason = "RATE_LIMITED"
 
     def __init__(self, principal: str, retry_after_s: float) -> None:
@@ -108,7 +120,7 @@ class RateLimited(CreditsError):
 
 
 class ShuttingDown(CreditsError):
-    """A call arrived after the server began to drain; nothing was done. Retry elsewhere."""
+    """The server is draining (SIGTERM); nothing was done: retry, elsewhere."""
 
     reason = "SERVER_SHUTTING_DOWN"
 
@@ -142,6 +154,8 @@ class Declined(CreditsError):
 
 
 class AccountNotFound(Declined):
+    """The account has never been granted credits (metadata `accountId`)."""
+
     reason = "ACCOUNT_NOT_FOUND"
 
     def __init__(self, account_id: str) -> None:
@@ -149,6 +163,8 @@ class AccountNotFound(Declined):
 
 
 class ReservationNotFound(Declined):
+    """No reservation has this id (metadata `reservationId`)."""
+
     reason = "RESERVATION_NOT_FOUND"
 
     def __init__(self, reservation_id: str) -> None:
@@ -158,6 +174,9 @@ class ReservationNotFound(Declined):
 
 
 class InsufficientCredits(Declined):
+    """Available credits do not cover a reservation, or what a Commit takes beyond its
+    reservation (metadata `accountId`, `available`, `requested`)."""
+
     reason = "INSUFFICIENT_CREDITS"
 
     def __init__(self, account_id: str, available: int, requested: int) -> None:
@@ -168,6 +187,9 @@ class InsufficientCredits(Declined):
 
 
 class BalanceLimitExceeded(Declined):
+    """A Grant would take the balance past 10^15 (metadata `balance`, `requested`,
+    `balanceMax`)."""
+
     reason = "BALANCE_LIMIT_EXCEEDED"
 
     def __init__(self, account_id: str, balance: int, amount: int, balance_max: int) -> None:
@@ -192,6 +214,9 @@ class _ReservationStateError(Declined):
 
 
 class ReservationExpired(_ReservationStateError):
+    """Commit, Release or ExtendReservation of a reservation past its `expire_time`
+    (metadata `reservationId`)."""
+
     reason = "RESERVATION_EXPIRED"
 
     def __init__(self, reservation_id: str) -> None:
@@ -199,6 +224,8 @@ class ReservationExpired(_ReservationStateError):
 
 
 class ReservationReleased(_ReservationStateError):
+    """Commit or ExtendReservation of a released reservation (metadata `reservationId`)."""
+
     reason = "RESERVATION_RELEASED"
 
     def __init__(self, reservation_id: str) -> None:
@@ -206,6 +233,9 @@ class ReservationReleased(_ReservationStateError):
 
 
 class ReservationAlreadyCommitted(_ReservationStateError):
+    """Release or ExtendReservation of a committed reservation, or its Commit with another
+    amount (metadata `reservationId`, `committedAmount`)."""
+
     reason = "RESERVATION_ALREADY_COMMITTED"
 
     def __init__(self, reservation_id: str, committed_amount: int) -> None:
@@ -217,6 +247,9 @@ class ReservationAlreadyCommitted(_ReservationStateError):
 
 
 class IdempotencyKeyReused(Declined):
+    """The caller used this key for a different request (metadata `idempotencyKey`);
+    nothing was written."""
+
     reason = "IDEMPOTENCY_KEY_REUSED"
 
     def __init__(self, idempotency_key: str) -> None:
@@ -243,7 +276,8 @@ class DatabaseUnavailable(CreditsError):
 
 
 class DatabaseTimeout(DatabaseUnavailable):
-    """A statement, lock or connection wait hit its bound, or the call's deadline passed."""
+    """A statement, lock or connection wait hit its bound, or the call's deadline passed
+    first: retry it with the same key."""
 
     reason = "DATABASE_TIMEOUT"
 
@@ -254,7 +288,8 @@ class DatabaseStatementTimeout(DatabaseTimeout):
 
 
 class ConcurrencyConflict(DatabaseUnavailable):
-    """Serialization failures or deadlocks went on past the bounded retry."""
+    """Serialization failures or deadlocks went on past the bounded retry; nothing was
+    written: retry it with the same key."""
 
     reason = "CONCURRENCY_CONFLICT"
 

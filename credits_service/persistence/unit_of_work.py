@@ -28,9 +28,9 @@ from credits_service.persistence.reservations import ReservationRepository
 _log = logging.getLogger(__name__)
 
 # A group commit's transaction runs the same few statements over and over: they keep their
-# generic plans, as replanning each cost more than running it (a third of a lone
-# CheckAndReserve). Other statements, such as History's with optional filters, are planned
-# for their parameters as usual.
+# generic plans, as replanning each cost more than running it (bench/README.md). Other
+# statements, such as History's with optional filters, are planned for their parameters as
+# usual.
 _GENERIC_PLANS = "; SET LOCAL plan_cache_mode = force_generic_plan"
 
 

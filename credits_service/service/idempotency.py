@@ -29,7 +29,7 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 def request_hash(method: str, command: Any) -> bytes:
     """SHA-256 of the method and the command's fields, in a canonical JSON form: the bytes of
     json.dumps(..., sort_keys=True, separators=(",", ":")), as ever (stored keys keep
-    matching). orjson writes the same bytes about 3 x faster for any ASCII text but DEL (which
+    matching). orjson writes the same bytes faster for any ASCII text but DEL (which
     json escapes and orjson does not; every other ASCII character both write alike, escapes
     included). So: orjson's bytes when they are ASCII without DEL, else json's, also for any
     value orjson refuses (an integer beyond 64 bits)."""

@@ -36,8 +36,8 @@ Outcome = GrantResult | ReserveResult | errors.Declined
 
 _SCALARS = frozenset({str, int, bool, type(None)})
 # A ReserveResult as one array (see _reservation_fields). Every byte of a stored response is
-# written to the heap and the WAL once per item: by name, a reservation took 542 bytes, and
-# batches ran about 10 % slower (bench/README.md).
+# written to the heap and the WAL once per item: stored by name, a reservation took more than
+# twice the bytes, and batches ran slower for it (bench/README.md).
 _RESERVATION = "hold"  # its key since it was first stored (a former word for a reservation)
 # The key a lot's grant type was first stored under
 _LOT_GRANT_TYPE = "source_type"
