@@ -128,16 +128,16 @@ async def _drive(target: str, token: str, scenario: str, distribution: str, acco
                         reason = f"item:{result.error.reason}"
                         errors[reason] = errors.get(reason, 0) + 1
             else:
-                hold = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
+                reserved = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
                     account_id=pick(), amount=1, idempotency_key=f"{prefix}-{next(counter)}"),
                     metadata=metadata, timeout=10)
                 if scenario == "cycle":
                     await stub.Commit(pb.CommitRequest(
-                        reservation_id=hold.reservation.reservation_id), metadata=metadata,
+                        reservation_id=reserved.reservation.reservation_id), metadata=metadata,
                         timeout=10)
                 elif scenario == "release":
                     await stub.Release(pb.ReleaseRequest(
-                        reservation_id=hold.reservation.reservation_id, reason="bench"),
+                        reservation_id=reserved.reservation.reservation_id, reason="bench"),
                         metadata=metadata, timeout=10)
 
         stop_at = time.perf_counter() + duration_s

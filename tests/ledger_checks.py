@@ -32,13 +32,13 @@ INVARIANTS: dict[str, str] = {
           LEFT JOIN (SELECT account_id, sum(amount) AS total FROM ledger_entries GROUP BY 1) l
                USING (account_id)
          WHERE a.balance <> coalesce(l.total, 0)""",
-    "reserved == sum(active holds), count matches": """
-        SELECT a.account_id, a.reserved, coalesce(h.total, 0) AS holds
+    "reserved == sum(active reservations), count matches": """
+        SELECT a.account_id, a.reserved, coalesce(r.total, 0) AS reservations
           FROM accounts a
           LEFT JOIN (SELECT account_id, sum(amount) AS total, count(*) AS n FROM reservations
-                      WHERE status = 'ACTIVE' GROUP BY 1) h USING (account_id)
-         WHERE a.reserved <> coalesce(h.total, 0)
-            OR a.active_reservation_count <> coalesce(h.n, 0)""",
+                      WHERE status = 'ACTIVE' GROUP BY 1) r USING (account_id)
+         WHERE a.reserved <> coalesce(r.total, 0)
+            OR a.active_reservation_count <> coalesce(r.n, 0)""",
     "available >= 0": "SELECT account_id FROM accounts WHERE balance - reserved < 0",
     "lifetime totals match the ledger": """
         SELECT a.account_id FROM accounts a
@@ -58,7 +58,7 @@ INVARIANTS: dict[str, str] = {
           LEFT JOIN (SELECT account_id, sum(remaining) AS remaining, sum(held) AS held
                        FROM credit_lots GROUP BY 1) l USING (account_id)
          WHERE a.balance <> coalesce(l.remaining, 0) OR a.reserved <> coalesce(l.held, 0)""",
-    "each lot's held == what active holds drew from it": """
+    "each lot's held == what active reservations drew from it": """
         SELECT l.lot_id, l.held, coalesce(d.held, 0) AS drawn FROM credit_lots l
           LEFT JOIN (SELECT d.lot_id, sum(d.held) AS held FROM reservation_lots d
                        JOIN reservations r USING (reservation_id)
@@ -72,8 +72,8 @@ INVARIANTS: dict[str, str] = {
           LEFT JOIN (SELECT lot_id, -sum(amount) AS gone FROM ledger_entries
                       WHERE entry_type = 'EXPIRY' GROUP BY 1) x USING (lot_id)
          WHERE l.amount - l.remaining <> coalesce(c.consumed, 0) + coalesce(x.gone, 0)""",
-    # Holds that finished before lots existed (migration 0002) have no draws.
-    "a hold drew its amount; a committed one consumed its committed amount": """
+    # Reservations that finished before lots existed (migration 0002) have no draws.
+    "a reservation drew its amount; a committed one consumed its committed amount": """
         SELECT r.reservation_id FROM reservations r
           LEFT JOIN reservation_lots d USING (reservation_id)
          GROUP BY r.reservation_id, r.amount, r.status, r.committed_amount
@@ -82,7 +82,7 @@ INVARIANTS: dict[str, str] = {
             OR (count(d.lot_id) > 0 AND r.status = 'COMMITTED'
                 AND coalesce(sum(d.consumed), 0) <> r.committed_amount)
             OR (r.status <> 'COMMITTED' AND count(d.consumed) <> 0)""",
-    "a committed hold has exactly one USAGE entry of its amount, others none": """
+    "a committed reservation has exactly one USAGE entry of its amount, others none": """
         SELECT r.reservation_id FROM reservations r
           LEFT JOIN ledger_entries e
                  ON e.reservation_id = r.reservation_id AND e.entry_type = 'USAGE'

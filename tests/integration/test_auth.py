@@ -89,15 +89,15 @@ EXPECTED_DENIAL = {
 SERVICE_DENIED_METHODS = {"Grant"}
 
 
-def _requests(hold_id: str) -> dict[str, object]:
+def _requests(reservation_id: str) -> dict[str, object]:
     return {
         "Grant": pb.GrantRequest(account_id="acct", amount=5, type=pb.GRANT_TYPE_PROMO,
                                  idempotency_key=f"g-{uuid.uuid4()}"),
         "CheckAndReserve": pb.CheckAndReserveRequest(account_id="acct", amount=1,
                                                      idempotency_key=f"r-{uuid.uuid4()}"),
-        "Commit": pb.CommitRequest(reservation_id=hold_id, amount=1),
-        "Release": pb.ReleaseRequest(reservation_id=hold_id),
-        "ExtendReservation": pb.ExtendReservationRequest(reservation_id=hold_id,
+        "Commit": pb.CommitRequest(reservation_id=reservation_id, amount=1),
+        "Release": pb.ReleaseRequest(reservation_id=reservation_id),
+        "ExtendReservation": pb.ExtendReservationRequest(reservation_id=reservation_id,
                                                          ttl=Duration(seconds=60)),
         "GetBalance": pb.GetBalanceRequest(account_id="acct"),
         "History": pb.HistoryRequest(account_id="acct"),
@@ -105,7 +105,8 @@ def _requests(hold_id: str) -> dict[str, object]:
         "BatchCheckAndReserve": pb.BatchCheckAndReserveRequest(items=[
             pb.CheckAndReserveRequest(account_id="acct", amount=1,
                                       idempotency_key=f"b-{uuid.uuid4()}")]),
-        "BatchCommit": pb.BatchCommitRequest(items=[pb.CommitRequest(reservation_id=hold_id)]),
+        "BatchCommit": pb.BatchCommitRequest(
+            items=[pb.CommitRequest(reservation_id=reservation_id)]),
     }
 
 
@@ -115,11 +116,11 @@ async def test_every_rpc_for_every_kind_of_caller(stub, db, caller):
     await stub.Grant(pb.GrantRequest(account_id="acct", amount=100, type=pb.GRANT_TYPE_PURCHASE,
                                      idempotency_key="seed"), metadata=admin)
     for method, request in _requests(str(uuid.uuid4())).items():
-        if method in ("Commit", "Release", "ExtendReservation"):  # a fresh hold for each
-            hold = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
+        if method in ("Commit", "Release", "ExtendReservation"):  # a fresh reservation for each
+            reserved = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
                 account_id="acct", amount=1, idempotency_key=f"h-{uuid.uuid4()}"),
                 metadata=admin)
-            request.reservation_id = hold.reservation.reservation_id
+            request.reservation_id = reserved.reservation.reservation_id
         denial = EXPECTED_DENIAL[caller]
         if caller == "service" and method in SERVICE_DENIED_METHODS:
             denial = grpc.StatusCode.PERMISSION_DENIED
@@ -232,10 +233,10 @@ async def test_ledger_entries_record_the_principal_as_actor(stub, db):
     granted = await stub.Grant(pb.GrantRequest(
         account_id="acct", amount=100, type=pb.GRANT_TYPE_PURCHASE, idempotency_key="seed"),
         metadata=bearer(ADMIN_TOKEN))
-    hold = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
+    reserved = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
         account_id="acct", amount=10, idempotency_key="r"), metadata=bearer(SERVICE_TOKEN))
     committed = await stub.Commit(pb.CommitRequest(
-        reservation_id=hold.reservation.reservation_id), metadata=bearer(OTHER_SERVICE_TOKEN))
+        reservation_id=reserved.reservation.reservation_id), metadata=bearer(OTHER_SERVICE_TOKEN))
     assert (granted.entry.actor, committed.entry.actor) == ("ops", "render")
     actors = await db.fetch("SELECT entry_type, actor FROM ledger_entries ORDER BY entry_id")
     assert [tuple(row) for row in actors] == [("GRANT", "ops"), ("USAGE", "render")]

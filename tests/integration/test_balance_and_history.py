@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from credits.v1 import credits_pb2 as pb
 from tests.grpc_errors import RpcError, assert_error, expect_error
-from tests.support.calls import balance_of, commit, grant, place_hold, release, reserve
+from tests.support.calls import balance_of, commit, grant, place_reservation, release, reserve
 from tests.support.messages import seconds
 
 ACCOUNT = "acct-1"
@@ -24,12 +24,12 @@ ACCOUNT = "acct-1"
 
 
 async def test_get_balance_reports_every_field(stub):
-    """GetBalance: balance, reserved, available, active holds and lifetime totals."""
+    """GetBalance: balance, reserved, available, active reservations and lifetime totals."""
     await grant(stub, ACCOUNT, 100, key="g1")
     await grant(stub, ACCOUNT, 50, key="g2")
     await reserve(stub, ACCOUNT, 30, key="r1")
-    await commit(stub, await place_hold(stub, ACCOUNT, 20, key="r2"))
-    await release(stub, await place_hold(stub, ACCOUNT, 5, key="r3"))
+    await commit(stub, await place_reservation(stub, ACCOUNT, 20, key="r2"))
+    await release(stub, await place_reservation(stub, ACCOUNT, 5, key="r3"))
 
     assert await balance_of(stub, ACCOUNT) == pb.Balance(
         account_id=ACCOUNT, balance=130, reserved=30, available=100, active_reservation_count=1,
@@ -46,18 +46,18 @@ async def test_get_balance_of_unknown_account_is_not_found(stub):
 
 
 async def _mixed_ledger(stub) -> list[str]:
-    """Grant 100, commit 30, grant 50, commit 20 (newest last); returns the hold ids."""
+    """Grant 100, commit 30, grant 50, commit 20 (newest last); returns the reservation ids."""
     await grant(stub, ACCOUNT, 100, key="g1", grant_type=pb.GRANT_TYPE_SIGNUP)
-    first = await place_hold(stub, ACCOUNT, 30, key="r1")
+    first = await place_reservation(stub, ACCOUNT, 30, key="r1")
     await commit(stub, first, metadata={"job": "1"})
     await grant(stub, ACCOUNT, 50, key="g2", grant_type=pb.GRANT_TYPE_PROMO, reason="promo")
-    second = await place_hold(stub, ACCOUNT, 20, key="r2")
+    second = await place_reservation(stub, ACCOUNT, 20, key="r2")
     await commit(stub, second)
     return [first, second]
 
 
 async def test_history_lists_entries_newest_first_with_their_fields(stub):
-    """History is newest first; USAGE entries name their hold, GRANT entries their type."""
+    """History is newest first; USAGE entries name their reservation, GRANT entries their type."""
     first, second = await _mixed_ledger(stub)
     page = await stub.History(pb.HistoryRequest(account_id=ACCOUNT))
 

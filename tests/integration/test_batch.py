@@ -62,11 +62,11 @@ async def test_each_item_gets_its_own_result_as_if_sent_alone(stub, db):
         "accountId": "batch-a", "available": "6", "requested": "7"}
 
     # The same batch again replays every answer; nothing new is written.
-    holds = await db.fetchval("SELECT count(*) FROM reservations")
+    reservation_count = await db.fetchval("SELECT count(*) FROM reservations")
     again = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=items))
     assert [_summary(r) for r in again.results] == got
     assert again.results[0].response == response.results[0].response
-    assert await db.fetchval("SELECT count(*) FROM reservations") == holds
+    assert await db.fetchval("SELECT count(*) FROM reservations") == reservation_count
     # ... and a single call with one of the keys answers the same as its item did.
     single = await stub.CheckAndReserve(items[7])
     assert single == response.results[7].response
@@ -198,10 +198,10 @@ async def test_concurrent_batches_over_shared_accounts_and_keys_never_overdraw(s
     assert placed == ok
 
 
-async def test_a_key_sent_at_once_alone_and_in_a_batch_places_one_hold(app, stubs, db):
+async def test_a_key_sent_at_once_alone_and_in_a_batch_places_one_reservation(app, stubs, db):
     """A CheckAndReserve and a batch item with the same key run in two transactions at once
     (the unary group's and a batch shard's); the key is stored last, so the second finds it
-    only when storing it: that one rolls back and replays. One hold per key, both answers
+    only when storing it: that one rolls back and replays. One reservation per key, both answers
     alike, and some rounds did race (the retry counter moved)."""
     await grant(stubs[0], "batch-dup", 1000)
     retried_before = await _retries(app)
@@ -220,7 +220,7 @@ async def test_a_key_sent_at_once_alone_and_in_a_batch_places_one_hold(app, stub
     assert await db.fetchval(
         "SELECT reserved FROM accounts WHERE account_id = 'batch-dup'") == 100
     assert await _retries(app) > retried_before
-    # Declines too: a transaction that places no hold stores its keys alone.
+    # Declines too: a transaction that places no reservation stores its keys alone.
     await grant(stubs[0], "batch-dup-poor", 1)
     retried_before = await _retries(app)
     for round_ in range(20):
@@ -300,7 +300,8 @@ async def test_a_shard_runs_a_second_transaction_only_for_a_full_group(app, stub
                                                                       monkeypatch):
     """When a shard's queue fills whole groups, a second transaction over the same accounts
     starts beside the running one (its statements wait on the first's locks in the database,
-    not in the queue), never a third, and only with a full group; no hold is lost or doubled."""
+    not in the queue), never a third, and only with a full group; no reservation is lost or
+    doubled."""
     items_max = 30
     for shard in app.ledger.batches._shards:
         monkeypatch.setattr(shard, "_group_size_max", items_max)
@@ -357,7 +358,7 @@ async def test_a_batch_that_fails_on_one_shard_is_retried_safely(app, stub, db, 
 
 
 async def test_held_times_read_back_as_answered_for_every_ttl(stub):
-    """A group writes its holds' expire_time as create_time plus each TTL in the database:
+    """A group writes its reservations' expire_time as create_time plus each TTL in the database:
     what a list reads back is what the batch answered, to the microsecond."""
     await grant(stub, "ttl-a", 100)
     ttls_ms = [None, 1_000, 1_234, 59_999, 86_399_999, 86_400_000]

@@ -1,5 +1,5 @@
 """Races over real concurrent connections: no double spend, one effect per key, one winner per
-hold. The server's pool has several database connections and the calls are spread over
+reservation. The server's pool has several database connections and the calls are spread over
 several HTTP/2 connections, so the transactions really overlap in Postgres."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tests.support.calls import balance_of, commit, grant, grant_request, releas
 
 
 async def test_500_concurrent_unit_reserves_against_100_credits_accept_exactly_100(stubs, db):
-    """F1: exactly min(balance, asked) holds succeed; the rest are INSUFFICIENT_CREDITS."""
+    """F1: exactly min(balance, asked) reservations succeed; the rest are INSUFFICIENT_CREDITS."""
     await grant(stubs[0], "hot", 100)
 
     async def reserve(i: int) -> str:
@@ -37,7 +37,7 @@ async def test_500_concurrent_unit_reserves_against_100_credits_accept_exactly_1
 
 
 async def test_concurrent_random_amounts_never_overdraw(stubs, db):
-    """F1 with mixed amounts: accepted holds never exceed the balance, and a decline only
+    """F1 with mixed amounts: accepted reservations never exceed the balance, and a decline only
     happens when the amount really exceeds what was available."""
     await grant(stubs[0], "mixed", 1000)
     amounts = [(i * 37) % 90 + 1 for i in range(300)]
@@ -93,29 +93,30 @@ async def test_20_concurrent_identical_grants_apply_once_with_identical_response
     assert await db.fetchval("SELECT balance FROM accounts WHERE account_id = 'idem'") == 70
 
 
-async def test_20_concurrent_identical_reserves_place_one_hold(stubs, db):
-    """F2 for holds: one reservation, every caller gets its id."""
-    await grant(stubs[0], "idem-hold", 10)
-    request = reserve_request("idem-hold", 3, key="h")
+async def test_20_concurrent_identical_reserves_place_one_reservation(stubs, db):
+    """F2 for reservations: one reservation, every caller gets its id."""
+    await grant(stubs[0], "idem-reservation", 10)
+    request = reserve_request("idem-reservation", 3, key="h")
     responses = await asyncio.gather(
         *(stubs[i % len(stubs)].CheckAndReserve(request) for i in range(20))
     )
 
     assert len({r.SerializeToString(deterministic=True) for r in responses}) == 1
     assert await db.fetchval("SELECT count(*) FROM reservations") == 1
-    assert await db.fetchval("SELECT reserved FROM accounts WHERE account_id = 'idem-hold'") == 3
+    assert await db.fetchval(
+        "SELECT reserved FROM accounts WHERE account_id = 'idem-reservation'") == 3
 
 
-async def test_commit_and_release_racing_on_each_hold_have_exactly_one_winner(stubs, db):
-    """F5: for many holds, concurrent Commits (same and other amounts) and Releases: exactly
+async def test_commit_and_release_racing_on_each_reservation_have_exactly_one_winner(stubs, db):
+    """F5: for many reservations, concurrent Commits (same and other amounts) and Releases: exactly
     one terminal state, at most one USAGE entry, and every loser gets a definite answer."""
-    holds = 40
+    reservation_count = 40
     await grant(stubs[0], "race", 10_000)
     reservations = [
         (
             await stubs[0].CheckAndReserve(reserve_request("race", 10, key=f"h{i}"))
         ).reservation.reservation_id
-        for i in range(holds)
+        for i in range(reservation_count)
     ]
 
     async def attempt(i: int, call: str, reservation_id: str) -> tuple[str, str]:
@@ -165,7 +166,7 @@ async def test_commit_and_release_racing_on_each_hold_have_exactly_one_winner(st
 @pytest.mark.parametrize("calls", [600, pytest.param(6000, marks=pytest.mark.soak)])
 async def test_zipf_skewed_reserves_over_100_accounts_never_overdraw_any(stubs, db, calls):
     """F1 across accounts: 100 accounts with small balances, calls Zipf-skewed over them (a few
-    hot, most cold) with random amounts: per account, accepted holds never exceed the balance
+    hot, most cold) with random amounts: per account, accepted reservations never exceed the balance
     and a decline only happens when the amount really exceeds what was available."""
     rng = random.Random(11)
     accounts = [f"z{rank}" for rank in range(100)]

@@ -16,7 +16,7 @@ import pytest
 from credits.v1 import credits_pb2 as pb
 from credits_service.app import Application
 from tests.grpc_errors import expect_error
-from tests.support.calls import commit, grant, grant_request, place_hold
+from tests.support.calls import commit, grant, grant_request, place_reservation
 
 ACCOUNT = "faulty"
 
@@ -113,11 +113,11 @@ async def test_an_unexpected_database_error_is_internal_without_details(stub, db
     assert await _rows(db) == (0, 0, 0)
 
 
-async def test_commit_failing_mid_transaction_leaves_the_hold_active(stub, db, inject):
-    """The USAGE insert fails after the account and hold rows were updated: all of it rolls
-    back, the hold stays ACTIVE and can be committed afterwards."""
+async def test_commit_failing_mid_transaction_leaves_the_reservation_active(stub, db, inject):
+    """The USAGE insert fails after the account and reservation rows were updated: all of it rolls
+    back, the reservation stays ACTIVE and can be committed afterwards."""
     await grant(stub, ACCOUNT, 100, key="g")
-    rid = await place_hold(stub, ACCOUNT, 40, key="r")
+    rid = await place_reservation(stub, ACCOUNT, 40, key="r")
     await inject("57P01", 1)
     await expect_error(commit(stub, rid))
     row = await db.fetchrow("SELECT balance, reserved FROM accounts")

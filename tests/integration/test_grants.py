@@ -11,7 +11,7 @@ import pytest
 from credits.v1 import credits_pb2 as pb
 from tests.grpc_errors import assert_error, expect_error
 from tests.ledger_checks import row_counts
-from tests.support.calls import balance_of, commit, grant, place_hold, reserve
+from tests.support.calls import balance_of, commit, grant, place_reservation, reserve
 from tests.support.messages import same, seconds
 
 ACCOUNT = "acct-1"
@@ -127,7 +127,7 @@ async def test_grant_past_the_balance_cap_is_declined_and_the_decline_replayed(s
     assert await db.fetchval("SELECT count(*) FROM ledger_entries") == entries
     assert (await grant(stub, ACCOUNT, 5, key="fits")).balance.balance == cap
 
-    await commit(stub, await place_hold(stub, ACCOUNT, 100))
+    await commit(stub, await place_reservation(stub, ACCOUNT, 100))
     replay = await expect_error(grant(stub, ACCOUNT, 10, key="over"))
     assert (replay.reason, replay.metadata) == (error.reason, error.metadata)
     assert (await balance_of(stub, ACCOUNT)).balance == cap - 100

@@ -1,7 +1,8 @@
 """Concurrent Commits share transactions (group commit), and so do concurrent Releases: each
 call still gets exactly what it alone would have got, whether the group decides it (a plain
 commit or release) or leaves it to a transaction of its own (a replay, a larger amount, an
-expired, committed or released hold, a give-back to an expired lot, a hold named twice)."""
+expired, committed or released reservation, a give-back to an expired lot, a reservation named
+twice)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.support.calls import (
     balance_of,
     commit_request,
     grant,
-    place_hold,
+    place_reservation,
     release,
     release_request,
 )
@@ -30,7 +31,7 @@ EXPIRING = "group-b"
 BLOCKER = "group-block"
 
 
-# Each Commit and Release names its hold in its metadata or reason, so that a response can be
+# Each Commit and Release names its reservation in its metadata or reason, so that a response can be
 # told from the others of its group.
 def _commit(reservation_id: str, amount: int | None = None) -> pb.CommitRequest:
     return commit_request(reservation_id, amount, metadata={"job": reservation_id})
@@ -58,10 +59,10 @@ async def _fund(stub, db, clock) -> None:
 async def _behind_a_blocked_group(
     db, db_pool, stubs, method: str, blocked: Any, requests: list[Any]
 ) -> tuple[Any, list[Any]]:
-    """Send `blocked` (a call on BLOCKER's hold), whose group then waits on a lock this test
-    holds on BLOCKER's account, then every request, so that they queue behind it and the next
-    group takes them all; release the lock. Returns the first call's response and the others'
-    responses or errors, in order."""
+    """Send `blocked` (a call on BLOCKER's reservation), whose group then waits on a lock this
+    test holds on BLOCKER's account, then every request, so that they queue behind it and the
+    next group takes them all; release the lock. Returns the first call's response and the
+    others' responses or errors, in order."""
     async with db_pool.acquire() as blocker, blocker.transaction():
         await blocker.execute("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE", BLOCKER)
         first = asyncio.ensure_future(getattr(stubs[0], method)(blocked))
@@ -92,19 +93,20 @@ async def test_commits_decided_together_get_what_each_would_alone(
 ):
     await _fund(stub, db, clock)
 
-    full = [await place_hold(stub, ACCOUNT, 5) for _ in range(4)]
-    smaller = await place_hold(stub, ACCOUNT, 5)
-    twice = await place_hold(stub, ACCOUNT, 5)
-    larger = await place_hold(stub, ACCOUNT, 5)
-    released = await place_hold(stub, ACCOUNT, 5)
-    due = await place_hold(stub, ACCOUNT, 5, ttl_s=30)
-    committed_before = await place_hold(stub, ACCOUNT, 5)
-    given_back = await place_hold(stub, EXPIRING, 6)
-    blocked = await place_hold(stub, BLOCKER, 4)
+    full = [await place_reservation(stub, ACCOUNT, 5) for _ in range(4)]
+    smaller = await place_reservation(stub, ACCOUNT, 5)
+    twice = await place_reservation(stub, ACCOUNT, 5)
+    larger = await place_reservation(stub, ACCOUNT, 5)
+    released = await place_reservation(stub, ACCOUNT, 5)
+    due = await place_reservation(stub, ACCOUNT, 5, ttl_s=30)
+    committed_before = await place_reservation(stub, ACCOUNT, 5)
+    given_back = await place_reservation(stub, EXPIRING, 6)
+    blocked = await place_reservation(stub, BLOCKER, 4)
     await release(stub, released)
     await stub.Commit(_commit(committed_before))
-    clock.advance(120)  # `due` is past its expiry, and EXPIRING's lot has expired under its hold
-    # ACCOUNT: 100 granted, 5 committed; 45 held by 9 active holds (one of them due).
+    # `due` is past its expiry, and EXPIRING's lot has expired under its reservation.
+    clock.advance(120)
+    # ACCOUNT: 100 granted, 5 committed; 45 held by 9 active reservations (one of them due).
 
     groups_before = _groups_larger_than(app, 8)
     requests = [
@@ -164,7 +166,7 @@ async def test_commits_decided_together_get_what_each_would_alone(
         running += row["amount"]
         assert row["balance_after"] == running
     balance = await balance_of(stub, ACCOUNT)
-    # Used: 5 before, 4 x 5, 2, 5, 9 = 41; nothing held any more (the due hold expired).
+    # Used: 5 before, 4 x 5, 2, 5, 9 = 41; nothing held any more (the due reservation expired).
     assert (balance.balance, balance.reserved, balance.lifetime_used) == (59, 0, 41)
     expired_balance = await balance_of(stub, EXPIRING)
     # 1 consumed; the 5 given back and the 4 never held went to the expired lot: written off.
@@ -176,17 +178,18 @@ async def test_releases_decided_together_get_what_each_would_alone(
 ):
     await _fund(stub, db, clock)
 
-    plain = [await place_hold(stub, ACCOUNT, 5) for _ in range(4)]
-    twice = await place_hold(stub, ACCOUNT, 5)
-    released_before = await place_hold(stub, ACCOUNT, 5)
-    committed_before = await place_hold(stub, ACCOUNT, 5)
-    due = await place_hold(stub, ACCOUNT, 5, ttl_s=30)
-    given_back = await place_hold(stub, EXPIRING, 6)
-    blocked = await place_hold(stub, BLOCKER, 4)
+    plain = [await place_reservation(stub, ACCOUNT, 5) for _ in range(4)]
+    twice = await place_reservation(stub, ACCOUNT, 5)
+    released_before = await place_reservation(stub, ACCOUNT, 5)
+    committed_before = await place_reservation(stub, ACCOUNT, 5)
+    due = await place_reservation(stub, ACCOUNT, 5, ttl_s=30)
+    given_back = await place_reservation(stub, EXPIRING, 6)
+    blocked = await place_reservation(stub, BLOCKER, 4)
     await stub.Release(_release(released_before))
     await stub.Commit(_commit(committed_before))
-    clock.advance(120)  # `due` is past its expiry, and EXPIRING's lot has expired under its hold
-    # ACCOUNT: 100 granted, 5 committed; 30 held by 6 active holds (one of them due).
+    # `due` is past its expiry, and EXPIRING's lot has expired under its reservation.
+    clock.advance(120)
+    # ACCOUNT: 100 granted, 5 committed; 30 held by 6 active reservations (one of them due).
 
     groups_before = _groups_larger_than(app, 8, "Release")
     requests = [
@@ -234,7 +237,7 @@ async def test_releases_decided_together_get_what_each_would_alone(
     }
 
     balance = await balance_of(stub, ACCOUNT)
-    # 5 used before; every hold released or expired, nothing held.
+    # 5 used before; every reservation released or expired, nothing held.
     assert (balance.balance, balance.reserved, balance.active_reservation_count,
             balance.lifetime_used) == (95, 0, 0, 5)
     expired_balance = await balance_of(stub, EXPIRING)

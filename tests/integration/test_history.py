@@ -74,9 +74,9 @@ async def test_history_filters_compose_as_intersection(stub):
     await stub.Grant(pb.GrantRequest(account_id="mix", amount=100, type=pb.GRANT_TYPE_PURCHASE,
                                      idempotency_key="g0"))
     for i in range(5):
-        hold = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
+        reserved = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
             account_id="mix", amount=3, idempotency_key=f"r{i}"))
-        await stub.Commit(pb.CommitRequest(reservation_id=hold.reservation.reservation_id))
+        await stub.Commit(pb.CommitRequest(reservation_id=reserved.reservation.reservation_id))
         await stub.Grant(pb.GrantRequest(account_id="mix", amount=1, type=pb.GRANT_TYPE_PROMO,
                                          idempotency_key=f"g{i + 1}"))
     everything = await _page_all(stub, account_id="mix", page_size=4)

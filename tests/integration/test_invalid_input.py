@@ -203,7 +203,7 @@ FIELD_NAMES = {"time_range": "end_time"}
 
 
 async def test_generated_invalid_requests_are_refused_naming_exactly_the_broken_fields(stub, db):
-    # Something to break: an account with a hold, so a write would show.
+    # Something to break: an account with a reservation, so a write would show.
     await grant(stub, "acct", 100, key="g")
     await reserve(stub, "acct", 10, key="r")
     before = await row_counts(db)

@@ -1,5 +1,5 @@
-"""Lot expiry under concurrency: extra sweepers, commits, releases and new holds all racing the
-moment lots expire never write the same credits off twice and never spend expired credits."""
+"""Lot expiry under concurrency: extra sweepers, commits, releases and new reservations all racing
+the moment lots expire never write the same credits off twice and never spend expired credits."""
 
 from __future__ import annotations
 
@@ -48,14 +48,14 @@ async def test_sweepers_and_commits_racing_expiry_write_off_once_and_spend_nothi
         while not stop.is_set():
             account = rng.choice(ACCOUNTS)
             try:
-                hold = (await reserve(stub, account, rng.randint(1, 12))).reservation
+                reservation = (await reserve(stub, account, rng.randint(1, 12))).reservation
                 await asyncio.sleep(rng.uniform(0, 0.05))
                 if rng.random() < 0.3:
-                    await release(stub, hold.reservation_id)
+                    await release(stub, reservation.reservation_id)
                     count("released")
-                else:  # smaller, equal or larger than the hold
-                    amount = max(1, hold.amount + rng.choice([-3, 0, 0, 4]))
-                    await commit(stub, hold.reservation_id, amount)
+                else:  # smaller, equal or larger than the reservation
+                    amount = max(1, reservation.amount + rng.choice([-3, 0, 0, 4]))
+                    await commit(stub, reservation.reservation_id, amount)
                     count("committed")
             except grpc.aio.AioRpcError as error:
                 assert error.code() is grpc.StatusCode.FAILED_PRECONDITION, error
@@ -75,15 +75,17 @@ async def test_sweepers_and_commits_racing_expiry_write_off_once_and_spend_nothi
     for account, lot_id in promo.items():
         lot = lots[lot_id]
         assert lot["expired_time"] is not None, account
-        # Written off: the unheld remainder once, and each hold's give-back once.
+        # Written off: the unheld remainder once, and each reservation's give-back once.
         rows = await db.fetch(
             "SELECT reservation_id, amount FROM ledger_entries "
             "WHERE entry_type = 'EXPIRY' AND lot_id = $1", lot_id)
         assert sum(1 for row in rows if row["reservation_id"] is None) <= 1, rows
-        per_hold = [row["reservation_id"] for row in rows if row["reservation_id"] is not None]
-        assert len(per_hold) == len(set(per_hold)), rows
-        # No hold placed once the lot had expired drew from it, and no commit made once it had
-        # expired took more from it than its hold drew (times: each transaction's own clock).
+        per_reservation = [row["reservation_id"] for row in rows
+                           if row["reservation_id"] is not None]
+        assert len(per_reservation) == len(set(per_reservation)), rows
+        # No reservation placed once the lot had expired drew from it, and no commit made once it
+        # had expired took more from it than its reservation drew (times: each transaction's own
+        # clock).
         late = await db.fetch(
             "SELECT r.reservation_id, d.held, d.consumed FROM reservation_lots d "
             "JOIN reservations r USING (reservation_id) WHERE d.lot_id = $1 "

@@ -1,6 +1,6 @@
-"""Credit lots through the real server: consumption order, hold provenance, commit and release
-give-back, expiry (with the service clock moved forward, never by sleeping), GetBalance lots,
-ExtendReservation and ListReservations."""
+"""Credit lots through the real server: consumption order, reservation provenance, commit and
+release give-back, expiry (with the service clock moved forward, never by sleeping), GetBalance
+lots, ExtendReservation and ListReservations."""
 
 from __future__ import annotations
 
@@ -80,24 +80,24 @@ async def test_a_priority_out_of_range_is_invalid_argument(stub, db):
     assert [name for name, _ in error.field_violations] == ["priority"]
 
 
-# --- holds draw from lots --------------------------------------------------------------------
+# --- reservations draw from lots -------------------------------------------------------------
 
 
-async def test_a_hold_draws_from_lots_in_consumption_order(stub, db, clock):
+async def test_a_reservation_draws_from_lots_in_consumption_order(stub, db, clock):
     now = await service_now(db, clock)
     never = (await grant(stub, ACCOUNT, 10)).lot.lot_id
     promo = (await grant(stub, ACCOUNT, 5, expire_time=later(now, DAY_S))).lot.lot_id
     first = (await grant(stub, ACCOUNT, 3, priority=1)).lot.lot_id
 
-    hold = (await reserve(stub, ACCOUNT, 12)).reservation
+    reservation = (await reserve(stub, ACCOUNT, 12)).reservation
 
-    assert draws(hold) == [(first, 3, 0), (promo, 5, 0), (never, 4, 0)]
+    assert draws(reservation) == [(first, 3, 0), (promo, 5, 0), (never, 4, 0)]
     assert await _remaining(db, first, promo, never) == [(3, 3), (5, 5), (10, 4)]
     balance = (await get_balance(stub, ACCOUNT)).balance
     assert (balance.balance, balance.reserved, balance.available) == (18, 12, 6)
 
 
-async def test_finding_free_lots_reads_only_as_many_lots_as_the_hold_needs(stub, db):
+async def test_finding_free_lots_reads_only_as_many_lots_as_the_reservation_needs(stub, db):
     """The free lots are found by a consumption-order index scan that stops once the credits
     wanted are covered, not by reading (and sorting) every lot of the account."""
     for _ in range(40):
@@ -114,23 +114,23 @@ async def test_finding_free_lots_reads_only_as_many_lots_as_the_hold_needs(stub,
     assert _lots_read(plan) == 2
 
 
-async def test_a_holds_draws_are_read_lot_by_lot_whatever_the_planner_estimates(stub, db):
-    """Commit (grouped, and alone through draws_of) reads a hold's lots by their primary key,
+async def test_a_reservations_draws_are_read_lot_by_lot_whatever_the_planner_estimates(stub, db):
+    """Commit (grouped, and alone through draws_of) reads a reservation's lots by their primary key,
     one per draw. Pricing nested loops out stands in for the estimates made before the first
-    ANALYZE (about 200 draws a hold), under which a plain join of draws to lots read every
-    lot of every account for each hold."""
+    ANALYZE (about 200 draws a reservation), under which a plain join of draws to lots read every
+    lot of every account for each reservation."""
     for _ in range(30):
         await grant(stub, "someone-else", 1)  # lots the statements must not read
     await grant(stub, ACCOUNT, 1, priority=1)
     await grant(stub, ACCOUNT, 1)
-    hold = (await reserve(stub, ACCOUNT, 2)).reservation
+    reservation = (await reserve(stub, ACCOUNT, 2)).reservation
     for sql in (group_sql.LOCK_FOR_SETTLING, group_sql.DRAWS_OF):
         transaction = db.transaction()
         await transaction.start()
-        try:  # the lock-for-commit statement locks the hold and its account: undo that
+        try:  # the lock-for-commit statement locks the reservation and its account: undo that
             await db.execute("SET LOCAL enable_nestloop = off")
             plan = json.loads(await db.fetchval(
-                "EXPLAIN (ANALYZE, FORMAT JSON) " + sql, [hold.reservation_id]))
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + sql, [reservation.reservation_id]))
         finally:
             await transaction.rollback()
         assert _lots_read(plan) == 2, sql
@@ -146,12 +146,12 @@ def _lots_read(plan: list[dict]) -> int:
                if node.get("Relation Name") == "credit_lots")
 
 
-async def test_an_equal_commit_consumes_exactly_what_the_hold_drew(stub, db):
+async def test_an_equal_commit_consumes_exactly_what_the_reservation_drew(stub, db):
     a = (await grant(stub, ACCOUNT, 5, priority=1)).lot.lot_id
     b = (await grant(stub, ACCOUNT, 10)).lot.lot_id
-    hold = (await reserve(stub, ACCOUNT, 8)).reservation
+    reservation = (await reserve(stub, ACCOUNT, 8)).reservation
 
-    committed = (await commit(stub, hold.reservation_id)).reservation
+    committed = (await commit(stub, reservation.reservation_id)).reservation
 
     assert draws(committed) == [(a, 5, 5), (b, 3, 3)]
     assert await _remaining(db, a, b) == [(0, 0), (7, 0)]
@@ -160,9 +160,9 @@ async def test_an_equal_commit_consumes_exactly_what_the_hold_drew(stub, db):
 async def test_a_smaller_commit_gives_the_rest_back_to_the_lots_it_came_from(stub, db):
     a = (await grant(stub, ACCOUNT, 5, priority=1)).lot.lot_id
     b = (await grant(stub, ACCOUNT, 10)).lot.lot_id
-    hold = (await reserve(stub, ACCOUNT, 12)).reservation  # 5 from a, 7 from b
+    reservation = (await reserve(stub, ACCOUNT, 12)).reservation  # 5 from a, 7 from b
 
-    committed = (await commit(stub, hold.reservation_id, amount=6)).reservation
+    committed = (await commit(stub, reservation.reservation_id, amount=6)).reservation
 
     assert draws(committed) == [(a, 5, 5), (b, 7, 1)]
     assert await _remaining(db, a, b) == [(0, 0), (9, 0)]
@@ -172,12 +172,12 @@ async def test_a_larger_commit_takes_the_excess_in_consumption_order(stub, db):
     a = (await grant(stub, ACCOUNT, 5, priority=1)).lot.lot_id
     b = (await grant(stub, ACCOUNT, 10, priority=2)).lot.lot_id
     c = (await grant(stub, ACCOUNT, 10, priority=3)).lot.lot_id
-    hold = (await reserve(stub, ACCOUNT, 3)).reservation  # 3 from a
+    reservation = (await reserve(stub, ACCOUNT, 3)).reservation  # 3 from a
     other = (await reserve(stub, ACCOUNT, 9)).reservation  # 2 from a, 7 from b
 
-    committed = (await commit(stub, hold.reservation_id, amount=10)).reservation
+    committed = (await commit(stub, reservation.reservation_id, amount=10)).reservation
 
-    # Excess 7: b has 3 free, then 4 from c; the other hold's draw is untouched.
+    # Excess 7: b has 3 free, then 4 from c; the other reservation's draw is untouched.
     assert draws(committed) == [(a, 3, 3), (b, 0, 3), (c, 0, 4)]
     assert await _remaining(db, a, b, c) == [(2, 2), (7, 7), (6, 0)]
     released = (await release(stub, other.reservation_id)).reservation
@@ -187,10 +187,10 @@ async def test_a_larger_commit_takes_the_excess_in_consumption_order(stub, db):
 
 async def test_release_gives_credits_back_to_their_lots_not_in_consumption_order(stub, db):
     b = (await grant(stub, ACCOUNT, 10)).lot.lot_id
-    hold = (await reserve(stub, ACCOUNT, 6)).reservation  # all from b
+    reservation = (await reserve(stub, ACCOUNT, 6)).reservation  # all from b
     a = (await grant(stub, ACCOUNT, 5, priority=1)).lot.lot_id  # now first in order
 
-    await release(stub, hold.reservation_id, reason="job failed")
+    await release(stub, reservation.reservation_id, reason="job failed")
 
     assert await _remaining(db, a, b) == [(5, 0), (10, 0)]
     again = (await reserve(stub, ACCOUNT, 6)).reservation
@@ -206,7 +206,7 @@ async def test_an_expired_lot_is_written_off_once_and_never_spent(app, stub, db,
     await grant(stub, ACCOUNT, 5)
 
     clock.advance(HOUR_S)
-    # Before any sweep: a hold cannot draw expired credits; this call writes them off.
+    # Before any sweep: a reservation cannot draw expired credits; this call writes them off.
     error = await expect_error(reserve(stub, ACCOUNT, 6))
     assert (error.reason, error.metadata["available"]) == ("INSUFFICIENT_CREDITS", "5")
     await app.sweeper.sweep_once()
@@ -239,12 +239,12 @@ async def test_available_stops_counting_an_expired_lot_within_a_sweep_interval(
     assert (await get_balance(stub, ACCOUNT)).balance.lifetime_expired == 30
 
 
-async def test_credits_held_from_a_lot_that_expires_stay_with_the_hold(app, stub, db, clock):
+async def test_credits_held_from_a_lot_that_expires_stay_with_the_reservation(app, stub, db, clock):
     now = await service_now(db, clock)
     promo = (await grant(stub, ACCOUNT, 10, expire_time=later(now, HOUR_S),
                          priority=1)).lot.lot_id
     plain = (await grant(stub, ACCOUNT, 10)).lot.lot_id
-    hold = (await reserve(stub, ACCOUNT, 8, ttl_s=3 * HOUR_S)).reservation  # 8 from promo
+    reservation = (await reserve(stub, ACCOUNT, 8, ttl_s=3 * HOUR_S)).reservation  # 8 from promo
     # 2 from promo, 2 from plain
     second = (await reserve(stub, ACCOUNT, 4, ttl_s=3 * HOUR_S)).reservation
 
@@ -255,7 +255,7 @@ async def test_credits_held_from_a_lot_that_expires_stay_with_the_hold(app, stub
     assert [lot.expired for lot in report.lots] == [True, False]
 
     # Commit 5 of 8: 5 consumed, the 3 given back to the expired lot are written off at once.
-    committed = await commit(stub, hold.reservation_id, amount=5)
+    committed = await commit(stub, reservation.reservation_id, amount=5)
     assert draws(committed.reservation) == [(promo, 8, 5)]
     assert await _remaining(db, promo, plain) == [(2, 2), (10, 2)]
     # Release the other: 2 written off (promo), 2 back to plain.
@@ -265,21 +265,21 @@ async def test_credits_held_from_a_lot_that_expires_stay_with_the_hold(app, stub
         "SELECT amount, reservation_id::text FROM ledger_entries WHERE entry_type = 'EXPIRY' "
         "ORDER BY entry_id")
     assert [(row[0], row[1]) for row in expiry] == [
-        (-3, hold.reservation_id), (-2, second.reservation_id)]
+        (-3, reservation.reservation_id), (-2, second.reservation_id)]
     balance = (await get_balance(stub, ACCOUNT)).balance
     assert (balance.balance, balance.reserved, balance.lifetime_expired) == (10, 0, 5)
 
 
-async def test_a_hold_that_expires_gives_back_to_an_expired_lot_as_a_write_off(
+async def test_a_reservation_that_expires_gives_back_to_an_expired_lot_as_a_write_off(
         app, stub, db, clock):
     now = await service_now(db, clock)
     promo = (await grant(stub, ACCOUNT, 10, expire_time=later(now, HOUR_S))).lot.lot_id
-    hold = (await reserve(stub, ACCOUNT, 10, ttl_s=2 * HOUR_S)).reservation
+    reservation = (await reserve(stub, ACCOUNT, 10, ttl_s=2 * HOUR_S)).reservation
 
     clock.advance(2 * HOUR_S)
     await app.sweeper.sweep_once()
 
-    assert await reservation_status(db, hold.reservation_id) == "EXPIRED"
+    assert await reservation_status(db, reservation.reservation_id) == "EXPIRED"
     assert await _remaining(db, promo) == [(0, 0)]
     assert (await get_balance(stub, ACCOUNT)).balance.lifetime_expired == 10
 
@@ -287,35 +287,35 @@ async def test_a_hold_that_expires_gives_back_to_an_expired_lot_as_a_write_off(
 # --- ExtendReservation -----------------------------------------------------------------------
 
 
-async def test_extend_keeps_a_hold_alive_past_its_first_ttl(app, stub, clock):
+async def test_extend_keeps_a_reservation_alive_past_its_first_ttl(app, stub, clock):
     await grant(stub, ACCOUNT, 10)
-    hold = (await reserve(stub, ACCOUNT, 4, ttl_s=HOUR_S)).reservation
+    reservation = (await reserve(stub, ACCOUNT, 4, ttl_s=HOUR_S)).reservation
     clock.advance(HOUR_S - 60)
-    extended = (await extend(stub, hold.reservation_id, 2 * HOUR_S)).reservation
-    moved = extended.expire_time.ToDatetime() - hold.expire_time.ToDatetime()
-    # now + 2 h, where now is 1 h - 60 s after the hold was placed (plus real seconds passed)
+    extended = (await extend(stub, reservation.reservation_id, 2 * HOUR_S)).reservation
+    moved = extended.expire_time.ToDatetime() - reservation.expire_time.ToDatetime()
+    # now + 2 h, where now is 1 h - 60 s after the reservation was placed (plus real seconds passed)
     assert timedelta(seconds=2 * HOUR_S - 60) <= moved < timedelta(seconds=2 * HOUR_S)
     assert [d.held for d in extended.draws] == [4]
     clock.advance(HOUR_S)
     await app.sweeper.sweep_once()
-    assert (await commit(stub, hold.reservation_id)).reservation.committed_amount == 4
+    assert (await commit(stub, reservation.reservation_id)).reservation.committed_amount == 4
 
 
-async def test_extend_never_shortens_a_hold_and_never_passes_its_lifetime_maximum(
+async def test_extend_never_shortens_a_reservation_and_never_passes_its_lifetime_maximum(
         stub, clock, test_settings):
     await grant(stub, ACCOUNT, 10)
-    hold = (await reserve(stub, ACCOUNT, 4, ttl_s=10 * HOUR_S)).reservation
-    shorter = (await extend(stub, hold.reservation_id, HOUR_S)).reservation
-    assert shorter.expire_time == hold.expire_time
+    reservation = (await reserve(stub, ACCOUNT, 4, ttl_s=10 * HOUR_S)).reservation
+    shorter = (await extend(stub, reservation.reservation_id, HOUR_S)).reservation
+    assert shorter.expire_time == reservation.expire_time
     for day in range(8):  # a day at a time, up to create_time + the lifetime maximum (7 days)
         if day:
             clock.advance(DAY_S - HOUR_S)
-        capped = (await extend(stub, hold.reservation_id, DAY_S)).reservation
+        capped = (await extend(stub, reservation.reservation_id, DAY_S)).reservation
     lifetime = capped.expire_time.ToDatetime() - capped.create_time.ToDatetime()
     assert lifetime == timedelta(seconds=test_settings.ledger.reservation_lifetime_max_s)
 
 
-async def test_extending_an_expired_or_finished_hold_is_failed_precondition(stub, clock):
+async def test_extending_an_expired_or_finished_reservation_is_failed_precondition(stub, clock):
     await grant(stub, ACCOUNT, 10)
     expired = (await reserve(stub, ACCOUNT, 1, ttl_s=HOUR_S)).reservation
     committed = (await reserve(stub, ACCOUNT, 1)).reservation
@@ -324,10 +324,10 @@ async def test_extending_an_expired_or_finished_hold_is_failed_precondition(stub
     await release(stub, released.reservation_id)
     clock.advance(HOUR_S)  # due, not yet swept: still refused
 
-    for hold, reason in ((expired, "RESERVATION_EXPIRED"),
-                         (committed, "RESERVATION_ALREADY_COMMITTED"),
-                         (released, "RESERVATION_RELEASED")):
-        error = await expect_error(extend(stub, hold.reservation_id, HOUR_S))
+    for reservation, reason in ((expired, "RESERVATION_EXPIRED"),
+                                (committed, "RESERVATION_ALREADY_COMMITTED"),
+                                (released, "RESERVATION_RELEASED")):
+        error = await expect_error(extend(stub, reservation.reservation_id, HOUR_S))
         assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, reason)
     missing = await expect_error(extend(stub, str(uuid.uuid4()), HOUR_S))
     assert (missing.code, missing.reason) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
@@ -348,29 +348,29 @@ async def test_extend_validates_its_ttl(stub):
 
 async def test_list_reservations_pages_newest_first_and_filters_by_status(stub):
     await grant(stub, ACCOUNT, 100)
-    holds = [(await reserve(stub, ACCOUNT, 1)).reservation for _ in range(7)]
-    await commit(stub, holds[1].reservation_id)
-    await release(stub, holds[2].reservation_id)
+    reservations = [(await reserve(stub, ACCOUNT, 1)).reservation for _ in range(7)]
+    await commit(stub, reservations[1].reservation_id)
+    await release(stub, reservations[2].reservation_id)
 
     seen, token = [], ""
     while True:
         page = await stub.ListReservations(pb.ListReservationsRequest(
             account_id=ACCOUNT, page_size=3, page_token=token))
-        seen += [hold.reservation_id for hold in page.reservations]
+        seen += [reservation.reservation_id for reservation in page.reservations]
         token = page.next_page_token
         if not token:
             break
-    assert seen == [hold.reservation_id for hold in reversed(holds)]
+    assert seen == [reservation.reservation_id for reservation in reversed(reservations)]
 
     active = await stub.ListReservations(pb.ListReservationsRequest(
         account_id=ACCOUNT, statuses=[pb.RESERVATION_STATUS_ACTIVE]))
     assert len(active.reservations) == 5
-    assert all(len(hold.draws) == 1 for hold in active.reservations)
+    assert all(len(reservation.draws) == 1 for reservation in active.reservations)
     finished = await stub.ListReservations(pb.ListReservationsRequest(
         account_id=ACCOUNT,
         statuses=[pb.RESERVATION_STATUS_COMMITTED, pb.RESERVATION_STATUS_RELEASED]))
-    assert {hold.reservation_id for hold in finished.reservations} == {
-        holds[1].reservation_id, holds[2].reservation_id}
+    assert {reservation.reservation_id for reservation in finished.reservations} == {
+        reservations[1].reservation_id, reservations[2].reservation_id}
 
 
 async def test_list_reservations_refuses_a_token_made_for_other_statuses(stub):

@@ -1,7 +1,7 @@
 """Model-based test of credit lots: a Hypothesis state machine drives the real gRPC server (and
-its PostgreSQL) with grants, holds, commits, releases, extensions and clock moves, mirrors every
-call in a pure Python model of lots, and after every step checks the model against the replies,
-the tables and GetBalance.
+its PostgreSQL) with grants, reservations, commits, releases, extensions and clock moves, mirrors
+every call in a pure Python model of lots, and after every step checks the model against the
+replies, the tables and GetBalance.
 
 Time: every duration is a whole number of hours and the service clock only moves by
 `clock.advance`, so the few real seconds an example takes never change which event is due: in
@@ -55,8 +55,8 @@ DUE = """
 RPC_TIMEOUT_S = 10
 EXPIRING_WITHIN_H = 6  # GetBalance's expiring_amount window; lots are often granted for 6 h
 STEP_TIMEOUT_S = 30
-# A hold's expire_time is set from the server clock, which runs a few real seconds ahead of the
-# model's whole hours; never by as much as this.
+# A reservation's expire_time is set from the server clock, which runs a few real seconds ahead of
+# the model's whole hours; never by as much as this.
 DRIFT_MAX_S = 600
 
 ACTIVE, COMMITTED, RELEASED, EXPIRED = "ACTIVE", "COMMITTED", "RELEASED", "EXPIRED"
@@ -67,7 +67,7 @@ MUST_SEE = (
     "commit equal", "commit default", "commit smaller", "commit larger",
     "commit larger declined", "commit expired", "commit replay", "commit other amount",
     "commit released", "release", "release expired", "release replay", "release committed",
-    "extend", "extend expired", "hold expired", "lot written off", "given back written off",
+    "extend", "extend expired", "reservation expired", "lot written off", "given back written off",
     "consumed from an expired lot", "lot expiry tie",
 )
 
@@ -93,7 +93,7 @@ class ModelLot:
 
 
 @dataclass
-class ModelHold:
+class ModelReservation:
     reservation_id: str
     account: str
     amount: int
@@ -132,7 +132,7 @@ class Model:
         self.seen = seen
         self.accounts: dict[str, ModelAccount] = {}
         self.lots: dict[str, ModelLot] = {}
-        self.holds: dict[str, ModelHold] = {}
+        self.reservations: dict[str, ModelReservation] = {}
 
     # queries
 
@@ -144,11 +144,12 @@ class Model:
         return sum(lot.remaining - lot.held for lot in self.lots_of(account) if not lot.expired)
 
     def reserved(self, account: str) -> int:
-        return sum(h.amount for h in self.holds.values()
-                   if h.account == account and h.status == ACTIVE)
+        return sum(r.amount for r in self.reservations.values()
+                   if r.account == account and r.status == ACTIVE)
 
     def active_count(self, account: str) -> int:
-        return sum(1 for h in self.holds.values() if h.account == account and h.status == ACTIVE)
+        return sum(1 for r in self.reservations.values()
+                   if r.account == account and r.status == ACTIVE)
 
     def take(self, account: str, amount: int) -> list[tuple[str, int]] | None:
         """Free credits of unexpired lots in consumption order, up to `amount`."""
@@ -201,27 +202,27 @@ class Model:
         self.seen["reserve"] += 1
         return draws
 
-    def add_hold(self, hold: ModelHold) -> None:
-        self.holds[hold.reservation_id] = hold
+    def add_reservation(self, reservation: ModelReservation) -> None:
+        self.reservations[reservation.reservation_id] = reservation
 
-    def _finished(self, hold: ModelHold, verb: str) -> Declined | None:
-        if hold.status == EXPIRED:
+    def _finished(self, reservation: ModelReservation, verb: str) -> Declined | None:
+        if reservation.status == EXPIRED:
             self.seen[f"{verb} expired"] += 1
             return Declined(grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_EXPIRED")
-        if hold.status == RELEASED and verb != "release":
+        if reservation.status == RELEASED and verb != "release":
             self.seen[f"{verb} released"] += 1
             return Declined(grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_RELEASED")
-        if hold.status == COMMITTED and verb != "commit":
+        if reservation.status == COMMITTED and verb != "commit":
             self.seen[f"{verb} committed"] += 1
             return Declined(grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_ALREADY_COMMITTED",
-                            {"committedAmount": str(hold.committed_amount)})
+                            {"committedAmount": str(reservation.committed_amount)})
         return None
 
-    def _give_back(self, hold: ModelHold, consumed: dict[str, int]) -> None:
-        """End the hold's draws: what was not consumed goes back to its lot, and is written
+    def _give_back(self, reservation: ModelReservation, consumed: dict[str, int]) -> None:
+        """End the reservation's draws: what was not consumed goes back to its lot, and is written
         off at once if the lot has expired."""
-        account = self.accounts[hold.account]
-        for lot_id, held in hold.draws:
+        account = self.accounts[reservation.account]
+        for lot_id, held in reservation.draws:
             lot = self.lots[lot_id]
             used = consumed.get(lot_id, 0)
             lot.held -= held
@@ -234,77 +235,78 @@ class Model:
                 account.expired += back
                 self.seen["given back written off"] += 1
 
-    def commit(self, hold: ModelHold, amount: int, kind: str
+    def commit(self, reservation: ModelReservation, amount: int, kind: str
                ) -> list[tuple[str, int, int]] | Declined:
-        """The hold's draws after Commit, as (lot_id, held, consumed) in consumption order."""
-        declined = self._finished(hold, "commit")
+        """The reservation's draws after Commit, as (lot_id, held, consumed) in consumption
+        order."""
+        declined = self._finished(reservation, "commit")
         if declined is not None:
             return declined
-        if hold.status == COMMITTED:
-            if hold.committed_amount != amount:
+        if reservation.status == COMMITTED:
+            if reservation.committed_amount != amount:
                 self.seen["commit other amount"] += 1
                 return Declined(grpc.StatusCode.FAILED_PRECONDITION,
                                 "RESERVATION_ALREADY_COMMITTED",
-                                {"committedAmount": str(hold.committed_amount)})
+                                {"committedAmount": str(reservation.committed_amount)})
             self.seen["commit replay"] += 1
-            return hold.settled
+            return reservation.settled
         consumed: dict[str, int] = {}
         left = amount
-        for lot_id, held in hold.draws:
+        for lot_id, held in reservation.draws:
             consumed[lot_id] = min(held, left)
             left -= consumed[lot_id]
         excess: list[tuple[str, int]] = []
         if left:
-            taken = self.take(hold.account, left)
+            taken = self.take(reservation.account, left)
             if taken is None:
                 self.seen["commit larger declined"] += 1
                 return Declined(grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS",
-                                {"available": str(self.available(hold.account)),
+                                {"available": str(self.available(reservation.account)),
                                  "requested": str(left)})
             excess = taken
         self.seen[f"commit {kind}"] += 1
-        self._give_back(hold, consumed)
+        self._give_back(reservation, consumed)
         for lot_id, part in excess:
             self.lots[lot_id].remaining -= part
             consumed[lot_id] = consumed.get(lot_id, 0) + part
-        self.accounts[hold.account].used += amount
-        held = dict(hold.draws)
-        hold.status, hold.committed_amount = COMMITTED, amount
-        hold.settled = [(lot_id, held.get(lot_id, 0), consumed[lot_id])
-                        for lot_id in sorted(consumed, key=lambda i: self.lots[i].order())]
-        return hold.settled
+        self.accounts[reservation.account].used += amount
+        held = dict(reservation.draws)
+        reservation.status, reservation.committed_amount = COMMITTED, amount
+        reservation.settled = [(lot_id, held.get(lot_id, 0), consumed[lot_id])
+                               for lot_id in sorted(consumed, key=lambda i: self.lots[i].order())]
+        return reservation.settled
 
-    def release(self, hold: ModelHold) -> Declined | None:
-        declined = self._finished(hold, "release")
+    def release(self, reservation: ModelReservation) -> Declined | None:
+        declined = self._finished(reservation, "release")
         if declined is not None:
             return declined
-        if hold.status == RELEASED:
+        if reservation.status == RELEASED:
             self.seen["release replay"] += 1
             return None
         self.seen["release"] += 1
-        self._give_back(hold, {})
-        hold.status = RELEASED
+        self._give_back(reservation, {})
+        reservation.status = RELEASED
         return None
 
-    def extend(self, hold: ModelHold, ttl_h: int) -> Declined | None:
-        declined = self._finished(hold, "extend")
+    def extend(self, reservation: ModelReservation, ttl_h: int) -> Declined | None:
+        declined = self._finished(reservation, "extend")
         if declined is not None:
             return declined
         self.seen["extend"] += 1
-        capped = min(self.now_h + ttl_h, hold.created_h + self.lifetime_max_h)
-        if capped == hold.created_h + self.lifetime_max_h and capped > hold.expire_h:
+        capped = min(self.now_h + ttl_h, reservation.created_h + self.lifetime_max_h)
+        if capped == reservation.created_h + self.lifetime_max_h and capped > reservation.expire_h:
             self.seen["extend capped"] += 1
-        hold.expire_h = max(hold.expire_h, capped)
+        reservation.expire_h = max(reservation.expire_h, capped)
         return None
 
     def advance(self, hours: int) -> None:
-        """Move time; due holds expire (giving back), due lots are written off."""
+        """Move time; due reservations expire (giving back), due lots are written off."""
         self.now_h += hours
-        for hold in self.holds.values():
-            if hold.status == ACTIVE and self.now_h >= hold.expire_h:
-                self.seen["hold expired"] += 1
-                self._give_back(hold, {})
-                hold.status = EXPIRED
+        for reservation in self.reservations.values():
+            if reservation.status == ACTIVE and self.now_h >= reservation.expire_h:
+                self.seen["reservation expired"] += 1
+                self._give_back(reservation, {})
+                reservation.status = EXPIRED
         for lot in self.lots.values():
             if lot.expire_h is not None and not lot.expired and self.now_h >= lot.expire_h:
                 self.seen["lot written off"] += 1
@@ -335,19 +337,20 @@ def _amount_of(spec: tuple[str, int], base: int) -> int:
 # Mostly the first account; the second one starts unknown (NOT_FOUND) until granted to.
 accounts = st.sampled_from((ACCOUNTS[0], ACCOUNTS[0], ACCOUNTS[0], ACCOUNTS[1]))
 grant_amounts = st.integers(1, 50)
-# Hypothesis favours small numbers; lead with values that make lots expire under live holds.
+# Hypothesis favours small numbers; lead with values that make lots expire under live reservations.
 expiries = st.one_of(st.none(), st.sampled_from([2, 6]), st.integers(1, 48))
-hold_ttls = st.one_of(st.sampled_from([24, 8]), st.integers(1, 24))
+reservation_ttls = st.one_of(st.sampled_from([24, 8]), st.integers(1, 24))
 advances = st.one_of(st.sampled_from([3, 7]), st.integers(1, 30))
 # Few distinct priorities, so ties are common; None is the default, 50.
 priorities = st.one_of(st.none(), st.sampled_from([0, 1, 50, 100]), st.integers(0, 100))
 # Relative to what is available (reserve) or held (commit): boundaries and just past them.
 reserve_amounts = st.one_of(st.integers(-3, 3).map(lambda d: ("rel", d)),
                             st.integers(1, 25).map(lambda n: ("n", n)))
-# Which hold a commit, release or extend acts on: the `pick`th (modulo) of the holds of that
-# kind, in creation order; an active hold if there is none of that kind, else any hold.
-HOLD_KINDS = ("active", "active over an expired lot", "expired", "finished")
-hold_kinds = st.sampled_from(HOLD_KINDS)
+# Which reservation a commit, release or extend acts on: the `pick`th (modulo) of the reservations
+# of that kind, in creation order; an active reservation if there is none of that kind, else any
+# reservation.
+RESERVATION_KINDS = ("active", "active over an expired lot", "expired", "finished")
+reservation_kinds = st.sampled_from(RESERVATION_KINDS)
 picks = st.integers(0, 7)
 
 
@@ -395,25 +398,26 @@ class LotsMachine(RuleBasedStateMachine):
         for key, value in expected.metadata.items():
             assert error.metadata.get(key) == value, (key, expected, error)
 
-    def _hold(self, which: str, pick: int) -> ModelHold:
+    def _reservation(self, which: str, pick: int) -> ModelReservation:
         m = self.model
-        holds = list(m.holds.values())
+        reservations = list(m.reservations.values())
         kind = {
-            "active": lambda h: h.status == ACTIVE,
-            "expired": lambda h: h.status == EXPIRED,
-            "finished": lambda h: h.status in (COMMITTED, RELEASED),
-            "active over an expired lot": lambda h: h.status == ACTIVE and any(
-                m.lots[lot_id].expired for lot_id, _ in h.draws),
+            "active": lambda r: r.status == ACTIVE,
+            "expired": lambda r: r.status == EXPIRED,
+            "finished": lambda r: r.status in (COMMITTED, RELEASED),
+            "active over an expired lot": lambda r: r.status == ACTIVE and any(
+                m.lots[lot_id].expired for lot_id, _ in r.draws),
         }[which]
-        chosen = ([hold for hold in holds if kind(hold)]
-                  or [hold for hold in holds if hold.status == ACTIVE] or holds)
+        chosen = ([r for r in reservations if kind(r)]
+                  or [r for r in reservations if r.status == ACTIVE] or reservations)
         return chosen[pick % len(chosen)]
 
-    def _has_holds(self) -> bool:
-        return bool(self.model.holds)
+    def _has_reservations(self) -> bool:
+        return bool(self.model.reservations)
 
     def _something_can_expire(self) -> bool:
-        return any(hold.status == ACTIVE for hold in self.model.holds.values()) or any(
+        return any(reservation.status == ACTIVE
+                   for reservation in self.model.reservations.values()) or any(
             lot.expire_h is not None and not lot.expired for lot in self.model.lots.values())
 
     def _expect_balance(self, balance: pb.Balance, account: str) -> None:
@@ -451,7 +455,7 @@ class LotsMachine(RuleBasedStateMachine):
             None if expire_h is None else self._stamp(expire_h))
         self._expect_balance(reply.balance, account)
 
-    @rule(account=accounts, amount=reserve_amounts, ttl_h=hold_ttls)
+    @rule(account=accounts, amount=reserve_amounts, ttl_h=reservation_ttls)
     def reserve(self, account: str, amount: tuple[str, int], ttl_h: int) -> None:
         self._step()
         value = _amount_of(amount, self.model.available(account)
@@ -464,46 +468,47 @@ class LotsMachine(RuleBasedStateMachine):
             self._expect_declined(error, expected, reply)
             return
         assert error is None, error
-        hold = reply.reservation
-        assert draws(hold) == [(lot_id, part, 0) for lot_id, part in expected], (
-            draws(hold), expected)
-        assert (hold.amount, hold.status) == (value, pb.RESERVATION_STATUS_ACTIVE)
-        assert seconds(hold.expire_time) - seconds(hold.create_time) == ttl_h * HOUR_S
-        self.model.add_hold(ModelHold(hold.reservation_id, account, value, self.model.now_h,
-                                      self.model.now_h + ttl_h, expected))
+        reservation = reply.reservation
+        assert draws(reservation) == [(lot_id, part, 0) for lot_id, part in expected], (
+            draws(reservation), expected)
+        assert (reservation.amount, reservation.status) == (value, pb.RESERVATION_STATUS_ACTIVE)
+        assert seconds(reservation.expire_time) - seconds(reservation.create_time) == ttl_h * HOUR_S
+        self.model.add_reservation(ModelReservation(
+            reservation.reservation_id, account, value, self.model.now_h,
+            self.model.now_h + ttl_h, expected))
         self._expect_balance(reply.balance, account)
 
-    @precondition(_has_holds)
-    @rule(which=hold_kinds, pick=picks, amount=st.one_of(st.none(), st.integers(1, 60)))
+    @precondition(_has_reservations)
+    @rule(which=reservation_kinds, pick=picks, amount=st.one_of(st.none(), st.integers(1, 60)))
     def commit(self, which: str, pick: int, amount: int | None) -> None:
         """Commit for the held amount (amount unset) or for any amount."""
         self._step()
-        self._commit(self._hold(which, pick), amount)
+        self._commit(self._reservation(which, pick), amount)
 
-    @precondition(_has_holds)
-    @rule(which=hold_kinds, pick=picks, by=st.integers(0, 5))
+    @precondition(_has_reservations)
+    @rule(which=reservation_kinds, pick=picks, by=st.integers(0, 5))
     def commit_less(self, which: str, pick: int, by: int) -> None:
         """Commit for the held amount given explicitly (by=0) or less (at least 1)."""
         self._step()
-        hold = self._hold(which, pick)
-        self._commit(hold, max(1, hold.amount - by))
+        reservation = self._reservation(which, pick)
+        self._commit(reservation, max(1, reservation.amount - by))
 
-    @precondition(_has_holds)
-    @rule(which=hold_kinds, pick=picks, by=st.integers(1, 40))
+    @precondition(_has_reservations)
+    @rule(which=reservation_kinds, pick=picks, by=st.integers(1, 40))
     def commit_more(self, which: str, pick: int, by: int) -> None:
         """Commit for more than held: the excess comes from free credits, often of several
         lots, or the commit is declined."""
         self._step()
-        hold = self._hold(which, pick)
-        self._commit(hold, hold.amount + by)
+        reservation = self._reservation(which, pick)
+        self._commit(reservation, reservation.amount + by)
 
-    def _commit(self, hold: ModelHold, amount: int | None) -> None:
-        request = commit_request(hold.reservation_id, amount)
-        value = hold.amount if amount is None else amount
-        kind = ("default" if amount is None else "equal" if value == hold.amount
-                else "smaller" if value < hold.amount else "larger")
+    def _commit(self, reservation: ModelReservation, amount: int | None) -> None:
+        request = commit_request(reservation.reservation_id, amount)
+        value = reservation.amount if amount is None else amount
+        kind = ("default" if amount is None else "equal" if value == reservation.amount
+                else "smaller" if value < reservation.amount else "larger")
         reply, error = self._call(lambda: self.env.stub.Commit(request, timeout=RPC_TIMEOUT_S))
-        expected = self.model.commit(hold, value, kind)
+        expected = self.model.commit(reservation, value, kind)
         if isinstance(expected, Declined):
             self._expect_declined(error, expected, reply)
             return
@@ -513,43 +518,43 @@ class LotsMachine(RuleBasedStateMachine):
             pb.RESERVATION_STATUS_COMMITTED, value), committed
         assert draws(committed) == expected, (draws(committed), expected)
         assert reply.entry.amount == -value
-        self._expect_balance(reply.balance, hold.account)
+        self._expect_balance(reply.balance, reservation.account)
 
-    @precondition(_has_holds)
-    @rule(which=hold_kinds, pick=picks)
+    @precondition(_has_reservations)
+    @rule(which=reservation_kinds, pick=picks)
     def release(self, which: str, pick: int) -> None:
         self._step()
-        hold = self._hold(which, pick)
-        request = release_request(hold.reservation_id, "model")
+        reservation = self._reservation(which, pick)
+        request = release_request(reservation.reservation_id, "model")
         reply, error = self._call(lambda: self.env.stub.Release(request, timeout=RPC_TIMEOUT_S))
-        expected = self.model.release(hold)
+        expected = self.model.release(reservation)
         if isinstance(expected, Declined):
             self._expect_declined(error, expected, reply)
             return
         assert error is None, error
         assert reply.reservation.status == pb.RESERVATION_STATUS_RELEASED
-        assert draws(reply.reservation) == [(lot_id, held, 0) for lot_id, held in hold.draws]
-        self._expect_balance(reply.balance, hold.account)
+        assert draws(reply.reservation) == [(lot_id, held, 0) for lot_id, held in reservation.draws]
+        self._expect_balance(reply.balance, reservation.account)
 
-    @precondition(_has_holds)
-    @rule(which=hold_kinds, pick=picks, ttl_h=hold_ttls)
+    @precondition(_has_reservations)
+    @rule(which=reservation_kinds, pick=picks, ttl_h=reservation_ttls)
     def extend(self, which: str, pick: int, ttl_h: int) -> None:
         self._step()
-        hold = self._hold(which, pick)
-        request = pb.ExtendReservationRequest(reservation_id=hold.reservation_id,
+        reservation = self._reservation(which, pick)
+        request = pb.ExtendReservationRequest(reservation_id=reservation.reservation_id,
                                               ttl=Duration(seconds=ttl_h * HOUR_S))
         reply, error = self._call(
             lambda: self.env.stub.ExtendReservation(request, timeout=RPC_TIMEOUT_S))
-        expected = self.model.extend(hold, ttl_h)
+        expected = self.model.extend(reservation, ttl_h)
         if isinstance(expected, Declined):
             self._expect_declined(error, expected, reply)
             return
         assert error is None, error
         extended = reply.reservation
         assert extended.status == pb.RESERVATION_STATUS_ACTIVE
-        assert draws(extended) == [(lot_id, held, 0) for lot_id, held in hold.draws]
+        assert draws(extended) == [(lot_id, held, 0) for lot_id, held in reservation.draws]
         lifetime = seconds(extended.expire_time) - seconds(extended.create_time)
-        model_lifetime = (hold.expire_h - hold.created_h) * HOUR_S
+        model_lifetime = (reservation.expire_h - reservation.created_h) * HOUR_S
         assert 0 <= lifetime - model_lifetime < DRIFT_MAX_S, (lifetime, model_lifetime)
 
     @precondition(_something_can_expire)
@@ -561,7 +566,7 @@ class LotsMachine(RuleBasedStateMachine):
 
     async def _advance(self, hours: int) -> None:
         """Move the service clock, then sweep until nothing is due. The background sweeper may
-        be expiring the same holds (it skips what it finds locked, and so does sweep_once):
+        be expiring the same reservations (it skips what it finds locked, and so does sweep_once):
         wait for its transaction rather than read around it."""
         env = self.env
         env.clock.advance(hours * HOUR_S)
@@ -570,7 +575,7 @@ class LotsMachine(RuleBasedStateMachine):
             if not await env.db.fetchval(DUE, env.clock.offset_ms):
                 return
             await asyncio.sleep(0.02)
-        raise AssertionError("due holds or lots were never swept")
+        raise AssertionError("due reservations or lots were never swept")
 
     # checks after every step
 
@@ -582,7 +587,7 @@ class LotsMachine(RuleBasedStateMachine):
         m = self.model
         assert lots == {lot.lot_id: (lot.account, lot.remaining, lot.held, lot.expired)
                         for lot in m.lots.values()}, "credit_lots differ from the model"
-        assert statuses == {h.reservation_id: h.status for h in m.holds.values()}
+        assert statuses == {r.reservation_id: r.status for r in m.reservations.values()}
         assert ledger == {a: account.balance for a, account in m.accounts.items()}, ledger
         assert set(reports) == set(m.accounts)
         for account_id, report in reports.items():

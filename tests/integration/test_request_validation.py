@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from credits.v1 import credits_pb2 as pb
 from tests.grpc_errors import assert_error, expect_error
 from tests.ledger_checks import TABLE_NAMES, row_counts
-from tests.support.calls import grant, place_hold, reserve
+from tests.support.calls import grant, place_reservation, reserve
 from tests.support.database import reservation_status
 
 ACCOUNT = "acct-1"
@@ -33,11 +33,11 @@ def _reserve_request(**fields) -> pb.CheckAndReserveRequest:
 
 
 def _commit_request(**fields) -> pb.CommitRequest:
-    return pb.CommitRequest(**{"reservation_id": "{hold}", **fields})
+    return pb.CommitRequest(**{"reservation_id": "{reservation}", **fields})
 
 
 def _release_request(**fields) -> pb.ReleaseRequest:
-    return pb.ReleaseRequest(**{"reservation_id": "{hold}", **fields})
+    return pb.ReleaseRequest(**{"reservation_id": "{reservation}", **fields})
 
 
 def _history_request(**fields) -> pb.HistoryRequest:
@@ -124,11 +124,11 @@ async def test_invalid_request_is_rejected_naming_the_field_and_writes_nothing(
         stub, db, method, request_message, field):
     """Each broken field rule: INVALID_ARGUMENT naming the field, no row in any table."""
     await grant(stub, ACCOUNT, 100)
-    hold_id = await place_hold(stub, ACCOUNT, 10)
+    reservation_id = await place_reservation(stub, ACCOUNT, 10)
     request = type(request_message)()
     request.CopyFrom(request_message)
-    if getattr(request, "reservation_id", None) == "{hold}":
-        request.reservation_id = hold_id
+    if getattr(request, "reservation_id", None) == "{reservation}":
+        request.reservation_id = reservation_id
     counts = await row_counts(db)
 
     error = await expect_error(getattr(stub, method)(request))
@@ -136,7 +136,7 @@ async def test_invalid_request_is_rejected_naming_the_field_and_writes_nothing(
     assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", field=field)
     assert field in [name for name, _ in error.field_violations]
     assert await row_counts(db) == counts
-    assert await reservation_status(db, hold_id) == "ACTIVE"
+    assert await reservation_status(db, reservation_id) == "ACTIVE"
 
 
 async def test_every_violation_of_a_request_is_reported_at_once(stub, db):
@@ -163,7 +163,7 @@ async def test_values_at_the_limits_are_accepted(stub):
     assert dict(response.entry.metadata) == metadata
 
     for key, ttl in (("t1", Duration(seconds=1)), ("t2", Duration(seconds=86400))):
-        hold = (await reserve(stub, account, 1, key=key, ttl=ttl)).reservation
-        assert (hold.expire_time.ToDatetime() - hold.create_time.ToDatetime()
+        reservation = (await reserve(stub, account, 1, key=key, ttl=ttl)).reservation
+        assert (reservation.expire_time.ToDatetime() - reservation.create_time.ToDatetime()
                 == timedelta(seconds=ttl.seconds))
     assert (await reserve(stub, account, 10**12 - 2, key="all")).balance.available == 0

@@ -156,8 +156,8 @@ async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(launcher: Lau
         assert (await asyncio.wait_for(watch.read(), 10)).status == SERVING
 
         async def worker(index: int) -> None:
-            # Same few accounts on purpose: the holds queue on the account rows, so calls take
-            # a while and many are in flight when the signal arrives.
+            # Same few accounts on purpose: the reservations queue on the account rows, so calls
+            # take a while and many are in flight when the signal arrives.
             account = accounts[index % len(accounts)]
             for n in range(1_000_000):
                 request = pb.CheckAndReserveRequest(
@@ -207,7 +207,8 @@ async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(launcher: Lau
     assert "shut down cleanly" in server.log(), server.describe()
     await assert_nothing_running_in(data_dir)
 
-    # Every OK hold was committed before the exit; an UNAVAILABLE one may or may not have been.
+    # Every OK reservation was committed before the exit; an UNAVAILABLE one may or may not have
+    # been.
     ok = sum(code == grpc.StatusCode.OK for code, _ in outcomes)
     unavailable = len(outcomes) - ok
     restarted = launcher.serve(data_dir)

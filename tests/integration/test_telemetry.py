@@ -32,13 +32,13 @@ async def test_counters_move_with_traffic(app, stub):
         for i in range(3)]
     batch = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=[
         pb.CheckAndReserveRequest(account_id="m", amount=1, idempotency_key=f"b{i}")
-        for i in range(4)]))  # one group placing 4 holds counts 4
+        for i in range(4)]))  # one group placing 4 reservations counts 4
     assert all(result.HasField("response") for result in batch.results)
     await stub.Commit(pb.CommitRequest(reservation_id=held[0].reservation.reservation_id,
                                        amount=7))
     await stub.Release(pb.ReleaseRequest(reservation_id=held[1].reservation.reservation_id))
     await expect_error(stub.GetBalance(pb.GetBalanceRequest(account_id="nobody")))
-    await asyncio.sleep(1 + 3 * SWEEP_INTERVAL_S)  # the third hold expires
+    await asyncio.sleep(1 + 3 * SWEEP_INTERVAL_S)  # the third reservation expires
     after = await scrape(app)
 
     def moved(name: str, **labels: str) -> float:

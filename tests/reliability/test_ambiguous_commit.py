@@ -6,7 +6,7 @@ so the caller) cannot know. Callers follow the README's rule and send the same r
 until they get a definite answer. The claims:
 
 - zero double charges: one ledger entry per Grant key, one reservation per CheckAndReserve key,
-  exactly one USAGE entry per committed hold;
+  exactly one USAGE entry per committed reservation;
 - every retried request replays its original result (the definite answer names the entry or
   reservation that the database holds, and sending it again later returns the same);
 - balances are exactly what the intended operations add up to, and the invariants hold.
@@ -43,7 +43,7 @@ ACCOUNTS = 4
 INITIAL_CREDITS = 1_000_000_000  # so rich that any decline would be a wrong answer
 DEADLINE_S = 5.0
 GIVE_UP_S = 60.0
-HOLD_TTL_S = 600
+RESERVATION_TTL_S = 600
 FLOWS_PER_WORKER_PER_ROUND = 25
 FINISH_TIMEOUT_PER_ROUND_S = 60.0
 REPLAY_CONCURRENCY = 16
@@ -86,7 +86,7 @@ async def _run_flows(stub: Stub, worker: int, count: int, log: CallLog) -> list[
             grant=grant_request(f"acct-{(worker + number) % ACCOUNTS}", 20 + number % 9,
                                 key=f"{key}-grant"),
             reserve=reserve_request(f"acct-{(worker + number) % ACCOUNTS}", 10 + number % 5,
-                                    key=f"{key}-hold", ttl_s=HOLD_TTL_S),
+                                    key=f"{key}-reservation", ttl_s=RESERVATION_TTL_S),
         )
         flows.append(flow)
         flow.granted = await _definite(stub, "Grant", flow.grant, log)
@@ -110,16 +110,18 @@ async def _check_ledger(pg: PostgresController, flows: list[Flow]) -> None:
             " AND amount < $1", INITIAL_CREDITS)}
         assert sorted(grants) == sorted(int(f.granted.entry.entry_id) for f in flows), (
             "Grant entries in the ledger are not exactly one per key, the one answered")
-        holds = [r["reservation_id"] for r in await connection.fetch(
+        reservation_ids = [r["reservation_id"] for r in await connection.fetch(
             "SELECT reservation_id::text FROM reservations")]
-        assert sorted(holds) == sorted(f.reserved.reservation.reservation_id for f in flows), (
+        assert sorted(reservation_ids) == sorted(
+            f.reserved.reservation.reservation_id for f in flows), (
             "reservations are not exactly one per CheckAndReserve key, the one answered")
         usage = await connection.fetch(
             "SELECT reservation_id::text, entry_id, -amount AS amount FROM ledger_entries"
             " WHERE entry_type = 'USAGE'")
         assert sorted((r["reservation_id"], r["entry_id"], r["amount"]) for r in usage) == sorted(
             (f.reserved.reservation.reservation_id, int(f.committed.entry.entry_id),
-             f.committed_amount) for f in flows), "USAGE entries are not exactly one per hold"
+             f.committed_amount) for f in flows), (
+            "USAGE entries are not exactly one per reservation")
         expected = Counter({f"acct-{i}": INITIAL_CREDITS for i in range(ACCOUNTS)})
         for flow in flows:
             expected[flow.grant.account_id] += flow.grant.amount - flow.committed_amount

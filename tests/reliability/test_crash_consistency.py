@@ -4,7 +4,7 @@ calling, and restarted on the same data directory and port.
 
 The embedded PostgreSQL outlives each killed server (it is a separate process) and is adopted
 by the next one, so what a crash can break is the service's own atomicity: a balance changed
-without its ledger entry, a hold without its account update, an idempotency key without its
+without its ledger entry, a reservation without its account update, an idempotency key without its
 effect, or an effect applied twice by a retry.
 """
 
@@ -44,7 +44,8 @@ from tests.support.calls import commit_request, grant_request, release_request, 
 WORKERS = 6
 ACCOUNTS = [f"crash-{k}" for k in range(3)]
 OPENING_GRANT = 300  # per account, before the load starts
-HOLD_TTL_S = 600  # far beyond the test: no hold expires, every hold is settled by its caller
+# Far beyond the test: no reservation expires, every reservation is settled by its caller.
+RESERVATION_TTL_S = 600
 CALL_DEADLINE_S = 2.0
 RETRY_PAUSE_S = 0.05
 OP_TIMEOUT_S = 60.0  # one request must get a definite answer within this, retries included
@@ -164,8 +165,9 @@ class Op:
 
 def _replayable(method: str, answer: Answer) -> object:
     """What a repeat of the request must answer identically: the whole response of Grant and
-    CheckAndReserve (a replay of the stored one), the hold and the ledger entry of a Commit,
-    the hold of a Release (their `balance` is the current one); a business error by itself."""
+    CheckAndReserve (a replay of the stored one), the reservation and the ledger entry of a Commit,
+    the reservation of a Release (their `balance` is the current one); a business error by
+    itself."""
     if not answer.ok:
         return answer.code, answer.reason, answer.message
     response = answer.response
@@ -219,7 +221,7 @@ class Load:
         return answer
 
     async def worker(self, worker: int) -> None:
-        """Grants, and holds that are committed (for the held amount, less, more, or by
+        """Grants, and reservations that are committed (for the held amount, less, more, or by
         default) or released, in a fixed pattern; every key and amount fixed per operation."""
         for n in itertools.count():
             if self.stopping.is_set():
@@ -231,7 +233,7 @@ class Load:
                 continue
             held = 1 + (13 * worker + 7 * n) % 25
             reserved = await self.call(worker, "CheckAndReserve", reserve_request(
-                account, held, key=f"r-{worker}-{n}", ttl_s=HOLD_TTL_S))
+                account, held, key=f"r-{worker}-{n}", ttl_s=RESERVATION_TTL_S))
             if not reserved.ok:
                 continue
             reservation_id = reserved.response.reservation.reservation_id
@@ -302,21 +304,22 @@ async def _check_final_ledger(load: Load, db: asyncpg.Connection) -> dict[str, i
         "SELECT idempotency_key FROM idempotency_keys WHERE method = 'CheckAndReserve'")}
     assert stored_reserve_keys == {op.request.idempotency_key for op in reserves}
 
-    # Exactly the holds the callers were told of, each in the state they put it in.
+    # Exactly the reservations the callers were told of, each in the state they put it in.
     expected = {op.request.reservation_id: ("COMMITTED", op.answer.response.entry.entry_id)
                 for op in commits}
     expected |= {op.request.reservation_id: ("RELEASED", None) for op in releases}
-    told_holds = {op.answer.response.reservation.reservation_id for op in reserves
-                  if op.answer.ok}
-    assert set(expected) == told_holds, "a hold was left unsettled by its caller"
-    holds = {row[0]: (row[1], None if row[2] is None else str(row[2])) for row in await db.fetch(
+    told_reservations = {op.answer.response.reservation.reservation_id for op in reserves
+                         if op.answer.ok}
+    assert set(expected) == told_reservations, "a reservation was left unsettled by its caller"
+    reservations = {row[0]: (row[1], None if row[2] is None else str(row[2]))
+                    for row in await db.fetch(
         """SELECT r.reservation_id::text, r.status, e.entry_id FROM reservations r
              LEFT JOIN ledger_entries e
                     ON e.reservation_id = r.reservation_id AND e.entry_type = 'USAGE'""")}
-    wrong = [(rid, holds.get(rid), want) for rid, want in expected.items()
-             if holds.get(rid) != want]
-    assert holds == expected, (
-        f"holds nobody was told of: {sorted(set(holds) - told_holds)[:5]}; "
+    wrong = [(rid, reservations.get(rid), want) for rid, want in expected.items()
+             if reservations.get(rid) != want]
+    assert reservations == expected, (
+        f"reservations nobody was told of: {sorted(set(reservations) - told_reservations)[:5]}; "
         f"missing or in another state (found, expected): {wrong[:5]}")
 
     # Balances: what was granted minus what was committed, nothing reserved.
@@ -330,7 +333,7 @@ async def _check_final_ledger(load: Load, db: asyncpg.Connection) -> dict[str, i
     assert all(b.response.balance.reserved == 0 for b in balances), balances
     assert await db.fetchval("SELECT sum(balance) FROM accounts") == granted - used
     await assert_invariants(db)
-    return {"grants": len(grants), "holds": len(told_holds), "commits": len(commits),
+    return {"grants": len(grants), "reservations": len(told_reservations), "commits": len(commits),
             "releases": len(releases), "declines": sum(not op.answer.ok for op in load.ops)}
 
 
@@ -347,9 +350,9 @@ async def test_server_killed_under_load_keeps_ledger_consistent_and_retries_conv
     the ledger invariants hold after every kill (the state the restarted server adopts);
     each restart is SERVING within `RESTART_SERVING_MAX_S`; every retried request converged
     to one outcome, which a repeat after the last restart returns again; every Grant key wrote
-    exactly one GRANT entry and every hold its callers were told of exists once, in the state
-    they left it, with no other hold or entry; and the total balance is what was granted minus
-    what was committed, with nothing reserved."""
+    exactly one GRANT entry and every reservation its callers were told of exists once, in the
+    state they left it, with no other reservation or entry; and the total balance is what was
+    granted minus what was committed, with nothing reserved."""
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     data_dir = launcher.data_dir()

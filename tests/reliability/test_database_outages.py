@@ -7,7 +7,7 @@ the postmaster and every backend, then SIGCONT). The claims:
 
 - F10: callers only ever see OK or a retriable code (UNAVAILABLE with a DATABASE_* reason,
   DEADLINE_EXCEEDED, ABORTED; CANCELLED as the README allows), never INTERNAL and never a wrong
-  business answer: every account is rich and every hold is the caller's own, so any business
+  business answer: every account is rich and every reservation is the caller's own, so any business
   error at all would be wrong.
 - F11: during the pause, calls fail by their deadline instead of hanging; and a caller with a
   generous deadline, stalled longer than the service's own bound (client-side statement
@@ -49,7 +49,8 @@ from tests.support.calls import commit_request, grant_request, release_request, 
 ACCOUNTS = 4
 INITIAL_CREDITS = 1_000_000_000  # so rich that INSUFFICIENT_CREDITS is always a wrong answer
 DEADLINE_S = 2.0
-HOLD_TTL_S = 600  # no hold may expire during the test: RESERVATION_EXPIRED would be wrong
+# No reservation may expire during the test: RESERVATION_EXPIRED would be wrong.
+RESERVATION_TTL_S = 600
 GIVE_UP_S = 60.0  # a request still without a definite answer after this fails the test
 WARMUP_S = 3.0
 BASELINE_S = 2.0  # the pre-fault rate is measured over this window
@@ -104,7 +105,8 @@ class Load:
         return answer
 
     async def worker(self, number: int) -> None:
-        """Flows until told to stop; the flow under way always finishes (so no hold is left)."""
+        """Flows until told to stop; the flow under way always finishes (so no reservation is
+        left)."""
         stub = self.stubs[number % len(self.stubs)]
         flow = 0
         while not self.stopping.is_set():
@@ -112,8 +114,8 @@ class Load:
             key = f"w{number}-f{flow}"
             await self.call(stub, f"{key}-grant", "Grant", grant_request(
                 account, 10 + flow % 7, key=f"{key}-grant"))
-            held = await self.call(stub, f"{key}-hold", "CheckAndReserve", reserve_request(
-                account, 5 + flow % 5, key=f"{key}-hold", ttl_s=HOLD_TTL_S))
+            held = await self.call(stub, f"{key}-reservation", "CheckAndReserve", reserve_request(
+                account, 5 + flow % 5, key=f"{key}-reservation", ttl_s=RESERVATION_TTL_S))
             if held is not None:
                 reservation_id = held.reservation.reservation_id
                 if flow % 3:

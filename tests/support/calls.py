@@ -59,9 +59,9 @@ async def reserve(stub: Stub, account: str, amount: int, *, key: str | None = No
         reserve_request(account, amount, key=key, ttl_s=ttl_s, **fields))
 
 
-async def place_hold(stub: Stub, account: str, amount: int, *, key: str | None = None,
-                     ttl_s: int | None = None) -> str:
-    """Send reserve_request(...) to CheckAndReserve; return the new hold's reservation id."""
+async def place_reservation(stub: Stub, account: str, amount: int, *, key: str | None = None,
+                            ttl_s: int | None = None) -> str:
+    """Send reserve_request(...) to CheckAndReserve; return the new reservation's id."""
     response = await reserve(stub, account, amount, key=key, ttl_s=ttl_s)
     return response.reservation.reservation_id
 

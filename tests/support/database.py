@@ -1,5 +1,5 @@
 """The test database read and edited directly, for what the API does not show or cannot do: a
-hold's stored status, a hold made overdue, the service clock."""
+reservation's stored status, a reservation made overdue, the service clock."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 
 async def reservation_status(db: asyncpg.Connection, reservation_id: str) -> str:
-    """The status stored for the hold (ACTIVE, COMMITTED, RELEASED or EXPIRED)."""
+    """The status stored for the reservation (ACTIVE, COMMITTED, RELEASED or EXPIRED)."""
     return await db.fetchval(
         "SELECT status FROM reservations WHERE reservation_id = $1::uuid", reservation_id)
 
 
 async def make_overdue(db: asyncpg.Connection, reservation_id: str) -> None:
-    """Move the hold back an hour so that its expire_time passed a second ago."""
+    """Move the reservation back an hour so that its expire_time passed a second ago."""
     await db.execute(
         "UPDATE reservations SET create_time = create_time - interval '1 hour', "
         "expire_time = now() - interval '1 second' WHERE reservation_id = $1::uuid",

@@ -1059,15 +1059,15 @@ def _balance_is_the_ledger(tables: Tables) -> list[Any]:
             for a in tables.accounts.values() if a.balance != ledger.get(a.account_id, 0)]
 
 
-def _reserved_is_the_active_holds(tables: Tables) -> list[Any]:
-    holds: dict[str, tuple[int, int]] = {}
+def _reserved_is_the_active_reservations(tables: Tables) -> list[Any]:
+    reservations: dict[str, tuple[int, int]] = {}
     for r in tables.reservations.values():
         if r.status is ACTIVE:
-            total, count = holds.get(r.account_id, (0, 0))
-            holds[r.account_id] = (total + r.amount, count + 1)
-    return [(a.account_id, a.reserved, a.active_reservation_count, holds.get(a.account_id))
+            total, count = reservations.get(r.account_id, (0, 0))
+            reservations[r.account_id] = (total + r.amount, count + 1)
+    return [(a.account_id, a.reserved, a.active_reservation_count, reservations.get(a.account_id))
             for a in tables.accounts.values()
-            if (a.reserved, a.active_reservation_count) != holds.get(a.account_id, (0, 0))]
+            if (a.reserved, a.active_reservation_count) != reservations.get(a.account_id, (0, 0))]
 
 
 def _available_nonnegative(tables: Tables) -> list[Any]:
@@ -1121,7 +1121,7 @@ def _lot_spent_is_consumed_and_written_off(tables: Tables) -> list[Any]:
             if lot.amount - lot.remaining != gone.get(lot.lot_id, 0)]
 
 
-def _holds_drew_and_consumed_their_amounts(tables: Tables) -> list[Any]:
+def _reservations_drew_and_consumed_their_amounts(tables: Tables) -> list[Any]:
     broken = []
     for r in tables.reservations.values():
         draws = [d for (rid, _), d in tables.draws.items() if rid == r.reservation_id]
@@ -1135,7 +1135,7 @@ def _holds_drew_and_consumed_their_amounts(tables: Tables) -> list[Any]:
     return broken
 
 
-def _one_usage_per_committed_hold(tables: Tables) -> list[Any]:
+def _one_usage_per_committed_reservation(tables: Tables) -> list[Any]:
     usages: dict[str, list[int]] = {}
     for e in tables.entries:
         if e.entry_type is EntryType.USAGE and e.reservation_id is not None:
@@ -1157,18 +1157,18 @@ def _newest_balance_after_is_the_balance(tables: Tables) -> list[Any]:
 
 _INVARIANTS: dict[str, Callable[[Tables], list[Any]]] = {
     "balance == sum(ledger amounts)": _balance_is_the_ledger,
-    "reserved == sum(active holds), count matches": _reserved_is_the_active_holds,
+    "reserved == sum(active reservations), count matches": _reserved_is_the_active_reservations,
     "available >= 0": _available_nonnegative,
     "lifetime totals match the ledger": _lifetimes_are_the_ledger,
     "balance == sum(lot remaining), reserved == sum(lot held)": _balances_are_the_lots,
-    "each lot's held == what active holds drew from it": _lot_held_is_the_active_draws,
+    "each lot's held == what active reservations drew from it": _lot_held_is_the_active_draws,
     "each lot's remaining >= held": _lot_remaining_covers_its_held,
     "each lot's amount - remaining == consumed + written off":
         _lot_spent_is_consumed_and_written_off,
-    "a hold drew its amount; a committed one consumed its committed amount":
-        _holds_drew_and_consumed_their_amounts,
-    "a committed hold has exactly one USAGE entry of its amount, others none":
-        _one_usage_per_committed_hold,
+    "a reservation drew its amount; a committed one consumed its committed amount":
+        _reservations_drew_and_consumed_their_amounts,
+    "a committed reservation has exactly one USAGE entry of its amount, others none":
+        _one_usage_per_committed_reservation,
     "balance_after of each account's newest entry is its balance":
         _newest_balance_after_is_the_balance,
 }

@@ -1,5 +1,5 @@
 """Reading protobuf messages in assertions: byte-for-byte equality, times as numbers, and a
-hold's draws."""
+reservation's draws."""
 
 from __future__ import annotations
 
@@ -25,5 +25,5 @@ def later(stamp: Timestamp, delay_s: int) -> Timestamp:
 
 
 def draws(reservation: pb.Reservation) -> list[tuple[str, int, int]]:
-    """(lot_id, held, consumed) of each of the hold's draws, in order."""
+    """(lot_id, held, consumed) of each of the reservation's draws, in order."""
     return [(d.lot_id, d.held, d.consumed) for d in reservation.draws]

@@ -80,13 +80,13 @@ def test_release_gives_every_draw_back_to_its_lot():
     assert write_offs == []
 
 
-def test_what_goes_back_to_a_lot_that_expired_mid_hold_is_written_off_at_once():
+def test_what_goes_back_to_a_lot_that_expired_mid_reservation_is_written_off_at_once():
     changes, write_offs = settle(_draws((1, 3), (2, 7)), (), (), expired_lots={2})
     assert changes == [LotChange(1, -3, 0), LotChange(2, -7, -7)]
     assert write_offs == [(2, 7)]
 
 
-def test_a_commit_may_consume_what_it_drew_from_a_lot_that_expired_mid_hold():
+def test_a_commit_may_consume_what_it_drew_from_a_lot_that_expired_mid_reservation():
     draws = _draws((1, 4), (2, 6))
     split = split_commit(draws, 7)  # 4 from lot 1, 3 from lot 2, 3 of lot 2 back
     changes, write_offs = settle(draws, split.consumed, (), expired_lots={1, 2})
@@ -94,7 +94,7 @@ def test_a_commit_may_consume_what_it_drew_from_a_lot_that_expired_mid_hold():
     assert write_offs == [(2, 3)]
 
 
-def test_the_excess_of_a_larger_commit_leaves_its_lots_without_touching_their_holds():
+def test_the_excess_of_a_larger_commit_leaves_its_lots_without_touching_what_they_hold():
     draws = _draws((1, 5))
     split = split_commit(draws, 9)
     changes, write_offs = settle(draws, split.consumed, [(1, 2), (3, 2)], expired_lots=set())
@@ -107,7 +107,7 @@ def test_the_excess_of_a_larger_commit_leaves_its_lots_without_touching_their_ho
     amount=st.integers(1, 400),
     expired=st.sets(st.integers(0, 5)),
 )
-def test_settling_a_hold_accounts_for_every_credit_it_drew(held, amount, expired):
+def test_settling_a_reservation_accounts_for_every_credit_it_drew(held, amount, expired):
     draws = [LotDraw(lot_id, h) for lot_id, h in enumerate(held)]
     split = split_commit(draws, amount)
     total = sum(held)

@@ -15,7 +15,9 @@ from credits_service.transport.grpc.messages import (
     RESERVATION_STATUS_TO_PROTO,
     _timestamp,
     balance,
-    reservation,
+)
+from credits_service.transport.grpc.messages import (
+    reservation as reservation_message,
 )
 
 
@@ -36,8 +38,8 @@ def test_timestamps_match_protobufs_own_conversion(value: datetime) -> None:
     assert _timestamp(value) == expected
 
 
-def _hold(**changes: object) -> Reservation:
-    hold = Reservation(
+def _reservation(**changes: object) -> Reservation:
+    reservation = Reservation(
         reservation_id="0f8fad5b-d9cb-469f-a165-70867728950e", account_id="acct", amount=9,
         status=ReservationStatus.COMMITTED, committed_amount=7,
         create_time=datetime(2026, 11, 22, 3, 4, 5, 123_456, tzinfo=UTC),
@@ -46,31 +48,34 @@ def _hold(**changes: object) -> Reservation:
         metadata={"job": "render", "note": "caf\u00e9"},
         draws=(LotDraw(3, 4, 4), LotDraw(5, 5, 3)), release_reason="done",
     )
-    return dataclasses.replace(hold, **changes)
+    return dataclasses.replace(reservation, **changes)
 
 
-@pytest.mark.parametrize("hold", [
-    _hold(),
-    _hold(status=ReservationStatus.ACTIVE, committed_amount=None, finish_time=None,
-          metadata={}, draws=(LotDraw(1, 9),), release_reason=""),
+@pytest.mark.parametrize("reservation", [
+    _reservation(),
+    _reservation(status=ReservationStatus.ACTIVE, committed_amount=None, finish_time=None,
+                 metadata={}, draws=(LotDraw(1, 9),), release_reason=""),
 ])
-def test_messages_built_in_place_match_the_constructor_form(hold: Reservation) -> None:
+def test_messages_built_in_place_match_the_constructor_form(reservation: Reservation) -> None:
     """set_reservation / set_balance fill fields in place (no copies); the message is the one
     the keyword constructor gives."""
     expected = pb.Reservation(
-        reservation_id=hold.reservation_id, account_id=hold.account_id, amount=hold.amount,
-        status=RESERVATION_STATUS_TO_PROTO[hold.status],
-        committed_amount=hold.committed_amount or 0,
-        create_time=_timestamp(hold.create_time), expire_time=_timestamp(hold.expire_time),
-        metadata=dict(hold.metadata),
+        reservation_id=reservation.reservation_id, account_id=reservation.account_id,
+        amount=reservation.amount,
+        status=RESERVATION_STATUS_TO_PROTO[reservation.status],
+        committed_amount=reservation.committed_amount or 0,
+        create_time=_timestamp(reservation.create_time),
+        expire_time=_timestamp(reservation.expire_time),
+        metadata=dict(reservation.metadata),
         draws=[pb.LotDraw(lot_id=str(d.lot_id), held=d.held, consumed=d.consumed or 0)
-               for d in hold.draws],
-        release_reason=hold.release_reason,
+               for d in reservation.draws],
+        release_reason=reservation.release_reason,
     )
-    if hold.finish_time is not None:
-        expected.finish_time.CopyFrom(_timestamp(hold.finish_time))
-    assert reservation(hold) == expected
-    assert reservation(hold).HasField("finish_time") is (hold.finish_time is not None)
+    if reservation.finish_time is not None:
+        expected.finish_time.CopyFrom(_timestamp(reservation.finish_time))
+    assert reservation_message(reservation) == expected
+    assert reservation_message(reservation).HasField("finish_time") is (
+        reservation.finish_time is not None)
     snapshot = BalanceSnapshot("acct", 10, 4, 2, 12, 2, 1)
     assert balance(snapshot) == pb.Balance(
         account_id="acct", balance=10, reserved=4, available=6, active_reservation_count=2,
@@ -94,7 +99,7 @@ def test_reservation_ids_are_version_7_uuids_in_canonical_form() -> None:
 
 
 def test_reservation_ids_created_later_sort_after() -> None:
-    """Index locality: holds created in a later millisecond get larger ids."""
+    """Index locality: reservations created in a later millisecond get larger ids."""
     earlier = new_reservation_ids(50)
     time.sleep(0.002)
     later = new_reservation_ids(50)

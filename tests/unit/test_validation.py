@@ -368,17 +368,17 @@ def test_stored_outcomes_decode_to_what_was_stored(outcome):
                 expire_time=NOW.replace(microsecond=7), finish_time=None,
                 metadata=MappingProxyType({"é": "ü\n"})),
 ])
-def test_a_stored_hold_decodes_to_itself_and_one_stored_by_name_still_does(reservation):
-    """A CheckAndReserve response is stored as an array of its fields. A hold stored by name
+def test_a_stored_reservation_decodes_to_itself_and_one_stored_by_name_still_does(reservation):
+    """A CheckAndReserve response is stored as an array of its fields. A reservation stored by name
     (the generic form, before that) must still replay as it was: keys outlive an upgrade."""
     outcome = ReserveResult(reservation=reservation, balance=BALANCE)
     assert responses.decode(responses.encode(outcome)) == outcome
     assert responses.decode(json.dumps({"reserve": responses.plain(outcome)})) == outcome
 
 
-def test_a_stored_hold_keeps_every_field():
-    """Every field of a hold, its draws and its balance set apart from its default comes back;
-    a field added to one of them fails here until the stored form carries it."""
+def test_a_stored_reservation_keeps_every_field():
+    """Every field of a reservation, its draws and its balance set apart from its default comes
+    back; a field added to one of them fails here until the stored form carries it."""
     assert [f.name for f in fields(Reservation)] == [
         "reservation_id", "account_id", "amount", "status", "committed_amount", "create_time",
         "expire_time", "finish_time", "metadata", "draws", "release_reason"]
@@ -400,9 +400,9 @@ def test_a_stored_hold_keeps_every_field():
     assert responses.decode(responses.encode(outcome)) == outcome
 
 
-def test_a_stored_hold_is_compact():
-    """Each stored response is written to the table and the WAL once per hold; by name, a
-    typical one took 542 bytes and batches of holds ran about 10 % slower for it."""
+def test_a_stored_reservation_is_compact():
+    """Each stored response is written to the table and the WAL once per reservation; by name, a
+    typical one took 542 bytes and batches of reservations ran about 10 % slower for it."""
     outcome = ReserveResult(
         reservation=Reservation(
             reservation_id=RESERVATION_ID, account_id="bench-9663", amount=1,

@@ -21,9 +21,9 @@ def remaining(storage, *lot_ids) -> list[tuple[int, int]]:
 async def test_an_equal_commit_consumes_exactly_what_was_drawn(calls, storage):
     a = (await calls.grant("acct", 5, priority=1)).lot.lot_id
     b = (await calls.grant("acct", 10)).lot.lot_id
-    hold = (await calls.reserve("acct", 8)).reservation
+    reservation = (await calls.reserve("acct", 8)).reservation
 
-    result = await calls.commit(hold.reservation_id, 8)
+    result = await calls.commit(reservation.reservation_id, 8)
 
     assert settled(result) == [(a, 5, 5), (b, 3, 3)]
     assert remaining(storage, a, b) == [(0, 0), (7, 0)]
@@ -34,9 +34,9 @@ async def test_an_equal_commit_consumes_exactly_what_was_drawn(calls, storage):
 async def test_a_smaller_commit_gives_the_rest_back_to_the_lots_it_came_from(calls, storage):
     a = (await calls.grant("acct", 5, priority=1)).lot.lot_id
     b = (await calls.grant("acct", 10)).lot.lot_id
-    hold = (await calls.reserve("acct", 12)).reservation
+    reservation = (await calls.reserve("acct", 12)).reservation
 
-    result = await calls.commit(hold.reservation_id, 6)
+    result = await calls.commit(reservation.reservation_id, 6)
 
     assert settled(result) == [(a, 5, 5), (b, 7, 1)]
     assert remaining(storage, a, b) == [(0, 0), (9, 0)]
@@ -48,10 +48,10 @@ async def test_a_larger_commit_takes_the_excess_from_free_lots_in_consumption_or
     a = (await calls.grant("acct", 5, priority=1)).lot.lot_id
     b = (await calls.grant("acct", 10, priority=2)).lot.lot_id
     c = (await calls.grant("acct", 10, priority=3)).lot.lot_id
-    hold = (await calls.reserve("acct", 3)).reservation  # 3 from a
+    reservation = (await calls.reserve("acct", 3)).reservation  # 3 from a
     other = (await calls.reserve("acct", 9)).reservation  # 2 from a, 7 from b
 
-    result = await calls.commit(hold.reservation_id, 10)
+    result = await calls.commit(reservation.reservation_id, 10)
 
     assert settled(result) == [(a, 3, 3), (b, 0, 3), (c, 0, 4)]
     assert remaining(storage, a, b, c) == [(2, 2), (7, 7), (6, 0)]
@@ -61,23 +61,23 @@ async def test_a_larger_commit_takes_the_excess_from_free_lots_in_consumption_or
 async def test_a_larger_commit_that_free_lots_cannot_cover_is_declined_and_stays_active(
         calls, storage):
     await calls.grant("acct", 10)
-    hold = (await calls.reserve("acct", 6)).reservation
+    reservation = (await calls.reserve("acct", 6)).reservation
     before = storage.accounts
 
     with pytest.raises(errors.InsufficientCredits) as declined:
-        await calls.commit(hold.reservation_id, 11)
+        await calls.commit(reservation.reservation_id, 11)
 
     assert declined.value.metadata == {"accountId": "acct", "available": "4", "requested": "5"}
-    assert storage.reservations[hold.reservation_id].status is ReservationStatus.ACTIVE
+    assert storage.reservations[reservation.reservation_id].status is ReservationStatus.ACTIVE
     assert storage.accounts == before
-    assert (await calls.commit(hold.reservation_id, 10)).balance.balance == 0
+    assert (await calls.commit(reservation.reservation_id, 10)).balance.balance == 0
 
 
 async def test_a_commit_without_amount_captures_the_held_amount(calls):
     await calls.grant("acct", 10)
-    hold = (await calls.reserve("acct", 4)).reservation
+    reservation = (await calls.reserve("acct", 4)).reservation
 
-    result = await calls.commit(hold.reservation_id)
+    result = await calls.commit(reservation.reservation_id)
 
     assert result.reservation.committed_amount == 4
     assert (result.entry.amount, result.balance.balance) == (-4, 6)
@@ -85,23 +85,23 @@ async def test_a_commit_without_amount_captures_the_held_amount(calls):
 
 async def test_a_commit_replayed_with_the_same_amount_returns_the_same_result(calls, storage):
     await calls.grant("acct", 10)
-    hold = (await calls.reserve("acct", 4)).reservation
-    first = await calls.commit(hold.reservation_id, 3)
+    reservation = (await calls.reserve("acct", 4)).reservation
+    first = await calls.commit(reservation.reservation_id, 3)
     entries = storage.entries
 
-    assert await calls.commit(hold.reservation_id, 3) == first
+    assert await calls.commit(reservation.reservation_id, 3) == first
     assert storage.entries == entries
 
 
 async def test_a_commit_with_another_amount_after_a_commit_is_already_committed(calls, storage):
     await calls.grant("acct", 10)
-    hold = (await calls.reserve("acct", 4)).reservation
-    await calls.commit(hold.reservation_id, 3)
+    reservation = (await calls.reserve("acct", 4)).reservation
+    await calls.commit(reservation.reservation_id, 3)
 
     with pytest.raises(errors.ReservationAlreadyCommitted) as declined:
-        await calls.commit(hold.reservation_id, 4)
+        await calls.commit(reservation.reservation_id, 4)
     with pytest.raises(errors.ReservationAlreadyCommitted):
-        await calls.commit(hold.reservation_id)  # the held amount, 4, is another amount
+        await calls.commit(reservation.reservation_id)  # the held amount, 4, is another amount
 
     assert declined.value.metadata["committedAmount"] == "3"
     assert storage.accounts["acct"].balance == 7
@@ -109,11 +109,11 @@ async def test_a_commit_with_another_amount_after_a_commit_is_already_committed(
 
 async def test_a_commit_of_a_released_reservation_is_declined(calls, storage):
     await calls.grant("acct", 10)
-    hold = (await calls.reserve("acct", 4)).reservation
-    await calls.release(hold.reservation_id)
+    reservation = (await calls.reserve("acct", 4)).reservation
+    await calls.release(reservation.reservation_id)
 
     with pytest.raises(errors.ReservationReleased):
-        await calls.commit(hold.reservation_id, 4)
+        await calls.commit(reservation.reservation_id, 4)
 
     assert storage.accounts["acct"].balance == 10
 

@@ -23,24 +23,24 @@ def expiries(storage) -> list[tuple[int, int, int, str | None, str]]:
 
 async def test_a_late_commit_expires_the_reservation_and_is_declined(calls, storage, clock):
     await calls.grant("acct", 10)
-    hold = (await calls.reserve("acct", 6, ttl_ms=1000)).reservation
+    reservation = (await calls.reserve("acct", 6, ttl_ms=1000)).reservation
     clock.advance(1)
 
     with pytest.raises(errors.ReservationExpired):
-        await calls.commit(hold.reservation_id, 6)
+        await calls.commit(reservation.reservation_id, 6)
 
-    assert storage.reservations[hold.reservation_id].status is ReservationStatus.EXPIRED
+    assert storage.reservations[reservation.reservation_id].status is ReservationStatus.EXPIRED
     assert storage.accounts["acct"].available == 10
     with pytest.raises(errors.ReservationExpired):  # and it stays expired
-        await calls.release(hold.reservation_id)
+        await calls.release(reservation.reservation_id)
 
 
 async def test_a_reservation_before_its_ttl_is_committed(calls, clock):
     await calls.grant("acct", 10)
-    hold = (await calls.reserve("acct", 6, ttl_ms=1000)).reservation
+    reservation = (await calls.reserve("acct", 6, ttl_ms=1000)).reservation
     clock.advance(0.999)
 
-    assert (await calls.commit(hold.reservation_id)).reservation.committed_amount == 6
+    assert (await calls.commit(reservation.reservation_id)).reservation.committed_amount == 6
 
 
 async def test_the_sweeper_expires_due_reservations_only(calls, storage, clock):
@@ -59,27 +59,28 @@ async def test_the_sweeper_expires_due_reservations_only(calls, storage, clock):
 
 async def test_extend_keeps_a_reservation_alive_past_its_first_ttl(calls, clock):
     await calls.grant("acct", 10)
-    hold = (await calls.reserve("acct", 6, ttl_ms=1000)).reservation
-    extended = await calls.ledger.extend(ExtendCommand(hold.reservation_id, ttl_ms=10_000))
+    reservation = (await calls.reserve("acct", 6, ttl_ms=1000)).reservation
+    extended = await calls.ledger.extend(ExtendCommand(reservation.reservation_id, ttl_ms=10_000))
     clock.advance(5)
 
-    assert extended.draws == hold.draws
-    assert (await calls.commit(hold.reservation_id)).balance.balance == 4
+    assert extended.draws == reservation.draws
+    assert (await calls.commit(reservation.reservation_id)).balance.balance == 4
 
 
 async def test_extend_never_shortens_a_reservation_nor_passes_its_lifetime_maximum(
         calls, clock):
     await calls.grant("acct", 10)
-    hold = (await calls.reserve("acct", 6, ttl_ms=10 * HOUR_S * 1000)).reservation
-    shorter = await calls.ledger.extend(ExtendCommand(hold.reservation_id, HOUR_S * 1000))
+    reservation = (await calls.reserve("acct", 6, ttl_ms=10 * HOUR_S * 1000)).reservation
+    shorter = await calls.ledger.extend(ExtendCommand(reservation.reservation_id, HOUR_S * 1000))
     clock.advance(HOUR_S)
-    moved = await calls.ledger.extend(ExtendCommand(hold.reservation_id, 10 * HOUR_S * 1000))
+    moved = await calls.ledger.extend(ExtendCommand(reservation.reservation_id, 10 * HOUR_S * 1000))
     moved_at = clock.now()
     for _ in range(17):  # a day ahead each time, until the lifetime maximum (7 days) caps it
         clock.advance(9 * HOUR_S)
-        capped = await calls.ledger.extend(ExtendCommand(hold.reservation_id, 24 * HOUR_S * 1000))
+        capped = await calls.ledger.extend(
+            ExtendCommand(reservation.reservation_id, 24 * HOUR_S * 1000))
 
-    assert shorter.expire_time == hold.expire_time
+    assert shorter.expire_time == reservation.expire_time
     assert moved.expire_time == moved_at + timedelta(hours=10)
     assert capped.expire_time - capped.create_time == timedelta(days=7)
 
@@ -104,7 +105,8 @@ async def test_lot_expiry_writes_off_the_unheld_credits_with_an_expiry_entry(
         calls, storage, clock):
     promo = (await calls.grant("acct", 30, expire_in_s=HOUR_S)).lot.lot_id
     await calls.grant("acct", 5)
-    hold = (await calls.reserve("acct", 20, ttl_ms=2 * HOUR_S * 1000)).reservation.reservation_id
+    reserved = await calls.reserve("acct", 20, ttl_ms=2 * HOUR_S * 1000)
+    reservation_id = reserved.reservation.reservation_id
     clock.advance(HOUR_S)
 
     assert await calls.ledger.maintenance.expire_due_lots(batch_size=10) == 1
@@ -114,7 +116,8 @@ async def test_lot_expiry_writes_off_the_unheld_credits_with_an_expiry_entry(
     assert (lot.expired, lot.remaining, lot.held) == (True, 20, 20)
     account = storage.accounts["acct"]
     assert (account.balance, account.available, account.lifetime_expired) == (25, 5, 10)
-    assert (await calls.commit(hold, 20)).balance.balance == 5  # held credits stay spendable
+    # Held credits stay spendable.
+    assert (await calls.commit(reservation_id, 20)).balance.balance == 5
     assert await calls.ledger.maintenance.expire_due_lots(batch_size=10) == 0
 
 
@@ -135,13 +138,13 @@ async def test_credits_given_back_to_an_expired_lot_are_written_off_at_once(
         calls, storage, clock):
     promo = (await calls.grant("acct", 10, expire_in_s=HOUR_S)).lot.lot_id
     kept = (await calls.grant("acct", 10)).lot.lot_id
-    hold = (await calls.reserve("acct", 15, ttl_ms=2 * HOUR_S * 1000)).reservation
+    reservation = (await calls.reserve("acct", 15, ttl_ms=2 * HOUR_S * 1000)).reservation
     clock.advance(HOUR_S)
     await calls.ledger.maintenance.expire_due_lots(batch_size=10)
 
-    result = await calls.release(hold.reservation_id)
+    result = await calls.release(reservation.reservation_id)
 
-    assert expiries(storage) == [(promo, -10, 10, hold.reservation_id, "system")]
+    assert expiries(storage) == [(promo, -10, 10, reservation.reservation_id, "system")]
     assert (result.balance.balance, result.balance.available) == (10, 10)
     assert (storage.lots[promo].remaining, storage.lots[kept].remaining) == (0, 10)
 
@@ -149,22 +152,22 @@ async def test_credits_given_back_to_an_expired_lot_are_written_off_at_once(
 async def test_a_smaller_commit_writes_off_what_it_gives_back_to_an_expired_lot(
         calls, storage, clock):
     promo = (await calls.grant("acct", 10, expire_in_s=HOUR_S)).lot.lot_id
-    hold = (await calls.reserve("acct", 10, ttl_ms=2 * HOUR_S * 1000)).reservation
+    reservation = (await calls.reserve("acct", 10, ttl_ms=2 * HOUR_S * 1000)).reservation
     clock.advance(HOUR_S)
 
-    result = await calls.commit(hold.reservation_id, 4)
+    result = await calls.commit(reservation.reservation_id, 4)
 
-    assert expiries(storage) == [(promo, -6, 0, hold.reservation_id, "system")]
+    assert expiries(storage) == [(promo, -6, 0, reservation.reservation_id, "system")]
     assert (result.balance.balance, result.balance.lifetime_used) == (0, 4)
 
 
 async def test_the_sweeper_expiring_a_reservation_writes_off_its_expired_lots_credits(
         calls, storage, clock):
     promo = (await calls.grant("acct", 10, expire_in_s=HOUR_S)).lot.lot_id
-    hold = (await calls.reserve("acct", 4, ttl_ms=2 * HOUR_S * 1000)).reservation
+    reservation = (await calls.reserve("acct", 4, ttl_ms=2 * HOUR_S * 1000)).reservation
     clock.advance(2 * HOUR_S)
 
     assert await calls.ledger.maintenance.expire_due_reservations(batch_size=10) == 1
 
     assert expiries(storage) == [(promo, -6, 4, None, "system"),
-                                 (promo, -4, 0, hold.reservation_id, "system")]
+                                 (promo, -4, 0, reservation.reservation_id, "system")]

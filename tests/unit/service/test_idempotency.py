@@ -73,8 +73,8 @@ async def test_a_balance_limit_decline_is_replayed_even_after_credits_are_spent(
     await calls.grant("acct", BALANCE_MAX)
     with pytest.raises(errors.BalanceLimitExceeded):
         await calls.grant("acct", 1, key="g")
-    hold = (await calls.reserve("acct", 5)).reservation
-    await calls.commit(hold.reservation_id)
+    reservation = (await calls.reserve("acct", 5)).reservation
+    await calls.commit(reservation.reservation_id)
 
     with pytest.raises(errors.BalanceLimitExceeded) as replayed:
         await calls.grant("acct", 1, key="g")

@@ -34,11 +34,11 @@ async def busy_account(calls, clock) -> None:
     await calls.grant("acct", 20, expire_in_s=HOUR_S)
     for amount in range(1, 6):
         await calls.grant("acct", amount)
-        hold = (await calls.reserve("acct", amount + 1)).reservation.reservation_id
+        reservation_id = (await calls.reserve("acct", amount + 1)).reservation.reservation_id
         if amount % 2:
-            await calls.commit(hold, amount)
+            await calls.commit(reservation_id, amount)
         else:
-            await calls.release(hold)
+            await calls.release(reservation_id)
         clock.advance(60)
     await calls.reserve("acct", 2)
     clock.advance(HOUR_S)
@@ -119,8 +119,8 @@ async def test_reads_of_an_unknown_account_are_not_found(calls):
 async def test_get_balance_lists_only_lots_with_credits_left(calls):
     await calls.grant("acct", 3, priority=1)
     kept = (await calls.grant("acct", 4)).lot.lot_id
-    hold = (await calls.reserve("acct", 3)).reservation.reservation_id
-    await calls.commit(hold)
+    reservation_id = (await calls.reserve("acct", 3)).reservation.reservation_id
+    await calls.commit(reservation_id)
 
     report = await calls.ledger.get_balance(BalanceQuery("acct"))
 

@@ -11,10 +11,10 @@ from credits_service.domain.model import ReservationStatus
 
 async def test_a_release_gives_everything_back_to_the_lots_it_came_from(calls, storage):
     b = (await calls.grant("acct", 10)).lot.lot_id
-    hold = (await calls.reserve("acct", 6)).reservation
+    reservation = (await calls.reserve("acct", 6)).reservation
     a = (await calls.grant("acct", 5, priority=1)).lot.lot_id  # first in order from now on
 
-    result = await calls.release(hold.reservation_id, "job failed")
+    result = await calls.release(reservation.reservation_id, "job failed")
 
     assert (result.reservation.status, result.reservation.release_reason) == (
         ReservationStatus.RELEASED, "job failed")
@@ -25,21 +25,21 @@ async def test_a_release_gives_everything_back_to_the_lots_it_came_from(calls, s
 
 async def test_a_release_replayed_returns_the_same_result_and_writes_nothing(calls, storage):
     await calls.grant("acct", 10)
-    hold = (await calls.reserve("acct", 6)).reservation
-    first = await calls.release(hold.reservation_id)
+    reservation = (await calls.reserve("acct", 6)).reservation
+    first = await calls.release(reservation.reservation_id)
     before = storage.snapshot()
 
-    assert await calls.release(hold.reservation_id) == first
+    assert await calls.release(reservation.reservation_id) == first
     assert storage.snapshot() == before
 
 
 async def test_a_release_of_a_committed_reservation_is_declined(calls, storage):
     await calls.grant("acct", 10)
-    hold = (await calls.reserve("acct", 6)).reservation
-    await calls.commit(hold.reservation_id, 6)
+    reservation = (await calls.reserve("acct", 6)).reservation
+    await calls.commit(reservation.reservation_id, 6)
 
     with pytest.raises(errors.ReservationAlreadyCommitted):
-        await calls.release(hold.reservation_id)
+        await calls.release(reservation.reservation_id)
 
     assert storage.accounts["acct"].balance == 4
 

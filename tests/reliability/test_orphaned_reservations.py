@@ -1,7 +1,8 @@
-"""F6 of RELIABILITY.md, leaked holds: a caller that dies between CheckAndReserve and
-Commit/Release must not keep credits locked up. Every hold has a TTL and the sweeper expires it.
+"""F6 of RELIABILITY.md, leaked reservations: a caller that dies between CheckAndReserve and
+Commit/Release must not keep credits locked up. Every reservation has a TTL and the sweeper
+expires it.
 
-The callers here are real client processes, killed with SIGKILL while their holds are open;
+The callers here are real client processes, killed with SIGKILL while their reservations are open;
 the server is the real `credits-service serve` with its embedded PostgreSQL.
 """
 
@@ -35,8 +36,8 @@ POLL_INTERVAL_S = 0.1
 DIAGNOSE_AFTER_BOUND_S = 10.0  # keep watching this long past the bound, to report how late
 RPC_TIMEOUT_S = 10.0
 
-# A caller that places holds and then "crashes": it reports on stdout once every hold is
-# placed, then sleeps, holding its channel open, until the test kills it.
+# A caller that places reservations and then "crashes": it reports on stdout once every
+# reservation is placed, then sleeps, holding its channel open, until the test kills it.
 CLIENT_SCRIPT = """
 import asyncio, json, sys
 
@@ -52,11 +53,11 @@ RETRIABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
 ATTEMPTS_MAX = 50
 
 
-async def main(address, key_prefix, holds, ttl_s, accounts, concurrency):
+async def main(address, key_prefix, reservations, ttl_s, accounts, concurrency):
     retries = 0
     async with grpc.aio.insecure_channel(address) as channel:
         stub = credits_pb2_grpc.CreditsServiceStub(channel)
-        todo = iter(range(holds))
+        todo = iter(range(reservations))
 
         async def place(i):
             nonlocal retries
@@ -72,19 +73,19 @@ async def main(address, key_prefix, holds, ttl_s, accounts, concurrency):
                         raise
                     retries += 1
                     await asyncio.sleep(0.05)
-            raise RuntimeError(f"hold {i}: no definite answer after {ATTEMPTS_MAX} attempts")
+            raise RuntimeError(f"reservation {i}: no definite answer after {ATTEMPTS_MAX} attempts")
 
         async def lane():
             for i in todo:
                 await place(i)
 
         await asyncio.gather(*(lane() for _ in range(concurrency)))
-        print(json.dumps({"held": holds, "retries": retries}), flush=True)
+        print(json.dumps({"held": reservations, "retries": retries}), flush=True)
         await asyncio.sleep(3600)
 
 
-address, key_prefix, holds, ttl_s, accounts, concurrency = sys.argv[1:]
-asyncio.run(main(address, key_prefix, int(holds), int(ttl_s), accounts.split(","),
+address, key_prefix, reservations, ttl_s, accounts, concurrency = sys.argv[1:]
+asyncio.run(main(address, key_prefix, int(reservations), int(ttl_s), accounts.split(","),
                  int(concurrency)))
 """
 
@@ -99,9 +100,9 @@ async def _connect_ledger_db(data_dir: Path) -> asyncpg.Connection:
 
 @dataclass
 class RoundFigures:
-    """What one round of orphaned holds measured."""
+    """What one round of orphaned reservations measured."""
 
-    holds: int
+    reservations: int
     open_at_kill: int
     client_retries: int
     placing_s: float
@@ -112,7 +113,7 @@ class RoundFigures:
 async def _kill_when_held(
     proc: asyncio.subprocess.Process, stderr_path: Path, timeout_s: float
 ) -> dict[str, int]:
-    """Wait for the client's report that all its holds are placed, then SIGKILL it."""
+    """Wait for the client's report that all its reservations are placed, then SIGKILL it."""
     assert proc.stdout is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
@@ -122,7 +123,7 @@ async def _kill_when_held(
     if not line:
         await asyncio.wait_for(proc.wait(), 10)
         stderr = await asyncio.to_thread(stderr_path.read_text)
-        pytest.fail(f"client exited ({proc.returncode}) before holding its holds:\n{stderr}")
+        pytest.fail(f"client exited ({proc.returncode}) before placing its reservations:\n{stderr}")
     proc.kill()
     await asyncio.wait_for(proc.wait(), 10)
     return json.loads(line)
@@ -136,11 +137,12 @@ async def _run_round(
     *,
     round_no: int,
     clients: int,
-    holds_per_client: int,
+    reservations_per_client: int,
     ttl_s: int,
 ) -> RoundFigures:
-    """Grant fresh accounts, let `clients` processes place `holds_per_client` holds each on
-    them and SIGKILL each client once it has; then watch every hold expire."""
+    """Grant fresh accounts, let `clients` processes place `reservations_per_client`
+    reservations each on them and SIGKILL each client once it has; then watch every reservation
+    expire."""
     accounts = [f"orphan-r{round_no}-a{k}" for k in range(ACCOUNTS_PER_ROUND)]
     granted_per_account = 10**9
     for account in accounts:
@@ -157,13 +159,13 @@ async def _run_round(
             with stderr_path.open("wb") as stderr:
                 procs.append(await asyncio.create_subprocess_exec(
                     sys.executable, str(script), address, f"orphan-r{round_no}-c{c}",
-                    str(holds_per_client), str(ttl_s), ",".join(accounts),
+                    str(reservations_per_client), str(ttl_s), ",".join(accounts),
                     str(CLIENT_CONCURRENCY),
                     cwd=REPO_ROOT, env=clean_env(), stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE, stderr=stderr,
                 ))
-        # Generous: placing the holds is not what is measured, but it must end.
-        report_timeout_s = 60.0 + holds_per_client * clients / 50
+        # Generous: placing the reservations is not what is measured, but it must end.
+        report_timeout_s = 60.0 + reservations_per_client * clients / 50
         reports = await asyncio.gather(*(
             _kill_when_held(proc, path, report_timeout_s)
             for proc, path in zip(procs, stderr_paths, strict=True)
@@ -176,17 +178,18 @@ async def _run_round(
                     await asyncio.wait_for(proc.wait(), 10)
     placing_s = time.monotonic() - started
 
-    holds = clients * holds_per_client
-    assert sum(report["held"] for report in reports) == holds
+    reservations = clients * reservations_per_client
+    assert sum(report["held"] for report in reports) == reservations
     open_at_kill = await db.fetchval(
         "SELECT count(*) FROM reservations WHERE account_id = ANY($1) AND status = 'ACTIVE'",
         accounts)
     placed, last_expire = await db.fetchrow(
         "SELECT count(*), max(expire_time) FROM reservations WHERE account_id = ANY($1)",
         accounts)
-    assert placed == holds, f"{placed} holds in the database, the clients placed {holds}"
+    assert placed == reservations, (
+        f"{placed} reservations in the database, the clients placed {reservations}")
 
-    # The claim: by the last expire_time plus one sweep interval (plus slack), every hold is
+    # The claim: by the last expire_time plus one sweep interval (plus slack), every reservation is
     # EXPIRED and every account has all its credits available again.
     bound = last_expire.timestamp() + SWEEP_INTERVAL_S + EXPIRY_SLACK_S
     balances: list[pb.Balance] = []
@@ -207,12 +210,12 @@ async def _run_round(
         ):
             break
         assert observed_at < bound + DIAGNOSE_AFTER_BOUND_S, (
-            f"{active} holds still ACTIVE {observed_at - last_expire.timestamp():.1f}s after the "
-            f"last expire_time; balances: {balances}")
+            f"{active} reservations still ACTIVE {observed_at - last_expire.timestamp():.1f}s "
+            f"after the last expire_time; balances: {balances}")
         await asyncio.sleep(POLL_INTERVAL_S)
     observed_after_last_expiry_s = observed_at - last_expire.timestamp()
     assert observed_at <= bound, (
-        f"holds released {observed_after_last_expiry_s:.2f}s after the last expire_time "
+        f"reservations released {observed_after_last_expiry_s:.2f}s after the last expire_time "
         f"({datetime.fromtimestamp(bound):%T.%f} bound: sweep interval {SWEEP_INTERVAL_S}s "
         f"+ {EXPIRY_SLACK_S}s)")
     assert all(b.balance == granted_per_account for b in balances), balances
@@ -220,17 +223,17 @@ async def _run_round(
     statuses = dict(await db.fetch(
         "SELECT status, count(*) FROM reservations WHERE account_id = ANY($1) GROUP BY 1",
         accounts))
-    assert statuses == {"EXPIRED": holds}, statuses
-    # Each hold by itself (database clock): expired no earlier than its expire_time. How late
-    # each was is reported, not asserted: holds that fell due while the clients were still
-    # placing holds were swept by a server under full load, and a loaded machine's stalls
+    assert statuses == {"EXPIRED": reservations}, statuses
+    # Each reservation by itself (database clock): expired no earlier than its expire_time. How late
+    # each was is reported, not asserted: reservations that fell due while the clients were still
+    # placing reservations were swept by a server under full load, and a loaded machine's stalls
     # show up there (the bound above is on the final state, after the load).
     early_s, late_s = await db.fetchrow(
         """SELECT extract(epoch FROM min(finish_time - expire_time))::float8,
                   extract(epoch FROM max(finish_time - expire_time))::float8
              FROM reservations WHERE account_id = ANY($1)""",
         accounts)
-    assert early_s >= 0, f"a hold expired {-early_s:.3f}s before its expire_time"
+    assert early_s >= 0, f"a reservation expired {-early_s:.3f}s before its expire_time"
     # Nothing was used: expiry gives everything back and writes no USAGE entry.
     usage = await db.fetchval(
         "SELECT count(*) FROM ledger_entries WHERE account_id = ANY($1) AND entry_type = 'USAGE'",
@@ -238,7 +241,7 @@ async def _run_round(
     assert usage == 0
 
     return RoundFigures(
-        holds=holds,
+        reservations=reservations,
         open_at_kill=open_at_kill,
         client_retries=sum(report["retries"] for report in reports),
         placing_s=placing_s,
@@ -248,27 +251,27 @@ async def _run_round(
 
 
 @pytest.mark.parametrize(
-    ("rounds", "clients", "holds_per_client", "ttl_s"),
+    ("rounds", "clients", "reservations_per_client", "ttl_s"),
     [
         (1, 4, 500, 5),
         pytest.param(5, 8, 2000, 30, marks=[pytest.mark.soak, pytest.mark.timeout(1800)]),
     ],
 )
-async def test_holds_of_killed_clients_expire_within_ttl_plus_one_sweep_interval(
+async def test_reservations_of_killed_clients_expire_within_ttl_plus_one_sweep_interval(
     launcher: Launcher,
     tmp_path: Path,
     rounds: int,
     clients: int,
-    holds_per_client: int,
+    reservations_per_client: int,
     ttl_s: int,
 ) -> None:
-    """F6: client processes place thousands of holds (TTL `ttl_s`) and are SIGKILLed without
-    committing or releasing any. Proves that by the last hold's expire_time (its creation plus
-    the TTL, database clock) plus one sweep interval plus `EXPIRY_SLACK_S`, a poll that has
-    completed by then (wall clock of the same host; polls run every `POLL_INTERVAL_S`) sees,
-    over gRPC (GetBalance) and in SQL, every hold EXPIRED and every account with
+    """F6: client processes place thousands of reservations (TTL `ttl_s`) and are SIGKILLed
+    without committing or releasing any. Proves that by the last reservation's expire_time (its
+    creation plus the TTL, database clock) plus one sweep interval plus `EXPIRY_SLACK_S`, a poll
+    that has completed by then (wall clock of the same host; polls run every `POLL_INTERVAL_S`)
+    sees, over gRPC (GetBalance) and in SQL, every reservation EXPIRED and every account with
     `reserved == 0` and `available == balance` == its grant, with no USAGE written; that no
-    hold expired before its expire_time; and that the ledger invariants hold afterwards."""
+    reservation expired before its expire_time; and that the ledger invariants hold afterwards."""
     data_dir = launcher.data_dir()
     server = launcher.serve(data_dir, "--sweep-interval-s", str(SWEEP_INTERVAL_S))
     await server.wait_serving()
@@ -279,7 +282,7 @@ async def test_holds_of_killed_clients_expire_within_ttl_plus_one_sweep_interval
             for round_no in range(rounds):
                 figures.append(await _run_round(
                     stub, db, server.address, tmp_path, round_no=round_no, clients=clients,
-                    holds_per_client=holds_per_client, ttl_s=ttl_s,
+                    reservations_per_client=reservations_per_client, ttl_s=ttl_s,
                 ))
         await assert_invariants(db)
     finally:
@@ -288,8 +291,8 @@ async def test_holds_of_killed_clients_expire_within_ttl_plus_one_sweep_interval
 
     released_after_s = [f.observed_after_last_expiry_s for f in figures]
     print(
-        f"\norphaned holds: rounds={rounds} clients/round={clients} "
-        f"holds={sum(f.holds for f in figures)} "
+        f"\norphaned reservations: rounds={rounds} clients/round={clients} "
+        f"reservations={sum(f.reservations for f in figures)} "
         f"open_at_kill(min)={min(f.open_at_kill for f in figures)} "
         f"client_retries={sum(f.client_retries for f in figures)} ttl_s={ttl_s} "
         f"sweep_interval_s={SWEEP_INTERVAL_S} "
