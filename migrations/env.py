@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from credits_service.persistence.database import asyncpg_url
+from credits_service.persistence.schema import metadata
 
 MIGRATION_LOCK_ID = 7_243_010_001
 
@@ -26,7 +27,8 @@ def _database_url() -> str:
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=None)
+    # The declared schema: `alembic revision --autogenerate` drafts a migration from it.
+    context.configure(connection=connection, target_metadata=metadata, compare_type=True)
     with context.begin_transaction():
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
         context.run_migrations()

@@ -1,5 +1,5 @@
 """Migration 0002 moves a ledger written before lots forward: every balance becomes one
-never-expiring lot, every active hold draws from it, and the service then works on it.
+never-expiring lot, every active reservation draws from it, and the service then works on it.
 Migration 0003 stores idempotent responses as text: stored ones still replay, both ways."""
 
 from __future__ import annotations
@@ -13,17 +13,22 @@ import asyncpg
 import grpc
 import pytest
 from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
 from credits_service.app import Application, StartupError, migrate
+from credits_service.persistence.database import asyncpg_url
 from credits_service.persistence.migrations import alembic_config, upgrade_to
+from credits_service.persistence.schema import metadata
 from tests import grpc_errors, ledger_checks
 
 DATABASE = "credits_migration"
 
-# A ledger as revision 0001 held it: two accounts, grants, a committed hold, a released hold
-# and two active holds; one account spent everything.
+# A ledger as revision 0001 held it: two accounts, grants, a committed reservation, a released
+# reservation and two active reservations; one account spent everything.
 BEFORE_LOTS = """
 INSERT INTO accounts (account_id, balance, reserved, active_reservation_count,
                       lifetime_granted, lifetime_used)
@@ -69,7 +74,7 @@ async def old_ledger(embedded_postgres) -> str:
     return url
 
 
-async def test_balances_become_one_never_expiring_lot_and_active_holds_draw_from_it(
+async def test_balances_become_one_never_expiring_lot_and_active_reservations_draw_from_it(
         old_ledger, embedded_postgres, test_settings):
     connection = await asyncpg.connect(host=str(embedded_postgres.socket_dir), user="postgres",
                                        database=DATABASE)
@@ -91,8 +96,8 @@ async def test_balances_become_one_never_expiring_lot_and_active_holds_draw_from
             ("00000000-0000-0000-0000-000000000004", 5, None)]
         await ledger_checks.assert_invariants(connection)
 
-        # The service works on the migrated ledger: commit one old hold for more than it held,
-        # release the other, grant and spend again.
+        # The service works on the migrated ledger: commit one old reservation for more than it
+        # held, release the other, grant and spend again.
         app = await Application.start(test_settings.replace(database_url=old_ledger))
         try:
             async with app_channel(app) as stub:
@@ -145,16 +150,16 @@ async def test_stored_responses_replay_alike_across_0003_down_and_up(
     app_settings = test_settings.replace(database_url=old_ledger)
     grant = pb.GrantRequest(account_id="old-2", amount=7, type=pb.GRANT_TYPE_PROMO,
                             idempotency_key="grant-1")
-    hold = pb.CheckAndReserveRequest(account_id="old-1", amount=5, idempotency_key="hold-1",
-                                     metadata={"model": "ünïcode \"quoted\""})
+    reserve = pb.CheckAndReserveRequest(account_id="old-1", amount=5, idempotency_key="reserve-1",
+                                        metadata={"model": "ünïcode \"quoted\""})
     declined = pb.CheckAndReserveRequest(account_id="old-1", amount=10**6,
-                                         idempotency_key="hold-2")
+                                         idempotency_key="reserve-2")
 
     async def answers() -> tuple[object, ...]:
         app = await Application.start(app_settings)
         try:
             async with app_channel(app) as stub:
-                return (await stub.Grant(grant), await stub.CheckAndReserve(hold),
+                return (await stub.Grant(grant), await stub.CheckAndReserve(reserve),
                         await grpc_errors.expect_error(stub.CheckAndReserve(declined)))
         finally:
             await app.stop()
@@ -204,3 +209,19 @@ async def test_a_migration_the_role_may_not_run_stops_the_start_saying_what_to_d
     assert message.startswith("migrating the database at postgresql://credits_runtime@"), message
     assert "permission denied" in message and "--no-migrate-on-start" in message, message
     assert raised.value.exit_code == 1
+
+
+async def test_the_declared_schema_is_what_the_migrations_build(database_url):
+    """persistence/schema.py (Alembic's target) and the migrations agree on every table,
+    column, type, nullability, default, index and key: autogenerate finds nothing to do.
+    Alembic does not compare CHECK constraints: schema.py's copies of them go unchecked."""
+    engine = create_async_engine(asyncpg_url(database_url))
+    try:
+        async with engine.connect() as connection:
+            differences = await connection.run_sync(lambda sync: compare_metadata(
+                MigrationContext.configure(sync, opts={"compare_type": True,
+                                                       "compare_server_default": True}),
+                metadata))
+    finally:
+        await engine.dispose()
+    assert differences == []

@@ -1,0 +1,188 @@
+"""The schema, declared as SQLAlchemy metadata: what the migrations build, in one place.
+
+Migrations stay hand-written SQL (migrations/versions/); this metadata is Alembic's target, so
+`alembic revision --autogenerate` drafts the next one, and a test compares it with a database
+migrated to head (tests/integration/test_migrations.py), so the two cannot drift in tables,
+columns, types, defaults, indexes or keys. Statements do not use it (they are asyncpg's $n
+SQL); constraint names are fixed by the migrations.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = MetaData()
+
+_NOW = text("credits_now()")
+
+
+def _time(name: str, *, nullable: bool = False, default: bool = False) -> Column[object]:
+    return Column(name, DateTime(timezone=True), nullable=nullable,
+                  server_default=_NOW if default else None)
+
+
+def _credits(name: str, *, nullable: bool = False, default: bool = False) -> Column[object]:
+    return Column(name, BigInteger, nullable=nullable,
+                  server_default=text("0") if default else None)
+
+
+accounts = Table(
+    "accounts", metadata,
+    Column("account_id", Text, primary_key=True),
+    _credits("balance", default=True),
+    _credits("reserved", default=True),
+    _credits("active_reservation_count", default=True),
+    _credits("lifetime_granted", default=True),
+    _credits("lifetime_used", default=True),
+    _time("create_time", default=True),
+    _time("update_time", default=True),
+    _credits("lifetime_expired", default=True),
+    CheckConstraint("char_length(account_id) BETWEEN 1 AND 128",
+                    name="ck_accounts_account_id_length"),
+    CheckConstraint("reserved >= 0", name="ck_accounts_reserved_nonnegative"),
+    CheckConstraint("balance >= reserved", name="ck_accounts_available_nonnegative"),
+    CheckConstraint("balance <= 1000000000000000", name="ck_accounts_balance_max"),
+    CheckConstraint("active_reservation_count >= 0",
+                    name="ck_accounts_active_reservation_count_nonnegative"),
+    CheckConstraint("lifetime_granted >= 0 AND lifetime_used >= 0",
+                    name="ck_accounts_lifetime_nonnegative"),
+    CheckConstraint("lifetime_expired >= 0", name="ck_accounts_lifetime_expired_nonnegative"),
+)
+
+reservations = Table(
+    "reservations", metadata,
+    Column("reservation_id", UUID, primary_key=True),
+    Column("account_id", Text, ForeignKey("accounts.account_id"), nullable=False),
+    _credits("amount"),
+    Column("status", Text, nullable=False),
+    _credits("committed_amount", nullable=True),
+    _time("create_time", default=True),
+    _time("expire_time"),
+    _time("finish_time", nullable=True),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("release_reason", Text, nullable=False, server_default=text("''::text")),
+    Column("actor", Text, nullable=False),
+    CheckConstraint("amount > 0", name="ck_reservations_amount_positive"),
+    CheckConstraint("status IN ('ACTIVE', 'COMMITTED', 'RELEASED', 'EXPIRED')",
+                    name="ck_reservations_status"),
+    CheckConstraint("(status = 'COMMITTED') = (committed_amount IS NOT NULL) "
+                    "AND committed_amount > 0", name="ck_reservations_committed_amount"),
+    CheckConstraint("(status = 'ACTIVE') = (finish_time IS NULL)",
+                    name="ck_reservations_finish_time"),
+    CheckConstraint("expire_time > create_time", name="ck_reservations_expire_after_create"),
+    # The sweeper's work list: only ACTIVE reservations, by expiry.
+    Index("ix_reservations_active_expire_time", "expire_time",
+          postgresql_where=text("status = 'ACTIVE'")),
+    # ListReservations pages an account's reservations newest first.
+    Index("ix_reservations_account_id_create_time_id", "account_id",
+          text("create_time DESC"), text("reservation_id DESC")),
+)
+
+credit_lots = Table(
+    "credit_lots", metadata,
+    Column("lot_id", BigInteger, Identity(always=True), primary_key=True),
+    Column("account_id", Text, ForeignKey("accounts.account_id"), nullable=False),
+    Column("grant_type", Text, nullable=True),
+    Column("priority", Integer, nullable=False),
+    _time("expire_time", nullable=True),
+    _credits("amount"),
+    _credits("remaining"),
+    _credits("held", default=True),
+    _time("create_time", default=True),
+    _time("expired_time", nullable=True),
+    CheckConstraint("amount > 0 AND held >= 0 AND remaining >= held AND remaining <= amount",
+                    name="ck_credit_lots_amounts"),
+    CheckConstraint("priority BETWEEN 0 AND 100", name="ck_credit_lots_priority"),
+    CheckConstraint("expired_time IS NULL OR (expire_time IS NOT NULL AND remaining = held)",
+                    name="ck_credit_lots_expired"),
+    # Consumption order among the lots that still hold credits.
+    Index("ix_credit_lots_consumption", "account_id", "priority", "expire_time", "lot_id",
+          postgresql_where=text("remaining > 0")),
+    # The sweeper's work list, and each account's due lots.
+    Index("ix_credit_lots_due", "expire_time",
+          postgresql_where=text("expired_time IS NULL AND expire_time IS NOT NULL")),
+    Index("ix_credit_lots_account_due", "account_id", "expire_time",
+          postgresql_where=text("expired_time IS NULL AND expire_time IS NOT NULL")),
+)
+
+reservation_lots = Table(
+    "reservation_lots", metadata,
+    Column("reservation_id", UUID, ForeignKey("reservations.reservation_id"), nullable=False),
+    Column("lot_id", BigInteger, ForeignKey("credit_lots.lot_id"), nullable=False),
+    _credits("held"),
+    _credits("consumed", nullable=True),
+    PrimaryKeyConstraint("reservation_id", "lot_id", name="pk_reservation_lots"),
+    CheckConstraint("held >= 0 AND coalesce(consumed, 0) >= 0 AND (held > 0 OR consumed > 0)",
+                    name="ck_reservation_lots_amounts"),
+)
+
+ledger_entries = Table(
+    "ledger_entries", metadata,
+    Column("entry_id", BigInteger, Identity(always=True), primary_key=True),
+    Column("account_id", Text, ForeignKey("accounts.account_id"), nullable=False),
+    Column("entry_type", Text, nullable=False),
+    Column("grant_type", Text, nullable=True),
+    _credits("amount"),
+    _credits("balance_after"),
+    Column("reservation_id", UUID, ForeignKey("reservations.reservation_id"), nullable=True),
+    Column("reason", Text, nullable=False, server_default=text("''::text")),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("actor", Text, nullable=False),
+    _time("create_time", default=True),
+    Column("lot_id", BigInteger, ForeignKey("credit_lots.lot_id"), nullable=True),
+    CheckConstraint(
+        "(entry_type = 'GRANT' AND amount > 0 AND grant_type IS NOT NULL) "
+        "OR (entry_type = 'USAGE' AND amount < 0 AND reservation_id IS NOT NULL) "
+        "OR (entry_type = 'EXPIRY' AND amount < 0 AND lot_id IS NOT NULL)",
+        name="ck_ledger_entries_kind"),
+    CheckConstraint("balance_after >= 0", name="ck_ledger_entries_balance_after_nonnegative"),
+    # History pages by (account_id, entry_id).
+    Index("ix_ledger_entries_account_id_entry_id", "account_id", "entry_id"),
+    # One USAGE entry per reservation, one GRANT entry per lot, a lot written off once on its
+    # own and once per reservation giving credits back to it after it expired.
+    Index("uq_ledger_entries_usage_reservation_id", "reservation_id", unique=True,
+          postgresql_where=text("entry_type = 'USAGE'")),
+    Index("uq_ledger_entries_grant_lot_id", "lot_id", unique=True,
+          postgresql_where=text("entry_type = 'GRANT'")),
+    Index("uq_ledger_entries_expiry_lot_id", "lot_id", unique=True,
+          postgresql_where=text("entry_type = 'EXPIRY' AND reservation_id IS NULL")),
+    Index("uq_ledger_entries_expiry_lot_id_reservation_id", "lot_id", "reservation_id",
+          unique=True,
+          postgresql_where=text("entry_type = 'EXPIRY' AND reservation_id IS NOT NULL")),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys", metadata,
+    Column("scope", Text, nullable=False),
+    Column("idempotency_key", Text, nullable=False),
+    Column("method", Text, nullable=False),
+    Column("request_hash", LargeBinary, nullable=False),
+    Column("response", Text, nullable=True),
+    _time("create_time", default=True),
+    PrimaryKeyConstraint("scope", "idempotency_key", name="pk_idempotency_keys"),
+    Index("ix_idempotency_keys_create_time", "create_time"),
+)
+
+service_keys = Table(
+    "service_keys", metadata,
+    Column("name", Text, primary_key=True),
+    Column("key", LargeBinary, nullable=False),
+    _time("create_time", default=True),
+    CheckConstraint("length(key) >= 32", name="ck_service_keys_key_length"),
+)
