@@ -50,6 +50,16 @@ class _Method:
     batch: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What the interceptor needs of a method path, worked out once per path."""
+
+    service: str
+    name: str
+    method: _Method | None  # one of ours, or another service's (health, reflection)
+    open: bool  # callable without a token (auth_open_services)
+
+
 class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, gatekeeper: Gatekeeper, gate: CallGate, call_log: CallLog) -> None:
         self._gatekeeper = gatekeeper
@@ -60,6 +70,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 m.name, m.input_type.full_name, m.input_type.name.startswith("Batch"))
             for m in credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].methods
         }
+        # By method path, for the paths the server has (grpc resolves them first)
+        self._routes: dict[str, _Route] = {}
         # Handlers wrapped once per method: (admitted, refused)
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -71,21 +83,30 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None  # grpc answers UNIMPLEMENTED
-        service, _, name = details.method[1:].rpartition("/")
+        path = details.method
+        route = self._routes.get(path) or self._route(path)
+        if route.open:
+            return handler  # health, by default: load balancers' probes carry no token
         metadata = details.invocation_metadata
-        method = self._methods.get(details.method)
+        method = route.method
         if method is not None and self._call_log.logging():
             _request_id.set(request_id_of(metadata))
         try:
-            set_caller(self._gatekeeper.admit(service, name, metadata))
+            set_caller(self._gatekeeper.admit(route.service, route.name, metadata))
         except CreditsError as refusal:
             _refusal.set(refusal)
             if method is None:
                 return _refusing(handler, refusal)
-            return self._handlers(details.method, method, handler)[1]
+            return self._handlers(path, method, handler)[1]
         if method is None:
             return handler
-        return self._handlers(details.method, method, handler)[0]
+        return self._handlers(path, method, handler)[0]
+
+    def _route(self, path: str) -> _Route:
+        service, _, name = path[1:].rpartition("/")
+        route = self._routes[path] = _Route(
+            service, name, self._methods.get(path), service in self._gatekeeper.open_services)
+        return route
 
     def _handlers(
         self, path: str, method: _Method, handler: grpc.RpcMethodHandler
