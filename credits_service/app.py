@@ -8,12 +8,14 @@ import functools
 import ipaddress
 import logging
 import socket
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from credits_service.domain.plans import BUILT_IN, PlanBook, PlansError, read_plans
 from credits_service.persistence.database import create_engine, redacted
 from credits_service.persistence.embedded import EmbeddedPostgres
 from credits_service.persistence.keys import page_token_key
@@ -21,6 +23,7 @@ from credits_service.persistence.migrations import upgrade_to_head
 from credits_service.persistence.unit_of_work import DatabaseClock, SqlUnitOfWork
 from credits_service.service.ledger import Ledger
 from credits_service.settings import (
+    AccountSettings,
     AuthSettings,
     DatabaseSettings,
     Settings,
@@ -140,9 +143,31 @@ async def migrate(database_url: str) -> None:
             "start serve with --no-migrate-on-start (docs/operating.md)", exit_code=1) from exc
 
 
+def load_plans(settings: AccountSettings) -> PlanBook:
+    """The plans of the plans file for the environment, or the built-in plan without a file;
+    a StartupError naming the file and the broken key when it cannot be used."""
+    if not settings.plans_file:
+        return BUILT_IN
+    path = settings.plans_file
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        raise StartupError(f"cannot read --plans-file {path!r}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StartupError(f"--plans-file {path!r} is not TOML: {exc}") from None
+    try:
+        plans = read_plans(document, settings.environment, path)
+    except PlansError as exc:
+        raise StartupError(f"--plans-file {path!r}: {exc}") from None
+    _log.info("plans from %s (environment %s): %s; default plan %s", path,
+              settings.environment, ", ".join(sorted(plans.plans)), plans.default_plan)
+    return plans
+
+
 def build_ledger(
     settings: Settings, engine: AsyncEngine, metrics: Metrics, clock: DatabaseClock,
-    page_tokens_key: bytes,
+    page_tokens_key: bytes, plans: PlanBook = BUILT_IN,
 ) -> Ledger:
     statement_timeout_ms = settings.database.statement_timeout_ms
     return Ledger(
@@ -153,6 +178,8 @@ def build_ledger(
         settings.ledger,
         page_tokens_key,
         metrics,
+        plans=plans,
+        auto_create_accounts=settings.accounts.auto_create_accounts,
     )
 
 
@@ -245,9 +272,10 @@ class Application:
         except ValueError as exc:
             raise StartupError(str(exc)) from None
         gatekeeper = build_gatekeeper(settings.auth, settings.server.listen)
+        plans = load_plans(settings.accounts)
         database_url, embedded = await resolve_database(settings.database)
         try:
-            return await cls._start_on(settings, gatekeeper, database_url, embedded)
+            return await cls._start_on(settings, gatekeeper, plans, database_url, embedded)
         except BaseException:
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
@@ -258,6 +286,7 @@ class Application:
         cls,
         settings: Settings,
         gatekeeper: Gatekeeper,
+        plans: PlanBook,
         database_url: str,
         embedded: EmbeddedPostgres | None,
     ) -> Application:
@@ -271,7 +300,7 @@ class Application:
             raise
         metrics = Metrics()
         clock = DatabaseClock()
-        ledger = build_ledger(settings, engine, metrics, clock, key)
+        ledger = build_ledger(settings, engine, metrics, clock, key, plans)
         workers = settings.workers
         sweeper = Sweeper(
             ledger.maintenance,

@@ -235,6 +235,22 @@ class LedgerSettings(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class AccountSettings(_Section):
+    title: ClassVar[str] = "accounts and plans"
+
+    plans_file: str = _setting(
+        "", "TOML file of plans (welcome credits and terms; docs/accounts.md); unset: the "
+        "built-in plan 'default', without welcome credits")
+    environment: str = _setting(
+        "production", "which [environments.<name>] table of the plans file applies",
+        choices=("development", "staging", "production"))
+    auto_create_accounts: bool = _setting(
+        True, "the first CheckAndReserve or GetBalance of an unknown account creates it on "
+        "the default plan with its welcome credits, as Grant and EnsureAccount always do; "
+        "off: they answer ACCOUNT_NOT_FOUND")
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerSettings(_Section):
     title: ClassVar[str] = "background workers"
 
@@ -303,6 +319,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "server": ServerSettings,
     "database": DatabaseSettings,
     "ledger": LedgerSettings,
+    "accounts": AccountSettings,
     "workers": WorkerSettings,
     "auth": AuthSettings,
     "telemetry": TelemetrySettings,
@@ -316,6 +333,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
+    accounts: AccountSettings = field(default_factory=AccountSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)

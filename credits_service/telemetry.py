@@ -34,6 +34,8 @@ class Metrics:
                                     ["event"], registry=r)
         self.credits = Counter("credits_credits", "credits granted, consumed and expired", ["kind"],
                                registry=r)
+        self.accounts_created = Counter("credits_accounts_created",
+                                        "accounts created, by plan", ["plan"], registry=r)
         self.replays = Counter("credits_idempotent_replays",
                                "calls answered from a stored idempotent response", ["method"],
                                registry=r)
@@ -59,6 +61,9 @@ class Metrics:
 
     def granted(self, amount: int) -> None:
         self.credits.labels("granted").inc(amount)
+
+    def account_created(self, plan: str) -> None:
+        self.accounts_created.labels(plan).inc()
 
     def reserved(self, reservations: int) -> None:
         self.reservations.labels("placed").inc(reservations)

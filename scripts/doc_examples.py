@@ -5,7 +5,8 @@ service really answers.
 An example is a ```sh block followed at once by an output block (```json, or a plain ``` one
 for an error); a ```sh block with no output block after it is run for its effect (a sleep,
 a call whose answer is not shown). Blocks run in order, through bash, with .venv/bin first on
-PATH and `localhost:50051` pointed at the server.
+PATH and `localhost:50051` pointed at the server. A document may name flags of its own for the
+server in a comment, e.g. `<!-- doc-examples serve: --plans-file docs/plans.example.toml -->`.
 
 Checking (tests/integration/test_docs.py) compares each answer with the one shown: the same
 fields with the same values, but for times, which only have to be times, and ids and page
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -223,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")}
             server = subprocess.Popen(
                 [sys.executable, "-m", "credits_service", "serve", "--data-dir", data_dir,
-                 "--listen", f"127.0.0.1:{port}", "--metrics-listen", "", "--auth-disabled"],
+                 "--listen", f"127.0.0.1:{port}", "--metrics-listen", "", "--auth-disabled",
+                 *serve_flags(document.read_text())],
                 env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 _wait_serving(f"127.0.0.1:{port}")
@@ -235,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         failed = failed or bool(problems)
     return 1 if failed else 0
+
+
+def serve_flags(markdown: str) -> list[str]:
+    """The server flags a document names in its `<!-- doc-examples serve: ... -->` comment."""
+    found = re.search(r"<!-- doc-examples serve: (.*?) -->", markdown)
+    return shlex.split(found.group(1)) if found else []
 
 
 def _wait_serving(address: str, timeout_s: float = 60) -> None:

@@ -75,7 +75,8 @@ def rpc_table() -> str:
     from credits_service.transport.grpc.auth import SERVICE_METHODS
 
     rows = ["| RPC | Request | Role | Idempotent by |", "|---|---|---|---|"]
-    keyed = {"Grant": "`idempotency_key`", "CheckAndReserve": "`idempotency_key`",
+    keyed = {"EnsureAccount": "`account_id` (creates once)", "Grant": "`idempotency_key`",
+             "CheckAndReserve": "`idempotency_key`",
              "BatchCheckAndReserve": "each item's `idempotency_key`",
              "Commit": "reservation and amount", "BatchCommit": "each item's reservation",
              "Release": "reservation", "ExtendReservation": "(safe to repeat)"}

@@ -60,6 +60,9 @@ def test_settings(database_url: str) -> Settings:
         shutdown_grace_s=5,
         metrics_listen="127.0.0.1:0",
         auth_disabled=True,  # on loopback; tests/integration/test_auth.py turns it on
+        # Unknown accounts stay unknown; tests/integration/test_accounts.py runs a server
+        # that creates them.
+        auto_create_accounts=False,
     )
 
 

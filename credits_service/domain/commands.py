@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from credits_service.domain.model import (
+    Account,
     BalanceSnapshot,
     EntryType,
     GrantType,
@@ -84,6 +85,12 @@ class HistoryQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class EnsureAccountCommand:
+    account_id: str
+    plan: str = ""  # empty: the default plan
+
+
+@dataclass(frozen=True, slots=True)
 class GrantResult:
     entry: LedgerEntry
     balance: BalanceSnapshot
@@ -127,3 +134,11 @@ class BalanceReport:
 class ReservationPage:
     reservations: tuple[Reservation, ...]
     next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureAccountResult:
+    account: Account
+    created: bool  # by this call
+    balance: BalanceSnapshot
+    welcome: GrantResult | None  # the welcome grant, when this call created the account

@@ -154,12 +154,23 @@ class Declined(CreditsError):
 
 
 class AccountNotFound(Declined):
-    """The account has never been granted credits (metadata `accountId`)."""
+    """The account does not exist: it was never created by EnsureAccount or Grant, and
+    auto_create_accounts is off (metadata `accountId`). Never stored with an idempotency key:
+    once the account exists, the same key succeeds."""
 
     reason = "ACCOUNT_NOT_FOUND"
 
     def __init__(self, account_id: str) -> None:
         super().__init__(f"account {account_id!r} does not exist", {"accountId": account_id})
+
+
+class PlanNotFound(CreditsError):
+    """No plan of this name is configured (metadata `plan`); docs/accounts.md."""
+
+    reason = "PLAN_NOT_FOUND"
+
+    def __init__(self, plan: str) -> None:
+        super().__init__(f"no plan is called {plan!r}", {"plan": plan})
 
 
 class ReservationNotFound(Declined):

@@ -71,6 +71,15 @@ class BalanceSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Account:
+    """An account's terms: the plan it is on, and when it was created."""
+
+    account_id: str
+    plan: str
+    create_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerEntry:
     entry_id: int
     account_id: str

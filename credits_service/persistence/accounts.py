@@ -6,11 +6,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from credits_service.domain.model import BalanceSnapshot
+from credits_service.domain.model import Account, BalanceSnapshot
 from credits_service.domain.rows import HeldTotals
 from credits_service.persistence import columns
 
 _GET = f"SELECT {columns.ACCOUNT} FROM accounts WHERE account_id = $1"
+_PROFILE = f"SELECT {columns.PROFILE} FROM accounts WHERE account_id = $1"
+
+# Waits for a transaction inserting the same account, then inserts nothing if it committed.
+_CREATE = f"""
+    INSERT INTO accounts (account_id, plan) VALUES ($1, $2)
+    ON CONFLICT (account_id) DO NOTHING
+    RETURNING {columns.ACCOUNT}"""
 
 # In one order (account_id), so two transactions locking several never deadlock on them.
 _LOCK = f"""
@@ -57,6 +64,15 @@ class AccountRepository:
 
     async def get(self, account_id: str) -> BalanceSnapshot | None:
         return await self._one(_GET, account_id)
+
+    async def profile(self, account_id: str) -> Account | None:
+        row = await self._connection.fetchrow(_PROFILE, account_id)
+        return columns.account(row) if row is not None else None
+
+    async def create(self, account_id: str, plan: str) -> BalanceSnapshot | None:
+        """Create the account, empty, on `plan` (locked until the transaction ends); None if
+        it exists (once a transaction creating it concurrently has committed)."""
+        return await self._one(_CREATE, account_id, plan)
 
     async def lock(self, account_ids: Iterable[str]) -> dict[str, BalanceSnapshot]:
         """Lock the accounts for this transaction (every change to an account's lots happens

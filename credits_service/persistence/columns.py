@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from credits_service.domain.model import (
+    Account,
     BalanceSnapshot,
     EntryType,
     GrantType,
@@ -25,6 +26,7 @@ Row = Any  # an asyncpg Record: read by column name
 
 ACCOUNT = ("account_id, balance, reserved, active_reservation_count, lifetime_granted, "
            "lifetime_used, lifetime_expired")
+PROFILE = "account_id, plan, create_time"
 # The same columns of an UPDATE's target aliased `a`, for its RETURNING clause
 A_ACCOUNT = ", ".join("a." + column.strip() for column in ACCOUNT.split(","))
 ENTRY = (
@@ -61,6 +63,11 @@ def balance(row: Row) -> BalanceSnapshot:
         lifetime_used=row["lifetime_used"],
         lifetime_expired=row["lifetime_expired"],
     )
+
+
+def account(row: Row) -> Account:
+    return Account(account_id=row["account_id"], plan=row["plan"],
+                   create_time=row["create_time"])
 
 
 def entry(row: Row) -> LedgerEntry:

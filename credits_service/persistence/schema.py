@@ -53,6 +53,7 @@ accounts = Table(
     _time("create_time", default=True),
     _time("update_time", default=True),
     _credits("lifetime_expired", default=True),
+    Column("plan", Text, nullable=False, server_default=text("'default'::text")),
     CheckConstraint("char_length(account_id) BETWEEN 1 AND 128",
                     name="ck_accounts_account_id_length"),
     CheckConstraint("reserved >= 0", name="ck_accounts_reserved_nonnegative"),
@@ -63,6 +64,7 @@ accounts = Table(
     CheckConstraint("lifetime_granted >= 0 AND lifetime_used >= 0",
                     name="ck_accounts_lifetime_nonnegative"),
     CheckConstraint("lifetime_expired >= 0", name="ck_accounts_lifetime_expired_nonnegative"),
+    CheckConstraint("char_length(plan) BETWEEN 1 AND 64", name="ck_accounts_plan_length"),
 )
 
 reservations = Table(

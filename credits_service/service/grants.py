@@ -1,12 +1,13 @@
-"""Grant: add credits to an account as a new lot (creating the account), once per key."""
+"""Grant: add credits to an account as a new lot (creating the account on the default plan,
+with its welcome credits, if it does not exist), once per key."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from credits_service.domain import errors
 from credits_service.domain.commands import GrantCommand, GrantResult
-from credits_service.domain.model import BALANCE_MAX, PRIORITY_DEFAULT, EntryType
+from credits_service.domain.model import PRIORITY_DEFAULT
+from credits_service.service.accounts import AccountOpening
+from credits_service.service.crediting import credit_lot
 from credits_service.service.idempotency import keyed
 from credits_service.service.ports import LedgerMetrics, UnitOfWork
 from credits_service.service.transactions import Transactions
@@ -15,8 +16,11 @@ METHOD = "Grant"
 
 
 class Granting:
-    def __init__(self, transactions: Transactions, metrics: LedgerMetrics) -> None:
+    def __init__(
+        self, transactions: Transactions, opening: AccountOpening, metrics: LedgerMetrics
+    ) -> None:
         self._transactions = transactions
+        self._opening = opening
         self._metrics = metrics
 
     async def grant(self, command: GrantCommand, actor: str) -> GrantResult:
@@ -27,33 +31,22 @@ class Granting:
                 # Raised, not returned: the transaction rolls back and the key stays unused,
                 # as for any other invalid argument.
                 raise errors.ExpireTimePassed(command.expire_time.isoformat())
-            balance = await uow.accounts.credit(command.account_id, command.amount, BALANCE_MAX)
-            if balance is None:
-                current = await uow.accounts.get(command.account_id)
-                assert current is not None, "only an existing account can be at its cap"
-                return errors.BalanceLimitExceeded(
-                    command.account_id, current.balance, command.amount, BALANCE_MAX)
-            lot = await uow.lots.create(
+            if await uow.accounts.get(command.account_id) is None:
+                await self._opening.open(uow, command.account_id, "", actor)
+            outcome = await credit_lot(
+                uow,
                 account_id=command.account_id,
+                amount=command.amount,
                 grant_type=command.grant_type,
                 priority=PRIORITY_DEFAULT if command.priority is None else command.priority,
                 expire_time=command.expire_time,
-                amount=command.amount,
-            )
-            entry = await uow.entries.append(
-                account_id=command.account_id,
-                entry_type=EntryType.GRANT,
-                grant_type=command.grant_type,
-                amount=command.amount,
-                balance_after=balance.balance,
                 reason=command.reason,
                 metadata=command.metadata,
                 actor=actor,
-                lot_id=lot.lot_id,
             )
-            uow.on_commit(lambda: self._metrics.granted(command.amount))
-            lot = dataclasses.replace(lot, grant_entry_id=entry.entry_id)
-            return GrantResult(entry=entry, balance=balance, lot=lot)
+            if isinstance(outcome, GrantResult):
+                uow.on_commit(lambda: self._metrics.granted(command.amount))
+            return outcome
 
         return await self._transactions.run(
             keyed(METHOD, command, command.idempotency_key, actor, effect, self._metrics))

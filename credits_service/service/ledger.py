@@ -4,6 +4,8 @@ lives in its own module; each runs in one transaction that includes its idempote
 
 from __future__ import annotations
 
+from credits_service.domain.plans import BUILT_IN, PlanBook
+from credits_service.service.accounts import AccountOpening, Accounts
 from credits_service.service.grants import Granting
 from credits_service.service.maintenance import Maintenance
 from credits_service.service.page_tokens import PageTokens
@@ -27,19 +29,26 @@ class Ledger:
         settings: LedgerSettings,
         page_token_key: bytes,
         metrics: LedgerMetrics | None = None,
+        *,
+        plans: PlanBook = BUILT_IN,
+        auto_create_accounts: bool = True,
     ) -> None:
         metrics = metrics or NoMetrics()
         self.transactions = Transactions(
             uow_factory, attempts_max=settings.transaction_attempts_max, metrics=metrics)
-        self.reserving = Reserving(self.transactions, settings, metrics)
+        self.opening = AccountOpening(plans, auto_create_accounts, metrics)
+        self.accounts = Accounts(self.transactions, self.opening)
+        self.reserving = Reserving(self.transactions, settings, self.opening, metrics)
         self.batches = Batches(self.reserving, settings, metrics)
         self.committing = Committing(self.transactions, settings, metrics)
         self.releasing = Releasing(self.transactions, settings, metrics)
         self.extending = Extending(self.transactions, settings, metrics)
-        self.granting = Granting(self.transactions, metrics)
-        self.queries = Queries(self.transactions, settings, PageTokens(page_token_key))
+        self.granting = Granting(self.transactions, self.opening, metrics)
+        self.queries = Queries(
+            self.transactions, settings, PageTokens(page_token_key), self.opening)
         self.maintenance = Maintenance(self.transactions, metrics)
 
+        self.ensure_account = self.accounts.ensure_account
         self.grant = self.granting.grant
         self.check_and_reserve = self.reserving.check_and_reserve
         self.check_and_reserve_batch = self.batches.check_and_reserve_batch

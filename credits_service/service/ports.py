@@ -15,6 +15,7 @@ from typing import Protocol, Self
 
 from credits_service.domain.lots import LotChange
 from credits_service.domain.model import (
+    Account,
     BalanceSnapshot,
     EntryType,
     GrantType,
@@ -50,6 +51,13 @@ class AccountRepository(Protocol):
     """One fixed row per account; every change is a conditional write on it."""
 
     async def get(self, account_id: str) -> BalanceSnapshot | None: ...
+
+    async def profile(self, account_id: str) -> Account | None:
+        """The account's plan and creation time."""
+
+    async def create(self, account_id: str, plan: str) -> BalanceSnapshot | None:
+        """Create the account, empty, on `plan`; None if it exists already (waiting for a
+        transaction creating it concurrently to end)."""
 
     async def lock(self, account_ids: Iterable[str]) -> dict[str, BalanceSnapshot]:
         """Lock the accounts for the transaction, in account order; unknown ones left out."""
@@ -273,6 +281,7 @@ class LedgerMetrics(Protocol):
     """What the ledger reports as it works. Reported only for committed work."""
 
     def granted(self, amount: int) -> None: ...
+    def account_created(self, plan: str) -> None: ...
     def reserved(self, reservations: int) -> None: ...
     def committed(self, amount: int) -> None: ...
     def released(self) -> None: ...
@@ -287,6 +296,9 @@ class NoMetrics:
     """Reports nowhere."""
 
     def granted(self, amount: int) -> None:
+        pass
+
+    def account_created(self, plan: str) -> None:
         pass
 
     def reserved(self, reservations: int) -> None:

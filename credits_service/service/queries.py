@@ -17,6 +17,7 @@ from credits_service.domain.commands import (
     ReservationsQuery,
 )
 from credits_service.domain.model import LOTS_LISTED_MAX
+from credits_service.service.accounts import AccountOpening
 from credits_service.service.page_tokens import PageTokens, filters_digest
 from credits_service.service.ports import UnitOfWork
 from credits_service.service.transactions import Transactions
@@ -27,16 +28,26 @@ _ENTRY_ID_MAX = 2**63 - 1  # ledger entry ids are bigint
 
 class Queries:
     def __init__(
-        self, transactions: Transactions, settings: LedgerSettings, page_tokens: PageTokens
+        self,
+        transactions: Transactions,
+        settings: LedgerSettings,
+        page_tokens: PageTokens,
+        opening: AccountOpening,
     ) -> None:
         self._transactions = transactions
+        self._opening = opening
         self._page_size_default = settings.page_size_default
         self._page_size_max = settings.page_size_max
         self._tokens = page_tokens
 
-    async def get_balance(self, query: BalanceQuery) -> BalanceReport:
+    async def get_balance(self, query: BalanceQuery, actor: str) -> BalanceReport:
+        """The account's balance and lots; an unknown account is created first by `actor`'s
+        call (auto_create_accounts), or AccountNotFound."""
+
         async def work(uow: UnitOfWork) -> BalanceReport | errors.Declined:
             balance = await uow.accounts.get(query.account_id)
+            if balance is None:
+                balance = await self._opening.on_first_use(uow, query.account_id, actor)
             if balance is None:
                 return errors.AccountNotFound(query.account_id)
             listed, expiring = await uow.lots.listing(

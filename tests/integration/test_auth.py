@@ -91,6 +91,7 @@ SERVICE_DENIED_METHODS = {"Grant"}
 
 def _requests(reservation_id: str) -> dict[str, object]:
     return {
+        "EnsureAccount": pb.EnsureAccountRequest(account_id="acct"),
         "Grant": pb.GrantRequest(account_id="acct", amount=5, type=pb.GRANT_TYPE_PROMO,
                                  idempotency_key=f"g-{uuid.uuid4()}"),
         "CheckAndReserve": pb.CheckAndReserveRequest(account_id="acct", amount=1,

@@ -12,15 +12,16 @@ import sys
 
 import pytest
 
-from scripts.doc_examples import run_document
+from scripts.doc_examples import run_document, serve_flags
 from tests.serve_launcher import REPO_ROOT, Launcher
 
-DOCUMENTS = ["README.md", "docs/api.md", "docs/lots.md"]
+DOCUMENTS = ["README.md", "docs/api.md", "docs/lots.md", "docs/accounts.md"]
 
 
 @pytest.mark.parametrize("document", DOCUMENTS)
 async def test_the_examples_answer_what_the_document_shows(launcher: Launcher, document: str):
-    server = launcher.serve(launcher.data_dir(), "--auth-disabled")
+    flags = serve_flags((REPO_ROOT / document).read_text())
+    server = launcher.serve(launcher.data_dir(), "--auth-disabled", *flags)
     await server.wait_serving()
     problems = await asyncio.to_thread(run_document, REPO_ROOT / document, server.address)
     assert not problems, "\n".join(problems)

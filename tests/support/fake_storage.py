@@ -29,6 +29,7 @@ import orjson
 
 from credits_service.domain.lots import LotChange
 from credits_service.domain.model import (
+    Account,
     BalanceSnapshot,
     EntryType,
     GrantType,
@@ -105,6 +106,8 @@ class AccountRow:
     lifetime_granted: int = 0
     lifetime_used: int = 0
     lifetime_expired: int = 0
+    plan: str = "default"
+    create_time: datetime = CLOCK_START
 
     def snapshot(self) -> BalanceSnapshot:
         return BalanceSnapshot(
@@ -500,6 +503,20 @@ class FakeAccounts(_Repository):
         return row.snapshot() if row else None
 
     @statement
+    def profile(self, account_id: str) -> Account | None:
+        row = self._tx.account(account_id)
+        return Account(row.account_id, row.plan, row.create_time) if row else None
+
+    @statement
+    def create(self, account_id: str, plan: str) -> BalanceSnapshot | None:
+        """_CREATE: ON CONFLICT DO NOTHING (transactions here run one at a time)."""
+        if self._tx.account(account_id) is not None:
+            return None
+        row = self._tables.accounts[account_id] = AccountRow(
+            account_id, plan=plan, create_time=self._tx.now)
+        return row.snapshot()
+
+    @statement
     def lock(self, account_ids: Iterable[str]) -> dict[str, BalanceSnapshot]:
         """_LOCK: existing accounts in account order."""
         return {account_id: row.snapshot() for account_id in sorted(set(account_ids))
@@ -511,7 +528,8 @@ class FakeAccounts(_Repository):
         whatever the amount (its CHECK bounds it)."""
         row = self._tx.account(account_id)
         if row is None:
-            row = self._tables.accounts[account_id] = AccountRow(account_id)
+            row = self._tables.accounts[account_id] = AccountRow(
+                account_id, create_time=self._tx.now)
         elif row.balance + amount > balance_max:
             return None
         row.balance += amount

@@ -18,6 +18,7 @@ from credits_service.domain.ids import new_reservation_ids
 from credits_service.domain.model import BalanceSnapshot, LotDraw, Reservation, ReservationStatus
 from credits_service.domain.rows import FreeLot, HeldTotals, KeyedAccount, KeyRecord
 from credits_service.service import idempotency, responses
+from credits_service.service.accounts import AccountOpening
 from credits_service.service.group_commit import GroupCommitter
 from credits_service.service.ports import LedgerMetrics, UnitOfWork
 from credits_service.service.transactions import Transactions
@@ -31,9 +32,14 @@ Answer = ReserveResult | errors.Declined
 
 class Reserving:
     def __init__(
-        self, transactions: Transactions, settings: LedgerSettings, metrics: LedgerMetrics
+        self,
+        transactions: Transactions,
+        settings: LedgerSettings,
+        opening: AccountOpening,
+        metrics: LedgerMetrics,
     ) -> None:
         self._transactions = transactions
+        self._opening = opening
         self._metrics = metrics
         self._ttl_default_ms = int(settings.reservation_ttl_default_s * 1000)
         self._group: GroupCommitter[Call, Answer] = GroupCommitter(
@@ -100,7 +106,10 @@ class Reserving:
         stored yet, their accounts locked with these `snapshots`), in that order, into
         outcomes[i], and store their keys with the answers: expire due lots, draw from free
         lots in consumption order, write everything set-based. A key another transaction
-        stored meanwhile rolls all back, to run again."""
+        stored meanwhile rolls all back, to run again. Accounts not found are created first
+        (auto_create_accounts); a call declined only because its account does not exist
+        stores no key, so that it succeeds once the account exists."""
+        await self._open_missing(uow, calls, indexes, snapshots)
         wanted: dict[str, int] = {}
         for i in indexes:
             command = calls[i][0]
@@ -151,9 +160,11 @@ class Reserving:
             placed.append((i, reservation))
             outcomes[i] = ReserveResult(reservation=reservation, balance=snapshot)
         keys = [KeyRecord(calls[i][1], calls[i][0].idempotency_key, digests[i],
-                          responses.encode(outcomes[i])) for i in indexes]
+                          responses.encode(outcomes[i]))
+                for i in indexes if type(outcomes[i]) is not errors.AccountNotFound]
         if not placed:
-            await uow.groups.complete(METHOD, keys)
+            if keys:
+                await uow.groups.complete(METHOD, keys)
             return
         written = await uow.groups.place(
             lot_holds, held, [r for _, r in placed], [calls[i][1] for i, _ in placed], METHOD,
@@ -165,3 +176,20 @@ class Reserving:
                 != (len(lot_holds), len(placed), draws_written, len(keys))):
             raise errors.LotsOutOfStep(next(iter(held)))
         uow.on_commit(lambda: self._metrics.reserved(len(placed)))
+
+    async def _open_missing(
+        self, uow: UnitOfWork, calls: Sequence[Call], indexes: list[int],
+        snapshots: dict[str, BalanceSnapshot],
+    ) -> None:
+        """Create the accounts of calls[i] (i in `indexes`) that were not found, in account
+        order, adding them to `snapshots` (unless auto_create_accounts is off). Two groups
+        creating accounts the other one locked deadlock; one of them runs again."""
+        actors: dict[str, str] = {}
+        for i in indexes:
+            command, actor = calls[i]
+            if command.account_id not in snapshots:
+                actors.setdefault(command.account_id, actor)
+        for account_id in sorted(actors):
+            opened = await self._opening.on_first_use(uow, account_id, actors[account_id])
+            if opened is not None:
+                snapshots[account_id] = opened

@@ -41,8 +41,8 @@ class Role(enum.Enum):
 # What a service principal may call of ours; an admin may call everything. An allowlist, so an
 # RPC added later is admin-only until it is listed here.
 SERVICE_METHODS = frozenset({
-    "CheckAndReserve", "Commit", "Release", "ExtendReservation", "GetBalance", "History",
-    "ListReservations", "BatchCheckAndReserve", "BatchCommit",
+    "EnsureAccount", "CheckAndReserve", "Commit", "Release", "ExtendReservation", "GetBalance",
+    "History", "ListReservations", "BatchCheckAndReserve", "BatchCommit",
 })
 
 

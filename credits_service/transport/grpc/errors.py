@@ -29,6 +29,7 @@ STATUS_CODES: dict[type[errors.CreditsError], grpc.StatusCode] = {
     errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     errors.AccountNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.PlanNotFound: grpc.StatusCode.NOT_FOUND,
     errors.ReservationNotFound: grpc.StatusCode.NOT_FOUND,
     errors.InsufficientCredits: grpc.StatusCode.FAILED_PRECONDITION,
     errors.BalanceLimitExceeded: grpc.StatusCode.FAILED_PRECONDITION,

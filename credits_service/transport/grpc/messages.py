@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from credits.v1 import credits_pb2 as pb
 from credits_service.domain.model import (
+    Account,
     BalanceSnapshot,
     EntryType,
     GrantType,
@@ -79,6 +80,11 @@ def set_balance(message: pb.Balance, snapshot: BalanceSnapshot) -> pb.Balance:
     message.lifetime_used = snapshot.lifetime_used
     message.lifetime_expired = snapshot.lifetime_expired
     return message
+
+
+def account(value: Account) -> pb.Account:
+    return pb.Account(account_id=value.account_id, plan=value.plan,
+                      create_time=_timestamp(value.create_time))
 
 
 def lot(value: Lot) -> pb.Lot:

@@ -9,6 +9,7 @@ from credits.v1 import credits_pb2 as pb
 from credits_service.domain.commands import BalanceQuery, HistoryQuery, ReservationsQuery
 from credits_service.service.ledger import Ledger
 from credits_service.transport.grpc import messages
+from credits_service.transport.grpc.auth import caller
 from credits_service.transport.grpc.fields import FieldChecker
 
 EXPIRING_WITHIN_MAX_MS = 3650 * 86_400_000
@@ -84,7 +85,8 @@ class QueriesApi:
     async def GetBalance(
         self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetBalanceResponse:
-        report = await self._ledger.get_balance(self._query_requests.get_balance(request))
+        report = await self._ledger.get_balance(
+            self._query_requests.get_balance(request), caller().name)
         return pb.GetBalanceResponse(
             balance=messages.balance(report.balance),
             lots=[messages.lot(lot) for lot in report.lots],

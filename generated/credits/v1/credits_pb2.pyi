@@ -190,6 +190,38 @@ class Balance(_message.Message):
 Global___Balance: _TypeAlias = Balance  # noqa: Y015
 
 @_typing.final
+class Account(_message.Message):
+    """Account is an account's terms."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """account_id identifies the account."""
+    plan: _builtins.str
+    """plan is the name of the plan the account is on (docs/accounts.md)."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time is when the account was created (database clock)."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "create_time", b"create_time", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Account: _TypeAlias = Account  # noqa: Y015
+
+@_typing.final
 class Lot(_message.Message):
     """Lot is the credits of one grant, spent in consumption order (see the
     service comment).
@@ -495,6 +527,76 @@ class Reservation(_message.Message):
 Global___Reservation: _TypeAlias = Reservation  # noqa: Y015
 
 @_typing.final
+class EnsureAccountRequest(_message.Message):
+    """EnsureAccountRequest names the account to return, creating it if needed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """account_id is the account."""
+    plan: _builtins.str
+    """plan is the plan to create the account on; empty: the server's default
+    plan. It does not change the plan of an existing account.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        plan: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnsureAccountRequest: _TypeAlias = EnsureAccountRequest  # noqa: Y015
+
+@_typing.final
+class EnsureAccountResponse(_message.Message):
+    """EnsureAccountResponse is the account, as found or as created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    WELCOME_ENTRY_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """created is true when this call created the account."""
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """account is the account's terms."""
+
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """balance is the account right after the call."""
+
+    @_builtins.property
+    def welcome_entry(self) -> Global___LedgerEntry:
+        """welcome_entry is the GRANT entry of the plan's welcome credits, when this
+        call created the account on a plan that has them.
+        """
+
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+        created: _builtins.bool = ...,
+        balance: Global___Balance | None = ...,
+        welcome_entry: Global___LedgerEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "welcome_entry", b"welcome_entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "created", b"created", "welcome_entry", b"welcome_entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnsureAccountResponse: _TypeAlias = EnsureAccountResponse  # noqa: Y015
+
+@_typing.final
 class GrantRequest(_message.Message):
     """GrantRequest adds credits to an account."""
 
@@ -529,7 +631,9 @@ class GrantRequest(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """account_id is the account to credit; it is created if it does not exist."""
+    """account_id is the account to credit; it is created if it does not exist
+    (as by EnsureAccount, on the default plan).
+    """
     amount: _builtins.int
     """amount is the number of credits to add, 1..10^12."""
     type: Global___GrantType.ValueType

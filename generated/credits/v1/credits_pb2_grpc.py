@@ -61,6 +61,11 @@ class CreditsServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.EnsureAccount = channel.unary_unary(
+                '/credits.v1.CreditsService/EnsureAccount',
+                request_serializer=credits_dot_v1_dot_credits__pb2.EnsureAccountRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.EnsureAccountResponse.FromString,
+                _registered_method=True)
         self.Grant = channel.unary_unary(
                 '/credits.v1.CreditsService/Grant',
                 request_serializer=credits_dot_v1_dot_credits__pb2.GrantRequest.SerializeToString,
@@ -143,9 +148,21 @@ class CreditsServiceServicer:
     the retry returns the original result and never applies the effect twice.
     """
 
+    def EnsureAccount(self, request, context):
+        """EnsureAccount returns the account, creating it first if it does not exist:
+        on `plan` (the server's default plan when empty), with the plan's welcome
+        credits, exactly once however often and however concurrently it is called.
+        An existing account is returned as it is, on its own plan. A plan the
+        server does not define is NOT_FOUND (PLAN_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Grant(self, request, context):
-        """Grant adds credits to an account, creating the account on its first grant.
-        Idempotent by idempotency_key.
+        """Grant adds credits to an account. An account that does not exist is
+        created first, on the default plan with its welcome credits. Idempotent by
+        idempotency_key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,7 +171,10 @@ class CreditsServiceServicer:
     def CheckAndReserve(self, request, context):
         """CheckAndReserve places a reservation of `amount` credits if the account's
         available credits cover it; otherwise FAILED_PRECONDITION with reason
-        INSUFFICIENT_CREDITS. Idempotent by idempotency_key (declines included).
+        INSUFFICIENT_CREDITS. Idempotent by idempotency_key (declines included,
+        but for ACCOUNT_NOT_FOUND: the same key succeeds once the account exists).
+        An unknown account is created first, as by EnsureAccount, unless the
+        server's auto_create_accounts is off.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -217,6 +237,8 @@ class CreditsServiceServicer:
     def GetBalance(self, request, context):
         """GetBalance returns the account's balance, reservations, lifetime totals,
         the lots that still hold credits and the credits expiring within a window.
+        An unknown account is created first, as by EnsureAccount, unless the
+        server's auto_create_accounts is off.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -240,6 +262,11 @@ class CreditsServiceServicer:
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'EnsureAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnsureAccount,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.EnsureAccountRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.EnsureAccountResponse.SerializeToString,
+            ),
             'Grant': grpc.unary_unary_rpc_method_handler(
                     servicer.Grant,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.GrantRequest.FromString,
@@ -327,6 +354,33 @@ class CreditsService:
     CheckAndReserve) or the same reservation_id and amount (Commit, Release):
     the retry returns the original result and never applies the effect twice.
     """
+
+    @staticmethod
+    def EnsureAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/EnsureAccount',
+            credits_dot_v1_dot_credits__pb2.EnsureAccountRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.EnsureAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Grant(request,

@@ -60,14 +60,25 @@ class CreditsServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CreditsServiceAsyncStub: ...
+    EnsureAccount: _grpc.UnaryUnaryMultiCallable[_credits_pb2.EnsureAccountRequest, _credits_pb2.EnsureAccountResponse]
+    """EnsureAccount returns the account, creating it first if it does not exist:
+    on `plan` (the server's default plan when empty), with the plan's welcome
+    credits, exactly once however often and however concurrently it is called.
+    An existing account is returned as it is, on its own plan. A plan the
+    server does not define is NOT_FOUND (PLAN_NOT_FOUND).
+    """
     Grant: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GrantRequest, _credits_pb2.GrantResponse]
-    """Grant adds credits to an account, creating the account on its first grant.
-    Idempotent by idempotency_key.
+    """Grant adds credits to an account. An account that does not exist is
+    created first, on the default plan with its welcome credits. Idempotent by
+    idempotency_key.
     """
     CheckAndReserve: _grpc.UnaryUnaryMultiCallable[_credits_pb2.CheckAndReserveRequest, _credits_pb2.CheckAndReserveResponse]
     """CheckAndReserve places a reservation of `amount` credits if the account's
     available credits cover it; otherwise FAILED_PRECONDITION with reason
-    INSUFFICIENT_CREDITS. Idempotent by idempotency_key (declines included).
+    INSUFFICIENT_CREDITS. Idempotent by idempotency_key (declines included,
+    but for ACCOUNT_NOT_FOUND: the same key succeeds once the account exists).
+    An unknown account is created first, as by EnsureAccount, unless the
+    server's auto_create_accounts is off.
     """
     Commit: _grpc.UnaryUnaryMultiCallable[_credits_pb2.CommitRequest, _credits_pb2.CommitResponse]
     """Commit captures a reservation, for its held amount or another amount, and
@@ -106,6 +117,8 @@ class CreditsServiceStub:
     GetBalance: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GetBalanceRequest, _credits_pb2.GetBalanceResponse]
     """GetBalance returns the account's balance, reservations, lifetime totals,
     the lots that still hold credits and the credits expiring within a window.
+    An unknown account is created first, as by EnsureAccount, unless the
+    server's auto_create_accounts is off.
     """
     ListReservations: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ListReservationsRequest, _credits_pb2.ListReservationsResponse]
     """ListReservations pages through the account's reservations, newest first:
@@ -146,14 +159,25 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    EnsureAccount: _aio.UnaryUnaryMultiCallable[_credits_pb2.EnsureAccountRequest, _credits_pb2.EnsureAccountResponse]  # type: ignore[assignment]
+    """EnsureAccount returns the account, creating it first if it does not exist:
+    on `plan` (the server's default plan when empty), with the plan's welcome
+    credits, exactly once however often and however concurrently it is called.
+    An existing account is returned as it is, on its own plan. A plan the
+    server does not define is NOT_FOUND (PLAN_NOT_FOUND).
+    """
     Grant: _aio.UnaryUnaryMultiCallable[_credits_pb2.GrantRequest, _credits_pb2.GrantResponse]  # type: ignore[assignment]
-    """Grant adds credits to an account, creating the account on its first grant.
-    Idempotent by idempotency_key.
+    """Grant adds credits to an account. An account that does not exist is
+    created first, on the default plan with its welcome credits. Idempotent by
+    idempotency_key.
     """
     CheckAndReserve: _aio.UnaryUnaryMultiCallable[_credits_pb2.CheckAndReserveRequest, _credits_pb2.CheckAndReserveResponse]  # type: ignore[assignment]
     """CheckAndReserve places a reservation of `amount` credits if the account's
     available credits cover it; otherwise FAILED_PRECONDITION with reason
-    INSUFFICIENT_CREDITS. Idempotent by idempotency_key (declines included).
+    INSUFFICIENT_CREDITS. Idempotent by idempotency_key (declines included,
+    but for ACCOUNT_NOT_FOUND: the same key succeeds once the account exists).
+    An unknown account is created first, as by EnsureAccount, unless the
+    server's auto_create_accounts is off.
     """
     Commit: _aio.UnaryUnaryMultiCallable[_credits_pb2.CommitRequest, _credits_pb2.CommitResponse]  # type: ignore[assignment]
     """Commit captures a reservation, for its held amount or another amount, and
@@ -192,6 +216,8 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     GetBalance: _aio.UnaryUnaryMultiCallable[_credits_pb2.GetBalanceRequest, _credits_pb2.GetBalanceResponse]  # type: ignore[assignment]
     """GetBalance returns the account's balance, reservations, lifetime totals,
     the lots that still hold credits and the credits expiring within a window.
+    An unknown account is created first, as by EnsureAccount, unless the
+    server's auto_create_accounts is off.
     """
     ListReservations: _aio.UnaryUnaryMultiCallable[_credits_pb2.ListReservationsRequest, _credits_pb2.ListReservationsResponse]  # type: ignore[assignment]
     """ListReservations pages through the account's reservations, newest first:
@@ -231,13 +257,27 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     """
 
     @_abc_1.abstractmethod
+    def EnsureAccount(
+        self,
+        request: _credits_pb2.EnsureAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.EnsureAccountResponse, _abc.Awaitable[_credits_pb2.EnsureAccountResponse]]:
+        """EnsureAccount returns the account, creating it first if it does not exist:
+        on `plan` (the server's default plan when empty), with the plan's welcome
+        credits, exactly once however often and however concurrently it is called.
+        An existing account is returned as it is, on its own plan. A plan the
+        server does not define is NOT_FOUND (PLAN_NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
     def Grant(
         self,
         request: _credits_pb2.GrantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.GrantResponse, _abc.Awaitable[_credits_pb2.GrantResponse]]:
-        """Grant adds credits to an account, creating the account on its first grant.
-        Idempotent by idempotency_key.
+        """Grant adds credits to an account. An account that does not exist is
+        created first, on the default plan with its welcome credits. Idempotent by
+        idempotency_key.
         """
 
     @_abc_1.abstractmethod
@@ -248,7 +288,10 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_credits_pb2.CheckAndReserveResponse, _abc.Awaitable[_credits_pb2.CheckAndReserveResponse]]:
         """CheckAndReserve places a reservation of `amount` credits if the account's
         available credits cover it; otherwise FAILED_PRECONDITION with reason
-        INSUFFICIENT_CREDITS. Idempotent by idempotency_key (declines included).
+        INSUFFICIENT_CREDITS. Idempotent by idempotency_key (declines included,
+        but for ACCOUNT_NOT_FOUND: the same key succeeds once the account exists).
+        An unknown account is created first, as by EnsureAccount, unless the
+        server's auto_create_accounts is off.
         """
 
     @_abc_1.abstractmethod
@@ -323,6 +366,8 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_credits_pb2.GetBalanceResponse, _abc.Awaitable[_credits_pb2.GetBalanceResponse]]:
         """GetBalance returns the account's balance, reservations, lifetime totals,
         the lots that still hold credits and the credits expiring within a window.
+        An unknown account is created first, as by EnsureAccount, unless the
+        server's auto_create_accounts is off.
         """
 
     @_abc_1.abstractmethod

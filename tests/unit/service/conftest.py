@@ -26,6 +26,7 @@ from credits_service.domain.commands import (
     ReserveResult,
 )
 from credits_service.domain.model import GrantType
+from credits_service.domain.plans import BUILT_IN, PlanBook
 from credits_service.service.ledger import Ledger
 from credits_service.service.ports import NoMetrics
 from credits_service.settings import Settings
@@ -94,10 +95,12 @@ class Calls:
 
 
 def ledger_over(storage: FakeStorage, metrics: RecordedMetrics | None = None,
-                **settings: Any) -> Ledger:
-    """A Ledger on the fake storage, with settings by their flat names."""
-    return Ledger(storage.unit_of_work, Settings.build(**settings).ledger, PAGE_TOKEN_KEY,
-                  metrics)
+                plans: PlanBook = BUILT_IN, **settings: Any) -> Ledger:
+    """A Ledger on the fake storage, with settings by their flat names; accounts are not
+    created on first use unless auto_create_accounts=True."""
+    built = Settings.build(**{"auto_create_accounts": False, **settings})
+    return Ledger(storage.unit_of_work, built.ledger, PAGE_TOKEN_KEY, metrics, plans=plans,
+                  auto_create_accounts=built.accounts.auto_create_accounts)
 
 
 # Each test takes milliseconds: one that waits is stuck (say, on the fake's one transaction

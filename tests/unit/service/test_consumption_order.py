@@ -56,7 +56,8 @@ async def test_get_balance_lists_lots_in_consumption_order(calls, clock):
     soon = (await calls.grant("a", 2, expire_in_s=HOUR_S)).lot.lot_id
     first = (await calls.grant("a", 3, priority=0, expire_in_s=9 * HOUR_S)).lot.lot_id
 
-    report = await calls.ledger.get_balance(BalanceQuery("a", expiring_within_ms=2 * HOUR_S * 1000))
+    report = await calls.ledger.get_balance(
+        BalanceQuery("a", expiring_within_ms=2 * HOUR_S * 1000), "tester")
 
     assert [lot.lot_id for lot in report.lots] == [first, soon, never]
     assert report.expiring_amount == 2

@@ -58,15 +58,17 @@ async def test_an_insufficient_credits_decline_is_replayed_even_after_a_grant(ca
     assert replayed.value.metadata["available"] == "3"
 
 
-async def test_an_unknown_account_decline_is_replayed_once_the_account_exists(calls, storage):
+async def test_an_unknown_account_decline_is_not_stored_so_the_key_succeeds_later(
+        calls, storage):
     with pytest.raises(errors.AccountNotFound):
         await calls.reserve("later", 5, key="r")
+    assert storage.keys == {}
     await calls.grant("later", 10)
 
-    with pytest.raises(errors.AccountNotFound):
-        await calls.reserve("later", 5, key="r")
+    placed = await calls.reserve("later", 5, key="r")
 
-    assert storage.reservations == {}
+    assert placed.balance.available == 5
+    assert await calls.reserve("later", 5, key="r") == placed
 
 
 async def test_a_balance_limit_decline_is_replayed_even_after_credits_are_spent(calls):

@@ -109,8 +109,9 @@ async def test_list_reservations_filters_by_status_and_refuses_other_filters_tok
 
 
 async def test_reads_of_an_unknown_account_are_not_found(calls):
-    for read, query in ((calls.ledger.get_balance, BalanceQuery("nobody")),
-                        (calls.ledger.history, HistoryQuery("nobody", 5)),
+    with pytest.raises(errors.AccountNotFound):
+        await calls.ledger.get_balance(BalanceQuery("nobody"), "tester")
+    for read, query in ((calls.ledger.history, HistoryQuery("nobody", 5)),
                         (calls.ledger.list_reservations, ReservationsQuery("nobody", 5))):
         with pytest.raises(errors.AccountNotFound):
             await read(query)
@@ -122,7 +123,7 @@ async def test_get_balance_lists_only_lots_with_credits_left(calls):
     reservation_id = (await calls.reserve("acct", 3)).reservation.reservation_id
     await calls.commit(reservation_id)
 
-    report = await calls.ledger.get_balance(BalanceQuery("acct"))
+    report = await calls.ledger.get_balance(BalanceQuery("acct"), "tester")
 
     assert [lot.lot_id for lot in report.lots] == [kept]
     assert report.balance.balance == 4
@@ -132,6 +133,6 @@ async def test_get_balance_lists_at_most_its_maximum_of_lots(calls):
     for _ in range(LOTS_LISTED_MAX + 1):
         await calls.grant("acct", 1)
 
-    report = await calls.ledger.get_balance(BalanceQuery("acct"))
+    report = await calls.ledger.get_balance(BalanceQuery("acct"), "tester")
 
     assert (len(report.lots), report.lots_truncated) == (LOTS_LISTED_MAX, True)

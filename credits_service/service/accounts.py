@@ -1,0 +1,104 @@
+"""Accounts: created on a plan with the plan's welcome credits, exactly once, whichever call
+comes first (EnsureAccount, Grant, or with auto_create_accounts a first CheckAndReserve or
+GetBalance)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from credits_service.domain import errors
+from credits_service.domain.commands import EnsureAccountCommand, EnsureAccountResult, GrantResult
+from credits_service.domain.model import BalanceSnapshot
+from credits_service.domain.plans import Plan, PlanBook
+from credits_service.service.crediting import credit_lot
+from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.transactions import Transactions
+
+
+class AccountOpening:
+    """Creates accounts. The account's row is inserted first: of concurrent transactions
+    creating one account, one inserts it and the others wait for it to commit and then find
+    it, so the welcome grant is written once."""
+
+    def __init__(self, plans: PlanBook, auto_create: bool, metrics: LedgerMetrics) -> None:
+        self.plans = plans
+        self.auto_create = auto_create
+        self._metrics = metrics
+
+    def plan(self, name: str) -> Plan:
+        """The plan called `name` (the default plan when empty), or PlanNotFound."""
+        plan = self.plans.get(name)
+        if plan is None:
+            raise errors.PlanNotFound(name)
+        return plan
+
+    async def open(
+        self, uow: UnitOfWork, account_id: str, plan_name: str, actor: str
+    ) -> tuple[BalanceSnapshot, GrantResult | None] | None:
+        """Create the account on the plan, with its welcome grant if it has one (the account
+        and the grant locked in this transaction); None if the account exists."""
+        plan = self.plan(plan_name)
+        created = await uow.accounts.create(account_id, plan.name)
+        if created is None:
+            return None
+        uow.on_commit(lambda: self._metrics.account_created(plan.name))
+        welcome = plan.welcome
+        if welcome is None:
+            return created, None
+        expire_time = None
+        if welcome.expire_after_s is not None:
+            expire_time = await uow.now() + timedelta(seconds=welcome.expire_after_s)
+        granted = await credit_lot(
+            uow,
+            account_id=account_id,
+            amount=welcome.amount,
+            grant_type=welcome.grant_type,
+            priority=welcome.priority,
+            expire_time=expire_time,
+            reason=f"welcome credits of plan {plan.name}",
+            metadata={"plan": plan.name},
+            actor=actor,
+        )
+        assert isinstance(granted, GrantResult), "a new account is far below the balance cap"
+        uow.on_commit(lambda: self._metrics.granted(welcome.amount))
+        return granted.balance, granted
+
+    async def on_first_use(
+        self, uow: UnitOfWork, account_id: str, actor: str
+    ) -> BalanceSnapshot | None:
+        """The account of a call that found none, created on the default plan and locked; None
+        when auto_create_accounts is off."""
+        if not self.auto_create:
+            return None
+        opened = await self.open(uow, account_id, "", actor)
+        if opened is not None:
+            return opened[0]
+        # Created by a transaction that committed while ours waited to insert it.
+        return (await uow.accounts.lock([account_id])).get(account_id)
+
+
+class Accounts:
+    def __init__(self, transactions: Transactions, opening: AccountOpening) -> None:
+        self._transactions = transactions
+        self._opening = opening
+
+    async def ensure_account(
+        self, command: EnsureAccountCommand, actor: str
+    ) -> EnsureAccountResult:
+        """The account, created first on the plan asked for (the default plan when none) if
+        it does not exist; an existing account is returned as it is, on its own plan. Raises
+        PlanNotFound, writing nothing, for a plan the plans file does not define."""
+        self._opening.plan(command.plan)
+
+        async def work(uow: UnitOfWork) -> EnsureAccountResult:
+            opened = await self._opening.open(uow, command.account_id, command.plan, actor)
+            account = await uow.accounts.profile(command.account_id)
+            assert account is not None, "the account exists once created or found"
+            if opened is not None:
+                balance, welcome = opened
+                return EnsureAccountResult(account, True, balance, welcome)
+            balance_now = await uow.accounts.get(command.account_id)
+            assert balance_now is not None
+            return EnsureAccountResult(account, False, balance_now, None)
+
+        return await self._transactions.run(work)

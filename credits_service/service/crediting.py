@@ -1,0 +1,54 @@
+"""Credits added as a new lot, with its GRANT entry: what Grant does, and what an account's
+welcome grant does when the account is created."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+
+from credits_service.domain import errors
+from credits_service.domain.commands import GrantResult
+from credits_service.domain.model import BALANCE_MAX, EntryType, GrantType
+from credits_service.service.ports import UnitOfWork
+
+
+async def credit_lot(
+    uow: UnitOfWork,
+    *,
+    account_id: str,
+    amount: int,
+    grant_type: GrantType,
+    priority: int,
+    expire_time: datetime | None,
+    reason: str,
+    metadata: Mapping[str, str],
+    actor: str,
+) -> GrantResult | errors.BalanceLimitExceeded:
+    """Add `amount` to the account (created if missing) as a new lot with its GRANT entry;
+    the decline if the balance would pass BALANCE_MAX (nothing written)."""
+    balance = await uow.accounts.credit(account_id, amount, BALANCE_MAX)
+    if balance is None:
+        current = await uow.accounts.get(account_id)
+        assert current is not None, "only an existing account can be at its cap"
+        return errors.BalanceLimitExceeded(account_id, current.balance, amount, BALANCE_MAX)
+    lot = await uow.lots.create(
+        account_id=account_id,
+        grant_type=grant_type,
+        priority=priority,
+        expire_time=expire_time,
+        amount=amount,
+    )
+    entry = await uow.entries.append(
+        account_id=account_id,
+        entry_type=EntryType.GRANT,
+        grant_type=grant_type,
+        amount=amount,
+        balance_after=balance.balance,
+        reason=reason,
+        metadata=metadata,
+        actor=actor,
+        lot_id=lot.lot_id,
+    )
+    return GrantResult(entry=entry, balance=balance,
+                       lot=dataclasses.replace(lot, grant_entry_id=entry.entry_id))

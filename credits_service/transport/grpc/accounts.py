@@ -1,0 +1,54 @@
+"""The account RPCs (EnsureAccount): their validation, their mapping and their servicer
+methods."""
+
+from __future__ import annotations
+
+import grpc
+
+from credits.v1 import credits_pb2 as pb
+from credits_service.domain.commands import EnsureAccountCommand, EnsureAccountResult
+from credits_service.domain.plans import PLAN_NAME_PATTERN
+from credits_service.service.ledger import Ledger
+from credits_service.transport.grpc import messages
+from credits_service.transport.grpc.auth import caller
+from credits_service.transport.grpc.fields import FieldChecker
+
+
+def plan_name(check: FieldChecker, field: str, value: str) -> str:
+    """A plan name as the plans file allows it, or empty (the default plan)."""
+    if value and not PLAN_NAME_PATTERN.fullmatch(value):
+        check.fail(field, "must be empty (the default plan) or a plan name: 1-64 characters "
+                          "from A-Z a-z 0-9 and '._-'")
+    return value
+
+
+def ensure_account_command(request: pb.EnsureAccountRequest) -> EnsureAccountCommand:
+    check = FieldChecker()
+    command = EnsureAccountCommand(
+        account_id=check.identifier("account_id", request.account_id),
+        plan=plan_name(check, "plan", request.plan),
+    )
+    check.done()
+    return command
+
+
+def ensure_account_response(result: EnsureAccountResult) -> pb.EnsureAccountResponse:
+    response = pb.EnsureAccountResponse(
+        account=messages.account(result.account),
+        created=result.created,
+        balance=messages.balance(result.balance),
+    )
+    if result.welcome is not None:
+        response.welcome_entry.CopyFrom(messages.ledger_entry(result.welcome.entry))
+    return response
+
+
+class AccountsApi:
+    _ledger: Ledger
+
+    async def EnsureAccount(
+        self, request: pb.EnsureAccountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EnsureAccountResponse:
+        result = await self._ledger.ensure_account(
+            ensure_account_command(request), caller().name)
+        return ensure_account_response(result)

@@ -1,0 +1,123 @@
+"""Accounts on plans: created once, by whichever call comes first, with the plan's welcome
+credits; an unknown plan writes nothing; without auto-creation an unknown account's decline
+is not stored under its key."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import timedelta
+
+import pytest
+
+from credits_service.domain import errors
+from credits_service.domain.commands import BalanceQuery, EnsureAccountCommand, HistoryQuery
+from credits_service.domain.model import EntryType, GrantType
+from credits_service.domain.plans import read_plans
+from tests.unit.service.conftest import Calls, ledger_over
+
+PLANS = read_plans(tomllib.loads("""
+    default_plan = "free"
+    [plans.free]
+    welcome_credits = 5
+    welcome_expire_after_s = 3600
+    [plans.pro]
+    welcome_credits = 100
+    welcome_grant_type = "PROMO"
+    welcome_priority = 10
+    [plans.team]
+"""), "production", "test")
+
+
+@pytest.fixture
+def on_plans(storage, metrics) -> Calls:
+    """Calls to a ledger with PLANS that creates unknown accounts on first use."""
+    return Calls(ledger_over(storage, metrics, plans=PLANS, auto_create_accounts=True),
+                 storage.clock)
+
+
+def welcome_entries(storage, account_id: str) -> list:
+    return [e for e in storage.entries
+            if e.account_id == account_id and e.reason.startswith("welcome credits")]
+
+
+async def test_ensure_account_creates_it_on_the_plan_with_its_welcome_grant_once(
+        on_plans, storage, clock):
+    ensure = on_plans.ledger.ensure_account
+
+    created = await ensure(EnsureAccountCommand("u1", "pro"), "signup-api")
+    again = await ensure(EnsureAccountCommand("u1", "free"), "other-api")
+
+    assert (created.created, again.created) == (True, False)
+    assert created.account.plan == again.account.plan == "pro"
+    assert created.account.create_time == clock.now()
+    entry = created.welcome.entry
+    assert (entry.entry_type, entry.grant_type, entry.amount, entry.balance_after, entry.actor,
+            dict(entry.metadata)) == (EntryType.GRANT, GrantType.PROMO, 100, 100, "signup-api",
+                                      {"plan": "pro"})
+    assert created.welcome.lot.priority == 10 and created.welcome.lot.expire_time is None
+    assert again.welcome is None and again.balance == created.balance
+    assert welcome_entries(storage, "u1") == [entry]
+
+
+async def test_the_default_plan_and_its_welcome_expiry(on_plans, clock):
+    created = await on_plans.ledger.ensure_account(EnsureAccountCommand("u1"), "api")
+    assert created.account.plan == "free"
+    assert created.welcome.lot.expire_time == clock.now() + timedelta(hours=1)
+
+
+async def test_a_plan_without_welcome_credits_creates_an_empty_account(on_plans, storage):
+    created = await on_plans.ledger.ensure_account(EnsureAccountCommand("u1", "team"), "api")
+    assert created.created and created.welcome is None and created.balance.balance == 0
+    assert storage.entries == []
+
+
+async def test_an_unknown_plan_writes_nothing(on_plans, storage):
+    with pytest.raises(errors.PlanNotFound) as refused:
+        await on_plans.ledger.ensure_account(EnsureAccountCommand("u1", "gold"), "api")
+    assert refused.value.metadata == {"plan": "gold"}
+    assert storage.accounts == {}
+
+
+async def test_a_first_reservation_creates_the_account_and_draws_on_its_welcome_credits(
+        on_plans, storage):
+    placed = await on_plans.reserve("u1", 3)
+
+    assert placed.balance.balance == 5 and placed.balance.available == 2
+    assert [d.lot_id for d in placed.reservation.draws] == [
+        welcome_entries(storage, "u1")[0].lot_id]
+    declined = await on_plans.ledger.reserving.check_and_reserve_many(
+        [(on_plans.reserve_command("u2", 6), "api"), (on_plans.reserve_command("u2", 5), "api")])
+    assert isinstance(declined[0], errors.InsufficientCredits)
+    assert declined[1].balance.available == 0
+    assert len(welcome_entries(storage, "u2")) == 1
+
+
+async def test_a_first_balance_read_creates_the_account(on_plans, storage):
+    report = await on_plans.ledger.get_balance(BalanceQuery("u1"), "api")
+    assert report.balance.balance == 5 and [lot.amount for lot in report.lots] == [5]
+    assert storage.accounts["u1"].balance == 5
+
+
+async def test_a_grant_to_a_new_account_comes_after_its_welcome_grant(on_plans, storage):
+    granted = await on_plans.grant("u1", 10)
+    assert granted.balance.balance == 15 and granted.entry.balance_after == 15
+    assert [e.amount for e in storage.entries] == [5, 10]
+    await on_plans.grant("u1", 10)
+    assert len(welcome_entries(storage, "u1")) == 1
+
+
+async def test_history_and_list_reservations_never_create_accounts(on_plans, storage):
+    with pytest.raises(errors.AccountNotFound):
+        await on_plans.ledger.history(HistoryQuery("u1", 5))
+    assert storage.accounts == {}
+
+
+async def test_without_auto_creation_reads_and_reservations_of_unknown_accounts_fail(
+        calls, storage):
+    with pytest.raises(errors.AccountNotFound):
+        await calls.ledger.get_balance(BalanceQuery("u1"), "api")
+    with pytest.raises(errors.AccountNotFound):
+        await calls.reserve("u1", 1, key="k")
+    assert storage.accounts == {} and storage.keys == {}
+    assert (await calls.grant("u1", 3)).balance.balance == 3  # Grant still creates
+    assert (await calls.reserve("u1", 1, key="k")).balance.available == 2
