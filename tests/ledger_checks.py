@@ -7,7 +7,8 @@ import asyncio
 
 import asyncpg
 
-TABLES = "reservation_lots, ledger_entries, credit_lots, reservations, idempotency_keys, accounts"
+TABLES = ("account_changes, reservation_lots, ledger_entries, credit_lots, reservations, "
+          "idempotency_keys, accounts")
 TABLE_NAMES = tuple(TABLES.split(", "))
 _EMPTY_ATTEMPTS = 5
 

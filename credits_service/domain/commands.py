@@ -8,6 +8,7 @@ from datetime import datetime
 
 from credits_service.domain.model import (
     Account,
+    AccountStatus,
     BalanceSnapshot,
     EntryType,
     GrantType,
@@ -91,6 +92,20 @@ class EnsureAccountCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class SetAccountStatusCommand:
+    account_id: str
+    status: AccountStatus
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePlanCommand:
+    account_id: str
+    plan: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class GrantResult:
     entry: LedgerEntry
     balance: BalanceSnapshot
@@ -124,6 +139,7 @@ class HistoryPage:
 
 @dataclass(frozen=True, slots=True)
 class BalanceReport:
+    account: Account
     balance: BalanceSnapshot
     lots: tuple[Lot, ...]
     lots_truncated: bool
@@ -142,3 +158,9 @@ class EnsureAccountResult:
     created: bool  # by this call
     balance: BalanceSnapshot
     welcome: GrantResult | None  # the welcome grant, when this call created the account
+
+
+@dataclass(frozen=True, slots=True)
+class AccountChangeResult:
+    account: Account  # as it is after the call
+    changed: bool  # false: it was so already

@@ -133,7 +133,10 @@ class ShuttingDown(CreditsError):
 
 class Declined(CreditsError):
     """A request the ledger declines; nothing it asked for was applied. Declines of keyed
-    calls are stored with the key and replayed (REPLAYABLE)."""
+    calls are stored with the key and replayed (REPLAYABLE), but for those about the account
+    itself (`stored` false): once an operator creates, unfreezes it, the same key works."""
+
+    stored: ClassVar[bool] = True
 
     @classmethod
     def restore(cls, message: str, metadata: Mapping[str, str]) -> Declined:
@@ -159,9 +162,46 @@ class AccountNotFound(Declined):
     once the account exists, the same key succeeds."""
 
     reason = "ACCOUNT_NOT_FOUND"
+    stored = False
 
     def __init__(self, account_id: str) -> None:
         super().__init__(f"account {account_id!r} does not exist", {"accountId": account_id})
+
+
+class AccountFrozen(Declined):
+    """The account is frozen (SetAccountStatus): no new reservations or debits until it is
+    active again; commits and releases of its reservations, and grants, still work (metadata
+    `accountId`). Not stored with an idempotency key."""
+
+    reason = "ACCOUNT_FROZEN"
+    stored = False
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"account {account_id!r} is frozen", {"accountId": account_id})
+
+
+class AccountClosed(Declined):
+    """The account is closed: nothing changes it any more; reads still answer (metadata
+    `accountId`). Not stored with an idempotency key."""
+
+    reason = "ACCOUNT_CLOSED"
+    stored = False
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"account {account_id!r} is closed", {"accountId": account_id})
+
+
+class AccountNotEmpty(CreditsError):
+    """An account is closed only once it has no balance and no active reservations (metadata
+    `accountId`, `balance`, `reserved`)."""
+
+    reason = "ACCOUNT_NOT_EMPTY"
+
+    def __init__(self, account_id: str, balance: int, reserved: int) -> None:
+        super().__init__(
+            f"account {account_id!r} still has a balance of {balance} and {reserved} reserved: "
+            "release its reservations and bring its balance to 0 before closing it",
+            {"accountId": account_id, "balance": str(balance), "reserved": str(reserved)})
 
 
 class PlanNotFound(CreditsError):

@@ -39,6 +39,12 @@ class EntryType(enum.Enum):
     EXPIRY = "EXPIRY"
 
 
+class AccountStatus(enum.Enum):
+    ACTIVE = "ACTIVE"
+    FROZEN = "FROZEN"  # no new reservations or debits; commits, releases and grants go on
+    CLOSED = "CLOSED"  # nothing changes any more; reads still answer
+
+
 class ReservationStatus(enum.Enum):
     ACTIVE = "ACTIVE"
     COMMITTED = "COMMITTED"
@@ -72,11 +78,12 @@ class BalanceSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """An account's terms: the plan it is on, and when it was created."""
+    """An account's terms: the plan it is on, its status, and when it was created."""
 
     account_id: str
     plan: str
     create_time: datetime
+    status: AccountStatus = AccountStatus.ACTIVE
 
 
 @dataclass(frozen=True, slots=True)

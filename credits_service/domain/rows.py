@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import NamedTuple
 
-from credits_service.domain.model import BalanceSnapshot, Reservation
+from credits_service.domain.model import AccountStatus, BalanceSnapshot, Reservation
 
 
 class ExpiredLot(NamedTuple):
@@ -50,6 +50,15 @@ class KeyedAccount(NamedTuple):
     scope: str
     idempotency_key: str
     account_id: str
+
+
+class FoundAndLocked(NamedTuple):
+    """A reserving group's first read: the keys stored already, by (scope, key); the accounts
+    of the others, locked; and the status of those of them that are not ACTIVE."""
+
+    stored: dict[tuple[str, str], StoredResponse]
+    balances: dict[str, BalanceSnapshot]
+    inactive: dict[str, AccountStatus]
 
 
 class KeyRecord(NamedTuple):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from credits_service.domain.model import Account, BalanceSnapshot
+from credits_service.domain.model import Account, AccountStatus, BalanceSnapshot
 from credits_service.domain.rows import HeldTotals
 from credits_service.persistence import columns
 
@@ -31,8 +31,23 @@ _CREDIT = f"""
        SET balance = a.balance + EXCLUDED.balance,
            lifetime_granted = a.lifetime_granted + EXCLUDED.lifetime_granted,
            update_time = credits_now()
-     WHERE a.balance + EXCLUDED.balance <= $3
+     WHERE a.balance + EXCLUDED.balance <= $3 AND a.status <> 'CLOSED'
     RETURNING {columns.ACCOUNT}"""
+
+# Compare-and-set of one of the account's terms, recorded in account_changes in the same
+# statement. {column} is `status` or `plan`; $2 the value expected, $3 the new one.
+_CHANGE = """
+    WITH changed AS (
+        UPDATE accounts SET {column} = $3, update_time = credits_now()
+         WHERE account_id = $1 AND {column} = $2
+        RETURNING {profile}
+    ), recorded AS (
+        INSERT INTO account_changes (account_id, kind, old_value, new_value, reason, actor)
+        SELECT account_id, '{kind}', $2, $3, $4, $5 FROM changed
+    )
+    SELECT * FROM changed"""
+_SET_STATUS = _CHANGE.format(column="status", kind="STATUS", profile=columns.PROFILE)
+_SET_PLAN = _CHANGE.format(column="plan", kind="PLAN", profile=columns.PROFILE)
 
 _CAPTURE = f"""
     UPDATE accounts
@@ -80,10 +95,28 @@ class AccountRepository:
         rows = await self._connection.fetch(_LOCK, sorted(set(account_ids)))
         return {row["account_id"]: columns.balance(row) for row in rows}
 
+    async def set_status(
+        self, account_id: str, old: AccountStatus, new: AccountStatus, reason: str, actor: str
+    ) -> Account | None:
+        """Change the status from `old` to `new`, recorded with the reason and actor; None if
+        it was not `old`."""
+        row = await self._connection.fetchrow(
+            _SET_STATUS, account_id, old.value, new.value, reason, actor)
+        return columns.account(row) if row is not None else None
+
+    async def set_plan(
+        self, account_id: str, old: str, new: str, reason: str, actor: str
+    ) -> Account | None:
+        """Move the account from plan `old` to `new`, recorded with the reason and actor; None
+        if it was not on `old`."""
+        row = await self._connection.fetchrow(_SET_PLAN, account_id, old, new, reason, actor)
+        return columns.account(row) if row is not None else None
+
     async def credit(
         self, account_id: str, amount: int, balance_max: int
     ) -> BalanceSnapshot | None:
-        """Add `amount`, creating the account; None if the balance would pass `balance_max`."""
+        """Add `amount`, creating the account; None if the balance would pass `balance_max`
+        or the account is closed."""
         return await self._one(_CREDIT, account_id, amount, balance_max)
 
     async def capture(self, account_id: str, held: int, amount: int) -> BalanceSnapshot | None:

@@ -12,6 +12,7 @@ import orjson
 
 from credits_service.domain.model import (
     Account,
+    AccountStatus,
     BalanceSnapshot,
     EntryType,
     GrantType,
@@ -26,7 +27,7 @@ Row = Any  # an asyncpg Record: read by column name
 
 ACCOUNT = ("account_id, balance, reserved, active_reservation_count, lifetime_granted, "
            "lifetime_used, lifetime_expired")
-PROFILE = "account_id, plan, create_time"
+PROFILE = "account_id, plan, create_time, status"
 # The same columns of an UPDATE's target aliased `a`, for its RETURNING clause
 A_ACCOUNT = ", ".join("a." + column.strip() for column in ACCOUNT.split(","))
 ENTRY = (
@@ -67,7 +68,7 @@ def balance(row: Row) -> BalanceSnapshot:
 
 def account(row: Row) -> Account:
     return Account(account_id=row["account_id"], plan=row["plan"],
-                   create_time=row["create_time"])
+                   create_time=row["create_time"], status=AccountStatus(row["status"]))
 
 
 def entry(row: Row) -> LedgerEntry:

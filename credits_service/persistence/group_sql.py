@@ -63,8 +63,8 @@ FREE_LOTS = f"""
      WHERE running - free < w.amount"""
 
 # A group of CheckAndReserve calls, first: the keys stored already, and the accounts of the
-# others, locked in account order. A stored key's row has its scope; a locked account's row
-# has none.
+# others (with their status), locked in account order. A stored key's row has its scope; a
+# locked account's row has none.
 FIND_AND_LOCK = f"""
     WITH k AS (
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
@@ -78,16 +78,17 @@ FIND_AND_LOCK = f"""
          WHERE NOT EXISTS (SELECT FROM stored s WHERE s.scope = k.scope
                                                  AND s.idempotency_key = k.idempotency_key)
     ), locked AS MATERIALIZED (
-        SELECT {ACCOUNT} FROM accounts a
+        SELECT {ACCOUNT}, a.status FROM accounts a
          WHERE a.account_id = ANY((SELECT account_ids FROM fresh)::text[])
          ORDER BY a.account_id
            FOR UPDATE OF a
     )
     SELECT NULL::text AS scope, NULL::text AS idempotency_key, NULL::bytea AS request_hash,
-           NULL::text AS response, {ACCOUNT}
+           NULL::text AS response, {ACCOUNT}, status
       FROM locked
     UNION ALL
-    SELECT scope, idempotency_key, request_hash, response, {_NO_ACCOUNT} FROM stored"""
+    SELECT scope, idempotency_key, request_hash, response, {_NO_ACCOUNT}, NULL::text
+      FROM stored"""
 
 # The keys a group decided, each with its response, in (scope, key) order so that two
 # transactions taking keys of each other wait in one order (groups.py sorts them: sorting in

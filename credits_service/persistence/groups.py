@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from credits_service.domain.lots import LotChange
-from credits_service.domain.model import BalanceSnapshot, LotDraw, Reservation
+from credits_service.domain.model import AccountStatus, BalanceSnapshot, LotDraw, Reservation
 from credits_service.domain.rows import (
     Capture,
     Captured,
@@ -25,6 +25,7 @@ from credits_service.domain.rows import (
     Consumption,
     ExpiredAndFree,
     ExpiredLot,
+    FoundAndLocked,
     FreeLot,
     HeldTotals,
     KeyedAccount,
@@ -48,25 +49,27 @@ class GroupStatements:
     def __init__(self, connection: Any) -> None:
         self._connection = connection  # asyncpg, in the unit of work's transaction
 
-    async def find_and_lock(
-        self, keys: Sequence[KeyedAccount]
-    ) -> tuple[dict[tuple[str, str], StoredResponse], dict[str, BalanceSnapshot]]:
+    async def find_and_lock(self, keys: Sequence[KeyedAccount]) -> FoundAndLocked:
         """The keys stored already (IdempotencyRepository.get), by (scope, key); then the
-        accounts of the others locked, in account order (AccountRepository.lock). A key is not
-        taken here: place or complete store it with its response, or the group rolls back."""
+        accounts of the others locked, in account order (AccountRepository.lock), and the
+        status of those not ACTIVE. A key is not taken here: place or complete store it with
+        its response, or the group rolls back."""
         rows = await self._connection.fetch(
             group_sql.FIND_AND_LOCK, [k.scope for k in keys], [k.idempotency_key for k in keys],
             [k.account_id for k in keys],
         )
         stored: dict[tuple[str, str], StoredResponse] = {}
         balances: dict[str, BalanceSnapshot] = {}
+        inactive: dict[str, AccountStatus] = {}
         for row in rows:
             if row["scope"] is None:
                 balances[row["account_id"]] = columns.balance(row)
+                if row["status"] != "ACTIVE":
+                    inactive[row["account_id"]] = AccountStatus(row["status"])
             else:
                 stored[(row["scope"], row["idempotency_key"])] = StoredResponse(
                     bytes(row["request_hash"]), row["response"])
-        return stored, balances
+        return FoundAndLocked(stored, balances, inactive)
 
     async def expire_and_find(
         self, account_ids: Sequence[str], wanted: Mapping[str, int]

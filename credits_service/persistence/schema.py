@@ -54,6 +54,7 @@ accounts = Table(
     _time("update_time", default=True),
     _credits("lifetime_expired", default=True),
     Column("plan", Text, nullable=False, server_default=text("'default'::text")),
+    Column("status", Text, nullable=False, server_default=text("'ACTIVE'::text")),
     CheckConstraint("char_length(account_id) BETWEEN 1 AND 128",
                     name="ck_accounts_account_id_length"),
     CheckConstraint("reserved >= 0", name="ck_accounts_reserved_nonnegative"),
@@ -65,6 +66,22 @@ accounts = Table(
                     name="ck_accounts_lifetime_nonnegative"),
     CheckConstraint("lifetime_expired >= 0", name="ck_accounts_lifetime_expired_nonnegative"),
     CheckConstraint("char_length(plan) BETWEEN 1 AND 64", name="ck_accounts_plan_length"),
+    CheckConstraint("status IN ('ACTIVE', 'FROZEN', 'CLOSED')", name="ck_accounts_status"),
+)
+
+account_changes = Table(
+    "account_changes", metadata,
+    Column("change_id", BigInteger, Identity(always=True), primary_key=True),
+    Column("account_id", Text, ForeignKey("accounts.account_id"), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("old_value", Text, nullable=False),
+    Column("new_value", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    _time("create_time", default=True),
+    CheckConstraint("kind IN ('STATUS', 'PLAN')", name="ck_account_changes_kind"),
+    CheckConstraint("char_length(reason) BETWEEN 1 AND 256", name="ck_account_changes_reason"),
+    Index("ix_account_changes_account_id_change_id", "account_id", "change_id"),
 )
 
 reservations = Table(

@@ -7,8 +7,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 from credits_service.domain import errors
-from credits_service.domain.commands import EnsureAccountCommand, EnsureAccountResult, GrantResult
-from credits_service.domain.model import BalanceSnapshot
+from credits_service.domain.commands import (
+    AccountChangeResult,
+    ChangePlanCommand,
+    EnsureAccountCommand,
+    EnsureAccountResult,
+    GrantResult,
+    SetAccountStatusCommand,
+)
+from credits_service.domain.model import Account, AccountStatus, BalanceSnapshot
 from credits_service.domain.plans import Plan, PlanBook
 from credits_service.service.crediting import credit_lot
 from credits_service.service.ports import LedgerMetrics, UnitOfWork
@@ -102,3 +109,60 @@ class Accounts:
             return EnsureAccountResult(account, False, balance_now, None)
 
         return await self._transactions.run(work)
+
+    async def set_status(
+        self, command: SetAccountStatusCommand, actor: str
+    ) -> AccountChangeResult:
+        """Move the account to the status, recording who did it and why. CLOSED is final, and
+        only for an account without balance and reservations (AccountNotEmpty otherwise)."""
+
+        async def work(uow: UnitOfWork) -> AccountChangeResult | errors.Declined:
+            found = await _locked(uow, command.account_id)
+            if isinstance(found, errors.Declined):
+                return found
+            account, balance = found
+            if account.status is command.status:
+                return AccountChangeResult(account, changed=False)
+            if account.status is AccountStatus.CLOSED:
+                return errors.AccountClosed(command.account_id)
+            if command.status is AccountStatus.CLOSED and (balance.balance or balance.reserved):
+                raise errors.AccountNotEmpty(command.account_id, balance.balance, balance.reserved)
+            changed = await uow.accounts.set_status(
+                command.account_id, account.status, command.status, command.reason, actor)
+            assert changed is not None, "the account is locked"
+            return AccountChangeResult(changed, changed=True)
+
+        return await self._transactions.run(work)
+
+    async def change_plan(self, command: ChangePlanCommand, actor: str) -> AccountChangeResult:
+        """Move the account to another plan, recording who did it and why. Its terms change
+        at once; welcome credits are for new accounts only."""
+        plan = self._opening.plan(command.plan).name
+
+        async def work(uow: UnitOfWork) -> AccountChangeResult | errors.Declined:
+            found = await _locked(uow, command.account_id)
+            if isinstance(found, errors.Declined):
+                return found
+            account, _ = found
+            if account.status is AccountStatus.CLOSED:
+                return errors.AccountClosed(command.account_id)
+            if account.plan == plan:
+                return AccountChangeResult(account, changed=False)
+            changed = await uow.accounts.set_plan(
+                command.account_id, account.plan, plan, command.reason, actor)
+            assert changed is not None, "the account is locked"
+            return AccountChangeResult(changed, changed=True)
+
+        return await self._transactions.run(work)
+
+
+async def _locked(
+    uow: UnitOfWork, account_id: str
+) -> tuple[Account, BalanceSnapshot] | errors.Declined:
+    """The account's terms and balance, its row locked for the transaction."""
+    balance = (await uow.accounts.lock([account_id])).get(account_id)
+    if balance is None:
+        return errors.AccountNotFound(account_id)
+    account = await uow.accounts.profile(account_id)
+    assert account is not None, "a locked account exists"
+    return account, balance

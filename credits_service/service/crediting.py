@@ -9,7 +9,7 @@ from datetime import datetime
 
 from credits_service.domain import errors
 from credits_service.domain.commands import GrantResult
-from credits_service.domain.model import BALANCE_MAX, EntryType, GrantType
+from credits_service.domain.model import BALANCE_MAX, AccountStatus, EntryType, GrantType
 from credits_service.service.ports import UnitOfWork
 
 
@@ -24,13 +24,17 @@ async def credit_lot(
     reason: str,
     metadata: Mapping[str, str],
     actor: str,
-) -> GrantResult | errors.BalanceLimitExceeded:
+) -> GrantResult | errors.BalanceLimitExceeded | errors.AccountClosed:
     """Add `amount` to the account (created if missing) as a new lot with its GRANT entry;
-    the decline if the balance would pass BALANCE_MAX (nothing written)."""
+    the decline if the account is closed or its balance would pass BALANCE_MAX (nothing
+    written)."""
     balance = await uow.accounts.credit(account_id, amount, BALANCE_MAX)
     if balance is None:
         current = await uow.accounts.get(account_id)
-        assert current is not None, "only an existing account can be at its cap"
+        account = await uow.accounts.profile(account_id)
+        assert current is not None and account is not None, "only an account is refused"
+        if account.status is AccountStatus.CLOSED:
+            return errors.AccountClosed(account_id)
         return errors.BalanceLimitExceeded(account_id, current.balance, amount, BALANCE_MAX)
     lot = await uow.lots.create(
         account_id=account_id,

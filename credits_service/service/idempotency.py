@@ -64,8 +64,8 @@ def keyed(
     """Work for Transactions.run that applies `effect` once per (scope, key): the first call
     claims the key, runs the effect and stores its outcome (a decline too) with the key; a
     retry with the same request replays the stored outcome; another request with the same
-    key is declined. An effect that raises, or answers AccountNotFound, rolls back, and the key
-    stays unused."""
+    key is declined. An effect that raises, or answers a decline that is not stored (about the
+    account itself), rolls back, and the key stays unused."""
     digest = request_hash(method, command)
 
     async def work(uow: UnitOfWork) -> T | errors.Declined:
@@ -79,8 +79,8 @@ def keyed(
             uow.on_commit(lambda: metrics.replayed(method))
             return responses.decode(stored.response)  # type: ignore[return-value]
         outcome = await effect(uow)
-        if isinstance(outcome, errors.AccountNotFound):
-            # Not stored: once the account exists, the same key must be able to succeed.
+        if isinstance(outcome, errors.Declined) and not outcome.stored:
+            # Not stored: once the account exists and is active, the same key must work.
             raise outcome
         await uow.idempotency.complete(scope, key, responses.encode(outcome))  # type: ignore[arg-type]
         return outcome

@@ -49,6 +49,8 @@ class Ledger:
         self.maintenance = Maintenance(self.transactions, metrics)
 
         self.ensure_account = self.accounts.ensure_account
+        self.set_account_status = self.accounts.set_status
+        self.change_plan = self.accounts.change_plan
         self.grant = self.granting.grant
         self.check_and_reserve = self.reserving.check_and_reserve
         self.check_and_reserve_batch = self.batches.check_and_reserve_batch

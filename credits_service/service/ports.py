@@ -16,6 +16,7 @@ from typing import Protocol, Self
 from credits_service.domain.lots import LotChange
 from credits_service.domain.model import (
     Account,
+    AccountStatus,
     BalanceSnapshot,
     EntryType,
     GrantType,
@@ -32,6 +33,7 @@ from credits_service.domain.rows import (
     Consumption,
     ExpiredAndFree,
     ExpiredLot,
+    FoundAndLocked,
     FreeLot,
     HeldTotals,
     KeyedAccount,
@@ -62,10 +64,23 @@ class AccountRepository(Protocol):
     async def lock(self, account_ids: Iterable[str]) -> dict[str, BalanceSnapshot]:
         """Lock the accounts for the transaction, in account order; unknown ones left out."""
 
+    async def set_status(
+        self, account_id: str, old: AccountStatus, new: AccountStatus, reason: str, actor: str
+    ) -> Account | None:
+        """Change the status from `old` to `new`, recording the change; None if it was not
+        `old`."""
+
+    async def set_plan(
+        self, account_id: str, old: str, new: str, reason: str, actor: str
+    ) -> Account | None:
+        """Move the account from plan `old` to `new`, recording the change; None if it was
+        not on `old`."""
+
     async def credit(
         self, account_id: str, amount: int, balance_max: int
     ) -> BalanceSnapshot | None:
-        """Add `amount`, creating the account; None if the balance would pass `balance_max`."""
+        """Add `amount`, creating the account; None if the balance would pass `balance_max`
+        or the account is closed."""
 
     async def capture(self, account_id: str, held: int, amount: int) -> BalanceSnapshot | None:
         """Turn a reservation of `held` into usage of `amount`; None if available cannot
@@ -202,9 +217,7 @@ class GroupStatements(Protocol):
     says which one-table statements each stands for). A key another transaction stored
     meanwhile raises TransientConflict from place and complete."""
 
-    async def find_and_lock(
-        self, keys: Sequence[KeyedAccount]
-    ) -> tuple[dict[tuple[str, str], StoredResponse], dict[str, BalanceSnapshot]]: ...
+    async def find_and_lock(self, keys: Sequence[KeyedAccount]) -> FoundAndLocked: ...
 
     async def expire_and_find(
         self, account_ids: Sequence[str], wanted: Mapping[str, int]

@@ -50,9 +50,12 @@ class Queries:
                 balance = await self._opening.on_first_use(uow, query.account_id, actor)
             if balance is None:
                 return errors.AccountNotFound(query.account_id)
+            account = await uow.accounts.profile(query.account_id)
+            assert account is not None, "an account found stays"
             listed, expiring = await uow.lots.listing(
                 query.account_id, LOTS_LISTED_MAX + 1, query.expiring_within_ms)
             return BalanceReport(
+                account=account,
                 balance=balance,
                 lots=tuple(listed[:LOTS_LISTED_MAX]),
                 lots_truncated=len(listed) > LOTS_LISTED_MAX,

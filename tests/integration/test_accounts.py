@@ -160,3 +160,117 @@ async def test_an_unknown_account_s_decline_is_not_stored_so_its_key_succeeds_la
     item = (await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(
         items=[reserve_request("later", 2, key=batch_key)]))).results[0]
     assert item.response.balance.available == 5
+
+
+# --- status and plan ---------------------------------------------------------------------
+
+
+def set_status(stub, account: str, status: int, reason: str = "ops"):
+    return stub.SetAccountStatus(pb.SetAccountStatusRequest(
+        account_id=account, status=status, reason=reason))
+
+
+async def test_freezing_stops_new_reservations_only_and_is_recorded(stub, db):
+    await grant(stub, "u1", 10)
+    held = (await reserve(stub, "u1", 4)).reservation.reservation_id
+    frozen = await set_status(stub, "u1", pb.ACCOUNT_STATUS_FROZEN, "fraud check")
+    assert frozen.changed and frozen.account.status == pb.ACCOUNT_STATUS_FROZEN
+
+    key = f"k-{uuid.uuid4()}"
+    error = await expect_error(reserve(stub, "u1", 1, key=key))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "ACCOUNT_FROZEN", accountId="u1")
+    item = (await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(
+        items=[reserve_request("u1", 1)]))).results[0]
+    assert item.error.reason == "ACCOUNT_FROZEN"
+    committed = await stub.Commit(pb.CommitRequest(reservation_id=held, amount=4))
+    assert committed.balance.balance == 6
+    assert (await grant(stub, "u1", 4)).balance.balance == 10
+    read = await stub.GetBalance(pb.GetBalanceRequest(account_id="u1"))
+    assert read.account.status == pb.ACCOUNT_STATUS_FROZEN
+
+    await set_status(stub, "u1", pb.ACCOUNT_STATUS_ACTIVE, "cleared")
+    assert (await reserve(stub, "u1", 1, key=key)).balance.available == 9
+    changes = await db.fetch("SELECT kind, old_value, new_value, reason, actor "
+                             "FROM account_changes ORDER BY change_id")
+    assert [tuple(c) for c in changes] == [
+        ("STATUS", "ACTIVE", "FROZEN", "fraud check", "anonymous"),
+        ("STATUS", "FROZEN", "ACTIVE", "cleared", "anonymous")]
+
+
+async def test_closing_needs_an_empty_account_and_then_nothing_writes(stub, db):
+    await grant(stub, "u1", 3)
+    error = await expect_error(set_status(stub, "u1", pb.ACCOUNT_STATUS_CLOSED))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "ACCOUNT_NOT_EMPTY",
+                 accountId="u1", balance="3", reserved="0")
+    held = (await reserve(stub, "u1", 3)).reservation.reservation_id
+    await stub.Commit(pb.CommitRequest(reservation_id=held))
+    assert (await set_status(stub, "u1", pb.ACCOUNT_STATUS_CLOSED)).changed
+    assert not (await set_status(stub, "u1", pb.ACCOUNT_STATUS_CLOSED)).changed
+    before = await row_counts(db)
+
+    for call in (grant(stub, "u1", 1), reserve(stub, "u1", 1),
+                 set_status(stub, "u1", pb.ACCOUNT_STATUS_ACTIVE),
+                 stub.ChangePlan(pb.ChangePlanRequest(account_id="u1", plan="default",
+                                                      reason="x"))):
+        error = await expect_error(call)
+        assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "ACCOUNT_CLOSED", accountId="u1")
+    assert await row_counts(db) == before
+    read = await stub.GetBalance(pb.GetBalanceRequest(account_id="u1"))
+    assert read.account.status == pb.ACCOUNT_STATUS_CLOSED and read.balance.balance == 0
+
+
+async def test_a_close_racing_grants_never_leaves_a_closed_account_with_credits(stub, db):
+    """Close and grant the same empty account at once, many times: either the close comes
+    first and the grant is ACCOUNT_CLOSED, or the grant does and the close ACCOUNT_NOT_EMPTY."""
+    for n in range(40):
+        account = f"race-{n}"
+        await stub.EnsureAccount(pb.EnsureAccountRequest(account_id=account))
+        closing, granting = await asyncio.gather(
+            set_status(stub, account, pb.ACCOUNT_STATUS_CLOSED), grant(stub, account, 5),
+            return_exceptions=True)
+        row = await db.fetchrow("SELECT status, balance FROM accounts WHERE account_id = $1",
+                                account)
+        if isinstance(closing, grpc.aio.AioRpcError):
+            assert (await expect_error(_raise(closing))).reason == "ACCOUNT_NOT_EMPTY"
+            assert isinstance(granting, pb.GrantResponse)
+            assert (row["status"], row["balance"]) == ("ACTIVE", 5)
+        else:
+            assert (await expect_error(_raise(granting))).reason == "ACCOUNT_CLOSED"
+            assert (row["status"], row["balance"]) == ("CLOSED", 0)
+
+
+async def _raise(error: BaseException):
+    raise error
+
+
+async def test_status_and_plan_requests_are_checked(stub, db):
+    await grant(stub, "u1", 1)
+    before = await row_counts(db)
+    for call, fields in (
+            (set_status(stub, "u1", pb.ACCOUNT_STATUS_UNSPECIFIED), ["status"]),
+            (set_status(stub, "u1", pb.ACCOUNT_STATUS_FROZEN, reason=""), ["reason"]),
+            (set_status(stub, "", pb.ACCOUNT_STATUS_FROZEN), ["account_id"]),
+            (stub.ChangePlan(pb.ChangePlanRequest(account_id="u1", reason="x")), ["plan"]),
+            (stub.ChangePlan(pb.ChangePlanRequest(account_id="u1", plan="a b", reason="")),
+             ["plan", "reason"])):
+        error = await expect_error(call)
+        assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert sorted(field for field, _ in error.field_violations) == fields
+    for call in (set_status(stub, "nobody", pb.ACCOUNT_STATUS_FROZEN),
+                 stub.ChangePlan(pb.ChangePlanRequest(account_id="nobody", plan="default",
+                                                      reason="x"))):
+        assert (await expect_error(call)).reason == "ACCOUNT_NOT_FOUND"
+    error = await expect_error(stub.ChangePlan(pb.ChangePlanRequest(
+        account_id="u1", plan="gold", reason="x")))
+    assert_error(error, grpc.StatusCode.NOT_FOUND, "PLAN_NOT_FOUND", plan="gold")
+    assert await row_counts(db) == before
+
+
+async def test_change_plan_moves_between_the_example_plans(planned, db):
+    await planned.EnsureAccount(pb.EnsureAccountRequest(account_id="u1", plan="team"))
+    moved = await planned.ChangePlan(pb.ChangePlanRequest(account_id="u1", plan="pro",
+                                                          reason="upgrade"))
+    assert moved.changed and moved.account.plan == "pro"
+    read = await planned.GetBalance(pb.GetBalanceRequest(account_id="u1"))
+    assert read.account.plan == "pro" and read.balance.balance == 0
+    assert len(await welcome_entries(db, "u1")) == 0

@@ -86,12 +86,15 @@ EXPECTED_DENIAL = {
     "service": None,
     "admin": None,
 }
-SERVICE_DENIED_METHODS = {"Grant"}
+SERVICE_DENIED_METHODS = {"Grant", "SetAccountStatus", "ChangePlan"}
 
 
 def _requests(reservation_id: str) -> dict[str, object]:
     return {
         "EnsureAccount": pb.EnsureAccountRequest(account_id="acct"),
+        "SetAccountStatus": pb.SetAccountStatusRequest(
+            account_id="acct", status=pb.ACCOUNT_STATUS_ACTIVE, reason="matrix"),
+        "ChangePlan": pb.ChangePlanRequest(account_id="acct", plan="default", reason="matrix"),
         "Grant": pb.GrantRequest(account_id="acct", amount=5, type=pb.GRANT_TYPE_PROMO,
                                  idempotency_key=f"g-{uuid.uuid4()}"),
         "CheckAndReserve": pb.CheckAndReserveRequest(account_id="acct", amount=1,

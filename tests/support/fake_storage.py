@@ -30,6 +30,7 @@ import orjson
 from credits_service.domain.lots import LotChange
 from credits_service.domain.model import (
     Account,
+    AccountStatus,
     BalanceSnapshot,
     EntryType,
     GrantType,
@@ -46,6 +47,7 @@ from credits_service.domain.rows import (
     Consumption,
     ExpiredAndFree,
     ExpiredLot,
+    FoundAndLocked,
     FreeLot,
     HeldTotals,
     KeyedAccount,
@@ -108,6 +110,7 @@ class AccountRow:
     lifetime_expired: int = 0
     plan: str = "default"
     create_time: datetime = CLOCK_START
+    status: AccountStatus = AccountStatus.ACTIVE
 
     def snapshot(self) -> BalanceSnapshot:
         return BalanceSnapshot(
@@ -173,12 +176,15 @@ class Tables:
     draws: dict[tuple[str, int], DrawRow] = field(default_factory=dict)
     entries: list[LedgerEntry] = field(default_factory=list)
     keys: dict[tuple[str, str], KeyRow] = field(default_factory=dict)
+    # account_changes: (account_id, kind, old, new, reason, actor), never updated
+    changes: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
 
     def copy(self) -> Tables:
         return Tables(*(
             {key: copy.copy(row) for key, row in table.items()}
             for table in (self.accounts, self.lots, self.reservations, self.draws)
-        ), list(self.entries), {key: copy.copy(row) for key, row in self.keys.items()})
+        ), list(self.entries), {key: copy.copy(row) for key, row in self.keys.items()},
+            list(self.changes))
 
     def lot(self, row: LotRow) -> Lot:
         """columns.lot: the row, with the id of its GRANT entry (a subquery)."""
@@ -505,7 +511,7 @@ class FakeAccounts(_Repository):
     @statement
     def profile(self, account_id: str) -> Account | None:
         row = self._tx.account(account_id)
-        return Account(row.account_id, row.plan, row.create_time) if row else None
+        return Account(row.account_id, row.plan, row.create_time, row.status) if row else None
 
     @statement
     def create(self, account_id: str, plan: str) -> BalanceSnapshot | None:
@@ -515,6 +521,28 @@ class FakeAccounts(_Repository):
         row = self._tables.accounts[account_id] = AccountRow(
             account_id, plan=plan, create_time=self._tx.now)
         return row.snapshot()
+
+    @statement
+    def set_status(self, account_id: str, old: AccountStatus, new: AccountStatus, reason: str,
+                   actor: str) -> Account | None:
+        """_SET_STATUS: compare-and-set, with its account_changes row."""
+        row = self._tx.account(account_id)
+        if row is None or row.status is not old:
+            return None
+        row.status = new
+        self._tables.changes.append((account_id, "STATUS", old.value, new.value, reason, actor))
+        return Account(row.account_id, row.plan, row.create_time, row.status)
+
+    @statement
+    def set_plan(self, account_id: str, old: str, new: str, reason: str,
+                 actor: str) -> Account | None:
+        """_SET_PLAN: compare-and-set, with its account_changes row."""
+        row = self._tx.account(account_id)
+        if row is None or row.plan != old:
+            return None
+        row.plan = new
+        self._tables.changes.append((account_id, "PLAN", old, new, reason, actor))
+        return Account(row.account_id, row.plan, row.create_time, row.status)
 
     @statement
     def lock(self, account_ids: Iterable[str]) -> dict[str, BalanceSnapshot]:
@@ -530,7 +558,7 @@ class FakeAccounts(_Repository):
         if row is None:
             row = self._tables.accounts[account_id] = AccountRow(
                 account_id, create_time=self._tx.now)
-        elif row.balance + amount > balance_max:
+        elif row.balance + amount > balance_max or row.status is AccountStatus.CLOSED:
             return None
         row.balance += amount
         row.lifetime_granted += amount
@@ -776,9 +804,9 @@ class FakeGroupStatements(_Repository):
     sees the tables as they were before it, so each step below reads before any writes."""
 
     @statement
-    def find_and_lock(self, keys: Sequence[KeyedAccount]) -> tuple[
-            dict[tuple[str, str], StoredResponse], dict[str, BalanceSnapshot]]:
-        """FIND_AND_LOCK: stored keys; the existing accounts of the others, in order."""
+    def find_and_lock(self, keys: Sequence[KeyedAccount]) -> FoundAndLocked:
+        """FIND_AND_LOCK: stored keys; the existing accounts of the others, in order, and the
+        status of those not ACTIVE."""
         stored = {}
         fresh = set()
         for k in keys:
@@ -790,7 +818,10 @@ class FakeGroupStatements(_Repository):
                     row.request_hash, row.response)
         balances = {account_id: row.snapshot() for account_id in sorted(fresh)
                     if (row := self._tx.account(account_id)) is not None}
-        return stored, balances
+        inactive = {account_id: row.status for account_id in balances
+                    if (row := self._tables.accounts[account_id]).status
+                    is not AccountStatus.ACTIVE}
+        return FoundAndLocked(stored, balances, inactive)
 
     @statement
     def expire_and_find(self, account_ids: Sequence[str],

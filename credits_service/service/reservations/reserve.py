@@ -15,7 +15,13 @@ from typing import Any
 from credits_service.domain import errors, lots
 from credits_service.domain.commands import ReserveCommand, ReserveResult
 from credits_service.domain.ids import new_reservation_ids
-from credits_service.domain.model import BalanceSnapshot, LotDraw, Reservation, ReservationStatus
+from credits_service.domain.model import (
+    AccountStatus,
+    BalanceSnapshot,
+    LotDraw,
+    Reservation,
+    ReservationStatus,
+)
 from credits_service.domain.rows import FreeLot, HeldTotals, KeyedAccount, KeyRecord
 from credits_service.service import idempotency, responses
 from credits_service.service.accounts import AccountOpening
@@ -67,7 +73,7 @@ class Reserving:
 
         async def work(uow: UnitOfWork) -> list[Answer]:
             outcomes: list[Any] = [None] * len(calls)
-            stored, snapshots = await uow.groups.find_and_lock([
+            stored, snapshots, inactive = await uow.groups.find_and_lock([
                 KeyedAccount(scope, key, calls[i][0].account_id)
                 for (scope, key), i in first.items()
             ])
@@ -83,7 +89,7 @@ class Reserving:
                     outcomes[i] = responses.decode(found.response)
                     uow.on_commit(lambda: self._metrics.replayed(METHOD))
             if new:
-                await self._place(uow, calls, new, outcomes, snapshots, digests)
+                await self._place(uow, calls, new, outcomes, snapshots, inactive, digests)
             for i, (command, actor) in enumerate(calls):
                 j = first[(actor, command.idempotency_key)]
                 if j != i:
@@ -100,6 +106,7 @@ class Reserving:
         indexes: list[int],
         outcomes: list[Any],
         snapshots: dict[str, BalanceSnapshot],
+        inactive: dict[str, AccountStatus],
         digests: list[bytes],
     ) -> None:
         """Decide and write the reservations of calls[i] for i in `indexes` (their keys not
@@ -107,13 +114,14 @@ class Reserving:
         outcomes[i], and store their keys with the answers: expire due lots, draw from free
         lots in consumption order, write everything set-based. A key another transaction
         stored meanwhile rolls all back, to run again. Accounts not found are created first
-        (auto_create_accounts); a call declined only because its account does not exist
-        stores no key, so that it succeeds once the account exists."""
+        (auto_create_accounts). Calls on accounts that are not ACTIVE (`inactive`) are
+        declined; a call declined for its account's existence or status stores no key, so
+        that it succeeds once the account exists and is active."""
         await self._open_missing(uow, calls, indexes, snapshots)
         wanted: dict[str, int] = {}
         for i in indexes:
             command = calls[i][0]
-            if command.account_id in snapshots:
+            if command.account_id in snapshots and command.account_id not in inactive:
                 wanted[command.account_id] = wanted.get(command.account_id, 0) + command.amount
         free: dict[str, list[FreeLot]] = {}
         now = datetime.min  # set below whenever a reservation can be placed
@@ -131,6 +139,11 @@ class Reserving:
             snapshot = snapshots.get(account_id)
             if snapshot is None:
                 outcomes[i] = errors.AccountNotFound(account_id)
+                continue
+            if inactive and account_id in inactive:
+                outcomes[i] = (errors.AccountFrozen(account_id)
+                               if inactive[account_id] is AccountStatus.FROZEN
+                               else errors.AccountClosed(account_id))
                 continue
             if snapshot.available < command.amount:
                 outcomes[i] = errors.InsufficientCredits(
@@ -161,7 +174,8 @@ class Reserving:
             outcomes[i] = ReserveResult(reservation=reservation, balance=snapshot)
         keys = [KeyRecord(calls[i][1], calls[i][0].idempotency_key, digests[i],
                           responses.encode(outcomes[i]))
-                for i in indexes if type(outcomes[i]) is not errors.AccountNotFound]
+                for i in indexes
+                if not (isinstance(outcomes[i], errors.Declined) and not outcomes[i].stored)]
         if not placed:
             if keys:
                 await uow.groups.complete(METHOD, keys)

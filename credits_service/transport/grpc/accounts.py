@@ -1,17 +1,23 @@
-"""The account RPCs (EnsureAccount): their validation, their mapping and their servicer
-methods."""
+"""The account RPCs (EnsureAccount, SetAccountStatus, ChangePlan): their validation, their
+mapping and their servicer methods."""
 
 from __future__ import annotations
 
 import grpc
 
 from credits.v1 import credits_pb2 as pb
-from credits_service.domain.commands import EnsureAccountCommand, EnsureAccountResult
+from credits_service.domain.commands import (
+    AccountChangeResult,
+    ChangePlanCommand,
+    EnsureAccountCommand,
+    EnsureAccountResult,
+    SetAccountStatusCommand,
+)
 from credits_service.domain.plans import PLAN_NAME_PATTERN
 from credits_service.service.ledger import Ledger
 from credits_service.transport.grpc import messages
 from credits_service.transport.grpc.auth import caller
-from credits_service.transport.grpc.fields import FieldChecker
+from credits_service.transport.grpc.fields import REASON_LENGTH_MAX, FieldChecker
 
 
 def plan_name(check: FieldChecker, field: str, value: str) -> str:
@@ -27,6 +33,39 @@ def ensure_account_command(request: pb.EnsureAccountRequest) -> EnsureAccountCom
     command = EnsureAccountCommand(
         account_id=check.identifier("account_id", request.account_id),
         plan=plan_name(check, "plan", request.plan),
+    )
+    check.done()
+    return command
+
+
+def required_reason(check: FieldChecker, field: str, value: str) -> str:
+    if not value.strip():
+        check.fail(field, "is required: say why, for the record")
+    return check.text(field, value, REASON_LENGTH_MAX)
+
+
+def set_account_status_command(request: pb.SetAccountStatusRequest) -> SetAccountStatusCommand:
+    check = FieldChecker()
+    status = messages.ACCOUNT_STATUS_FROM_PROTO.get(request.status)
+    if status is None:
+        check.fail("status", "must be ACCOUNT_STATUS_ACTIVE, _FROZEN or _CLOSED")
+    command = SetAccountStatusCommand(
+        account_id=check.identifier("account_id", request.account_id),
+        status=status,  # type: ignore[arg-type]
+        reason=required_reason(check, "reason", request.reason),
+    )
+    check.done()
+    return command
+
+
+def change_plan_command(request: pb.ChangePlanRequest) -> ChangePlanCommand:
+    check = FieldChecker()
+    if not request.plan:
+        check.fail("plan", "is required: the plan to move the account to")
+    command = ChangePlanCommand(
+        account_id=check.identifier("account_id", request.account_id),
+        plan=plan_name(check, "plan", request.plan),
+        reason=required_reason(check, "reason", request.reason),
     )
     check.done()
     return command
@@ -52,3 +91,20 @@ class AccountsApi:
         result = await self._ledger.ensure_account(
             ensure_account_command(request), caller().name)
         return ensure_account_response(result)
+
+    async def SetAccountStatus(
+        self, request: pb.SetAccountStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetAccountStatusResponse:
+        result = await self._ledger.set_account_status(
+            set_account_status_command(request), caller().name)
+        return pb.SetAccountStatusResponse(**_change(result))
+
+    async def ChangePlan(
+        self, request: pb.ChangePlanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ChangePlanResponse:
+        result = await self._ledger.change_plan(change_plan_command(request), caller().name)
+        return pb.ChangePlanResponse(**_change(result))
+
+
+def _change(result: AccountChangeResult) -> dict[str, object]:
+    return {"account": messages.account(result.account), "changed": result.changed}

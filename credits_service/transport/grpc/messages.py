@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from credits.v1 import credits_pb2 as pb
 from credits_service.domain.model import (
     Account,
+    AccountStatus,
     BalanceSnapshot,
     EntryType,
     GrantType,
@@ -45,6 +46,12 @@ RESERVATION_STATUS_TO_PROTO: dict[ReservationStatus, int] = {
 }
 RESERVATION_STATUS_FROM_PROTO = {value: key for key, value in RESERVATION_STATUS_TO_PROTO.items()}
 
+ACCOUNT_STATUS_TO_PROTO: dict[AccountStatus, int] = {
+    AccountStatus.ACTIVE: pb.ACCOUNT_STATUS_ACTIVE,
+    AccountStatus.FROZEN: pb.ACCOUNT_STATUS_FROZEN,
+    AccountStatus.CLOSED: pb.ACCOUNT_STATUS_CLOSED,
+}
+ACCOUNT_STATUS_FROM_PROTO = {value: key for key, value in ACCOUNT_STATUS_TO_PROTO.items()}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -84,7 +91,8 @@ def set_balance(message: pb.Balance, snapshot: BalanceSnapshot) -> pb.Balance:
 
 def account(value: Account) -> pb.Account:
     return pb.Account(account_id=value.account_id, plan=value.plan,
-                      create_time=_timestamp(value.create_time))
+                      create_time=_timestamp(value.create_time),
+                      status=ACCOUNT_STATUS_TO_PROTO[value.status])  # type: ignore[arg-type]
 
 
 def lot(value: Lot) -> pb.Lot:

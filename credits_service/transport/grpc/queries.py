@@ -92,6 +92,7 @@ class QueriesApi:
             lots=[messages.lot(lot) for lot in report.lots],
             lots_truncated=report.lots_truncated,
             expiring_amount=report.expiring_amount,
+            account=messages.account(report.account),
         )
 
     async def ListReservations(

@@ -98,6 +98,34 @@ ENTRY_TYPE_EXPIRY: EntryType.ValueType  # 3
 """ENTRY_TYPE_EXPIRY credits of an expired lot written off (negative amount)."""
 Global___EntryType: _TypeAlias = EntryType  # noqa: Y015
 
+class _AccountStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AccountStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccountStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACCOUNT_STATUS_UNSPECIFIED: _AccountStatus.ValueType  # 0
+    """ACCOUNT_STATUS_UNSPECIFIED is never returned; in a request it is rejected."""
+    ACCOUNT_STATUS_ACTIVE: _AccountStatus.ValueType  # 1
+    """ACCOUNT_STATUS_ACTIVE: everything."""
+    ACCOUNT_STATUS_FROZEN: _AccountStatus.ValueType  # 2
+    """ACCOUNT_STATUS_FROZEN: no new reservations; commits, releases and grants."""
+    ACCOUNT_STATUS_CLOSED: _AccountStatus.ValueType  # 3
+    """ACCOUNT_STATUS_CLOSED: nothing changes any more; reads still answer."""
+
+class AccountStatus(_AccountStatus, metaclass=_AccountStatusEnumTypeWrapper):
+    """AccountStatus is what an account may still do."""
+
+ACCOUNT_STATUS_UNSPECIFIED: AccountStatus.ValueType  # 0
+"""ACCOUNT_STATUS_UNSPECIFIED is never returned; in a request it is rejected."""
+ACCOUNT_STATUS_ACTIVE: AccountStatus.ValueType  # 1
+"""ACCOUNT_STATUS_ACTIVE: everything."""
+ACCOUNT_STATUS_FROZEN: AccountStatus.ValueType  # 2
+"""ACCOUNT_STATUS_FROZEN: no new reservations; commits, releases and grants."""
+ACCOUNT_STATUS_CLOSED: AccountStatus.ValueType  # 3
+"""ACCOUNT_STATUS_CLOSED: nothing changes any more; reads still answer."""
+Global___AccountStatus: _TypeAlias = AccountStatus  # noqa: Y015
+
 class _ReservationStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -198,10 +226,13 @@ class Account(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """account_id identifies the account."""
     plan: _builtins.str
     """plan is the name of the plan the account is on (docs/accounts.md)."""
+    status: Global___AccountStatus.ValueType
+    """status is what the account may still do."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """create_time is when the account was created (database clock)."""
@@ -212,10 +243,11 @@ class Account(_message.Message):
         account_id: _builtins.str = ...,
         plan: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        status: Global___AccountStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "create_time", b"create_time", "plan", b"plan"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "create_time", b"create_time", "plan", b"plan", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -595,6 +627,122 @@ class EnsureAccountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EnsureAccountResponse: _TypeAlias = EnsureAccountResponse  # noqa: Y015
+
+@_typing.final
+class SetAccountStatusRequest(_message.Message):
+    """SetAccountStatusRequest changes an account's status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """account_id is the account."""
+    status: Global___AccountStatus.ValueType
+    """status is the status to set; not UNSPECIFIED."""
+    reason: _builtins.str
+    """reason says why, 1-256 characters; recorded with the change."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        status: Global___AccountStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountStatusRequest: _TypeAlias = SetAccountStatusRequest  # noqa: Y015
+
+@_typing.final
+class SetAccountStatusResponse(_message.Message):
+    """SetAccountStatusResponse is the account after the call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """changed is false when the account had this status already."""
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """account is the account's terms, status included."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "changed", b"changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountStatusResponse: _TypeAlias = SetAccountStatusResponse  # noqa: Y015
+
+@_typing.final
+class ChangePlanRequest(_message.Message):
+    """ChangePlanRequest moves an account to another plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """account_id is the account."""
+    plan: _builtins.str
+    """plan is the plan to move it to, one the server defines."""
+    reason: _builtins.str
+    """reason says why, 1-256 characters; recorded with the change."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "plan", b"plan", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePlanRequest: _TypeAlias = ChangePlanRequest  # noqa: Y015
+
+@_typing.final
+class ChangePlanResponse(_message.Message):
+    """ChangePlanResponse is the account after the call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """changed is false when the account was on this plan already."""
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """account is the account's terms, plan included."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "changed", b"changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePlanResponse: _TypeAlias = ChangePlanResponse  # noqa: Y015
 
 @_typing.final
 class GrantRequest(_message.Message):
@@ -1314,6 +1462,7 @@ class GetBalanceResponse(_message.Message):
     LOTS_FIELD_NUMBER: _builtins.int
     LOTS_TRUNCATED_FIELD_NUMBER: _builtins.int
     EXPIRING_AMOUNT_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
     lots_truncated: _builtins.bool
     """lots_truncated is true when the account has more such lots than listed."""
     expiring_amount: _builtins.int
@@ -1330,6 +1479,10 @@ class GetBalanceResponse(_message.Message):
         order, at most 100 (see lots_truncated).
         """
 
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """account is the account's terms: plan, status, creation time."""
+
     def __init__(
         self,
         *,
@@ -1337,10 +1490,11 @@ class GetBalanceResponse(_message.Message):
         lots: _abc.Iterable[Global___Lot] | None = ...,
         lots_truncated: _builtins.bool = ...,
         expiring_amount: _builtins.int = ...,
+        account: Global___Account | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "expiring_amount", b"expiring_amount", "lots", b"lots", "lots_truncated", b"lots_truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "expiring_amount", b"expiring_amount", "lots", b"lots", "lots_truncated", b"lots_truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -66,6 +66,16 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.EnsureAccountRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.EnsureAccountResponse.FromString,
                 _registered_method=True)
+        self.SetAccountStatus = channel.unary_unary(
+                '/credits.v1.CreditsService/SetAccountStatus',
+                request_serializer=credits_dot_v1_dot_credits__pb2.SetAccountStatusRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.SetAccountStatusResponse.FromString,
+                _registered_method=True)
+        self.ChangePlan = channel.unary_unary(
+                '/credits.v1.CreditsService/ChangePlan',
+                request_serializer=credits_dot_v1_dot_credits__pb2.ChangePlanRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.ChangePlanResponse.FromString,
+                _registered_method=True)
         self.Grant = channel.unary_unary(
                 '/credits.v1.CreditsService/Grant',
                 request_serializer=credits_dot_v1_dot_credits__pb2.GrantRequest.SerializeToString,
@@ -154,6 +164,27 @@ class CreditsServiceServicer:
         credits, exactly once however often and however concurrently it is called.
         An existing account is returned as it is, on its own plan. A plan the
         server does not define is NOT_FOUND (PLAN_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAccountStatus(self, request, context):
+        """SetAccountStatus freezes, unfreezes or closes an account, with a reason
+        recorded beside the caller's name. A frozen account takes no new
+        reservations (ACCOUNT_FROZEN); commits and releases of its reservations,
+        and grants, go on. A closed account changes no more (ACCOUNT_CLOSED); only
+        an account without balance and reservations is closed (ACCOUNT_NOT_EMPTY).
+        Setting the status it has already changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePlan(self, request, context):
+        """ChangePlan moves an account to another plan, with a reason recorded beside
+        the caller's name; its terms change at once. Welcome credits are for new
+        accounts only. Moving it to the plan it is on changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -267,6 +298,16 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     request_deserializer=credits_dot_v1_dot_credits__pb2.EnsureAccountRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.EnsureAccountResponse.SerializeToString,
             ),
+            'SetAccountStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountStatus,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.SetAccountStatusRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.SetAccountStatusResponse.SerializeToString,
+            ),
+            'ChangePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePlan,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.ChangePlanRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.ChangePlanResponse.SerializeToString,
+            ),
             'Grant': grpc.unary_unary_rpc_method_handler(
                     servicer.Grant,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.GrantRequest.FromString,
@@ -372,6 +413,60 @@ class CreditsService:
             '/credits.v1.CreditsService/EnsureAccount',
             credits_dot_v1_dot_credits__pb2.EnsureAccountRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.EnsureAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/SetAccountStatus',
+            credits_dot_v1_dot_credits__pb2.SetAccountStatusRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.SetAccountStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/ChangePlan',
+            credits_dot_v1_dot_credits__pb2.ChangePlanRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.ChangePlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

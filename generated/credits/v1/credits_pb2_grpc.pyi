@@ -67,6 +67,19 @@ class CreditsServiceStub:
     An existing account is returned as it is, on its own plan. A plan the
     server does not define is NOT_FOUND (PLAN_NOT_FOUND).
     """
+    SetAccountStatus: _grpc.UnaryUnaryMultiCallable[_credits_pb2.SetAccountStatusRequest, _credits_pb2.SetAccountStatusResponse]
+    """SetAccountStatus freezes, unfreezes or closes an account, with a reason
+    recorded beside the caller's name. A frozen account takes no new
+    reservations (ACCOUNT_FROZEN); commits and releases of its reservations,
+    and grants, go on. A closed account changes no more (ACCOUNT_CLOSED); only
+    an account without balance and reservations is closed (ACCOUNT_NOT_EMPTY).
+    Setting the status it has already changes nothing.
+    """
+    ChangePlan: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ChangePlanRequest, _credits_pb2.ChangePlanResponse]
+    """ChangePlan moves an account to another plan, with a reason recorded beside
+    the caller's name; its terms change at once. Welcome credits are for new
+    accounts only. Moving it to the plan it is on changes nothing.
+    """
     Grant: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GrantRequest, _credits_pb2.GrantResponse]
     """Grant adds credits to an account. An account that does not exist is
     created first, on the default plan with its welcome credits. Idempotent by
@@ -165,6 +178,19 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     credits, exactly once however often and however concurrently it is called.
     An existing account is returned as it is, on its own plan. A plan the
     server does not define is NOT_FOUND (PLAN_NOT_FOUND).
+    """
+    SetAccountStatus: _aio.UnaryUnaryMultiCallable[_credits_pb2.SetAccountStatusRequest, _credits_pb2.SetAccountStatusResponse]  # type: ignore[assignment]
+    """SetAccountStatus freezes, unfreezes or closes an account, with a reason
+    recorded beside the caller's name. A frozen account takes no new
+    reservations (ACCOUNT_FROZEN); commits and releases of its reservations,
+    and grants, go on. A closed account changes no more (ACCOUNT_CLOSED); only
+    an account without balance and reservations is closed (ACCOUNT_NOT_EMPTY).
+    Setting the status it has already changes nothing.
+    """
+    ChangePlan: _aio.UnaryUnaryMultiCallable[_credits_pb2.ChangePlanRequest, _credits_pb2.ChangePlanResponse]  # type: ignore[assignment]
+    """ChangePlan moves an account to another plan, with a reason recorded beside
+    the caller's name; its terms change at once. Welcome credits are for new
+    accounts only. Moving it to the plan it is on changes nothing.
     """
     Grant: _aio.UnaryUnaryMultiCallable[_credits_pb2.GrantRequest, _credits_pb2.GrantResponse]  # type: ignore[assignment]
     """Grant adds credits to an account. An account that does not exist is
@@ -267,6 +293,31 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         credits, exactly once however often and however concurrently it is called.
         An existing account is returned as it is, on its own plan. A plan the
         server does not define is NOT_FOUND (PLAN_NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def SetAccountStatus(
+        self,
+        request: _credits_pb2.SetAccountStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.SetAccountStatusResponse, _abc.Awaitable[_credits_pb2.SetAccountStatusResponse]]:
+        """SetAccountStatus freezes, unfreezes or closes an account, with a reason
+        recorded beside the caller's name. A frozen account takes no new
+        reservations (ACCOUNT_FROZEN); commits and releases of its reservations,
+        and grants, go on. A closed account changes no more (ACCOUNT_CLOSED); only
+        an account without balance and reservations is closed (ACCOUNT_NOT_EMPTY).
+        Setting the status it has already changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ChangePlan(
+        self,
+        request: _credits_pb2.ChangePlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.ChangePlanResponse, _abc.Awaitable[_credits_pb2.ChangePlanResponse]]:
+        """ChangePlan moves an account to another plan, with a reason recorded beside
+        the caller's name; its terms change at once. Welcome credits are for new
+        accounts only. Moving it to the plan it is on changes nothing.
         """
 
     @_abc_1.abstractmethod

@@ -10,8 +10,14 @@ from datetime import timedelta
 import pytest
 
 from credits_service.domain import errors
-from credits_service.domain.commands import BalanceQuery, EnsureAccountCommand, HistoryQuery
-from credits_service.domain.model import EntryType, GrantType
+from credits_service.domain.commands import (
+    BalanceQuery,
+    ChangePlanCommand,
+    EnsureAccountCommand,
+    HistoryQuery,
+    SetAccountStatusCommand,
+)
+from credits_service.domain.model import AccountStatus, EntryType, GrantType
 from credits_service.domain.plans import read_plans
 from tests.unit.service.conftest import Calls, ledger_over
 
@@ -121,3 +127,77 @@ async def test_without_auto_creation_reads_and_reservations_of_unknown_accounts_
     assert storage.accounts == {} and storage.keys == {}
     assert (await calls.grant("u1", 3)).balance.balance == 3  # Grant still creates
     assert (await calls.reserve("u1", 1, key="k")).balance.available == 2
+
+
+# --- status and plan ---------------------------------------------------------------------
+
+
+def status(calls, account_id: str, value: AccountStatus, reason: str = "ops"):
+    return calls.ledger.set_account_status(
+        SetAccountStatusCommand(account_id, value, reason), "admin")
+
+
+async def test_a_frozen_account_takes_no_reservation_but_settles_and_takes_grants(
+        calls, storage):
+    await calls.grant("u1", 10)
+    held = (await calls.reserve("u1", 4)).reservation.reservation_id
+    other = (await calls.reserve("u1", 1)).reservation.reservation_id
+    frozen = await status(calls, "u1", AccountStatus.FROZEN, "fraud check")
+    assert frozen.changed and frozen.account.status is AccountStatus.FROZEN
+    assert storage.tables.changes == [("u1", "STATUS", "ACTIVE", "FROZEN", "fraud check",
+                                       "admin")]
+
+    with pytest.raises(errors.AccountFrozen):
+        await calls.reserve("u1", 1, key="k")
+    assert ("tester", "k") not in storage.keys
+    assert (await calls.commit(held, 4)).balance.balance == 6
+    await calls.release(other)
+    assert (await calls.grant("u1", 5)).balance.balance == 11
+
+    assert not (await status(calls, "u1", AccountStatus.FROZEN)).changed
+    await status(calls, "u1", AccountStatus.ACTIVE)
+    assert (await calls.reserve("u1", 1, key="k")).balance.available == 10
+
+
+async def test_only_an_empty_account_closes_and_closing_is_final(calls, storage):
+    await calls.grant("u1", 3)
+    with pytest.raises(errors.AccountNotEmpty) as refused:
+        await status(calls, "u1", AccountStatus.CLOSED)
+    assert refused.value.metadata == {"accountId": "u1", "balance": "3", "reserved": "0"}
+    await calls.commit((await calls.reserve("u1", 3)).reservation.reservation_id)
+
+    closed = await status(calls, "u1", AccountStatus.CLOSED, "user asked")
+    assert closed.account.status is AccountStatus.CLOSED
+
+    with pytest.raises(errors.AccountClosed):
+        await calls.grant("u1", 5, key="g")
+    with pytest.raises(errors.AccountClosed):
+        await calls.reserve("u1", 1)
+    with pytest.raises(errors.AccountClosed):
+        await status(calls, "u1", AccountStatus.ACTIVE)
+    with pytest.raises(errors.AccountClosed):
+        await calls.ledger.change_plan(ChangePlanCommand("u1", "default", "x"), "admin")
+    assert ("tester", "g") not in storage.keys
+    assert storage.accounts["u1"].balance == 0
+    report = await calls.ledger.get_balance(BalanceQuery("u1"), "api")
+    assert report.account.status is AccountStatus.CLOSED
+
+
+async def test_status_and_plan_of_an_unknown_account_are_not_found(calls, storage):
+    with pytest.raises(errors.AccountNotFound):
+        await status(calls, "nobody", AccountStatus.FROZEN)
+    with pytest.raises(errors.AccountNotFound):
+        await calls.ledger.change_plan(ChangePlanCommand("nobody", "default", "x"), "admin")
+    assert storage.accounts == {}
+
+
+async def test_change_plan_moves_the_account_without_welcome_credits(on_plans, storage):
+    await on_plans.ledger.ensure_account(EnsureAccountCommand("u1", "team"), "api")
+    moved = await on_plans.ledger.change_plan(ChangePlanCommand("u1", "pro", "upgrade"), "ops")
+    again = await on_plans.ledger.change_plan(ChangePlanCommand("u1", "pro", "upgrade"), "ops")
+
+    assert (moved.changed, again.changed) == (True, False)
+    assert moved.account.plan == "pro" and storage.entries == []
+    assert storage.tables.changes == [("u1", "PLAN", "team", "pro", "upgrade", "ops")]
+    with pytest.raises(errors.PlanNotFound):
+        await on_plans.ledger.change_plan(ChangePlanCommand("u1", "gold", "x"), "ops")
