@@ -76,7 +76,8 @@ def rpc_table() -> str:
 
     rows = ["| RPC | Request | Role | Idempotent by |", "|---|---|---|---|"]
     keyed = {"EnsureAccount": "`account_id` (creates once)", "Grant": "`idempotency_key`",
-             "SetAccountStatus": "(safe to repeat)", "ChangePlan": "(safe to repeat)",
+             "Adjust": "`idempotency_key`", "SetAccountStatus": "(safe to repeat)",
+             "ChangePlan": "(safe to repeat)",
              "CheckAndReserve": "`idempotency_key`",
              "BatchCheckAndReserve": "each item's `idempotency_key`",
              "Commit": "reservation and amount", "BatchCommit": "each item's reservation",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -105,6 +106,24 @@ class ChangePlanCommand:
     reason: str
 
 
+class AdjustMode(enum.Enum):
+    ADD = "ADD"  # amount: credits to add, into a new lot
+    DEDUCT = "DEDUCT"  # amount: credits to take, from lots in consumption order
+    SET = "SET"  # amount: the balance to reach, by adding or deducting the difference
+
+
+@dataclass(frozen=True, slots=True)
+class AdjustCommand:
+    account_id: str
+    mode: AdjustMode
+    amount: int
+    idempotency_key: str
+    reason: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    expected_balance: int | None = None  # SET only: compare-and-set
+    expire_time: datetime | None = None  # ADD, or a SET that adds: the new lot's expiry
+
+
 @dataclass(frozen=True, slots=True)
 class GrantResult:
     entry: LedgerEntry
@@ -164,3 +183,10 @@ class EnsureAccountResult:
 class AccountChangeResult:
     account: Account  # as it is after the call
     changed: bool  # false: it was so already
+
+
+@dataclass(frozen=True, slots=True)
+class AdjustResult:
+    entries: tuple[LedgerEntry, ...]  # none when SET found the balance already there
+    balance: BalanceSnapshot
+    lot: Lot | None = None  # the lot an addition created

@@ -256,6 +256,20 @@ class BalanceLimitExceeded(Declined):
         )
 
 
+class BalanceMismatch(Declined):
+    """Adjust SET was given the balance the caller expected, and the account's balance is
+    another: someone changed it meanwhile (metadata `accountId`, `expectedBalance`,
+    `balance`). Read it again and decide again."""
+
+    reason = "BALANCE_MISMATCH"
+
+    def __init__(self, account_id: str, expected: int, balance: int) -> None:
+        super().__init__(
+            f"account {account_id!r} has a balance of {balance}, not the {expected} expected",
+            {"accountId": account_id, "expectedBalance": str(expected),
+             "balance": str(balance)})
+
+
 class _ReservationStateError(Declined):
     def __init__(self, reservation_id: str, what: str, extra: Mapping[str, str] | None = None):
         super().__init__(
@@ -312,7 +326,8 @@ class IdempotencyKeyReused(Declined):
 
 # Declines that are stored with an idempotency key and replayed, by reason.
 REPLAYABLE: dict[str, type[Declined]] = {
-    cls.reason: cls for cls in (AccountNotFound, InsufficientCredits, BalanceLimitExceeded)
+    cls.reason: cls
+    for cls in (AccountNotFound, InsufficientCredits, BalanceLimitExceeded, BalanceMismatch)
 }
 
 

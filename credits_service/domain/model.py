@@ -37,6 +37,7 @@ class EntryType(enum.Enum):
     GRANT = "GRANT"
     USAGE = "USAGE"
     EXPIRY = "EXPIRY"
+    ADJUSTMENT = "ADJUSTMENT"
 
 
 class AccountStatus(enum.Enum):

@@ -26,7 +26,7 @@ _LOCK = f"""
 
 _CREDIT = f"""
     INSERT INTO accounts AS a (account_id, balance, lifetime_granted)
-    VALUES ($1, $2, $2)
+    VALUES ($1, $2, $4)
     ON CONFLICT (account_id) DO UPDATE
        SET balance = a.balance + EXCLUDED.balance,
            lifetime_granted = a.lifetime_granted + EXCLUDED.lifetime_granted,
@@ -48,6 +48,14 @@ _CHANGE = """
     SELECT * FROM changed"""
 _SET_STATUS = _CHANGE.format(column="status", kind="STATUS", profile=columns.PROFILE)
 _SET_PLAN = _CHANGE.format(column="plan", kind="PLAN", profile=columns.PROFILE)
+
+# Takes free credits off the balance (the caller takes them off lots): never below what the
+# account's reservations hold.
+_DEBIT = f"""
+    UPDATE accounts
+       SET balance = balance - $2, update_time = credits_now()
+     WHERE account_id = $1 AND balance - $2 >= reserved
+    RETURNING {columns.ACCOUNT}"""
 
 _CAPTURE = f"""
     UPDATE accounts
@@ -113,11 +121,17 @@ class AccountRepository:
         return columns.account(row) if row is not None else None
 
     async def credit(
-        self, account_id: str, amount: int, balance_max: int
+        self, account_id: str, amount: int, balance_max: int, granted: bool = True
     ) -> BalanceSnapshot | None:
-        """Add `amount`, creating the account; None if the balance would pass `balance_max`
-        or the account is closed."""
-        return await self._one(_CREDIT, account_id, amount, balance_max)
+        """Add `amount`, creating the account, counted in lifetime_granted when `granted` (an
+        adjustment is not); None if the balance would pass `balance_max` or the account is
+        closed."""
+        return await self._one(_CREDIT, account_id, amount, balance_max,
+                               amount if granted else 0)
+
+    async def debit(self, account_id: str, amount: int) -> BalanceSnapshot | None:
+        """Take `amount` of free credits off the balance; None if available is less."""
+        return await self._one(_DEBIT, account_id, amount)
 
     async def capture(self, account_id: str, held: int, amount: int) -> BalanceSnapshot | None:
         """Turn a reservation of `held` into usage of `amount`; None if available cannot cover

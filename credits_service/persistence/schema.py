@@ -168,7 +168,8 @@ ledger_entries = Table(
     CheckConstraint(
         "(entry_type = 'GRANT' AND amount > 0 AND grant_type IS NOT NULL) "
         "OR (entry_type = 'USAGE' AND amount < 0 AND reservation_id IS NOT NULL) "
-        "OR (entry_type = 'EXPIRY' AND amount < 0 AND lot_id IS NOT NULL)",
+        "OR (entry_type = 'EXPIRY' AND amount < 0 AND lot_id IS NOT NULL) "
+        "OR (entry_type = 'ADJUSTMENT' AND amount <> 0 AND lot_id IS NOT NULL)",
         name="ck_ledger_entries_kind"),
     CheckConstraint("balance_after >= 0", name="ck_ledger_entries_balance_after_nonnegative"),
     # History pages by (account_id, entry_id).

@@ -24,11 +24,13 @@ async def credit_lot(
     reason: str,
     metadata: Mapping[str, str],
     actor: str,
+    entry_type: EntryType = EntryType.GRANT,
 ) -> GrantResult | errors.BalanceLimitExceeded | errors.AccountClosed:
-    """Add `amount` to the account (created if missing) as a new lot with its GRANT entry;
-    the decline if the account is closed or its balance would pass BALANCE_MAX (nothing
-    written)."""
-    balance = await uow.accounts.credit(account_id, amount, BALANCE_MAX)
+    """Add `amount` to the account (created if missing) as a new lot with its entry (GRANT,
+    or ADJUSTMENT, which lifetime_granted does not count); the decline if the account is
+    closed or its balance would pass BALANCE_MAX (nothing written)."""
+    balance = await uow.accounts.credit(
+        account_id, amount, BALANCE_MAX, granted=entry_type is EntryType.GRANT)
     if balance is None:
         current = await uow.accounts.get(account_id)
         account = await uow.accounts.profile(account_id)
@@ -45,7 +47,7 @@ async def credit_lot(
     )
     entry = await uow.entries.append(
         account_id=account_id,
-        entry_type=EntryType.GRANT,
+        entry_type=entry_type,
         grant_type=grant_type,
         amount=amount,
         balance_after=balance.balance,
@@ -54,5 +56,6 @@ async def credit_lot(
         actor=actor,
         lot_id=lot.lot_id,
     )
-    return GrantResult(entry=entry, balance=balance,
-                       lot=dataclasses.replace(lot, grant_entry_id=entry.entry_id))
+    if entry_type is EntryType.GRANT:
+        lot = dataclasses.replace(lot, grant_entry_id=entry.entry_id)
+    return GrantResult(entry=entry, balance=balance, lot=lot)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from credits_service.domain.plans import BUILT_IN, PlanBook
 from credits_service.service.accounts import AccountOpening, Accounts
+from credits_service.service.adjustments import Adjusting
 from credits_service.service.grants import Granting
 from credits_service.service.maintenance import Maintenance
 from credits_service.service.page_tokens import PageTokens
@@ -44,6 +45,7 @@ class Ledger:
         self.releasing = Releasing(self.transactions, settings, metrics)
         self.extending = Extending(self.transactions, settings, metrics)
         self.granting = Granting(self.transactions, self.opening, metrics)
+        self.adjusting = Adjusting(self.transactions, metrics)
         self.queries = Queries(
             self.transactions, settings, PageTokens(page_token_key), self.opening)
         self.maintenance = Maintenance(self.transactions, metrics)
@@ -52,6 +54,7 @@ class Ledger:
         self.set_account_status = self.accounts.set_status
         self.change_plan = self.accounts.change_plan
         self.grant = self.granting.grant
+        self.adjust = self.adjusting.adjust
         self.check_and_reserve = self.reserving.check_and_reserve
         self.check_and_reserve_batch = self.batches.check_and_reserve_batch
         self.commit = self.committing.commit

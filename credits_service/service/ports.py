@@ -77,10 +77,13 @@ class AccountRepository(Protocol):
         not on `old`."""
 
     async def credit(
-        self, account_id: str, amount: int, balance_max: int
+        self, account_id: str, amount: int, balance_max: int, granted: bool = True
     ) -> BalanceSnapshot | None:
-        """Add `amount`, creating the account; None if the balance would pass `balance_max`
-        or the account is closed."""
+        """Add `amount`, creating the account, counted in lifetime_granted when `granted`;
+        None if the balance would pass `balance_max` or the account is closed."""
+
+    async def debit(self, account_id: str, amount: int) -> BalanceSnapshot | None:
+        """Take `amount` of free credits off the balance; None if available is less."""
 
     async def capture(self, account_id: str, held: int, amount: int) -> BalanceSnapshot | None:
         """Turn a reservation of `held` into usage of `amount`; None if available cannot

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from credits_service.domain import errors
-from credits_service.domain.commands import GrantResult, ReserveResult
+from credits_service.domain.commands import AdjustResult, GrantResult, ReserveResult
 from credits_service.domain.model import (
     BalanceSnapshot,
     EntryType,
@@ -32,7 +32,7 @@ from credits_service.domain.model import (
     ReservationStatus,
 )
 
-Outcome = GrantResult | ReserveResult | errors.Declined
+Outcome = GrantResult | ReserveResult | AdjustResult | errors.Declined
 
 _SCALARS = frozenset({str, int, bool, type(None)})
 # A ReserveResult as one array (see _reservation_fields). Every byte of a stored response is
@@ -55,6 +55,11 @@ def encode(outcome: Outcome) -> str:
         }
     elif isinstance(outcome, ReserveResult):
         stored = {_RESERVATION: _reservation_fields(outcome)}
+    elif isinstance(outcome, AdjustResult):
+        adjust = plain(outcome)
+        if adjust["lot"] is not None:
+            adjust["lot"][_LOT_GRANT_TYPE] = adjust["lot"].pop("grant_type")
+        stored = {"adjust": adjust}
     else:
         grant = plain(outcome)
         if grant["lot"] is not None:
@@ -71,6 +76,13 @@ def decode(text: str) -> Outcome:
         error = stored["error"]
         cls = errors.REPLAYABLE[error["reason"]]
         return cls.restore(error["message"], error["metadata"])
+    if "adjust" in stored:
+        data = stored["adjust"]
+        return AdjustResult(
+            entries=tuple(_entry(entry) for entry in data["entries"]),
+            balance=BalanceSnapshot(**data["balance"]),
+            lot=_lot(data["lot"]) if data["lot"] else None,
+        )
     if "grant" in stored:
         data = stored["grant"]
         lot = data.get("lot")  # absent from responses stored before lots existed

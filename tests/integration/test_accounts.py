@@ -274,3 +274,82 @@ async def test_change_plan_moves_between_the_example_plans(planned, db):
     read = await planned.GetBalance(pb.GetBalanceRequest(account_id="u1"))
     assert read.account.plan == "pro" and read.balance.balance == 0
     assert len(await welcome_entries(db, "u1")) == 0
+
+
+# --- Adjust ------------------------------------------------------------------------------
+
+
+def adjust(stub, account: str, mode: int, amount: int, *, key: str | None = None, **fields):
+    return stub.Adjust(pb.AdjustRequest(
+        account_id=account, mode=mode, amount=amount, idempotency_key=key or str(uuid.uuid4()),
+        reason=fields.pop("reason", "ticket 7"), **fields))
+
+
+async def test_adjust_add_deduct_set_write_entries_with_reason_and_actor(stub, db):
+    await grant(stub, "u1", 10, priority=10)
+    added = await adjust(stub, "u1", pb.ADJUST_MODE_ADD, 5)
+    assert added.balance.balance == 15 and added.balance.lifetime_granted == 10
+    assert added.entries[0].type == pb.ENTRY_TYPE_ADJUSTMENT
+    assert added.entries[0].lot_id == added.lot.lot_id and added.lot.grant_entry_id == ""
+
+    deducted = await adjust(stub, "u1", pb.ADJUST_MODE_DEDUCT, 12)
+    assert [(e.amount, e.balance_after) for e in deducted.entries] == [(-10, 5), (-2, 3)]
+    assert {e.reason for e in deducted.entries} == {"ticket 7"}
+    assert {e.actor for e in deducted.entries} == {"anonymous"}
+
+    set_to = await adjust(stub, "u1", pb.ADJUST_MODE_SET, 20, expected_balance=3)
+    assert set_to.balance.balance == 20
+    history = await stub.History(pb.HistoryRequest(account_id="u1",
+                                                   types=[pb.ENTRY_TYPE_ADJUSTMENT]))
+    assert [e.amount for e in history.entries] == [17, -2, -10, 5]
+
+
+async def test_adjust_declines_and_bad_requests_write_nothing(stub, db):
+    await grant(stub, "u1", 10)
+    await reserve(stub, "u1", 8)
+    before = await row_counts(db)
+    error = await expect_error(adjust(stub, "u1", pb.ADJUST_MODE_DEDUCT, 3))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS",
+                 accountId="u1", available="2", requested="3")
+    error = await expect_error(adjust(stub, "u1", pb.ADJUST_MODE_SET, 0, expected_balance=9))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "BALANCE_MISMATCH",
+                 accountId="u1", expectedBalance="9", balance="10")
+    after_declines = await row_counts(db)
+    assert {t: n for t, n in after_declines.items() if t != "idempotency_keys"} == {
+        t: n for t, n in before.items() if t != "idempotency_keys"}
+    for request, fields in (
+            (pb.AdjustRequest(account_id="u1", amount=1, idempotency_key="k", reason="r"),
+             ["mode"]),
+            (pb.AdjustRequest(account_id="u1", mode=pb.ADJUST_MODE_ADD, amount=0,
+                              idempotency_key="k", reason=""), ["amount", "reason"]),
+            (pb.AdjustRequest(account_id="u1", mode=pb.ADJUST_MODE_DEDUCT, amount=1,
+                              idempotency_key="k", reason="r", expected_balance=1),
+             ["expected_balance"]),
+            (pb.AdjustRequest(account_id="u1", mode=pb.ADJUST_MODE_SET, amount=-1,
+                              idempotency_key="", reason="r"), ["amount", "idempotency_key"])):
+        error = await expect_error(stub.Adjust(request))
+        assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert sorted(field for field, _ in error.field_violations) == fields
+    error = await expect_error(adjust(stub, "nobody", pb.ADJUST_MODE_ADD, 1))
+    assert error.reason == "ACCOUNT_NOT_FOUND"
+    assert await row_counts(db) == after_declines
+
+
+async def test_two_operators_setting_one_balance_from_what_they_saw_cannot_both_win(stub, db):
+    """Many admins read the balance and SET it from what they read, all at once: exactly one
+    of each round succeeds, the others get BALANCE_MISMATCH, and the balance is the winner's."""
+    await grant(stub, "u1", 100)
+    for round_number in range(10):
+        seen = (await stub.GetBalance(pb.GetBalanceRequest(account_id="u1"))).balance.balance
+        targets = [seen + n - 4 for n in range(8)]
+        answers = await asyncio.gather(
+            *(adjust(stub, "u1", pb.ADJUST_MODE_SET, target, expected_balance=seen)
+              for target in targets), return_exceptions=True)
+        winners = [t for t, a in zip(targets, answers, strict=True)
+                   if isinstance(a, pb.AdjustResponse)]
+        assert len(winners) == 1, (round_number, answers)
+        for answer in answers:
+            if not isinstance(answer, pb.AdjustResponse):
+                assert (await expect_error(_raise(answer))).reason == "BALANCE_MISMATCH"
+        balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id="u1"))).balance
+        assert balance.balance == winners[0]

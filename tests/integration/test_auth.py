@@ -86,7 +86,7 @@ EXPECTED_DENIAL = {
     "service": None,
     "admin": None,
 }
-SERVICE_DENIED_METHODS = {"Grant", "SetAccountStatus", "ChangePlan"}
+SERVICE_DENIED_METHODS = {"Grant", "Adjust", "SetAccountStatus", "ChangePlan"}
 
 
 def _requests(reservation_id: str) -> dict[str, object]:
@@ -95,6 +95,8 @@ def _requests(reservation_id: str) -> dict[str, object]:
         "SetAccountStatus": pb.SetAccountStatusRequest(
             account_id="acct", status=pb.ACCOUNT_STATUS_ACTIVE, reason="matrix"),
         "ChangePlan": pb.ChangePlanRequest(account_id="acct", plan="default", reason="matrix"),
+        "Adjust": pb.AdjustRequest(account_id="acct", mode=pb.ADJUST_MODE_ADD, amount=1,
+                                   idempotency_key=f"a-{uuid.uuid4()}", reason="matrix"),
         "Grant": pb.GrantRequest(account_id="acct", amount=5, type=pb.GRANT_TYPE_PROMO,
                                  idempotency_key=f"g-{uuid.uuid4()}"),
         "CheckAndReserve": pb.CheckAndReserveRequest(account_id="acct", amount=1,

@@ -551,7 +551,8 @@ class FakeAccounts(_Repository):
                 if (row := self._tx.account(account_id)) is not None}
 
     @statement
-    def credit(self, account_id: str, amount: int, balance_max: int) -> BalanceSnapshot | None:
+    def credit(self, account_id: str, amount: int, balance_max: int,
+               granted: bool = True) -> BalanceSnapshot | None:
         """_CREDIT: an upsert whose WHERE guards only the update: a new account is inserted
         whatever the amount (its CHECK bounds it)."""
         row = self._tx.account(account_id)
@@ -561,7 +562,16 @@ class FakeAccounts(_Repository):
         elif row.balance + amount > balance_max or row.status is AccountStatus.CLOSED:
             return None
         row.balance += amount
-        row.lifetime_granted += amount
+        row.lifetime_granted += amount if granted else 0
+        return row.snapshot()
+
+    @statement
+    def debit(self, account_id: str, amount: int) -> BalanceSnapshot | None:
+        """_DEBIT: conditional on balance - amount >= reserved."""
+        row = self._tx.account(account_id)
+        if row is None or row.balance - amount < row.reserved:
+            return None
+        row.balance -= amount
         return row.snapshot()
 
     @statement
@@ -1049,7 +1059,9 @@ def _entry_checks(tables: Tables) -> list[str]:
         kind_ok = (
             (e.entry_type is EntryType.GRANT and e.amount > 0 and e.grant_type is not None)
             or (e.entry_type is EntryType.USAGE and e.amount < 0 and e.reservation_id is not None)
-            or (e.entry_type is EntryType.EXPIRY and e.amount < 0 and e.lot_id is not None))
+            or (e.entry_type is EntryType.EXPIRY and e.amount < 0 and e.lot_id is not None)
+            or (e.entry_type is EntryType.ADJUSTMENT and e.amount != 0
+                and e.lot_id is not None))
         checks = {
             "ck_ledger_entries_kind": kind_ok,
             "ck_ledger_entries_balance_after_nonnegative": e.balance_after >= 0,
@@ -1164,7 +1176,8 @@ def _lot_spent_is_consumed_and_written_off(tables: Tables) -> list[Any]:
         if tables.reservations[reservation_id].status is ReservationStatus.COMMITTED:
             gone[lot_id] = gone.get(lot_id, 0) + (draw.consumed or 0)
     for e in tables.entries:
-        if e.entry_type is EntryType.EXPIRY and e.lot_id is not None:
+        if e.lot_id is not None and (e.entry_type is EntryType.EXPIRY or (
+                e.entry_type is EntryType.ADJUSTMENT and e.amount < 0)):
             gone[e.lot_id] = gone.get(e.lot_id, 0) - e.amount
     return [lot.lot_id for lot in tables.lots.values()
             if lot.amount - lot.remaining != gone.get(lot.lot_id, 0)]
@@ -1212,7 +1225,7 @@ _INVARIANTS: dict[str, Callable[[Tables], list[Any]]] = {
     "balance == sum(lot remaining), reserved == sum(lot held)": _balances_are_the_lots,
     "each lot's held == what active reservations drew from it": _lot_held_is_the_active_draws,
     "each lot's remaining >= held": _lot_remaining_covers_its_held,
-    "each lot's amount - remaining == consumed + written off":
+    "each lot's amount - remaining == consumed + written off + deducted":
         _lot_spent_is_consumed_and_written_off,
     "a reservation drew its amount; a committed one consumed its committed amount":
         _reservations_drew_and_consumed_their_amounts,

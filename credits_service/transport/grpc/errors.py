@@ -33,6 +33,7 @@ STATUS_CODES: dict[type[errors.CreditsError], grpc.StatusCode] = {
     errors.AccountFrozen: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AccountClosed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AccountNotEmpty: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.BalanceMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ReservationNotFound: grpc.StatusCode.NOT_FOUND,
     errors.InsufficientCredits: grpc.StatusCode.FAILED_PRECONDITION,
     errors.BalanceLimitExceeded: grpc.StatusCode.FAILED_PRECONDITION,

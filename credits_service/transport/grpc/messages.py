@@ -35,6 +35,7 @@ ENTRY_TYPE_FROM_PROTO: dict[int, EntryType] = {
     pb.ENTRY_TYPE_GRANT: EntryType.GRANT,
     pb.ENTRY_TYPE_USAGE: EntryType.USAGE,
     pb.ENTRY_TYPE_EXPIRY: EntryType.EXPIRY,
+    pb.ENTRY_TYPE_ADJUSTMENT: EntryType.ADJUSTMENT,
 }
 ENTRY_TYPE_TO_PROTO = {value: key for key, value in ENTRY_TYPE_FROM_PROTO.items()}
 

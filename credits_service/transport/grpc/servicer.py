@@ -7,6 +7,7 @@ from __future__ import annotations
 from credits.v1 import credits_pb2_grpc
 from credits_service.service.ledger import Ledger
 from credits_service.transport.grpc.accounts import AccountsApi
+from credits_service.transport.grpc.adjustments import AdjustmentsApi
 from credits_service.transport.grpc.fields import RequestLimits
 from credits_service.transport.grpc.grants import GrantsApi
 from credits_service.transport.grpc.queries import QueriesApi, QueryRequests
@@ -14,7 +15,8 @@ from credits_service.transport.grpc.reservations import ReservationRequests, Res
 
 
 class CreditsServicer(
-    AccountsApi, GrantsApi, ReservationsApi, QueriesApi, credits_pb2_grpc.CreditsServiceServicer
+    AccountsApi, AdjustmentsApi, GrantsApi, ReservationsApi, QueriesApi,
+    credits_pb2_grpc.CreditsServiceServicer,
 ):
     def __init__(self, ledger: Ledger, limits: RequestLimits) -> None:
         self._ledger = ledger

@@ -84,6 +84,10 @@ class _EntryTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryType.V
     """ENTRY_TYPE_USAGE credits consumed by Commit (negative amount)."""
     ENTRY_TYPE_EXPIRY: _EntryType.ValueType  # 3
     """ENTRY_TYPE_EXPIRY credits of an expired lot written off (negative amount)."""
+    ENTRY_TYPE_ADJUSTMENT: _EntryType.ValueType  # 4
+    """ENTRY_TYPE_ADJUSTMENT an operator's correction (Adjust): positive into a
+    new lot, or negative out of one lot (lot_id says which).
+    """
 
 class EntryType(_EntryType, metaclass=_EntryTypeEnumTypeWrapper):
     """EntryType is the kind of a ledger entry."""
@@ -96,7 +100,47 @@ ENTRY_TYPE_USAGE: EntryType.ValueType  # 2
 """ENTRY_TYPE_USAGE credits consumed by Commit (negative amount)."""
 ENTRY_TYPE_EXPIRY: EntryType.ValueType  # 3
 """ENTRY_TYPE_EXPIRY credits of an expired lot written off (negative amount)."""
+ENTRY_TYPE_ADJUSTMENT: EntryType.ValueType  # 4
+"""ENTRY_TYPE_ADJUSTMENT an operator's correction (Adjust): positive into a
+new lot, or negative out of one lot (lot_id says which).
+"""
 Global___EntryType: _TypeAlias = EntryType  # noqa: Y015
+
+class _AdjustMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AdjustModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AdjustMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ADJUST_MODE_UNSPECIFIED: _AdjustMode.ValueType  # 0
+    """ADJUST_MODE_UNSPECIFIED is rejected with INVALID_ARGUMENT."""
+    ADJUST_MODE_ADD: _AdjustMode.ValueType  # 1
+    """ADJUST_MODE_ADD adds `amount` credits, as a new lot."""
+    ADJUST_MODE_DEDUCT: _AdjustMode.ValueType  # 2
+    """ADJUST_MODE_DEDUCT takes `amount` free credits from lots in consumption
+    order.
+    """
+    ADJUST_MODE_SET: _AdjustMode.ValueType  # 3
+    """ADJUST_MODE_SET brings the balance to `amount`, adding or deducting the
+    difference.
+    """
+
+class AdjustMode(_AdjustMode, metaclass=_AdjustModeEnumTypeWrapper):
+    """AdjustMode is what an Adjust does with its amount."""
+
+ADJUST_MODE_UNSPECIFIED: AdjustMode.ValueType  # 0
+"""ADJUST_MODE_UNSPECIFIED is rejected with INVALID_ARGUMENT."""
+ADJUST_MODE_ADD: AdjustMode.ValueType  # 1
+"""ADJUST_MODE_ADD adds `amount` credits, as a new lot."""
+ADJUST_MODE_DEDUCT: AdjustMode.ValueType  # 2
+"""ADJUST_MODE_DEDUCT takes `amount` free credits from lots in consumption
+order.
+"""
+ADJUST_MODE_SET: AdjustMode.ValueType  # 3
+"""ADJUST_MODE_SET brings the balance to `amount`, adding or deducting the
+difference.
+"""
+Global___AdjustMode: _TypeAlias = AdjustMode  # noqa: Y015
 
 class _AccountStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -743,6 +787,127 @@ class ChangePlanResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChangePlanResponse: _TypeAlias = ChangePlanResponse  # noqa: Y015
+
+@_typing.final
+class AdjustRequest(_message.Message):
+    """AdjustRequest corrects an account's balance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    EXPECTED_BALANCE_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """account_id is the account; it must exist."""
+    mode: Global___AdjustMode.ValueType
+    """mode says what amount means; required."""
+    amount: _builtins.int
+    """amount: for ADD and DEDUCT the credits to move, 1..10^12; for SET the
+    balance to reach, 0..10^15.
+    """
+    idempotency_key: _builtins.str
+    """idempotency_key makes retries safe; required (see GrantRequest)."""
+    reason: _builtins.str
+    """reason says why, 1-256 characters; stored on every entry written."""
+    expected_balance: _builtins.int
+    """expected_balance (SET only): adjust only if the balance is still this;
+    otherwise FAILED_PRECONDITION BALANCE_MISMATCH and nothing changes.
+    """
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """metadata is stored on every entry written."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """expire_time is when credits an addition puts in a new lot expire; unset:
+        never. It must be in the future.
+        """
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        mode: Global___AdjustMode.ValueType = ...,
+        amount: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        expected_balance: _builtins.int | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_balance", b"_expected_balance", "expected_balance", b"expected_balance", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_balance", b"_expected_balance", "account_id", b"account_id", "amount", b"amount", "expected_balance", b"expected_balance", "expire_time", b"expire_time", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "mode", b"mode", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_balance: _TypeAlias = _typing.Literal["expected_balance"]  # noqa: Y015
+    _WhichOneofArgType__expected_balance: _TypeAlias = _typing.Literal["_expected_balance", b"_expected_balance"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_balance) -> _WhichOneofReturnType__expected_balance | None: ...
+
+Global___AdjustRequest: _TypeAlias = AdjustRequest  # noqa: Y015
+
+@_typing.final
+class AdjustResponse(_message.Message):
+    """AdjustResponse is the result of an Adjust."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    LOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """entries are the ADJUSTMENT entries written, in order: one for an addition,
+        one per lot drawn from for a deduction, none when SET found the balance
+        already there.
+        """
+
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """balance is the account right after the adjustment."""
+
+    @_builtins.property
+    def lot(self) -> Global___Lot:
+        """lot is the lot an addition created."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+        balance: Global___Balance | None = ...,
+        lot: Global___Lot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "lot", b"lot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "entries", b"entries", "lot", b"lot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustResponse: _TypeAlias = AdjustResponse  # noqa: Y015
 
 @_typing.final
 class GrantRequest(_message.Message):

@@ -76,6 +76,11 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.ChangePlanRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.ChangePlanResponse.FromString,
                 _registered_method=True)
+        self.Adjust = channel.unary_unary(
+                '/credits.v1.CreditsService/Adjust',
+                request_serializer=credits_dot_v1_dot_credits__pb2.AdjustRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.AdjustResponse.FromString,
+                _registered_method=True)
         self.Grant = channel.unary_unary(
                 '/credits.v1.CreditsService/Grant',
                 request_serializer=credits_dot_v1_dot_credits__pb2.GrantRequest.SerializeToString,
@@ -185,6 +190,19 @@ class CreditsServiceServicer:
         """ChangePlan moves an account to another plan, with a reason recorded beside
         the caller's name; its terms change at once. Welcome credits are for new
         accounts only. Moving it to the plan it is on changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Adjust(self, request, context):
+        """Adjust corrects an account's balance: adds credits (a new lot), deducts
+        free credits (from lots in consumption order, never reserved ones), or sets
+        the balance, optionally only if it is still the balance the caller saw
+        (expected_balance; BALANCE_MISMATCH otherwise). Each change is written as
+        ADJUSTMENT entries with the reason and the caller's name. A deduction
+        beyond available is INSUFFICIENT_CREDITS; a frozen account takes additions
+        only. Idempotent by idempotency_key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -307,6 +325,11 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.ChangePlan,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.ChangePlanRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.ChangePlanResponse.SerializeToString,
+            ),
+            'Adjust': grpc.unary_unary_rpc_method_handler(
+                    servicer.Adjust,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.AdjustRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.AdjustResponse.SerializeToString,
             ),
             'Grant': grpc.unary_unary_rpc_method_handler(
                     servicer.Grant,
@@ -467,6 +490,33 @@ class CreditsService:
             '/credits.v1.CreditsService/ChangePlan',
             credits_dot_v1_dot_credits__pb2.ChangePlanRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.ChangePlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Adjust(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/Adjust',
+            credits_dot_v1_dot_credits__pb2.AdjustRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.AdjustResponse.FromString,
             options,
             channel_credentials,
             insecure,

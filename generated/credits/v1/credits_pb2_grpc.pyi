@@ -80,6 +80,15 @@ class CreditsServiceStub:
     the caller's name; its terms change at once. Welcome credits are for new
     accounts only. Moving it to the plan it is on changes nothing.
     """
+    Adjust: _grpc.UnaryUnaryMultiCallable[_credits_pb2.AdjustRequest, _credits_pb2.AdjustResponse]
+    """Adjust corrects an account's balance: adds credits (a new lot), deducts
+    free credits (from lots in consumption order, never reserved ones), or sets
+    the balance, optionally only if it is still the balance the caller saw
+    (expected_balance; BALANCE_MISMATCH otherwise). Each change is written as
+    ADJUSTMENT entries with the reason and the caller's name. A deduction
+    beyond available is INSUFFICIENT_CREDITS; a frozen account takes additions
+    only. Idempotent by idempotency_key.
+    """
     Grant: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GrantRequest, _credits_pb2.GrantResponse]
     """Grant adds credits to an account. An account that does not exist is
     created first, on the default plan with its welcome credits. Idempotent by
@@ -191,6 +200,15 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     """ChangePlan moves an account to another plan, with a reason recorded beside
     the caller's name; its terms change at once. Welcome credits are for new
     accounts only. Moving it to the plan it is on changes nothing.
+    """
+    Adjust: _aio.UnaryUnaryMultiCallable[_credits_pb2.AdjustRequest, _credits_pb2.AdjustResponse]  # type: ignore[assignment]
+    """Adjust corrects an account's balance: adds credits (a new lot), deducts
+    free credits (from lots in consumption order, never reserved ones), or sets
+    the balance, optionally only if it is still the balance the caller saw
+    (expected_balance; BALANCE_MISMATCH otherwise). Each change is written as
+    ADJUSTMENT entries with the reason and the caller's name. A deduction
+    beyond available is INSUFFICIENT_CREDITS; a frozen account takes additions
+    only. Idempotent by idempotency_key.
     """
     Grant: _aio.UnaryUnaryMultiCallable[_credits_pb2.GrantRequest, _credits_pb2.GrantResponse]  # type: ignore[assignment]
     """Grant adds credits to an account. An account that does not exist is
@@ -318,6 +336,21 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         """ChangePlan moves an account to another plan, with a reason recorded beside
         the caller's name; its terms change at once. Welcome credits are for new
         accounts only. Moving it to the plan it is on changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def Adjust(
+        self,
+        request: _credits_pb2.AdjustRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.AdjustResponse, _abc.Awaitable[_credits_pb2.AdjustResponse]]:
+        """Adjust corrects an account's balance: adds credits (a new lot), deducts
+        free credits (from lots in consumption order, never reserved ones), or sets
+        the balance, optionally only if it is still the balance the caller saw
+        (expected_balance; BALANCE_MISMATCH otherwise). Each change is written as
+        ADJUSTMENT entries with the reason and the caller's name. A deduction
+        beyond available is INSUFFICIENT_CREDITS; a frozen account takes additions
+        only. Idempotent by idempotency_key.
         """
 
     @_abc_1.abstractmethod
