@@ -31,7 +31,12 @@ from credits_service.settings import (
 )
 from credits_service.telemetry import Metrics
 from credits_service.transport.grpc.admission import CallGate
-from credits_service.transport.grpc.auth import OPEN_SERVICES, Gatekeeper, parse_token_lines
+from credits_service.transport.grpc.auth import (
+    OPEN_SERVICES,
+    SERVICE_METHODS,
+    Gatekeeper,
+    parse_token_lines,
+)
 from credits_service.transport.grpc.call_log import CallLog
 from credits_service.transport.grpc.fields import RequestLimits
 from credits_service.transport.grpc.interceptors import CallInterceptor
@@ -187,6 +192,7 @@ def build_gatekeeper(settings: AuthSettings, listen: str) -> Gatekeeper:
     """Who may call, from the settings; raises StartupError on an unsafe or empty setup."""
     open_services = frozenset().union(*(OPEN_SERVICES[name]
                                         for name in settings.open_service_names))
+    service_methods = SERVICE_METHODS | ({"Transfer"} if settings.service_transfers else set())
     if settings.disabled:
         host, _ = parse_listen(listen)
         if not _is_loopback(host):
@@ -198,7 +204,7 @@ def build_gatekeeper(settings: AuthSettings, listen: str) -> Gatekeeper:
                      "local development only.")
         return Gatekeeper({}, enabled=False, rate_limit_per_s=settings.rate_limit_per_s,
                           rate_limit_burst=settings.rate_limit_burst,
-                          open_services=open_services)
+                          open_services=open_services, service_methods=service_methods)
     text = settings.tokens
     if settings.tokens_file:
         try:
@@ -219,7 +225,8 @@ def build_gatekeeper(settings: AuthSettings, listen: str) -> Gatekeeper:
         )
     _log.info("authentication on: %d principals configured", len(principals))
     return Gatekeeper(principals, rate_limit_per_s=settings.rate_limit_per_s,
-                      rate_limit_burst=settings.rate_limit_burst, open_services=open_services)
+                      rate_limit_burst=settings.rate_limit_burst, open_services=open_services,
+                      service_methods=service_methods)
 
 
 async def serve_grpc(

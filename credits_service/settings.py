@@ -283,6 +283,9 @@ class AuthSettings(_Section):
         "health", "services callable without a token, comma-separated: health (load "
         "balancers' probes), reflection (grpcurl and ghz without a token); empty: none",
         name="auth_open_services", empty_is_a_value=True)
+    service_transfers: bool = _setting(
+        False, "service principals may call Transfer too (users gifting credits); off: "
+        "admins only")
     rate_limit_per_s: float = _setting(
         5000.0, "calls per second each principal may make (token bucket); 0: no limit",
         low=0, high=1_000_000)

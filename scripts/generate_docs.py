@@ -77,13 +77,15 @@ def rpc_table() -> str:
     rows = ["| RPC | Request | Role | Idempotent by |", "|---|---|---|---|"]
     keyed = {"EnsureAccount": "`account_id` (creates once)", "Grant": "`idempotency_key`",
              "Adjust": "`idempotency_key`", "SetAccountStatus": "(safe to repeat)",
-             "ChangePlan": "(safe to repeat)",
+             "ChangePlan": "(safe to repeat)", "Transfer": "`idempotency_key`",
              "CheckAndReserve": "`idempotency_key`",
              "BatchCheckAndReserve": "each item's `idempotency_key`",
              "Commit": "reservation and amount", "BatchCommit": "each item's reservation",
              "Release": "reservation", "ExtendReservation": "(safe to repeat)"}
     for method in credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].methods:
         role = "service or admin" if method.name in SERVICE_METHODS else "admin"
+        if method.name == "Transfer":
+            role = "admin (and service with `--service-transfers`)"
         rows.append(f"| [`{method.name}`](#{method.name.lower()}) | `{method.input_type.name}` "
                     f"| {role} | {keyed.get(method.name, '(a read)')} |")
     return "\n".join(rows)

@@ -65,13 +65,13 @@ INVARIANTS: dict[str, str] = {
                        JOIN reservations r USING (reservation_id)
                       WHERE r.status = 'ACTIVE' GROUP BY 1) d USING (lot_id)
          WHERE l.held <> coalesce(d.held, 0)""",
-    "each lot's amount - remaining == consumed + written off + deducted": """
+    "each lot's amount - remaining == consumed + written off + deducted + given": """
         SELECT l.lot_id FROM credit_lots l
           LEFT JOIN (SELECT d.lot_id, sum(d.consumed) AS consumed FROM reservation_lots d
                        JOIN reservations r USING (reservation_id)
                       WHERE r.status = 'COMMITTED' GROUP BY 1) c USING (lot_id)
           LEFT JOIN (SELECT lot_id, -sum(amount) AS gone FROM ledger_entries
-                      WHERE entry_type = 'EXPIRY'
+                      WHERE entry_type IN ('EXPIRY', 'TRANSFER_OUT')
                          OR (entry_type = 'ADJUSTMENT' AND amount < 0) GROUP BY 1) x
                USING (lot_id)
          WHERE l.amount - l.remaining <> coalesce(c.consumed, 0) + coalesce(x.gone, 0)""",

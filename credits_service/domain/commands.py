@@ -125,6 +125,16 @@ class AdjustCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferCommand:
+    from_account_id: str
+    to_account_id: str
+    amount: int
+    idempotency_key: str
+    reason: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class GrantResult:
     entry: LedgerEntry
     balance: BalanceSnapshot
@@ -190,3 +200,12 @@ class AdjustResult:
     entries: tuple[LedgerEntry, ...]  # none when SET found the balance already there
     balance: BalanceSnapshot
     lot: Lot | None = None  # the lot an addition created
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    transfer_id: str
+    from_entries: tuple[LedgerEntry, ...]  # TRANSFER_OUT, one per lot the credits left
+    to_entries: tuple[LedgerEntry, ...]  # TRANSFER_IN, one per lot they arrived in
+    from_balance: BalanceSnapshot
+    to_balance: BalanceSnapshot

@@ -38,6 +38,8 @@ class EntryType(enum.Enum):
     USAGE = "USAGE"
     EXPIRY = "EXPIRY"
     ADJUSTMENT = "ADJUSTMENT"
+    TRANSFER_OUT = "TRANSFER_OUT"
+    TRANSFER_IN = "TRANSFER_IN"
 
 
 class AccountStatus(enum.Enum):
@@ -101,6 +103,7 @@ class LedgerEntry:
     actor: str
     create_time: datetime
     lot_id: int | None = None
+    transfer_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

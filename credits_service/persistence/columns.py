@@ -33,7 +33,7 @@ A_ACCOUNT = ", ".join("a." + column.strip() for column in ACCOUNT.split(","))
 ENTRY = (
     "entry_id, account_id, entry_type, grant_type, amount, balance_after, "
     "reservation_id::text AS reservation_id, reason, metadata::text AS metadata, actor, "
-    "create_time, lot_id"
+    "create_time, lot_id, transfer_id::text AS transfer_id"
 )
 RESERVATION = (
     "reservation_id::text AS reservation_id, account_id, amount, status, committed_amount, "
@@ -86,6 +86,7 @@ def entry(row: Row) -> LedgerEntry:
         actor=row["actor"],
         create_time=row["create_time"],
         lot_id=row["lot_id"],
+        transfer_id=row["transfer_id"],
     )
 
 

@@ -12,8 +12,8 @@ from credits_service.persistence import columns
 
 _APPEND = f"""
     INSERT INTO ledger_entries (account_id, entry_type, grant_type, amount, balance_after,
-                                reservation_id, reason, metadata, actor, lot_id)
-    VALUES ($1, $2, $3, $4, $5, $6::uuid, $7, $8::jsonb, $9, $10)
+                                reservation_id, reason, metadata, actor, lot_id, transfer_id)
+    VALUES ($1, $2, $3, $4, $5, $6::uuid, $7, $8::jsonb, $9, $10, $11::uuid)
     RETURNING {columns.ENTRY}"""
 
 # Takes the write-offs off each account's balance and appends their EXPIRY entries with
@@ -78,11 +78,12 @@ class EntryRepository:
         reason: str = "",
         metadata: Mapping[str, str] | None = None,
         lot_id: int | None = None,
+        transfer_id: str | None = None,
     ) -> LedgerEntry:
         row = await self._connection.fetchrow(
             _APPEND, account_id, entry_type.value, grant_type.value if grant_type else None,
             amount, balance_after, reservation_id, reason, columns.json_text(metadata or {}),
-            actor, lot_id,
+            actor, lot_id, transfer_id,
         )
         return columns.entry(row)
 

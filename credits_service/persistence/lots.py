@@ -20,6 +20,8 @@ _CREATE = f"""
     VALUES ($1, $2, $3, $4, $5, $5)
     RETURNING {columns.LOT}"""
 
+_OF = f"SELECT {columns.LOT} FROM credit_lots l WHERE l.lot_id = ANY($1::bigint[])"
+
 _EXPIRE_DUE = EXPIRE_DUE.format(account_ids="$1::text[]")
 
 # Accounts with lots past expire_time not yet written off, soonest first; accounts locked by
@@ -71,14 +73,20 @@ class LotRepository:
         self,
         *,
         account_id: str,
-        grant_type: GrantType,
+        grant_type: GrantType | None,
         priority: int,
         expire_time: datetime | None,
         amount: int,
     ) -> Lot:
         row = await self._connection.fetchrow(
-            _CREATE, account_id, grant_type.value, priority, expire_time, amount)
+            _CREATE, account_id, grant_type.value if grant_type else None, priority, expire_time,
+            amount)
         return columns.lot(row)
+
+    async def of(self, lot_ids: Iterable[int]) -> dict[int, Lot]:
+        """These lots, by id."""
+        rows = await self._connection.fetch(_OF, sorted(set(lot_ids)))
+        return {row["lot_id"]: columns.lot(row) for row in rows}
 
     async def expire_due(self, account_ids: Iterable[str]) -> list[ExpiredLot]:
         """Mark the (locked) accounts' lots past expire_time as expired, keeping only their held

@@ -165,11 +165,16 @@ ledger_entries = Table(
     Column("actor", Text, nullable=False),
     _time("create_time", default=True),
     Column("lot_id", BigInteger, ForeignKey("credit_lots.lot_id"), nullable=True),
+    Column("transfer_id", UUID, nullable=True),
     CheckConstraint(
         "(entry_type = 'GRANT' AND amount > 0 AND grant_type IS NOT NULL) "
         "OR (entry_type = 'USAGE' AND amount < 0 AND reservation_id IS NOT NULL) "
         "OR (entry_type = 'EXPIRY' AND amount < 0 AND lot_id IS NOT NULL) "
-        "OR (entry_type = 'ADJUSTMENT' AND amount <> 0 AND lot_id IS NOT NULL)",
+        "OR (entry_type = 'ADJUSTMENT' AND amount <> 0 AND lot_id IS NOT NULL) "
+        "OR (entry_type = 'TRANSFER_OUT' AND amount < 0 AND lot_id IS NOT NULL "
+        "AND transfer_id IS NOT NULL) "
+        "OR (entry_type = 'TRANSFER_IN' AND amount > 0 AND lot_id IS NOT NULL "
+        "AND transfer_id IS NOT NULL)",
         name="ck_ledger_entries_kind"),
     CheckConstraint("balance_after >= 0", name="ck_ledger_entries_balance_after_nonnegative"),
     # History pages by (account_id, entry_id).
@@ -182,6 +187,8 @@ ledger_entries = Table(
           postgresql_where=text("entry_type = 'GRANT'")),
     Index("uq_ledger_entries_expiry_lot_id", "lot_id", unique=True,
           postgresql_where=text("entry_type = 'EXPIRY' AND reservation_id IS NULL")),
+    Index("ix_ledger_entries_transfer_id", "transfer_id",
+          postgresql_where=text("transfer_id IS NOT NULL")),
     Index("uq_ledger_entries_expiry_lot_id_reservation_id", "lot_id", "reservation_id",
           unique=True,
           postgresql_where=text("entry_type = 'EXPIRY' AND reservation_id IS NOT NULL")),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from credits_service.domain import errors
 from credits_service.domain.commands import AdjustCommand, AdjustMode, AdjustResult, GrantResult
-from credits_service.domain.lots import LotChange
 from credits_service.domain.model import (
     PRIORITY_DEFAULT,
     AccountStatus,
@@ -18,6 +17,7 @@ from credits_service.domain.model import (
     LedgerEntry,
 )
 from credits_service.service.crediting import credit_lot
+from credits_service.service.debiting import take_free_credits
 from credits_service.service.idempotency import keyed
 from credits_service.service.ports import LedgerMetrics, UnitOfWork
 from credits_service.service.transactions import Transactions
@@ -88,21 +88,7 @@ class Adjusting:
         """Take `amount` of free credits off the (locked, written-off) account, lot by lot."""
         if balance.available < amount:
             return errors.InsufficientCredits(command.account_id, balance.available, amount)
-        free = (await uow.lots.free_in_order({command.account_id: amount}))[command.account_id]
-        parts: list[tuple[int, int]] = []
-        left = amount
-        for lot in free:
-            part = min(lot.free, left)
-            parts.append((lot.lot_id, part))
-            left -= part
-            if not left:
-                break
-        if left:  # available said the free credits are there
-            raise errors.LotsOutOfStep(command.account_id)
-        await uow.lots.apply([LotChange(lot_id, 0, -part) for lot_id, part in parts])
-        debited = await uow.accounts.debit(command.account_id, amount)
-        if debited is None:
-            raise errors.LotsOutOfStep(command.account_id)
+        parts, debited = await take_free_credits(uow, command.account_id, amount)
         entries: list[LedgerEntry] = []
         balance_after = balance.balance
         for lot_id, part in parts:

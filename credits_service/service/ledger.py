@@ -18,6 +18,7 @@ from credits_service.service.reservations.extend import Extending
 from credits_service.service.reservations.release import Releasing
 from credits_service.service.reservations.reserve import Reserving
 from credits_service.service.transactions import Transactions
+from credits_service.service.transfers import Transferring
 from credits_service.settings import LedgerSettings
 
 
@@ -46,6 +47,7 @@ class Ledger:
         self.extending = Extending(self.transactions, settings, metrics)
         self.granting = Granting(self.transactions, self.opening, metrics)
         self.adjusting = Adjusting(self.transactions, metrics)
+        self.transferring = Transferring(self.transactions, self.opening, metrics)
         self.queries = Queries(
             self.transactions, settings, PageTokens(page_token_key), self.opening)
         self.maintenance = Maintenance(self.transactions, metrics)
@@ -55,6 +57,7 @@ class Ledger:
         self.change_plan = self.accounts.change_plan
         self.grant = self.granting.grant
         self.adjust = self.adjusting.adjust
+        self.transfer = self.transferring.transfer
         self.check_and_reserve = self.reserving.check_and_reserve
         self.check_and_reserve_batch = self.batches.check_and_reserve_batch
         self.commit = self.committing.commit

@@ -109,6 +109,7 @@ class EntryRepository(Protocol):
         reason: str = "",
         metadata: Mapping[str, str] | None = None,
         lot_id: int | None = None,
+        transfer_id: str | None = None,
     ) -> LedgerEntry: ...
 
     async def write_off(
@@ -138,11 +139,14 @@ class LotRepository(Protocol):
         self,
         *,
         account_id: str,
-        grant_type: GrantType,
+        grant_type: GrantType | None,
         priority: int,
         expire_time: datetime | None,
         amount: int,
     ) -> Lot: ...
+
+    async def of(self, lot_ids: Iterable[int]) -> dict[int, Lot]:
+        """These lots, by id."""
 
     async def expire_due(self, account_ids: Iterable[str]) -> list[ExpiredLot]:
         """Mark the locked accounts' lots past expire_time expired (compare-and-set)."""

@@ -20,7 +20,12 @@ from typing import Any
 import orjson
 
 from credits_service.domain import errors
-from credits_service.domain.commands import AdjustResult, GrantResult, ReserveResult
+from credits_service.domain.commands import (
+    AdjustResult,
+    GrantResult,
+    ReserveResult,
+    TransferResult,
+)
 from credits_service.domain.model import (
     BalanceSnapshot,
     EntryType,
@@ -32,7 +37,7 @@ from credits_service.domain.model import (
     ReservationStatus,
 )
 
-Outcome = GrantResult | ReserveResult | AdjustResult | errors.Declined
+Outcome = GrantResult | ReserveResult | AdjustResult | TransferResult | errors.Declined
 
 _SCALARS = frozenset({str, int, bool, type(None)})
 # A ReserveResult as one array (see _reservation_fields). Every byte of a stored response is
@@ -55,6 +60,8 @@ def encode(outcome: Outcome) -> str:
         }
     elif isinstance(outcome, ReserveResult):
         stored = {_RESERVATION: _reservation_fields(outcome)}
+    elif isinstance(outcome, TransferResult):
+        stored = {"transfer": plain(outcome)}
     elif isinstance(outcome, AdjustResult):
         adjust = plain(outcome)
         if adjust["lot"] is not None:
@@ -76,6 +83,15 @@ def decode(text: str) -> Outcome:
         error = stored["error"]
         cls = errors.REPLAYABLE[error["reason"]]
         return cls.restore(error["message"], error["metadata"])
+    if "transfer" in stored:
+        data = stored["transfer"]
+        return TransferResult(
+            transfer_id=data["transfer_id"],
+            from_entries=tuple(_entry(entry) for entry in data["from_entries"]),
+            to_entries=tuple(_entry(entry) for entry in data["to_entries"]),
+            from_balance=BalanceSnapshot(**data["from_balance"]),
+            to_balance=BalanceSnapshot(**data["to_balance"]),
+        )
     if "adjust" in stored:
         data = stored["adjust"]
         return AdjustResult(

@@ -6,6 +6,7 @@ server's setting)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
@@ -353,3 +355,75 @@ async def test_two_operators_setting_one_balance_from_what_they_saw_cannot_both_
                 assert (await expect_error(_raise(answer))).reason == "BALANCE_MISMATCH"
         balance = (await stub.GetBalance(pb.GetBalanceRequest(account_id="u1"))).balance
         assert balance.balance == winners[0]
+
+
+# --- Transfer ----------------------------------------------------------------------------
+
+
+def transfer(stub, giver: str, receiver: str, amount: int, *, key: str | None = None):
+    return stub.Transfer(pb.TransferRequest(
+        from_account_id=giver, to_account_id=receiver, amount=amount,
+        idempotency_key=key or str(uuid.uuid4()), reason="gift"))
+
+
+async def test_a_transfer_moves_credits_with_their_expiry_once_per_key(stub, db):
+    expiring = (await grant(stub, "a", 3, priority=10,
+                            expire_time=Timestamp(seconds=int(time.time()) + 3600))).lot
+    await grant(stub, "a", 10, priority=20)
+    await grant(stub, "b", 1)
+
+    moved = await transfer(stub, "a", "b", 5, key="t1")
+    again = await transfer(stub, "a", "b", 5, key="t1")
+
+    assert again == moved
+    assert [e.amount for e in moved.from_entries] == [-3, -2]
+    assert [e.amount for e in moved.to_entries] == [3, 2]
+    assert (moved.from_balance.balance, moved.to_balance.balance) == (8, 6)
+    lots = (await stub.GetBalance(pb.GetBalanceRequest(account_id="b"))).lots
+    arrived = {lot.lot_id: lot for lot in lots}
+    first = arrived[moved.to_entries[0].lot_id]
+    assert first.expire_time == expiring.expire_time and first.priority == 10
+    rows = await db.fetch("SELECT entry_type, transfer_id::text FROM ledger_entries "
+                          "WHERE transfer_id IS NOT NULL")
+    assert {r["transfer_id"] for r in rows} == {moved.transfer_id} and len(rows) == 4
+
+
+async def test_transfer_requests_and_declines(stub, db):
+    await grant(stub, "a", 10)
+    await grant(stub, "b", 1)
+    await reserve(stub, "a", 8)
+    before = await row_counts(db)
+    error = await expect_error(transfer(stub, "a", "b", 3))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS",
+                 accountId="a", available="2", requested="3")
+    error = await expect_error(transfer(stub, "a", "a", 1))
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in error.field_violations] == ["to_account_id"]
+    assert (await expect_error(transfer(stub, "a", "nobody", 1))).reason == "ACCOUNT_NOT_FOUND"
+    after = await row_counts(db)
+    assert after["idempotency_keys"] == before["idempotency_keys"] + 1  # the decline's
+    assert {t: n for t, n in after.items() if t != "idempotency_keys"} == {
+        t: n for t, n in before.items() if t != "idempotency_keys"}
+
+
+async def test_transfers_racing_both_ways_never_deadlock_and_keep_every_credit(stub, db):
+    """Thousands of transfers A->B and B->A at once: none fails (the accounts are locked in one
+    order), every one is applied once, and the two balances still add up."""
+    await grant(stub, "a", 1_000_000)
+    await grant(stub, "b", 1_000_000)
+    rounds, per_round = 20, 100
+    moved = {"a": 0, "b": 0}
+    for _ in range(rounds):
+        calls = [transfer(stub, *(("a", "b") if n % 2 else ("b", "a")), 1 + n % 7)
+                 for n in range(per_round)]
+        answers = await asyncio.gather(*calls)
+        for answer in answers:
+            giver = answer.from_entries[0].account_id
+            moved[giver] += -sum(e.amount for e in answer.from_entries)
+    a = (await stub.GetBalance(pb.GetBalanceRequest(account_id="a"))).balance.balance
+    b = (await stub.GetBalance(pb.GetBalanceRequest(account_id="b"))).balance.balance
+    assert a + b == 2_000_000
+    assert a == 1_000_000 - moved["a"] + moved["b"]
+    transfers = await db.fetchval(
+        "SELECT count(DISTINCT transfer_id) FROM ledger_entries WHERE transfer_id IS NOT NULL")
+    assert transfers == rounds * per_round

@@ -86,7 +86,7 @@ EXPECTED_DENIAL = {
     "service": None,
     "admin": None,
 }
-SERVICE_DENIED_METHODS = {"Grant", "Adjust", "SetAccountStatus", "ChangePlan"}
+SERVICE_DENIED_METHODS = {"Grant", "Adjust", "Transfer", "SetAccountStatus", "ChangePlan"}
 
 
 def _requests(reservation_id: str) -> dict[str, object]:
@@ -97,6 +97,8 @@ def _requests(reservation_id: str) -> dict[str, object]:
         "ChangePlan": pb.ChangePlanRequest(account_id="acct", plan="default", reason="matrix"),
         "Adjust": pb.AdjustRequest(account_id="acct", mode=pb.ADJUST_MODE_ADD, amount=1,
                                    idempotency_key=f"a-{uuid.uuid4()}", reason="matrix"),
+        "Transfer": pb.TransferRequest(from_account_id="acct", to_account_id="acct-2",
+                                       amount=1, idempotency_key=f"t-{uuid.uuid4()}"),
         "Grant": pb.GrantRequest(account_id="acct", amount=5, type=pb.GRANT_TYPE_PROMO,
                                  idempotency_key=f"g-{uuid.uuid4()}"),
         "CheckAndReserve": pb.CheckAndReserveRequest(account_id="acct", amount=1,
@@ -121,6 +123,7 @@ async def test_every_rpc_for_every_kind_of_caller(stub, db, caller):
     admin = bearer(ADMIN_TOKEN)
     await stub.Grant(pb.GrantRequest(account_id="acct", amount=100, type=pb.GRANT_TYPE_PURCHASE,
                                      idempotency_key="seed"), metadata=admin)
+    await stub.EnsureAccount(pb.EnsureAccountRequest(account_id="acct-2"), metadata=admin)
     for method, request in _requests(str(uuid.uuid4())).items():
         if method in ("Commit", "Release", "ExtendReservation"):  # a fresh reservation for each
             reserved = await stub.CheckAndReserve(pb.CheckAndReserveRequest(

@@ -449,12 +449,13 @@ class Transaction:
                balance_after: int, actor: str, grant_type: GrantType | None = None,
                reservation_id: str | None = None, reason: str = "",
                metadata: Mapping[str, str] | None = None,
-               lot_id: int | None = None) -> LedgerEntry:
+               lot_id: int | None = None, transfer_id: str | None = None) -> LedgerEntry:
         """INSERT INTO ledger_entries: the next entry id, created at credits_now()."""
         entry = LedgerEntry(
             next(self.entry_ids), account_id, entry_type, grant_type, amount, balance_after,
             None if reservation_id is None else _uuid(reservation_id), reason,
-            _jsonb(metadata or {}), actor, self.now, lot_id)
+            _jsonb(metadata or {}), actor, self.now, lot_id,
+            None if transfer_id is None else _uuid(transfer_id))
         self.tables.entries.append(entry)
         return entry
 
@@ -652,12 +653,17 @@ class FakeLots(_Repository):
     """persistence/lots.py"""
 
     @statement
-    def create(self, *, account_id: str, grant_type: GrantType, priority: int,
+    def create(self, *, account_id: str, grant_type: GrantType | None, priority: int,
                expire_time: datetime | None, amount: int) -> Lot:
         row = LotRow(next(self._tx.lot_ids), account_id, grant_type, priority, expire_time,
                      amount, remaining=amount, held=0, create_time=self._tx.now)
         self._tables.lots[row.lot_id] = row
         return self._tables.lot(row)
+
+    @statement
+    def of(self, lot_ids: Iterable[int]) -> dict[int, Lot]:
+        return {lot_id: self._tables.lot(self._tables.lots[lot_id])
+                for lot_id in set(lot_ids) if lot_id in self._tables.lots}
 
     @statement
     def expire_due(self, account_ids: Iterable[str]) -> list[ExpiredLot]:
@@ -1061,7 +1067,11 @@ def _entry_checks(tables: Tables) -> list[str]:
             or (e.entry_type is EntryType.USAGE and e.amount < 0 and e.reservation_id is not None)
             or (e.entry_type is EntryType.EXPIRY and e.amount < 0 and e.lot_id is not None)
             or (e.entry_type is EntryType.ADJUSTMENT and e.amount != 0
-                and e.lot_id is not None))
+                and e.lot_id is not None)
+            or (e.entry_type is EntryType.TRANSFER_OUT and e.amount < 0
+                and e.lot_id is not None and e.transfer_id is not None)
+            or (e.entry_type is EntryType.TRANSFER_IN and e.amount > 0
+                and e.lot_id is not None and e.transfer_id is not None))
         checks = {
             "ck_ledger_entries_kind": kind_ok,
             "ck_ledger_entries_balance_after_nonnegative": e.balance_after >= 0,
@@ -1085,6 +1095,8 @@ def _unique_index_of(e: LedgerEntry) -> tuple[Any, ...] | None:
         return ("uq_ledger_entries_usage_reservation_id", e.reservation_id)
     if e.entry_type is EntryType.GRANT:
         return ("uq_ledger_entries_grant_lot_id", e.lot_id)
+    if e.entry_type is not EntryType.EXPIRY:
+        return None
     if e.reservation_id is None:
         return ("uq_ledger_entries_expiry_lot_id", e.lot_id)
     return ("uq_ledger_entries_expiry_lot_id_reservation_id", e.lot_id, e.reservation_id)
@@ -1176,8 +1188,9 @@ def _lot_spent_is_consumed_and_written_off(tables: Tables) -> list[Any]:
         if tables.reservations[reservation_id].status is ReservationStatus.COMMITTED:
             gone[lot_id] = gone.get(lot_id, 0) + (draw.consumed or 0)
     for e in tables.entries:
-        if e.lot_id is not None and (e.entry_type is EntryType.EXPIRY or (
-                e.entry_type is EntryType.ADJUSTMENT and e.amount < 0)):
+        if e.lot_id is not None and (
+                e.entry_type in (EntryType.EXPIRY, EntryType.TRANSFER_OUT)
+                or (e.entry_type is EntryType.ADJUSTMENT and e.amount < 0)):
             gone[e.lot_id] = gone.get(e.lot_id, 0) - e.amount
     return [lot.lot_id for lot in tables.lots.values()
             if lot.amount - lot.remaining != gone.get(lot.lot_id, 0)]
@@ -1225,7 +1238,7 @@ _INVARIANTS: dict[str, Callable[[Tables], list[Any]]] = {
     "balance == sum(lot remaining), reserved == sum(lot held)": _balances_are_the_lots,
     "each lot's held == what active reservations drew from it": _lot_held_is_the_active_draws,
     "each lot's remaining >= held": _lot_remaining_covers_its_held,
-    "each lot's amount - remaining == consumed + written off + deducted":
+    "each lot's amount - remaining == consumed + written off + deducted + given":
         _lot_spent_is_consumed_and_written_off,
     "a reservation drew its amount; a committed one consumed its committed amount":
         _reservations_drew_and_consumed_their_amounts,

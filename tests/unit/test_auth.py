@@ -126,3 +126,14 @@ def test_the_token_command_prints_a_token_and_the_line_that_admits_it():
     keeper = Gatekeeper(parse_token_lines(config))
     admitted = keeper.admit(CREDITS_SERVICE, "Commit", _metadata(f"Bearer {token}"))
     assert admitted == Principal("billing", Role.SERVICE)
+
+
+def test_services_may_transfer_only_when_the_setting_says_so():
+    tokens = f"ci service {DIGEST}"
+    closed = _gatekeeper(auth_disabled=False, auth_tokens=tokens)
+    with pytest.raises(PermissionDenied):
+        closed.admit(CREDITS_SERVICE, "Transfer", _metadata(f"Bearer {TOKEN}"))
+    opened = _gatekeeper(auth_disabled=False, auth_tokens=tokens, service_transfers=True)
+    assert opened.admit(CREDITS_SERVICE, "Transfer", _metadata(f"Bearer {TOKEN}")).name == "ci"
+    with pytest.raises(PermissionDenied):
+        opened.admit(CREDITS_SERVICE, "Adjust", _metadata(f"Bearer {TOKEN}"))

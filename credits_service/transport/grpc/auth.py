@@ -51,11 +51,15 @@ class Principal:
     name: str
     role: Role
 
-    def may_call(self, service: str, method: str) -> bool:
+    def may_call(
+        self, service: str, method: str, service_methods: Collection[str] = SERVICE_METHODS
+    ) -> bool:
+        """Whether this principal may call the method; `service_methods` are ours a service
+        principal may call (SERVICE_METHODS, and those settings add)."""
         if self.role is Role.ADMIN:
             return True
         if service == CREDITS_SERVICE:
-            return method in SERVICE_METHODS
+            return method in service_methods
         return service == HEALTH_SERVICE or service in REFLECTION_SERVICES
 
 
@@ -128,6 +132,7 @@ class Gatekeeper:
     rate_limit_per_s: float = 0.0  # 0: unlimited
     rate_limit_burst: int = 1
     open_services: Collection[str] = frozenset()  # full service names callable without a token
+    service_methods: Collection[str] = SERVICE_METHODS  # ours a service principal may call
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
 
     def admit(
@@ -139,7 +144,7 @@ class Gatekeeper:
         if service in self.open_services:
             return PUBLIC
         principal = self._authenticate(metadata) if self.enabled else ANONYMOUS
-        if not principal.may_call(service, method):
+        if not principal.may_call(service, method, self.service_methods):
             raise PermissionDenied(principal.name, principal.role.value, method)
         self.charge(principal, cost)
         return principal

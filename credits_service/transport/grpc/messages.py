@@ -36,6 +36,8 @@ ENTRY_TYPE_FROM_PROTO: dict[int, EntryType] = {
     pb.ENTRY_TYPE_USAGE: EntryType.USAGE,
     pb.ENTRY_TYPE_EXPIRY: EntryType.EXPIRY,
     pb.ENTRY_TYPE_ADJUSTMENT: EntryType.ADJUSTMENT,
+    pb.ENTRY_TYPE_TRANSFER_OUT: EntryType.TRANSFER_OUT,
+    pb.ENTRY_TYPE_TRANSFER_IN: EntryType.TRANSFER_IN,
 }
 ENTRY_TYPE_TO_PROTO = {value: key for key, value in ENTRY_TYPE_FROM_PROTO.items()}
 
@@ -129,6 +131,7 @@ def ledger_entry(entry: LedgerEntry) -> pb.LedgerEntry:
         actor=entry.actor,
         create_time=_timestamp(entry.create_time),
         lot_id=str(entry.lot_id) if entry.lot_id else "",
+        transfer_id=entry.transfer_id or "",
     )
 
 

@@ -12,10 +12,11 @@ from credits_service.transport.grpc.fields import RequestLimits
 from credits_service.transport.grpc.grants import GrantsApi
 from credits_service.transport.grpc.queries import QueriesApi, QueryRequests
 from credits_service.transport.grpc.reservations import ReservationRequests, ReservationsApi
+from credits_service.transport.grpc.transfers import TransfersApi
 
 
 class CreditsServicer(
-    AccountsApi, AdjustmentsApi, GrantsApi, ReservationsApi, QueriesApi,
+    AccountsApi, AdjustmentsApi, TransfersApi, GrantsApi, ReservationsApi, QueriesApi,
     credits_pb2_grpc.CreditsServiceServicer,
 ):
     def __init__(self, ledger: Ledger, limits: RequestLimits) -> None:

@@ -88,6 +88,14 @@ class _EntryTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryType.V
     """ENTRY_TYPE_ADJUSTMENT an operator's correction (Adjust): positive into a
     new lot, or negative out of one lot (lot_id says which).
     """
+    ENTRY_TYPE_TRANSFER_OUT: _EntryType.ValueType  # 5
+    """ENTRY_TYPE_TRANSFER_OUT credits that left the account in a Transfer, out
+    of one lot (negative amount).
+    """
+    ENTRY_TYPE_TRANSFER_IN: _EntryType.ValueType  # 6
+    """ENTRY_TYPE_TRANSFER_IN credits that arrived in a Transfer, into one new lot
+    (positive amount).
+    """
 
 class EntryType(_EntryType, metaclass=_EntryTypeEnumTypeWrapper):
     """EntryType is the kind of a ledger entry."""
@@ -103,6 +111,14 @@ ENTRY_TYPE_EXPIRY: EntryType.ValueType  # 3
 ENTRY_TYPE_ADJUSTMENT: EntryType.ValueType  # 4
 """ENTRY_TYPE_ADJUSTMENT an operator's correction (Adjust): positive into a
 new lot, or negative out of one lot (lot_id says which).
+"""
+ENTRY_TYPE_TRANSFER_OUT: EntryType.ValueType  # 5
+"""ENTRY_TYPE_TRANSFER_OUT credits that left the account in a Transfer, out
+of one lot (negative amount).
+"""
+ENTRY_TYPE_TRANSFER_IN: EntryType.ValueType  # 6
+"""ENTRY_TYPE_TRANSFER_IN credits that arrived in a Transfer, into one new lot
+(positive amount).
 """
 Global___EntryType: _TypeAlias = EntryType  # noqa: Y015
 
@@ -454,6 +470,7 @@ class LedgerEntry(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     LOT_ID_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.str
     """entry_id identifies the entry; opaque, unique across accounts."""
     account_id: _builtins.str
@@ -474,6 +491,8 @@ class LedgerEntry(_message.Message):
     """actor is the principal whose call caused the entry."""
     lot_id: _builtins.str
     """lot_id is the lot a GRANT entry created or an EXPIRY entry wrote off."""
+    transfer_id: _builtins.str
+    """transfer_id is the Transfer a TRANSFER_OUT or TRANSFER_IN entry is part of."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """metadata is the caller's key-value metadata for this entry."""
@@ -497,10 +516,11 @@ class LedgerEntry(_message.Message):
         actor: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         lot_id: _builtins.str = ...,
+        transfer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "amount", b"amount", "balance_after", b"balance_after", "create_time", b"create_time", "entry_id", b"entry_id", "grant_type", b"grant_type", "lot_id", b"lot_id", "metadata", b"metadata", "reason", b"reason", "reservation_id", b"reservation_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "amount", b"amount", "balance_after", b"balance_after", "create_time", b"create_time", "entry_id", b"entry_id", "grant_type", b"grant_type", "lot_id", b"lot_id", "metadata", b"metadata", "reason", b"reason", "reservation_id", b"reservation_id", "transfer_id", b"transfer_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -908,6 +928,116 @@ class AdjustResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AdjustResponse: _TypeAlias = AdjustResponse  # noqa: Y015
+
+@_typing.final
+class TransferRequest(_message.Message):
+    """TransferRequest moves credits between two accounts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    FROM_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TO_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    from_account_id: _builtins.str
+    """from_account_id is the account that gives the credits."""
+    to_account_id: _builtins.str
+    """to_account_id is the account that receives them; not from_account_id."""
+    amount: _builtins.int
+    """amount is the credits to move, 1..10^12, at most the giver's available."""
+    idempotency_key: _builtins.str
+    """idempotency_key makes retries safe; required (see GrantRequest)."""
+    reason: _builtins.str
+    """reason is free text stored on every entry, at most 256 characters."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """metadata is stored on every entry."""
+
+    def __init__(
+        self,
+        *,
+        from_account_id: _builtins.str = ...,
+        to_account_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "from_account_id", b"from_account_id", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "reason", b"reason", "to_account_id", b"to_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferRequest: _TypeAlias = TransferRequest  # noqa: Y015
+
+@_typing.final
+class TransferResponse(_message.Message):
+    """TransferResponse is the result of a Transfer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    FROM_ENTRIES_FIELD_NUMBER: _builtins.int
+    TO_ENTRIES_FIELD_NUMBER: _builtins.int
+    FROM_BALANCE_FIELD_NUMBER: _builtins.int
+    TO_BALANCE_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    """transfer_id identifies the transfer; every entry it wrote carries it."""
+    @_builtins.property
+    def from_entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """from_entries are the TRANSFER_OUT entries, one per lot the credits left."""
+
+    @_builtins.property
+    def to_entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """to_entries are the TRANSFER_IN entries, one per lot they arrived in."""
+
+    @_builtins.property
+    def from_balance(self) -> Global___Balance:
+        """from_balance is the giving account right after the transfer."""
+
+    @_builtins.property
+    def to_balance(self) -> Global___Balance:
+        """to_balance is the receiving account right after the transfer."""
+
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        from_entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+        to_entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+        from_balance: Global___Balance | None = ...,
+        to_balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_balance", b"from_balance", "to_balance", b"to_balance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_balance", b"from_balance", "from_entries", b"from_entries", "to_balance", b"to_balance", "to_entries", b"to_entries", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferResponse: _TypeAlias = TransferResponse  # noqa: Y015
 
 @_typing.final
 class GrantRequest(_message.Message):

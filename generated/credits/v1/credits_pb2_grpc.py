@@ -81,6 +81,11 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.AdjustRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.AdjustResponse.FromString,
                 _registered_method=True)
+        self.Transfer = channel.unary_unary(
+                '/credits.v1.CreditsService/Transfer',
+                request_serializer=credits_dot_v1_dot_credits__pb2.TransferRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.TransferResponse.FromString,
+                _registered_method=True)
         self.Grant = channel.unary_unary(
                 '/credits.v1.CreditsService/Grant',
                 request_serializer=credits_dot_v1_dot_credits__pb2.GrantRequest.SerializeToString,
@@ -208,6 +213,19 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Transfer(self, request, context):
+        """Transfer moves credits from one account to another in one transaction:
+        free credits leave the giving account's lots in consumption order and
+        arrive in new lots of the receiving account with the expiry, priority and
+        grant type they had. The giving account must be active; the receiving one
+        active or frozen, and created first if unknown (auto_create_accounts).
+        Admins may call it, and services when the server's
+        service_transfers_enabled is on. Idempotent by idempotency_key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Grant(self, request, context):
         """Grant adds credits to an account. An account that does not exist is
         created first, on the default plan with its welcome credits. Idempotent by
@@ -330,6 +348,11 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.Adjust,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.AdjustRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.AdjustResponse.SerializeToString,
+            ),
+            'Transfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Transfer,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.TransferRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.TransferResponse.SerializeToString,
             ),
             'Grant': grpc.unary_unary_rpc_method_handler(
                     servicer.Grant,
@@ -517,6 +540,33 @@ class CreditsService:
             '/credits.v1.CreditsService/Adjust',
             credits_dot_v1_dot_credits__pb2.AdjustRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.AdjustResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Transfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/Transfer',
+            credits_dot_v1_dot_credits__pb2.TransferRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.TransferResponse.FromString,
             options,
             channel_credentials,
             insecure,

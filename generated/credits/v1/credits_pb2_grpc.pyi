@@ -89,6 +89,15 @@ class CreditsServiceStub:
     beyond available is INSUFFICIENT_CREDITS; a frozen account takes additions
     only. Idempotent by idempotency_key.
     """
+    Transfer: _grpc.UnaryUnaryMultiCallable[_credits_pb2.TransferRequest, _credits_pb2.TransferResponse]
+    """Transfer moves credits from one account to another in one transaction:
+    free credits leave the giving account's lots in consumption order and
+    arrive in new lots of the receiving account with the expiry, priority and
+    grant type they had. The giving account must be active; the receiving one
+    active or frozen, and created first if unknown (auto_create_accounts).
+    Admins may call it, and services when the server's
+    service_transfers_enabled is on. Idempotent by idempotency_key.
+    """
     Grant: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GrantRequest, _credits_pb2.GrantResponse]
     """Grant adds credits to an account. An account that does not exist is
     created first, on the default plan with its welcome credits. Idempotent by
@@ -209,6 +218,15 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     ADJUSTMENT entries with the reason and the caller's name. A deduction
     beyond available is INSUFFICIENT_CREDITS; a frozen account takes additions
     only. Idempotent by idempotency_key.
+    """
+    Transfer: _aio.UnaryUnaryMultiCallable[_credits_pb2.TransferRequest, _credits_pb2.TransferResponse]  # type: ignore[assignment]
+    """Transfer moves credits from one account to another in one transaction:
+    free credits leave the giving account's lots in consumption order and
+    arrive in new lots of the receiving account with the expiry, priority and
+    grant type they had. The giving account must be active; the receiving one
+    active or frozen, and created first if unknown (auto_create_accounts).
+    Admins may call it, and services when the server's
+    service_transfers_enabled is on. Idempotent by idempotency_key.
     """
     Grant: _aio.UnaryUnaryMultiCallable[_credits_pb2.GrantRequest, _credits_pb2.GrantResponse]  # type: ignore[assignment]
     """Grant adds credits to an account. An account that does not exist is
@@ -351,6 +369,21 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         ADJUSTMENT entries with the reason and the caller's name. A deduction
         beyond available is INSUFFICIENT_CREDITS; a frozen account takes additions
         only. Idempotent by idempotency_key.
+        """
+
+    @_abc_1.abstractmethod
+    def Transfer(
+        self,
+        request: _credits_pb2.TransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.TransferResponse, _abc.Awaitable[_credits_pb2.TransferResponse]]:
+        """Transfer moves credits from one account to another in one transaction:
+        free credits leave the giving account's lots in consumption order and
+        arrive in new lots of the receiving account with the expiry, priority and
+        grant type they had. The giving account must be active; the receiving one
+        active or frozen, and created first if unknown (auto_create_accounts).
+        Admins may call it, and services when the server's
+        service_transfers_enabled is on. Idempotent by idempotency_key.
         """
 
     @_abc_1.abstractmethod
