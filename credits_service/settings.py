@@ -190,6 +190,10 @@ class LedgerSettings(_Section):
     reservation_lifetime_max_s: float = _setting(
         7 * 86_400.0, "longest a reservation can live from its creation, however often it is "
         "extended", low=1, high=365 * 86_400, aliases=("hold_lifetime_max_s",))
+    refund_lot_lifetime_s: float = _setting(
+        30 * 86_400.0, "a refund whose credits cannot go back to their lots (expired since) "
+        "puts them in a new lot expiring this long after the refund; 0: never",
+        low=0, high=10 * 365 * 86_400)
     page_size_default: int = _setting(
         50, "History and ListReservations page size when the caller gives none",
         low=1, high=10_000)

@@ -78,6 +78,7 @@ def rpc_table() -> str:
     keyed = {"EnsureAccount": "`account_id` (creates once)", "Grant": "`idempotency_key`",
              "Adjust": "`idempotency_key`", "SetAccountStatus": "(safe to repeat)",
              "ChangePlan": "(safe to repeat)", "Transfer": "`idempotency_key`",
+             "Refund": "`idempotency_key`",
              "CheckAndReserve": "`idempotency_key`",
              "BatchCheckAndReserve": "each item's `idempotency_key`",
              "Commit": "reservation and amount", "BatchCommit": "each item's reservation",

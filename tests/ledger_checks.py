@@ -7,8 +7,8 @@ import asyncio
 
 import asyncpg
 
-TABLES = ("account_changes, reservation_lots, ledger_entries, credit_lots, reservations, "
-          "idempotency_keys, accounts")
+TABLES = ("account_totals, account_changes, reservation_lots, ledger_entries, credit_lots, "
+          "reservations, idempotency_keys, accounts")
 TABLE_NAMES = tuple(TABLES.split(", "))
 _EMPTY_ATTEMPTS = 5
 
@@ -49,6 +49,27 @@ INVARIANTS: dict[str, str] = {
                        FROM ledger_entries GROUP BY 1) l USING (account_id)
          WHERE a.lifetime_granted <> coalesce(l.granted, 0)
             OR a.lifetime_used <> coalesce(l.used, 0)""",
+    "account_totals == the entries of each kind": """
+        SELECT coalesce(t.account_id, e.account_id), coalesce(t.kind, e.kind)
+          FROM account_totals t
+          FULL JOIN (SELECT account_id,
+                            CASE entry_type
+                                WHEN 'GRANT' THEN 'GRANTED_' || grant_type
+                                WHEN 'REFUND' THEN 'REFUNDED'
+                                WHEN 'ADJUSTMENT' THEN CASE WHEN amount > 0 THEN 'ADJUSTED_IN'
+                                                            ELSE 'ADJUSTED_OUT' END
+                                WHEN 'TRANSFER_IN' THEN 'TRANSFERRED_IN'
+                                WHEN 'TRANSFER_OUT' THEN 'TRANSFERRED_OUT'
+                            END AS kind, sum(abs(amount)) AS credits
+                       FROM ledger_entries
+                      WHERE entry_type NOT IN ('USAGE', 'EXPIRY') GROUP BY 1, 2) e
+               ON e.account_id = t.account_id AND e.kind = t.kind
+         WHERE t.credits IS DISTINCT FROM e.credits""",
+    "refunded_amount == the REFUND entries of the reservation": """
+        SELECT r.reservation_id FROM reservations r
+          LEFT JOIN (SELECT reservation_id, sum(amount) AS refunded FROM ledger_entries
+                      WHERE entry_type = 'REFUND' GROUP BY 1) f USING (reservation_id)
+         WHERE r.refunded_amount <> coalesce(f.refunded, 0)""",
     "lifetime_expired == the EXPIRY entries": """
         SELECT a.account_id FROM accounts a
           LEFT JOIN (SELECT account_id, -sum(amount) AS expired FROM ledger_entries
@@ -65,10 +86,14 @@ INVARIANTS: dict[str, str] = {
                        JOIN reservations r USING (reservation_id)
                       WHERE r.status = 'ACTIVE' GROUP BY 1) d USING (lot_id)
          WHERE l.held <> coalesce(d.held, 0)""",
-    "each lot's amount - remaining == consumed + written off + deducted + given": """
+    "each lot's amount - remaining == consumed + written off + deducted + given - refunded": """
         SELECT l.lot_id FROM credit_lots l
-          LEFT JOIN (SELECT d.lot_id, sum(d.consumed) AS consumed FROM reservation_lots d
+          LEFT JOIN (SELECT d.lot_id, sum(d.consumed) - coalesce(sum(f.credits), 0) AS consumed
+                       FROM reservation_lots d
                        JOIN reservations r USING (reservation_id)
+                       LEFT JOIN (SELECT reservation_id, lot_id, sum(amount) AS credits
+                                    FROM ledger_entries WHERE entry_type = 'REFUND'
+                                   GROUP BY 1, 2) f USING (reservation_id, lot_id)
                       WHERE r.status = 'COMMITTED' GROUP BY 1) c USING (lot_id)
           LEFT JOIN (SELECT lot_id, -sum(amount) AS gone FROM ledger_entries
                       WHERE entry_type IN ('EXPIRY', 'TRANSFER_OUT')

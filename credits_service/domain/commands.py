@@ -135,6 +135,16 @@ class TransferCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class RefundCommand:
+    idempotency_key: str
+    reservation_id: str | None = None  # one of reservation_id and usage_entry_id
+    usage_entry_id: int | None = None
+    amount: int | None = None  # None: all that is left to refund
+    reason: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class GrantResult:
     entry: LedgerEntry
     balance: BalanceSnapshot
@@ -209,3 +219,11 @@ class TransferResult:
     to_entries: tuple[LedgerEntry, ...]  # TRANSFER_IN, one per lot they arrived in
     from_balance: BalanceSnapshot
     to_balance: BalanceSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    entries: tuple[LedgerEntry, ...]  # REFUND, one per lot the credits went to
+    balance: BalanceSnapshot
+    reservation: Reservation  # its refunded_amount after this refund
+    lot: Lot | None = None  # the REFUND lot, when credits could not go back to their lots

@@ -270,6 +270,41 @@ class BalanceMismatch(Declined):
              "balance": str(balance)})
 
 
+class EntryNotFound(Declined):
+    """No USAGE entry has this id (metadata `entryId`)."""
+
+    reason = "ENTRY_NOT_FOUND"
+
+    def __init__(self, entry_id: int) -> None:
+        super().__init__(f"no usage entry has id {entry_id}", {"entryId": str(entry_id)})
+
+
+class ReservationNotCommitted(Declined):
+    """Only committed usage is refunded; this reservation is not COMMITTED (metadata
+    `reservationId`, `status`)."""
+
+    reason = "RESERVATION_NOT_COMMITTED"
+
+    def __init__(self, reservation_id: str, status: str) -> None:
+        super().__init__(
+            f"reservation {reservation_id!r} is {status}, not COMMITTED: nothing to refund",
+            {"reservationId": reservation_id, "status": status})
+
+
+class RefundExceedsUsage(Declined):
+    """Refunds of a reservation never add up to more than it captured (metadata
+    `reservationId`, `committedAmount`, `refundedAmount`, `requested`)."""
+
+    reason = "REFUND_EXCEEDS_USAGE"
+
+    def __init__(self, reservation_id: str, committed: int, refunded: int, requested: int) -> None:
+        super().__init__(
+            f"reservation {reservation_id!r} captured {committed} and {refunded} were refunded "
+            f"already: at most {committed - refunded} more, not {requested}",
+            {"reservationId": reservation_id, "committedAmount": str(committed),
+             "refundedAmount": str(refunded), "requested": str(requested)})
+
+
 class _ReservationStateError(Declined):
     def __init__(self, reservation_id: str, what: str, extra: Mapping[str, str] | None = None):
         super().__init__(
@@ -327,7 +362,8 @@ class IdempotencyKeyReused(Declined):
 # Declines that are stored with an idempotency key and replayed, by reason.
 REPLAYABLE: dict[str, type[Declined]] = {
     cls.reason: cls
-    for cls in (AccountNotFound, InsufficientCredits, BalanceLimitExceeded, BalanceMismatch)
+    for cls in (AccountNotFound, InsufficientCredits, BalanceLimitExceeded, BalanceMismatch,
+                ReservationNotFound, EntryNotFound, ReservationNotCommitted, RefundExceedsUsage)
 }
 
 

@@ -40,6 +40,7 @@ class EntryType(enum.Enum):
     ADJUSTMENT = "ADJUSTMENT"
     TRANSFER_OUT = "TRANSFER_OUT"
     TRANSFER_IN = "TRANSFER_IN"
+    REFUND = "REFUND"
 
 
 class AccountStatus(enum.Enum):
@@ -87,6 +88,24 @@ class Account:
     plan: str
     create_time: datetime
     status: AccountStatus = AccountStatus.ACTIVE
+
+
+def total_kind(entry_type: EntryType, grant_type: GrantType | None, amount: int) -> str | None:
+    """The lifetime total an entry counts in (account_totals), if any: grants by grant type,
+    refunds, adjustments and transfers in and out. Usage and expiry are the account's own
+    lifetime_used and lifetime_expired."""
+    if entry_type is EntryType.GRANT:
+        assert grant_type is not None
+        return "GRANTED_" + grant_type.value
+    if entry_type is EntryType.REFUND:
+        return "REFUNDED"
+    if entry_type is EntryType.ADJUSTMENT:
+        return "ADJUSTED_IN" if amount > 0 else "ADJUSTED_OUT"
+    if entry_type is EntryType.TRANSFER_IN:
+        return "TRANSFERRED_IN"
+    if entry_type is EntryType.TRANSFER_OUT:
+        return "TRANSFERRED_OUT"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,3 +169,4 @@ class Reservation:
     metadata: Mapping[str, str]
     draws: tuple[LotDraw, ...] = ()
     release_reason: str = ""
+    refunded_amount: int = 0  # of the committed amount, given back by Refund

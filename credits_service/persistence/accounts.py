@@ -12,6 +12,7 @@ from credits_service.persistence import columns
 
 _GET = f"SELECT {columns.ACCOUNT} FROM accounts WHERE account_id = $1"
 _PROFILE = f"SELECT {columns.PROFILE} FROM accounts WHERE account_id = $1"
+_TOTALS = "SELECT kind, credits FROM account_totals WHERE account_id = $1"
 
 # Waits for a transaction inserting the same account, then inserts nothing if it committed.
 _CREATE = f"""
@@ -91,6 +92,11 @@ class AccountRepository:
     async def profile(self, account_id: str) -> Account | None:
         row = await self._connection.fetchrow(_PROFILE, account_id)
         return columns.account(row) if row is not None else None
+
+    async def totals(self, account_id: str) -> dict[str, int]:
+        """The account's lifetime totals by kind (domain.model.total_kind)."""
+        rows = await self._connection.fetch(_TOTALS, account_id)
+        return {row["kind"]: row["credits"] for row in rows}
 
     async def create(self, account_id: str, plan: str) -> BalanceSnapshot | None:
         """Create the account, empty, on `plan` (locked until the transaction ends); None if

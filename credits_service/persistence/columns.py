@@ -37,7 +37,8 @@ ENTRY = (
 )
 RESERVATION = (
     "reservation_id::text AS reservation_id, account_id, amount, status, committed_amount, "
-    "create_time, expire_time, finish_time, metadata::text AS metadata, release_reason"
+    "create_time, expire_time, finish_time, metadata::text AS metadata, release_reason, "
+    "refunded_amount"
 )
 LOT = (
     "l.lot_id, l.account_id, l.grant_type, l.priority, l.expire_time, l.amount, l.remaining, "
@@ -120,4 +121,5 @@ def reservation(row: Row, draws: tuple[LotDraw, ...] = ()) -> Reservation:
         metadata=orjson.loads(row["metadata"]),
         draws=draws,
         release_reason=row["release_reason"],
+        refunded_amount=row["refunded_amount"],
     )

@@ -6,15 +6,36 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from credits_service.domain.model import BalanceSnapshot, EntryType, GrantType, LedgerEntry
+from credits_service.domain.model import (
+    BalanceSnapshot,
+    EntryType,
+    GrantType,
+    LedgerEntry,
+    total_kind,
+)
 from credits_service.domain.rows import WriteOff
 from credits_service.persistence import columns
 
+# The entry, and its credits added to the account's lifetime total of its kind ($12; NULL:
+# none), in one statement.
 _APPEND = f"""
-    INSERT INTO ledger_entries (account_id, entry_type, grant_type, amount, balance_after,
-                                reservation_id, reason, metadata, actor, lot_id, transfer_id)
-    VALUES ($1, $2, $3, $4, $5, $6::uuid, $7, $8::jsonb, $9, $10, $11::uuid)
-    RETURNING {columns.ENTRY}"""
+    WITH entry AS (
+        INSERT INTO ledger_entries (account_id, entry_type, grant_type, amount, balance_after,
+                                    reservation_id, reason, metadata, actor, lot_id,
+                                    transfer_id)
+        VALUES ($1, $2, $3, $4, $5, $6::uuid, $7, $8::jsonb, $9, $10, $11::uuid)
+        RETURNING {columns.ENTRY}
+    ), total AS (
+        INSERT INTO account_totals AS t (account_id, kind, credits)
+        SELECT $1, $12::text, abs($4::bigint) WHERE $12::text IS NOT NULL
+        ON CONFLICT (account_id, kind) DO UPDATE SET credits = t.credits + EXCLUDED.credits
+    )
+    SELECT * FROM entry"""
+
+_REFUNDED_TO_LOTS = """
+    SELECT lot_id, sum(amount)::bigint AS credits FROM ledger_entries
+     WHERE reservation_id = $1::uuid AND entry_type = 'REFUND'
+     GROUP BY lot_id"""
 
 # Takes the write-offs off each account's balance and appends their EXPIRY entries with
 # running balances, in the order given.
@@ -44,6 +65,8 @@ _WRITE_OFF = f"""
          ORDER BY w.position
     )
     SELECT * FROM updated"""
+
+_GET = f"SELECT {columns.ENTRY} FROM ledger_entries WHERE entry_id = $1"
 
 _USAGE_OF = f"""
     SELECT {columns.ENTRY} FROM ledger_entries
@@ -83,9 +106,14 @@ class EntryRepository:
         row = await self._connection.fetchrow(
             _APPEND, account_id, entry_type.value, grant_type.value if grant_type else None,
             amount, balance_after, reservation_id, reason, columns.json_text(metadata or {}),
-            actor, lot_id, transfer_id,
+            actor, lot_id, transfer_id, total_kind(entry_type, grant_type, amount),
         )
         return columns.entry(row)
+
+    async def refunded_to_lots(self, reservation_id: str) -> dict[int, int]:
+        """What refunds of the reservation gave back so far, per lot."""
+        rows = await self._connection.fetch(_REFUNDED_TO_LOTS, reservation_id)
+        return {row["lot_id"]: row["credits"] for row in rows}
 
     async def write_off(
         self, write_offs: Sequence[WriteOff], actor: str
@@ -98,6 +126,10 @@ class EntryRepository:
             [w.amount for w in write_offs], [w.reservation_id for w in write_offs], actor,
         )
         return {row["account_id"]: columns.balance(row) for row in rows}
+
+    async def get(self, entry_id: int) -> LedgerEntry | None:
+        row = await self._connection.fetchrow(_GET, entry_id)
+        return columns.entry(row) if row is not None else None
 
     async def usage_of(self, reservation_id: str) -> LedgerEntry | None:
         """The USAGE entry a Commit of the reservation wrote, if any."""

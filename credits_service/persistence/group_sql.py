@@ -182,6 +182,7 @@ LOCK_FOR_SETTLING = f"""
     )
     SELECT h.reservation_id, h.account_id, h.amount, h.status, h.committed_amount,
            h.create_time, h.expire_time, h.finish_time, h.metadata, h.release_reason,
+           h.refunded_amount,
            h.is_due, d.draw_lot_ids, d.draw_held, d.draw_consumed, credits_now() AS now,
            NULL::bigint AS balance, NULL::bigint AS reserved,
            NULL::bigint AS active_reservation_count, NULL::bigint AS lifetime_granted,
@@ -194,7 +195,7 @@ LOCK_FOR_SETTLING = f"""
             WHERE d.reservation_id = h.reservation_id::uuid) d ON true
     UNION ALL
     SELECT NULL, account_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           NULL, NULL, balance, reserved, active_reservation_count, lifetime_granted,
+           NULL, NULL, NULL, balance, reserved, active_reservation_count, lifetime_granted,
            lifetime_used, lifetime_expired
       FROM a"""
 

@@ -32,6 +32,13 @@ _FINISH = f"""
      WHERE reservation_id = ANY($1::uuid[]) AND status = 'ACTIVE'
     RETURNING {columns.RESERVATION}"""
 
+# Compare-and-set: refunds never add up to more than the committed amount.
+_ADD_REFUND = """
+    UPDATE reservations SET refunded_amount = refunded_amount + $2
+     WHERE reservation_id = $1::uuid AND status = 'COMMITTED'
+       AND refunded_amount + $2 <= committed_amount
+    RETURNING refunded_amount"""
+
 _EXTEND = f"""
     UPDATE reservations
        SET expire_time = greatest(expire_time, least(
@@ -103,6 +110,12 @@ class ReservationRepository:
         rows = await self._connection.fetch(
             _FINISH, reservation_ids, status.value, committed_amount, release_reason)
         return {row["reservation_id"]: columns.reservation(row) for row in rows}
+
+    async def add_refund(self, reservation_id: str, amount: int) -> int | None:
+        """Count `amount` more as refunded; the refunded amount after, or None if that would
+        pass the committed amount."""
+        value = await self._connection.fetchval(_ADD_REFUND, reservation_id, amount)
+        return int(value) if value is not None else None
 
     async def extend(self, reservation_id: str, ttl_ms: int, lifetime_max_ms: int) -> Reservation:
         """Move an ACTIVE (locked) reservation's expire_time to now + ttl, never earlier than

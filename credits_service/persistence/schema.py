@@ -97,6 +97,7 @@ reservations = Table(
     Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("release_reason", Text, nullable=False, server_default=text("''::text")),
     Column("actor", Text, nullable=False),
+    _credits("refunded_amount", default=True),
     CheckConstraint("amount > 0", name="ck_reservations_amount_positive"),
     CheckConstraint("status IN ('ACTIVE', 'COMMITTED', 'RELEASED', 'EXPIRED')",
                     name="ck_reservations_status"),
@@ -105,6 +106,8 @@ reservations = Table(
     CheckConstraint("(status = 'ACTIVE') = (finish_time IS NULL)",
                     name="ck_reservations_finish_time"),
     CheckConstraint("expire_time > create_time", name="ck_reservations_expire_after_create"),
+    CheckConstraint("refunded_amount >= 0 AND refunded_amount <= coalesce(committed_amount, 0)",
+                    name="ck_reservations_refunded_amount"),
     # The sweeper's work list: only ACTIVE reservations, by expiry.
     Index("ix_reservations_active_expire_time", "expire_time",
           postgresql_where=text("status = 'ACTIVE'")),
@@ -174,7 +177,9 @@ ledger_entries = Table(
         "OR (entry_type = 'TRANSFER_OUT' AND amount < 0 AND lot_id IS NOT NULL "
         "AND transfer_id IS NOT NULL) "
         "OR (entry_type = 'TRANSFER_IN' AND amount > 0 AND lot_id IS NOT NULL "
-        "AND transfer_id IS NOT NULL)",
+        "AND transfer_id IS NOT NULL) "
+        "OR (entry_type = 'REFUND' AND amount > 0 AND reservation_id IS NOT NULL "
+        "AND lot_id IS NOT NULL)",
         name="ck_ledger_entries_kind"),
     CheckConstraint("balance_after >= 0", name="ck_ledger_entries_balance_after_nonnegative"),
     # History pages by (account_id, entry_id).
@@ -187,6 +192,8 @@ ledger_entries = Table(
           postgresql_where=text("entry_type = 'GRANT'")),
     Index("uq_ledger_entries_expiry_lot_id", "lot_id", unique=True,
           postgresql_where=text("entry_type = 'EXPIRY' AND reservation_id IS NULL")),
+    Index("ix_ledger_entries_refund_reservation_id", "reservation_id",
+          postgresql_where=text("entry_type = 'REFUND'")),
     Index("ix_ledger_entries_transfer_id", "transfer_id",
           postgresql_where=text("transfer_id IS NOT NULL")),
     Index("uq_ledger_entries_expiry_lot_id_reservation_id", "lot_id", "reservation_id",
@@ -204,6 +211,15 @@ idempotency_keys = Table(
     _time("create_time", default=True),
     PrimaryKeyConstraint("scope", "idempotency_key", name="pk_idempotency_keys"),
     Index("ix_idempotency_keys_create_time", "create_time"),
+)
+
+account_totals = Table(
+    "account_totals", metadata,
+    Column("account_id", Text, ForeignKey("accounts.account_id"), nullable=False),
+    Column("kind", Text, nullable=False),
+    _credits("credits"),
+    PrimaryKeyConstraint("account_id", "kind", name="pk_account_totals"),
+    CheckConstraint("credits >= 0", name="ck_account_totals_credits"),
 )
 
 service_keys = Table(

@@ -12,6 +12,7 @@ from credits_service.service.maintenance import Maintenance
 from credits_service.service.page_tokens import PageTokens
 from credits_service.service.ports import LedgerMetrics, NoMetrics, UnitOfWorkFactory
 from credits_service.service.queries import Queries
+from credits_service.service.refunds import Refunding
 from credits_service.service.reservations.batch import Batches
 from credits_service.service.reservations.commit import Committing
 from credits_service.service.reservations.extend import Extending
@@ -48,6 +49,7 @@ class Ledger:
         self.granting = Granting(self.transactions, self.opening, metrics)
         self.adjusting = Adjusting(self.transactions, metrics)
         self.transferring = Transferring(self.transactions, self.opening, metrics)
+        self.refunding = Refunding(self.transactions, settings, metrics)
         self.queries = Queries(
             self.transactions, settings, PageTokens(page_token_key), self.opening)
         self.maintenance = Maintenance(self.transactions, metrics)
@@ -58,6 +60,7 @@ class Ledger:
         self.grant = self.granting.grant
         self.adjust = self.adjusting.adjust
         self.transfer = self.transferring.transfer
+        self.refund = self.refunding.refund
         self.check_and_reserve = self.reserving.check_and_reserve
         self.check_and_reserve_batch = self.batches.check_and_reserve_batch
         self.commit = self.committing.commit

@@ -57,6 +57,9 @@ class AccountRepository(Protocol):
     async def profile(self, account_id: str) -> Account | None:
         """The account's plan and creation time."""
 
+    async def totals(self, account_id: str) -> dict[str, int]:
+        """The account's lifetime totals by kind (domain.model.total_kind)."""
+
     async def create(self, account_id: str, plan: str) -> BalanceSnapshot | None:
         """Create the account, empty, on `plan`; None if it exists already (waiting for a
         transaction creating it concurrently to end)."""
@@ -110,7 +113,11 @@ class EntryRepository(Protocol):
         metadata: Mapping[str, str] | None = None,
         lot_id: int | None = None,
         transfer_id: str | None = None,
-    ) -> LedgerEntry: ...
+    ) -> LedgerEntry:
+        """Append the entry, counting it in the account's lifetime total of its kind."""
+
+    async def refunded_to_lots(self, reservation_id: str) -> dict[int, int]:
+        """What refunds of the reservation gave back so far, per lot."""
 
     async def write_off(
         self, write_offs: Sequence[WriteOff], actor: str
@@ -118,6 +125,8 @@ class EntryRepository(Protocol):
         """Take expired credits off the balances, one EXPIRY entry each, in order."""
 
     async def usage_of(self, reservation_id: str) -> LedgerEntry | None: ...
+
+    async def get(self, entry_id: int) -> LedgerEntry | None: ...
 
     async def page(
         self,
@@ -189,6 +198,10 @@ class ReservationRepository(Protocol):
         release_reason: str = "",
     ) -> dict[str, Reservation]:
         """Compare-and-set ACTIVE -> `status`; those no longer ACTIVE are left out."""
+
+    async def add_refund(self, reservation_id: str, amount: int) -> int | None:
+        """Count `amount` more as refunded (compare-and-set); the refunded amount after, or
+        None if that would pass the committed amount."""
 
     async def extend(
         self, reservation_id: str, ttl_ms: int, lifetime_max_ms: int

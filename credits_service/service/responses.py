@@ -23,6 +23,7 @@ from credits_service.domain import errors
 from credits_service.domain.commands import (
     AdjustResult,
     GrantResult,
+    RefundResult,
     ReserveResult,
     TransferResult,
 )
@@ -37,7 +38,8 @@ from credits_service.domain.model import (
     ReservationStatus,
 )
 
-Outcome = GrantResult | ReserveResult | AdjustResult | TransferResult | errors.Declined
+Outcome = (GrantResult | ReserveResult | AdjustResult | TransferResult | RefundResult
+           | errors.Declined)
 
 _SCALARS = frozenset({str, int, bool, type(None)})
 # A ReserveResult as one array (see _reservation_fields). Every byte of a stored response is
@@ -60,6 +62,11 @@ def encode(outcome: Outcome) -> str:
         }
     elif isinstance(outcome, ReserveResult):
         stored = {_RESERVATION: _reservation_fields(outcome)}
+    elif isinstance(outcome, RefundResult):
+        refund = plain(outcome)
+        if refund["lot"] is not None:
+            refund["lot"][_LOT_GRANT_TYPE] = refund["lot"].pop("grant_type")
+        stored = {"refund": refund}
     elif isinstance(outcome, TransferResult):
         stored = {"transfer": plain(outcome)}
     elif isinstance(outcome, AdjustResult):
@@ -83,6 +90,14 @@ def decode(text: str) -> Outcome:
         error = stored["error"]
         cls = errors.REPLAYABLE[error["reason"]]
         return cls.restore(error["message"], error["metadata"])
+    if "refund" in stored:
+        data = stored["refund"]
+        return RefundResult(
+            entries=tuple(_entry(entry) for entry in data["entries"]),
+            balance=BalanceSnapshot(**data["balance"]),
+            reservation=_reservation(data["reservation"]),
+            lot=_lot(data["lot"]) if data["lot"] else None,
+        )
     if "transfer" in stored:
         data = stored["transfer"]
         return TransferResult(
@@ -158,20 +173,24 @@ def _reservation_fields(result: ReserveResult) -> list[Any]:
             r.create_time, r.expire_time, r.finish_time, r.metadata,
             [[d.lot_id, d.held, d.consumed] for d in r.draws], r.release_reason,
             None if b.account_id == r.account_id else b.account_id, b.balance, b.reserved,
-            b.active_reservation_count, b.lifetime_granted, b.lifetime_used, b.lifetime_expired]
+            b.active_reservation_count, b.lifetime_granted, b.lifetime_used, b.lifetime_expired,
+            *((r.refunded_amount,) if r.refunded_amount else ())]
 
 
 def _reserve_result(values: list[Any]) -> ReserveResult:
     (reservation_id, account_id, amount, status, committed_amount, create_time, expire_time,
      finish_time, metadata, draws, release_reason, balance_account_id, balance, reserved,
-     active_reservation_count, lifetime_granted, lifetime_used, lifetime_expired) = values
+     active_reservation_count, lifetime_granted, lifetime_used, lifetime_expired,
+     *optional) = values
+    refunded_amount = optional[0] if optional else 0  # written only when not 0
     return ReserveResult(
         reservation=Reservation(
             reservation_id=reservation_id, account_id=account_id, amount=amount,
             status=ReservationStatus(status), committed_amount=committed_amount,
             create_time=_time(create_time), expire_time=_time(expire_time),
             finish_time=_time(finish_time), metadata=metadata,
-            draws=tuple(LotDraw(*draw) for draw in draws), release_reason=release_reason),
+            draws=tuple(LotDraw(*draw) for draw in draws), release_reason=release_reason,
+            refunded_amount=refunded_amount),
         balance=BalanceSnapshot(
             account_id=balance_account_id or account_id, balance=balance, reserved=reserved,
             active_reservation_count=active_reservation_count,

@@ -427,3 +427,78 @@ async def test_transfers_racing_both_ways_never_deadlock_and_keep_every_credit(s
     transfers = await db.fetchval(
         "SELECT count(DISTINCT transfer_id) FROM ledger_entries WHERE transfer_id IS NOT NULL")
     assert transfers == rounds * per_round
+
+
+# --- Refund ------------------------------------------------------------------------------
+
+
+def refund(stub, reservation_id: str, amount: int | None = None, *, key: str | None = None):
+    request = pb.RefundRequest(reservation_id=reservation_id,
+                               idempotency_key=key or str(uuid.uuid4()), reason="failed")
+    if amount is not None:
+        request.amount = amount
+    return stub.Refund(request)
+
+
+async def committed(stub, account: str, amount: int) -> str:
+    reservation_id = (await reserve(stub, account, amount)).reservation.reservation_id
+    await stub.Commit(pb.CommitRequest(reservation_id=reservation_id))
+    return reservation_id
+
+
+async def test_a_refund_gives_usage_back_to_its_lots_once_per_key(stub, db):
+    lot = (await grant(stub, "u1", 10)).lot
+    used = await committed(stub, "u1", 6)
+    given = await refund(stub, used, 4, key="r1")
+    assert await refund(stub, used, 4, key="r1") == given
+    assert [(e.type, e.lot_id, e.amount) for e in given.entries] == [
+        (pb.ENTRY_TYPE_REFUND, lot.lot_id, 4)]
+    assert given.balance.balance == 8 and given.reservation.refunded_amount == 4
+    usage_id = (await stub.History(pb.HistoryRequest(
+        account_id="u1", types=[pb.ENTRY_TYPE_USAGE]))).entries[0].entry_id
+    rest = await stub.Refund(pb.RefundRequest(usage_entry_id=usage_id, idempotency_key="r2"))
+    assert rest.reservation.refunded_amount == 6 and rest.balance.balance == 10
+    error = await expect_error(refund(stub, used, 1))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "REFUND_EXCEEDS_USAGE",
+                 reservationId=used, committedAmount="6", refundedAmount="6", requested="1")
+    balance = await stub.GetBalance(pb.GetBalanceRequest(account_id="u1"))
+    assert balance.balance.lifetime_used == 6
+
+
+async def test_partial_refunds_racing_never_exceed_what_was_captured(stub, db):
+    """Many partial refunds of one reservation at once: those that fit succeed, the rest are
+    declined, and the refunded total is exactly the committed amount, never more."""
+    await grant(stub, "u1", 1000)
+    for _ in range(5):
+        used = await committed(stub, "u1", 50)
+        answers = await asyncio.gather(*(refund(stub, used, 3) for _ in range(30)),
+                                       return_exceptions=True)
+        given = [a for a in answers if isinstance(a, pb.RefundResponse)]
+        assert len(given) == 16  # 16 x 3 = 48 <= 50 < 17 x 3
+        for answer in answers:
+            if not isinstance(answer, pb.RefundResponse):
+                assert (await expect_error(_raise(answer))).reason == "REFUND_EXCEEDS_USAGE"
+        row = await db.fetchrow("SELECT refunded_amount FROM reservations "
+                                "WHERE reservation_id = $1::uuid", used)
+        assert row["refunded_amount"] == 48
+
+
+async def test_refund_requests_and_declines(stub, db):
+    await grant(stub, "u1", 10)
+    active = (await reserve(stub, "u1", 2)).reservation.reservation_id
+    error = await expect_error(refund(stub, active))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_NOT_COMMITTED",
+                 reservationId=active, status="ACTIVE")
+    missing = str(uuid.uuid4())
+    assert (await expect_error(refund(stub, missing))).reason == "RESERVATION_NOT_FOUND"
+    for request, field in (
+            (pb.RefundRequest(idempotency_key="k"), "target"),
+            (pb.RefundRequest(reservation_id="nope", idempotency_key="k"), "reservation_id"),
+            (pb.RefundRequest(usage_entry_id="x1", idempotency_key="k"), "usage_entry_id"),
+            (pb.RefundRequest(reservation_id=active, idempotency_key="k", amount=0), "amount")):
+        error = await expect_error(stub.Refund(request))
+        assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in error.field_violations] == [field]
+    error = await expect_error(stub.Refund(pb.RefundRequest(usage_entry_id="99999",
+                                                            idempotency_key="k2")))
+    assert_error(error, grpc.StatusCode.NOT_FOUND, "ENTRY_NOT_FOUND", entryId="99999")

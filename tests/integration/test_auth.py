@@ -86,7 +86,8 @@ EXPECTED_DENIAL = {
     "service": None,
     "admin": None,
 }
-SERVICE_DENIED_METHODS = {"Grant", "Adjust", "Transfer", "SetAccountStatus", "ChangePlan"}
+SERVICE_DENIED_METHODS = {"Grant", "Adjust", "Transfer", "Refund", "SetAccountStatus",
+                          "ChangePlan"}
 
 
 def _requests(reservation_id: str) -> dict[str, object]:
@@ -97,6 +98,8 @@ def _requests(reservation_id: str) -> dict[str, object]:
         "ChangePlan": pb.ChangePlanRequest(account_id="acct", plan="default", reason="matrix"),
         "Adjust": pb.AdjustRequest(account_id="acct", mode=pb.ADJUST_MODE_ADD, amount=1,
                                    idempotency_key=f"a-{uuid.uuid4()}", reason="matrix"),
+        "Refund": pb.RefundRequest(reservation_id=reservation_id,
+                                   idempotency_key=f"f-{uuid.uuid4()}"),
         "Transfer": pb.TransferRequest(from_account_id="acct", to_account_id="acct-2",
                                        amount=1, idempotency_key=f"t-{uuid.uuid4()}"),
         "Grant": pb.GrantRequest(account_id="acct", amount=5, type=pb.GRANT_TYPE_PROMO,
@@ -130,6 +133,13 @@ async def test_every_rpc_for_every_kind_of_caller(stub, db, caller):
                 account_id="acct", amount=1, idempotency_key=f"h-{uuid.uuid4()}"),
                 metadata=admin)
             request.reservation_id = reserved.reservation.reservation_id
+        if method == "Refund":  # a committed reservation
+            reserved = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
+                account_id="acct", amount=1, idempotency_key=f"h-{uuid.uuid4()}"),
+                metadata=admin)
+            request.reservation_id = reserved.reservation.reservation_id
+            await stub.Commit(pb.CommitRequest(reservation_id=request.reservation_id),
+                              metadata=admin)
         denial = EXPECTED_DENIAL[caller]
         if caller == "service" and method in SERVICE_DENIED_METHODS:
             denial = grpc.StatusCode.PERMISSION_DENIED

@@ -117,6 +117,8 @@ async def test_grant_past_the_balance_cap_is_declined_and_the_decline_replayed(s
     await db.execute(
         "UPDATE credit_lots SET amount = $1, remaining = $1 WHERE account_id = $2",
         cap - 5, ACCOUNT)
+    await db.execute("UPDATE account_totals SET credits = $1 WHERE account_id = $2",
+                     cap - 5, ACCOUNT)
     entries = await db.fetchval("SELECT count(*) FROM ledger_entries")
 
     error = await expect_error(grant(stub, ACCOUNT, 10, key="over"))

@@ -407,10 +407,13 @@ async def test_a_cliff_of_lots_expiring_together_is_written_off_in_one_sweep(app
              l AS (INSERT INTO credit_lots (account_id, grant_type, priority, expire_time,
                                             amount, remaining)
                    SELECT account_id, 'SUBSCRIPTION', 50, now() + interval '1 hour', 10, 10
-                     FROM a RETURNING account_id, lot_id)
-        INSERT INTO ledger_entries (account_id, entry_type, grant_type, amount, balance_after,
-                                    actor, lot_id)
-        SELECT account_id, 'GRANT', 'SUBSCRIPTION', 10, 10, 'admin', lot_id FROM l
+                     FROM a RETURNING account_id, lot_id),
+             e AS (INSERT INTO ledger_entries (account_id, entry_type, grant_type, amount,
+                                               balance_after, actor, lot_id)
+                   SELECT account_id, 'GRANT', 'SUBSCRIPTION', 10, 10, 'admin', lot_id FROM l
+                   RETURNING account_id)
+        INSERT INTO account_totals (account_id, kind, credits)
+        SELECT account_id, 'GRANTED_SUBSCRIPTION', 10 FROM e
         """, accounts)
     clock.advance(HOUR_S)
     started = asyncio.get_running_loop().time()

@@ -39,6 +39,7 @@ from credits_service.domain.model import (
     LotDraw,
     Reservation,
     ReservationStatus,
+    total_kind,
 )
 from credits_service.domain.rows import (
     Capture,
@@ -150,6 +151,7 @@ class ReservationRow:
     metadata: dict[str, str]
     actor: str
     release_reason: str = ""
+    refunded_amount: int = 0
 
 
 @dataclass(slots=True)
@@ -178,13 +180,15 @@ class Tables:
     keys: dict[tuple[str, str], KeyRow] = field(default_factory=dict)
     # account_changes: (account_id, kind, old, new, reason, actor), never updated
     changes: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
+    # account_totals: credits by (account_id, kind)
+    totals: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def copy(self) -> Tables:
         return Tables(*(
             {key: copy.copy(row) for key, row in table.items()}
             for table in (self.accounts, self.lots, self.reservations, self.draws)
         ), list(self.entries), {key: copy.copy(row) for key, row in self.keys.items()},
-            list(self.changes))
+            list(self.changes), dict(self.totals))
 
     def lot(self, row: LotRow) -> Lot:
         """columns.lot: the row, with the id of its GRANT entry (a subquery)."""
@@ -206,7 +210,8 @@ class Tables:
         return Reservation(
             row.reservation_id, row.account_id, row.amount, row.status, row.committed_amount,
             row.create_time, row.expire_time, row.finish_time, dict(row.metadata),
-            self.draws_of(row.reservation_id) if with_draws else (), row.release_reason)
+            self.draws_of(row.reservation_id) if with_draws else (), row.release_reason,
+            row.refunded_amount)
 
 
 # --- the storage ----------------------------------------------------------------------------
@@ -457,6 +462,10 @@ class Transaction:
             _jsonb(metadata or {}), actor, self.now, lot_id,
             None if transfer_id is None else _uuid(transfer_id))
         self.tables.entries.append(entry)
+        kind = total_kind(entry_type, grant_type, amount)
+        if kind is not None:
+            key = (account_id, kind)
+            self.tables.totals[key] = self.tables.totals.get(key, 0) + abs(amount)
         return entry
 
 
@@ -508,6 +517,11 @@ class FakeAccounts(_Repository):
     def get(self, account_id: str) -> BalanceSnapshot | None:
         row = self._tx.account(account_id)
         return row.snapshot() if row else None
+
+    @statement
+    def totals(self, account_id: str) -> dict[str, int]:
+        return {kind: credits for (owner, kind), credits in self._tables.totals.items()
+                if owner == account_id}
 
     @statement
     def profile(self, account_id: str) -> Account | None:
@@ -600,6 +614,19 @@ class FakeEntries(_Repository):
     @statement
     def append(self, **fields: Any) -> LedgerEntry:
         return self._tx.append(**fields)
+
+    @statement
+    def get(self, entry_id: int) -> LedgerEntry | None:
+        return next((e for e in self._tables.entries if e.entry_id == entry_id), None)
+
+    @statement
+    def refunded_to_lots(self, reservation_id: str) -> dict[int, int]:
+        refunded: dict[int, int] = {}
+        for e in self._tables.entries:
+            if e.entry_type is EntryType.REFUND and e.reservation_id == reservation_id:
+                assert e.lot_id is not None
+                refunded[e.lot_id] = refunded.get(e.lot_id, 0) + e.amount
+        return refunded
 
     @statement
     def write_off(self, write_offs: Sequence[WriteOff], actor: str) -> dict[str, BalanceSnapshot]:
@@ -712,6 +739,16 @@ class FakeLots(_Repository):
 
 class FakeReservations(_Repository):
     """persistence/reservations.py"""
+
+    @statement
+    def add_refund(self, reservation_id: str, amount: int) -> int | None:
+        """_ADD_REFUND: compare-and-set within the committed amount."""
+        row = self._tables.reservations.get(reservation_id)
+        if (row is None or row.status is not ReservationStatus.COMMITTED
+                or row.refunded_amount + amount > (row.committed_amount or 0)):
+            return None
+        row.refunded_amount += amount
+        return row.refunded_amount
 
     @statement
     def lock(self, reservation_id: str) -> LockedReservation | None:
@@ -1071,7 +1108,9 @@ def _entry_checks(tables: Tables) -> list[str]:
             or (e.entry_type is EntryType.TRANSFER_OUT and e.amount < 0
                 and e.lot_id is not None and e.transfer_id is not None)
             or (e.entry_type is EntryType.TRANSFER_IN and e.amount > 0
-                and e.lot_id is not None and e.transfer_id is not None))
+                and e.lot_id is not None and e.transfer_id is not None)
+            or (e.entry_type is EntryType.REFUND and e.amount > 0
+                and e.reservation_id is not None and e.lot_id is not None))
         checks = {
             "ck_ledger_entries_kind": kind_ok,
             "ck_ledger_entries_balance_after_nonnegative": e.balance_after >= 0,
@@ -1190,10 +1229,30 @@ def _lot_spent_is_consumed_and_written_off(tables: Tables) -> list[Any]:
     for e in tables.entries:
         if e.lot_id is not None and (
                 e.entry_type in (EntryType.EXPIRY, EntryType.TRANSFER_OUT)
-                or (e.entry_type is EntryType.ADJUSTMENT and e.amount < 0)):
+                or (e.entry_type is EntryType.ADJUSTMENT and e.amount < 0)
+                or (e.entry_type is EntryType.REFUND
+                    and (e.reservation_id, e.lot_id) in tables.draws)):
             gone[e.lot_id] = gone.get(e.lot_id, 0) - e.amount
     return [lot.lot_id for lot in tables.lots.values()
             if lot.amount - lot.remaining != gone.get(lot.lot_id, 0)]
+
+
+def _totals_are_the_entries(tables: Tables) -> list[Any]:
+    totals: dict[tuple[str, str], int] = {}
+    for e in tables.entries:
+        kind = total_kind(e.entry_type, e.grant_type, e.amount)
+        if kind is not None:
+            totals[(e.account_id, kind)] = totals.get((e.account_id, kind), 0) + abs(e.amount)
+    return sorted(set(totals.items()) ^ set(tables.totals.items()))
+
+
+def _refunded_is_the_refunds(tables: Tables) -> list[Any]:
+    refunded: dict[str, int] = {}
+    for e in tables.entries:
+        if e.entry_type is EntryType.REFUND and e.reservation_id is not None:
+            refunded[e.reservation_id] = refunded.get(e.reservation_id, 0) + e.amount
+    return [r.reservation_id for r in tables.reservations.values()
+            if r.refunded_amount != refunded.get(r.reservation_id, 0)]
 
 
 def _reservations_drew_and_consumed_their_amounts(tables: Tables) -> list[Any]:
@@ -1235,10 +1294,12 @@ _INVARIANTS: dict[str, Callable[[Tables], list[Any]]] = {
     "reserved == sum(active reservations), count matches": _reserved_is_the_active_reservations,
     "available >= 0": _available_nonnegative,
     "lifetime totals match the ledger": _lifetimes_are_the_ledger,
+    "account_totals == the entries of each kind": _totals_are_the_entries,
+    "refunded_amount == the REFUND entries of the reservation": _refunded_is_the_refunds,
     "balance == sum(lot remaining), reserved == sum(lot held)": _balances_are_the_lots,
     "each lot's held == what active reservations drew from it": _lot_held_is_the_active_draws,
     "each lot's remaining >= held": _lot_remaining_covers_its_held,
-    "each lot's amount - remaining == consumed + written off + deducted + given":
+    "each lot's amount - remaining == consumed + written off + deducted + given - refunded":
         _lot_spent_is_consumed_and_written_off,
     "a reservation drew its amount; a committed one consumed its committed amount":
         _reservations_drew_and_consumed_their_amounts,

@@ -381,7 +381,7 @@ def test_a_stored_reservation_keeps_every_field():
     back; a field added to one of them fails here until the stored form carries it."""
     assert [f.name for f in fields(Reservation)] == [
         "reservation_id", "account_id", "amount", "status", "committed_amount", "create_time",
-        "expire_time", "finish_time", "metadata", "draws", "release_reason"]
+        "expire_time", "finish_time", "metadata", "draws", "release_reason", "refunded_amount"]
     assert [f.name for f in fields(LotDraw)] == ["lot_id", "held", "consumed"]
     assert [f.name for f in fields(BalanceSnapshot)] == [
         "account_id", "balance", "reserved", "active_reservation_count", "lifetime_granted",
@@ -392,7 +392,8 @@ def test_a_stored_reservation_keeps_every_field():
             status=ReservationStatus.COMMITTED, committed_amount=7,
             create_time=NOW.replace(microsecond=1), expire_time=NOW.replace(microsecond=2),
             finish_time=NOW.replace(microsecond=3), metadata={"k": "v"},
-            draws=(LotDraw(lot_id=3, held=6, consumed=4),), release_reason="why"),
+            draws=(LotDraw(lot_id=3, held=6, consumed=4),), release_reason="why",
+            refunded_amount=5),
         balance=BalanceSnapshot(account_id="acct-2", balance=11, reserved=12,
                                 active_reservation_count=13, lifetime_granted=14,
                                 lifetime_used=15, lifetime_expired=16),

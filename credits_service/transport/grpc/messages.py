@@ -38,6 +38,7 @@ ENTRY_TYPE_FROM_PROTO: dict[int, EntryType] = {
     pb.ENTRY_TYPE_ADJUSTMENT: EntryType.ADJUSTMENT,
     pb.ENTRY_TYPE_TRANSFER_OUT: EntryType.TRANSFER_OUT,
     pb.ENTRY_TYPE_TRANSFER_IN: EntryType.TRANSFER_IN,
+    pb.ENTRY_TYPE_REFUND: EntryType.REFUND,
 }
 ENTRY_TYPE_TO_PROTO = {value: key for key, value in ENTRY_TYPE_FROM_PROTO.items()}
 
@@ -157,4 +158,6 @@ def set_reservation(message: pb.Reservation, value: Reservation) -> pb.Reservati
         message.draws.add(lot_id=str(draw.lot_id), held=draw.held, consumed=draw.consumed or 0)
     if value.release_reason:
         message.release_reason = value.release_reason
+    if value.refunded_amount:
+        message.refunded_amount = value.refunded_amount
     return message

@@ -11,12 +11,14 @@ from credits_service.transport.grpc.adjustments import AdjustmentsApi
 from credits_service.transport.grpc.fields import RequestLimits
 from credits_service.transport.grpc.grants import GrantsApi
 from credits_service.transport.grpc.queries import QueriesApi, QueryRequests
+from credits_service.transport.grpc.refunds import RefundsApi
 from credits_service.transport.grpc.reservations import ReservationRequests, ReservationsApi
 from credits_service.transport.grpc.transfers import TransfersApi
 
 
 class CreditsServicer(
-    AccountsApi, AdjustmentsApi, TransfersApi, GrantsApi, ReservationsApi, QueriesApi,
+    AccountsApi, AdjustmentsApi, TransfersApi, RefundsApi, GrantsApi, ReservationsApi,
+    QueriesApi,
     credits_pb2_grpc.CreditsServiceServicer,
 ):
     def __init__(self, ledger: Ledger, limits: RequestLimits) -> None:

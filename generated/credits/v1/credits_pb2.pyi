@@ -96,6 +96,10 @@ class _EntryTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryType.V
     """ENTRY_TYPE_TRANSFER_IN credits that arrived in a Transfer, into one new lot
     (positive amount).
     """
+    ENTRY_TYPE_REFUND: _EntryType.ValueType  # 7
+    """ENTRY_TYPE_REFUND committed usage given back by Refund, into one lot
+    (positive amount; reservation_id names the usage).
+    """
 
 class EntryType(_EntryType, metaclass=_EntryTypeEnumTypeWrapper):
     """EntryType is the kind of a ledger entry."""
@@ -119,6 +123,10 @@ of one lot (negative amount).
 ENTRY_TYPE_TRANSFER_IN: EntryType.ValueType  # 6
 """ENTRY_TYPE_TRANSFER_IN credits that arrived in a Transfer, into one new lot
 (positive amount).
+"""
+ENTRY_TYPE_REFUND: EntryType.ValueType  # 7
+"""ENTRY_TYPE_REFUND committed usage given back by Refund, into one lot
+(positive amount; reservation_id names the usage).
 """
 Global___EntryType: _TypeAlias = EntryType  # noqa: Y015
 
@@ -565,6 +573,7 @@ class Reservation(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     DRAWS_FIELD_NUMBER: _builtins.int
     RELEASE_REASON_FIELD_NUMBER: _builtins.int
+    REFUNDED_AMOUNT_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """reservation_id identifies the reservation (a UUID)."""
     account_id: _builtins.str
@@ -577,6 +586,8 @@ class Reservation(_message.Message):
     """committed_amount is the number of credits captured; set once COMMITTED."""
     release_reason: _builtins.str
     """release_reason is the reason given to Release, if any."""
+    refunded_amount: _builtins.int
+    """refunded_amount is what Refund gave back of committed_amount so far."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """create_time is when the reservation was placed (database clock)."""
@@ -613,10 +624,11 @@ class Reservation(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         draws: _abc.Iterable[Global___LotDraw] | None = ...,
         release_reason: _builtins.str = ...,
+        refunded_amount: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "finish_time", b"finish_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "committed_amount", b"committed_amount", "create_time", b"create_time", "draws", b"draws", "expire_time", b"expire_time", "finish_time", b"finish_time", "metadata", b"metadata", "release_reason", b"release_reason", "reservation_id", b"reservation_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "committed_amount", b"committed_amount", "create_time", b"create_time", "draws", b"draws", "expire_time", b"expire_time", "finish_time", b"finish_time", "metadata", b"metadata", "refunded_amount", b"refunded_amount", "release_reason", b"release_reason", "reservation_id", b"reservation_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1038,6 +1050,119 @@ class TransferResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransferResponse: _TypeAlias = TransferResponse  # noqa: Y015
+
+@_typing.final
+class RefundRequest(_message.Message):
+    """RefundRequest gives committed usage back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    USAGE_ENTRY_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    """reservation_id is the committed reservation."""
+    usage_entry_id: _builtins.str
+    """usage_entry_id is the USAGE ledger entry its Commit wrote."""
+    amount: _builtins.int
+    """amount is the credits to give back, 1..10^12; unset: all that is left."""
+    idempotency_key: _builtins.str
+    """idempotency_key makes retries safe; required (see GrantRequest)."""
+    reason: _builtins.str
+    """reason is free text stored on every entry, at most 256 characters."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """metadata is stored on every entry."""
+
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        usage_entry_id: _builtins.str = ...,
+        amount: _builtins.int | None = ...,
+        idempotency_key: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "amount", b"amount", "reservation_id", b"reservation_id", "target", b"target", "usage_entry_id", b"usage_entry_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "amount", b"amount", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "reason", b"reason", "reservation_id", b"reservation_id", "target", b"target", "usage_entry_id", b"usage_entry_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__amount: _TypeAlias = _typing.Literal["amount"]  # noqa: Y015
+    _WhichOneofArgType__amount: _TypeAlias = _typing.Literal["_amount", b"_amount"]  # noqa: Y015
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["reservation_id", "usage_entry_id"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amount) -> _WhichOneofReturnType__amount | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___RefundRequest: _TypeAlias = RefundRequest  # noqa: Y015
+
+@_typing.final
+class RefundResponse(_message.Message):
+    """RefundResponse is the result of a Refund."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    LOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """entries are the REFUND entries written, one per lot the credits went to."""
+
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """balance is the account right after the refund."""
+
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """reservation is the refunded reservation, its refunded_amount updated."""
+
+    @_builtins.property
+    def lot(self) -> Global___Lot:
+        """lot is the new REFUND lot, when credits could not go back to their lots."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+        balance: Global___Balance | None = ...,
+        reservation: Global___Reservation | None = ...,
+        lot: Global___Lot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "lot", b"lot", "reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "entries", b"entries", "lot", b"lot", "reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundResponse: _TypeAlias = RefundResponse  # noqa: Y015
 
 @_typing.final
 class GrantRequest(_message.Message):

@@ -86,6 +86,11 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.TransferRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.TransferResponse.FromString,
                 _registered_method=True)
+        self.Refund = channel.unary_unary(
+                '/credits.v1.CreditsService/Refund',
+                request_serializer=credits_dot_v1_dot_credits__pb2.RefundRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.RefundResponse.FromString,
+                _registered_method=True)
         self.Grant = channel.unary_unary(
                 '/credits.v1.CreditsService/Grant',
                 request_serializer=credits_dot_v1_dot_credits__pb2.GrantRequest.SerializeToString,
@@ -226,6 +231,18 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Refund(self, request, context):
+        """Refund gives committed usage back, all of it or part, by reservation or by
+        its USAGE entry. Refunds of a reservation never add up to more than it
+        captured (REFUND_EXCEEDS_USAGE). The credits go back to the lots the usage
+        consumed while they are live, the last consumed first; the rest to a new
+        lot of grant type REFUND (docs/accounts.md has the rule). Admin only.
+        Idempotent by idempotency_key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Grant(self, request, context):
         """Grant adds credits to an account. An account that does not exist is
         created first, on the default plan with its welcome credits. Idempotent by
@@ -353,6 +370,11 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.Transfer,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.TransferRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.TransferResponse.SerializeToString,
+            ),
+            'Refund': grpc.unary_unary_rpc_method_handler(
+                    servicer.Refund,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.RefundRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.RefundResponse.SerializeToString,
             ),
             'Grant': grpc.unary_unary_rpc_method_handler(
                     servicer.Grant,
@@ -567,6 +589,33 @@ class CreditsService:
             '/credits.v1.CreditsService/Transfer',
             credits_dot_v1_dot_credits__pb2.TransferRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.TransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Refund(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/Refund',
+            credits_dot_v1_dot_credits__pb2.RefundRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.RefundResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -98,6 +98,14 @@ class CreditsServiceStub:
     Admins may call it, and services when the server's
     service_transfers_enabled is on. Idempotent by idempotency_key.
     """
+    Refund: _grpc.UnaryUnaryMultiCallable[_credits_pb2.RefundRequest, _credits_pb2.RefundResponse]
+    """Refund gives committed usage back, all of it or part, by reservation or by
+    its USAGE entry. Refunds of a reservation never add up to more than it
+    captured (REFUND_EXCEEDS_USAGE). The credits go back to the lots the usage
+    consumed while they are live, the last consumed first; the rest to a new
+    lot of grant type REFUND (docs/accounts.md has the rule). Admin only.
+    Idempotent by idempotency_key.
+    """
     Grant: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GrantRequest, _credits_pb2.GrantResponse]
     """Grant adds credits to an account. An account that does not exist is
     created first, on the default plan with its welcome credits. Idempotent by
@@ -227,6 +235,14 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     active or frozen, and created first if unknown (auto_create_accounts).
     Admins may call it, and services when the server's
     service_transfers_enabled is on. Idempotent by idempotency_key.
+    """
+    Refund: _aio.UnaryUnaryMultiCallable[_credits_pb2.RefundRequest, _credits_pb2.RefundResponse]  # type: ignore[assignment]
+    """Refund gives committed usage back, all of it or part, by reservation or by
+    its USAGE entry. Refunds of a reservation never add up to more than it
+    captured (REFUND_EXCEEDS_USAGE). The credits go back to the lots the usage
+    consumed while they are live, the last consumed first; the rest to a new
+    lot of grant type REFUND (docs/accounts.md has the rule). Admin only.
+    Idempotent by idempotency_key.
     """
     Grant: _aio.UnaryUnaryMultiCallable[_credits_pb2.GrantRequest, _credits_pb2.GrantResponse]  # type: ignore[assignment]
     """Grant adds credits to an account. An account that does not exist is
@@ -384,6 +400,20 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         active or frozen, and created first if unknown (auto_create_accounts).
         Admins may call it, and services when the server's
         service_transfers_enabled is on. Idempotent by idempotency_key.
+        """
+
+    @_abc_1.abstractmethod
+    def Refund(
+        self,
+        request: _credits_pb2.RefundRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.RefundResponse, _abc.Awaitable[_credits_pb2.RefundResponse]]:
+        """Refund gives committed usage back, all of it or part, by reservation or by
+        its USAGE entry. Refunds of a reservation never add up to more than it
+        captured (REFUND_EXCEEDS_USAGE). The credits go back to the lots the usage
+        consumed while they are live, the last consumed first; the rest to a new
+        lot of grant type REFUND (docs/accounts.md has the rule). Admin only.
+        Idempotent by idempotency_key.
         """
 
     @_abc_1.abstractmethod
