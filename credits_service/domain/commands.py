@@ -84,6 +84,7 @@ class HistoryQuery:
     entry_types: frozenset[EntryType] = frozenset()
     start_time: datetime | None = None
     end_time: datetime | None = None
+    grant_types: frozenset[GrantType] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +181,7 @@ class HistoryPage:
 class BalanceReport:
     account: Account
     balance: BalanceSnapshot
+    totals: Mapping[str, int]  # lifetime totals by kind (model.total_kind)
     lots: tuple[Lot, ...]
     lots_truncated: bool
     expiring_amount: int

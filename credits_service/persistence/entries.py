@@ -80,6 +80,7 @@ _PAGE = f"""
        AND ($3::text[] IS NULL OR entry_type = ANY($3))
        AND ($4::timestamptz IS NULL OR create_time >= $4)
        AND ($5::timestamptz IS NULL OR create_time < $5)
+       AND ($7::text[] IS NULL OR grant_type = ANY($7))
      ORDER BY entry_id DESC
      LIMIT $6"""
 
@@ -145,9 +146,11 @@ class EntryRepository:
         start_time: datetime | None,
         end_time: datetime | None,
         limit: int,
+        grant_types: Iterable[GrantType] = (),
     ) -> list[LedgerEntry]:
         """Entries newest first, strictly older than `before_entry_id` when given."""
         types = sorted(t.value for t in entry_types) or None
+        grants = sorted(t.value for t in grant_types) or None
         rows = await self._connection.fetch(
-            _PAGE, account_id, before_entry_id, types, start_time, end_time, limit)
+            _PAGE, account_id, before_entry_id, types, start_time, end_time, limit, grants)
         return [columns.entry(row) for row in rows]

@@ -137,8 +137,10 @@ class EntryRepository(Protocol):
         start_time: datetime | None,
         end_time: datetime | None,
         limit: int,
+        grant_types: Iterable[GrantType] = (),
     ) -> list[LedgerEntry]:
-        """Entries newest first, strictly older than `before_entry_id` when given."""
+        """Entries newest first, strictly older than `before_entry_id` when given; filters
+        left empty keep everything."""
 
 
 class LotRepository(Protocol):

@@ -56,6 +56,7 @@ class Queries:
                 query.account_id, LOTS_LISTED_MAX + 1, query.expiring_within_ms)
             return BalanceReport(
                 account=account,
+                totals=await uow.accounts.totals(query.account_id),
                 balance=balance,
                 lots=tuple(listed[:LOTS_LISTED_MAX]),
                 lots_truncated=len(listed) > LOTS_LISTED_MAX,
@@ -79,6 +80,7 @@ class Queries:
                 start_time=query.start_time,
                 end_time=query.end_time,
                 limit=page_size + 1,
+                grant_types=query.grant_types,
             )
             if not entries and before is None and await uow.accounts.get(query.account_id) is None:
                 return errors.AccountNotFound(query.account_id)
@@ -120,12 +122,15 @@ class Queries:
 def history_filters(query: HistoryQuery) -> str:
     """What a History page token is bound to: the account and every filter, not the page
     size (a client may change it between pages)."""
-    return filters_digest([
+    parts: list[Any] = [
         query.account_id,
         sorted(t.value for t in query.entry_types),
         query.start_time.isoformat() if query.start_time else None,
         query.end_time.isoformat() if query.end_time else None,
-    ])
+    ]
+    if query.grant_types:  # only then: tokens made before this filter existed stay valid
+        parts.append(sorted(t.value for t in query.grant_types))
+    return filters_digest(parts)
 
 
 def reservations_filters(query: ReservationsQuery) -> str:

@@ -502,3 +502,46 @@ async def test_refund_requests_and_declines(stub, db):
     error = await expect_error(stub.Refund(pb.RefundRequest(usage_entry_id="99999",
                                                             idempotency_key="k2")))
     assert_error(error, grpc.StatusCode.NOT_FOUND, "ENTRY_NOT_FOUND", entryId="99999")
+
+
+# --- lifetime totals and History by grant type --------------------------------------------
+
+
+async def test_get_balance_totals_every_kind_of_entry(planned, db):
+    await planned.EnsureAccount(pb.EnsureAccountRequest(account_id="u1", plan="pro"))  # 100
+    await grant(planned, "u1", 40, grant_type=pb.GRANT_TYPE_PURCHASE)
+    await grant(planned, "u1", 7, grant_type=pb.GRANT_TYPE_PROMO)
+    await grant(planned, "u1", 3, grant_type=pb.GRANT_TYPE_SUBSCRIPTION)
+    used = await committed(planned, "u1", 20)
+    await refund(planned, used, 5)
+    await adjust(planned, "u1", pb.ADJUST_MODE_ADD, 4)
+    await adjust(planned, "u1", pb.ADJUST_MODE_DEDUCT, 2)
+    await transfer(planned, "u1", "u2", 6)
+
+    totals = (await planned.GetBalance(pb.GetBalanceRequest(account_id="u1"))).totals
+    assert dict(totals.granted_by_type) == {"GRANT_TYPE_SIGNUP": 100, "GRANT_TYPE_PURCHASE": 40,
+                                            "GRANT_TYPE_PROMO": 7, "GRANT_TYPE_SUBSCRIPTION": 3}
+    assert (totals.purchased, totals.granted_free, totals.refunded, totals.used) == (
+        40, 107, 5, 20)
+    assert (totals.adjusted_in, totals.adjusted_out, totals.transferred_out) == (4, 2, 6)
+    received = (await planned.GetBalance(pb.GetBalanceRequest(account_id="u2"))).totals
+    assert received.transferred_in == 6 and received.granted_by_type["GRANT_TYPE_SIGNUP"] == 5
+
+
+async def test_history_keeps_only_the_grant_types_asked_for(stub, db):
+    await grant(stub, "u1", 5, grant_type=pb.GRANT_TYPE_PROMO)
+    await grant(stub, "u1", 7, grant_type=pb.GRANT_TYPE_PURCHASE)
+    await grant(stub, "u1", 9, grant_type=pb.GRANT_TYPE_PROMO)
+    promos = await stub.History(pb.HistoryRequest(
+        account_id="u1", grant_types=[pb.GRANT_TYPE_PROMO], page_size=1))
+    assert [e.amount for e in promos.entries] == [9]
+    rest = await stub.History(pb.HistoryRequest(
+        account_id="u1", grant_types=[pb.GRANT_TYPE_PROMO], page_size=1,
+        page_token=promos.next_page_token))
+    assert [e.amount for e in rest.entries] == [5] and not rest.next_page_token
+    error = await expect_error(stub.History(pb.HistoryRequest(
+        account_id="u1", page_token=promos.next_page_token)))
+    assert error.reason == "INVALID_PAGE_TOKEN"  # a token only works for its filters
+    error = await expect_error(stub.History(pb.HistoryRequest(
+        account_id="u1", grant_types=[pb.GRANT_TYPE_UNSPECIFIED])))
+    assert [field for field, _ in error.field_violations] == ["grant_types"]

@@ -663,13 +663,16 @@ class FakeEntries(_Repository):
     @statement
     def page(self, *, account_id: str, before_entry_id: int | None,
              entry_types: Iterable[EntryType], start_time: datetime | None,
-             end_time: datetime | None, limit: int) -> list[LedgerEntry]:
+             end_time: datetime | None, limit: int,
+             grant_types: Iterable[GrantType] = ()) -> list[LedgerEntry]:
         """_PAGE: newest first, every filter optional."""
         types = set(entry_types)
+        grants = set(grant_types)
         found = [e for e in self._tables.entries
                  if e.account_id == account_id
                  and (before_entry_id is None or e.entry_id < before_entry_id)
                  and (not types or e.entry_type in types)
+                 and (not grants or e.grant_type in grants)
                  and (start_time is None or e.create_time >= start_time)
                  and (end_time is None or e.create_time < end_time)]
         found.sort(key=lambda e: e.entry_id, reverse=True)

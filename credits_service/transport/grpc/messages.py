@@ -3,6 +3,7 @@ ways."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -91,6 +92,32 @@ def set_balance(message: pb.Balance, snapshot: BalanceSnapshot) -> pb.Balance:
     message.lifetime_used = snapshot.lifetime_used
     message.lifetime_expired = snapshot.lifetime_expired
     return message
+
+
+# Grant types counted as given for free in LifetimeTotals.granted_free
+_FREE_GRANT_TYPES = (GrantType.SIGNUP, GrantType.PROMO, GrantType.REFERRAL, GrantType.ADMIN_GRANT)
+
+
+def lifetime_totals(balance: BalanceSnapshot, totals: Mapping[str, int]) -> pb.LifetimeTotals:
+    """The account's lifetime totals: its entries' credits by kind (model.total_kind)."""
+    granted = {grant_type: totals.get("GRANTED_" + grant_type.value, 0)
+               for grant_type in GrantType}
+    return pb.LifetimeTotals(
+        granted_by_type={grant_type_name(t): credits for t, credits in granted.items() if credits},
+        purchased=granted[GrantType.PURCHASE],
+        granted_free=sum(granted[t] for t in _FREE_GRANT_TYPES),
+        refunded=totals.get("REFUNDED", 0) + granted[GrantType.REFUND],
+        used=balance.lifetime_used,
+        expired=balance.lifetime_expired,
+        adjusted_in=totals.get("ADJUSTED_IN", 0),
+        adjusted_out=totals.get("ADJUSTED_OUT", 0),
+        transferred_in=totals.get("TRANSFERRED_IN", 0),
+        transferred_out=totals.get("TRANSFERRED_OUT", 0),
+    )
+
+
+def grant_type_name(grant_type: GrantType) -> str:
+    return pb.GrantType.Name(GRANT_TYPE_TO_PROTO[grant_type])
 
 
 def account(value: Account) -> pb.Account:

@@ -66,8 +66,16 @@ class QueryRequests:
             "end_time") else None
         if start is not None and end is not None and start >= end:
             check.fail("end_time", "must be after start_time")
+        grant_types = set()
+        for value in request.grant_types:
+            grant_type = messages.GRANT_TYPE_FROM_PROTO.get(value)
+            if grant_type is None:
+                check.fail("grant_types", "must hold GrantType values other than UNSPECIFIED")
+                break
+            grant_types.add(grant_type)
         query = HistoryQuery(
             account_id=check.identifier("account_id", request.account_id),
+            grant_types=frozenset(grant_types),
             page_size=max(request.page_size, 0),
             page_token=request.page_token,
             entry_types=frozenset(entry_types),
@@ -93,6 +101,7 @@ class QueriesApi:
             lots_truncated=report.lots_truncated,
             expiring_amount=report.expiring_amount,
             account=messages.account(report.account),
+            totals=messages.lifetime_totals(report.balance, report.totals),
         )
 
     async def ListReservations(

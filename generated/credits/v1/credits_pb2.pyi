@@ -1883,6 +1883,7 @@ class GetBalanceResponse(_message.Message):
     LOTS_TRUNCATED_FIELD_NUMBER: _builtins.int
     EXPIRING_AMOUNT_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
     lots_truncated: _builtins.bool
     """lots_truncated is true when the account has more such lots than listed."""
     expiring_amount: _builtins.int
@@ -1903,6 +1904,10 @@ class GetBalanceResponse(_message.Message):
     def account(self) -> Global___Account:
         """account is the account's terms: plan, status, creation time."""
 
+    @_builtins.property
+    def totals(self) -> Global___LifetimeTotals:
+        """totals are what each kind of entry ever added to or took from the account."""
+
     def __init__(
         self,
         *,
@@ -1911,14 +1916,99 @@ class GetBalanceResponse(_message.Message):
         lots_truncated: _builtins.bool = ...,
         expiring_amount: _builtins.int = ...,
         account: Global___Account | None = ...,
+        totals: Global___LifetimeTotals | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "expiring_amount", b"expiring_amount", "lots", b"lots", "lots_truncated", b"lots_truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "expiring_amount", b"expiring_amount", "lots", b"lots", "lots_truncated", b"lots_truncated", "totals", b"totals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBalanceResponse: _TypeAlias = GetBalanceResponse  # noqa: Y015
+
+@_typing.final
+class LifetimeTotals(_message.Message):
+    """LifetimeTotals are an account's credits by kind, since it was created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class GrantedByTypeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    GRANTED_BY_TYPE_FIELD_NUMBER: _builtins.int
+    PURCHASED_FIELD_NUMBER: _builtins.int
+    GRANTED_FREE_FIELD_NUMBER: _builtins.int
+    REFUNDED_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    ADJUSTED_IN_FIELD_NUMBER: _builtins.int
+    ADJUSTED_OUT_FIELD_NUMBER: _builtins.int
+    TRANSFERRED_IN_FIELD_NUMBER: _builtins.int
+    TRANSFERRED_OUT_FIELD_NUMBER: _builtins.int
+    purchased: _builtins.int
+    """purchased is what grants of GRANT_TYPE_PURCHASE added."""
+    granted_free: _builtins.int
+    """granted_free is what grants of types SIGNUP, PROMO, REFERRAL and
+    ADMIN_GRANT added.
+    """
+    refunded: _builtins.int
+    """refunded is what Refund gave back, and grants of GRANT_TYPE_REFUND added."""
+    used: _builtins.int
+    """used is committed usage (lifetime_used)."""
+    expired: _builtins.int
+    """expired is what expiry wrote off (lifetime_expired)."""
+    adjusted_in: _builtins.int
+    """adjusted_in is what Adjust added."""
+    adjusted_out: _builtins.int
+    """adjusted_out is what Adjust deducted."""
+    transferred_in: _builtins.int
+    """transferred_in is what transfers brought in."""
+    transferred_out: _builtins.int
+    """transferred_out is what transfers took out."""
+    @_builtins.property
+    def granted_by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """granted_by_type is what Grant (and welcome grants) added, by grant type
+        name, e.g. "GRANT_TYPE_PURCHASE"; types never granted are left out.
+        """
+
+    def __init__(
+        self,
+        *,
+        granted_by_type: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        purchased: _builtins.int = ...,
+        granted_free: _builtins.int = ...,
+        refunded: _builtins.int = ...,
+        used: _builtins.int = ...,
+        expired: _builtins.int = ...,
+        adjusted_in: _builtins.int = ...,
+        adjusted_out: _builtins.int = ...,
+        transferred_in: _builtins.int = ...,
+        transferred_out: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjusted_in", b"adjusted_in", "adjusted_out", b"adjusted_out", "expired", b"expired", "granted_by_type", b"granted_by_type", "granted_free", b"granted_free", "purchased", b"purchased", "refunded", b"refunded", "transferred_in", b"transferred_in", "transferred_out", b"transferred_out", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LifetimeTotals: _TypeAlias = LifetimeTotals  # noqa: Y015
 
 @_typing.final
 class ListReservationsRequest(_message.Message):
@@ -2002,6 +2092,7 @@ class HistoryRequest(_message.Message):
     TYPES_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    GRANT_TYPES_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """account_id is the account to read."""
     page_size: _builtins.int
@@ -2024,6 +2115,12 @@ class HistoryRequest(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """end_time keeps only entries created before it; unset: no bound."""
 
+    @_builtins.property
+    def grant_types(self) -> _containers.RepeatedScalarFieldContainer[Global___GrantType.ValueType]:
+        """grant_types keeps only entries of these grant types (grants, and the
+        adjustments, transfers in and refunds that carry one); empty keeps all.
+        """
+
     def __init__(
         self,
         *,
@@ -2033,10 +2130,11 @@ class HistoryRequest(_message.Message):
         types: _abc.Iterable[Global___EntryType.ValueType] | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        grant_types: _abc.Iterable[Global___GrantType.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "types", b"types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "end_time", b"end_time", "grant_types", b"grant_types", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
