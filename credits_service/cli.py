@@ -1,4 +1,4 @@
-"""`credits-service serve | migrate | token`: the thin entry point."""
+"""`credits-service serve | migrate | verify | token`: the thin entry point."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Apply pending database migrations and exit. Beside a running serve that "
         "owns the embedded database, it uses that database and leaves it running.")
     Settings.add_arguments(migrate, MIGRATE_SETTINGS)
+    verify = commands.add_parser(
+        "verify", help="check every ledger invariant over the whole database; exit 1 if any "
+        "is broken",
+        description="Check every ledger invariant (balances are the sum of their entries and "
+        "of their lots, reserved is the active reservations, no lot negative, refunds within "
+        "captures, idempotency records complete, ...) over the whole database, print a "
+        "report, and exit 1 if any is broken. Read-only; it reads whole tables.")
+    Settings.add_arguments(verify, MIGRATE_SETTINGS)
     token = commands.add_parser(
         "token", help="mint a bearer token for a principal and print the line to configure",
         description="Mint a bearer token for a principal; print the token (give it to the "
@@ -52,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "token":
         return _token(args.name, args.role)
     try:
-        if args.command == "migrate":
+        if args.command in ("migrate", "verify"):
             settings = Settings.load(args, names=MIGRATE_SETTINGS)
         else:
             settings = Settings.load(args)
@@ -67,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
+        if args.command == "verify":
+            return asyncio.run(_verify(settings))
         return run_loop(settings.server.event_loop, _serve(settings))
     except StartupError as exc:  # found before serving
         logging.getLogger(__name__).error("cannot start: %s", exc)
@@ -108,6 +118,59 @@ async def _migrate(settings: Settings) -> int:
             await asyncio.to_thread(embedded.stop)
     logging.getLogger(__name__).info("database is at the latest migration")
     return 0
+
+
+async def _verify(settings: Settings) -> int:
+    import asyncpg
+
+    from credits_service.app import resolve_database
+    from credits_service.persistence.invariants import INVARIANTS, broken
+
+    url, embedded = await resolve_database(settings.database, borrow_if_in_use=True)
+    try:
+        connection = await asyncpg.connect(url, timeout=settings.database.connect_timeout_s)
+        try:
+            await _check_migrated(connection)
+            async with connection.transaction(isolation="repeatable_read", readonly=True):
+                counts = await connection.fetchrow(
+                    "SELECT (SELECT count(*) FROM accounts) AS accounts, "
+                    "(SELECT count(*) FROM ledger_entries) AS entries")
+                found = await broken(connection)
+        finally:
+            await connection.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+    print(f"verify: {len(INVARIANTS)} invariants over {counts['accounts']:,} accounts and "
+          f"{counts['entries']:,} ledger entries (one snapshot)")
+    for name in INVARIANTS:
+        if name in found:
+            rows = found[name]
+            print(f"  BROKEN  {name}: e.g. {', '.join(map(str, rows))}")
+        else:
+            print(f"  ok      {name}")
+    if found:
+        print(f"verify: {len(found)} of {len(INVARIANTS)} invariants broken")
+        return 1
+    print("verify: every invariant holds")
+    return 0
+
+
+async def _check_migrated(connection: Any) -> None:
+    """DatabaseNotMigrated unless the database is at the migration this version expects."""
+    from alembic.script import ScriptDirectory
+
+    from credits_service.persistence.migrations import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config("postgresql://")).get_current_head()
+    try:
+        current = await connection.fetchval("SELECT version_num FROM alembic_version")
+    except Exception:  # no alembic_version table: never migrated
+        current = None
+    if current != head:
+        raise DatabaseNotMigrated(
+            f"the database is at migration {current or 'none'}, not {head}: run "
+            "`credits-service migrate` first")
 
 
 def freeze_startup_heap() -> None:

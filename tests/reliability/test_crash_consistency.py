@@ -397,6 +397,10 @@ async def test_server_killed_under_load_keeps_ledger_consistent_and_retries_conv
             f"seed {seed}: {len(differences)} requests answered differently on a repeat: "
             f"{differences[:5]}")
         figures = await _check_final_ledger(load, db)
+        # The operator's check, as an operator runs it, beside the server that owns the cluster.
+        verified = await launcher.run("verify", "--data-dir", str(data_dir), timeout_s=120)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "every invariant holds" in verified.stdout
     finally:
         load.stopping.set()
         for task in tasks:

@@ -1,0 +1,134 @@
+"""The ledger's invariants, each a query answering the rows that break it (none when it
+holds): what `credits-service verify` runs over a whole database, and what every test that
+touches the database asserts when it ends (tests/ledger_checks.py). They read whole tables:
+run them on a replica or at a quiet hour on a large ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+INVARIANTS: dict[str, str] = {
+    "balance == sum(ledger amounts)": """
+        SELECT a.account_id, a.balance, coalesce(l.total, 0) AS ledger
+          FROM accounts a
+          LEFT JOIN (SELECT account_id, sum(amount) AS total FROM ledger_entries GROUP BY 1) l
+               USING (account_id)
+         WHERE a.balance <> coalesce(l.total, 0)""",
+    "reserved == sum(active reservations), count matches": """
+        SELECT a.account_id, a.reserved, coalesce(r.total, 0) AS reservations
+          FROM accounts a
+          LEFT JOIN (SELECT account_id, sum(amount) AS total, count(*) AS n FROM reservations
+                      WHERE status = 'ACTIVE' GROUP BY 1) r USING (account_id)
+         WHERE a.reserved <> coalesce(r.total, 0)
+            OR a.active_reservation_count <> coalesce(r.n, 0)""",
+    "available >= 0": "SELECT account_id FROM accounts WHERE balance - reserved < 0",
+    "lifetime totals match the ledger": """
+        SELECT a.account_id FROM accounts a
+          LEFT JOIN (SELECT account_id,
+                            sum(amount) FILTER (WHERE entry_type = 'GRANT') AS granted,
+                            -sum(amount) FILTER (WHERE entry_type = 'USAGE') AS used
+                       FROM ledger_entries GROUP BY 1) l USING (account_id)
+         WHERE a.lifetime_granted <> coalesce(l.granted, 0)
+            OR a.lifetime_used <> coalesce(l.used, 0)""",
+    "account_totals == the entries of each kind": """
+        SELECT coalesce(t.account_id, e.account_id), coalesce(t.kind, e.kind)
+          FROM account_totals t
+          FULL JOIN (SELECT account_id,
+                            CASE entry_type
+                                WHEN 'GRANT' THEN 'GRANTED_' || grant_type
+                                WHEN 'REFUND' THEN 'REFUNDED'
+                                WHEN 'ADJUSTMENT' THEN CASE WHEN amount > 0 THEN 'ADJUSTED_IN'
+                                                            ELSE 'ADJUSTED_OUT' END
+                                WHEN 'TRANSFER_IN' THEN 'TRANSFERRED_IN'
+                                WHEN 'TRANSFER_OUT' THEN 'TRANSFERRED_OUT'
+                            END AS kind, sum(abs(amount)) AS credits
+                       FROM ledger_entries
+                      WHERE entry_type NOT IN ('USAGE', 'EXPIRY') GROUP BY 1, 2) e
+               ON e.account_id = t.account_id AND e.kind = t.kind
+         WHERE t.credits IS DISTINCT FROM e.credits""",
+    "refunded_amount == the REFUND entries of the reservation": """
+        SELECT r.reservation_id FROM reservations r
+          LEFT JOIN (SELECT reservation_id, sum(amount) AS refunded FROM ledger_entries
+                      WHERE entry_type = 'REFUND' GROUP BY 1) f USING (reservation_id)
+         WHERE r.refunded_amount <> coalesce(f.refunded, 0)""",
+    "lifetime_expired == the EXPIRY entries": """
+        SELECT a.account_id FROM accounts a
+          LEFT JOIN (SELECT account_id, -sum(amount) AS expired FROM ledger_entries
+                      WHERE entry_type = 'EXPIRY' GROUP BY 1) l USING (account_id)
+         WHERE a.lifetime_expired <> coalesce(l.expired, 0)""",
+    "balance == sum(lot remaining), reserved == sum(lot held)": """
+        SELECT a.account_id, a.balance, a.reserved, l.remaining, l.held FROM accounts a
+          LEFT JOIN (SELECT account_id, sum(remaining) AS remaining, sum(held) AS held
+                       FROM credit_lots GROUP BY 1) l USING (account_id)
+         WHERE a.balance <> coalesce(l.remaining, 0) OR a.reserved <> coalesce(l.held, 0)""",
+    "each lot's held == what active reservations drew from it": """
+        SELECT l.lot_id, l.held, coalesce(d.held, 0) AS drawn FROM credit_lots l
+          LEFT JOIN (SELECT d.lot_id, sum(d.held) AS held FROM reservation_lots d
+                       JOIN reservations r USING (reservation_id)
+                      WHERE r.status = 'ACTIVE' GROUP BY 1) d USING (lot_id)
+         WHERE l.held <> coalesce(d.held, 0)""",
+    "each lot's amount - remaining == consumed + written off + deducted + given - refunded": """
+        SELECT l.lot_id FROM credit_lots l
+          LEFT JOIN (SELECT d.lot_id, sum(d.consumed) - coalesce(sum(f.credits), 0) AS consumed
+                       FROM reservation_lots d
+                       JOIN reservations r USING (reservation_id)
+                       LEFT JOIN (SELECT reservation_id, lot_id, sum(amount) AS credits
+                                    FROM ledger_entries WHERE entry_type = 'REFUND'
+                                   GROUP BY 1, 2) f USING (reservation_id, lot_id)
+                      WHERE r.status = 'COMMITTED' GROUP BY 1) c USING (lot_id)
+          LEFT JOIN (SELECT lot_id, -sum(amount) AS gone FROM ledger_entries
+                      WHERE entry_type IN ('EXPIRY', 'TRANSFER_OUT')
+                         OR (entry_type = 'ADJUSTMENT' AND amount < 0) GROUP BY 1) x
+               USING (lot_id)
+         WHERE l.amount - l.remaining <> coalesce(c.consumed, 0) + coalesce(x.gone, 0)""",
+    # Reservations that finished before lots existed (migration 0002) have no draws.
+    "a reservation drew its amount; a committed one consumed its committed amount": """
+        SELECT r.reservation_id FROM reservations r
+          LEFT JOIN reservation_lots d USING (reservation_id)
+         GROUP BY r.reservation_id, r.amount, r.status, r.committed_amount
+        HAVING ((count(d.lot_id) > 0 OR r.status = 'ACTIVE')
+                AND coalesce(sum(d.held), 0) <> r.amount)
+            OR (count(d.lot_id) > 0 AND r.status = 'COMMITTED'
+                AND coalesce(sum(d.consumed), 0) <> r.committed_amount)
+            OR (r.status <> 'COMMITTED' AND count(d.consumed) <> 0)""",
+    "a committed reservation has exactly one USAGE entry of its amount, others none": """
+        SELECT r.reservation_id FROM reservations r
+          LEFT JOIN ledger_entries e
+                 ON e.reservation_id = r.reservation_id AND e.entry_type = 'USAGE'
+         GROUP BY r.reservation_id, r.status, r.committed_amount
+        HAVING (r.status = 'COMMITTED'
+                AND (count(e.entry_id) <> 1 OR -sum(e.amount) <> r.committed_amount))
+            OR (r.status <> 'COMMITTED' AND count(e.entry_id) <> 0)""",
+    "balance_after of each account's newest entry is its balance": """
+        SELECT a.account_id FROM accounts a
+          JOIN LATERAL (SELECT balance_after FROM ledger_entries e
+                         WHERE e.account_id = a.account_id
+                         ORDER BY entry_id DESC LIMIT 1) last ON true
+         WHERE last.balance_after <> a.balance""",
+}
+
+INVARIANTS.update({
+    "no lot negative, none holding more than it has": """
+        SELECT lot_id FROM credit_lots WHERE remaining < 0 OR held < 0 OR held > remaining
+            OR remaining > amount""",
+    "refunds within what each reservation captured": """
+        SELECT reservation_id FROM reservations
+         WHERE refunded_amount < 0 OR refunded_amount > coalesce(committed_amount, 0)""",
+    "every idempotency record is complete": """
+        SELECT scope, idempotency_key FROM idempotency_keys
+         WHERE response IS NULL OR octet_length(request_hash) <> 32""",
+})
+
+SAMPLE_ROWS = 5
+
+
+async def broken(connection: Any, names: list[str] | None = None) -> dict[str, list[Any]]:
+    """The invariants broken (all of them, or those named), each with a few offending rows."""
+    found = {}
+    for name, query in INVARIANTS.items():
+        if names is not None and name not in names:
+            continue
+        rows = await connection.fetch(f"SELECT * FROM ({query}) broken LIMIT {SAMPLE_ROWS}")
+        if rows:
+            found[name] = [tuple(row.values()) for row in rows]
+    return found
