@@ -72,7 +72,7 @@ def _number(value: float) -> str:
 
 def rpc_table() -> str:
     from credits.v1 import credits_pb2
-    from credits_service.transport.grpc.auth import SERVICE_METHODS
+    from credits_service.transport.grpc.auth import BILLING_METHODS, SERVICE_METHODS
 
     rows = ["| RPC | Request | Role | Idempotent by |", "|---|---|---|---|"]
     keyed = {"EnsureAccount": "`account_id` (creates once)", "Grant": "`idempotency_key`",
@@ -84,7 +84,11 @@ def rpc_table() -> str:
              "Commit": "reservation and amount", "BatchCommit": "each item's reservation",
              "Release": "reservation", "ExtendReservation": "(safe to repeat)"}
     for method in credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].methods:
-        role = "service or admin" if method.name in SERVICE_METHODS else "admin"
+        roles = [role for role, allowed in (("service", SERVICE_METHODS),
+                                            ("billing", BILLING_METHODS)) if method.name in allowed]
+        role = " or ".join([*roles, "admin"])
+        if method.name == "Grant":
+            role = "admin; billing (PURCHASE only)"
         if method.name == "Transfer":
             role = "admin (and service with `--service-transfers`)"
         rows.append(f"| [`{method.name}`](#{method.name.lower()}) | `{method.input_type.name}` "

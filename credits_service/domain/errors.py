@@ -95,13 +95,13 @@ class Unauthenticated(CreditsError):
 
 
 class PermissionDenied(CreditsError):
-    """The principal's role may not call this RPC (metadata `principal`, `role`,
-    `method`)."""
+    """The principal's role may not call this RPC, or not with this request (a billing
+    principal grants PURCHASE credits only) (metadata `principal`, `role`, `method`)."""
 
     reason = "PERMISSION_DENIED"
 
-    def __init__(self, principal: str, role: str, method: str) -> None:
-        super().__init__(f"{role} principal {principal!r} may not call {method}",
+    def __init__(self, principal: str, role: str, method: str, what: str = "") -> None:
+        super().__init__(f"{role} principal {principal!r} may not call {method}{what}",
                          {"principal": principal, "role": role, "method": method})
 
 

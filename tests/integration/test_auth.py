@@ -37,7 +37,9 @@ from tests.ledger_checks import row_counts
 SERVICE_TOKEN = mint_token()
 OTHER_SERVICE_TOKEN = mint_token()
 ADMIN_TOKEN = mint_token()
+BILLING_TOKEN = mint_token()
 TOKENS = "; ".join([
+    f"payments billing {token_digest(BILLING_TOKEN)}",
     f"billing service {token_digest(SERVICE_TOKEN)}",
     f"render service {token_digest(OTHER_SERVICE_TOKEN)}",
     f"ops admin {token_digest(ADMIN_TOKEN)}",
@@ -78,6 +80,7 @@ CALLERS = {
     "not bearer": (("authorization", f"Basic {SERVICE_TOKEN}"),),
     "service": bearer(SERVICE_TOKEN),
     "admin": bearer(ADMIN_TOKEN),
+    "billing": bearer(BILLING_TOKEN),
 }
 EXPECTED_DENIAL = {
     "no token": grpc.StatusCode.UNAUTHENTICATED,
@@ -85,7 +88,10 @@ EXPECTED_DENIAL = {
     "not bearer": grpc.StatusCode.UNAUTHENTICATED,
     "service": None,
     "admin": None,
+    "billing": None,
 }
+# What a billing principal may call; its Grant here is of PROMO credits, which it may not.
+BILLING_ALLOWED_METHODS = {"EnsureAccount", "GetBalance", "History"}
 SERVICE_DENIED_METHODS = {"Grant", "Adjust", "Transfer", "Refund", "SetAccountStatus",
                           "ChangePlan"}
 
@@ -142,6 +148,8 @@ async def test_every_rpc_for_every_kind_of_caller(stub, db, caller):
                               metadata=admin)
         denial = EXPECTED_DENIAL[caller]
         if caller == "service" and method in SERVICE_DENIED_METHODS:
+            denial = grpc.StatusCode.PERMISSION_DENIED
+        if caller == "billing" and method not in BILLING_ALLOWED_METHODS:
             denial = grpc.StatusCode.PERMISSION_DENIED
         before = await row_counts(db)
         call = getattr(stub, method)(request, metadata=CALLERS[caller], timeout=10)

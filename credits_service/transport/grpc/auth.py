@@ -1,5 +1,5 @@
-"""Who is calling and what they may do: bearer tokens per principal, two roles, and a token
-bucket per principal. Checked by the interceptor before a request is even decoded.
+"""Who is calling and what they may do: bearer tokens per principal, three roles, and a
+token bucket per principal. Checked by the interceptor before a request is even decoded.
 
 Tokens are configured as lines `<name> <role> <sha256-hex of the token>`; the service never
 holds or logs a token itself, only its digest.
@@ -34,9 +34,13 @@ OPEN_SERVICES = {"health": frozenset({HEALTH_SERVICE}), "reflection": REFLECTION
 
 
 class Role(enum.Enum):
-    SERVICE = "service"
-    ADMIN = "admin"
+    SERVICE = "service"  # the backends metering work
+    ADMIN = "admin"  # operators: everything
+    BILLING = "billing"  # a payment webhook handler: PURCHASE grants (GrantsApi checks the type)
 
+
+# What a billing principal may call of ours: Grant of the PURCHASE type only, and reads.
+BILLING_METHODS = frozenset({"Grant", "EnsureAccount", "GetBalance", "History"})
 
 # What a service principal may call of ours; an admin may call everything. An allowlist, so an
 # RPC added later is admin-only until it is listed here.
@@ -59,7 +63,7 @@ class Principal:
         if self.role is Role.ADMIN:
             return True
         if service == CREDITS_SERVICE:
-            return method in service_methods
+            return method in (BILLING_METHODS if self.role is Role.BILLING else service_methods)
         return service == HEALTH_SERVICE or service in REFLECTION_SERVICES
 
 
@@ -93,7 +97,7 @@ def parse_token_lines(text: str) -> dict[str, Principal]:
         if not NAME_PATTERN.fullmatch(name):
             raise ValueError(f"token entry {number}: bad principal name {name!r}")
         if role not in {r.value for r in Role}:
-            raise ValueError(f"token entry {number}: role must be service or admin")
+            raise ValueError(f"token entry {number}: role must be service, billing or admin")
         if not _DIGEST_PATTERN.fullmatch(digest):
             raise ValueError(f"token entry {number}: the digest must be 64 lowercase hex "
                              "characters (sha256 of the token)")

@@ -6,10 +6,11 @@ import grpc
 
 from credits.v1 import credits_pb2 as pb
 from credits_service.domain.commands import GrantCommand, GrantResult
+from credits_service.domain.errors import PermissionDenied
 from credits_service.domain.model import PRIORITY_MAX, PRIORITY_MIN
 from credits_service.service.ledger import Ledger
 from credits_service.transport.grpc import messages
-from credits_service.transport.grpc.auth import caller
+from credits_service.transport.grpc.auth import Role, caller
 from credits_service.transport.grpc.fields import REASON_LENGTH_MAX, FieldChecker
 
 
@@ -49,4 +50,8 @@ class GrantsApi:
     async def Grant(
         self, request: pb.GrantRequest, context: grpc.aio.ServicerContext
     ) -> pb.GrantResponse:
-        return grant_response(await self._ledger.grant(grant_command(request), caller().name))
+        principal = caller()
+        if principal.role is Role.BILLING and request.type != pb.GRANT_TYPE_PURCHASE:
+            raise PermissionDenied(principal.name, principal.role.value, "Grant",
+                                   " with a type other than GRANT_TYPE_PURCHASE")
+        return grant_response(await self._ledger.grant(grant_command(request), principal.name))
