@@ -1,4 +1,4 @@
-"""`credits-service serve | migrate | verify | token`: the thin entry point."""
+"""`credits-service serve | migrate | verify | import | token`: the thin entry point."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any
 
 from credits_service.persistence.embedded import DataDirInUse
@@ -19,6 +19,8 @@ from credits_service.transport.grpc.auth import NAME_PATTERN, Role, mint_token, 
 
 # The settings `migrate` reads, and lists in its --help (serve reads them all)
 MIGRATE_SETTINGS = ("database_url", "data_dir", "connect_timeout_s", "log_level", "log_format")
+IMPORT_SETTINGS = (*MIGRATE_SETTINGS, "plans_file", "environment")
+IMPORT_BATCH_ROWS = 5000
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +48,26 @@ def _parser() -> argparse.ArgumentParser:
         "captures, idempotency records complete, ...) over the whole database, print a "
         "report, and exit 1 if any is broken. Read-only; it reads whole tables.")
     Settings.add_arguments(verify, MIGRATE_SETTINGS)
+    seeding = commands.add_parser(
+        "seed", help="create demo accounts and their grants from a TOML file, once",
+        description="Create the accounts of a seed file (docs/seed.example.toml) on their "
+        "plans (--plans-file), with their welcome credits and grants, for development. "
+        "Idempotent: seeding again changes nothing. Applies pending migrations first.")
+    seeding.add_argument("file", help="the seed file (TOML)")
+    Settings.add_arguments(seeding, IMPORT_SETTINGS)
+    importing = commands.add_parser(
+        "import", help="import existing balances from a CSV file, once per row",
+        description="Import existing balances from a CSV file with the header "
+        "account_id,amount,plan,expire_time,external_id (plan, expire_time and external_id "
+        "optional; docs/accounts.md). Each good row credits its account once, however often "
+        "the file is imported; bad rows are reported by line number and write nothing. Exit "
+        "status 1 when any row was refused.")
+    importing.add_argument("file", help="the CSV file")
+    importing.add_argument("--dry-run", action="store_true",
+                           help="print what would change, and write nothing")
+    importing.add_argument("--batch-rows", type=int, default=IMPORT_BATCH_ROWS,
+                           help=f"rows per transaction (default {IMPORT_BATCH_ROWS})")
+    Settings.add_arguments(importing, IMPORT_SETTINGS)
     token = commands.add_parser(
         "token", help="mint a bearer token for a principal and print the line to configure",
         description="Mint a bearer token for a principal; print the token (give it to the "
@@ -62,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("migrate", "verify"):
             settings = Settings.load(args, names=MIGRATE_SETTINGS)
+        elif args.command in ("import", "seed"):
+            settings = Settings.load(args, names=IMPORT_SETTINGS)
         else:
             settings = Settings.load(args)
     except SettingsError as exc:
@@ -77,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_migrate(settings))
         if args.command == "verify":
             return asyncio.run(_verify(settings))
+        if args.command == "seed":
+            return asyncio.run(_seed(settings, args.file))
+        if args.command == "import":
+            return asyncio.run(_import(settings, args.file, args.dry_run, args.batch_rows))
         return run_loop(settings.server.event_loop, _serve(settings))
     except StartupError as exc:  # found before serving
         logging.getLogger(__name__).error("cannot start: %s", exc)
@@ -154,6 +182,101 @@ async def _verify(settings: Settings) -> int:
         return 1
     print("verify: every invariant holds")
     return 0
+
+
+async def _seed(settings: Settings, path: str) -> int:
+    from credits_service.app import build_ledger, load_plans, migrate, resolve_database
+    from credits_service.persistence.database import create_engine
+    from credits_service.persistence.keys import page_token_key
+    from credits_service.persistence.unit_of_work import DatabaseClock
+    from credits_service.seeding import SeedError, read_seed, seed
+    from credits_service.telemetry import Metrics
+
+    try:
+        accounts = read_seed("".join(_lines(path)))
+    except (OSError, SeedError) as exc:
+        print(f"credits-service: seed file {path!r}: {exc}", file=sys.stderr)
+        return 2
+    plans = load_plans(settings.accounts)
+    url, embedded = await resolve_database(settings.database, borrow_if_in_use=True)
+    try:
+        await migrate(url)
+        engine = create_engine(settings.database, url)
+        try:
+            ledger = build_ledger(settings, engine, Metrics(), DatabaseClock(),
+                                  await page_token_key(engine), plans)
+            summary = await seed(ledger, accounts)
+        finally:
+            await engine.dispose()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+    print(f"seed: {summary.accounts} accounts ({summary.accounts_created} created now), "
+          f"{summary.grants} grants, each applied once")
+    return 0
+
+
+async def _import(settings: Settings, path: str, dry_run: bool, batch_rows: int) -> int:
+    import datetime
+
+    import asyncpg
+
+    from credits_service.app import load_plans, resolve_database
+    from credits_service.persistence.imports import BalanceImports
+    from credits_service.service.imports import ImportSummary, import_rows, read_rows
+
+    if not 1 <= batch_rows <= 100_000:
+        print("credits-service: --batch-rows must be from 1 to 100000", file=sys.stderr)
+        return 2
+    plans = load_plans(settings.accounts)
+    try:
+        total = sum(1 for _ in _lines(path)) - 1
+    except OSError as exc:
+        print(f"credits-service: cannot read {path!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    shown = [-1]
+
+    def progress(summary: ImportSummary) -> None:
+        done = summary.rows + len(summary.problems)
+        step = 100 * done // max(total, 1)
+        if sys.stderr.isatty() or step // 10 > shown[0] // 10:
+            shown[0] = step
+            bar = "#" * (step // 5)
+            print(f"\r[{bar:<20}] {done:,}/{total:,} rows ({step}%)", end="",
+                  file=sys.stderr, flush=True)
+
+    url, embedded = await resolve_database(settings.database, borrow_if_in_use=True)
+    try:
+        connection = await asyncpg.connect(url, timeout=settings.database.connect_timeout_s)
+        try:
+            await _check_migrated(connection)
+            now = await connection.fetchval("SELECT credits_now()")
+            summary = await import_rows(
+                read_rows(_lines(path), plans, now or datetime.datetime.now(datetime.UTC)),
+                BalanceImports(connection), batch_rows=batch_rows, dry_run=dry_run,
+                progress=progress)
+        finally:
+            await connection.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+    print(file=sys.stderr)
+    for line, problem in summary.problems[:100]:
+        print(f"{path}:{line}: {problem}")
+    if len(summary.problems) > 100:
+        print(f"... and {len(summary.problems) - 100} more refused rows")
+    verb = "would import" if dry_run else "imported"
+    print(f"import{' (dry run: nothing written)' if dry_run else ''}: {summary.rows:,} good "
+          f"rows; {verb} {summary.imported:,} ({summary.credits:,} credits, "
+          f"{summary.accounts_created:,} new accounts); {summary.already_imported:,} imported "
+          f"before or repeated in the file; {len(summary.problems):,} refused")
+    return 1 if summary.problems else 0
+
+
+def _lines(path: str) -> Iterator[str]:
+    """The file's lines, read as they are needed (a CLI: reading blocks nobody)."""
+    with open(path, newline="", encoding="utf-8") as file:
+        yield from file
 
 
 async def _check_migrated(connection: Any) -> None:

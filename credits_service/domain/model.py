@@ -7,10 +7,13 @@ taken from the database clock. The words are those of docs/architecture.md's glo
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+# Account ids, idempotency keys and external ids: 1-128 of these characters
+IDENTIFIER_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 AMOUNT_MIN = 1
 AMOUNT_MAX = 10**12
 # An account's balance never exceeds this; a grant that would pass it is declined.

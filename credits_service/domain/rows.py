@@ -165,3 +165,16 @@ class Released(NamedTuple):
     balances: dict[str, BalanceSnapshot]
     lots: int
     reservations: int
+
+
+class ImportRow(NamedTuple):
+    """A checked row of a balances file (service/imports.py): credits for an account, once
+    per import key."""
+
+    line: int
+    account_id: str
+    amount: int
+    plan: str
+    expire_time: datetime | None
+    import_key: str
+    external_id: str

@@ -222,6 +222,15 @@ account_totals = Table(
     CheckConstraint("credits >= 0", name="ck_account_totals_credits"),
 )
 
+imported_rows = Table(
+    "imported_rows", metadata,
+    Column("import_key", Text, primary_key=True),
+    Column("account_id", Text, ForeignKey("accounts.account_id"), nullable=False),
+    _time("create_time", default=True),
+    CheckConstraint("char_length(import_key) BETWEEN 1 AND 200",
+                    name="ck_imported_rows_import_key_length"),
+)
+
 service_keys = Table(
     "service_keys", metadata,
     Column("name", Text, primary_key=True),

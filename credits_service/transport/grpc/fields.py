@@ -14,9 +14,9 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from credits_service.domain.errors import FieldViolation, InvalidArgument
-from credits_service.domain.model import AMOUNT_MAX, AMOUNT_MIN
+from credits_service.domain.model import AMOUNT_MAX, AMOUNT_MIN, IDENTIFIER_PATTERN
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+ID_PATTERN = IDENTIFIER_PATTERN
 METADATA_KEY_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # C0 controls other than tab, newline and carriage return, and DEL (Postgres rejects NUL).
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
