@@ -98,6 +98,7 @@ class SetAccountStatusCommand:
     account_id: str
     status: AccountStatus
     reason: str
+    write_off_balance: bool = False  # CLOSED: take the balance off first, with entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +206,7 @@ class EnsureAccountResult:
 class AccountChangeResult:
     account: Account  # as it is after the call
     changed: bool  # false: it was so already
+    write_off_entries: tuple[LedgerEntry, ...] = ()  # a close's write-off of the balance
 
 
 @dataclass(frozen=True, slots=True)

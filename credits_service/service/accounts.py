@@ -15,11 +15,19 @@ from credits_service.domain.commands import (
     GrantResult,
     SetAccountStatusCommand,
 )
-from credits_service.domain.model import Account, AccountStatus, BalanceSnapshot
+from credits_service.domain.model import (
+    Account,
+    AccountStatus,
+    BalanceSnapshot,
+    EntryType,
+    LedgerEntry,
+)
 from credits_service.domain.plans import Plan, PlanBook
 from credits_service.service.crediting import credit_lot
+from credits_service.service.debiting import take_free_credits
 from credits_service.service.ports import LedgerMetrics, UnitOfWork
 from credits_service.service.transactions import Transactions
+from credits_service.service.write_offs import write_off_due_lots
 
 
 class AccountOpening:
@@ -85,9 +93,12 @@ class AccountOpening:
 
 
 class Accounts:
-    def __init__(self, transactions: Transactions, opening: AccountOpening) -> None:
+    def __init__(
+        self, transactions: Transactions, opening: AccountOpening, metrics: LedgerMetrics
+    ) -> None:
         self._transactions = transactions
         self._opening = opening
+        self._metrics = metrics
 
     async def ensure_account(
         self, command: EnsureAccountCommand, actor: str
@@ -125,14 +136,41 @@ class Accounts:
                 return AccountChangeResult(account, changed=False)
             if account.status is AccountStatus.CLOSED:
                 return errors.AccountClosed(command.account_id)
+            entries: tuple[LedgerEntry, ...] = ()
+            if command.status is AccountStatus.CLOSED and command.write_off_balance and (
+                    not balance.reserved):
+                entries = await self._write_off_balance(uow, command, actor)
+                balance = (await uow.accounts.lock([command.account_id]))[command.account_id]
             if command.status is AccountStatus.CLOSED and (balance.balance or balance.reserved):
                 raise errors.AccountNotEmpty(command.account_id, balance.balance, balance.reserved)
             changed = await uow.accounts.set_status(
                 command.account_id, account.status, command.status, command.reason, actor)
             assert changed is not None, "the account is locked"
-            return AccountChangeResult(changed, changed=True)
+            return AccountChangeResult(changed, changed=True, write_off_entries=entries)
 
         return await self._transactions.run(work)
+
+    async def _write_off_balance(
+        self, uow: UnitOfWork, command: SetAccountStatusCommand, actor: str
+    ) -> tuple[LedgerEntry, ...]:
+        """Take a closing account's whole balance off its lots (none reserved): due lots are
+        written off as expired first, the rest with one ADJUSTMENT entry per lot."""
+        written = await write_off_due_lots(uow, [command.account_id], self._metrics)
+        balance = written.get(command.account_id) or (
+            await uow.accounts.lock([command.account_id]))[command.account_id]
+        if not balance.balance:
+            return ()
+        parts, debited = await take_free_credits(uow, command.account_id, balance.balance)
+        entries = []
+        after = balance.balance
+        for lot_id, part in parts:
+            after -= part
+            entries.append(await uow.entries.append(
+                account_id=command.account_id, entry_type=EntryType.ADJUSTMENT, amount=-part,
+                balance_after=after, actor=actor, reason=f"closed: {command.reason}",
+                metadata={"write_off": "true"}, lot_id=lot_id))
+        assert after == debited.balance == 0
+        return tuple(entries)
 
     async def change_plan(self, command: ChangePlanCommand, actor: str) -> AccountChangeResult:
         """Move the account to another plan, recording who did it and why. Its terms change

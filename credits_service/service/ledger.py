@@ -40,7 +40,7 @@ class Ledger:
         self.transactions = Transactions(
             uow_factory, attempts_max=settings.transaction_attempts_max, metrics=metrics)
         self.opening = AccountOpening(plans, auto_create_accounts, metrics)
-        self.accounts = Accounts(self.transactions, self.opening)
+        self.accounts = Accounts(self.transactions, self.opening, metrics)
         self.reserving = Reserving(self.transactions, settings, self.opening, metrics)
         self.batches = Batches(self.reserving, settings, metrics)
         self.committing = Committing(self.transactions, settings, metrics)

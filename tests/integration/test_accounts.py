@@ -545,3 +545,22 @@ async def test_history_keeps_only_the_grant_types_asked_for(stub, db):
     error = await expect_error(stub.History(pb.HistoryRequest(
         account_id="u1", grant_types=[pb.GRANT_TYPE_UNSPECIFIED])))
     assert [field for field, _ in error.field_violations] == ["grant_types"]
+
+
+async def test_closing_with_a_write_off_leaves_a_closed_empty_account(stub, db):
+    await grant(stub, "u1", 3, priority=10)
+    await grant(stub, "u1", 4, priority=20)
+    closed = await stub.SetAccountStatus(pb.SetAccountStatusRequest(
+        account_id="u1", status=pb.ACCOUNT_STATUS_CLOSED, reason="user left",
+        write_off_balance=True))
+    assert closed.changed and closed.account.status == pb.ACCOUNT_STATUS_CLOSED
+    assert [(e.amount, e.balance_after) for e in closed.write_off_entries] == [(-3, 4), (-4, 0)]
+    again = await stub.SetAccountStatus(pb.SetAccountStatusRequest(
+        account_id="u1", status=pb.ACCOUNT_STATUS_CLOSED, reason="user left",
+        write_off_balance=True))
+    assert not again.changed and not again.write_off_entries
+    balance = await stub.GetBalance(pb.GetBalanceRequest(account_id="u1"))
+    assert balance.balance.balance == 0 and balance.totals.adjusted_out == 7
+    error = await expect_error(stub.SetAccountStatus(pb.SetAccountStatusRequest(
+        account_id="u1", status=pb.ACCOUNT_STATUS_FROZEN, reason="x", write_off_balance=True)))
+    assert [field for field, _ in error.field_violations] == ["write_off_balance"]

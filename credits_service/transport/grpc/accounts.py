@@ -13,6 +13,7 @@ from credits_service.domain.commands import (
     EnsureAccountResult,
     SetAccountStatusCommand,
 )
+from credits_service.domain.model import AccountStatus
 from credits_service.domain.plans import PLAN_NAME_PATTERN
 from credits_service.service.ledger import Ledger
 from credits_service.transport.grpc import messages
@@ -53,7 +54,10 @@ def set_account_status_command(request: pb.SetAccountStatusRequest) -> SetAccoun
         account_id=check.identifier("account_id", request.account_id),
         status=status,  # type: ignore[arg-type]
         reason=required_reason(check, "reason", request.reason),
+        write_off_balance=request.write_off_balance,
     )
+    if request.write_off_balance and status is not AccountStatus.CLOSED:
+        check.fail("write_off_balance", "is for ACCOUNT_STATUS_CLOSED only")
     check.done()
     return command
 
@@ -97,7 +101,7 @@ class AccountsApi:
     ) -> pb.SetAccountStatusResponse:
         result = await self._ledger.set_account_status(
             set_account_status_command(request), caller().name)
-        return pb.SetAccountStatusResponse(**_change(result))
+        return _status_change(result)
 
     async def ChangePlan(
         self, request: pb.ChangePlanRequest, context: grpc.aio.ServicerContext
@@ -108,3 +112,9 @@ class AccountsApi:
 
 def _change(result: AccountChangeResult) -> dict[str, object]:
     return {"account": messages.account(result.account), "changed": result.changed}
+
+
+def _status_change(result: AccountChangeResult) -> pb.SetAccountStatusResponse:
+    return pb.SetAccountStatusResponse(
+        **_change(result),
+        write_off_entries=[messages.ledger_entry(e) for e in result.write_off_entries])

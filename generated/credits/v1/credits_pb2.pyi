@@ -713,22 +713,29 @@ class SetAccountStatusRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    WRITE_OFF_BALANCE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """account_id is the account."""
     status: Global___AccountStatus.ValueType
     """status is the status to set; not UNSPECIFIED."""
     reason: _builtins.str
     """reason says why, 1-256 characters; recorded with the change."""
+    write_off_balance: _builtins.bool
+    """write_off_balance (closing only): take the account's balance off first,
+    with one ADJUSTMENT entry per lot (reason "closed: <reason>"), so an
+    account with credits but no active reservation can be closed.
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         status: Global___AccountStatus.ValueType = ...,
         reason: _builtins.str = ...,
+        write_off_balance: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "reason", b"reason", "status", b"status", "write_off_balance", b"write_off_balance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -742,21 +749,27 @@ class SetAccountStatusResponse(_message.Message):
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     CHANGED_FIELD_NUMBER: _builtins.int
+    WRITE_OFF_ENTRIES_FIELD_NUMBER: _builtins.int
     changed: _builtins.bool
     """changed is false when the account had this status already."""
     @_builtins.property
     def account(self) -> Global___Account:
         """account is the account's terms, status included."""
 
+    @_builtins.property
+    def write_off_entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """write_off_entries are the entries that took the balance off before closing."""
+
     def __init__(
         self,
         *,
         account: Global___Account | None = ...,
         changed: _builtins.bool = ...,
+        write_off_entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "changed", b"changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "changed", b"changed", "write_off_entries", b"write_off_entries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -189,7 +189,8 @@ class CreditsServiceServicer:
         recorded beside the caller's name. A frozen account takes no new
         reservations (ACCOUNT_FROZEN); commits and releases of its reservations,
         and grants, go on. A closed account changes no more (ACCOUNT_CLOSED); only
-        an account without balance and reservations is closed (ACCOUNT_NOT_EMPTY).
+        an account without balance and reservations is closed (ACCOUNT_NOT_EMPTY),
+        unless write_off_balance takes its balance off first.
         Setting the status it has already changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -72,7 +72,8 @@ class CreditsServiceStub:
     recorded beside the caller's name. A frozen account takes no new
     reservations (ACCOUNT_FROZEN); commits and releases of its reservations,
     and grants, go on. A closed account changes no more (ACCOUNT_CLOSED); only
-    an account without balance and reservations is closed (ACCOUNT_NOT_EMPTY).
+    an account without balance and reservations is closed (ACCOUNT_NOT_EMPTY),
+    unless write_off_balance takes its balance off first.
     Setting the status it has already changes nothing.
     """
     ChangePlan: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ChangePlanRequest, _credits_pb2.ChangePlanResponse]
@@ -210,7 +211,8 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     recorded beside the caller's name. A frozen account takes no new
     reservations (ACCOUNT_FROZEN); commits and releases of its reservations,
     and grants, go on. A closed account changes no more (ACCOUNT_CLOSED); only
-    an account without balance and reservations is closed (ACCOUNT_NOT_EMPTY).
+    an account without balance and reservations is closed (ACCOUNT_NOT_EMPTY),
+    unless write_off_balance takes its balance off first.
     Setting the status it has already changes nothing.
     """
     ChangePlan: _aio.UnaryUnaryMultiCallable[_credits_pb2.ChangePlanRequest, _credits_pb2.ChangePlanResponse]  # type: ignore[assignment]
@@ -357,7 +359,8 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         recorded beside the caller's name. A frozen account takes no new
         reservations (ACCOUNT_FROZEN); commits and releases of its reservations,
         and grants, go on. A closed account changes no more (ACCOUNT_CLOSED); only
-        an account without balance and reservations is closed (ACCOUNT_NOT_EMPTY).
+        an account without balance and reservations is closed (ACCOUNT_NOT_EMPTY),
+        unless write_off_balance takes its balance off first.
         Setting the status it has already changes nothing.
         """
 

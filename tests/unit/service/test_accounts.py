@@ -201,3 +201,24 @@ async def test_change_plan_moves_the_account_without_welcome_credits(on_plans, s
     assert storage.tables.changes == [("u1", "PLAN", "team", "pro", "upgrade", "ops")]
     with pytest.raises(errors.PlanNotFound):
         await on_plans.ledger.change_plan(ChangePlanCommand("u1", "gold", "x"), "ops")
+
+
+async def test_closing_with_a_write_off_takes_the_balance_off_lot_by_lot(calls, storage, clock):
+    await calls.grant("u1", 3, priority=10)
+    await calls.grant("u1", 5, expire_in_s=60)
+    held = (await calls.reserve("u1", 1)).reservation.reservation_id
+    close = SetAccountStatusCommand("u1", AccountStatus.CLOSED, "user left", True)
+    with pytest.raises(errors.AccountNotEmpty):  # its reservation first
+        await calls.ledger.set_account_status(close, "ops")
+    await calls.release(held)
+    clock.advance(120)  # the second lot expires: written off as such, not adjusted
+
+    closed = await calls.ledger.set_account_status(close, "ops")
+
+    assert closed.changed and closed.account.status is AccountStatus.CLOSED
+    assert [(e.entry_type, e.amount, e.balance_after, e.reason)
+            for e in closed.write_off_entries] == [
+        (EntryType.ADJUSTMENT, -3, 0, "closed: user left")]
+    assert [e.entry_type for e in storage.entries][-2:] == [EntryType.EXPIRY,
+                                                             EntryType.ADJUSTMENT]
+    assert storage.accounts["u1"].balance == 0
