@@ -169,9 +169,10 @@ class AccountNotFound(Declined):
 
 
 class AccountFrozen(Declined):
-    """The account is frozen (SetAccountStatus): no new reservations or debits until it is
-    active again; commits and releases of its reservations, and grants, still work (metadata
-    `accountId`). Not stored with an idempotency key."""
+    """The account is frozen (SetAccountStatus): no new reservations, deductions or transfers
+    out until it is active again; commits (for their held amount or more) and releases of its
+    reservations, and grants, still work (metadata `accountId`). Not stored with an
+    idempotency key."""
 
     reason = "ACCOUNT_FROZEN"
     stored = False
@@ -289,6 +290,8 @@ class ReservationNotCommitted(Declined):
         super().__init__(
             f"reservation {reservation_id!r} is {status}, not COMMITTED: nothing to refund",
             {"reservationId": reservation_id, "status": status})
+        # Still ACTIVE, it may be committed yet: then the same key must be able to refund.
+        self.stored = status != "ACTIVE"  # type: ignore[misc]
 
 
 class RefundExceedsUsage(Declined):

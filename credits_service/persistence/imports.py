@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import orjson
 
 from credits_service.domain.model import BALANCE_MAX, PRIORITY_DEFAULT
 from credits_service.domain.rows import ImportRow
 
+_ATTEMPTS_MAX = 5
 _ALREADY = "SELECT import_key FROM imported_rows WHERE import_key = ANY($1::text[])"
 
 _CREATE_ACCOUNTS = """
@@ -89,6 +91,20 @@ class BalanceImports:
         return {row["account_id"] for row in rows}
 
     async def import_batch(
+        self, rows: list[ImportRow], actor: str
+    ) -> tuple[list[ImportRow], list[tuple[ImportRow, str]], int]:
+        """The batch in one transaction, run again (a few times at most) when it deadlocks
+        with the service's transactions (new accounts are created before existing ones are
+        locked) or hits a serialization failure."""
+        for attempt in range(1, _ATTEMPTS_MAX + 1):
+            try:
+                return await self._import_batch(rows, actor)
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                if attempt == _ATTEMPTS_MAX:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _import_batch(
         self, rows: list[ImportRow], actor: str
     ) -> tuple[list[ImportRow], list[tuple[ImportRow, str]], int]:
         async with self._connection.transaction():

@@ -91,7 +91,8 @@ def _row(line: int, values: dict[str, str], plans: PlanBook, now: datetime) -> I
     if not IDENTIFIER_PATTERN.fullmatch(account_id):
         return (line, f"account_id {account_id!r}: 1-128 characters from A-Z a-z 0-9 and '._:@-'")
     amount_text = values["amount"]
-    if not amount_text.isdigit() or not 1 <= int(amount_text) <= AMOUNT_MAX:
+    if not (amount_text.isascii() and amount_text.isdigit()) or not (
+            1 <= int(amount_text) <= AMOUNT_MAX):
         return (line, f"amount {amount_text!r}: a whole number from 1 to {AMOUNT_MAX}")
     plan = values.get("plan", "")
     if plans.get(plan) is None:
@@ -137,6 +138,7 @@ async def import_rows(
     summary = ImportSummary()
     batch: list[ImportRow] = []
     seen_accounts: set[str] = set()
+    by_external_id: dict[str, tuple[str, int, str, object]] = {}
 
     async def flush() -> None:
         if not batch:
@@ -165,6 +167,13 @@ async def import_rows(
         if isinstance(row, tuple) and not isinstance(row, ImportRow):
             summary.problems.append(row)
             continue
+        if row.external_id:
+            content = (row.account_id, row.amount, row.plan, row.expire_time)
+            first = by_external_id.setdefault(row.external_id, content)
+            if first != content:
+                summary.problems.append((row.line, f"external_id {row.external_id!r} is on an "
+                                                   "earlier row with other values"))
+                continue
         summary.rows += 1
         batch.append(row)
         if len(batch) >= batch_rows:

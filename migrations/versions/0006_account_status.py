@@ -40,5 +40,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Older versions would serve frozen and closed accounts as active ones.
+    op.execute("""
+        DO $$ BEGIN
+            IF EXISTS (SELECT FROM accounts WHERE status <> 'ACTIVE') THEN
+                RAISE EXCEPTION 'accounts are frozen or closed: cannot downgrade';
+            END IF;
+        END $$""")
     op.execute("DROP TABLE account_changes")
     op.execute("ALTER TABLE accounts DROP COLUMN status")

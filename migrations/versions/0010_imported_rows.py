@@ -27,4 +27,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Without them, importing a file again would credit its rows twice.
+    op.execute("""
+        DO $$ BEGIN
+            IF EXISTS (SELECT FROM imported_rows) THEN
+                RAISE EXCEPTION 'rows were imported: cannot downgrade';
+            END IF;
+        END $$""")
     op.execute("DROP TABLE imported_rows")

@@ -486,9 +486,11 @@ async def test_partial_refunds_racing_never_exceed_what_was_captured(stub, db):
 async def test_refund_requests_and_declines(stub, db):
     await grant(stub, "u1", 10)
     active = (await reserve(stub, "u1", 2)).reservation.reservation_id
-    error = await expect_error(refund(stub, active))
+    error = await expect_error(refund(stub, active, key="early"))
     assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_NOT_COMMITTED",
                  reservationId=active, status="ACTIVE")
+    await stub.Commit(pb.CommitRequest(reservation_id=active))
+    assert (await refund(stub, active, key="early")).reservation.refunded_amount == 2
     missing = str(uuid.uuid4())
     assert (await expect_error(refund(stub, missing))).reason == "RESERVATION_NOT_FOUND"
     for request, field in (

@@ -225,3 +225,24 @@ async def test_the_declared_schema_is_what_the_migrations_build(database_url):
     finally:
         await engine.dispose()
     assert differences == []
+
+
+async def test_downgrades_that_would_lose_account_state_or_imports_are_refused(
+        old_ledger, embedded_postgres):
+    await asyncio.to_thread(upgrade_to, old_ledger, "head")
+    config = alembic_config(old_ledger)
+    connection = await asyncpg.connect(host=str(embedded_postgres.socket_dir), user="postgres",
+                                       database=DATABASE)
+    try:
+        await connection.execute(
+            "INSERT INTO imported_rows (import_key, account_id) VALUES ('id:x', 'old-1')")
+        with pytest.raises(Exception, match="rows were imported"):
+            await asyncio.to_thread(command.downgrade, config, "0009")
+        await connection.execute("DELETE FROM imported_rows")
+        await connection.execute("UPDATE accounts SET status = 'FROZEN' WHERE account_id = 'old-1'")
+        with pytest.raises(Exception, match="frozen or closed"):
+            await asyncio.to_thread(command.downgrade, config, "0005")
+        await connection.execute("UPDATE accounts SET status = 'ACTIVE'")
+        await asyncio.to_thread(command.downgrade, config, "0005")  # now it may
+    finally:
+        await connection.close()

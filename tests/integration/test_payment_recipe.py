@@ -109,5 +109,8 @@ async def test_a_billing_token_grants_purchases_only(billing_stub, db):
                 account_id="u1", mode=pb.ADJUST_MODE_ADD, amount=1, idempotency_key="a",
                 reason="x"), metadata=bearer(BILLING_TOKEN))):
         assert (await expect_error(call)).code is grpc.StatusCode.PERMISSION_DENIED
+    error = await expect_error(billing_stub.EnsureAccount(pb.EnsureAccountRequest(
+        account_id="u2", plan="default"), metadata=bearer(BILLING_TOKEN)))
+    assert error.code is grpc.StatusCode.PERMISSION_DENIED  # a plan's welcome credits
     assert await db.fetchval("SELECT count(*) FROM ledger_entries") == 0
     await billing_stub.Grant(promo, metadata=bearer(ADMIN_TOKEN))  # an admin may

@@ -52,3 +52,20 @@ def test_a_file_without_its_header_is_refused_whole():
                             "expire_time,external_id")]
     assert rows("user,credits\nu1,5\n")[0][0] == 1
     assert len(rows("account_id,amount,amount\nu1,5,5\n")) == 1
+
+
+async def test_an_external_id_on_two_different_rows_refuses_the_second():
+    from credits_service.service.imports import import_rows
+
+    class Store:
+        async def already_imported(self, keys):
+            return set()
+
+        async def existing_accounts(self, account_ids):
+            return set()
+
+    summary = await import_rows(
+        rows("account_id,amount,external_id\nu1,5,x\nu1,5,x\nu2,5,x\nu3,\u00b2,\n"),
+        Store(), batch_rows=10, dry_run=True)
+    assert summary.rows == 2 and summary.imported == 1
+    assert [line for line, _ in summary.problems] == [4, 5]

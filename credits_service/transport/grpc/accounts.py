@@ -13,11 +13,12 @@ from credits_service.domain.commands import (
     EnsureAccountResult,
     SetAccountStatusCommand,
 )
+from credits_service.domain.errors import PermissionDenied
 from credits_service.domain.model import AccountStatus
 from credits_service.domain.plans import PLAN_NAME_PATTERN
 from credits_service.service.ledger import Ledger
 from credits_service.transport.grpc import messages
-from credits_service.transport.grpc.auth import caller
+from credits_service.transport.grpc.auth import Role, caller
 from credits_service.transport.grpc.fields import REASON_LENGTH_MAX, FieldChecker
 
 
@@ -92,8 +93,13 @@ class AccountsApi:
     async def EnsureAccount(
         self, request: pb.EnsureAccountRequest, context: grpc.aio.ServicerContext
     ) -> pb.EnsureAccountResponse:
+        principal = caller()
+        if principal.role is Role.BILLING and request.plan:
+            # A plan's welcome credits are money: a billing token grants purchases only.
+            raise PermissionDenied(principal.name, principal.role.value, "EnsureAccount",
+                                   " with a plan (the default plan only)")
         result = await self._ledger.ensure_account(
-            ensure_account_command(request), caller().name)
+            ensure_account_command(request), principal.name)
         return ensure_account_response(result)
 
     async def SetAccountStatus(
