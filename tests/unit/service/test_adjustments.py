@@ -92,3 +92,13 @@ async def test_frozen_accounts_take_additions_only_and_unknown_ones_nothing(call
         await adjust(calls, AdjustMode.ADD, 1, account="nobody", key="n")
     assert ("tester", "f") not in storage.keys and ("tester", "n") not in storage.keys
     assert "nobody" not in storage.accounts
+
+
+async def test_an_addition_expiring_in_the_past_is_refused_and_its_key_stays_unused(
+        calls, storage, clock):
+    await calls.grant("u1", 1)
+    with pytest.raises(errors.ExpireTimePassed):
+        await adjust(calls, AdjustMode.ADD, 5, key="past", expire_time=clock.now())
+    assert ("ops", "past") not in storage.keys
+    assert (await adjust(calls, AdjustMode.ADD, 5, key="past",
+                         expire_time=clock.now() + timedelta(hours=1))).balance.balance == 6

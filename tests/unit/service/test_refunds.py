@@ -79,3 +79,16 @@ async def test_by_usage_entry_once_per_key_and_only_committed_usage(calls, stora
         await refund(calls, active)
     with pytest.raises(errors.ReservationNotFound):
         await refund(calls, "01890000-0000-7000-8000-000000000000")
+
+
+async def test_a_refund_past_the_balance_cap_is_declined_and_writes_nothing(calls, storage):
+    from credits_service.domain.model import BALANCE_MAX
+
+    await calls.grant("u1", 10)
+    used = await committed(calls, 10)
+    await calls.grant("u1", BALANCE_MAX)
+    before = storage.snapshot()
+    with pytest.raises(errors.BalanceLimitExceeded):
+        await refund(calls, used, 1)
+    assert storage.snapshot()[:4] == before[:4]
+    assert storage.reservations[used].refunded_amount == 0

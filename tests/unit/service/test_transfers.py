@@ -80,3 +80,15 @@ async def test_an_unknown_receiver_is_created_when_accounts_are_created_on_first
     await calls.grant("a", 10)
     moved = await transfer(calls, 4, receiver="new")
     assert moved.to_balance.balance == 4 and storage.accounts["new"].balance == 4
+
+
+async def test_a_receiver_at_the_balance_cap_takes_nothing(calls, storage):
+    from credits_service.domain.model import BALANCE_MAX
+
+    await calls.grant("a", 10)
+    await calls.grant("b", BALANCE_MAX)
+    before = storage.snapshot()
+    with pytest.raises(errors.BalanceLimitExceeded) as declined:
+        await transfer(calls, 1)
+    assert declined.value.metadata["accountId"] == "b"
+    assert storage.snapshot()[:4] == before[:4]
