@@ -217,8 +217,6 @@ async def _seed(settings: Settings, path: str) -> int:
 
 
 async def _import(settings: Settings, path: str, dry_run: bool, batch_rows: int) -> int:
-    import datetime
-
     import asyncpg
 
     from credits_service.app import load_plans, resolve_database
@@ -252,7 +250,7 @@ async def _import(settings: Settings, path: str, dry_run: bool, batch_rows: int)
             await _check_migrated(connection)
             now = await connection.fetchval("SELECT credits_now()")
             summary = await import_rows(
-                read_rows(_lines(path), plans, now or datetime.datetime.now(datetime.UTC)),
+                read_rows(_lines(path), plans, now),
                 BalanceImports(connection), batch_rows=batch_rows, dry_run=dry_run,
                 progress=progress)
         finally:

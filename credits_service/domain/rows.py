@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import NamedTuple
 
-from credits_service.domain.model import AccountStatus, BalanceSnapshot, Reservation
+from credits_service.domain.model import Account, AccountStatus, BalanceSnapshot, Reservation
 
 
 class ExpiredLot(NamedTuple):
@@ -50,6 +50,15 @@ class KeyedAccount(NamedTuple):
     scope: str
     idempotency_key: str
     account_id: str
+
+
+class AccountSummary(NamedTuple):
+    """An account's balance, terms and lifetime totals by kind (model.total_kind), read at
+    once."""
+
+    balance: BalanceSnapshot
+    account: Account
+    totals: dict[str, int]
 
 
 class FoundAndLocked(NamedTuple):

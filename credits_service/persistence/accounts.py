@@ -6,13 +6,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import orjson
+
 from credits_service.domain.model import Account, AccountStatus, BalanceSnapshot
-from credits_service.domain.rows import HeldTotals
+from credits_service.domain.rows import AccountSummary, HeldTotals
 from credits_service.persistence import columns
 
 _GET = f"SELECT {columns.ACCOUNT} FROM accounts WHERE account_id = $1"
 _PROFILE = f"SELECT {columns.PROFILE} FROM accounts WHERE account_id = $1"
-_TOTALS = "SELECT kind, credits FROM account_totals WHERE account_id = $1"
+# GetBalance's account: balance, terms and totals in one round trip
+_SUMMARY = f"""
+    SELECT {columns.ACCOUNT}, plan, create_time, status,
+           (SELECT coalesce(jsonb_object_agg(t.kind, t.credits), '{{}}')::text
+              FROM account_totals t WHERE t.account_id = a.account_id) AS totals
+      FROM accounts a WHERE a.account_id = $1"""
 
 # Waits for a transaction inserting the same account, then inserts nothing if it committed.
 _CREATE = f"""
@@ -93,10 +100,13 @@ class AccountRepository:
         row = await self._connection.fetchrow(_PROFILE, account_id)
         return columns.account(row) if row is not None else None
 
-    async def totals(self, account_id: str) -> dict[str, int]:
-        """The account's lifetime totals by kind (domain.model.total_kind)."""
-        rows = await self._connection.fetch(_TOTALS, account_id)
-        return {row["kind"]: row["credits"] for row in rows}
+    async def summary(self, account_id: str) -> AccountSummary | None:
+        """The account's balance, terms and lifetime totals by kind, at once."""
+        row = await self._connection.fetchrow(_SUMMARY, account_id)
+        if row is None:
+            return None
+        return AccountSummary(columns.balance(row), columns.account(row),
+                              orjson.loads(row["totals"]))
 
     async def create(self, account_id: str, plan: str) -> BalanceSnapshot | None:
         """Create the account, empty, on `plan` (locked until the transaction ends); None if

@@ -128,7 +128,7 @@ class Accounts:
         only for an account without balance and reservations (AccountNotEmpty otherwise)."""
 
         async def work(uow: UnitOfWork) -> AccountChangeResult | errors.Declined:
-            found = await _locked(uow, command.account_id)
+            found = await locked_account(uow, command.account_id)
             if isinstance(found, errors.Declined):
                 return found
             account, balance = found
@@ -139,8 +139,7 @@ class Accounts:
             entries: tuple[LedgerEntry, ...] = ()
             if command.status is AccountStatus.CLOSED and command.write_off_balance and (
                     not balance.reserved):
-                entries = await self._write_off_balance(uow, command, actor)
-                balance = (await uow.accounts.lock([command.account_id]))[command.account_id]
+                entries, balance = await self._write_off_balance(uow, command, balance, actor)
             if command.status is AccountStatus.CLOSED and (balance.balance or balance.reserved):
                 raise errors.AccountNotEmpty(command.account_id, balance.balance, balance.reserved)
             changed = await uow.accounts.set_status(
@@ -151,15 +150,16 @@ class Accounts:
         return await self._transactions.run(work)
 
     async def _write_off_balance(
-        self, uow: UnitOfWork, command: SetAccountStatusCommand, actor: str
-    ) -> tuple[LedgerEntry, ...]:
-        """Take a closing account's whole balance off its lots (none reserved): due lots are
-        written off as expired first, the rest with one ADJUSTMENT entry per lot."""
+        self, uow: UnitOfWork, command: SetAccountStatusCommand, balance: BalanceSnapshot,
+        actor: str,
+    ) -> tuple[tuple[LedgerEntry, ...], BalanceSnapshot]:
+        """Take a closing (locked) account's whole balance off its lots, none reserved: due
+        lots are written off as expired first, the rest with one ADJUSTMENT entry per lot.
+        Returns the entries and the balance after."""
         written = await write_off_due_lots(uow, [command.account_id], self._metrics)
-        balance = written.get(command.account_id) or (
-            await uow.accounts.lock([command.account_id]))[command.account_id]
+        balance = written.get(command.account_id, balance)
         if not balance.balance:
-            return ()
+            return (), balance
         parts, debited = await take_free_credits(uow, command.account_id, balance.balance)
         entries = []
         after = balance.balance
@@ -170,7 +170,7 @@ class Accounts:
                 balance_after=after, actor=actor, reason=f"closed: {command.reason}",
                 metadata={"write_off": "true"}, lot_id=lot_id))
         assert after == debited.balance == 0
-        return tuple(entries)
+        return tuple(entries), debited
 
     async def change_plan(self, command: ChangePlanCommand, actor: str) -> AccountChangeResult:
         """Move the account to another plan, recording who did it and why. Its terms change
@@ -178,7 +178,7 @@ class Accounts:
         plan = self._opening.plan(command.plan).name
 
         async def work(uow: UnitOfWork) -> AccountChangeResult | errors.Declined:
-            found = await _locked(uow, command.account_id)
+            found = await locked_account(uow, command.account_id)
             if isinstance(found, errors.Declined):
                 return found
             account, _ = found
@@ -194,10 +194,11 @@ class Accounts:
         return await self._transactions.run(work)
 
 
-async def _locked(
+async def locked_account(
     uow: UnitOfWork, account_id: str
 ) -> tuple[Account, BalanceSnapshot] | errors.Declined:
-    """The account's terms and balance, its row locked for the transaction."""
+    """The account's terms and balance, its row locked for the transaction; AccountNotFound
+    when there is none."""
     balance = (await uow.accounts.lock([account_id])).get(account_id)
     if balance is None:
         return errors.AccountNotFound(account_id)

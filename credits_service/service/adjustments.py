@@ -16,6 +16,7 @@ from credits_service.domain.model import (
     GrantType,
     LedgerEntry,
 )
+from credits_service.service.accounts import locked_account
 from credits_service.service.crediting import credit_lot
 from credits_service.service.debiting import take_free_credits
 from credits_service.service.idempotency import keyed
@@ -38,11 +39,10 @@ class Adjusting:
         async def effect(uow: UnitOfWork) -> AdjustResult | errors.Declined:
             if command.expire_time is not None and command.expire_time <= await uow.now():
                 raise errors.ExpireTimePassed(command.expire_time.isoformat())
-            balance = (await uow.accounts.lock([command.account_id])).get(command.account_id)
-            if balance is None:
-                return errors.AccountNotFound(command.account_id)
-            account = await uow.accounts.profile(command.account_id)
-            assert account is not None, "a locked account exists"
+            found = await locked_account(uow, command.account_id)
+            if isinstance(found, errors.Declined):
+                return found
+            account, balance = found
             if account.status is AccountStatus.CLOSED:
                 return errors.AccountClosed(command.account_id)
             expected = command.expected_balance

@@ -27,6 +27,7 @@ from credits_service.domain.model import (
     ReservationStatus,
 )
 from credits_service.domain.rows import (
+    AccountSummary,
     Capture,
     Captured,
     CaptureTotals,
@@ -57,8 +58,9 @@ class AccountRepository(Protocol):
     async def profile(self, account_id: str) -> Account | None:
         """The account's plan and creation time."""
 
-    async def totals(self, account_id: str) -> dict[str, int]:
-        """The account's lifetime totals by kind (domain.model.total_kind)."""
+    async def summary(self, account_id: str) -> AccountSummary | None:
+        """The account's balance, terms and lifetime totals by kind (model.total_kind), read
+        at once."""
 
     async def create(self, account_id: str, plan: str) -> BalanceSnapshot | None:
         """Create the account, empty, on `plan`; None if it exists already (waiting for a

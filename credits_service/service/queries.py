@@ -45,19 +45,18 @@ class Queries:
         call (auto_create_accounts), or AccountNotFound."""
 
         async def work(uow: UnitOfWork) -> BalanceReport | errors.Declined:
-            balance = await uow.accounts.get(query.account_id)
-            if balance is None:
-                balance = await self._opening.on_first_use(uow, query.account_id, actor)
-            if balance is None:
+            summary = await uow.accounts.summary(query.account_id)
+            if summary is None and await self._opening.on_first_use(
+                    uow, query.account_id, actor) is not None:
+                summary = await uow.accounts.summary(query.account_id)
+            if summary is None:
                 return errors.AccountNotFound(query.account_id)
-            account = await uow.accounts.profile(query.account_id)
-            assert account is not None, "an account found stays"
             listed, expiring = await uow.lots.listing(
                 query.account_id, LOTS_LISTED_MAX + 1, query.expiring_within_ms)
             return BalanceReport(
-                account=account,
-                totals=await uow.accounts.totals(query.account_id),
-                balance=balance,
+                account=summary.account,
+                totals=summary.totals,
+                balance=summary.balance,
                 lots=tuple(listed[:LOTS_LISTED_MAX]),
                 lots_truncated=len(listed) > LOTS_LISTED_MAX,
                 expiring_amount=expiring,

@@ -10,6 +10,7 @@ One REFUND entry per lot the credits went to."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 
 from credits_service.domain import errors
@@ -26,6 +27,7 @@ from credits_service.domain.model import (
     Reservation,
     ReservationStatus,
 )
+from credits_service.service.accounts import locked_account
 from credits_service.service.idempotency import keyed
 from credits_service.service.ports import LedgerMetrics, UnitOfWork
 from credits_service.service.transactions import Transactions
@@ -53,9 +55,9 @@ class Refunding:
                 return found
             reservation = found
             account_id = reservation.account_id
-            balance = (await uow.accounts.lock([account_id]))[account_id]
-            account = await uow.accounts.profile(account_id)
-            assert account is not None
+            found_account = await locked_account(uow, account_id)
+            assert not isinstance(found_account, errors.Declined), "a reservation's account is"
+            account, balance = found_account
             if account.status is AccountStatus.CLOSED:
                 return errors.AccountClosed(account_id)
             committed = reservation.committed_amount or 0
@@ -94,7 +96,7 @@ class Refunding:
                     metadata=command.metadata, reservation_id=reservation.reservation_id,
                     lot_id=lot_id))
             assert balance_after == credited.balance
-            reservation = _with_refunded(reservation, refunded)
+            reservation = dataclasses.replace(reservation, refunded_amount=refunded)
             return RefundResult(tuple(entries), credited, reservation, lot)
 
         return await self._transactions.run(
@@ -138,10 +140,3 @@ async def _back_to_lots(
             left -= part
     return back, left
 
-
-def _with_refunded(reservation: Reservation, refunded: int) -> Reservation:
-    return Reservation(
-        reservation.reservation_id, reservation.account_id, reservation.amount,
-        reservation.status, reservation.committed_amount, reservation.create_time,
-        reservation.expire_time, reservation.finish_time, reservation.metadata,
-        reservation.draws, reservation.release_reason, refunded)

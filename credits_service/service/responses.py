@@ -62,24 +62,19 @@ def encode(outcome: Outcome) -> str:
         }
     elif isinstance(outcome, ReserveResult):
         stored = {_RESERVATION: _reservation_fields(outcome)}
-    elif isinstance(outcome, RefundResult):
-        refund = plain(outcome)
-        if refund["lot"] is not None:
-            refund["lot"][_LOT_GRANT_TYPE] = refund["lot"].pop("grant_type")
-        stored = {"refund": refund}
-    elif isinstance(outcome, TransferResult):
-        stored = {"transfer": plain(outcome)}
-    elif isinstance(outcome, AdjustResult):
-        adjust = plain(outcome)
-        if adjust["lot"] is not None:
-            adjust["lot"][_LOT_GRANT_TYPE] = adjust["lot"].pop("grant_type")
-        stored = {"adjust": adjust}
     else:
-        grant = plain(outcome)
-        if grant["lot"] is not None:
-            grant["lot"][_LOT_GRANT_TYPE] = grant["lot"].pop("grant_type")
-        stored = {"grant": grant}
+        result = plain(outcome)
+        if result.get("lot") is not None:
+            result["lot"][_LOT_GRANT_TYPE] = result["lot"].pop("grant_type")
+        stored = {_KIND_OF[type(outcome)]: result}
     return orjson.dumps(stored, default=_as_dict).decode()
+
+
+# The key each other result is stored under, by name
+_KIND_OF: dict[type, str] = {
+    GrantResult: "grant", AdjustResult: "adjust", TransferResult: "transfer",
+    RefundResult: "refund",
+}
 
 
 def decode(text: str) -> Outcome:

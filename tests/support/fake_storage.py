@@ -42,6 +42,7 @@ from credits_service.domain.model import (
     total_kind,
 )
 from credits_service.domain.rows import (
+    AccountSummary,
     Capture,
     Captured,
     CaptureTotals,
@@ -519,9 +520,16 @@ class FakeAccounts(_Repository):
         return row.snapshot() if row else None
 
     @statement
-    def totals(self, account_id: str) -> dict[str, int]:
-        return {kind: credits for (owner, kind), credits in self._tables.totals.items()
-                if owner == account_id}
+    def summary(self, account_id: str) -> AccountSummary | None:
+        """_SUMMARY"""
+        row = self._tx.account(account_id)
+        if row is None:
+            return None
+        totals = {kind: credits for (owner, kind), credits in self._tables.totals.items()
+                  if owner == account_id}
+        return AccountSummary(row.snapshot(),
+                              Account(row.account_id, row.plan, row.create_time, row.status),
+                              totals)
 
     @statement
     def profile(self, account_id: str) -> Account | None:
