@@ -308,6 +308,13 @@ class Application:
         metrics = Metrics()
         clock = DatabaseClock()
         ledger = build_ledger(settings, engine, metrics, clock, key, plans)
+        try:
+            synced = await ledger.sync_credit_limits()
+        except BaseException:
+            await engine.dispose()
+            raise
+        if synced:
+            _log.info("%d accounts took their plan's credit limit from %s", synced, plans.source)
         workers = settings.workers
         sweeper = Sweeper(
             ledger.maintenance,

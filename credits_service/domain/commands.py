@@ -124,6 +124,7 @@ class AdjustCommand:
     metadata: Mapping[str, str] = field(default_factory=dict)
     expected_balance: int | None = None  # SET only: compare-and-set
     expire_time: datetime | None = None  # ADD, or a SET that adds: the new lot's expiry
+    allow_negative: bool = False  # a deduction may pass -credit_limit
 
 
 @dataclass(frozen=True, slots=True)

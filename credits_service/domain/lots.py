@@ -19,9 +19,12 @@ def consumption_key(priority: int, expire_time: datetime | None, lot_id: int) ->
     return (priority, expire_time is None, expire_time or datetime.min, lot_id)
 
 
-def take(free: Iterable[tuple[int, int]], amount: int) -> list[tuple[int, int]] | None:
+def take(
+    free: Iterable[tuple[int, int]], amount: int, partial: bool = False
+) -> list[tuple[int, int]] | None:
     """Draw `amount` from `free` ((lot_id, free credits) in consumption order): the lots and
-    how much from each, earliest lots emptied first; None if they cannot cover it."""
+    how much from each, earliest lots emptied first; None if they cannot cover it, unless
+    `partial` (an account with a credit limit): then all they offer up to `amount`."""
     taken: list[tuple[int, int]] = []
     left = amount
     for lot_id, available in free:
@@ -32,7 +35,7 @@ def take(free: Iterable[tuple[int, int]], amount: int) -> list[tuple[int, int]] 
         part = min(available, left)
         taken.append((lot_id, part))
         left -= part
-    return taken if left == 0 else None
+    return taken if left == 0 or partial else None
 
 
 def left_after(

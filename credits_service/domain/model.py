@@ -18,6 +18,9 @@ AMOUNT_MIN = 1
 AMOUNT_MAX = 10**12
 # An account's balance never exceeds this; a grant that would pass it is declined.
 BALANCE_MAX = 10**15
+# A credit limit this high is an unlimited account: never declined for funds (its balance may
+# fall to -CREDIT_LIMIT_UNLIMITED, which is 10^15 credits of usage beyond its lots).
+CREDIT_LIMIT_UNLIMITED = BALANCE_MAX
 # Lots are spent lowest priority number first; a grant without one gets the default.
 PRIORITY_MIN = 0
 PRIORITY_MAX = 100
@@ -61,6 +64,10 @@ class ReservationStatus(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class BalanceSnapshot:
+    """An account's balance row. `balance` is its lots' remaining credits minus `debt` (what it
+    used beyond its lots), so it is negative when it owes; `credit_limit` is how far below
+    zero its available may reach (CREDIT_LIMIT_UNLIMITED: unlimited)."""
+
     account_id: str
     balance: int
     reserved: int
@@ -68,10 +75,23 @@ class BalanceSnapshot:
     lifetime_granted: int
     lifetime_used: int
     lifetime_expired: int = 0
+    credit_limit: int = 0
+    debt: int = 0
 
     @property
     def available(self) -> int:
+        """What a new reservation or deduction may take: the credits not held, and the credit
+        limit."""
+        return self.balance - self.reserved + self.credit_limit
+
+    @property
+    def own_available(self) -> int:
+        """The account's own credits not held (never its credit): what it may give away."""
         return self.balance - self.reserved
+
+    @property
+    def unlimited(self) -> bool:
+        return self.credit_limit >= CREDIT_LIMIT_UNLIMITED
 
     def with_reservation(self, credits: int) -> BalanceSnapshot:
         """This balance with one more reservation of `credits` (dataclasses.replace, without
@@ -79,7 +99,7 @@ class BalanceSnapshot:
         return BalanceSnapshot(
             self.account_id, self.balance, self.reserved + credits,
             self.active_reservation_count + 1, self.lifetime_granted, self.lifetime_used,
-            self.lifetime_expired,
+            self.lifetime_expired, self.credit_limit, self.debt,
         )
 
 

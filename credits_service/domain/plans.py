@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from credits_service.domain.model import AMOUNT_MAX, PRIORITY_DEFAULT, PRIORITY_MAX, GrantType
+from credits_service.domain.model import (
+    AMOUNT_MAX,
+    CREDIT_LIMIT_UNLIMITED,
+    PRIORITY_DEFAULT,
+    PRIORITY_MAX,
+    GrantType,
+)
 
 PLAN_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 PLANS_MAX = 1000
@@ -51,8 +57,13 @@ class Plan:
     name: str
     welcome: WelcomeGrant | None = None  # None: no welcome credits
     unlimited: bool = False
-    credit_limit: int = 0
+    credit_limit: int = 0  # how far below zero an account on it may go
     description: str = ""
+
+    @property
+    def account_credit_limit(self) -> int:
+        """The credit limit its accounts' rows carry: CREDIT_LIMIT_UNLIMITED when unlimited."""
+        return CREDIT_LIMIT_UNLIMITED if self.unlimited else self.credit_limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +77,10 @@ class PlanBook:
 
     def __post_init__(self) -> None:
         assert self.default_plan in self.plans, "the default plan is one of the plans"
+
+    def credit_limits(self) -> dict[str, int]:
+        """Each plan's accounts' credit limit, by plan name."""
+        return {name: plan.account_credit_limit for name, plan in self.plans.items()}
 
     def get(self, name: str) -> Plan | None:
         """The plan called `name`, or the default plan when `name` is empty."""
@@ -156,8 +171,6 @@ def _plan(name: str, table: Any) -> Plan:
     credit_limit = _integer(table, "credit_limit", where, 0, AMOUNT_MAX, 0)
     if unlimited and credit_limit:
         raise PlansError(f"{where}: an unlimited plan has no credit_limit")
-    if unlimited or credit_limit:
-        raise PlansError(f"{where}: unlimited and credit_limit plans are not supported yet")
     description = table.get("description", "")
     if not isinstance(description, str) or len(description) > _DESCRIPTION_LENGTH_MAX:
         raise PlansError(f"{where}.description: text of at most {_DESCRIPTION_LENGTH_MAX} "

@@ -187,3 +187,4 @@ class ImportRow(NamedTuple):
     expire_time: datetime | None
     import_key: str
     external_id: str
+    credit_limit: int = 0  # the plan's, for an account the row creates

@@ -23,7 +23,7 @@ _SUMMARY = f"""
 
 # Waits for a transaction inserting the same account, then inserts nothing if it committed.
 _CREATE = f"""
-    INSERT INTO accounts (account_id, plan) VALUES ($1, $2)
+    INSERT INTO accounts (account_id, plan, credit_limit) VALUES ($1, $2, $3)
     ON CONFLICT (account_id) DO NOTHING
     RETURNING {columns.ACCOUNT}"""
 
@@ -43,10 +43,11 @@ _CREDIT = f"""
     RETURNING {columns.ACCOUNT}"""
 
 # Compare-and-set of one of the account's terms, recorded in account_changes in the same
-# statement. {column} is `status` or `plan`; $2 the value expected, $3 the new one.
+# statement. {column} is `status` or `plan`; $2 the value expected, $3 the new one; a plan
+# brings its credit limit ($6), at once.
 _CHANGE = """
     WITH changed AS (
-        UPDATE accounts SET {column} = $3, update_time = credits_now()
+        UPDATE accounts SET {column} = $3{also}, update_time = credits_now()
          WHERE account_id = $1 AND {column} = $2
         RETURNING {profile}
     ), recorded AS (
@@ -54,25 +55,47 @@ _CHANGE = """
         SELECT account_id, '{kind}', $2, $3, $4, $5 FROM changed
     )
     SELECT * FROM changed"""
-_SET_STATUS = _CHANGE.format(column="status", kind="STATUS", profile=columns.PROFILE)
-_SET_PLAN = _CHANGE.format(column="plan", kind="PLAN", profile=columns.PROFILE)
+_SET_STATUS = _CHANGE.format(column="status", also="", kind="STATUS", profile=columns.PROFILE)
+_SET_PLAN = _CHANGE.format(column="plan", also=", credit_limit = $6", kind="PLAN",
+                           profile=columns.PROFILE)
 
-# Takes free credits off the balance (the caller takes them off lots): never below what the
-# account's reservations hold.
+# Every account on a plan of $1 gets that plan's credit limit in $2 (when a plans file
+# changed it): one scan of the accounts whatever the number of plans.
+_SYNC_LIMITS = """
+    UPDATE accounts a SET credit_limit = p.credit_limit, update_time = credits_now()
+      FROM unnest($1::text[], $2::bigint[]) AS p (plan, credit_limit)
+     WHERE a.plan = p.plan AND a.credit_limit <> p.credit_limit"""
+
+# Takes credits off the balance: $2 in all, of which $3 beyond its lots go into debt (the
+# caller takes the rest off lots). Available (with the credit limit) must cover them, unless
+# $4 (an operator's deduction allowed below the floor); $5 counts only the account's own
+# credits (a transfer gives nothing it owes).
 _DEBIT = f"""
     UPDATE accounts
-       SET balance = balance - $2, update_time = credits_now()
-     WHERE account_id = $1 AND balance - $2 >= reserved
+       SET balance = balance - $2, debt = debt + $3, update_time = credits_now()
+     WHERE account_id = $1
+       AND ($4::boolean
+            OR balance - $2 + CASE WHEN $5::boolean THEN 0 ELSE credit_limit END >= reserved)
     RETURNING {columns.ACCOUNT}"""
 
+# Credits just added pay what the account owes.
+_REPAY = f"""
+    UPDATE accounts SET debt = debt - $2, update_time = credits_now()
+     WHERE account_id = $1 AND debt >= $2
+    RETURNING {columns.ACCOUNT}"""
+
+# A reservation of $2 turned into usage of $3, of which $4 beyond its lots go into debt:
+# within the reservation always (it was held), beyond it if available covers the rest.
 _CAPTURE = f"""
     UPDATE accounts
        SET balance = balance - $3,
            reserved = reserved - $2,
            active_reservation_count = active_reservation_count - 1,
            lifetime_used = lifetime_used + $3,
+           debt = debt + $4,
            update_time = credits_now()
-     WHERE account_id = $1 AND balance - $3 >= reserved - $2
+     WHERE account_id = $1
+       AND ($3::bigint <= $2::bigint OR balance - $3 + credit_limit >= reserved - $2)
     RETURNING {columns.ACCOUNT}"""
 
 _UNHOLD = f"""
@@ -108,10 +131,13 @@ class AccountRepository:
         return AccountSummary(columns.balance(row), columns.account(row),
                               orjson.loads(row["totals"]))
 
-    async def create(self, account_id: str, plan: str) -> BalanceSnapshot | None:
-        """Create the account, empty, on `plan` (locked until the transaction ends); None if
-        it exists (once a transaction creating it concurrently has committed)."""
-        return await self._one(_CREATE, account_id, plan)
+    async def create(
+        self, account_id: str, plan: str, credit_limit: int = 0
+    ) -> BalanceSnapshot | None:
+        """Create the account, empty, on `plan` with its `credit_limit` (locked until the
+        transaction ends); None if it exists (once a transaction creating it concurrently has
+        committed)."""
+        return await self._one(_CREATE, account_id, plan, credit_limit)
 
     async def lock(self, account_ids: Iterable[str]) -> dict[str, BalanceSnapshot]:
         """Lock the accounts for this transaction (every change to an account's lots happens
@@ -129,12 +155,19 @@ class AccountRepository:
         return columns.account(row) if row is not None else None
 
     async def set_plan(
-        self, account_id: str, old: str, new: str, reason: str, actor: str
+        self, account_id: str, old: str, new: str, credit_limit: int, reason: str, actor: str
     ) -> Account | None:
-        """Move the account from plan `old` to `new`, recorded with the reason and actor; None
-        if it was not on `old`."""
-        row = await self._connection.fetchrow(_SET_PLAN, account_id, old, new, reason, actor)
+        """Move the account from plan `old` to `new` with its `credit_limit`, recorded with
+        the reason and actor; None if it was not on `old`."""
+        row = await self._connection.fetchrow(
+            _SET_PLAN, account_id, old, new, reason, actor, credit_limit)
         return columns.account(row) if row is not None else None
+
+    async def sync_credit_limits(self, limits: Mapping[str, int]) -> int:
+        """Give every account on each plan its plan's credit limit; how many changed."""
+        status = await self._connection.execute(
+            _SYNC_LIMITS, list(limits), list(limits.values()))
+        return int(status.split()[-1])
 
     async def credit(
         self, account_id: str, amount: int, balance_max: int, granted: bool = True
@@ -145,14 +178,27 @@ class AccountRepository:
         return await self._one(_CREDIT, account_id, amount, balance_max,
                                amount if granted else 0)
 
-    async def debit(self, account_id: str, amount: int) -> BalanceSnapshot | None:
-        """Take `amount` of free credits off the balance; None if available is less."""
-        return await self._one(_DEBIT, account_id, amount)
+    async def debit(
+        self, account_id: str, amount: int, into_debt: int = 0, *,
+        allow_negative: bool = False, own_credits: bool = False,
+    ) -> BalanceSnapshot | None:
+        """Take `amount` off the balance, `into_debt` of it beyond the account's lots; None if
+        available is less (without the credit limit when `own_credits`), unless
+        `allow_negative`."""
+        return await self._one(_DEBIT, account_id, amount, into_debt, allow_negative,
+                               own_credits)
 
-    async def capture(self, account_id: str, held: int, amount: int) -> BalanceSnapshot | None:
-        """Turn a reservation of `held` into usage of `amount`; None if available cannot cover
-        it."""
-        return await self._one(_CAPTURE, account_id, held, amount)
+    async def repay(self, account_id: str, credits: int) -> BalanceSnapshot | None:
+        """Take `credits` just added to the balance off the account's debt, instead of
+        putting them in a lot; None if it owes less."""
+        return await self._one(_REPAY, account_id, credits)
+
+    async def capture(
+        self, account_id: str, held: int, amount: int, into_debt: int = 0
+    ) -> BalanceSnapshot | None:
+        """Turn a reservation of `held` into usage of `amount`, `into_debt` of it beyond the
+        account's lots; None if available cannot cover it."""
+        return await self._one(_CAPTURE, account_id, held, amount, into_debt)
 
     async def unhold(self, held: Mapping[str, HeldTotals]) -> dict[str, BalanceSnapshot]:
         """Give reservations' credits back to available, per account."""

@@ -26,7 +26,7 @@ from credits_service.domain.model import (
 Row = Any  # an asyncpg Record: read by column name
 
 ACCOUNT = ("account_id, balance, reserved, active_reservation_count, lifetime_granted, "
-           "lifetime_used, lifetime_expired")
+           "lifetime_used, lifetime_expired, credit_limit, debt")
 PROFILE = "account_id, plan, create_time, status"
 # The same columns of an UPDATE's target aliased `a`, for its RETURNING clause
 A_ACCOUNT = ", ".join("a." + column.strip() for column in ACCOUNT.split(","))
@@ -64,6 +64,8 @@ def balance(row: Row) -> BalanceSnapshot:
         lifetime_granted=row["lifetime_granted"],
         lifetime_used=row["lifetime_used"],
         lifetime_expired=row["lifetime_expired"],
+        credit_limit=row["credit_limit"],
+        debt=row["debt"],
     )
 
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 from credits_service.persistence.columns import A_ACCOUNT, ACCOUNT, CONSUMPTION_ORDER, RESERVATION
 
-_NO_ACCOUNT = (
-    "NULL::text, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, "
-    "NULL::bigint"
-)
+_NO_ACCOUNT = "NULL::text" + ", NULL::bigint" * (len(ACCOUNT.split(",")) - 1)
 
 # Draws with their lots' consumption order columns, for a FROM clause: `d` the draw, `l` its
 # lot. Each lot is found by its primary key, once per draw: the LIMIT keeps the planner from
@@ -140,7 +137,7 @@ PLACE = f"""
           FROM unnest($3::text[], $4::bigint[], $5::bigint[])
                AS h (account_id, held, reservations)
          WHERE a.account_id = h.account_id AND a.account_id = ANY($3::text[])
-           AND a.balance - a.reserved >= h.held
+           AND a.balance - a.reserved + a.credit_limit >= h.held
         RETURNING {A_ACCOUNT}
     ), placed AS (
         INSERT INTO reservations (reservation_id, account_id, amount, status,
@@ -186,7 +183,8 @@ LOCK_FOR_SETTLING = f"""
            h.is_due, d.draw_lot_ids, d.draw_held, d.draw_consumed, credits_now() AS now,
            NULL::bigint AS balance, NULL::bigint AS reserved,
            NULL::bigint AS active_reservation_count, NULL::bigint AS lifetime_granted,
-           NULL::bigint AS lifetime_used, NULL::bigint AS lifetime_expired
+           NULL::bigint AS lifetime_used, NULL::bigint AS lifetime_expired,
+           NULL::bigint AS credit_limit, NULL::bigint AS debt
       FROM h LEFT JOIN LATERAL (
            SELECT array_agg(d.lot_id ORDER BY {CONSUMPTION_ORDER}) AS draw_lot_ids,
                   array_agg(d.held ORDER BY {CONSUMPTION_ORDER}) AS draw_held,
@@ -196,7 +194,7 @@ LOCK_FOR_SETTLING = f"""
     UNION ALL
     SELECT NULL, account_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
            NULL, NULL, NULL, balance, reserved, active_reservation_count, lifetime_granted,
-           lifetime_used, lifetime_expired
+           lifetime_used, lifetime_expired, credit_limit, debt
       FROM a"""
 
 # Then: expire the locked accounts' due lots (kind 0), and which of the lots $2 that
@@ -234,7 +232,7 @@ CAPTURE = f"""
           FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bigint[])
                AS c (account_id, held, used, reservations)
          WHERE a.account_id = c.account_id AND a.account_id = ANY($4::text[])
-           AND a.balance - c.used >= a.reserved - c.held
+           AND (c.used <= c.held OR a.balance - c.used + a.credit_limit >= a.reserved - c.held)
         RETURNING {A_ACCOUNT}
     ), finished AS (
         UPDATE reservations r

@@ -17,14 +17,15 @@ _ATTEMPTS_MAX = 5
 _ALREADY = "SELECT import_key FROM imported_rows WHERE import_key = ANY($1::text[])"
 
 _CREATE_ACCOUNTS = """
-    INSERT INTO accounts (account_id, plan)
-    SELECT account_id, plan FROM unnest($1::text[], $2::text[]) AS r (account_id, plan)
+    INSERT INTO accounts (account_id, plan, credit_limit)
+    SELECT account_id, plan, credit_limit
+      FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r (account_id, plan, credit_limit)
      ORDER BY account_id
     ON CONFLICT (account_id) DO NOTHING
     RETURNING account_id"""
 
 _LOCK = """
-    SELECT account_id, balance, status FROM accounts WHERE account_id = ANY($1::text[])
+    SELECT account_id, balance, debt, status FROM accounts WHERE account_id = ANY($1::text[])
      ORDER BY account_id FOR UPDATE"""
 
 # A key another import stored meanwhile is waited for, then left out.
@@ -34,17 +35,20 @@ _CLAIM = """
     ON CONFLICT (import_key) DO NOTHING
     RETURNING import_key"""
 
-# Lots in row order (identity values follow it within one statement), then each lot's GRANT
-# entry with the running balance, then the accounts and their totals.
+# Lots in row order (identity values follow it within one statement; each lot's remaining is
+# its amount less what it repaid of the account's debt), then each lot's GRANT entry with the
+# running balance, then the accounts (their debt less what the rows repaid) and their totals.
 _WRITE = f"""
     WITH r AS (
         SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::bigint[],
-                             $5::text[]) WITH ORDINALITY
-               AS r (account_id, amount, expire_time, balance_after, metadata, position)
+                             $5::text[], $7::bigint[]) WITH ORDINALITY
+               AS r (account_id, amount, expire_time, balance_after, metadata, repaid,
+                     position)
     ), lots AS (
         INSERT INTO credit_lots (account_id, grant_type, priority, expire_time, amount,
-                                 remaining)
-        SELECT account_id, 'ADMIN_GRANT', {PRIORITY_DEFAULT}, expire_time, amount, amount
+                                 remaining, repaid)
+        SELECT account_id, 'ADMIN_GRANT', {PRIORITY_DEFAULT}, expire_time, amount,
+               amount - repaid, repaid
           FROM r ORDER BY position
         RETURNING lot_id
     ), numbered AS (
@@ -58,11 +62,12 @@ _WRITE = f"""
          ORDER BY r.position
         RETURNING 1
     ), totals AS (
-        SELECT account_id, sum(amount) AS total FROM r GROUP BY account_id
+        SELECT account_id, sum(amount) AS total, sum(repaid) AS repaid FROM r
+         GROUP BY account_id
     ), accounts_updated AS (
         UPDATE accounts a
            SET balance = a.balance + t.total, lifetime_granted = a.lifetime_granted + t.total,
-               update_time = credits_now()
+               debt = a.debt - t.repaid, update_time = credits_now()
           FROM totals t WHERE a.account_id = t.account_id
         RETURNING 1
     ), totals_updated AS (
@@ -108,11 +113,12 @@ class BalanceImports:
         self, rows: list[ImportRow], actor: str
     ) -> tuple[list[ImportRow], list[tuple[ImportRow, str]], int]:
         async with self._connection.transaction():
-            plans: dict[str, str] = {}
+            plans: dict[str, ImportRow] = {}
             for row in rows:
-                plans.setdefault(row.account_id, row.plan)
+                plans.setdefault(row.account_id, row)
             created = await self._connection.fetch(
-                _CREATE_ACCOUNTS, list(plans), list(plans.values()))
+                _CREATE_ACCOUNTS, list(plans), [row.plan for row in plans.values()],
+                [row.credit_limit for row in plans.values()])
             locked = {r["account_id"]: r for r in await self._connection.fetch(
                 _LOCK, sorted(plans))}
             claimed = {r["import_key"] for r in await self._connection.fetch(
@@ -138,14 +144,17 @@ class BalanceImports:
                     [row.import_key for row, _ in refused])
             if written:
                 running: dict[str, int] = {a: r["balance"] for a, r in locked.items()}
-                after = []
+                owed: dict[str, int] = {a: r["debt"] for a, r in locked.items()}
+                after, repaid = [], []
                 for row in written:
                     running[row.account_id] += row.amount
                     after.append(running[row.account_id])
+                    repaid.append(min(row.amount, owed[row.account_id]))
+                    owed[row.account_id] -= repaid[-1]
                 result = await self._connection.fetchrow(
                     _WRITE, [row.account_id for row in written], [row.amount for row in written],
                     [row.expire_time for row in written], after,
-                    [_metadata(row) for row in written], actor)
+                    [_metadata(row) for row in written], actor, repaid)
                 assert result["entries"] == len(written), "one entry per row"
             return written, refused, len(created)
 

@@ -21,7 +21,16 @@ INVARIANTS: dict[str, str] = {
                       WHERE status = 'ACTIVE' GROUP BY 1) r USING (account_id)
          WHERE a.reserved <> coalesce(r.total, 0)
             OR a.active_reservation_count <> coalesce(r.n, 0)""",
-    "available >= 0": "SELECT account_id FROM accounts WHERE balance - reserved < 0",
+    "debt == taken beyond lots - repaid - forgiven": """
+        SELECT a.account_id, a.debt FROM accounts a
+          LEFT JOIN (SELECT account_id, sum(debt_amount) AS owed FROM reservations
+                      WHERE debt_amount > 0 GROUP BY 1) r USING (account_id)
+          LEFT JOIN (SELECT account_id, -sum(amount) AS owed FROM ledger_entries
+                      WHERE entry_type = 'ADJUSTMENT' AND lot_id IS NULL GROUP BY 1) e
+               USING (account_id)
+          LEFT JOIN (SELECT account_id, sum(repaid) AS repaid FROM credit_lots
+                      WHERE repaid > 0 GROUP BY 1) l USING (account_id)
+         WHERE a.debt <> coalesce(r.owed, 0) + coalesce(e.owed, 0) - coalesce(l.repaid, 0)""",
     "lifetime totals match the ledger": """
         SELECT a.account_id FROM accounts a
           LEFT JOIN (SELECT account_id,
@@ -56,18 +65,25 @@ INVARIANTS: dict[str, str] = {
           LEFT JOIN (SELECT account_id, -sum(amount) AS expired FROM ledger_entries
                       WHERE entry_type = 'EXPIRY' GROUP BY 1) l USING (account_id)
          WHERE a.lifetime_expired <> coalesce(l.expired, 0)""",
-    "balance == sum(lot remaining), reserved == sum(lot held)": """
+    "balance == sum(lot remaining) - debt, reserved == sum(lot held) + held beyond lots": """
         SELECT a.account_id, a.balance, a.reserved, l.remaining, l.held FROM accounts a
           LEFT JOIN (SELECT account_id, sum(remaining) AS remaining, sum(held) AS held
                        FROM credit_lots GROUP BY 1) l USING (account_id)
-         WHERE a.balance <> coalesce(l.remaining, 0) OR a.reserved <> coalesce(l.held, 0)""",
+          LEFT JOIN (SELECT r.account_id, sum(r.amount - coalesce(d.held, 0)) AS beyond
+                       FROM reservations r
+                       LEFT JOIN (SELECT reservation_id, sum(held) AS held
+                                    FROM reservation_lots GROUP BY 1) d USING (reservation_id)
+                      WHERE r.status = 'ACTIVE' GROUP BY 1) u USING (account_id)
+         WHERE a.balance <> coalesce(l.remaining, 0) - a.debt
+            OR a.reserved <> coalesce(l.held, 0) + coalesce(u.beyond, 0)""",
     "each lot's held == what active reservations drew from it": """
         SELECT l.lot_id, l.held, coalesce(d.held, 0) AS drawn FROM credit_lots l
           LEFT JOIN (SELECT d.lot_id, sum(d.held) AS held FROM reservation_lots d
                        JOIN reservations r USING (reservation_id)
                       WHERE r.status = 'ACTIVE' GROUP BY 1) d USING (lot_id)
          WHERE l.held <> coalesce(d.held, 0)""",
-    "each lot's amount - remaining == consumed + written off + deducted + given - refunded": """
+    "each lot's amount - remaining == consumed + written off + deducted + given - refunded "
+    "+ repaid": """
         SELECT l.lot_id FROM credit_lots l
           LEFT JOIN (SELECT d.lot_id, sum(d.consumed) - coalesce(sum(f.credits), 0) AS consumed
                        FROM reservation_lots d
@@ -80,16 +96,19 @@ INVARIANTS: dict[str, str] = {
                       WHERE entry_type IN ('EXPIRY', 'TRANSFER_OUT')
                          OR (entry_type = 'ADJUSTMENT' AND amount < 0) GROUP BY 1) x
                USING (lot_id)
-         WHERE l.amount - l.remaining <> coalesce(c.consumed, 0) + coalesce(x.gone, 0)""",
-    # Reservations that finished before lots existed (migration 0002) have no draws.
-    "a reservation drew its amount; a committed one consumed its committed amount": """
+         WHERE l.amount - l.remaining
+               <> coalesce(c.consumed, 0) + coalesce(x.gone, 0) + l.repaid""",
+    # Reservations that finished before lots existed (migration 0002) have no draws. Under a
+    # credit limit a reservation may hold beyond its lots (what it drew is less than its
+    # amount, the account's reserved counts the rest) and a commit take beyond them.
+    "a reservation drew at most its amount; a committed one consumed its committed amount "
+    "less what went into debt": """
         SELECT r.reservation_id FROM reservations r
           LEFT JOIN reservation_lots d USING (reservation_id)
-         GROUP BY r.reservation_id, r.amount, r.status, r.committed_amount
-        HAVING ((count(d.lot_id) > 0 OR r.status = 'ACTIVE')
-                AND coalesce(sum(d.held), 0) <> r.amount)
-            OR (count(d.lot_id) > 0 AND r.status = 'COMMITTED'
-                AND coalesce(sum(d.consumed), 0) <> r.committed_amount)
+         GROUP BY r.reservation_id, r.amount, r.status, r.committed_amount, r.debt_amount
+        HAVING coalesce(sum(d.held), 0) > r.amount
+            OR ((count(d.lot_id) > 0 OR r.debt_amount > 0) AND r.status = 'COMMITTED'
+                AND coalesce(sum(d.consumed), 0) + r.debt_amount <> r.committed_amount)
             OR (r.status <> 'COMMITTED' AND count(d.consumed) <> 0)""",
     "a committed reservation has exactly one USAGE entry of its amount, others none": """
         SELECT r.reservation_id FROM reservations r

@@ -16,8 +16,8 @@ from credits_service.persistence.group_sql import EXPIRE_DUE, FREE_LOTS
 
 _CREATE = f"""
     INSERT INTO credit_lots AS l (account_id, grant_type, priority, expire_time, amount,
-                                  remaining)
-    VALUES ($1, $2, $3, $4, $5, $5)
+                                  remaining, repaid)
+    VALUES ($1, $2, $3, $4, $5::bigint, $6::bigint, $5::bigint - $6::bigint)
     RETURNING {columns.LOT}"""
 
 _OF = f"SELECT {columns.LOT} FROM credit_lots l WHERE l.lot_id = ANY($1::bigint[])"
@@ -77,10 +77,11 @@ class LotRepository:
         priority: int,
         expire_time: datetime | None,
         amount: int,
+        remaining: int | None = None,
     ) -> Lot:
         row = await self._connection.fetchrow(
             _CREATE, account_id, grant_type.value if grant_type else None, priority, expire_time,
-            amount)
+            amount, amount if remaining is None else remaining)
         return columns.lot(row)
 
     async def of(self, lot_ids: Iterable[int]) -> dict[int, Lot]:

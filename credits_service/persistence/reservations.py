@@ -28,7 +28,8 @@ _RECORD_CONSUMPTION = """
 
 _FINISH = f"""
     UPDATE reservations
-       SET status = $2, committed_amount = $3, release_reason = $4, finish_time = credits_now()
+       SET status = $2, committed_amount = $3, release_reason = $4, debt_amount = $5,
+           finish_time = credits_now()
      WHERE reservation_id = ANY($1::uuid[]) AND status = 'ACTIVE'
     RETURNING {columns.RESERVATION}"""
 
@@ -105,10 +106,14 @@ class ReservationRepository:
         *,
         committed_amount: int | None = None,
         release_reason: str = "",
+        debt_amount: int = 0,
     ) -> dict[str, Reservation]:
-        """Compare-and-set ACTIVE -> `status`; reservations no longer ACTIVE are left out."""
+        """Compare-and-set ACTIVE -> `status` (COMMITTED: for `committed_amount`, of which
+        `debt_amount` went beyond the lots into debt); reservations no longer ACTIVE are left
+        out."""
         rows = await self._connection.fetch(
-            _FINISH, reservation_ids, status.value, committed_amount, release_reason)
+            _FINISH, reservation_ids, status.value, committed_amount, release_reason,
+            debt_amount)
         return {row["reservation_id"]: columns.reservation(row) for row in rows}
 
     async def add_refund(self, reservation_id: str, amount: int) -> int | None:

@@ -55,10 +55,15 @@ accounts = Table(
     _credits("lifetime_expired", default=True),
     Column("plan", Text, nullable=False, server_default=text("'default'::text")),
     Column("status", Text, nullable=False, server_default=text("'ACTIVE'::text")),
+    _credits("credit_limit", default=True),
+    _credits("debt", default=True),
     CheckConstraint("char_length(account_id) BETWEEN 1 AND 128",
                     name="ck_accounts_account_id_length"),
     CheckConstraint("reserved >= 0", name="ck_accounts_reserved_nonnegative"),
-    CheckConstraint("balance >= reserved", name="ck_accounts_available_nonnegative"),
+    CheckConstraint("balance >= -1000000000000000", name="ck_accounts_balance_min"),
+    CheckConstraint("credit_limit BETWEEN 0 AND 1000000000000000",
+                    name="ck_accounts_credit_limit"),
+    CheckConstraint("debt BETWEEN 0 AND 2000000000000000", name="ck_accounts_debt"),
     CheckConstraint("balance <= 1000000000000000", name="ck_accounts_balance_max"),
     CheckConstraint("active_reservation_count >= 0",
                     name="ck_accounts_active_reservation_count_nonnegative"),
@@ -98,6 +103,7 @@ reservations = Table(
     Column("release_reason", Text, nullable=False, server_default=text("''::text")),
     Column("actor", Text, nullable=False),
     _credits("refunded_amount", default=True),
+    _credits("debt_amount", default=True),
     CheckConstraint("amount > 0", name="ck_reservations_amount_positive"),
     CheckConstraint("status IN ('ACTIVE', 'COMMITTED', 'RELEASED', 'EXPIRED')",
                     name="ck_reservations_status"),
@@ -108,6 +114,8 @@ reservations = Table(
     CheckConstraint("expire_time > create_time", name="ck_reservations_expire_after_create"),
     CheckConstraint("refunded_amount >= 0 AND refunded_amount <= coalesce(committed_amount, 0)",
                     name="ck_reservations_refunded_amount"),
+    CheckConstraint("debt_amount >= 0 AND debt_amount <= coalesce(committed_amount, 0)",
+                    name="ck_reservations_debt_amount"),
     # The sweeper's work list: only ACTIVE reservations, by expiry.
     Index("ix_reservations_active_expire_time", "expire_time",
           postgresql_where=text("status = 'ACTIVE'")),
@@ -128,6 +136,8 @@ credit_lots = Table(
     _credits("held", default=True),
     _time("create_time", default=True),
     _time("expired_time", nullable=True),
+    _credits("repaid", default=True),
+    CheckConstraint("repaid BETWEEN 0 AND amount", name="ck_credit_lots_repaid"),
     CheckConstraint("amount > 0 AND held >= 0 AND remaining >= held AND remaining <= amount",
                     name="ck_credit_lots_amounts"),
     CheckConstraint("priority BETWEEN 0 AND 100", name="ck_credit_lots_priority"),
@@ -173,15 +183,16 @@ ledger_entries = Table(
         "(entry_type = 'GRANT' AND amount > 0 AND grant_type IS NOT NULL) "
         "OR (entry_type = 'USAGE' AND amount < 0 AND reservation_id IS NOT NULL) "
         "OR (entry_type = 'EXPIRY' AND amount < 0 AND lot_id IS NOT NULL) "
-        "OR (entry_type = 'ADJUSTMENT' AND amount <> 0 AND lot_id IS NOT NULL) "
         "OR (entry_type = 'TRANSFER_OUT' AND amount < 0 AND lot_id IS NOT NULL "
         "AND transfer_id IS NOT NULL) "
         "OR (entry_type = 'TRANSFER_IN' AND amount > 0 AND lot_id IS NOT NULL "
         "AND transfer_id IS NOT NULL) "
         "OR (entry_type = 'REFUND' AND amount > 0 AND reservation_id IS NOT NULL "
-        "AND lot_id IS NOT NULL)",
+        "AND lot_id IS NOT NULL) "
+        "OR (entry_type = 'ADJUSTMENT' AND amount <> 0)",
         name="ck_ledger_entries_kind"),
-    CheckConstraint("balance_after >= 0", name="ck_ledger_entries_balance_after_nonnegative"),
+    CheckConstraint("balance_after >= -1000000000000000",
+                    name="ck_ledger_entries_balance_after_min"),
     # History pages by (account_id, entry_id).
     Index("ix_ledger_entries_account_id_entry_id", "account_id", "entry_id"),
     # One USAGE entry per reservation, one GRANT entry per lot, a lot written off once on its

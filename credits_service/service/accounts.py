@@ -23,6 +23,7 @@ from credits_service.domain.model import (
     LedgerEntry,
 )
 from credits_service.domain.plans import Plan, PlanBook
+from credits_service.service import debts
 from credits_service.service.crediting import credit_lot
 from credits_service.service.debiting import take_free_credits
 from credits_service.service.ports import LedgerMetrics, UnitOfWork
@@ -53,7 +54,7 @@ class AccountOpening:
         """Create the account on the plan, with its welcome grant if it has one (the account
         and the grant locked in this transaction); None if the account exists."""
         plan = self.plan(plan_name)
-        created = await uow.accounts.create(account_id, plan.name)
+        created = await uow.accounts.create(account_id, plan.name, plan.account_credit_limit)
         if created is None:
             return None
         uow.on_commit(lambda: self._metrics.account_created(plan.name))
@@ -140,7 +141,8 @@ class Accounts:
             if command.status is AccountStatus.CLOSED and command.write_off_balance and (
                     not balance.reserved):
                 entries, balance = await self._write_off_balance(uow, command, balance, actor)
-            if command.status is AccountStatus.CLOSED and (balance.balance or balance.reserved):
+            if command.status is AccountStatus.CLOSED and (
+                    balance.balance or balance.reserved or balance.debt):
                 raise errors.AccountNotEmpty(command.account_id, balance.balance, balance.reserved)
             changed = await uow.accounts.set_status(
                 command.account_id, account.status, command.status, command.reason, actor)
@@ -154,14 +156,18 @@ class Accounts:
         actor: str,
     ) -> tuple[tuple[LedgerEntry, ...], BalanceSnapshot]:
         """Take a closing (locked) account's whole balance off its lots, none reserved: due
-        lots are written off as expired first, the rest with one ADJUSTMENT entry per lot.
-        Returns the entries and the balance after."""
+        lots are written off as expired first, what it owes is forgiven (one ADJUSTMENT
+        entry without a lot), the rest goes with one ADJUSTMENT entry per lot. Returns the
+        entries and the balance after."""
         written = await write_off_due_lots(uow, [command.account_id], self._metrics)
         balance = written.get(command.account_id, balance)
+        forgiven, balance = await debts.forgive(
+            uow, command.account_id, balance, reason=f"closed: {command.reason}",
+            metadata={"write_off": "true"}, actor=actor)
+        entries = [forgiven] if forgiven is not None else []
         if not balance.balance:
-            return (), balance
-        parts, debited = await take_free_credits(uow, command.account_id, balance.balance)
-        entries = []
+            return tuple(entries), balance
+        parts, _, debited = await take_free_credits(uow, command.account_id, balance.balance)
         after = balance.balance
         for lot_id, part in parts:
             after -= part
@@ -172,24 +178,45 @@ class Accounts:
         assert after == debited.balance == 0
         return tuple(entries), debited
 
+    async def sync_credit_limits(self) -> int:
+        """Give every account its plan's credit limit, as the plans file now says (at
+        start-up: an edited plan's limits take effect for its accounts at once). Accounts on
+        plans the file no longer has keep theirs. Returns how many changed."""
+
+        async def work(uow: UnitOfWork) -> int:
+            return await uow.accounts.sync_credit_limits(self._opening.plans.credit_limits())
+
+        return await self._transactions.run(work)
+
     async def change_plan(self, command: ChangePlanCommand, actor: str) -> AccountChangeResult:
         """Move the account to another plan, recording who did it and why. Its terms change
-        at once; welcome credits are for new accounts only."""
-        plan = self._opening.plan(command.plan).name
+        at once: its credit limit is the new plan's (a lower one declines new holds until the
+        balance is above it again), and what it used beyond its lots while unlimited is
+        forgiven when it leaves an unlimited plan (one ADJUSTMENT entry). Welcome credits are
+        for new accounts only."""
+        plan = self._opening.plan(command.plan)
 
         async def work(uow: UnitOfWork) -> AccountChangeResult | errors.Declined:
             found = await locked_account(uow, command.account_id)
             if isinstance(found, errors.Declined):
                 return found
-            account, _ = found
+            account, balance = found
             if account.status is AccountStatus.CLOSED:
                 return errors.AccountClosed(command.account_id)
-            if account.plan == plan:
+            if account.plan == plan.name:
                 return AccountChangeResult(account, changed=False)
+            entries: tuple[LedgerEntry, ...] = ()
+            if balance.unlimited and not plan.unlimited:
+                forgiven, _ = await debts.forgive(
+                    uow, command.account_id, balance,
+                    reason=f"left unlimited plan {account.plan}: {command.reason}",
+                    metadata={"plan": plan.name}, actor=actor)
+                entries = (forgiven,) if forgiven is not None else ()
             changed = await uow.accounts.set_plan(
-                command.account_id, account.plan, plan, command.reason, actor)
+                command.account_id, account.plan, plan.name, plan.account_credit_limit,
+                command.reason, actor)
             assert changed is not None, "the account is locked"
-            return AccountChangeResult(changed, changed=True)
+            return AccountChangeResult(changed, changed=True, write_off_entries=entries)
 
         return await self._transactions.run(work)
 

@@ -1,8 +1,10 @@
 """Adjust: an operator's correction of a balance, once per key. ADD puts credits in a new lot
 (grant type ADMIN_GRANT); DEDUCT takes free credits from lots in consumption order, one
-ADJUSTMENT entry per lot, so the ledger says which; SET adds or deducts the difference, and
-with an expected balance only if the balance is still that (compare-and-set under the
-account's lock). Reserved credits are never taken: a deduction stops at available."""
+ADJUSTMENT entry per lot, so the ledger says which, and what the lots do not cover into debt
+(one ADJUSTMENT entry without a lot); SET adds or deducts the difference, and with an
+expected balance only if the balance is still that (compare-and-set under the account's
+lock). Reserved credits are never taken: a deduction stops at available (the credit limit
+counted), unless allow_negative."""
 
 from __future__ import annotations
 
@@ -85,13 +87,17 @@ class Adjusting:
         self, uow: UnitOfWork, command: AdjustCommand, amount: int, balance: BalanceSnapshot,
         actor: str,
     ) -> AdjustResult | errors.Declined:
-        """Take `amount` of free credits off the (locked, written-off) account, lot by lot."""
-        if balance.available < amount:
+        """Take `amount` off the (locked, written-off) account: its free credits lot by lot,
+        one entry each, and what they do not cover into debt (one entry without a lot),
+        within its credit limit unless allow_negative."""
+        if balance.available < amount and not command.allow_negative:
             return errors.InsufficientCredits(command.account_id, balance.available, amount)
-        parts, debited = await take_free_credits(uow, command.account_id, amount)
+        parts, owed, debited = await take_free_credits(
+            uow, command.account_id, amount, into_debt=True,
+            allow_negative=command.allow_negative)
         entries: list[LedgerEntry] = []
         balance_after = balance.balance
-        for lot_id, part in parts:
+        for lot_id, part in [*parts, *([(None, owed)] if owed else [])]:
             balance_after -= part
             entries.append(await uow.entries.append(
                 account_id=command.account_id,

@@ -10,6 +10,7 @@ from datetime import datetime
 from credits_service.domain import errors
 from credits_service.domain.commands import GrantResult
 from credits_service.domain.model import BALANCE_MAX, AccountStatus, EntryType, GrantType
+from credits_service.service import debts
 from credits_service.service.ports import UnitOfWork
 
 
@@ -27,8 +28,9 @@ async def credit_lot(
     entry_type: EntryType = EntryType.GRANT,
 ) -> GrantResult | errors.BalanceLimitExceeded | errors.AccountClosed:
     """Add `amount` to the account (created if missing) as a new lot with its entry (GRANT,
-    or ADJUSTMENT, which lifetime_granted does not count); the decline if the account is
-    closed or its balance would pass BALANCE_MAX (nothing written)."""
+    or ADJUSTMENT, which lifetime_granted does not count), what the account owes paid first
+    (service/debts.py); the decline if the account is closed or its balance would pass
+    BALANCE_MAX (nothing written)."""
     balance = await uow.accounts.credit(
         account_id, amount, BALANCE_MAX, granted=entry_type is EntryType.GRANT)
     if balance is None:
@@ -38,12 +40,14 @@ async def credit_lot(
         if account.status is AccountStatus.CLOSED:
             return errors.AccountClosed(account_id)
         return errors.BalanceLimitExceeded(account_id, current.balance, amount, BALANCE_MAX)
+    repaid, balance = await debts.repay(uow, account_id, balance, amount)
     lot = await uow.lots.create(
         account_id=account_id,
         grant_type=grant_type,
         priority=priority,
         expire_time=expire_time,
         amount=amount,
+        remaining=amount - repaid,
     )
     entry = await uow.entries.append(
         account_id=account_id,

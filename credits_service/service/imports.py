@@ -114,7 +114,9 @@ def _row(line: int, values: dict[str, str], plans: PlanBook, now: datetime) -> I
     if external_id and not IDENTIFIER_PATTERN.fullmatch(external_id):
         return (line, f"external_id {external_id!r}: 1-128 characters from A-Z a-z 0-9 and "
                       "'._:@-'")
-    plan_name = plans.get(plan).name  # type: ignore[union-attr]
+    found_plan = plans.get(plan)
+    assert found_plan is not None
+    plan_name = found_plan.name
     if external_id:
         key = "id:" + external_id
     else:
@@ -122,7 +124,7 @@ def _row(line: int, values: dict[str, str], plans: PlanBook, now: datetime) -> I
                                expire_time.isoformat() if expire_time else ""))
         key = "row:" + hashlib.sha256(content.encode()).hexdigest()
     return ImportRow(line, account_id, int(amount_text), plan_name, expire_time, key,
-                     external_id)
+                     external_id, found_plan.account_credit_limit)
 
 
 async def import_rows(

@@ -57,6 +57,7 @@ class Ledger:
         self.ensure_account = self.accounts.ensure_account
         self.set_account_status = self.accounts.set_status
         self.change_plan = self.accounts.change_plan
+        self.sync_credit_limits = self.accounts.sync_credit_limits
         self.grant = self.granting.grant
         self.adjust = self.adjusting.adjust
         self.transfer = self.transferring.transfer

@@ -62,7 +62,9 @@ class AccountRepository(Protocol):
         """The account's balance, terms and lifetime totals by kind (model.total_kind), read
         at once."""
 
-    async def create(self, account_id: str, plan: str) -> BalanceSnapshot | None:
+    async def create(
+        self, account_id: str, plan: str, credit_limit: int = 0
+    ) -> BalanceSnapshot | None:
         """Create the account, empty, on `plan`; None if it exists already (waiting for a
         transaction creating it concurrently to end)."""
 
@@ -76,10 +78,13 @@ class AccountRepository(Protocol):
         `old`."""
 
     async def set_plan(
-        self, account_id: str, old: str, new: str, reason: str, actor: str
+        self, account_id: str, old: str, new: str, credit_limit: int, reason: str, actor: str
     ) -> Account | None:
-        """Move the account from plan `old` to `new`, recording the change; None if it was
-        not on `old`."""
+        """Move the account from plan `old` to `new` with its `credit_limit`, recording the
+        change; None if it was not on `old`."""
+
+    async def sync_credit_limits(self, limits: Mapping[str, int]) -> int:
+        """Give every account on each plan its plan's credit limit; how many changed."""
 
     async def credit(
         self, account_id: str, amount: int, balance_max: int, granted: bool = True
@@ -87,12 +92,23 @@ class AccountRepository(Protocol):
         """Add `amount`, creating the account, counted in lifetime_granted when `granted`;
         None if the balance would pass `balance_max` or the account is closed."""
 
-    async def debit(self, account_id: str, amount: int) -> BalanceSnapshot | None:
-        """Take `amount` of free credits off the balance; None if available is less."""
+    async def debit(
+        self, account_id: str, amount: int, into_debt: int = 0, *,
+        allow_negative: bool = False, own_credits: bool = False,
+    ) -> BalanceSnapshot | None:
+        """Take `amount` off the balance, `into_debt` of it beyond the account's lots; None if
+        available is less (without the credit limit when `own_credits`), unless
+        `allow_negative`."""
 
-    async def capture(self, account_id: str, held: int, amount: int) -> BalanceSnapshot | None:
-        """Turn a reservation of `held` into usage of `amount`; None if available cannot
-        cover it."""
+    async def repay(self, account_id: str, credits: int) -> BalanceSnapshot | None:
+        """Take `credits` just added to the balance off the account's debt; None if it owes
+        less."""
+
+    async def capture(
+        self, account_id: str, held: int, amount: int, into_debt: int = 0
+    ) -> BalanceSnapshot | None:
+        """Turn a reservation of `held` into usage of `amount`, `into_debt` of it beyond the
+        account's lots; None if available cannot cover it."""
 
     async def unhold(self, held: Mapping[str, HeldTotals]) -> dict[str, BalanceSnapshot]:
         """Give reservations' credits back to available, per account."""
@@ -156,6 +172,7 @@ class LotRepository(Protocol):
         priority: int,
         expire_time: datetime | None,
         amount: int,
+        remaining: int | None = None,
     ) -> Lot: ...
 
     async def of(self, lot_ids: Iterable[int]) -> dict[int, Lot]:
@@ -200,6 +217,7 @@ class ReservationRepository(Protocol):
         *,
         committed_amount: int | None = None,
         release_reason: str = "",
+        debt_amount: int = 0,
     ) -> dict[str, Reservation]:
         """Compare-and-set ACTIVE -> `status`; those no longer ACTIVE are left out."""
 

@@ -27,6 +27,7 @@ from credits_service.domain.model import (
     Reservation,
     ReservationStatus,
 )
+from credits_service.service import debts
 from credits_service.service.accounts import locked_account
 from credits_service.service.idempotency import keyed
 from credits_service.service.ports import LedgerMetrics, UnitOfWork
@@ -73,19 +74,23 @@ class Refunding:
             assert refunded is not None, "the reservation is locked and checked"
             await write_off_due_lots(uow, [account_id], self._metrics)
             now = await uow.now()
-            back, rest = await _back_to_lots(uow, reservation, amount, now)
             credited = await uow.accounts.credit(account_id, amount, BALANCE_MAX, granted=False)
             assert credited is not None, "below the cap, and not closed"
+            # What the account owes is paid first: that part is in the REFUND lot's amount
+            # but not in what remains of it.
+            repaid, credited = await debts.repay(uow, account_id, credited, amount)
+            back, rest = await _back_to_lots(uow, reservation, amount - repaid, now)
             await uow.lots.apply([LotChange(lot_id, 0, part) for lot_id, part in back])
             lot = None
             targets = list(back)
-            if rest:
+            if rest or repaid:
                 expire_time = (now + timedelta(seconds=self._lot_lifetime_s)
                                if self._lot_lifetime_s else None)
                 lot = await uow.lots.create(
                     account_id=account_id, grant_type=GrantType.REFUND,
-                    priority=PRIORITY_DEFAULT, expire_time=expire_time, amount=rest)
-                targets.append((lot.lot_id, rest))
+                    priority=PRIORITY_DEFAULT, expire_time=expire_time, amount=rest + repaid,
+                    remaining=rest)
+                targets.append((lot.lot_id, rest + repaid))
             entries: list[LedgerEntry] = []
             balance_after = credited.balance - amount
             for lot_id, part in targets:

@@ -169,7 +169,14 @@ def _reservation_fields(result: ReserveResult) -> list[Any]:
             [[d.lot_id, d.held, d.consumed] for d in r.draws], r.release_reason,
             None if b.account_id == r.account_id else b.account_id, b.balance, b.reserved,
             b.active_reservation_count, b.lifetime_granted, b.lifetime_used, b.lifetime_expired,
-            *((r.refunded_amount,) if r.refunded_amount else ())]
+            *_trimmed([r.refunded_amount, b.credit_limit, b.debt])]
+
+
+def _trimmed(optional: list[int]) -> list[int]:
+    """Optional trailing fields without their trailing zeros (most results have none)."""
+    while optional and not optional[-1]:
+        optional.pop()
+    return optional
 
 
 def _reserve_result(values: list[Any]) -> ReserveResult:
@@ -177,7 +184,8 @@ def _reserve_result(values: list[Any]) -> ReserveResult:
      finish_time, metadata, draws, release_reason, balance_account_id, balance, reserved,
      active_reservation_count, lifetime_granted, lifetime_used, lifetime_expired,
      *optional) = values
-    refunded_amount = optional[0] if optional else 0  # written only when not 0
+    # written only up to the last that is not 0
+    refunded_amount, credit_limit, debt = [*optional, 0, 0, 0][:3]
     return ReserveResult(
         reservation=Reservation(
             reservation_id=reservation_id, account_id=account_id, amount=amount,
@@ -190,7 +198,7 @@ def _reserve_result(values: list[Any]) -> ReserveResult:
             account_id=balance_account_id or account_id, balance=balance, reserved=reserved,
             active_reservation_count=active_reservation_count,
             lifetime_granted=lifetime_granted, lifetime_used=lifetime_used,
-            lifetime_expired=lifetime_expired),
+            lifetime_expired=lifetime_expired, credit_limit=credit_limit, debt=debt),
     )
 
 

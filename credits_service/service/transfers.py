@@ -11,6 +11,7 @@ import uuid
 from credits_service.domain import errors
 from credits_service.domain.commands import TransferCommand, TransferResult
 from credits_service.domain.model import BALANCE_MAX, AccountStatus, EntryType, LedgerEntry
+from credits_service.service import debts
 from credits_service.service.accounts import AccountOpening
 from credits_service.service.debiting import take_free_credits
 from credits_service.service.idempotency import keyed
@@ -47,7 +48,7 @@ class Transferring:
             if declined is not None:
                 return declined
             locked.update(await write_off_due_lots(uow, [giver, receiver], self._metrics))
-            available = locked[giver].available
+            available = locked[giver].own_available  # never credits the giver owes
             if available < command.amount:
                 return errors.InsufficientCredits(giver, available, command.amount)
             received = await uow.accounts.credit(
@@ -57,7 +58,8 @@ class Transferring:
                 assert current is not None
                 return errors.BalanceLimitExceeded(
                     receiver, current.balance, command.amount, BALANCE_MAX)
-            parts, given = await take_free_credits(uow, giver, command.amount)
+            repaid, received = await debts.repay(uow, receiver, received, command.amount)
+            parts, _, given = await take_free_credits(uow, giver, command.amount)
             transfer_id = str(uuid.uuid4())
             sources = await uow.lots.of(lot_id for lot_id, _ in parts)
             out_entries: list[LedgerEntry] = []
@@ -72,9 +74,11 @@ class Transferring:
                     account_id=giver, entry_type=EntryType.TRANSFER_OUT, amount=-part,
                     balance_after=giver_after, actor=actor, reason=command.reason,
                     metadata=command.metadata, lot_id=lot_id, transfer_id=transfer_id))
+                paying = min(part, repaid)  # the receiver's debt is paid first
+                repaid -= paying
                 lot = await uow.lots.create(
                     account_id=receiver, grant_type=source.grant_type, priority=source.priority,
-                    expire_time=source.expire_time, amount=part)
+                    expire_time=source.expire_time, amount=part, remaining=part - paying)
                 in_entries.append(await uow.entries.append(
                     account_id=receiver, entry_type=EntryType.TRANSFER_IN, amount=part,
                     balance_after=receiver_after, actor=actor, reason=command.reason,

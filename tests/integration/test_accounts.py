@@ -8,41 +8,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from credits.v1 import credits_pb2 as pb
-from credits.v1 import credits_pb2_grpc
-from credits_service.app import Application
 from tests.grpc_errors import assert_error, expect_error
 from tests.ledger_checks import row_counts
 from tests.support.calls import grant, grant_request, reserve, reserve_request
-
-EXAMPLE_PLANS = Path(__file__).resolve().parents[2] / "docs" / "plans.example.toml"
-
-
-@asynccontextmanager
-async def serving(settings) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
-    app = await Application.start(settings)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            yield credits_pb2_grpc.CreditsServiceStub(channel)
-    finally:
-        await app.stop()
-
-
-@pytest.fixture
-async def planned(test_settings) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
-    """A server on the example plans that creates unknown accounts on first use."""
-    settings = test_settings.replace(plans_file=str(EXAMPLE_PLANS), auto_create_accounts=True,
-                                     shutdown_grace_s=1)
-    async with serving(settings) as stub:
-        yield stub
 
 
 async def welcome_entries(db, account_id: str) -> list:
@@ -329,8 +303,11 @@ async def test_adjust_declines_and_bad_requests_write_nothing(stub, db):
             (pb.AdjustRequest(account_id="u1", mode=pb.ADJUST_MODE_DEDUCT, amount=1,
                               idempotency_key="k", reason="r", expected_balance=1),
              ["expected_balance"]),
-            (pb.AdjustRequest(account_id="u1", mode=pb.ADJUST_MODE_SET, amount=-1,
-                              idempotency_key="", reason="r"), ["amount", "idempotency_key"])):
+            (pb.AdjustRequest(account_id="u1", mode=pb.ADJUST_MODE_SET, amount=-10**15 - 1,
+                              idempotency_key="", reason="r"), ["amount", "idempotency_key"]),
+            (pb.AdjustRequest(account_id="u1", mode=pb.ADJUST_MODE_ADD, amount=1,
+                              idempotency_key="k", reason="r", allow_negative=True),
+             ["allow_negative"])):
         error = await expect_error(stub.Adjust(request))
         assert error.code is grpc.StatusCode.INVALID_ARGUMENT
         assert sorted(field for field, _ in error.field_violations) == fields

@@ -86,3 +86,25 @@ async def test_seed_creates_the_demo_accounts_once(stub, db, database_url):
     pro = await stub.GetBalance(pb.GetBalanceRequest(account_id="demo-pro"))
     assert pro.account.plan == "pro" and pro.balance.balance == 100 + 1000 + 50
     assert pro.totals.purchased == 1000
+
+
+async def test_import_pays_what_an_account_owes_first_and_gives_new_ones_their_plan_s_limit(
+        stub, db, database_url, tmp_path):
+    from tests.integration.test_accounts import adjust
+    from tests.support.serving import EXAMPLE_PLANS
+
+    await stub.EnsureAccount(pb.EnsureAccountRequest(account_id="owes"))
+    await adjust(stub, "owes", pb.ADJUST_MODE_DEDUCT, 30, allow_negative=True)
+    path = tmp_path / "balances.csv"
+    path.write_text("account_id,amount,plan\nowes,20,\nowes,25,\nfresh,1,postpaid\n")
+    done = await asyncio.to_thread(run_import, database_url, path, "--plans-file",
+                                   str(EXAMPLE_PLANS))
+    assert done.returncode == 0, done.stdout + done.stderr
+    owes = await stub.GetBalance(pb.GetBalanceRequest(account_id="owes"))
+    assert (owes.balance.balance, owes.balance.debt) == (15, 0)
+    rows = await db.fetch("SELECT amount, remaining, repaid FROM credit_lots "
+                          "WHERE account_id = 'owes' ORDER BY lot_id")
+    assert [tuple(row.values()) for row in rows] == [(20, 0, 20), (25, 15, 10)]
+    fresh = await db.fetchrow("SELECT plan, credit_limit FROM accounts "
+                              "WHERE account_id = 'fresh'")
+    assert tuple(fresh.values()) == ("postpaid", 100)

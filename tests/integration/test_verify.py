@@ -42,3 +42,25 @@ async def test_verify_passes_a_busy_ledger_and_names_what_breaks(stub, db, datab
     assert result.returncode == 1, result.stdout + result.stderr
     assert "BROKEN  balance == sum(ledger amounts): e.g. ('b'" in result.stdout
     assert "invariants broken" in result.stdout
+
+
+async def test_verify_accounts_for_every_credit_owed(stub, db, database_url):
+    """Debt taken by a commit beyond the lots, by a deduction and paid by a grant passes; a
+    debt nothing explains is named."""
+    await grant(stub, "a", 10)
+    await stub.Adjust(pb.AdjustRequest(account_id="a", mode=pb.ADJUST_MODE_DEDUCT, amount=25,
+                                       idempotency_key="d", reason="fix", allow_negative=True))
+    await grant(stub, "a", 5)
+    result = await asyncio.to_thread(verify, database_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    await db.execute("UPDATE accounts SET debt = debt + 1, balance = balance - 1 "
+                     "WHERE account_id = 'a'")
+    try:
+        result = await asyncio.to_thread(verify, database_url)
+    finally:
+        await db.execute("UPDATE accounts SET debt = debt - 1, balance = balance + 1 "
+                         "WHERE account_id = 'a'")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "BROKEN  debt == taken beyond lots - repaid - forgiven: e.g. ('a', 11)" in (
+        result.stdout)

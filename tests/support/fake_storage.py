@@ -113,11 +113,14 @@ class AccountRow:
     plan: str = "default"
     create_time: datetime = CLOCK_START
     status: AccountStatus = AccountStatus.ACTIVE
+    credit_limit: int = 0
+    debt: int = 0
 
     def snapshot(self) -> BalanceSnapshot:
         return BalanceSnapshot(
             self.account_id, self.balance, self.reserved, self.active_reservation_count,
-            self.lifetime_granted, self.lifetime_used, self.lifetime_expired)
+            self.lifetime_granted, self.lifetime_used, self.lifetime_expired,
+            self.credit_limit, self.debt)
 
 
 @dataclass(slots=True)
@@ -132,6 +135,7 @@ class LotRow:
     held: int
     create_time: datetime
     expired_time: datetime | None = None
+    repaid: int = 0
 
     def order(self) -> tuple[int, bool, datetime, int]:
         """ORDER BY priority, expire_time, lot_id: ascending puts NULL (never expires) last."""
@@ -153,6 +157,7 @@ class ReservationRow:
     actor: str
     release_reason: str = ""
     refunded_amount: int = 0
+    debt_amount: int = 0
 
 
 @dataclass(slots=True)
@@ -427,7 +432,7 @@ class Transaction:
 
     def finish(self, reservation_ids: Iterable[str], status: ReservationStatus,
                committed_amount: int | None = None,
-               release_reason: str = "") -> list[ReservationRow]:
+               release_reason: str = "", debt_amount: int = 0) -> list[ReservationRow]:
         """_FINISH: compare-and-set from ACTIVE; rows no longer ACTIVE are left out. A
         reservation named twice is updated once."""
         finished = []
@@ -436,6 +441,7 @@ class Transaction:
             if row is None or row.status is not ACTIVE:
                 continue
             row.status, row.committed_amount = status, committed_amount
+            row.debt_amount = debt_amount
             row.release_reason, row.finish_time = release_reason, self.now
             finished.append(row)
         return finished
@@ -537,12 +543,12 @@ class FakeAccounts(_Repository):
         return Account(row.account_id, row.plan, row.create_time, row.status) if row else None
 
     @statement
-    def create(self, account_id: str, plan: str) -> BalanceSnapshot | None:
+    def create(self, account_id: str, plan: str, credit_limit: int = 0) -> BalanceSnapshot | None:
         """_CREATE: ON CONFLICT DO NOTHING (transactions here run one at a time)."""
         if self._tx.account(account_id) is not None:
             return None
         row = self._tables.accounts[account_id] = AccountRow(
-            account_id, plan=plan, create_time=self._tx.now)
+            account_id, plan=plan, create_time=self._tx.now, credit_limit=credit_limit)
         return row.snapshot()
 
     @statement
@@ -557,15 +563,25 @@ class FakeAccounts(_Repository):
         return Account(row.account_id, row.plan, row.create_time, row.status)
 
     @statement
-    def set_plan(self, account_id: str, old: str, new: str, reason: str,
+    def set_plan(self, account_id: str, old: str, new: str, credit_limit: int, reason: str,
                  actor: str) -> Account | None:
-        """_SET_PLAN: compare-and-set, with its account_changes row."""
+        """_SET_PLAN: compare-and-set, with its account_changes row and the new limit."""
         row = self._tx.account(account_id)
         if row is None or row.plan != old:
             return None
-        row.plan = new
+        row.plan, row.credit_limit = new, credit_limit
         self._tables.changes.append((account_id, "PLAN", old, new, reason, actor))
         return Account(row.account_id, row.plan, row.create_time, row.status)
+
+    @statement
+    def sync_credit_limits(self, limits: Mapping[str, int]) -> int:
+        """_SYNC_LIMITS"""
+        changed = 0
+        for row in self._tables.accounts.values():
+            if row.plan in limits and row.credit_limit != limits[row.plan]:
+                row.credit_limit = limits[row.plan]
+                changed += 1
+        return changed
 
     @statement
     def lock(self, account_ids: Iterable[str]) -> dict[str, BalanceSnapshot]:
@@ -589,20 +605,37 @@ class FakeAccounts(_Repository):
         return row.snapshot()
 
     @statement
-    def debit(self, account_id: str, amount: int) -> BalanceSnapshot | None:
-        """_DEBIT: conditional on balance - amount >= reserved."""
+    def debit(self, account_id: str, amount: int, into_debt: int = 0, *,
+              allow_negative: bool = False, own_credits: bool = False) -> BalanceSnapshot | None:
+        """_DEBIT: conditional on balance - amount + credit_limit (0 for own credits) >=
+        reserved, unless allow_negative."""
         row = self._tx.account(account_id)
-        if row is None or row.balance - amount < row.reserved:
+        limit = 0 if own_credits else (row.credit_limit if row else 0)
+        if row is None or (not allow_negative and row.balance - amount + limit < row.reserved):
             return None
         row.balance -= amount
+        row.debt += into_debt
         return row.snapshot()
 
     @statement
-    def capture(self, account_id: str, held: int, amount: int) -> BalanceSnapshot | None:
-        """_CAPTURE: conditional on balance - amount >= reserved - held."""
+    def repay(self, account_id: str, credits: int) -> BalanceSnapshot | None:
+        """_REPAY: conditional on debt >= credits."""
         row = self._tx.account(account_id)
-        if row is None or row.balance - amount < row.reserved - held:
+        if row is None or row.debt < credits:
             return None
+        row.debt -= credits
+        return row.snapshot()
+
+    @statement
+    def capture(self, account_id: str, held: int, amount: int,
+                into_debt: int = 0) -> BalanceSnapshot | None:
+        """_CAPTURE: conditional on amount <= held or balance - amount + credit_limit >=
+        reserved - held."""
+        row = self._tx.account(account_id)
+        if row is None or (amount > held
+                           and row.balance - amount + row.credit_limit < row.reserved - held):
+            return None
+        row.debt += into_debt
         row.balance -= amount
         row.reserved -= held
         row.active_reservation_count -= 1
@@ -692,9 +725,11 @@ class FakeLots(_Repository):
 
     @statement
     def create(self, *, account_id: str, grant_type: GrantType | None, priority: int,
-               expire_time: datetime | None, amount: int) -> Lot:
+               expire_time: datetime | None, amount: int, remaining: int | None = None) -> Lot:
+        remaining = amount if remaining is None else remaining
         row = LotRow(next(self._tx.lot_ids), account_id, grant_type, priority, expire_time,
-                     amount, remaining=amount, held=0, create_time=self._tx.now)
+                     amount, remaining=remaining, held=0, create_time=self._tx.now,
+                     repaid=amount - remaining)
         self._tables.lots[row.lot_id] = row
         return self._tables.lot(row)
 
@@ -791,8 +826,9 @@ class FakeReservations(_Repository):
     @statement
     def finish(self, reservation_ids: list[str], status: ReservationStatus, *,
                committed_amount: int | None = None,
-               release_reason: str = "") -> dict[str, Reservation]:
-        finished = self._tx.finish(reservation_ids, status, committed_amount, release_reason)
+               release_reason: str = "", debt_amount: int = 0) -> dict[str, Reservation]:
+        finished = self._tx.finish(reservation_ids, status, committed_amount, release_reason,
+                                   debt_amount)
         return {row.reservation_id: self._tables.reservation(row, with_draws=False)
                 for row in finished}
 
@@ -912,7 +948,8 @@ class FakeGroupStatements(_Repository):
         balances = {}
         for account_id, totals in held.items():
             row = self._tx.account(account_id)
-            if row is not None and row.balance - row.reserved >= totals.credits:
+            if row is not None and (row.balance - row.reserved + row.credit_limit
+                                    >= totals.credits):
                 row.reserved += totals.credits
                 row.active_reservation_count += totals.reservations
                 balances[account_id] = row.snapshot()
@@ -978,7 +1015,8 @@ class FakeGroupStatements(_Repository):
         balances = {}
         for account_id, c in captures.items():
             row = self._tx.account(account_id)
-            if row is not None and row.balance - c.used >= row.reserved - c.held:
+            if row is not None and (c.used <= c.held or row.balance - c.used + row.credit_limit
+                                    >= row.reserved - c.held):
                 row.balance -= c.used
                 row.reserved -= c.held
                 row.active_reservation_count -= c.reservations
@@ -1059,7 +1097,9 @@ def _account_checks(a: AccountRow) -> list[str]:
     checks = {
         "ck_accounts_account_id_length": 1 <= len(a.account_id) <= 128,
         "ck_accounts_reserved_nonnegative": a.reserved >= 0,
-        "ck_accounts_available_nonnegative": a.balance >= a.reserved,
+        "ck_accounts_balance_min": a.balance >= -_BALANCE_CHECK_MAX,
+        "ck_accounts_credit_limit": 0 <= a.credit_limit <= _BALANCE_CHECK_MAX,
+        "ck_accounts_debt": 0 <= a.debt <= 2 * _BALANCE_CHECK_MAX,
         "ck_accounts_balance_max": a.balance <= _BALANCE_CHECK_MAX,
         "ck_accounts_active_reservation_count_nonnegative": a.active_reservation_count >= 0,
         "ck_accounts_lifetime_nonnegative": a.lifetime_granted >= 0 and a.lifetime_used >= 0,
@@ -1073,6 +1113,7 @@ def _lot_checks(lot: LotRow, tables: Tables) -> list[str]:
         "ck_credit_lots_amounts": (lot.amount > 0 and lot.held >= 0
                                    and lot.remaining >= lot.held and lot.remaining <= lot.amount),
         "ck_credit_lots_priority": 0 <= lot.priority <= 100,
+        "ck_credit_lots_repaid": 0 <= lot.repaid <= lot.amount,
         "ck_credit_lots_expired": lot.expired_time is None or (
             lot.expire_time is not None and lot.remaining == lot.held),
         "credit_lots_account_id_fkey": lot.account_id in tables.accounts,
@@ -1090,6 +1131,7 @@ def _reservation_checks(r: ReservationRow, tables: Tables) -> list[str]:
         and (r.committed_amount is None or r.committed_amount > 0),
         "ck_reservations_finish_time": (r.status is ACTIVE) == (r.finish_time is None),
         "ck_reservations_expire_after_create": r.expire_time > r.create_time,
+        "ck_reservations_debt_amount": 0 <= r.debt_amount <= (r.committed_amount or 0),
         "reservations_account_id_fkey": r.account_id in tables.accounts,
     }
     return [f"{name} ({r.reservation_id})" for name, ok in checks.items() if not ok]
@@ -1114,8 +1156,7 @@ def _entry_checks(tables: Tables) -> list[str]:
             (e.entry_type is EntryType.GRANT and e.amount > 0 and e.grant_type is not None)
             or (e.entry_type is EntryType.USAGE and e.amount < 0 and e.reservation_id is not None)
             or (e.entry_type is EntryType.EXPIRY and e.amount < 0 and e.lot_id is not None)
-            or (e.entry_type is EntryType.ADJUSTMENT and e.amount != 0
-                and e.lot_id is not None)
+            or (e.entry_type is EntryType.ADJUSTMENT and e.amount != 0)
             or (e.entry_type is EntryType.TRANSFER_OUT and e.amount < 0
                 and e.lot_id is not None and e.transfer_id is not None)
             or (e.entry_type is EntryType.TRANSFER_IN and e.amount > 0
@@ -1124,7 +1165,7 @@ def _entry_checks(tables: Tables) -> list[str]:
                 and e.reservation_id is not None and e.lot_id is not None))
         checks = {
             "ck_ledger_entries_kind": kind_ok,
-            "ck_ledger_entries_balance_after_nonnegative": e.balance_after >= 0,
+            "ck_ledger_entries_balance_after_min": e.balance_after >= -_BALANCE_CHECK_MAX,
             "ledger_entries_account_id_fkey": e.account_id in tables.accounts,
             "ledger_entries_reservation_id_fkey": e.reservation_id is None
             or e.reservation_id in tables.reservations,
@@ -1193,8 +1234,17 @@ def _reserved_is_the_active_reservations(tables: Tables) -> list[Any]:
             if (a.reserved, a.active_reservation_count) != reservations.get(a.account_id, (0, 0))]
 
 
-def _available_nonnegative(tables: Tables) -> list[Any]:
-    return [a.account_id for a in tables.accounts.values() if a.balance < a.reserved]
+def _debt_is_what_was_taken_beyond_lots(tables: Tables) -> list[Any]:
+    owed: dict[str, int] = {}
+    for r in tables.reservations.values():
+        owed[r.account_id] = owed.get(r.account_id, 0) + r.debt_amount
+    for e in tables.entries:
+        if e.entry_type is EntryType.ADJUSTMENT and e.lot_id is None:
+            owed[e.account_id] = owed.get(e.account_id, 0) - e.amount
+    for lot in tables.lots.values():
+        owed[lot.account_id] = owed.get(lot.account_id, 0) - lot.repaid
+    return [(a.account_id, a.debt) for a in tables.accounts.values()
+            if a.debt != owed.get(a.account_id, 0)]
 
 
 def _lifetimes_are_the_ledger(tables: Tables) -> list[Any]:
@@ -1213,9 +1263,14 @@ def _balances_are_the_lots(tables: Tables) -> list[Any]:
     for lot in tables.lots.values():
         remaining[lot.account_id] = remaining.get(lot.account_id, 0) + lot.remaining
         held[lot.account_id] = held.get(lot.account_id, 0) + lot.held
+    for r in tables.reservations.values():  # what active ones hold beyond their lots
+        if r.status is ACTIVE:
+            drawn = sum(d.held for (rid, _), d in tables.draws.items()
+                        if rid == r.reservation_id)
+            held[r.account_id] = held.get(r.account_id, 0) + r.amount - drawn
     return [(a.account_id, a.balance, a.reserved) for a in tables.accounts.values()
             if (a.balance, a.reserved)
-            != (remaining.get(a.account_id, 0), held.get(a.account_id, 0))]
+            != (remaining.get(a.account_id, 0) - a.debt, held.get(a.account_id, 0))]
 
 
 def _lot_held_is_the_active_draws(tables: Tables) -> list[Any]:
@@ -1245,7 +1300,7 @@ def _lot_spent_is_consumed_and_written_off(tables: Tables) -> list[Any]:
                     and (e.reservation_id, e.lot_id) in tables.draws)):
             gone[e.lot_id] = gone.get(e.lot_id, 0) - e.amount
     return [lot.lot_id for lot in tables.lots.values()
-            if lot.amount - lot.remaining != gone.get(lot.lot_id, 0)]
+            if lot.amount - lot.remaining != gone.get(lot.lot_id, 0) + lot.repaid]
 
 
 def _totals_are_the_entries(tables: Tables) -> list[Any]:
@@ -1273,8 +1328,9 @@ def _reservations_drew_and_consumed_their_amounts(tables: Tables) -> list[Any]:
         held = sum(d.held for d in draws)
         consumed = [d.consumed for d in draws if d.consumed is not None]
         committed = r.status is ReservationStatus.COMMITTED
-        if (((draws or r.status is ACTIVE) and held != r.amount)
-                or (draws and committed and sum(consumed) != r.committed_amount)
+        if (held > r.amount
+                or ((draws or r.debt_amount) and committed
+                    and sum(consumed) + r.debt_amount != r.committed_amount)
                 or (not committed and consumed)):
             broken.append(r.reservation_id)
     return broken
@@ -1303,16 +1359,18 @@ def _newest_balance_after_is_the_balance(tables: Tables) -> list[Any]:
 _INVARIANTS: dict[str, Callable[[Tables], list[Any]]] = {
     "balance == sum(ledger amounts)": _balance_is_the_ledger,
     "reserved == sum(active reservations), count matches": _reserved_is_the_active_reservations,
-    "available >= 0": _available_nonnegative,
+    "debt == taken beyond lots - repaid - forgiven": _debt_is_what_was_taken_beyond_lots,
     "lifetime totals match the ledger": _lifetimes_are_the_ledger,
     "account_totals == the entries of each kind": _totals_are_the_entries,
     "refunded_amount == the REFUND entries of the reservation": _refunded_is_the_refunds,
-    "balance == sum(lot remaining), reserved == sum(lot held)": _balances_are_the_lots,
+    "balance == sum(lot remaining) - debt, reserved == sum(lot held) + held beyond lots":
+        _balances_are_the_lots,
     "each lot's held == what active reservations drew from it": _lot_held_is_the_active_draws,
     "each lot's remaining >= held": _lot_remaining_covers_its_held,
-    "each lot's amount - remaining == consumed + written off + deducted + given - refunded":
-        _lot_spent_is_consumed_and_written_off,
-    "a reservation drew its amount; a committed one consumed its committed amount":
+    "each lot's amount - remaining == consumed + written off + deducted + given - refunded "
+    "+ repaid": _lot_spent_is_consumed_and_written_off,
+    "a reservation drew at most its amount; a committed one consumed its committed amount "
+    "less what went into debt":
         _reservations_drew_and_consumed_their_amounts,
     "a committed reservation has exactly one USAGE entry of its amount, others none":
         _one_usage_per_committed_reservation,

@@ -72,8 +72,9 @@ def test_an_environment_merges_key_by_key_over_a_plan():
      "plans.default: welcome_* settings need welcome_credits above 0"),
     ("[plans.'a b']\ndefault_plan = 'x'", "plans.a b: a plan name is 1-64 characters"),
     ("[plans.default]\nallocation = 5", "plans.default.allocation: per-period allocations"),
-    ("[plans.default]\nunlimited = true", "plans.default: unlimited and credit_limit plans are "
-                                          "not supported yet"),
+    ("[plans.default]\nunlimited = true\ncredit_limit = 5",
+     "plans.default: an unlimited plan has no credit_limit"),
+    ("[plans.default]\ncredit_limit = -1", "plans.default.credit_limit: -1 must be a whole number"),
     ("[plans.default]\nunlimited = 1", "plans.default.unlimited: must be true or false"),
     ("plans = 3", "plans: must be a table"),
     ("[plans.default]\n[environments.development]\nwelcome_credits = 1",

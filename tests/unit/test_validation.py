@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -385,7 +386,7 @@ def test_a_stored_reservation_keeps_every_field():
     assert [f.name for f in fields(LotDraw)] == ["lot_id", "held", "consumed"]
     assert [f.name for f in fields(BalanceSnapshot)] == [
         "account_id", "balance", "reserved", "active_reservation_count", "lifetime_granted",
-        "lifetime_used", "lifetime_expired"]
+        "lifetime_used", "lifetime_expired", "credit_limit", "debt"]
     outcome = ReserveResult(
         reservation=Reservation(
             reservation_id=RESERVATION_ID, account_id="acct-1", amount=10,
@@ -396,9 +397,17 @@ def test_a_stored_reservation_keeps_every_field():
             refunded_amount=5),
         balance=BalanceSnapshot(account_id="acct-2", balance=11, reserved=12,
                                 active_reservation_count=13, lifetime_granted=14,
-                                lifetime_used=15, lifetime_expired=16),
+                                lifetime_used=15, lifetime_expired=16, credit_limit=17,
+                                debt=18),
     )
     assert responses.decode(responses.encode(outcome)) == outcome
+    for trailing in ({"refunded_amount": 0}, {"debt": 0}):  # optional fields left out
+        reservation = dataclasses.replace(outcome.reservation, **{
+            k: v for k, v in trailing.items() if k == "refunded_amount"})
+        balance = dataclasses.replace(outcome.balance, **{
+            k: v for k, v in trailing.items() if k != "refunded_amount"})
+        changed = ReserveResult(reservation=reservation, balance=balance)
+        assert responses.decode(responses.encode(changed)) == changed
 
 
 def test_a_stored_reservation_is_compact():

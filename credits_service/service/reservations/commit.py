@@ -210,23 +210,33 @@ class Committing:
         current = (await lock_accounts(uow, [account_id], self._metrics))[account_id]
         split = lots.split_commit(locked.draws, amount)
         excess: list[tuple[int, int]] = []
+        into_debt = 0
+        beyond = amount - locked.amount  # more than was held: available must cover it
+        if beyond > 0 and current.available < beyond:
+            return errors.InsufficientCredits(account_id, current.available, beyond)
         if split.excess:
+            # What the draws do not cover (a larger amount, or a reservation held beyond
+            # the lots under a credit limit) comes from free lots, then, with a credit
+            # limit, goes into debt.
             free = await uow.lots.free_in_order({account_id: split.excess})
-            taken = lots.take(free[account_id], split.excess)
-            if taken is None:
-                return errors.InsufficientCredits(account_id, current.available, split.excess)
+            taken = lots.take(free[account_id], split.excess, partial=True)
+            assert taken is not None
             excess = taken
+            into_debt = split.excess - sum(part for _, part in taken)
+            if into_debt and not current.credit_limit and beyond > 0:
+                raise errors.LotsOutOfStep(account_id)  # available said the lots cover it
         expired = (
             await uow.lots.expired_among(lot_id for lot_id, _ in split.given_back)
             if split.given_back else set()
         )
         changes, lapsed = lots.settle(locked.draws, split.consumed, excess, expired)
         await uow.lots.apply(changes)
-        balance = await uow.accounts.capture(account_id, locked.amount, amount)
+        balance = await uow.accounts.capture(account_id, locked.amount, amount, into_debt)
         if balance is None:
             raise errors.LotsOutOfStep(account_id)
         finished = await uow.reservations.finish(
-            [locked.reservation_id], ReservationStatus.COMMITTED, committed_amount=amount)
+            [locked.reservation_id], ReservationStatus.COMMITTED, committed_amount=amount,
+            debt_amount=into_debt)
         entry = await uow.entries.append(
             account_id=account_id,
             entry_type=EntryType.USAGE,

@@ -149,7 +149,9 @@ class Reserving:
                 outcomes[i] = errors.InsufficientCredits(
                     account_id, snapshot.available, command.amount)
                 continue
-            draws = lots.take(free[account_id], command.amount)
+            # With a credit limit, what the lots do not cover is held uncovered: the
+            # reservation's amount less its draws.
+            draws = lots.take(free[account_id], command.amount, partial=snapshot.credit_limit > 0)
             if draws is None:
                 raise errors.LotsOutOfStep(account_id)
             free[account_id] = lots.left_after(free[account_id], draws)

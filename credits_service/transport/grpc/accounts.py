@@ -113,7 +113,9 @@ class AccountsApi:
         self, request: pb.ChangePlanRequest, context: grpc.aio.ServicerContext
     ) -> pb.ChangePlanResponse:
         result = await self._ledger.change_plan(change_plan_command(request), caller().name)
-        return pb.ChangePlanResponse(**_change(result))
+        return pb.ChangePlanResponse(
+            **_change(result),
+            write_off_entries=[messages.ledger_entry(e) for e in result.write_off_entries])
 
 
 def _change(result: AccountChangeResult) -> dict[str, object]:

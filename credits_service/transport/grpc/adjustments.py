@@ -27,14 +27,16 @@ def adjust_command(request: pb.AdjustRequest) -> AdjustCommand:
     if mode is None:
         check.fail("mode", "must be ADJUST_MODE_ADD, _DEDUCT or _SET")
     if mode is AdjustMode.SET:
-        if not 0 <= request.amount <= BALANCE_MAX:
-            check.fail("amount", f"must be a balance between 0 and {BALANCE_MAX}")
+        if not -BALANCE_MAX <= request.amount <= BALANCE_MAX:
+            check.fail("amount", f"must be a balance between {-BALANCE_MAX} and {BALANCE_MAX}")
         amount = request.amount
     else:
         amount = check.amount("amount", request.amount)
     has_expected = request.HasField("expected_balance")
     if has_expected and mode is not AdjustMode.SET:
         check.fail("expected_balance", "is for ADJUST_MODE_SET only")
+    if request.allow_negative and mode is AdjustMode.ADD:
+        check.fail("allow_negative", "is for deductions (DEDUCT, or a SET that deducts)")
     if request.HasField("expire_time") and mode is AdjustMode.DEDUCT:
         check.fail("expire_time", "is for credits added (ADD, or a SET that adds)")
     command = AdjustCommand(
@@ -47,6 +49,7 @@ def adjust_command(request: pb.AdjustRequest) -> AdjustCommand:
         expected_balance=request.expected_balance if has_expected else None,
         expire_time=check.timestamp("expire_time", request.expire_time)
         if request.HasField("expire_time") else None,
+        allow_negative=request.allow_negative,
     )
     check.done()
     return command

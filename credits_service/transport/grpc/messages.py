@@ -91,6 +91,9 @@ def set_balance(message: pb.Balance, snapshot: BalanceSnapshot) -> pb.Balance:
     message.lifetime_granted = snapshot.lifetime_granted
     message.lifetime_used = snapshot.lifetime_used
     message.lifetime_expired = snapshot.lifetime_expired
+    message.credit_limit = snapshot.credit_limit
+    message.unlimited = snapshot.unlimited
+    message.debt = snapshot.debt
     return message
 
 

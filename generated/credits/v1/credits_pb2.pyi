@@ -247,15 +247,20 @@ class Balance(_message.Message):
     LIFETIME_GRANTED_FIELD_NUMBER: _builtins.int
     LIFETIME_USED_FIELD_NUMBER: _builtins.int
     LIFETIME_EXPIRED_FIELD_NUMBER: _builtins.int
+    CREDIT_LIMIT_FIELD_NUMBER: _builtins.int
+    UNLIMITED_FIELD_NUMBER: _builtins.int
+    DEBT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """account_id identifies the account."""
     balance: _builtins.int
-    """balance is the sum of all ledger entries of the account, in credits."""
+    """balance is the sum of all ledger entries of the account, in credits: its
+    lots' remaining credits less debt. Below zero when the account owes.
+    """
     reserved: _builtins.int
     """reserved is the sum of the account's active reservations, in credits."""
     available: _builtins.int
-    """available is balance - reserved: what a new reservation may take, in
-    credits.
+    """available is balance - reserved + credit_limit: what a new reservation
+    may take, in credits.
     """
     active_reservation_count: _builtins.int
     """active_reservation_count is the number of active reservations."""
@@ -265,6 +270,16 @@ class Balance(_message.Message):
     """lifetime_used is the sum of all committed usage ever, in credits."""
     lifetime_expired: _builtins.int
     """lifetime_expired is the sum of all credits written off by expiry."""
+    credit_limit: _builtins.int
+    """credit_limit is how far below zero available may go (the plan's), in
+    credits; 10^15 for an unlimited account.
+    """
+    unlimited: _builtins.bool
+    """unlimited is true for an account never declined for funds (its plan's)."""
+    debt: _builtins.int
+    """debt is what the account used beyond its lots and owes: credits added to
+    it pay this first.
+    """
     def __init__(
         self,
         *,
@@ -276,10 +291,13 @@ class Balance(_message.Message):
         lifetime_granted: _builtins.int = ...,
         lifetime_used: _builtins.int = ...,
         lifetime_expired: _builtins.int = ...,
+        credit_limit: _builtins.int = ...,
+        unlimited: _builtins.bool = ...,
+        debt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "active_reservation_count", b"active_reservation_count", "available", b"available", "balance", b"balance", "lifetime_expired", b"lifetime_expired", "lifetime_granted", b"lifetime_granted", "lifetime_used", b"lifetime_used", "reserved", b"reserved"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "active_reservation_count", b"active_reservation_count", "available", b"available", "balance", b"balance", "credit_limit", b"credit_limit", "debt", b"debt", "lifetime_expired", b"lifetime_expired", "lifetime_granted", b"lifetime_granted", "lifetime_used", b"lifetime_used", "reserved", b"reserved", "unlimited", b"unlimited"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,7 +379,9 @@ class Lot(_message.Message):
     amount: _builtins.int
     """amount is what the grant added, in credits."""
     remaining: _builtins.int
-    """remaining is what is neither consumed nor written off (held included)."""
+    """remaining is what is neither consumed, written off nor paid to the
+    account's debt (held included).
+    """
     held: _builtins.int
     """held is the part of remaining that active reservations have drawn."""
     expired: _builtins.bool
@@ -813,21 +833,29 @@ class ChangePlanResponse(_message.Message):
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     CHANGED_FIELD_NUMBER: _builtins.int
+    WRITE_OFF_ENTRIES_FIELD_NUMBER: _builtins.int
     changed: _builtins.bool
     """changed is false when the account was on this plan already."""
     @_builtins.property
     def account(self) -> Global___Account:
         """account is the account's terms, plan included."""
 
+    @_builtins.property
+    def write_off_entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """write_off_entries: leaving an unlimited plan, the entry that forgives what
+        the account used beyond its lots while unlimited (its debt).
+        """
+
     def __init__(
         self,
         *,
         account: Global___Account | None = ...,
         changed: _builtins.bool = ...,
+        write_off_entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "changed", b"changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "changed", b"changed", "write_off_entries", b"write_off_entries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -867,13 +895,14 @@ class AdjustRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     EXPECTED_BALANCE_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    ALLOW_NEGATIVE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """account_id is the account; it must exist."""
     mode: Global___AdjustMode.ValueType
     """mode says what amount means; required."""
     amount: _builtins.int
     """amount: for ADD and DEDUCT the credits to move, 1..10^12; for SET the
-    balance to reach, 0..10^15.
+    balance to reach, -10^15..10^15.
     """
     idempotency_key: _builtins.str
     """idempotency_key makes retries safe; required (see GrantRequest)."""
@@ -882,6 +911,11 @@ class AdjustRequest(_message.Message):
     expected_balance: _builtins.int
     """expected_balance (SET only): adjust only if the balance is still this;
     otherwise FAILED_PRECONDITION BALANCE_MISMATCH and nothing changes.
+    """
+    allow_negative: _builtins.bool
+    """allow_negative lets a deduction (DEDUCT, or a SET that deducts) take the
+    balance below -credit_limit; without it, FAILED_PRECONDITION
+    INSUFFICIENT_CREDITS. What the lots do not cover becomes debt.
     """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -904,10 +938,11 @@ class AdjustRequest(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         expected_balance: _builtins.int | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        allow_negative: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_balance", b"_expected_balance", "expected_balance", b"expected_balance", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_balance", b"_expected_balance", "account_id", b"account_id", "amount", b"amount", "expected_balance", b"expected_balance", "expire_time", b"expire_time", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "mode", b"mode", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_balance", b"_expected_balance", "account_id", b"account_id", "allow_negative", b"allow_negative", "amount", b"amount", "expected_balance", b"expected_balance", "expire_time", b"expire_time", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "mode", b"mode", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_balance: _TypeAlias = _typing.Literal["expected_balance"]  # noqa: Y015
     _WhichOneofArgType__expected_balance: _TypeAlias = _typing.Literal["_expected_balance", b"_expected_balance"]  # noqa: Y015

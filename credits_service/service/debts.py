@@ -1,0 +1,47 @@
+"""What an account owes: credits it used beyond its lots (a reservation or deduction under a
+credit limit, or an unlimited account's usage). Its balance is its lots' remaining credits
+less its debt, so credits added to an account with debt pay the debt first and only the rest
+goes into a lot: the lot records the whole credit, with less remaining. Credits owed are never
+left in a lot that could expire."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from credits_service.domain import errors
+from credits_service.domain.model import BALANCE_MAX, BalanceSnapshot, EntryType, LedgerEntry
+from credits_service.service.ports import UnitOfWork
+
+
+async def repay(
+    uow: UnitOfWork, account_id: str, credited: BalanceSnapshot, credits: int
+) -> tuple[int, BalanceSnapshot]:
+    """Of `credits` just added to the (locked) account, balance `credited`, the part that pays
+    its debt, taken off the debt; returns it and the balance after."""
+    repaid = min(credits, credited.debt)
+    if not repaid:
+        return 0, credited
+    balance = await uow.accounts.repay(account_id, repaid)
+    if balance is None:
+        raise errors.LotsOutOfStep(account_id)
+    return repaid, balance
+
+
+async def forgive(
+    uow: UnitOfWork, account_id: str, balance: BalanceSnapshot, *, reason: str,
+    metadata: Mapping[str, str], actor: str,
+) -> tuple[LedgerEntry | None, BalanceSnapshot]:
+    """Write off the (locked) account's whole debt with one ADJUSTMENT entry (no lot): what
+    closing an account that owes, or leaving an unlimited plan, does. Returns the entry (None
+    when it owes nothing) and the balance after."""
+    if not balance.debt:
+        return None, balance
+    credited = await uow.accounts.credit(account_id, balance.debt, BALANCE_MAX, granted=False)
+    if credited is None:
+        raise errors.LotsOutOfStep(account_id)
+    repaid, after = await repay(uow, account_id, credited, balance.debt)
+    assert repaid == balance.debt and not after.debt
+    entry = await uow.entries.append(
+        account_id=account_id, entry_type=EntryType.ADJUSTMENT, amount=repaid,
+        balance_after=after.balance, actor=actor, reason=reason, metadata=metadata)
+    return entry, after

@@ -1,0 +1,94 @@
+"""Credit limits and unlimited accounts, as rules on the fake storage: what lots a hold draws
+and what it holds beyond them, what a commit takes into debt, what pays the debt back, and
+how far below zero an account may go. tests/integration/test_credit_limits.py proves the SQL
+and the races."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from credits_service.domain import errors
+from credits_service.domain.commands import (
+    AdjustCommand,
+    AdjustMode,
+    ChangePlanCommand,
+    EnsureAccountCommand,
+)
+from credits_service.domain.model import CREDIT_LIMIT_UNLIMITED, EntryType
+from credits_service.domain.plans import read_plans
+from tests.unit.service.conftest import Calls, ledger_over
+
+PLANS = read_plans(tomllib.loads("""
+    [plans.default]
+    [plans.postpaid]
+    credit_limit = 50
+    [plans.unlimited]
+    unlimited = true
+"""), "production", "test")
+
+
+@pytest.fixture
+def on_plans(storage, metrics) -> Calls:
+    return Calls(ledger_over(storage, metrics, plans=PLANS, auto_create_accounts=True),
+                 storage.clock)
+
+
+async def opened(calls: Calls, account_id: str, plan: str):
+    return await calls.ledger.ensure_account(EnsureAccountCommand(account_id, plan), "api")
+
+
+async def test_a_hold_draws_the_lots_then_holds_the_rest_beyond_them(on_plans, storage):
+    await opened(on_plans, "p", "postpaid")
+    lot = (await on_plans.grant("p", 10)).lot.lot_id
+    held = await on_plans.reserve("p", 40)
+    assert [(d.lot_id, d.held) for d in held.reservation.draws] == [(lot, 10)]
+    assert (held.balance.reserved, held.balance.available) == (40, 20)
+    with pytest.raises(errors.InsufficientCredits):
+        await on_plans.reserve("p", 21)
+    released = await on_plans.release(held.reservation.reservation_id)
+    assert released.balance.available == 60 and storage.lots[lot].held == 0
+
+
+async def test_a_commit_takes_free_lots_before_debt_and_a_grant_pays_the_debt(on_plans, storage):
+    await opened(on_plans, "p", "postpaid")
+    held = await on_plans.reserve("p", 30)
+    late = (await on_plans.grant("p", 12)).lot.lot_id  # free when the commit comes
+    used = await on_plans.commit(held.reservation.reservation_id, 30)
+    assert (used.balance.balance, used.balance.debt) == (-18, 18)
+    assert storage.lots[late].remaining == 0
+    paid = await on_plans.grant("p", 20)
+    assert (paid.balance.balance, paid.balance.debt) == (2, 0)
+    assert (paid.lot.amount, paid.lot.remaining) == (20, 2)
+    assert storage.tables.lots[paid.lot.lot_id].repaid == 18
+
+
+async def test_an_unlimited_account_is_never_declined(on_plans):
+    account = await opened(on_plans, "u", "unlimited")
+    assert account.balance.unlimited and account.balance.credit_limit == CREDIT_LIMIT_UNLIMITED
+    for _ in range(5):
+        held = await on_plans.reserve("u", 10**12)
+        await on_plans.commit(held.reservation.reservation_id)
+    moved = await on_plans.ledger.change_plan(ChangePlanCommand("u", "default", "x"), "ops")
+    [forgiven] = moved.write_off_entries
+    assert (forgiven.entry_type, forgiven.amount, forgiven.lot_id) == (
+        EntryType.ADJUSTMENT, 5 * 10**12, None)
+
+
+async def test_a_deduction_stops_at_the_floor_unless_allowed(on_plans):
+    await opened(on_plans, "p", "postpaid")
+    await on_plans.grant("p", 5)
+
+    def deduct(amount: int, allow_negative: bool = False) -> AdjustCommand:
+        return AdjustCommand("p", AdjustMode.DEDUCT, amount, on_plans.key(), "fix",
+                             allow_negative=allow_negative)
+
+    with pytest.raises(errors.InsufficientCredits):
+        await on_plans.ledger.adjust(deduct(56), "ops")
+    at_floor = await on_plans.ledger.adjust(deduct(55), "ops")
+    assert [(e.amount, e.lot_id is None) for e in at_floor.entries] == [(-5, False),
+                                                                        (-50, True)]
+    assert (at_floor.balance.balance, at_floor.balance.available) == (-50, 0)
+    past = await on_plans.ledger.adjust(deduct(7, allow_negative=True), "ops")
+    assert (past.balance.balance, past.balance.debt) == (-57, 57)
