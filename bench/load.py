@@ -5,6 +5,8 @@
     .venv/bin/python bench/load.py --scenarios health,reserve --in-flight 64 --duration-s 30
     .venv/bin/python bench/load.py --target 127.0.0.1:50051 --token "$TOKEN"   # a running server
     .venv/bin/python bench/load.py --no-database --distributions uniform   # no database work
+    .venv/bin/python bench/load.py --scenarios cycle --fund-credits 0 \
+        --server-arg=--plans-file=bench/unlimited.toml     # unlimited accounts without credits
 
 Without --target it starts `credits-service serve` itself (embedded PostgreSQL in a temporary
 data directory, loopback, auth disabled) and reports that server's RSS for each scenario: idle
@@ -244,7 +246,7 @@ class Server:
         self.directory.cleanup()
 
 
-async def _fund(target: str, token: str, accounts: int) -> None:
+async def _fund(target: str, token: str, accounts: int, credits: int) -> None:
     import grpc
 
     from credits.v1 import credits_pb2 as pb
@@ -258,8 +260,12 @@ async def _fund(target: str, token: str, accounts: int) -> None:
 
         async def funder() -> None:
             for index in queue:
+                if not credits:  # the account on the server's default plan, no lot
+                    await stub.EnsureAccount(pb.EnsureAccountRequest(
+                        account_id=f"bench-{index}"), metadata=metadata, timeout=30)
+                    continue
                 await stub.Grant(pb.GrantRequest(
-                    account_id=f"bench-{index}", amount=BALANCE_PER_ACCOUNT,
+                    account_id=f"bench-{index}", amount=credits,
                     type=pb.GRANT_TYPE_ADMIN_GRANT, idempotency_key=f"fund-{run}-{index}"),
                     metadata=metadata, timeout=30)
 
@@ -294,7 +300,7 @@ def run(args: argparse.Namespace) -> list[Result]:
             server.wait_serving()
         if not args.no_database:
             print(f"funding {args.accounts} accounts ...", file=sys.stderr)
-            asyncio.run(_fund(target, args.token, args.accounts))
+            asyncio.run(_fund(target, args.token, args.accounts, args.fund_credits))
         for scenario, distribution in itertools.product(args.scenarios, args.distributions):
             if scenario == "health" and distribution != args.distributions[0]:
                 continue  # accounts do not matter to the floor
@@ -375,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
                         type=lambda v: [s for s in v.split(",") if s])
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--fund-credits", type=int, default=BALANCE_PER_ACCOUNT,
+                        help="credits granted to each account first; 0: EnsureAccount only "
+                             "(on the server's default plan: e.g. an unlimited one)")
     parser.add_argument("--client-processes", type=int, default=1)
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--batch-size", type=int, default=100,

@@ -87,16 +87,19 @@ class HeldTotals(NamedTuple):
 
 
 class CaptureTotals(NamedTuple):
-    """Per account, for a group of Commits: credits held, credits used, reservations."""
+    """Per account, for a group of Commits: credits held, credits used, reservations, and
+    credits used beyond the lots (into debt)."""
 
     held: int
     used: int
     reservations: int
+    debt: int = 0
 
 
 class Capture(NamedTuple):
     reservation_id: str
     amount: int
+    debt: int = 0  # what the commit took beyond the lots, into debt
 
 
 class Consumption(NamedTuple):

@@ -197,14 +197,21 @@ LOCK_FOR_SETTLING = f"""
            lifetime_used, lifetime_expired, credit_limit, debt
       FROM a"""
 
-# Then: expire the locked accounts' due lots (kind 0), and which of the lots $2 that
-# reservations give credits back to are expired (kind 1).
+# Then: expire the locked accounts' due lots (kind 0), which of the lots $2 that reservations
+# give credits back to are expired (kind 1), and which of the accounts $3 have a lot with free
+# credits, unexpired (kind 2: a commit taking credits beyond its draws must take those first).
 EXPIRE_AND_CHECK = f"""
     WITH expired AS ({EXPIRE_DUE.format(account_ids="$1::text[]")})
     SELECT 0 AS kind, account_id, lot_id, unheld, expire_time FROM expired
     UNION ALL
     SELECT 1, NULL, lot_id, NULL, NULL FROM credit_lots
      WHERE lot_id = ANY($2::bigint[]) AND expired_time IS NOT NULL
+    UNION ALL
+    SELECT 2, w.account_id, NULL, NULL, NULL FROM unnest($3::text[]) AS w (account_id)
+     WHERE EXISTS (SELECT FROM credit_lots l
+                    WHERE l.account_id = w.account_id AND l.remaining > 0
+                      AND l.remaining > l.held AND l.expired_time IS NULL
+                      AND coalesce(l.expire_time, 'infinity') > credits_now())
      ORDER BY 1, 2, 5, 3"""
 
 # The group writes' first step: lots $1 move their held and remaining credits by $2 and $3.
@@ -217,9 +224,10 @@ _LOTS_CHANGED = """lots_changed AS (
         RETURNING 1
     )"""
 
-# A group of Commits, last: the lots' changes; per account the credits held and used and the
-# reservations, if available covers it (conditional); each reservation's compare-and-set from
-# ACTIVE to COMMITTED with what it consumed per lot; the USAGE entries. Kind 0: an account's
+# A group of Commits, last: the lots' changes; per account the credits held and used, the
+# reservations and what went into debt, if available covers it (conditional); each
+# reservation's compare-and-set from ACTIVE to COMMITTED with what it consumed per lot (and
+# beyond its lots); the USAGE entries. Kind 0: an account's
 # new balance; kind 1: a USAGE entry's id; kind 2: the counts of rows written.
 CAPTURE = f"""
     WITH {_LOTS_CHANGED}, captured AS (
@@ -228,17 +236,18 @@ CAPTURE = f"""
                reserved = a.reserved - c.held,
                active_reservation_count = a.active_reservation_count - c.reservations,
                lifetime_used = a.lifetime_used + c.used,
+               debt = a.debt + c.debt,
                update_time = credits_now()
-          FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bigint[])
-               AS c (account_id, held, used, reservations)
+          FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $19::bigint[])
+               AS c (account_id, held, used, reservations, debt)
          WHERE a.account_id = c.account_id AND a.account_id = ANY($4::text[])
            AND (c.used <= c.held OR a.balance - c.used + a.credit_limit >= a.reserved - c.held)
         RETURNING {A_ACCOUNT}
     ), finished AS (
         UPDATE reservations r
-           SET status = 'COMMITTED', committed_amount = c.amount,
+           SET status = 'COMMITTED', committed_amount = c.amount, debt_amount = c.debt,
                finish_time = credits_now()
-          FROM unnest($8::uuid[], $9::bigint[]) AS c (reservation_id, amount)
+          FROM unnest($8::uuid[], $9::bigint[], $20::bigint[]) AS c (reservation_id, amount, debt)
          WHERE r.reservation_id = c.reservation_id
            AND r.reservation_id = ANY($8::uuid[]) AND r.status = 'ACTIVE'
         RETURNING r.reservation_id

@@ -164,17 +164,21 @@ class GroupStatements:
         return LockedForSettling(locked, balances, now or datetime.min)
 
     async def expire_and_check(
-        self, account_ids: Sequence[str], lot_ids: Sequence[int]
-    ) -> tuple[list[ExpiredLot], set[int]]:
-        """For (locked) accounts: LotRepository.expire_due, and which of `lot_ids` are expired
-        after it (LotRepository.expired_among), at once."""
+        self, account_ids: Sequence[str], lot_ids: Sequence[int], owing: Sequence[str] = ()
+    ) -> tuple[list[ExpiredLot], set[int], set[str]]:
+        """For (locked) accounts: LotRepository.expire_due, which of `lot_ids` are expired
+        after it (LotRepository.expired_among), and which of the accounts `owing` have free
+        credits in unexpired lots, at once."""
         rows = await self._connection.fetch(
-            group_sql.EXPIRE_AND_CHECK, sorted(set(account_ids)), sorted(set(lot_ids)))
+            group_sql.EXPIRE_AND_CHECK, sorted(set(account_ids)), sorted(set(lot_ids)),
+            sorted(set(owing)))
         wanted = set(lot_ids)  # kind 1 rows are among them already; kind 0 rows may not be
         expired = [ExpiredLot(row["account_id"], row["lot_id"], row["unheld"])
                    for row in rows if row["kind"] == 0]
-        return expired, {row["lot_id"] for row in rows
-                         if row["kind"] == 1 or row["lot_id"] in wanted}
+        return (expired,
+                {row["lot_id"] for row in rows
+                 if row["kind"] == 1 or (row["kind"] == 0 and row["lot_id"] in wanted)},
+                {row["account_id"] for row in rows if row["kind"] == 2})
 
     async def capture(
         self,
@@ -201,6 +205,7 @@ class GroupStatements:
             [u.account_id for u in usages], [u.amount for u in usages],
             [u.balance_after for u in usages], [u.reservation_id for u in usages],
             [columns.json_text(u.metadata) for u in usages], [u.actor for u in usages],
+            [c.debt for c in captures.values()], [c.debt for c in commits],
         )
         balances: dict[str, BalanceSnapshot] = {}
         entry_ids: dict[str, int] = {}

@@ -280,8 +280,10 @@ class GroupStatements(Protocol):
     async def lock_for_settling(self, reservation_ids: Sequence[str]) -> LockedForSettling: ...
 
     async def expire_and_check(
-        self, account_ids: Sequence[str], lot_ids: Sequence[int]
-    ) -> tuple[list[ExpiredLot], set[int]]: ...
+        self, account_ids: Sequence[str], lot_ids: Sequence[int], owing: Sequence[str] = ()
+    ) -> tuple[list[ExpiredLot], set[int], set[str]]:
+        """Expire the (locked) accounts' due lots; which of `lot_ids` are expired after; which
+        of the accounts `owing` have free credits in unexpired lots."""
 
     async def capture(
         self,

@@ -17,10 +17,9 @@ import grpc
 import pytest
 
 from credits.v1 import credits_pb2 as pb
-from credits.v1 import credits_pb2_grpc
-from credits_service.app import Application
 from credits_service.transport.grpc.auth import token_digest
 from tests.grpc_errors import expect_error
+from tests.support.serving import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENT = (ROOT / "tests" / "fixtures" / "stripe_checkout_session_completed.json").read_bytes()
@@ -54,12 +53,8 @@ async def billing_stub(test_settings):
         auth_disabled=False, shutdown_grace_s=1,
         auth_tokens=f"payments billing {token_digest(BILLING_TOKEN)}; "
                     f"ops admin {token_digest(ADMIN_TOKEN)}")
-    app = await Application.start(settings)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            yield credits_pb2_grpc.CreditsServiceStub(channel)
-    finally:
-        await app.stop()
+    async with serving(settings) as stub:
+        yield stub
 
 
 def bearer(token: str):

@@ -993,16 +993,24 @@ class FakeGroupStatements(_Repository):
         return LockedForSettling(locked, balances, self._tx.now if locked else datetime.min)
 
     @statement
-    def expire_and_check(self, account_ids: Sequence[str],
-                         lot_ids: Sequence[int]) -> tuple[list[ExpiredLot], set[int]]:
-        """EXPIRE_AND_CHECK: kind 1 (lots among `lot_ids` expired before the statement) read
-        first; groups.py adds the lots among them this statement expires."""
+    def expire_and_check(
+        self, account_ids: Sequence[str], lot_ids: Sequence[int], owing: Sequence[str] = ()
+    ) -> tuple[list[ExpiredLot], set[int], set[str]]:
+        """EXPIRE_AND_CHECK: kind 1 (lots among `lot_ids` expired before the statement) and
+        kind 2 (accounts among `owing` with free credits in lots not due, as the statement
+        began) read first; groups.py adds the lots among them this statement expires."""
         wanted = set(lot_ids)
         expired_before = {lot_id for lot_id in wanted
                           if (lot := self._tables.lots.get(lot_id)) is not None
                           and lot.expired_time is not None}
+        with_free = {account_id for account_id in owing
+                     if any(lot.account_id == account_id and lot.remaining > lot.held
+                            and lot.expired_time is None
+                            and (lot.expire_time is None or lot.expire_time > self._tx.now)
+                            for lot in self._tables.lots.values())}
         expired = self._tx.expire_due(account_ids)
-        return expired, expired_before | {lot.lot_id for lot in expired if lot.lot_id in wanted}
+        return (expired, expired_before | {lot.lot_id for lot in expired if lot.lot_id in wanted},
+                with_free)
 
     @statement
     def capture(self, lot_changes: Sequence[LotChange], captures: Mapping[str, CaptureTotals],
@@ -1021,11 +1029,12 @@ class FakeGroupStatements(_Repository):
                 row.reserved -= c.held
                 row.active_reservation_count -= c.reservations
                 row.lifetime_used += c.used
+                row.debt += c.debt
                 balances[account_id] = row.snapshot()
         finished: set[str] = set()
         for capture in commits:
             rows = self._tx.finish([capture.reservation_id], ReservationStatus.COMMITTED,
-                                   capture.amount)
+                                   capture.amount, debt_amount=capture.debt)
             finished.update(row.reservation_id for row in rows)
         recorded = self._record(consumed, finished)
         entry_ids = {}

@@ -82,8 +82,10 @@ class Committing:
     ) -> list[CommitResult | errors.Declined | Undecided]:
         """Commit, in one transaction, the plain cases among `calls`: an ACTIVE reservation,
         not due, committed for at most its amount, whose given-back credits go to unexpired
-        lots, named once in the group. Every other call is left UNDECIDED, untouched. The same
-        results as committing one by one, in order."""
+        lots, named once in the group; and one held beyond its lots (a credit limit), whose
+        rest goes into debt, when its account has no free credits to take first and no other
+        commit of the group gives any back. Every other call is left UNDECIDED, untouched.
+        The same results as committing one by one, in order."""
 
         async def work(uow: UnitOfWork) -> list[CommitResult | errors.Declined | Undecided]:
             outcomes: list[Any] = [UNDECIDED] * len(calls)
@@ -95,15 +97,20 @@ class Committing:
                     continue
                 amount = command.amount if command.amount is not None else reservation.amount
                 split = lots.split_commit(reservation.draws, amount)
-                if not split.excess:
+                if amount <= reservation.amount:  # any excess is what it held beyond lots
                     plain.append((i, reservation, amount, split))
             if not plain:
                 return outcomes
             given_back = [lot_id for _, _, _, split in plain for lot_id, _ in split.given_back]
-            due, expired = await uow.groups.expire_and_check(list(snapshots), given_back)
+            owing = {r.account_id for _, r, _, split in plain if split.excess}
+            due, expired, with_free = await uow.groups.expire_and_check(
+                list(snapshots), given_back, sorted(owing))
             snapshots.update(await write_off_expired(uow, due, self._metrics))
+            giving_back = {r.account_id for _, r, _, split in plain if split.given_back}
             plain = [p for p in plain
-                     if not any(lot_id in expired for lot_id, _ in p[3].given_back)]
+                     if not any(lot_id in expired for lot_id, _ in p[3].given_back)
+                     and not (p[3].excess and (p[1].account_id in with_free
+                                               or p[1].account_id in giving_back))]
             if not plain:
                 return outcomes
             lot_changes: list[lots.LotChange] = []
@@ -116,9 +123,9 @@ class Committing:
                 assert not lapsed, "no lot a plain commit gives back to is expired"
                 lot_changes.extend(changes)
                 account_id = reservation.account_id
-                held, used, count = captures.get(account_id, (0, 0, 0))
+                held, used, count, owed = captures.get(account_id, (0, 0, 0, 0))
                 captures[account_id] = CaptureTotals(
-                    held + reservation.amount, used + amount, count + 1)
+                    held + reservation.amount, used + amount, count + 1, owed + split.excess)
                 before = snapshots[account_id]
                 snapshots[account_id] = balances[i] = dataclasses.replace(
                     before,
@@ -126,6 +133,7 @@ class Committing:
                     reserved=before.reserved - reservation.amount,
                     active_reservation_count=before.active_reservation_count - 1,
                     lifetime_used=before.lifetime_used + amount,
+                    debt=before.debt + split.excess,
                 )
                 command, actor = calls[i]
                 usages.append(UsageEntry(account_id, amount, balances[i].balance,
@@ -135,7 +143,8 @@ class Committing:
             changed = summed(lot_changes)
             written = await uow.groups.capture(
                 changed, captures,
-                [Capture(r.reservation_id, amount) for _, r, amount, _ in plain], consumed,
+                [Capture(r.reservation_id, amount, split.excess) for _, r, amount, split in plain],
+                consumed,
                 usages,
             )
             if (any(written.balances.get(a) != snapshots[a] for a in captures)

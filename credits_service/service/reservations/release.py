@@ -70,7 +70,7 @@ class Releasing:
             if not plain:
                 return outcomes
             given_back = [draw.lot_id for _, r in plain for draw in r.draws]
-            due, expired = await uow.groups.expire_and_check(list(snapshots), given_back)
+            due, expired, _ = await uow.groups.expire_and_check(list(snapshots), given_back)
             snapshots.update(await write_off_expired(uow, due, self._metrics))
             plain = [(i, r) for i, r in plain if not any(d.lot_id in expired for d in r.draws)]
             if not plain:

@@ -5,6 +5,7 @@ and the races."""
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 
 import pytest
@@ -92,3 +93,38 @@ async def test_a_deduction_stops_at_the_floor_unless_allowed(on_plans):
     assert (at_floor.balance.balance, at_floor.balance.available) == (-50, 0)
     past = await on_plans.ledger.adjust(deduct(7, allow_negative=True), "ops")
     assert (past.balance.balance, past.balance.debt) == (-57, 57)
+
+
+async def test_commits_held_beyond_lots_are_decided_in_groups(on_plans, storage, metrics):
+    await opened(on_plans, "u", "unlimited")
+    await opened(on_plans, "v", "unlimited")
+    held = [(await on_plans.reserve(account, 7)).reservation.reservation_id
+            for account in ("u", "v") for _ in range(5)]
+
+    used = await asyncio.gather(*(on_plans.commit(r) for r in held))
+
+    assert metrics.groups["Commit"] == [1, 9]
+    assert [u.balance.debt for u in used[:5]] == [7, 14, 21, 28, 35]
+    assert storage.accounts["u"].debt == storage.accounts["v"].debt == 35
+    assert {storage.tables.reservations[r].debt_amount for r in held} == {7}
+
+
+async def test_a_grouped_commit_takes_free_lots_given_back_or_granted_before_debt(
+        on_plans, storage):
+    """Commits held beyond lots on an account with free credits, or beside a commit of the
+    group giving credits back, run alone: the free credits go first, as one by one."""
+    await opened(on_plans, "p", "postpaid")
+    lot = (await on_plans.grant("p", 10)).lot.lot_id
+    small = (await on_plans.reserve("p", 10)).reservation.reservation_id  # the whole lot
+    beyond = (await on_plans.reserve("p", 8)).reservation.reservation_id  # no lot left
+    given_back, owing = await asyncio.gather(on_plans.commit(small, 4),
+                                             on_plans.commit(beyond))
+    assert given_back.balance.balance == 6
+    assert (owing.balance.balance, owing.balance.debt) == (-2, 2)
+    assert storage.lots[lot].remaining == 0
+
+    more = [(await on_plans.reserve("p", 3)).reservation.reservation_id for _ in range(2)]
+    granted = (await on_plans.grant("p", 5)).lot.lot_id  # pays 2, 3 stay free
+    await asyncio.gather(*(on_plans.commit(r) for r in more))
+    assert storage.lots[granted].remaining == 0  # taken before going into debt again
+    assert (storage.accounts["p"].balance, storage.accounts["p"].debt) == (-3, 3)
