@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from credits_service.domain.model import BALANCE_MAX, PRIORITY_DEFAULT
+from credits_service.domain.model import BALANCE_MAX, CREDIT_LIMIT_UNLIMITED, PRIORITY_DEFAULT
 from credits_service.domain.rows import ImportRow
 
 _ATTEMPTS_MAX = 5
@@ -25,7 +25,8 @@ _CREATE_ACCOUNTS = """
     RETURNING account_id"""
 
 _LOCK = """
-    SELECT account_id, balance, debt, status FROM accounts WHERE account_id = ANY($1::text[])
+    SELECT account_id, balance, debt, credit_limit, status FROM accounts
+     WHERE account_id = ANY($1::text[])
      ORDER BY account_id FOR UPDATE"""
 
 # A key another import stored meanwhile is waited for, then left out.
@@ -144,7 +145,9 @@ class BalanceImports:
                     [row.import_key for row, _ in refused])
             if written:
                 running: dict[str, int] = {a: r["balance"] for a, r in locked.items()}
-                owed: dict[str, int] = {a: r["debt"] for a, r in locked.items()}
+                owed: dict[str, int] = {  # an unlimited account's debt is not paid
+                    a: r["debt"] if r["credit_limit"] < CREDIT_LIMIT_UNLIMITED else 0
+                    for a, r in locked.items()}
                 after, repaid = [], []
                 for row in written:
                     running[row.account_id] += row.amount

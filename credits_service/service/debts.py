@@ -2,7 +2,11 @@
 credit limit, or an unlimited account's usage). Its balance is its lots' remaining credits
 less its debt, so credits added to an account with debt pay the debt first and only the rest
 goes into a lot: the lot records the whole credit, with less remaining. Credits owed are never
-left in a lot that could expire."""
+left in a lot that could expire.
+
+An unlimited account's usage never touches its lots and its debt is never paid: the plan
+covers it, and it is forgiven when the account leaves the plan (its lots, credits bought
+meanwhile included, are still there then)."""
 
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ async def repay(
     uow: UnitOfWork, account_id: str, credited: BalanceSnapshot, credits: int
 ) -> tuple[int, BalanceSnapshot]:
     """Of `credits` just added to the (locked) account, balance `credited`, the part that pays
-    its debt, taken off the debt; returns it and the balance after."""
-    repaid = min(credits, credited.debt)
+    its debt (none on an unlimited account), taken off the debt; returns it and the balance
+    after."""
+    repaid = 0 if credited.unlimited else min(credits, credited.debt)
     if not repaid:
         return 0, credited
     balance = await uow.accounts.repay(account_id, repaid)
@@ -39,9 +44,10 @@ async def forgive(
     credited = await uow.accounts.credit(account_id, balance.debt, BALANCE_MAX, granted=False)
     if credited is None:
         raise errors.LotsOutOfStep(account_id)
-    repaid, after = await repay(uow, account_id, credited, balance.debt)
-    assert repaid == balance.debt and not after.debt
+    after = await uow.accounts.repay(account_id, balance.debt)  # unlimited or not
+    if after is None or after.debt:
+        raise errors.LotsOutOfStep(account_id)
     entry = await uow.entries.append(
-        account_id=account_id, entry_type=EntryType.ADJUSTMENT, amount=repaid,
+        account_id=account_id, entry_type=EntryType.ADJUSTMENT, amount=balance.debt,
         balance_after=after.balance, actor=actor, reason=reason, metadata=metadata)
     return entry, after

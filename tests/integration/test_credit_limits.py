@@ -129,29 +129,37 @@ async def test_no_concurrency_takes_a_credit_limit_account_below_its_floor(plann
 async def test_an_unlimited_account_is_never_declined_and_its_usage_is_recorded(planned, db):
     opened = await open_account(planned, "u1", "unlimited")
     assert opened.unlimited and opened.credit_limit == CREDIT_LIMIT_UNLIMITED
-    await grant(planned, "u1", 10)
+    lot = (await grant(planned, "u1", 10)).lot
     for _ in range(3):
         held = await reserve(planned, "u1", 10**12)
+        assert not held.reservation.draws  # the plan covers it, not the lots
         await commit(planned, held.reservation.reservation_id)
     used = await balance_of(planned, "u1")
-    assert (used.balance, used.lifetime_used, used.debt) == (
-        10 - 3 * 10**12, 3 * 10**12, 3 * 10**12 - 10)
+    assert (used.balance, used.lifetime_used, used.debt) == (10 - 3 * 10**12, 3 * 10**12,
+                                                             3 * 10**12)
     usages = await planned.History(pb.HistoryRequest(account_id="u1",
                                                      types=[pb.ENTRY_TYPE_USAGE]))
     assert [e.amount for e in usages.entries] == [-10**12] * 3
+    # Credits bought meanwhile pay nothing of it: they wait in their lot.
+    bought = await grant(planned, "u1", 5)
+    assert (bought.lot.remaining, bought.balance.debt) == (5, 3 * 10**12)
 
-    # Leaving the unlimited plan forgives what it used beyond its lots, with one entry; the
-    # new plan's terms hold at once.
+    # Leaving the unlimited plan forgives what it used, with one entry; its credits are
+    # still there, and the new plan's terms hold at once.
     moved = await planned.ChangePlan(pb.ChangePlanRequest(account_id="u1", plan="team",
                                                           reason="downgrade"))
     [forgiven] = moved.write_off_entries
     assert (forgiven.type, forgiven.amount, forgiven.balance_after, forgiven.lot_id) == (
-        pb.ENTRY_TYPE_ADJUSTMENT, 3 * 10**12 - 10, 0, "")
-    after = await balance_of(planned, "u1")
-    assert (after.balance, after.debt, after.credit_limit, after.unlimited) == (0, 0, 0, False)
-    assert after.lifetime_used == 3 * 10**12  # analytics keep the usage
-    error = await expect_error(reserve(planned, "u1", 1))
-    assert error.reason == "INSUFFICIENT_CREDITS"
+        pb.ENTRY_TYPE_ADJUSTMENT, 3 * 10**12, 15, "")
+    after = await planned.GetBalance(pb.GetBalanceRequest(account_id="u1"))
+    assert (after.balance.balance, after.balance.debt, after.balance.credit_limit,
+            after.balance.unlimited) == (15, 0, 0, False)
+    assert [(x.lot_id, x.remaining) for x in after.lots] == [(lot.lot_id, 10),
+                                                             (bought.lot.lot_id, 5)]
+    assert after.balance.lifetime_used == 3 * 10**12  # analytics keep the usage
+    error = await expect_error(reserve(planned, "u1", 16))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS",
+                 available="15")
 
 
 async def test_a_plan_change_moves_the_credit_limit_at_once(planned, db):

@@ -102,15 +102,17 @@ class Committing:
             if not plain:
                 return outcomes
             given_back = [lot_id for _, _, _, split in plain for lot_id, _ in split.given_back]
-            owing = {r.account_id for _, r, _, split in plain if split.excess}
+            owing = {r.account_id for _, r, _, split in plain
+                     if split.excess and not snapshots[r.account_id].unlimited}
             due, expired, with_free = await uow.groups.expire_and_check(
                 list(snapshots), given_back, sorted(owing))
             snapshots.update(await write_off_expired(uow, due, self._metrics))
             giving_back = {r.account_id for _, r, _, split in plain if split.given_back}
             plain = [p for p in plain
                      if not any(lot_id in expired for lot_id, _ in p[3].given_back)
-                     and not (p[3].excess and (p[1].account_id in with_free
-                                               or p[1].account_id in giving_back))]
+                     and not (p[3].excess and p[1].account_id in owing
+                              and (p[1].account_id in with_free
+                                   or p[1].account_id in giving_back))]
             if not plain:
                 return outcomes
             lot_changes: list[lots.LotChange] = []
@@ -223,7 +225,9 @@ class Committing:
         beyond = amount - locked.amount  # more than was held: available must cover it
         if beyond > 0 and current.available < beyond:
             return errors.InsufficientCredits(account_id, current.available, beyond)
-        if split.excess:
+        if split.excess and current.unlimited:  # the plan covers it: no lot is touched
+            into_debt = split.excess
+        elif split.excess:
             # What the draws do not cover (a larger amount, or a reservation held beyond
             # the lots under a credit limit) comes from free lots, then, with a credit
             # limit, goes into debt.

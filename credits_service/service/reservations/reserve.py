@@ -118,11 +118,13 @@ class Reserving:
         declined; a call declined for its account's existence or status stores no key, so
         that it succeeds once the account exists and is active."""
         await self._open_missing(uow, calls, indexes, snapshots)
-        wanted: dict[str, int] = {}
+        wanted: dict[str, int] = {}  # an unlimited account draws no lot: it wants none
         for i in indexes:
             command = calls[i][0]
-            if command.account_id in snapshots and command.account_id not in inactive:
-                wanted[command.account_id] = wanted.get(command.account_id, 0) + command.amount
+            snapshot = snapshots.get(command.account_id)
+            if snapshot is not None and command.account_id not in inactive:
+                wanted[command.account_id] = wanted.get(command.account_id, 0) + (
+                    0 if snapshot.unlimited else command.amount)
         free: dict[str, list[FreeLot]] = {}
         now = datetime.min  # set below whenever a reservation can be placed
         if wanted:
@@ -149,8 +151,8 @@ class Reserving:
                 outcomes[i] = errors.InsufficientCredits(
                     account_id, snapshot.available, command.amount)
                 continue
-            # With a credit limit, what the lots do not cover is held uncovered: the
-            # reservation's amount less its draws.
+            # With a credit limit, what the lots do not cover is held beyond them: the
+            # reservation's amount less its draws (all of it on an unlimited account).
             draws = lots.take(free[account_id], command.amount, partial=snapshot.credit_limit > 0)
             if draws is None:
                 raise errors.LotsOutOfStep(account_id)

@@ -65,16 +65,19 @@ async def test_a_commit_takes_free_lots_before_debt_and_a_grant_pays_the_debt(on
     assert storage.tables.lots[paid.lot.lot_id].repaid == 18
 
 
-async def test_an_unlimited_account_is_never_declined(on_plans):
+async def test_an_unlimited_account_is_never_declined_nor_takes_its_lots(on_plans, storage):
     account = await opened(on_plans, "u", "unlimited")
     assert account.balance.unlimited and account.balance.credit_limit == CREDIT_LIMIT_UNLIMITED
-    for _ in range(5):
-        held = await on_plans.reserve("u", 10**12)
-        await on_plans.commit(held.reservation.reservation_id)
+    lot = (await on_plans.grant("u", 3)).lot.lot_id
+    for n in range(5):  # every other one for more than held: decided alone, no lot either
+        held = await on_plans.reserve("u", 10**12 - 1)
+        await on_plans.commit(held.reservation.reservation_id, 10**12 - 1 + n % 2)
+    assert storage.lots[lot].remaining == 3  # the plan pays, not the lots
+    assert (await on_plans.grant("u", 2)).lot.remaining == 2  # nor do later credits
     moved = await on_plans.ledger.change_plan(ChangePlanCommand("u", "default", "x"), "ops")
     [forgiven] = moved.write_off_entries
     assert (forgiven.entry_type, forgiven.amount, forgiven.lot_id) == (
-        EntryType.ADJUSTMENT, 5 * 10**12, None)
+        EntryType.ADJUSTMENT, 5 * 10**12 - 3, None)
 
 
 async def test_a_deduction_stops_at_the_floor_unless_allowed(on_plans):
