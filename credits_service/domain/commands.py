@@ -124,7 +124,8 @@ class AdjustCommand:
     metadata: Mapping[str, str] = field(default_factory=dict)
     expected_balance: int | None = None  # SET only: compare-and-set
     expire_time: datetime | None = None  # ADD, or a SET that adds: the new lot's expiry
-    allow_negative: bool = False  # a deduction may pass -credit_limit
+    # a deduction may pass -credit_limit (left out of the request hash while False)
+    allow_negative: bool = field(default=False, metadata={"hash_omit_false": True})
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,11 +60,19 @@ _SET_PLAN = _CHANGE.format(column="plan", also=", credit_limit = $6", kind="PLAN
                            profile=columns.PROFILE)
 
 # Every account on a plan of $1 gets that plan's credit limit in $2 (when a plans file
-# changed it): one scan of the accounts whatever the number of plans.
+# changed it): one scan of the accounts whatever the number of plans, locking them in account
+# order as every transaction does (a replica serving meanwhile cannot deadlock with it).
 _SYNC_LIMITS = """
-    UPDATE accounts a SET credit_limit = p.credit_limit, update_time = credits_now()
-      FROM unnest($1::text[], $2::bigint[]) AS p (plan, credit_limit)
-     WHERE a.plan = p.plan AND a.credit_limit <> p.credit_limit"""
+    WITH due AS (
+        SELECT a.account_id, p.credit_limit
+          FROM accounts a JOIN unnest($1::text[], $2::bigint[]) AS p (plan, credit_limit)
+            ON a.plan = p.plan
+         WHERE a.credit_limit <> p.credit_limit
+         ORDER BY a.account_id
+           FOR UPDATE OF a
+    )
+    UPDATE accounts a SET credit_limit = due.credit_limit, update_time = credits_now()
+      FROM due WHERE a.account_id = due.account_id"""
 
 # Takes credits off the balance: $2 in all, of which $3 beyond its lots go into debt (the
 # caller takes the rest off lots). Available (with the credit limit) must cover them, unless

@@ -11,6 +11,7 @@ from __future__ import annotations
 from credits_service.domain import errors
 from credits_service.domain.commands import AdjustCommand, AdjustMode, AdjustResult, GrantResult
 from credits_service.domain.model import (
+    BALANCE_MAX,
     PRIORITY_DEFAULT,
     AccountStatus,
     BalanceSnapshot,
@@ -92,6 +93,9 @@ class Adjusting:
         within its credit limit unless allow_negative."""
         if balance.available < amount and not command.allow_negative:
             return errors.InsufficientCredits(command.account_id, balance.available, amount)
+        if balance.balance - amount < -BALANCE_MAX:  # the ledger's floor, allowed or not
+            return errors.InsufficientCredits(
+                command.account_id, balance.balance + BALANCE_MAX, amount)
         parts, owed, debited = await take_free_credits(
             uow, command.account_id, amount, into_debt=True,
             allow_negative=command.allow_negative)

@@ -1,12 +1,14 @@
 """What an account owes: credits it used beyond its lots (a reservation or deduction under a
 credit limit, or an unlimited account's usage). Its balance is its lots' remaining credits
 less its debt, so credits added to an account with debt pay the debt first and only the rest
-goes into a lot: the lot records the whole credit, with less remaining. Credits owed are never
-left in a lot that could expire.
+goes into a lot: the lot records the whole credit, with less remaining, and credits added
+never wait in a lot that could expire while the account owes. (Credits a release gives back
+to a lot do stay there: the account's next holds and commits take them first.)
 
-An unlimited account's usage never touches its lots and its debt is never paid: the plan
-covers it, and it is forgiven when the account leaves the plan (its lots, credits bought
-meanwhile included, are still there then)."""
+An unlimited account's usage never touches its lots and credits added to it do not pay its
+debt: the plan covers it, and it is forgiven when the account leaves the plan (its lots,
+credits bought meanwhile included, are still there then). A refund of usage is the
+exception: it takes back what the plan covered."""
 
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ from credits_service.service.ports import UnitOfWork
 
 
 async def repay(
-    uow: UnitOfWork, account_id: str, credited: BalanceSnapshot, credits: int
+    uow: UnitOfWork, account_id: str, credited: BalanceSnapshot, credits: int, *,
+    usage_refund: bool = False,
 ) -> tuple[int, BalanceSnapshot]:
     """Of `credits` just added to the (locked) account, balance `credited`, the part that pays
-    its debt (none on an unlimited account), taken off the debt; returns it and the balance
-    after."""
-    repaid = 0 if credited.unlimited else min(credits, credited.debt)
+    its debt (none on an unlimited account, unless they refund usage), taken off the debt;
+    returns it and the balance after."""
+    pays = usage_refund or not credited.unlimited
+    repaid = min(credits, credited.debt) if pays else 0
     if not repaid:
         return 0, credited
     balance = await uow.accounts.repay(account_id, repaid)

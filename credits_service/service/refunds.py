@@ -78,7 +78,8 @@ class Refunding:
             assert credited is not None, "below the cap, and not closed"
             # What the account owes is paid first: that part is in the REFUND lot's amount
             # but not in what remains of it.
-            repaid, credited = await debts.repay(uow, account_id, credited, amount)
+            repaid, credited = await debts.repay(uow, account_id, credited, amount,
+                                                 usage_refund=True)
             back, rest = await _back_to_lots(uow, reservation, amount - repaid, now)
             await uow.lots.apply([LotChange(lot_id, 0, part) for lot_id, part in back])
             lot = None

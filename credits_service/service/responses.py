@@ -124,17 +124,26 @@ def decode(text: str) -> Outcome:
     )
 
 
+_KEPT = object()  # a field left out of plain() while it is this: none
+
+
 @cache
-def fields_of(cls: type) -> tuple[tuple[str, bool], ...] | None:
-    """(name, omitted when None) of a dataclass's fields; None for any other type."""
+def fields_of(cls: type) -> tuple[tuple[str, object], ...] | None:
+    """(name, the value it is left out while it is) of a dataclass's fields: None for those
+    marked hash_omit_none, False for those marked hash_omit_false, else _KEPT; None for any
+    other type."""
     if not is_dataclass(cls):
         return None
-    return tuple((f.name, bool(f.metadata.get("hash_omit_none"))) for f in fields(cls))
+    return tuple(
+        (f.name, None if f.metadata.get("hash_omit_none")
+         else False if f.metadata.get("hash_omit_false") else _KEPT)
+        for f in fields(cls))
 
 
 def plain(value: Any) -> Any:
     """`value` as JSON-ready dicts, lists and scalars: dataclasses by field name (fields
-    marked hash_omit_none left out while None), enums by value, times in ISO 8601, sets
+    marked hash_omit_none left out while None, hash_omit_false while False: fields added
+    later, so that stored keys' hashes still match), enums by value, times in ISO 8601, sets
     sorted."""
     if type(value) in _SCALARS:  # most fields: no lookups
         return value
@@ -142,8 +151,8 @@ def plain(value: Any) -> Any:
     if described is not None:
         return {
             name: plain(field_value)
-            for name, omit_none in described
-            if not ((field_value := getattr(value, name)) is None and omit_none)
+            for name, omitted in described
+            if (field_value := getattr(value, name)) is not omitted
         }
     if isinstance(value, Enum):
         return value.value

@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from credits.v1 import credits_pb2 as pb
 from credits_service.domain import errors
 from credits_service.domain.commands import (
+    AdjustCommand,
+    AdjustMode,
     CommitCommand,
     GrantCommand,
     GrantResult,
@@ -277,6 +279,14 @@ def test_request_hash_ignores_metadata_order_and_tells_methods_and_fields_apart(
      "3cef76e6433512249fb644b04466db23c6fbc73f9e2d480b66098db9e36a2991"),
     ("Commit", CommitCommand(reservation_id="0f8fad5b-d9cb-469f-a165-70867728950e"),
      "e42fb9195c26e62081cd2518cc2670897d73e42b3951db519c6367a807a0bf9b"),
+    # allow_negative came after: left out while False, as keys stored before it hold
+    ("Adjust", AdjustCommand(account_id="a", mode=AdjustMode.SET, amount=40,
+                             idempotency_key="k", reason="ticket 311", expected_balance=0),
+     "e26787b6c226c205801b7ac2e05eb9ae727bd6a8c784f6f324da15cde927b8ee"),
+    ("Adjust", AdjustCommand(account_id="a", mode=AdjustMode.SET, amount=40,
+                             idempotency_key="k", reason="ticket 311", expected_balance=0,
+                             allow_negative=True),
+     "6f8ea00b145bd43a675473832db1dbe7addaf63599110d7a1a82433a187dc5b6"),
 ])
 def test_request_hashes_never_change(method, command, digest):
     """Stored keys hold these hashes: a retry after an upgrade must still match them."""

@@ -131,3 +131,30 @@ async def test_a_grouped_commit_takes_free_lots_given_back_or_granted_before_deb
     await asyncio.gather(*(on_plans.commit(r) for r in more))
     assert storage.lots[granted].remaining == 0  # taken before going into debt again
     assert (storage.accounts["p"].balance, storage.accounts["p"].debt) == (-3, 3)
+
+
+async def test_a_refund_of_unlimited_usage_comes_off_the_debt_the_plan_covered(
+        on_plans, storage):
+    from tests.unit.service.test_refunds import refund
+
+    await opened(on_plans, "u", "unlimited")
+    held = await on_plans.reserve("u", 100)
+    await on_plans.commit(held.reservation.reservation_id)
+    given = await refund(on_plans, held.reservation.reservation_id, 30)
+    assert (given.balance.balance, given.balance.debt) == (-70, 70)
+    assert (given.lot.amount, given.lot.remaining) == (30, 0)
+    moved = await on_plans.ledger.change_plan(ChangePlanCommand("u", "default", "x"), "ops")
+    assert moved.write_off_entries[0].amount == 70
+    assert storage.accounts["u"].balance == 0  # nothing refunded and forgiven twice
+
+
+async def test_no_deduction_takes_a_balance_below_the_ledger_s_floor(on_plans, storage):
+    await opened(on_plans, "p", "postpaid")
+    near = AdjustCommand("p", AdjustMode.SET, -(10**15) + 5, on_plans.key(), "fix",
+                         allow_negative=True)
+    await on_plans.ledger.adjust(near, "ops")
+    with pytest.raises(errors.InsufficientCredits) as declined:
+        await on_plans.ledger.adjust(AdjustCommand(
+            "p", AdjustMode.DEDUCT, 6, on_plans.key(), "fix", allow_negative=True), "ops")
+    assert declined.value.metadata["available"] == "5"
+    assert storage.accounts["p"].balance == -(10**15) + 5
