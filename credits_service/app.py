@@ -16,6 +16,8 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits_service.domain.plans import BUILT_IN, PlanBook, PlansError, read_plans
+from credits_service.domain.rates import BUILT_IN as BUILT_IN_RATE_CARD
+from credits_service.domain.rates import RateCard, RateCardError, read_rate_card
 from credits_service.persistence.database import create_engine, redacted
 from credits_service.persistence.embedded import EmbeddedPostgres
 from credits_service.persistence.keys import page_token_key
@@ -170,9 +172,32 @@ def load_plans(settings: AccountSettings) -> PlanBook:
     return plans
 
 
+def load_rate_card(settings: AccountSettings, plans: PlanBook) -> RateCard:
+    """The rate card of the file, its plan prices checked against `plans`, or the built-in
+    card without features; a StartupError naming the file and every problem otherwise."""
+    if not settings.rate_card_file:
+        return BUILT_IN_RATE_CARD
+    path = settings.rate_card_file
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot read --rate-card-file {path!r}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StartupError(f"--rate-card-file {path!r} is not TOML: {exc}") from None
+    try:
+        card = read_rate_card(document, path, plans.plans.keys())
+    except RateCardError as exc:
+        raise StartupError(f"--rate-card-file {path!r}: " + "; ".join(exc.problems)) from None
+    _log.info("rate card %s from %s: %d features", card.version, path, len(card.features))
+    return card
+
+
 def build_ledger(
     settings: Settings, engine: AsyncEngine, metrics: Metrics, clock: DatabaseClock,
     page_tokens_key: bytes, plans: PlanBook = BUILT_IN,
+    rate_card: RateCard = BUILT_IN_RATE_CARD,
 ) -> Ledger:
     statement_timeout_ms = settings.database.statement_timeout_ms
     return Ledger(
@@ -185,6 +210,7 @@ def build_ledger(
         metrics,
         plans=plans,
         auto_create_accounts=settings.accounts.auto_create_accounts,
+        rate_card=rate_card,
     )
 
 
@@ -280,9 +306,11 @@ class Application:
             raise StartupError(str(exc)) from None
         gatekeeper = build_gatekeeper(settings.auth, settings.server.listen)
         plans = load_plans(settings.accounts)
+        rate_card = load_rate_card(settings.accounts, plans)
         database_url, embedded = await resolve_database(settings.database)
         try:
-            return await cls._start_on(settings, gatekeeper, plans, database_url, embedded)
+            return await cls._start_on(settings, gatekeeper, plans, rate_card, database_url,
+                                       embedded)
         except BaseException:
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
@@ -294,6 +322,7 @@ class Application:
         settings: Settings,
         gatekeeper: Gatekeeper,
         plans: PlanBook,
+        rate_card: RateCard,
         database_url: str,
         embedded: EmbeddedPostgres | None,
     ) -> Application:
@@ -307,7 +336,7 @@ class Application:
             raise
         metrics = Metrics()
         clock = DatabaseClock()
-        ledger = build_ledger(settings, engine, metrics, clock, key, plans)
+        ledger = build_ledger(settings, engine, metrics, clock, key, plans, rate_card)
         try:
             synced = await ledger.sync_credit_limits()
         except BaseException:

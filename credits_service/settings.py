@@ -252,6 +252,9 @@ class AccountSettings(_Section):
         True, "the first CheckAndReserve or GetBalance of an unknown account creates it on "
         "the default plan with its welcome credits, as Grant and EnsureAccount always do; "
         "off: they answer ACCOUNT_NOT_FOUND")
+    rate_card_file: str = _setting(
+        "", "TOML file of the rate card (what each feature costs, per plan; docs/rates.md); "
+        "unset: a card without features")
 
 
 @dataclass(frozen=True, slots=True)

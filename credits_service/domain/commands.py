@@ -18,6 +18,7 @@ from credits_service.domain.model import (
     Reservation,
     ReservationStatus,
 )
+from credits_service.domain.rates import Quote
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,3 +234,19 @@ class RefundResult:
     balance: BalanceSnapshot
     reservation: Reservation  # its refunded_amount after this refund
     lot: Lot | None = None  # the REFUND lot, when credits could not go back to their lots
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteQuery:
+    account_id: str
+    feature: str
+    units: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteResult:
+    """What a call would cost the account, and whether it could place the hold now."""
+
+    quote: Quote
+    balance: BalanceSnapshot
+    affordable: bool  # active, and available covers the cost

@@ -214,6 +214,34 @@ class PlanNotFound(CreditsError):
         super().__init__(f"no plan is called {plan!r}", {"plan": plan})
 
 
+class UnknownFeature(CreditsError):
+    """The rate card has no feature of this name (metadata `feature`, and `knownFeatures`:
+    the card's feature names, comma-separated, cut at 500 characters); docs/rates.md."""
+
+    reason = "UNKNOWN_FEATURE"
+    KNOWN_LENGTH_MAX = 500
+
+    def __init__(self, feature: str, known: Sequence[str]) -> None:
+        listed = ",".join(known)
+        if len(listed) > self.KNOWN_LENGTH_MAX:
+            listed = listed[:self.KNOWN_LENGTH_MAX].rsplit(",", 1)[0] + ",..."
+        super().__init__(f"the rate card has no feature {feature!r}",
+                         {"feature": feature, "knownFeatures": listed})
+
+
+class CostTooLarge(CreditsError):
+    """A feature's units would cost more than one call may take (metadata `feature`, `units`,
+    `cost`, `amountMax`)."""
+
+    reason = "COST_TOO_LARGE"
+
+    def __init__(self, feature: str, units: int, cost: int, amount_max: int) -> None:
+        super().__init__(
+            f"{units} units of {feature!r} would cost {cost} credits, more than {amount_max}",
+            {"feature": feature, "units": str(units), "cost": str(cost),
+             "amountMax": str(amount_max)})
+
+
 class ReservationNotFound(Declined):
     """No reservation has this id (metadata `reservationId`)."""
 

@@ -5,12 +5,15 @@ lives in its own module; each runs in one transaction that includes its idempote
 from __future__ import annotations
 
 from credits_service.domain.plans import BUILT_IN, PlanBook
+from credits_service.domain.rates import BUILT_IN as BUILT_IN_RATE_CARD
+from credits_service.domain.rates import RateCard
 from credits_service.service.accounts import AccountOpening, Accounts
 from credits_service.service.adjustments import Adjusting
 from credits_service.service.grants import Granting
 from credits_service.service.maintenance import Maintenance
 from credits_service.service.page_tokens import PageTokens
 from credits_service.service.ports import LedgerMetrics, NoMetrics, UnitOfWorkFactory
+from credits_service.service.pricing import Pricing
 from credits_service.service.queries import Queries
 from credits_service.service.refunds import Refunding
 from credits_service.service.reservations.batch import Batches
@@ -35,6 +38,7 @@ class Ledger:
         *,
         plans: PlanBook = BUILT_IN,
         auto_create_accounts: bool = True,
+        rate_card: RateCard = BUILT_IN_RATE_CARD,
     ) -> None:
         metrics = metrics or NoMetrics()
         self.transactions = Transactions(
@@ -53,6 +57,7 @@ class Ledger:
         self.queries = Queries(
             self.transactions, settings, PageTokens(page_token_key), self.opening)
         self.maintenance = Maintenance(self.transactions, metrics)
+        self.pricing = Pricing(self.transactions, rate_card, plans)
 
         self.ensure_account = self.accounts.ensure_account
         self.set_account_status = self.accounts.set_status
@@ -68,6 +73,8 @@ class Ledger:
         self.commit_each = self.committing.commit_each
         self.release = self.releasing.release
         self.extend = self.extending.extend
+        self.quote = self.pricing.quote
+        self.rate_card = self.pricing.rate_card
         self.get_balance = self.queries.get_balance
         self.history = self.queries.history
         self.list_reservations = self.queries.list_reservations

@@ -46,6 +46,8 @@ TOKENS = "; ".join([
 ])
 DENIED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
+TEST_RATE_CARD = Path(__file__).resolve().parents[1] / "fixtures" / "rates.toml"
+
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
@@ -62,7 +64,8 @@ async def serving(settings: Settings) -> AsyncIterator[Application]:
 
 @pytest.fixture
 def auth_settings(test_settings: Settings) -> Settings:
-    return test_settings.replace(auth_disabled=False, auth_tokens=TOKENS, shutdown_grace_s=1)
+    return test_settings.replace(auth_disabled=False, auth_tokens=TOKENS, shutdown_grace_s=1,
+                                 rate_card_file=str(TEST_RATE_CARD))
 
 
 @pytest.fixture
@@ -91,7 +94,7 @@ EXPECTED_DENIAL = {
     "billing": None,
 }
 # What a billing principal may call; its Grant here is of PROMO credits, which it may not.
-BILLING_ALLOWED_METHODS = {"EnsureAccount", "GetBalance", "History"}
+BILLING_ALLOWED_METHODS = {"EnsureAccount", "GetBalance", "History", "Quote", "GetRateCard"}
 SERVICE_DENIED_METHODS = {"Grant", "Adjust", "Transfer", "Refund", "SetAccountStatus",
                           "ChangePlan"}
 
@@ -119,6 +122,8 @@ def _requests(reservation_id: str) -> dict[str, object]:
         "GetBalance": pb.GetBalanceRequest(account_id="acct"),
         "History": pb.HistoryRequest(account_id="acct"),
         "ListReservations": pb.ListReservationsRequest(account_id="acct"),
+        "Quote": pb.QuoteRequest(account_id="acct", feature="image"),
+        "GetRateCard": pb.GetRateCardRequest(account_id="acct"),
         "BatchCheckAndReserve": pb.BatchCheckAndReserveRequest(items=[
             pb.CheckAndReserveRequest(account_id="acct", amount=1,
                                       idempotency_key=f"b-{uuid.uuid4()}")]),

@@ -15,7 +15,7 @@ import pytest
 from scripts.doc_examples import run_document, serve_flags
 from tests.serve_launcher import REPO_ROOT, Launcher
 
-DOCUMENTS = ["README.md", "docs/api.md", "docs/lots.md", "docs/accounts.md"]
+DOCUMENTS = ["README.md", "docs/api.md", "docs/lots.md", "docs/accounts.md", "docs/rates.md"]
 
 
 @pytest.mark.parametrize("document", DOCUMENTS)

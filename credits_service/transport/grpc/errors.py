@@ -30,6 +30,8 @@ STATUS_CODES: dict[type[errors.CreditsError], grpc.StatusCode] = {
     errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     errors.AccountNotFound: grpc.StatusCode.NOT_FOUND,
     errors.PlanNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.UnknownFeature: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.CostTooLarge: grpc.StatusCode.INVALID_ARGUMENT,
     errors.AccountFrozen: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AccountClosed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AccountNotEmpty: grpc.StatusCode.FAILED_PRECONDITION,

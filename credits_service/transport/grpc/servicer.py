@@ -10,6 +10,7 @@ from credits_service.transport.grpc.accounts import AccountsApi
 from credits_service.transport.grpc.adjustments import AdjustmentsApi
 from credits_service.transport.grpc.fields import RequestLimits
 from credits_service.transport.grpc.grants import GrantsApi
+from credits_service.transport.grpc.pricing import PricingApi
 from credits_service.transport.grpc.queries import QueriesApi, QueryRequests
 from credits_service.transport.grpc.refunds import RefundsApi
 from credits_service.transport.grpc.reservations import ReservationRequests, ReservationsApi
@@ -18,7 +19,7 @@ from credits_service.transport.grpc.transfers import TransfersApi
 
 class CreditsServicer(
     AccountsApi, AdjustmentsApi, TransfersApi, RefundsApi, GrantsApi, ReservationsApi,
-    QueriesApi,
+    QueriesApi, PricingApi,
     credits_pb2_grpc.CreditsServiceServicer,
 ):
     def __init__(self, ledger: Ledger, limits: RequestLimits) -> None:

@@ -233,6 +233,34 @@ RESERVATION_STATUS_EXPIRED: ReservationStatus.ValueType  # 4
 """RESERVATION_STATUS_EXPIRED passed its expire_time while still active."""
 Global___ReservationStatus: _TypeAlias = ReservationStatus  # noqa: Y015
 
+class _Rounding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoundingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rounding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROUNDING_UNSPECIFIED: _Rounding.ValueType  # 0
+    """ROUNDING_UNSPECIFIED is not used."""
+    ROUNDING_UP: _Rounding.ValueType  # 1
+    """ROUNDING_UP charges a started credit in full (the default)."""
+    ROUNDING_DOWN: _Rounding.ValueType  # 2
+    """ROUNDING_DOWN charges whole credits only."""
+    ROUNDING_NEAREST: _Rounding.ValueType  # 3
+    """ROUNDING_NEAREST rounds halves up."""
+
+class Rounding(_Rounding, metaclass=_RoundingEnumTypeWrapper):
+    """Rounding is how units that are not a whole number of credits are charged."""
+
+ROUNDING_UNSPECIFIED: Rounding.ValueType  # 0
+"""ROUNDING_UNSPECIFIED is not used."""
+ROUNDING_UP: Rounding.ValueType  # 1
+"""ROUNDING_UP charges a started credit in full (the default)."""
+ROUNDING_DOWN: Rounding.ValueType  # 2
+"""ROUNDING_DOWN charges whole credits only."""
+ROUNDING_NEAREST: Rounding.ValueType  # 3
+"""ROUNDING_NEAREST rounds halves up."""
+Global___Rounding: _TypeAlias = Rounding  # noqa: Y015
+
 @_typing.final
 class Balance(_message.Message):
     """Balance is a snapshot of one account's credits."""
@@ -2215,3 +2243,246 @@ class HistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HistoryResponse: _TypeAlias = HistoryResponse  # noqa: Y015
+
+@_typing.final
+class QuoteRequest(_message.Message):
+    """QuoteRequest asks what a call of a feature would cost an account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """account_id is the account; it must exist."""
+    feature: _builtins.str
+    """feature is a feature of the rate card (docs/rates.md); an unknown one is
+    INVALID_ARGUMENT UNKNOWN_FEATURE, with the known names in the metadata.
+    """
+    units: _builtins.int
+    """units is the call's units (tokens, seconds), 0..10^15; 0 for a feature
+    priced per call.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        feature: _builtins.str = ...,
+        units: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "feature", b"feature", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteRequest: _TypeAlias = QuoteRequest  # noqa: Y015
+
+@_typing.final
+class QuoteResponse(_message.Message):
+    """QuoteResponse is the price, and whether the account can pay it now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COST_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    RATE_CARD_VERSION_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    AFFORDABLE_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    cost: _builtins.int
+    """cost is what the call costs, in credits."""
+    feature: _builtins.str
+    """feature and units are the request's."""
+    units: _builtins.int
+    rate_card_version: _builtins.str
+    """rate_card_version names the card that priced it."""
+    plan: _builtins.str
+    """plan is the account's plan, whose prices apply."""
+    affordable: _builtins.bool
+    """affordable is true when the account is active and its available
+    credits cover cost: a CheckAndReserve of cost would be placed now.
+    """
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """balance is the account's balance now."""
+
+    def __init__(
+        self,
+        *,
+        cost: _builtins.int = ...,
+        feature: _builtins.str = ...,
+        units: _builtins.int = ...,
+        rate_card_version: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        affordable: _builtins.bool = ...,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affordable", b"affordable", "balance", b"balance", "cost", b"cost", "feature", b"feature", "plan", b"plan", "rate_card_version", b"rate_card_version", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteResponse: _TypeAlias = QuoteResponse  # noqa: Y015
+
+@_typing.final
+class GetRateCardRequest(_message.Message):
+    """GetRateCardRequest names whose prices to return: a plan, an account (its
+    plan), or neither (every feature with each plan's own prices).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    plan: _builtins.str
+    """plan is a plan of the plans file; at most one of plan and account_id."""
+    account_id: _builtins.str
+    """account_id is an existing account, for its plan's prices."""
+    def __init__(
+        self,
+        *,
+        plan: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRateCardRequest: _TypeAlias = GetRateCardRequest  # noqa: Y015
+
+@_typing.final
+class Price(_message.Message):
+    """Price is what one call of a feature costs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COST_PER_CALL_FIELD_NUMBER: _builtins.int
+    UNITS_PER_CREDIT_FIELD_NUMBER: _builtins.int
+    ROUNDING_FIELD_NUMBER: _builtins.int
+    MINIMUM_CHARGE_FIELD_NUMBER: _builtins.int
+    cost_per_call: _builtins.int
+    """cost_per_call is charged once per call, in credits."""
+    units_per_credit: _builtins.int
+    """units_per_credit: one credit per this many units, rounded as rounding
+    says; 0: units do not change the cost.
+    """
+    rounding: Global___Rounding.ValueType
+    """rounding applies to units_per_credit."""
+    minimum_charge: _builtins.int
+    """minimum_charge is the least a call costs, in credits."""
+    def __init__(
+        self,
+        *,
+        cost_per_call: _builtins.int = ...,
+        units_per_credit: _builtins.int = ...,
+        rounding: Global___Rounding.ValueType = ...,
+        minimum_charge: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_per_call", b"cost_per_call", "minimum_charge", b"minimum_charge", "rounding", b"rounding", "units_per_credit", b"units_per_credit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Price: _TypeAlias = Price  # noqa: Y015
+
+@_typing.final
+class FeaturePrice(_message.Message):
+    """FeaturePrice is a feature of the rate card and its prices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PlanPricesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Price: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Price | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    PLAN_PRICES_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    """feature is the name calls use."""
+    description: _builtins.str
+    """description and unit are for people."""
+    unit: _builtins.str
+    @_builtins.property
+    def price(self) -> Global___Price:
+        """price is what the plan asked for pays, or the feature's own price."""
+
+    @_builtins.property
+    def plan_prices(self) -> _containers.MessageMap[_builtins.str, Global___Price]:
+        """plan_prices are the plans that pay otherwise, by plan name (only when
+        no plan or account was asked for).
+        """
+
+    def __init__(
+        self,
+        *,
+        feature: _builtins.str = ...,
+        description: _builtins.str = ...,
+        unit: _builtins.str = ...,
+        price: Global___Price | None = ...,
+        plan_prices: _abc.Mapping[_builtins.str, Global___Price] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["price", b"price"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "feature", b"feature", "plan_prices", b"plan_prices", "price", b"price", "unit", b"unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeaturePrice: _TypeAlias = FeaturePrice  # noqa: Y015
+
+@_typing.final
+class GetRateCardResponse(_message.Message):
+    """GetRateCardResponse is the rate card in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """version names the card."""
+    plan: _builtins.str
+    """plan is the plan whose prices are shown; empty: every feature's own."""
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeaturePrice]:
+        """features are in name order."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        features: _abc.Iterable[Global___FeaturePrice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "plan", b"plan", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRateCardResponse: _TypeAlias = GetRateCardResponse  # noqa: Y015

@@ -141,6 +141,16 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.HistoryRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.HistoryResponse.FromString,
                 _registered_method=True)
+        self.Quote = channel.unary_unary(
+                '/credits.v1.CreditsService/Quote',
+                request_serializer=credits_dot_v1_dot_credits__pb2.QuoteRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.QuoteResponse.FromString,
+                _registered_method=True)
+        self.GetRateCard = channel.unary_unary(
+                '/credits.v1.CreditsService/GetRateCard',
+                request_serializer=credits_dot_v1_dot_credits__pb2.GetRateCardRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.GetRateCardResponse.FromString,
+                _registered_method=True)
 
 
 class CreditsServiceServicer:
@@ -344,6 +354,23 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Quote(self, request, context):
+        """Quote prices a call of a feature for an account by the rate card in
+        force (its plan's prices) and says whether its available credits cover
+        it now. Nothing is held or written; an unknown account is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRateCard(self, request, context):
+        """GetRateCard returns the rate card in force: every feature's prices, or
+        those one plan (or one account's plan) pays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -426,6 +453,16 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.History,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.HistoryRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.HistoryResponse.SerializeToString,
+            ),
+            'Quote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Quote,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.QuoteRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.QuoteResponse.SerializeToString,
+            ),
+            'GetRateCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRateCard,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.GetRateCardRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.GetRateCardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -887,6 +924,60 @@ class CreditsService:
             '/credits.v1.CreditsService/History',
             credits_dot_v1_dot_credits__pb2.HistoryRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.HistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Quote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/Quote',
+            credits_dot_v1_dot_credits__pb2.QuoteRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.QuoteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRateCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/GetRateCard',
+            credits_dot_v1_dot_credits__pb2.GetRateCardRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.GetRateCardResponse.FromString,
             options,
             channel_credentials,
             insecure,

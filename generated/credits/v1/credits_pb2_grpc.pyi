@@ -166,6 +166,15 @@ class CreditsServiceStub:
     """
     History: _grpc.UnaryUnaryMultiCallable[_credits_pb2.HistoryRequest, _credits_pb2.HistoryResponse]
     """History pages through the account's ledger, newest entry first."""
+    Quote: _grpc.UnaryUnaryMultiCallable[_credits_pb2.QuoteRequest, _credits_pb2.QuoteResponse]
+    """Quote prices a call of a feature for an account by the rate card in
+    force (its plan's prices) and says whether its available credits cover
+    it now. Nothing is held or written; an unknown account is NOT_FOUND.
+    """
+    GetRateCard: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GetRateCardRequest, _credits_pb2.GetRateCardResponse]
+    """GetRateCard returns the rate card in force: every feature's prices, or
+    those one plan (or one account's plan) pays.
+    """
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -305,6 +314,15 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     """
     History: _aio.UnaryUnaryMultiCallable[_credits_pb2.HistoryRequest, _credits_pb2.HistoryResponse]  # type: ignore[assignment]
     """History pages through the account's ledger, newest entry first."""
+    Quote: _aio.UnaryUnaryMultiCallable[_credits_pb2.QuoteRequest, _credits_pb2.QuoteResponse]  # type: ignore[assignment]
+    """Quote prices a call of a feature for an account by the rate card in
+    force (its plan's prices) and says whether its available credits cover
+    it now. Nothing is held or written; an unknown account is NOT_FOUND.
+    """
+    GetRateCard: _aio.UnaryUnaryMultiCallable[_credits_pb2.GetRateCardRequest, _credits_pb2.GetRateCardResponse]  # type: ignore[assignment]
+    """GetRateCard returns the rate card in force: every feature's prices, or
+    those one plan (or one account's plan) pays.
+    """
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     """CreditsService keeps a ledger of credits per account.
@@ -537,5 +555,26 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.HistoryResponse, _abc.Awaitable[_credits_pb2.HistoryResponse]]:
         """History pages through the account's ledger, newest entry first."""
+
+    @_abc_1.abstractmethod
+    def Quote(
+        self,
+        request: _credits_pb2.QuoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.QuoteResponse, _abc.Awaitable[_credits_pb2.QuoteResponse]]:
+        """Quote prices a call of a feature for an account by the rate card in
+        force (its plan's prices) and says whether its available credits cover
+        it now. Nothing is held or written; an unknown account is NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRateCard(
+        self,
+        request: _credits_pb2.GetRateCardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.GetRateCardResponse, _abc.Awaitable[_credits_pb2.GetRateCardResponse]]:
+        """GetRateCard returns the rate card in force: every feature's prices, or
+        those one plan (or one account's plan) pays.
+        """
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

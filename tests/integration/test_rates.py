@@ -1,0 +1,102 @@
+"""Quote and GetRateCard against the real server and database, on the example plans and rate
+card: prices by plan, affordability from the real balance, nothing written, and every bad
+request refused with its reason."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from credits.v1 import credits_pb2 as pb
+from credits.v1 import credits_pb2_grpc
+from credits_service.app import Application, StartupError
+from tests.grpc_errors import assert_error, expect_error
+from tests.ledger_checks import row_counts
+from tests.support.calls import reserve
+from tests.support.serving import EXAMPLE_PLANS, serving
+
+EXAMPLE_CARD = Path(__file__).resolve().parents[2] / "docs" / "rates.example.toml"
+
+
+@pytest.fixture
+async def priced(test_settings) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
+    settings = test_settings.replace(plans_file=str(EXAMPLE_PLANS),
+                                     rate_card_file=str(EXAMPLE_CARD), shutdown_grace_s=1)
+    async with serving(settings) as stub:
+        yield stub
+
+
+async def test_a_quote_prices_at_the_account_s_plan_and_writes_nothing(priced, db):
+    await priced.EnsureAccount(pb.EnsureAccountRequest(account_id="f1", plan="free"))
+    await priced.EnsureAccount(pb.EnsureAccountRequest(account_id="p1", plan="pro"))
+    before = await row_counts(db)
+    free = await priced.Quote(pb.QuoteRequest(account_id="f1", feature="llm", units=1850))
+    assert (free.cost, free.plan, free.rate_card_version, free.affordable) == (
+        2, "free", "2026-12-01", True)
+    assert free.balance.available == 5
+    pro = await priced.Quote(pb.QuoteRequest(account_id="p1", feature="image"))
+    assert (pro.cost, pro.plan) == (3, "pro")
+    assert await row_counts(db) == before
+
+    await reserve(priced, "f1", 4)
+    short = await priced.Quote(pb.QuoteRequest(account_id="f1", feature="image"))
+    assert (short.cost, short.affordable, short.balance.available) == (5, False, 1)
+
+
+async def test_bad_quotes_are_refused_with_their_reason_and_write_nothing(priced, db):
+    await priced.EnsureAccount(pb.EnsureAccountRequest(account_id="f1", plan="free"))
+    before = await row_counts(db)
+    error = await expect_error(priced.Quote(pb.QuoteRequest(account_id="f1", feature="audio")))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_FEATURE", feature="audio",
+                 knownFeatures="image,llm,video")
+    error = await expect_error(priced.Quote(pb.QuoteRequest(account_id="f1", feature="video",
+                                                            units=10**15)))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, "COST_TOO_LARGE", feature="video",
+                 cost=str(10 + 10**15 // 2))
+    error = await expect_error(priced.Quote(pb.QuoteRequest(account_id="nobody",
+                                                            feature="image")))
+    assert_error(error, grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND")
+    error = await expect_error(priced.Quote(pb.QuoteRequest(account_id="", feature="",
+                                                            units=-1)))
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert sorted(field for field, _ in error.field_violations) == [
+        "account_id", "feature", "units"]
+    assert await row_counts(db) == before  # no account created by a quote
+
+
+async def test_the_rate_card_in_full_for_a_plan_and_for_an_account(priced, db):
+    full = await priced.GetRateCard(pb.GetRateCardRequest())
+    assert full.version == "2026-12-01" and full.plan == ""
+    by_name = {f.feature: f for f in full.features}
+    assert list(by_name) == ["image", "llm", "video"]
+    assert by_name["image"].price.cost_per_call == 5
+    assert by_name["image"].plan_prices["pro"].cost_per_call == 3
+    assert (by_name["llm"].unit, by_name["llm"].price.units_per_credit,
+            by_name["llm"].price.rounding) == ("token", 1000, pb.ROUNDING_UP)
+    pro = await priced.GetRateCard(pb.GetRateCardRequest(plan="pro"))
+    assert [f.price.cost_per_call for f in pro.features] == [3, 0, 10]
+    assert not pro.features[0].plan_prices
+    await priced.EnsureAccount(pb.EnsureAccountRequest(account_id="p1", plan="pro"))
+    mine = await priced.GetRateCard(pb.GetRateCardRequest(account_id="p1"))
+    assert mine == pro
+    error = await expect_error(priced.GetRateCard(pb.GetRateCardRequest(plan="gold")))
+    assert_error(error, grpc.StatusCode.NOT_FOUND, "PLAN_NOT_FOUND", plan="gold")
+    error = await expect_error(priced.GetRateCard(pb.GetRateCardRequest(account_id="nobody")))
+    assert error.reason == "ACCOUNT_NOT_FOUND"
+    error = await expect_error(priced.GetRateCard(pb.GetRateCardRequest(plan="pro",
+                                                                        account_id="p1")))
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_bad_card_stops_start_up_naming_every_problem(test_settings, tmp_path):
+    card = tmp_path / "rates.toml"
+    card.write_text('version = "v"\n[features.free]\ncost_per_call = 0\n'
+                    '[plans.gold.features.free]\ncost_per_call = 1\n')
+    with pytest.raises(StartupError) as stopped:
+        await Application.start(test_settings.replace(rate_card_file=str(card)))
+    message = str(stopped.value)
+    assert "features.free: a call would cost nothing" in message
+    assert "plans.gold: no plan is called 'gold'" in message
