@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from credits_service.domain.errors import RateCardRefused
 from credits_service.domain.plans import BUILT_IN, PlanBook, PlansError, read_plans
 from credits_service.domain.rates import BUILT_IN as BUILT_IN_RATE_CARD
 from credits_service.domain.rates import RateCard, RateCardError, read_rate_card
@@ -172,23 +173,31 @@ def load_plans(settings: AccountSettings) -> PlanBook:
     return plans
 
 
-def load_rate_card(settings: AccountSettings, plans: PlanBook) -> RateCard:
-    """The rate card of the file, its plan prices checked against `plans`, or the built-in
-    card without features; a StartupError naming the file and every problem otherwise."""
-    if not settings.rate_card_file:
-        return BUILT_IN_RATE_CARD
-    path = settings.rate_card_file
+def read_rate_card_file(path: str, plans: PlanBook) -> RateCard:
+    """The rate card of the file, its plan prices checked against `plans`; RateCardRefused
+    listing every problem (the file unreadable or not TOML being one) otherwise."""
     try:
         with open(path, "rb") as file:
             document = tomllib.load(file)
     except OSError as exc:
-        raise StartupError(
-            f"cannot read --rate-card-file {path!r}: {exc.strerror or exc}") from None
+        raise RateCardRefused(path, [f"cannot read it: {exc.strerror or exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise StartupError(f"--rate-card-file {path!r} is not TOML: {exc}") from None
+        raise RateCardRefused(path, [f"not TOML: {exc}"]) from None
     try:
-        card = read_rate_card(document, path, plans.plans.keys())
+        return read_rate_card(document, path, plans.plans.keys())
     except RateCardError as exc:
+        raise RateCardRefused(path, exc.problems) from None
+
+
+def load_rate_card(settings: AccountSettings, plans: PlanBook) -> RateCard:
+    """The rate card of the file, or the built-in card without features; a StartupError
+    naming the file and every problem otherwise."""
+    if not settings.rate_card_file:
+        return BUILT_IN_RATE_CARD
+    path = settings.rate_card_file
+    try:
+        card = read_rate_card_file(path, plans)
+    except RateCardRefused as exc:
         raise StartupError(f"--rate-card-file {path!r}: " + "; ".join(exc.problems)) from None
     _log.info("rate card %s from %s: %d features", card.version, path, len(card.features))
     return card
@@ -211,6 +220,9 @@ def build_ledger(
         plans=plans,
         auto_create_accounts=settings.accounts.auto_create_accounts,
         rate_card=rate_card,
+        rate_card_loader=(
+            functools.partial(read_rate_card_file, settings.accounts.rate_card_file, plans)
+            if settings.accounts.rate_card_file else None),
     )
 
 
@@ -369,6 +381,14 @@ class Application:
                       metrics_port)
         return cls(settings, engine, ledger, sweeper, grpc_server, embedded, metrics,
                    metrics_port, clock)
+
+    def reload_rate_card(self) -> None:
+        """Read the rate card's file again (SIGHUP); a refused file is logged and counted,
+        and the card in force stays."""
+        try:
+            self.ledger.reload_rate_card()
+        except RateCardRefused:
+            pass  # logged and counted by the ledger
 
     async def stop(self) -> None:
         """Drain in order: health NOT_SERVING and refuse new calls, let in-flight calls finish

@@ -311,6 +311,7 @@ async def _serve(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     app = await Application.start(settings)
+    loop.add_signal_handler(signal.SIGHUP, app.reload_rate_card)
     freeze_startup_heap()
     await stopping.wait()
     await app.stop()

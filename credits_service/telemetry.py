@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    start_http_server,
+)
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256,
                       0.512, 1.024, 2.048, 5.0)
@@ -52,12 +59,21 @@ class Metrics:
                                    buckets=_LATENCY_BUCKETS_S, registry=r)
         self.pool_in_use = Gauge("credits_db_pool_connections_in_use",
                                  "database connections checked out of the pool", registry=r)
+        self.rate_card_reloads = Counter("credits_rate_card_reloads",
+                                         "rate card reloads, by outcome (loaded, refused)",
+                                         ["outcome"], registry=r)
+        self.rate_card = Info("credits_rate_card", "the rate card in force", registry=r)
         self.sweeper_lag = Gauge("credits_sweeper_lag_seconds",
                                  "seconds since the sweeper last completed a sweep",
                                  registry=r)
         self._server: Any = None
 
     # --- LedgerMetrics --------------------------------------------------------------------
+
+    def rate_card_reloaded(self, version: str, loaded: bool) -> None:
+        self.rate_card_reloads.labels("loaded" if loaded else "refused").inc()
+        if loaded:
+            self.rate_card.info({"version": version})
 
     def granted(self, amount: int) -> None:
         self.credits.labels("granted").inc(amount)

@@ -82,7 +82,8 @@ def rpc_table() -> str:
              "CheckAndReserve": "`idempotency_key`",
              "BatchCheckAndReserve": "each item's `idempotency_key`",
              "Commit": "reservation and amount", "BatchCommit": "each item's reservation",
-             "Release": "reservation", "ExtendReservation": "(safe to repeat)"}
+             "Release": "reservation", "ExtendReservation": "(safe to repeat)",
+             "ReloadRateCard": "(safe to repeat)"}
     for method in credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].methods:
         roles = [role for role, allowed in (("service", SERVICE_METHODS),
                                             ("billing", BILLING_METHODS)) if method.name in allowed]

@@ -229,6 +229,23 @@ class UnknownFeature(CreditsError):
                          {"feature": feature, "knownFeatures": listed})
 
 
+class RateCardRefused(CreditsError):
+    """A rate card reload found the file unusable: the card in force stays (metadata `file`,
+    `problems`: every problem, '; '-separated, cut at 1,000 characters)."""
+
+    reason = "RATE_CARD_REFUSED"
+    PROBLEMS_LENGTH_MAX = 1000
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        listed = "; ".join(problems)
+        if len(listed) > self.PROBLEMS_LENGTH_MAX:
+            listed = listed[:self.PROBLEMS_LENGTH_MAX - 3] + "..."
+        card = f"the rate card {source!r}" if source else "the rate card"
+        super().__init__(f"{card} was refused, the card in force stays: {listed}",
+                         {"file": source, "problems": listed})
+        self.problems = list(problems)
+
+
 class CostTooLarge(CreditsError):
     """A feature's units would cost more than one call may take (metadata `feature`, `units`,
     `cost`, `amountMax`)."""

@@ -13,7 +13,7 @@ from credits_service.service.grants import Granting
 from credits_service.service.maintenance import Maintenance
 from credits_service.service.page_tokens import PageTokens
 from credits_service.service.ports import LedgerMetrics, NoMetrics, UnitOfWorkFactory
-from credits_service.service.pricing import Pricing
+from credits_service.service.pricing import Pricing, RateCardLoader
 from credits_service.service.queries import Queries
 from credits_service.service.refunds import Refunding
 from credits_service.service.reservations.batch import Batches
@@ -39,6 +39,7 @@ class Ledger:
         plans: PlanBook = BUILT_IN,
         auto_create_accounts: bool = True,
         rate_card: RateCard = BUILT_IN_RATE_CARD,
+        rate_card_loader: RateCardLoader | None = None,
     ) -> None:
         metrics = metrics or NoMetrics()
         self.transactions = Transactions(
@@ -57,7 +58,7 @@ class Ledger:
         self.queries = Queries(
             self.transactions, settings, PageTokens(page_token_key), self.opening)
         self.maintenance = Maintenance(self.transactions, metrics)
-        self.pricing = Pricing(self.transactions, rate_card, plans)
+        self.pricing = Pricing(self.transactions, rate_card, plans, rate_card_loader, metrics)
 
         self.ensure_account = self.accounts.ensure_account
         self.set_account_status = self.accounts.set_status
@@ -75,6 +76,7 @@ class Ledger:
         self.extend = self.extending.extend
         self.quote = self.pricing.quote
         self.rate_card = self.pricing.rate_card
+        self.reload_rate_card = self.pricing.reload
         self.get_balance = self.queries.get_balance
         self.history = self.queries.history
         self.list_reservations = self.queries.list_reservations

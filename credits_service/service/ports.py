@@ -347,6 +347,7 @@ class LedgerMetrics(Protocol):
     def replayed(self, method: str) -> None: ...
     def transaction_retried(self) -> None: ...
     def grouped(self, kind: str, size: int) -> None: ...
+    def rate_card_reloaded(self, version: str, loaded: bool) -> None: ...
 
 
 class NoMetrics:
@@ -380,4 +381,7 @@ class NoMetrics:
         pass
 
     def grouped(self, kind: str, size: int) -> None:
+        pass
+
+    def rate_card_reloaded(self, version: str, loaded: bool) -> None:
         pass

@@ -3,20 +3,54 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from credits_service.domain import errors
 from credits_service.domain.commands import QuoteQuery, QuoteResult
 from credits_service.domain.model import AccountStatus
 from credits_service.domain.plans import PlanBook
 from credits_service.domain.rates import RateCard
-from credits_service.service.ports import UnitOfWork
+from credits_service.service.ports import LedgerMetrics, NoMetrics, UnitOfWork
 from credits_service.service.transactions import Transactions
+
+RateCardLoader = Callable[[], RateCard]  # reads the card's file again; RateCardRefused
+
+_log = logging.getLogger(__name__)
 
 
 class Pricing:
-    def __init__(self, transactions: Transactions, card: RateCard, plans: PlanBook) -> None:
+    def __init__(
+        self, transactions: Transactions, card: RateCard, plans: PlanBook,
+        loader: RateCardLoader | None = None, metrics: LedgerMetrics | None = None,
+    ) -> None:
         self._transactions = transactions
         self._plans = plans
+        self._loader = loader
+        self._metrics = metrics or NoMetrics()
         self.card = card
+
+    def reload(self) -> tuple[RateCard, RateCard]:
+        """Read the card's file again and put it in force at once (calls priced already keep
+        the card they began with); returns the previous card and the new one. A file that
+        cannot be used raises RateCardRefused, listing every problem, and the card in force
+        stays. Both outcomes are logged and counted."""
+        previous = self.card
+        try:
+            if self._loader is None:
+                raise errors.RateCardRefused("", [
+                    "no --rate-card-file is set: the built-in card has nothing to reload"])
+            card = self._loader()
+        except errors.RateCardRefused as refused:
+            _log.warning("rate card reload refused, %s stays in force: %s", previous.version,
+                         refused.message, extra={"reason": refused.reason})
+            self._metrics.rate_card_reloaded(previous.version, loaded=False)
+            raise
+        self.card = card
+        _log.info("rate card %s from %s in force (was %s): %d features", card.version,
+                  card.source, previous.version, len(card.features))
+        self._metrics.rate_card_reloaded(card.version, loaded=True)
+        return previous, card
 
     async def rate_card(self, plan: str = "", account_id: str = "") -> tuple[RateCard, str]:
         """The card in force and the plan whose prices to show: `plan` (PlanNotFound when the

@@ -4,8 +4,11 @@ request refused with its reason."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -100,3 +103,73 @@ async def test_a_bad_card_stops_start_up_naming_every_problem(test_settings, tmp
     message = str(stopped.value)
     assert "features.free: a call would cost nothing" in message
     assert "plans.gold: no plan is called 'gold'" in message
+
+
+CARD_V1 = 'version = "v1"\n[features.image]\ncost_per_call = 5\n'
+CARD_V2 = ('version = "v2"\n[features.image]\ncost_per_call = 7\n'
+           '[features.audio]\ncost_per_call = 1\n')
+
+
+@asynccontextmanager
+async def app_with_card(settings, card: Path) -> AsyncIterator[tuple[Application, Any]]:
+    app = await Application.start(settings.replace(rate_card_file=str(card),
+                                                   shutdown_grace_s=1))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            yield app, credits_pb2_grpc.CreditsServiceStub(channel)
+    finally:
+        await app.stop()
+
+
+def _reloads(app: Application, outcome: str) -> float:
+    return app.metrics.registry.get_sample_value(
+        "credits_rate_card_reloads_total", {"outcome": outcome}) or 0.0
+
+
+async def test_a_reload_puts_a_good_card_in_force_and_refuses_a_bad_one(
+        test_settings, db, tmp_path):
+    card = tmp_path / "rates.toml"
+    card.write_text(CARD_V1)
+    async with app_with_card(test_settings, card) as (app, stub):
+        await stub.EnsureAccount(pb.EnsureAccountRequest(account_id="a1"))
+        assert (await stub.Quote(pb.QuoteRequest(account_id="a1", feature="image"))).cost == 5
+        card.write_text(CARD_V2)
+        reloaded = await stub.ReloadRateCard(pb.ReloadRateCardRequest())
+        assert (reloaded.version, reloaded.previous_version, reloaded.feature_count,
+                reloaded.file) == ("v2", "v1", 2, str(card))
+        quote = await stub.Quote(pb.QuoteRequest(account_id="a1", feature="image"))
+        assert (quote.cost, quote.rate_card_version) == (7, "v2")
+
+        card.write_text('version = "v3"\n[features.image]\ncost_per_call = 0\n'
+                        '[features.x]\nunits_per_credit = -1\n')
+        error = await expect_error(stub.ReloadRateCard(pb.ReloadRateCardRequest()))
+        assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "RATE_CARD_REFUSED",
+                     file=str(card))
+        assert "features.image: a call would cost nothing" in error.metadata["problems"]
+        assert "features.x.units_per_credit: -1 must be" in error.metadata["problems"]
+        card.write_text("not = [toml")
+        error = await expect_error(stub.ReloadRateCard(pb.ReloadRateCardRequest()))
+        assert "not TOML" in error.metadata["problems"]
+        quote = await stub.Quote(pb.QuoteRequest(account_id="a1", feature="image"))
+        assert quote.rate_card_version == "v2"  # the card in force stayed
+        assert (_reloads(app, "loaded"), _reloads(app, "refused")) == (1.0, 2.0)
+        assert app.metrics.registry.get_sample_value(
+            "credits_rate_card_info", {"version": "v2"}) == 1.0
+
+
+async def test_a_reload_racing_quotes_prices_each_by_exactly_one_card(
+        test_settings, db, tmp_path):
+    card = tmp_path / "rates.toml"
+    card.write_text(CARD_V1)
+    async with app_with_card(test_settings, card) as (_, stub):
+        await stub.EnsureAccount(pb.EnsureAccountRequest(account_id="a1"))
+        card.write_text(CARD_V2)
+
+        async def quote() -> tuple[str, int]:
+            answer = await stub.Quote(pb.QuoteRequest(account_id="a1", feature="image"))
+            return answer.rate_card_version, answer.cost
+
+        quotes = asyncio.gather(*(quote() for _ in range(300)))
+        await stub.ReloadRateCard(pb.ReloadRateCardRequest())
+        assert set(await quotes) <= {("v1", 5), ("v2", 7)}
+        assert await quote() == ("v2", 7)

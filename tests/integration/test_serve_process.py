@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import time
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -393,3 +394,30 @@ async def test_migrate_while_serving_leaves_the_server_working(launcher: Launche
     async with credits_stub(server.address) as stub:
         await stub.Grant(grant_request("live", 5, key="live-1"), timeout=10)
     assert await server.stop() == 0, server.describe()
+
+
+async def test_sighup_reloads_the_rate_card(launcher: Launcher, tmp_path: Path) -> None:
+    card = tmp_path / "rates.toml"
+    card.write_text('version = "v1"\n[features.image]\ncost_per_call = 5\n')
+    server = launcher.serve(launcher.data_dir(), "--rate-card-file", str(card))
+    await server.wait_serving()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = credits_pb2_grpc.CreditsServiceStub(channel)
+        assert (await stub.GetRateCard(pb.GetRateCardRequest())).version == "v1"
+        card.write_text('version = "v2"\n[features.image]\ncost_per_call = 6\n')
+        server.popen.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if (await stub.GetRateCard(pb.GetRateCardRequest())).version == "v2":
+                break
+            await asyncio.sleep(0.05)
+        assert (await stub.GetRateCard(pb.GetRateCardRequest())).features[0].price \
+            .cost_per_call == 6
+        card.write_text("version = 3\n")  # refused: the version is no name
+        server.popen.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if "rate card reload refused" in server.log():
+                break
+            await asyncio.sleep(0.05)
+        assert "version: 3 must name this card" in server.log()
+        assert (await stub.GetRateCard(pb.GetRateCardRequest())).version == "v2"
+    assert await server.stop() == 0

@@ -32,6 +32,7 @@ STATUS_CODES: dict[type[errors.CreditsError], grpc.StatusCode] = {
     errors.PlanNotFound: grpc.StatusCode.NOT_FOUND,
     errors.UnknownFeature: grpc.StatusCode.INVALID_ARGUMENT,
     errors.CostTooLarge: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.RateCardRefused: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AccountFrozen: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AccountClosed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AccountNotEmpty: grpc.StatusCode.FAILED_PRECONDITION,

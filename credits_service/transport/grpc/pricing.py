@@ -3,6 +3,8 @@ methods."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from credits.v1 import credits_pb2 as pb
@@ -79,6 +81,13 @@ class PricingApi:
         self, request: pb.QuoteRequest, context: grpc.aio.ServicerContext
     ) -> pb.QuoteResponse:
         return quote_response(await self._ledger.quote(quote_query(request)))
+
+    async def ReloadRateCard(
+        self, request: pb.ReloadRateCardRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReloadRateCardResponse:
+        previous, card = await asyncio.to_thread(self._ledger.reload_rate_card)
+        return pb.ReloadRateCardResponse(version=card.version, previous_version=previous.version,
+                                         file=card.source, feature_count=len(card.features))
 
     async def GetRateCard(
         self, request: pb.GetRateCardRequest, context: grpc.aio.ServicerContext

@@ -2486,3 +2486,53 @@ class GetRateCardResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRateCardResponse: _TypeAlias = GetRateCardResponse  # noqa: Y015
+
+@_typing.final
+class ReloadRateCardRequest(_message.Message):
+    """ReloadRateCardRequest has no fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadRateCardRequest: _TypeAlias = ReloadRateCardRequest  # noqa: Y015
+
+@_typing.final
+class ReloadRateCardResponse(_message.Message):
+    """ReloadRateCardResponse says which card is in force now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    FEATURE_COUNT_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """version is the card now in force; previous_version the one before."""
+    previous_version: _builtins.str
+    file: _builtins.str
+    """file is where it was read from."""
+    feature_count: _builtins.int
+    """feature_count is how many features it prices."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        previous_version: _builtins.str = ...,
+        file: _builtins.str = ...,
+        feature_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_count", b"feature_count", "file", b"file", "previous_version", b"previous_version", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadRateCardResponse: _TypeAlias = ReloadRateCardResponse  # noqa: Y015

@@ -151,6 +151,11 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.GetRateCardRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.GetRateCardResponse.FromString,
                 _registered_method=True)
+        self.ReloadRateCard = channel.unary_unary(
+                '/credits.v1.CreditsService/ReloadRateCard',
+                request_serializer=credits_dot_v1_dot_credits__pb2.ReloadRateCardRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.ReloadRateCardResponse.FromString,
+                _registered_method=True)
 
 
 class CreditsServiceServicer:
@@ -371,6 +376,16 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadRateCard(self, request, context):
+        """ReloadRateCard reads the rate card's file again and puts it in force at
+        once, as SIGHUP does (admin only). A file that fails validation is
+        FAILED_PRECONDITION RATE_CARD_REFUSED, listing every problem, and the
+        card in force stays. Calls already priced keep the card they began with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -463,6 +478,11 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.GetRateCard,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.GetRateCardRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.GetRateCardResponse.SerializeToString,
+            ),
+            'ReloadRateCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadRateCard,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.ReloadRateCardRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.ReloadRateCardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -978,6 +998,33 @@ class CreditsService:
             '/credits.v1.CreditsService/GetRateCard',
             credits_dot_v1_dot_credits__pb2.GetRateCardRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.GetRateCardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadRateCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/ReloadRateCard',
+            credits_dot_v1_dot_credits__pb2.ReloadRateCardRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.ReloadRateCardResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -175,6 +175,12 @@ class CreditsServiceStub:
     """GetRateCard returns the rate card in force: every feature's prices, or
     those one plan (or one account's plan) pays.
     """
+    ReloadRateCard: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ReloadRateCardRequest, _credits_pb2.ReloadRateCardResponse]
+    """ReloadRateCard reads the rate card's file again and puts it in force at
+    once, as SIGHUP does (admin only). A file that fails validation is
+    FAILED_PRECONDITION RATE_CARD_REFUSED, listing every problem, and the
+    card in force stays. Calls already priced keep the card they began with.
+    """
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -322,6 +328,12 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     GetRateCard: _aio.UnaryUnaryMultiCallable[_credits_pb2.GetRateCardRequest, _credits_pb2.GetRateCardResponse]  # type: ignore[assignment]
     """GetRateCard returns the rate card in force: every feature's prices, or
     those one plan (or one account's plan) pays.
+    """
+    ReloadRateCard: _aio.UnaryUnaryMultiCallable[_credits_pb2.ReloadRateCardRequest, _credits_pb2.ReloadRateCardResponse]  # type: ignore[assignment]
+    """ReloadRateCard reads the rate card's file again and puts it in force at
+    once, as SIGHUP does (admin only). A file that fails validation is
+    FAILED_PRECONDITION RATE_CARD_REFUSED, listing every problem, and the
+    card in force stays. Calls already priced keep the card they began with.
     """
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -575,6 +587,18 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_credits_pb2.GetRateCardResponse, _abc.Awaitable[_credits_pb2.GetRateCardResponse]]:
         """GetRateCard returns the rate card in force: every feature's prices, or
         those one plan (or one account's plan) pays.
+        """
+
+    @_abc_1.abstractmethod
+    def ReloadRateCard(
+        self,
+        request: _credits_pb2.ReloadRateCardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.ReloadRateCardResponse, _abc.Awaitable[_credits_pb2.ReloadRateCardResponse]]:
+        """ReloadRateCard reads the rate card's file again and puts it in force at
+        once, as SIGHUP does (admin only). A file that fails validation is
+        FAILED_PRECONDITION RATE_CARD_REFUSED, listing every problem, and the
+        card in force stays. Calls already priced keep the card they began with.
         """
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
