@@ -2,7 +2,9 @@
 """Time `credits-service import` of a generated balances file into a fresh embedded
 PostgreSQL: N rows, one account each (the worst case: every row creates its account), half
 with an expiry, every row with an external id. Prints rows/s and the seconds taken; then
-imports the file again (every row already imported) and runs `verify`.
+imports the file again (every row already imported), runs `verify`, and exports the N GRANT
+entries the import wrote with `credits-service export history` (seconds, and the export
+process's peak RSS: it streams, so the RSS does not grow with N).
 
     .venv/bin/python bench/import_bench.py --rows 1000000
 """
@@ -10,6 +12,7 @@ imports the file again (every row already imported) and runs `verify`.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -38,6 +41,21 @@ def run(*args: str) -> tuple[float, str]:
     return took_s, lines[-1] if lines else ""
 
 
+def run_measured(*args: str) -> tuple[float, int, str]:
+    """run(), also returning the process's peak RSS in KiB (from wait4)."""
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "credits_service", *args], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    errors = process.stderr.read().decode()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    took_s = time.monotonic() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{args[0]} failed: {errors}")
+    return took_s, usage.ru_maxrss, errors.strip().splitlines()[-1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -56,6 +74,12 @@ def main() -> int:
         print(f"the same file again: {again_s:.1f} s\n  {summary}")
         verify_s, summary = run("verify", "--data-dir", str(data_dir))
         print(f"verify: {verify_s:.1f} s\n  {summary}")
+        out = Path(directory) / "history.csv"
+        export_s, rss_kb, summary = run_measured(
+            "export", "history", "--from", "2000-01-01T00:00:00Z", "--to",
+            "2100-01-01T00:00:00Z", "--out", str(out), "--data-dir", str(data_dir))
+        print(f"export of the history: {export_s:.1f} s, peak RSS {rss_kb / 1024:.0f} MB, "
+              f"{out.stat().st_size / 1e6:.0f} MB of CSV\n  {summary}")
     return 0
 
 
