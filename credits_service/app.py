@@ -181,8 +181,8 @@ def read_rate_card_file(path: str, plans: PlanBook) -> RateCard:
             document = tomllib.load(file)
     except OSError as exc:
         raise RateCardRefused(path, [f"cannot read it: {exc.strerror or exc}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RateCardRefused(path, [f"not TOML: {exc}"]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RateCardRefused(path, [f"not TOML (UTF-8): {exc}"]) from None
     try:
         return read_rate_card(document, path, plans.plans.keys())
     except RateCardError as exc:

@@ -317,13 +317,15 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"credits-service: {problem}", file=sys.stderr)
         return 2
-    # a CLI: writing blocks nobody
-    out = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: ASYNC230
+    outputs: list[Any] = []  # the file, opened at the first chunk: a failure before any
     written = [0, 0]  # bytes, newlines (rows, but for newlines inside quoted fields)
     shown = [-1.0]
 
     async def write(chunk: bytes) -> None:
-        out.write(chunk)
+        if not outputs:  # a CLI: writing blocks nobody
+            outputs.append(sys.stdout.buffer if args.out == "-"
+                           else open(args.out, "wb"))  # noqa: ASYNC230
+        outputs[0].write(chunk)
         written[0] += len(chunk)
         written[1] += chunk.count(b"\n")
         if sys.stderr.isatty() or written[1] - shown[0] >= 100_000:
@@ -346,10 +348,11 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
     finally:
-        if out is not sys.stdout.buffer:
-            out.close()
-        else:
-            out.flush()
+        for output in outputs:
+            if output is sys.stdout.buffer:
+                output.flush()
+            else:
+                output.close()
     print(f"\rexport: {rows:,} {args.what} rows ({written[0]:,} bytes) to "
           f"{'standard output' if args.out == '-' else args.out}", file=sys.stderr)
     return 0
@@ -394,8 +397,11 @@ async def _serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # starting: read once anyway
     app = await Application.start(settings)
-    loop.add_signal_handler(signal.SIGHUP, app.reload_rate_card)
+    # The file is read off the event loop, so a slow disk delays no call.
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: loop.run_in_executor(None, app.reload_rate_card))
     freeze_startup_heap()
     await stopping.wait()
     await app.stop()

@@ -73,7 +73,10 @@ class Metrics:
     def rate_card_reloaded(self, version: str, loaded: bool) -> None:
         self.rate_card_reloads.labels("loaded" if loaded else "refused").inc()
         if loaded:
-            self.rate_card.info({"version": version})
+            self.rate_card_in_force(version)
+
+    def rate_card_in_force(self, version: str) -> None:
+        self.rate_card.info({"version": version})
 
     def granted(self, amount: int) -> None:
         self.credits.labels("granted").inc(amount)

@@ -149,7 +149,8 @@ def read_rate_card(document: Mapping[str, Any], source: str, plans: Collection[s
                             "characters")
             description = ""
         unit = table.get("unit", "")
-        if unit and (not isinstance(unit, str) or not _UNIT_NAME_PATTERN.fullmatch(unit)):
+        if "unit" in table and (not isinstance(unit, str)
+                                or not _UNIT_NAME_PATTERN.fullmatch(unit)):
             problems.append(f"{where}.unit: 1-32 characters from A-Z a-z 0-9, space and '._-'")
             unit = ""
         if price is not None:

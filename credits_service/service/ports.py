@@ -348,6 +348,7 @@ class LedgerMetrics(Protocol):
     def transaction_retried(self) -> None: ...
     def grouped(self, kind: str, size: int) -> None: ...
     def rate_card_reloaded(self, version: str, loaded: bool) -> None: ...
+    def rate_card_in_force(self, version: str) -> None: ...
 
 
 class NoMetrics:
@@ -384,4 +385,7 @@ class NoMetrics:
         pass
 
     def rate_card_reloaded(self, version: str, loaded: bool) -> None:
+        pass
+
+    def rate_card_in_force(self, version: str) -> None:
         pass

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from credits_service.domain import errors
@@ -28,25 +29,29 @@ class Pricing:
         self._plans = plans
         self._loader = loader
         self._metrics = metrics or NoMetrics()
+        self._reloading = threading.Lock()  # one reload at a time: the last read wins
         self.card = card
+        self._metrics.rate_card_in_force(card.version)
 
     def reload(self) -> tuple[RateCard, RateCard]:
         """Read the card's file again and put it in force at once (calls priced already keep
         the card they began with); returns the previous card and the new one. A file that
         cannot be used raises RateCardRefused, listing every problem, and the card in force
         stays. Both outcomes are logged and counted."""
-        previous = self.card
-        try:
-            if self._loader is None:
-                raise errors.RateCardRefused("", [
-                    "no --rate-card-file is set: the built-in card has nothing to reload"])
-            card = self._loader()
-        except errors.RateCardRefused as refused:
-            _log.warning("rate card reload refused, %s stays in force: %s", previous.version,
-                         refused.message, extra={"reason": refused.reason})
-            self._metrics.rate_card_reloaded(previous.version, loaded=False)
-            raise
-        self.card = card
+        with self._reloading:
+            previous = self.card
+            try:
+                if self._loader is None:
+                    raise errors.RateCardRefused("", [
+                        "no --rate-card-file is set: the built-in card has nothing to reload"])
+                card = self._loader()
+            except errors.RateCardRefused as refused:
+                _log.warning("rate card reload refused, %s stays in force: %s",
+                             previous.version, "; ".join(refused.problems),
+                             extra={"reason": refused.reason})
+                self._metrics.rate_card_reloaded(previous.version, loaded=False)
+                raise
+            self.card = card
         _log.info("rate card %s from %s in force (was %s): %d features", card.version,
                   card.source, previous.version, len(card.features))
         self._metrics.rate_card_reloaded(card.version, loaded=True)
@@ -71,8 +76,9 @@ class Pricing:
 
     async def quote(self, query: QuoteQuery) -> QuoteResult:
         """The cost of the feature and units at the account's plan's prices, and whether the
-        account could hold it now; nothing is written (an unknown account is not created:
-        AccountNotFound). Raises UnknownFeature or CostTooLarge first, without reading."""
+        account could hold it now (as of the last sweep of expired lots); nothing is written
+        (an unknown account is not created: AccountNotFound). Raises UnknownFeature before
+        reading, CostTooLarge after (the price depends on the account's plan)."""
         card = self.card  # one card for the whole call, whatever a reload does meanwhile
         if query.feature not in card.features:
             card.quote(query.feature, query.units, "")  # raises UnknownFeature

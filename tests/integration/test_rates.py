@@ -131,6 +131,8 @@ async def test_a_reload_puts_a_good_card_in_force_and_refuses_a_bad_one(
     card = tmp_path / "rates.toml"
     card.write_text(CARD_V1)
     async with app_with_card(test_settings, card) as (app, stub):
+        assert app.metrics.registry.get_sample_value(
+            "credits_rate_card_info", {"version": "v1"}) == 1.0  # from start-up on
         await stub.EnsureAccount(pb.EnsureAccountRequest(account_id="a1"))
         assert (await stub.Quote(pb.QuoteRequest(account_id="a1", feature="image"))).cost == 5
         card.write_text(CARD_V2)
@@ -150,9 +152,12 @@ async def test_a_reload_puts_a_good_card_in_force_and_refuses_a_bad_one(
         card.write_text("not = [toml")
         error = await expect_error(stub.ReloadRateCard(pb.ReloadRateCardRequest()))
         assert "not TOML" in error.metadata["problems"]
+        card.write_bytes(b'version = "caf\xe9"\n')  # Latin-1, not UTF-8
+        error = await expect_error(stub.ReloadRateCard(pb.ReloadRateCardRequest()))
+        assert "not TOML (UTF-8)" in error.metadata["problems"]
         quote = await stub.Quote(pb.QuoteRequest(account_id="a1", feature="image"))
         assert quote.rate_card_version == "v2"  # the card in force stayed
-        assert (_reloads(app, "loaded"), _reloads(app, "refused")) == (1.0, 2.0)
+        assert (_reloads(app, "loaded"), _reloads(app, "refused")) == (1.0, 3.0)
         assert app.metrics.registry.get_sample_value(
             "credits_rate_card_info", {"version": "v2"}) == 1.0
 

@@ -87,6 +87,14 @@ def test_a_bad_card_lists_every_problem_by_key():
     assert len(problems) == 8
 
 
+@pytest.mark.parametrize("unit", ["0", "false", "[]", '""'])
+def test_a_unit_that_is_no_name_is_refused(unit):
+    with pytest.raises(RateCardError) as refused:
+        card(f'version = "v"\n[features.a]\ncost_per_call = 1\nunit = {unit}')
+    assert refused.value.problems == [
+        "features.a.unit: 1-32 characters from A-Z a-z 0-9, space and '._-'"]
+
+
 def test_a_plan_price_is_merged_over_the_feature_s_own():
     merged = card('version = "v"\n[features.llm]\nunits_per_credit = 1000\n'
                   'minimum_charge = 2\nrounding = "down"\n'
