@@ -3,6 +3,7 @@ them, Commit captures and Release voids them, each with its replays and its erro
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 
@@ -354,3 +355,24 @@ async def test_release_of_a_committed_reservation_is_declined(stub, db):
                  reservationId=reservation_id, committedAmount="25")
     assert await reservation_status(db, reservation_id) == "COMMITTED"
     assert (await balance_of(stub, ACCOUNT)).balance == 75
+
+
+async def test_a_usage_entry_carries_the_hold_s_metadata_under_the_commit_s(stub, db):
+    """Decided by a group (the held amount) and alone (a larger one): the USAGE entry's
+    metadata is the hold's, with the Commit's keys over it."""
+    await grant(stub, "meta", 100)
+    entries = []
+    for amount in (10, 12):
+        held = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
+            account_id="meta", amount=10, idempotency_key=f"meta-{amount}",
+            metadata={"model": "m1", "job": "render"}))
+        used = await stub.Commit(pb.CommitRequest(
+            reservation_id=held.reservation.reservation_id, amount=amount,
+            metadata={"job": "render-4k", "tokens": "1850"}))
+        entries.append(used.entry)
+    stored = await db.fetch("SELECT metadata::text AS m FROM ledger_entries "
+                            "WHERE account_id = 'meta' AND entry_type = 'USAGE' ORDER BY entry_id")
+    for entry, row in zip(entries, stored, strict=True):
+        expected = {"model": "m1", "job": "render-4k", "tokens": "1850"}
+        assert dict(entry.metadata) == expected
+        assert json.loads(row["m"]) == expected

@@ -38,6 +38,12 @@ METHOD = "Commit"
 Call = tuple[CommitCommand, str]  # the command and its actor
 
 
+def usage_metadata(reservation: Reservation, command: CommitCommand) -> dict[str, str]:
+    """A USAGE entry's metadata: the hold's, with the Commit's over it (what the work turned
+    out to be), so usage can be told apart by what the hold said it was for."""
+    return {**reservation.metadata, **command.metadata}
+
+
 class Committing:
     def __init__(
         self, transactions: Transactions, settings: LedgerSettings, metrics: LedgerMetrics
@@ -139,7 +145,8 @@ class Committing:
                 )
                 command, actor = calls[i]
                 usages.append(UsageEntry(account_id, amount, balances[i].balance,
-                                         reservation.reservation_id, command.metadata, actor))
+                                         reservation.reservation_id,
+                                         usage_metadata(reservation, command), actor))
                 consumed.extend(Consumption(reservation.reservation_id, lot_id, part)
                                 for lot_id, part in split.consumed)
             changed = summed(lot_changes)
@@ -175,7 +182,7 @@ class Committing:
                         balance_after=balances[i].balance,
                         reservation_id=reservation.reservation_id,
                         reason="",
-                        metadata=dict(command.metadata),
+                        metadata=usage_metadata(reservation, command),
                         actor=actor,
                         create_time=now,
                     ),
@@ -256,7 +263,7 @@ class Committing:
             amount=-amount,
             balance_after=balance.balance,
             reservation_id=locked.reservation_id,
-            metadata=command.metadata,
+            metadata=usage_metadata(locked, command),
             actor=actor,
         )
         consumed = dict(split.consumed)

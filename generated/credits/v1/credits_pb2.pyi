@@ -1493,7 +1493,9 @@ class CommitRequest(_message.Message):
     """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """metadata is stored on the USAGE ledger entry."""
+        """metadata is stored on the USAGE ledger entry, over the reservation's own
+        (the entry has both, the Commit's value where a key is in each).
+        """
 
     def __init__(
         self,

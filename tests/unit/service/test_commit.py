@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from credits_service.domain import errors
-from credits_service.domain.commands import CommitCommand
+from credits_service.domain.commands import CommitCommand, ReserveCommand
 from credits_service.domain.model import EntryType, ReservationStatus
 
 
@@ -134,3 +134,13 @@ async def test_commit_each_answers_each_item_as_it_alone_would(calls):
     assert results[0].balance.balance == 6
     assert isinstance(results[1], errors.InsufficientCredits)
     assert isinstance(results[2], errors.ReservationAlreadyCommitted)
+
+
+async def test_the_usage_entry_carries_the_hold_s_metadata_under_the_commit_s(calls, storage):
+    await calls.grant("acct", 10)
+    reservation = (await calls.ledger.check_and_reserve(ReserveCommand(
+        "acct", 5, calls.key(), metadata={"model": "m1", "job": "a"}), "tester")).reservation
+    result = await calls.ledger.commit(
+        CommitCommand(reservation.reservation_id, 5, metadata={"job": "b"}), "tester")
+    assert result.entry.metadata == {"model": "m1", "job": "b"}
+    assert storage.entries[-1].metadata == {"model": "m1", "job": "b"}
