@@ -9,7 +9,8 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -166,26 +167,14 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _verify(settings: Settings) -> int:
-    import asyncpg
-
-    from credits_service.app import resolve_database
     from credits_service.persistence.invariants import INVARIANTS, broken
 
-    url, embedded = await resolve_database(settings.database, borrow_if_in_use=True)
-    try:
-        connection = await asyncpg.connect(url, timeout=settings.database.connect_timeout_s)
-        try:
-            await _check_migrated(connection)
-            async with connection.transaction(isolation="repeatable_read", readonly=True):
-                counts = await connection.fetchrow(
-                    "SELECT (SELECT count(*) FROM accounts) AS accounts, "
-                    "(SELECT count(*) FROM ledger_entries) AS entries")
-                found = await broken(connection)
-        finally:
-            await connection.close()
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+    async with _migrated_connection(settings) as connection:
+        async with connection.transaction(isolation="repeatable_read", readonly=True):
+            counts = await connection.fetchrow(
+                "SELECT (SELECT count(*) FROM accounts) AS accounts, "
+                "(SELECT count(*) FROM ledger_entries) AS entries")
+            found = await broken(connection)
     print(f"verify: {len(INVARIANTS)} invariants over {counts['accounts']:,} accounts and "
           f"{counts['entries']:,} ledger entries (one snapshot)")
     for name in INVARIANTS:
@@ -234,9 +223,8 @@ async def _seed(settings: Settings, path: str) -> int:
 
 
 async def _import(settings: Settings, path: str, dry_run: bool, batch_rows: int) -> int:
-    import asyncpg
 
-    from credits_service.app import load_plans, resolve_database
+    from credits_service.app import load_plans
     from credits_service.persistence.imports import BalanceImports
     from credits_service.service.imports import ImportSummary, import_rows, read_rows
 
@@ -260,21 +248,12 @@ async def _import(settings: Settings, path: str, dry_run: bool, batch_rows: int)
             print(f"\r[{bar:<20}] {done:,}/{total:,} rows ({step}%)", end="",
                   file=sys.stderr, flush=True)
 
-    url, embedded = await resolve_database(settings.database, borrow_if_in_use=True)
-    try:
-        connection = await asyncpg.connect(url, timeout=settings.database.connect_timeout_s)
-        try:
-            await _check_migrated(connection)
-            now = await connection.fetchval("SELECT credits_now()")
-            summary = await import_rows(
-                read_rows(_lines(path), plans, now),
-                BalanceImports(connection), batch_rows=batch_rows, dry_run=dry_run,
-                progress=progress)
-        finally:
-            await connection.close()
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+    async with _migrated_connection(settings) as connection:
+        now = await connection.fetchval("SELECT credits_now()")
+        summary = await import_rows(
+            read_rows(_lines(path), plans, now),
+            BalanceImports(connection), batch_rows=batch_rows, dry_run=dry_run,
+            progress=progress)
     print(file=sys.stderr)
     for line, problem in summary.problems[:100]:
         print(f"{path}:{line}: {problem}")
@@ -300,9 +279,7 @@ def _time_argument(flag: str, text: str) -> datetime | str:
 
 
 async def _export(settings: Settings, args: argparse.Namespace) -> int:
-    import asyncpg
 
-    from credits_service.app import resolve_database
     from credits_service.domain.model import IDENTIFIER_PATTERN
     from credits_service.persistence.exports import export_entries
 
@@ -334,19 +311,10 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
                   end="", file=sys.stderr, flush=True)
 
     try:
-        url, embedded = await resolve_database(settings.database, borrow_if_in_use=True)
-        try:
-            connection = await asyncpg.connect(url, timeout=settings.database.connect_timeout_s)
-            try:
-                await _check_migrated(connection)
-                rows = await export_entries(
-                    connection, start, end, args.account,  # type: ignore[arg-type]
-                    args.what == "usage", write)
-            finally:
-                await connection.close()
-        finally:
-            if embedded is not None:
-                await asyncio.to_thread(embedded.stop)
+        async with _migrated_connection(settings) as connection:
+            rows = await export_entries(
+                connection, start, end, args.account,  # type: ignore[arg-type]
+                args.what == "usage", write)
     finally:
         for output in outputs:
             if output is sys.stdout.buffer:
@@ -362,6 +330,27 @@ def _lines(path: str) -> Iterator[str]:
     """The file's lines, read as they are needed (a CLI: reading blocks nobody)."""
     with open(path, newline="", encoding="utf-8") as file:
         yield from file
+
+
+@asynccontextmanager
+async def _migrated_connection(settings: Settings) -> AsyncIterator[Any]:
+    """A connection to the database (the embedded one started, or borrowed from a running
+    serve, for the time of the block) once it is at the latest migration."""
+    import asyncpg
+
+    from credits_service.app import resolve_database
+
+    url, embedded = await resolve_database(settings.database, borrow_if_in_use=True)
+    try:
+        connection = await asyncpg.connect(url, timeout=settings.database.connect_timeout_s)
+        try:
+            await _check_migrated(connection)
+            yield connection
+        finally:
+            await connection.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
 
 
 async def _check_migrated(connection: Any) -> None:

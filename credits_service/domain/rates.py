@@ -103,13 +103,17 @@ class RateCard:
     features: Mapping[str, Feature]
     source: str = "built-in"
 
+    def feature(self, name: str) -> Feature:
+        """The feature called `name`, or UnknownFeature naming the card's."""
+        found = self.features.get(name)
+        if found is None:
+            raise errors.UnknownFeature(name, sorted(self.features))
+        return found
+
     def quote(self, feature: str, units: int, plan: str) -> Quote:
         """The cost of `units` of `feature` on `plan`. Raises UnknownFeature, and
         CostTooLarge when it would pass the largest amount a call may take."""
-        found = self.features.get(feature)
-        if found is None:
-            raise errors.UnknownFeature(feature, sorted(self.features))
-        cost = found.price_for(plan).cost(units)
+        cost = self.feature(feature).price_for(plan).cost(units)
         if cost > AMOUNT_MAX:
             raise errors.CostTooLarge(feature, units, cost, AMOUNT_MAX)
         return Quote(feature, units, cost, self.version, plan)

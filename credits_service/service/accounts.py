@@ -197,12 +197,10 @@ class Accounts:
         plan = self._opening.plan(command.plan)
 
         async def work(uow: UnitOfWork) -> AccountChangeResult | errors.Declined:
-            found = await locked_account(uow, command.account_id)
+            found = await locked_account(uow, command.account_id, open_only=True)
             if isinstance(found, errors.Declined):
                 return found
             account, balance = found
-            if account.status is AccountStatus.CLOSED:
-                return errors.AccountClosed(command.account_id)
             if account.plan == plan.name:
                 return AccountChangeResult(account, changed=False)
             entries: tuple[LedgerEntry, ...] = ()
@@ -222,13 +220,15 @@ class Accounts:
 
 
 async def locked_account(
-    uow: UnitOfWork, account_id: str
+    uow: UnitOfWork, account_id: str, *, open_only: bool = False
 ) -> tuple[Account, BalanceSnapshot] | errors.Declined:
     """The account's terms and balance, its row locked for the transaction; AccountNotFound
-    when there is none."""
+    when there is none, and AccountClosed for a closed one when `open_only`."""
     balance = (await uow.accounts.lock([account_id])).get(account_id)
     if balance is None:
         return errors.AccountNotFound(account_id)
     account = await uow.accounts.profile(account_id)
     assert account is not None, "a locked account exists"
+    if open_only and account.status is AccountStatus.CLOSED:
+        return errors.AccountClosed(account_id)
     return account, balance

@@ -42,12 +42,10 @@ class Adjusting:
         async def effect(uow: UnitOfWork) -> AdjustResult | errors.Declined:
             if command.expire_time is not None and command.expire_time <= await uow.now():
                 raise errors.ExpireTimePassed(command.expire_time.isoformat())
-            found = await locked_account(uow, command.account_id)
+            found = await locked_account(uow, command.account_id, open_only=True)
             if isinstance(found, errors.Declined):
                 return found
             account, balance = found
-            if account.status is AccountStatus.CLOSED:
-                return errors.AccountClosed(command.account_id)
             expected = command.expected_balance
             if expected is not None and expected != balance.balance:
                 return errors.BalanceMismatch(command.account_id, expected, balance.balance)

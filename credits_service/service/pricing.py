@@ -80,8 +80,7 @@ class Pricing:
         (an unknown account is not created: AccountNotFound). Raises UnknownFeature before
         reading, CostTooLarge after (the price depends on the account's plan)."""
         card = self.card  # one card for the whole call, whatever a reload does meanwhile
-        if query.feature not in card.features:
-            card.quote(query.feature, query.units, "")  # raises UnknownFeature
+        card.feature(query.feature)  # an unknown one is refused before reading
 
         async def work(uow: UnitOfWork) -> QuoteResult | errors.Declined:
             summary = await uow.accounts.summary(query.account_id)

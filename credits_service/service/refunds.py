@@ -19,7 +19,6 @@ from credits_service.domain.lots import LotChange
 from credits_service.domain.model import (
     BALANCE_MAX,
     PRIORITY_DEFAULT,
-    AccountStatus,
     EntryType,
     GrantType,
     LedgerEntry,
@@ -56,11 +55,10 @@ class Refunding:
                 return found
             reservation = found
             account_id = reservation.account_id
-            found_account = await locked_account(uow, account_id)
-            assert not isinstance(found_account, errors.Declined), "a reservation's account is"
-            account, balance = found_account
-            if account.status is AccountStatus.CLOSED:
-                return errors.AccountClosed(account_id)
+            found_account = await locked_account(uow, account_id, open_only=True)
+            if isinstance(found_account, errors.Declined):  # closed: a reservation's exists
+                return found_account
+            _, balance = found_account
             committed = reservation.committed_amount or 0
             left = committed - reservation.refunded_amount
             amount = left if command.amount is None else command.amount

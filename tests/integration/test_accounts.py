@@ -16,7 +16,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from credits.v1 import credits_pb2 as pb
 from tests.grpc_errors import assert_error, expect_error
 from tests.ledger_checks import row_counts
-from tests.support.calls import grant, grant_request, reserve, reserve_request
+from tests.support.calls import (
+    adjust,
+    committed,
+    grant,
+    grant_request,
+    refund,
+    reserve,
+    reserve_request,
+    transfer,
+)
 
 
 async def welcome_entries(db, account_id: str) -> list:
@@ -257,12 +266,6 @@ async def test_change_plan_moves_between_the_example_plans(planned, db):
 # --- Adjust ------------------------------------------------------------------------------
 
 
-def adjust(stub, account: str, mode: int, amount: int, *, key: str | None = None, **fields):
-    return stub.Adjust(pb.AdjustRequest(
-        account_id=account, mode=mode, amount=amount, idempotency_key=key or str(uuid.uuid4()),
-        reason=fields.pop("reason", "ticket 7"), **fields))
-
-
 async def test_adjust_add_deduct_set_write_entries_with_reason_and_actor(stub, db):
     await grant(stub, "u1", 10, priority=10)
     added = await adjust(stub, "u1", pb.ADJUST_MODE_ADD, 5)
@@ -339,12 +342,6 @@ async def test_two_operators_setting_one_balance_from_what_they_saw_cannot_both_
 # --- Transfer ----------------------------------------------------------------------------
 
 
-def transfer(stub, giver: str, receiver: str, amount: int, *, key: str | None = None):
-    return stub.Transfer(pb.TransferRequest(
-        from_account_id=giver, to_account_id=receiver, amount=amount,
-        idempotency_key=key or str(uuid.uuid4()), reason="gift"))
-
-
 async def test_a_transfer_moves_credits_with_their_expiry_once_per_key(stub, db):
     expiring = (await grant(stub, "a", 3, priority=10,
                             expire_time=Timestamp(seconds=int(time.time()) + 3600))).lot
@@ -409,20 +406,6 @@ async def test_transfers_racing_both_ways_never_deadlock_and_keep_every_credit(s
 
 
 # --- Refund ------------------------------------------------------------------------------
-
-
-def refund(stub, reservation_id: str, amount: int | None = None, *, key: str | None = None):
-    request = pb.RefundRequest(reservation_id=reservation_id,
-                               idempotency_key=key or str(uuid.uuid4()), reason="failed")
-    if amount is not None:
-        request.amount = amount
-    return stub.Refund(request)
-
-
-async def committed(stub, account: str, amount: int) -> str:
-    reservation_id = (await reserve(stub, account, amount)).reservation.reservation_id
-    await stub.Commit(pb.CommitRequest(reservation_id=reservation_id))
-    return reservation_id
 
 
 async def test_a_refund_gives_usage_back_to_its_lots_once_per_key(stub, db):

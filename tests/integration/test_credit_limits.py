@@ -14,9 +14,17 @@ import pytest
 from credits.v1 import credits_pb2 as pb
 from credits_service.domain.model import CREDIT_LIMIT_UNLIMITED
 from tests.grpc_errors import assert_error, expect_error
-from tests.integration.test_accounts import adjust, committed, refund, transfer
 from tests.ledger_checks import row_counts
-from tests.support.calls import commit, grant, release, reserve
+from tests.support.calls import (
+    adjust,
+    commit,
+    committed,
+    grant,
+    refund,
+    release,
+    reserve,
+    transfer,
+)
 from tests.support.serving import serving
 
 LIMIT = 100  # the example plans' postpaid credit_limit

@@ -11,7 +11,8 @@ import sys
 from credits.v1 import credits_pb2 as pb
 from tests.ledger_checks import row_counts
 from tests.serve_launcher import REPO_ROOT, clean_env
-from tests.support.calls import grant
+from tests.support.calls import adjust, grant
+from tests.support.serving import EXAMPLE_PLANS
 
 FILE = """account_id,amount,plan,expire_time,external_id
 new-1,500,,,legacy-1
@@ -90,9 +91,6 @@ async def test_seed_creates_the_demo_accounts_once(stub, db, database_url):
 
 async def test_import_pays_what_an_account_owes_first_and_gives_new_ones_their_plan_s_limit(
         stub, db, database_url, tmp_path):
-    from tests.integration.test_accounts import adjust
-    from tests.support.serving import EXAMPLE_PLANS
-
     await stub.EnsureAccount(pb.EnsureAccountRequest(account_id="owes"))
     await adjust(stub, "owes", pb.ADJUST_MODE_DEDUCT, 30, allow_negative=True)
     path = tmp_path / "balances.csv"

@@ -105,3 +105,36 @@ async def get_balance(stub: Stub, account: str, **fields: Any) -> pb.GetBalanceR
 async def balance_of(stub: Stub, account: str) -> pb.Balance:
     """GetBalance, returning the account's Balance alone."""
     return (await get_balance(stub, account)).balance
+
+
+def adjust(stub: Stub, account: str, mode: int, amount: int, *, key: str | None = None,
+           **fields: Any) -> Any:
+    """Adjust (a call to await), reason "ticket 7" unless given."""
+    return stub.Adjust(pb.AdjustRequest(
+        account_id=account, mode=mode, amount=amount, idempotency_key=_key(key),
+        reason=fields.pop("reason", "ticket 7"), **fields))
+
+
+def transfer(stub: Stub, giver: str, receiver: str, amount: int, *,
+             key: str | None = None) -> Any:
+    """Transfer (a call to await), reason "gift"."""
+    return stub.Transfer(pb.TransferRequest(
+        from_account_id=giver, to_account_id=receiver, amount=amount,
+        idempotency_key=_key(key), reason="gift"))
+
+
+def refund(stub: Stub, reservation_id: str, amount: int | None = None, *,
+           key: str | None = None) -> Any:
+    """Refund (a call to await) of all that is left, or of `amount`, reason "failed"."""
+    request = pb.RefundRequest(reservation_id=reservation_id, idempotency_key=_key(key),
+                               reason="failed")
+    if amount is not None:
+        request.amount = amount
+    return stub.Refund(request)
+
+
+async def committed(stub: Stub, account: str, amount: int) -> str:
+    """A reservation of `amount`, committed for it; its id."""
+    reservation_id = (await reserve(stub, account, amount)).reservation.reservation_id
+    await stub.Commit(pb.CommitRequest(reservation_id=reservation_id))
+    return reservation_id

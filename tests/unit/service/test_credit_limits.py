@@ -20,6 +20,7 @@ from credits_service.domain.commands import (
 from credits_service.domain.model import CREDIT_LIMIT_UNLIMITED, EntryType
 from credits_service.domain.plans import read_plans
 from tests.unit.service.conftest import Calls, ledger_over
+from tests.unit.service.test_refunds import refund
 
 PLANS = read_plans(tomllib.loads("""
     [plans.default]
@@ -135,8 +136,6 @@ async def test_a_grouped_commit_takes_free_lots_given_back_or_granted_before_deb
 
 async def test_a_refund_of_unlimited_usage_comes_off_the_debt_the_plan_covered(
         on_plans, storage):
-    from tests.unit.service.test_refunds import refund
-
     await opened(on_plans, "u", "unlimited")
     held = await on_plans.reserve("u", 100)
     await on_plans.commit(held.reservation.reservation_id)
