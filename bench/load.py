@@ -92,7 +92,7 @@ def _account_picker(distribution: str, accounts: int, seed: int):
 
 async def _drive(target: str, token: str, scenario: str, distribution: str, accounts: int,
                  in_flight: int, duration_s: float, seed: int, batch_size: int,
-                 ) -> tuple[list[float], dict, float]:
+                 feature: str = "", ) -> tuple[list[float], dict, float]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -105,6 +105,9 @@ async def _drive(target: str, token: str, scenario: str, distribution: str, acco
     errors: dict[str, int] = {}
     prefix = uuid.uuid4().hex[:12]
     counter = itertools.count()
+    # What each reservation holds: 1 credit, or a feature's units (--feature NAME:UNITS)
+    name, _, units = feature.partition(":")
+    hold: dict = {"feature": name, "units": int(units or 0)} if name else {"amount": 1}
     async with grpc.aio.insecure_channel(target) as channel:
         stub = credits_pb2_grpc.CreditsServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
@@ -122,8 +125,8 @@ async def _drive(target: str, token: str, scenario: str, distribution: str, acco
             elif scenario == "batch":
                 response = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(
                     items=[pb.CheckAndReserveRequest(
-                        account_id=pick(), amount=1,
-                        idempotency_key=f"{prefix}-{next(counter)}") for _ in range(batch_size)]),
+                        account_id=pick(), idempotency_key=f"{prefix}-{next(counter)}", **hold)
+                        for _ in range(batch_size)]),
                     metadata=metadata, timeout=30)
                 for result in response.results:
                     if result.HasField("error"):
@@ -131,7 +134,7 @@ async def _drive(target: str, token: str, scenario: str, distribution: str, acco
                         errors[reason] = errors.get(reason, 0) + 1
             else:
                 reserved = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
-                    account_id=pick(), amount=1, idempotency_key=f"{prefix}-{next(counter)}"),
+                    account_id=pick(), idempotency_key=f"{prefix}-{next(counter)}", **hold),
                     metadata=metadata, timeout=10)
                 if scenario == "cycle":
                     await stub.Commit(pb.CommitRequest(
@@ -310,7 +313,7 @@ def run(args: argparse.Namespace) -> list[Result]:
             cpu_before = server.cpu_s() if server else {}
             per_process = max(1, args.in_flight // args.client_processes)
             jobs = [(target, args.token, scenario, distribution, args.accounts, per_process,
-                     args.duration_s, seed, args.batch_size)
+                     args.duration_s, seed, args.batch_size, args.feature)
                     for seed in range(args.client_processes)]
             with multiprocessing.get_context("spawn").Pool(args.client_processes) as pool:
                 pending = pool.map_async(_worker, jobs)
@@ -388,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--batch-size", type=int, default=100,
                         help="items per BatchCheckAndReserve call in the batch scenario")
+    parser.add_argument("--feature", default="",
+                        help="NAME:UNITS: reservations hold a feature's units, priced by the "
+                             "server's rate card (e.g. --feature token:1000 with "
+                             "--server-arg=--rate-card-file=bench/rates.toml), not 1 credit")
     parser.add_argument("--target", default="", help="host:port of a running server")
     parser.add_argument("--token", default="", help="bearer token for --target")
     parser.add_argument("--server-arg", action="append", default=[],

@@ -19,6 +19,7 @@ from credits_service.domain.model import (
     ReservationStatus,
 )
 from credits_service.domain.rates import Quote
+from credits_service.domain.rows import AccountSpend, UsageRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,17 +39,23 @@ class GrantCommand:
 @dataclass(frozen=True, slots=True)
 class ReserveCommand:
     account_id: str
-    amount: int
+    amount: int  # 0 with a feature: its cost, by the rate card
     idempotency_key: str
     ttl_ms: int | None = None  # None: the server's default TTL
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # A hold of a feature's estimated units instead of an amount (left out of the request
+    # hash while None, as idempotency.request_hash does on its fast path)
+    feature: str | None = field(default=None, metadata={"hash_omit_none": True})
+    units: int | None = field(default=None, metadata={"hash_omit_none": True})
 
 
 @dataclass(frozen=True, slots=True)
 class CommitCommand:
     reservation_id: str
-    amount: int | None = None  # None: the held amount
+    amount: int | None = None  # None: the held amount, or the cost of `units`
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # a hold of a feature: the actual units, charged at the hold's price
+    units: int | None = field(default=None, metadata={"hash_omit_none": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,3 +257,46 @@ class QuoteResult:
     quote: Quote
     balance: BalanceSnapshot
     affordable: bool  # active, and available covers the cost
+
+
+class UsageBucket(enum.Enum):
+    """The size of a usage summary's buckets (UTC)."""
+
+    HOUR = "hour"
+    DAY = "day"
+    MONTH = "month"
+
+
+# The most buckets a summary spans, by size: a month of hours, a year of days, ten years
+BUCKETS_MAX = {UsageBucket.HOUR: 744, UsageBucket.DAY: 366, UsageBucket.MONTH: 120}
+TOP_ACCOUNTS_MAX = 100
+SUMMARY_ACCOUNTS_MAX = 100
+
+
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    start_time: datetime | None = None  # a whole hour; None: the current UTC month's start
+    end_time: datetime | None = None  # a whole hour, excluded; None: the current hour's end
+    bucket: UsageBucket = UsageBucket.DAY
+    account_ids: tuple[str, ...] = ()  # none: every account
+    plan: str = ""  # without account_ids: only usage of accounts while on this plan
+    features: tuple[str, ...] = ()  # none: every feature ('' usage of an amount)
+    top_accounts: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureUsage:
+    feature: str
+    credits: int
+    units: int
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    start_time: datetime
+    end_time: datetime
+    bucket: UsageBucket
+    buckets: tuple[UsageRow, ...]  # by bucket, then feature
+    features: tuple[FeatureUsage, ...]  # totals of the range, by feature
+    top_accounts: tuple[AccountSpend, ...]  # most spent first

@@ -259,6 +259,18 @@ class CostTooLarge(CreditsError):
              "amountMax": str(amount_max)})
 
 
+class SummaryTooLarge(CreditsError):
+    """A usage summary would answer more rows than one response carries (metadata
+    `rowsMax`): ask for fewer features, larger buckets or a shorter range."""
+
+    reason = "SUMMARY_TOO_LARGE"
+
+    def __init__(self, rows_max: int) -> None:
+        super().__init__(
+            f"the summary would answer more than {rows_max} bucket rows: ask for fewer "
+            "features, larger buckets or a shorter range", {"rowsMax": str(rows_max)})
+
+
 class ReservationNotFound(Declined):
     """No reservation has this id (metadata `reservationId`)."""
 
@@ -378,6 +390,17 @@ class ReservationReleased(_ReservationStateError):
 
     def __init__(self, reservation_id: str) -> None:
         super().__init__(reservation_id, "was released")
+
+
+class ReservationNotPriced(_ReservationStateError):
+    """Commit with units of a reservation of an amount, not of a feature: it has no price to
+    charge them at (metadata `reservationId`)."""
+
+    reason = "RESERVATION_NOT_PRICED"
+
+    def __init__(self, reservation_id: str) -> None:
+        super().__init__(reservation_id, "was placed for an amount, not a feature's units: "
+                                         "commit it with an amount")
 
 
 class ReservationAlreadyCommitted(_ReservationStateError):

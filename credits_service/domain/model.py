@@ -9,8 +9,12 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # rates.py builds on this module
+    from credits_service.domain.rates import HeldPrice
 
 # Account ids, idempotency keys and external ids: 1-128 of these characters
 IDENTIFIER_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
@@ -146,6 +150,10 @@ class LedgerEntry:
     create_time: datetime
     lot_id: int | None = None
     transfer_id: str | None = None
+    # USAGE of a hold of a feature: what it was, how many units, priced by which card
+    feature: str | None = field(default=None, metadata={"hash_omit_none": True})
+    units: int | None = field(default=None, metadata={"hash_omit_none": True})
+    rate_card_version: str | None = field(default=None, metadata={"hash_omit_none": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,3 +201,5 @@ class Reservation:
     draws: tuple[LotDraw, ...] = ()
     release_reason: str = ""
     refunded_amount: int = 0  # of the committed amount, given back by Refund
+    # a hold of a feature: the price it was placed at (None: a hold of an amount)
+    price: HeldPrice | None = field(default=None, metadata={"hash_omit_none": True})

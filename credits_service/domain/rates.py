@@ -98,6 +98,43 @@ class Quote:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldPrice:
+    """The price a hold of a feature was placed at, by the card of `version` for `plan`: a
+    Commit with actual units pays it, whatever card is in force by then. `units` and `cost`
+    are the hold's estimate and what it held."""
+
+    feature: str
+    units: int
+    cost: int
+    version: str
+    plan: str
+    price: Price
+
+    def cost_of(self, units: int) -> int:
+        """What `units` cost at this price; CostTooLarge past the largest amount of a call."""
+        cost = self.price.cost(units)
+        if cost > AMOUNT_MAX:
+            raise errors.CostTooLarge(self.feature, units, cost, AMOUNT_MAX)
+        return cost
+
+    def stored(self) -> dict[str, Any]:
+        """Its stored form (reservations.price, and replayed responses)."""
+        return {"feature": self.feature, "units": self.units, "cost": self.cost,
+                "version": self.version, "plan": self.plan,
+                "cost_per_call": self.price.cost_per_call,
+                "units_per_credit": self.price.units_per_credit,
+                "rounding": self.price.rounding.value,
+                "minimum_charge": self.price.minimum_charge}
+
+    @classmethod
+    def restore(cls, stored: Mapping[str, Any]) -> HeldPrice:
+        return cls(stored["feature"], stored["units"], stored["cost"], stored["version"],
+                   stored["plan"], Price(stored["cost_per_call"], stored["units_per_credit"],
+                                         Rounding(stored["rounding"]),
+                                         stored["minimum_charge"]))
+
+
+@dataclass(frozen=True, slots=True)
 class RateCard:
     version: str
     features: Mapping[str, Feature]
@@ -117,6 +154,14 @@ class RateCard:
         if cost > AMOUNT_MAX:
             raise errors.CostTooLarge(feature, units, cost, AMOUNT_MAX)
         return Quote(feature, units, cost, self.version, plan)
+
+    def hold_price(self, feature: str, units: int, plan: str) -> HeldPrice:
+        """The price a hold of `units` of `feature` on `plan` is placed at (as quote())."""
+        price = self.feature(feature).price_for(plan)
+        cost = price.cost(units)
+        if cost > AMOUNT_MAX:
+            raise errors.CostTooLarge(feature, units, cost, AMOUNT_MAX)
+        return HeldPrice(feature, units, cost, self.version, plan, price)
 
 
 BUILT_IN = RateCard(BUILT_IN_VERSION, MappingProxyType({}))

@@ -63,11 +63,12 @@ class AccountSummary(NamedTuple):
 
 class FoundAndLocked(NamedTuple):
     """A reserving group's first read: the keys stored already, by (scope, key); the accounts
-    of the others, locked; and the status of those of them that are not ACTIVE."""
+    of the others, locked; the status of those of them that are not ACTIVE; their plans."""
 
     stored: dict[tuple[str, str], StoredResponse]
     balances: dict[str, BalanceSnapshot]
     inactive: dict[str, AccountStatus]
+    plans: dict[str, str] = {}
 
 
 class KeyRecord(NamedTuple):
@@ -119,6 +120,9 @@ class UsageEntry(NamedTuple):
     reservation_id: str
     metadata: Mapping[str, str]
     actor: str
+    feature: str | None = None  # a hold of a feature: what, how many units, by which card
+    units: int | None = None
+    rate_card_version: str | None = None
 
 
 class ReleaseOf(NamedTuple):
@@ -191,3 +195,22 @@ class ImportRow(NamedTuple):
     import_key: str
     external_id: str
     credit_limit: int = 0  # the plan's, for an account the row creates
+
+
+class UsageRow(NamedTuple):
+    """Usage of one feature in one bucket of a summary ('' the feature of usage of an
+    amount)."""
+
+    bucket_start: datetime
+    feature: str
+    credits: int
+    units: int
+    calls: int
+
+
+class AccountSpend(NamedTuple):
+    """What an account spent over a summary's range."""
+
+    account_id: str
+    credits: int
+    calls: int

@@ -22,6 +22,7 @@ from credits_service.domain.model import (
     Reservation,
     ReservationStatus,
 )
+from credits_service.domain.rates import HeldPrice
 
 Row = Any  # an asyncpg Record: read by column name
 
@@ -33,12 +34,12 @@ A_ACCOUNT = ", ".join("a." + column.strip() for column in ACCOUNT.split(","))
 ENTRY = (
     "entry_id, account_id, entry_type, grant_type, amount, balance_after, "
     "reservation_id::text AS reservation_id, reason, metadata::text AS metadata, actor, "
-    "create_time, lot_id, transfer_id::text AS transfer_id"
+    "create_time, lot_id, transfer_id::text AS transfer_id, feature, units, rate_card_version"
 )
 RESERVATION = (
     "reservation_id::text AS reservation_id, account_id, amount, status, committed_amount, "
     "create_time, expire_time, finish_time, metadata::text AS metadata, release_reason, "
-    "refunded_amount"
+    "refunded_amount, price::text AS price"
 )
 LOT = (
     "l.lot_id, l.account_id, l.grant_type, l.priority, l.expire_time, l.amount, l.remaining, "
@@ -90,6 +91,9 @@ def entry(row: Row) -> LedgerEntry:
         create_time=row["create_time"],
         lot_id=row["lot_id"],
         transfer_id=row["transfer_id"],
+        feature=row["feature"],
+        units=row["units"],
+        rate_card_version=row["rate_card_version"],
     )
 
 
@@ -124,4 +128,15 @@ def reservation(row: Row, draws: tuple[LotDraw, ...] = ()) -> Reservation:
         draws=draws,
         release_reason=row["release_reason"],
         refunded_amount=row["refunded_amount"],
+        price=held_price(row["price"]),
     )
+
+
+def held_price(text: str | None) -> HeldPrice | None:
+    """reservations.price, read as text."""
+    return None if text is None else HeldPrice.restore(orjson.loads(text))
+
+
+def price_text(price: HeldPrice | None) -> str | None:
+    """reservations.price, written as text."""
+    return None if price is None else orjson.dumps(price.stored()).decode()

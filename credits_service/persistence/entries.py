@@ -22,8 +22,9 @@ _APPEND = f"""
     WITH entry AS (
         INSERT INTO ledger_entries (account_id, entry_type, grant_type, amount, balance_after,
                                     reservation_id, reason, metadata, actor, lot_id,
-                                    transfer_id)
-        VALUES ($1, $2, $3, $4, $5, $6::uuid, $7, $8::jsonb, $9, $10, $11::uuid)
+                                    transfer_id, feature, units, rate_card_version)
+        VALUES ($1, $2, $3, $4, $5, $6::uuid, $7, $8::jsonb, $9, $10, $11::uuid, $13, $14,
+                $15)
         RETURNING {columns.ENTRY}
     ), total AS (
         INSERT INTO account_totals AS t (account_id, kind, credits)
@@ -103,11 +104,15 @@ class EntryRepository:
         metadata: Mapping[str, str] | None = None,
         lot_id: int | None = None,
         transfer_id: str | None = None,
+        feature: str | None = None,
+        units: int | None = None,
+        rate_card_version: str | None = None,
     ) -> LedgerEntry:
         row = await self._connection.fetchrow(
             _APPEND, account_id, entry_type.value, grant_type.value if grant_type else None,
             amount, balance_after, reservation_id, reason, columns.json_text(metadata or {}),
             actor, lot_id, transfer_id, total_kind(entry_type, grant_type, amount),
+            feature, units, rate_card_version,
         )
         return columns.entry(row)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 COLUMNS = ("entry_id", "create_time", "account_id", "entry_type", "grant_type", "amount",
            "balance_after", "reservation_id", "lot_id", "transfer_id", "reason", "actor",
-           "metadata")
+           "metadata", "feature", "units", "rate_card_version")
 
 # Entries created in [$1, $2), of one account when $3 is not empty, of USAGE only when $4.
 _WHERE = """
@@ -21,7 +21,7 @@ _ROWS = f"""
     SELECT entry_id,
            to_char(create_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
            account_id, entry_type, grant_type, amount, balance_after, reservation_id, lot_id,
-           transfer_id, reason, actor, metadata::text
+           transfer_id, reason, actor, metadata::text, feature, units, rate_card_version
       FROM ledger_entries{_WHERE}
      ORDER BY entry_id"""
 

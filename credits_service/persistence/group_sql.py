@@ -60,7 +60,7 @@ FREE_LOTS = f"""
      WHERE running - free < w.amount"""
 
 # A group of CheckAndReserve calls, first: the keys stored already, and the accounts of the
-# others (with their status), locked in account order. A stored key's row has its scope; a
+# others (with their status and plan), locked in account order. A stored key's row has its scope; a
 # locked account's row has none.
 FIND_AND_LOCK = f"""
     WITH k AS (
@@ -75,16 +75,17 @@ FIND_AND_LOCK = f"""
          WHERE NOT EXISTS (SELECT FROM stored s WHERE s.scope = k.scope
                                                  AND s.idempotency_key = k.idempotency_key)
     ), locked AS MATERIALIZED (
-        SELECT {ACCOUNT}, a.status FROM accounts a
+        SELECT {ACCOUNT}, a.status, a.plan FROM accounts a
          WHERE a.account_id = ANY((SELECT account_ids FROM fresh)::text[])
          ORDER BY a.account_id
            FOR UPDATE OF a
     )
     SELECT NULL::text AS scope, NULL::text AS idempotency_key, NULL::bytea AS request_hash,
-           NULL::text AS response, {ACCOUNT}, status
+           NULL::text AS response, {ACCOUNT}, status, plan
       FROM locked
     UNION ALL
-    SELECT scope, idempotency_key, request_hash, response, {_NO_ACCOUNT}, NULL::text
+    SELECT scope, idempotency_key, request_hash, response, {_NO_ACCOUNT}, NULL::text,
+           NULL::text
       FROM stored"""
 
 # The keys a group decided, each with its response, in (scope, key) order so that two
@@ -121,7 +122,8 @@ EXPIRE_AND_FIND = f"""
 # Last: write the decided reservations with everything they change: the credits each lot
 # newly holds, per account the credits and reservations held if available covers them (a
 # conditional write), the reservations ($9: their one create_time; expire_time from it by the
-# microsecond) with their draws, and the keys with their responses. One row per account
+# microsecond; $21: the price of a hold of a feature, else NULL) with their draws, and the
+# keys with their responses. One row per account
 # updated, then one row of counts (account_id NULL).
 PLACE = f"""
     WITH lots_held AS (
@@ -141,13 +143,13 @@ PLACE = f"""
         RETURNING {A_ACCOUNT}
     ), placed AS (
         INSERT INTO reservations (reservation_id, account_id, amount, status,
-                                  create_time, expire_time, metadata, actor)
+                                  create_time, expire_time, metadata, actor, price)
         SELECT r.reservation_id, r.account_id, r.amount, 'ACTIVE', $9::timestamptz,
                $9::timestamptz + r.ttl_us * interval '1 microsecond',
-               CAST(r.metadata AS jsonb), r.actor
+               CAST(r.metadata AS jsonb), r.actor, CAST(r.price AS jsonb)
           FROM unnest($6::uuid[], $7::text[], $8::bigint[], $10::bigint[], $11::text[],
-                      $12::text[])
-               AS r (reservation_id, account_id, amount, ttl_us, metadata, actor)
+                      $12::text[], $21::text[])
+               AS r (reservation_id, account_id, amount, ttl_us, metadata, actor, price)
         RETURNING 1
     ), drawn AS (
         INSERT INTO reservation_lots (reservation_id, lot_id, held)
@@ -179,7 +181,7 @@ LOCK_FOR_SETTLING = f"""
     )
     SELECT h.reservation_id, h.account_id, h.amount, h.status, h.committed_amount,
            h.create_time, h.expire_time, h.finish_time, h.metadata, h.release_reason,
-           h.refunded_amount,
+           h.refunded_amount, h.price,
            h.is_due, d.draw_lot_ids, d.draw_held, d.draw_consumed, credits_now() AS now,
            NULL::bigint AS balance, NULL::bigint AS reserved,
            NULL::bigint AS active_reservation_count, NULL::bigint AS lifetime_granted,
@@ -193,7 +195,7 @@ LOCK_FOR_SETTLING = f"""
             WHERE d.reservation_id = h.reservation_id::uuid) d ON true
     UNION ALL
     SELECT NULL, account_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           NULL, NULL, NULL, balance, reserved, active_reservation_count, lifetime_granted,
+           NULL, NULL, NULL, NULL, balance, reserved, active_reservation_count, lifetime_granted,
            lifetime_used, lifetime_expired, credit_limit, debt
       FROM a"""
 
@@ -227,7 +229,8 @@ _LOTS_CHANGED = """lots_changed AS (
 # A group of Commits, last: the lots' changes; per account the credits held and used, the
 # reservations and what went into debt, if available covers it (conditional); each
 # reservation's compare-and-set from ACTIVE to COMMITTED with what it consumed per lot (and
-# beyond its lots); the USAGE entries. Kind 0: an account's
+# beyond its lots); the USAGE entries (with the feature, units and card version of a hold of a
+# feature, else NULLs; a trigger adds them to the usage rollups). Kind 0: an account's
 # new balance; kind 1: a USAGE entry's id; kind 2: the counts of rows written.
 CAPTURE = f"""
     WITH {_LOTS_CHANGED}, captured AS (
@@ -262,13 +265,15 @@ CAPTURE = f"""
         RETURNING 1
     ), entries AS (
         INSERT INTO ledger_entries (account_id, entry_type, amount, balance_after,
-                                    reservation_id, metadata, actor)
+                                    reservation_id, metadata, actor, feature, units,
+                                    rate_card_version)
         SELECT u.account_id, 'USAGE', -u.amount, u.balance_after, u.reservation_id,
-               CAST(u.metadata AS jsonb), u.actor
+               CAST(u.metadata AS jsonb), u.actor, u.feature, u.units, u.rate_card_version
           FROM unnest($13::text[], $14::bigint[], $15::bigint[], $16::uuid[],
-                      $17::text[], $18::text[])
+                      $17::text[], $18::text[], $21::text[], $22::bigint[], $23::text[])
                WITH ORDINALITY AS u (account_id, amount, balance_after, reservation_id,
-                                     metadata, actor, position)
+                                     metadata, actor, feature, units, rate_card_version,
+                                     position)
          ORDER BY u.position
         RETURNING reservation_id::text AS reservation_id, entry_id
     )

@@ -51,9 +51,9 @@ class GroupStatements:
 
     async def find_and_lock(self, keys: Sequence[KeyedAccount]) -> FoundAndLocked:
         """The keys stored already (IdempotencyRepository.get), by (scope, key); then the
-        accounts of the others locked, in account order (AccountRepository.lock), and the
-        status of those not ACTIVE. A key is not taken here: place or complete store it with
-        its response, or the group rolls back."""
+        accounts of the others locked, in account order (AccountRepository.lock), the status
+        of those not ACTIVE, and their plans. A key is not taken here: place or complete store
+        it with its response, or the group rolls back."""
         rows = await self._connection.fetch(
             group_sql.FIND_AND_LOCK, [k.scope for k in keys], [k.idempotency_key for k in keys],
             [k.account_id for k in keys],
@@ -61,15 +61,17 @@ class GroupStatements:
         stored: dict[tuple[str, str], StoredResponse] = {}
         balances: dict[str, BalanceSnapshot] = {}
         inactive: dict[str, AccountStatus] = {}
+        plans: dict[str, str] = {}
         for row in rows:
             if row["scope"] is None:
                 balances[row["account_id"]] = columns.balance(row)
+                plans[row["account_id"]] = row["plan"]
                 if row["status"] != "ACTIVE":
                     inactive[row["account_id"]] = AccountStatus(row["status"])
             else:
                 stored[(row["scope"], row["idempotency_key"])] = StoredResponse(
                     bytes(row["request_hash"]), row["response"])
-        return FoundAndLocked(stored, balances, inactive)
+        return FoundAndLocked(stored, balances, inactive, plans)
 
     async def expire_and_find(
         self, account_ids: Sequence[str], wanted: Mapping[str, int]
@@ -124,6 +126,7 @@ class GroupStatements:
                 [columns.json_text(r.metadata) for r in reservations], list(actors),
                 [d[0] for d in draws], [d[1] for d in draws], [d[2] for d in draws],
                 *_key_arguments(method, keys),
+                [columns.price_text(r.price) for r in reservations],
             )
         counts = next(row for row in rows if row["account_id"] is None)
         return Placed(
@@ -206,6 +209,8 @@ class GroupStatements:
             [u.balance_after for u in usages], [u.reservation_id for u in usages],
             [columns.json_text(u.metadata) for u in usages], [u.actor for u in usages],
             [c.debt for c in captures.values()], [c.debt for c in commits],
+            [u.feature for u in usages], [u.units for u in usages],
+            [u.rate_card_version for u in usages],
         )
         balances: dict[str, BalanceSnapshot] = {}
         entry_ids: dict[str, int] = {}

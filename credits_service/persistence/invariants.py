@@ -7,6 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
+_HOUR = "date_trunc('hour', create_time, 'UTC')"
+_FEATURE = "coalesce(feature, '')"
+# A usage rollup (migration 0012) and the USAGE entries summed by its keys: the keys where
+# they differ.
+_ROLLUP_MATCHES = """
+        SELECT {keys}, r.credits AS rollup, e.credits AS entries
+          FROM {table} r
+          FULL JOIN (SELECT {values}, -sum(amount) AS credits, coalesce(sum(units), 0) AS units,
+                            count(*) AS calls
+                       FROM ledger_entries WHERE entry_type = 'USAGE'
+                      GROUP BY {groups}) e ({keys}, credits, units, calls) USING ({keys})
+         WHERE (r.credits, r.units, r.calls) IS DISTINCT FROM (e.credits, e.units, e.calls)"""
+
 INVARIANTS: dict[str, str] = {
     "balance == sum(ledger amounts)": """
         SELECT a.account_id, a.balance, coalesce(l.total, 0) AS ledger
@@ -133,6 +146,17 @@ INVARIANTS.update({
     "refunds within what each reservation captured": """
         SELECT reservation_id FROM reservations
          WHERE refunded_amount < 0 OR refunded_amount > coalesce(committed_amount, 0)""",
+    "usage_hours == the USAGE entries by account, hour and feature": _ROLLUP_MATCHES.format(
+        table="usage_hours", keys="account_id, hour, feature",
+        values=f"account_id, {_HOUR}, {_FEATURE}", groups="1, 2, 3"),
+    "usage_days == the USAGE entries by day, account and feature": _ROLLUP_MATCHES.format(
+        table="usage_days", keys="day, account_id, feature",
+        values=f"(create_time AT TIME ZONE 'UTC')::date, account_id, {_FEATURE}",
+        groups="1, 2, 3"),
+    "usage_shards == the USAGE entries by hour and feature": _ROLLUP_MATCHES.format(
+        table="(SELECT hour, feature, sum(credits) AS credits, sum(units) AS units, "
+              "sum(calls) AS calls FROM usage_shards GROUP BY 1, 2)",
+        keys="hour, feature", values=f"{_HOUR}, {_FEATURE}", groups="1, 2"),
     "every idempotency record is complete": """
         SELECT scope, idempotency_key FROM idempotency_keys
          WHERE response IS NULL OR octet_length(request_hash) <> 32""",

@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -20,7 +21,9 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     text,
@@ -104,6 +107,8 @@ reservations = Table(
     Column("actor", Text, nullable=False),
     _credits("refunded_amount", default=True),
     _credits("debt_amount", default=True),
+    # A hold of a feature: the price it was placed at (NULL: a hold of an amount)
+    Column("price", JSONB, nullable=True),
     CheckConstraint("amount > 0", name="ck_reservations_amount_positive"),
     CheckConstraint("status IN ('ACTIVE', 'COMMITTED', 'RELEASED', 'EXPIRED')",
                     name="ck_reservations_status"),
@@ -179,6 +184,13 @@ ledger_entries = Table(
     _time("create_time", default=True),
     Column("lot_id", BigInteger, ForeignKey("credit_lots.lot_id"), nullable=True),
     Column("transfer_id", UUID, nullable=True),
+    Column("feature", Text, nullable=True),
+    Column("units", BigInteger, nullable=True),
+    Column("rate_card_version", Text, nullable=True),
+    CheckConstraint(
+        "feature IS NULL OR (entry_type = 'USAGE' AND char_length(feature) BETWEEN 1 AND 64 "
+        "AND units BETWEEN 0 AND 1000000000000000 AND rate_card_version IS NOT NULL)",
+        name="ck_ledger_entries_feature"),
     CheckConstraint(
         "(entry_type = 'GRANT' AND amount > 0 AND grant_type IS NOT NULL) "
         "OR (entry_type = 'USAGE' AND amount < 0 AND reservation_id IS NOT NULL) "
@@ -249,3 +261,26 @@ service_keys = Table(
     _time("create_time", default=True),
     CheckConstraint("length(key) >= 32", name="ck_service_keys_key_length"),
 )
+
+
+def _usage(name: str, keys: tuple[Column[object], ...]) -> Table:
+    """A rollup of USAGE entries (migration 0012): credits, units and calls per key."""
+    return Table(
+        name, metadata, *keys,
+        _credits("credits"),
+        Column("units", Numeric, nullable=False),
+        _credits("calls"),
+        PrimaryKeyConstraint(*(key.name for key in keys), name=f"pk_{name}"),
+    )
+
+
+usage_hours = _usage("usage_hours", (
+    Column("account_id", Text, nullable=False), _time("hour"),
+    Column("feature", Text, nullable=False)))
+Index("ix_usage_hours_hour", usage_hours.c.hour)
+usage_days = _usage("usage_days", (
+    Column("day", Date, nullable=False), Column("account_id", Text, nullable=False),
+    Column("feature", Text, nullable=False)))
+usage_shards = _usage("usage_shards", (
+    _time("hour"), Column("plan", Text, nullable=False), Column("feature", Text, nullable=False),
+    Column("shard", SmallInteger, nullable=False)))

@@ -24,6 +24,7 @@ from credits_service.persistence.groups import GroupStatements
 from credits_service.persistence.idempotency import IdempotencyRepository
 from credits_service.persistence.lots import LotRepository
 from credits_service.persistence.reservations import ReservationRepository
+from credits_service.persistence.usage import UsageRepository
 
 _log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class SqlUnitOfWork:
 
     accounts: AccountRepository
     entries: EntryRepository
+    usage: UsageRepository
     lots: LotRepository
     reservations: ReservationRepository
     idempotency: IdempotencyRepository
@@ -102,6 +104,7 @@ class SqlUnitOfWork:
             _reraise_translated(exc)
         self.accounts = AccountRepository(self._driver)
         self.entries = EntryRepository(self._driver)
+        self.usage = UsageRepository(self._driver)
         self.lots = LotRepository(self._driver)
         self.reservations = ReservationRepository(self._driver)
         self.idempotency = IdempotencyRepository(self._driver)

@@ -41,6 +41,10 @@ def request_hash(method: str, command: Any) -> bytes:
             "ttl_ms": command.ttl_ms,
             "metadata": {str(k): v for k, v in command.metadata.items()},
         }
+        if command.feature is not None:  # hash_omit_none, as plain() leaves them out
+            request["feature"] = command.feature
+        if command.units is not None:
+            request["units"] = command.units
     else:
         request = responses.plain(command)
     plain = {"method": method, "request": request}

@@ -23,6 +23,7 @@ from credits_service.service.reservations.release import Releasing
 from credits_service.service.reservations.reserve import Reserving
 from credits_service.service.transactions import Transactions
 from credits_service.service.transfers import Transferring
+from credits_service.service.usage import Usage
 from credits_service.settings import LedgerSettings
 
 
@@ -46,7 +47,9 @@ class Ledger:
             uow_factory, attempts_max=settings.transaction_attempts_max, metrics=metrics)
         self.opening = AccountOpening(plans, auto_create_accounts, metrics)
         self.accounts = Accounts(self.transactions, self.opening, metrics)
-        self.reserving = Reserving(self.transactions, settings, self.opening, metrics)
+        self.pricing = Pricing(self.transactions, rate_card, plans, rate_card_loader, metrics)
+        self.reserving = Reserving(
+            self.transactions, settings, self.opening, metrics, self.pricing)
         self.batches = Batches(self.reserving, settings, metrics)
         self.committing = Committing(self.transactions, settings, metrics)
         self.releasing = Releasing(self.transactions, settings, metrics)
@@ -58,7 +61,7 @@ class Ledger:
         self.queries = Queries(
             self.transactions, settings, PageTokens(page_token_key), self.opening)
         self.maintenance = Maintenance(self.transactions, metrics)
-        self.pricing = Pricing(self.transactions, rate_card, plans, rate_card_loader, metrics)
+        self.usage = Usage(self.transactions)
 
         self.ensure_account = self.accounts.ensure_account
         self.set_account_status = self.accounts.set_status
@@ -77,6 +80,7 @@ class Ledger:
         self.quote = self.pricing.quote
         self.rate_card = self.pricing.rate_card
         self.reload_rate_card = self.pricing.reload
+        self.usage_summary = self.usage.summary
         self.get_balance = self.queries.get_balance
         self.history = self.queries.history
         self.list_reservations = self.queries.list_reservations

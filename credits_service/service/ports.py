@@ -27,6 +27,7 @@ from credits_service.domain.model import (
     ReservationStatus,
 )
 from credits_service.domain.rows import (
+    AccountSpend,
     AccountSummary,
     Capture,
     Captured,
@@ -46,6 +47,7 @@ from credits_service.domain.rows import (
     ReleaseOf,
     StoredResponse,
     UsageEntry,
+    UsageRow,
     WriteOff,
 )
 
@@ -131,6 +133,9 @@ class EntryRepository(Protocol):
         metadata: Mapping[str, str] | None = None,
         lot_id: int | None = None,
         transfer_id: str | None = None,
+        feature: str | None = None,
+        units: int | None = None,
+        rate_card_version: str | None = None,
     ) -> LedgerEntry:
         """Append the entry, counting it in the account's lifetime total of its kind."""
 
@@ -302,11 +307,26 @@ class GroupStatements(Protocol):
     ) -> Released: ...
 
 
+class UsageRepository(Protocol):
+    """The usage rollups (what the USAGE entries add up to), read for summaries."""
+
+    async def buckets(
+        self, *, bucket: str, start: datetime, end: datetime, features: Sequence[str],
+        account_ids: Sequence[str], plan: str, limit: int,
+    ) -> list[UsageRow]: ...
+
+    async def top_accounts(
+        self, *, start: datetime, end: datetime, days: tuple[datetime, datetime],
+        features: Sequence[str], account_ids: Sequence[str], plan: str, limit: int,
+    ) -> list[AccountSpend]: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction: `async with` opens it; leaving without commit() rolls it back."""
 
     accounts: AccountRepository
     entries: EntryRepository
+    usage: UsageRepository
     lots: LotRepository
     reservations: ReservationRepository
     idempotency: IdempotencyRepository

@@ -37,6 +37,7 @@ from credits_service.domain.model import (
     Reservation,
     ReservationStatus,
 )
+from credits_service.domain.rates import HeldPrice, Price, Rounding
 
 Outcome = (GrantResult | ReserveResult | AdjustResult | TransferResult | RefundResult
            | errors.Declined)
@@ -178,11 +179,13 @@ def _reservation_fields(result: ReserveResult) -> list[Any]:
             [[d.lot_id, d.held, d.consumed] for d in r.draws], r.release_reason,
             None if b.account_id == r.account_id else b.account_id, b.balance, b.reserved,
             b.active_reservation_count, b.lifetime_granted, b.lifetime_used, b.lifetime_expired,
-            *_trimmed([r.refunded_amount, b.credit_limit, b.debt])]
+            *_trimmed([r.refunded_amount, b.credit_limit, b.debt,
+                       r.price.stored() if r.price is not None else None])]
 
 
-def _trimmed(optional: list[int]) -> list[int]:
-    """Optional trailing fields without their trailing zeros (most results have none)."""
+def _trimmed(optional: list[Any]) -> list[Any]:
+    """Optional trailing fields without their trailing zeros and nulls (most results have
+    none)."""
     while optional and not optional[-1]:
         optional.pop()
     return optional
@@ -194,7 +197,7 @@ def _reserve_result(values: list[Any]) -> ReserveResult:
      active_reservation_count, lifetime_granted, lifetime_used, lifetime_expired,
      *optional) = values
     # written only up to the last that is not 0
-    refunded_amount, credit_limit, debt = [*optional, 0, 0, 0][:3]
+    refunded_amount, credit_limit, debt, price = [*optional, *[0, 0, 0, None][len(optional):]]
     return ReserveResult(
         reservation=Reservation(
             reservation_id=reservation_id, account_id=account_id, amount=amount,
@@ -202,7 +205,8 @@ def _reserve_result(values: list[Any]) -> ReserveResult:
             create_time=_time(create_time), expire_time=_time(expire_time),
             finish_time=_time(finish_time), metadata=metadata,
             draws=tuple(LotDraw(*draw) for draw in draws), release_reason=release_reason,
-            refunded_amount=refunded_amount),
+            refunded_amount=refunded_amount,
+            price=HeldPrice.restore(price) if price is not None else None),
         balance=BalanceSnapshot(
             account_id=balance_account_id or account_id, balance=balance, reserved=reserved,
             active_reservation_count=active_reservation_count,
@@ -245,9 +249,13 @@ def _lot(data: dict[str, Any]) -> Lot:
 
 
 def _reservation(data: dict[str, Any]) -> Reservation:
+    price = data.get("price")  # plain() of a HeldPrice; absent from results stored before
     return Reservation(
         **{
             **data,
+            "price": HeldPrice(**{**price, "price": Price(**{
+                **price["price"], "rounding": Rounding(price["price"]["rounding"])})})
+            if price else None,
             "draws": tuple(LotDraw(**draw) for draw in data.get("draws", ())),
             "status": ReservationStatus(data["status"]),
             "create_time": _time(data["create_time"]),

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from credits.v1 import credits_pb2 as pb
+from tests.integration.test_rates import app_with_card
 from tests.serve_launcher import REPO_ROOT, clean_env
 from tests.support.calls import grant, reserve
 
@@ -65,3 +66,21 @@ async def test_export_refuses_bad_arguments(database_url):
             (("usage", *WINDOW, "--account", "no spaces"), "--account 'no spaces'")):
         done = await asyncio.to_thread(run_export, database_url, *args)
         assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+async def test_exported_usage_says_its_feature_units_and_card(
+        test_settings, db, database_url, tmp_path):
+    card = tmp_path / "rates.toml"
+    card.write_text('version = "e1"\n[features.llm]\nunits_per_credit = 100\n'
+                    'minimum_charge = 1\n')
+    async with app_with_card(test_settings, card) as (_, stub):
+        await grant(stub, "a", 100)
+        held = await stub.CheckAndReserve(pb.CheckAndReserveRequest(
+            account_id="a", feature="llm", units=250, idempotency_key="k1"))
+        await stub.Commit(pb.CommitRequest(reservation_id=held.reservation.reservation_id,
+                                           units=420))
+    usage = await asyncio.to_thread(run_export, database_url, "usage", *WINDOW)
+    assert usage.returncode == 0, usage.stderr
+    rows = list(csv.DictReader(io.StringIO(usage.stdout)))
+    assert [(r["amount"], r["feature"], r["units"], r["rate_card_version"]) for r in rows] == [
+        ("-5", "llm", "420", "e1")]

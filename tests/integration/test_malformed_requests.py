@@ -25,7 +25,7 @@ REQUEST_TYPES = {method.name: method.input_type._concrete_class for method in SE
 
 # Requests valid with no field set: bytes that decode (a field of the wrong wire type is kept
 # as an unknown field) are answered as the empty request is, not refused as invalid.
-EMPTY_IS_VALID = {"GetRateCard", "ReloadRateCard"}
+EMPTY_IS_VALID = {"GetRateCard", "ReloadRateCard", "UsageSummary"}
 
 # Bytes of each kind the issue names, for any request type (field 1 is a string or a
 # repeated message in every one of them)

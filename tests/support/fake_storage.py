@@ -41,6 +41,7 @@ from credits_service.domain.model import (
     ReservationStatus,
     total_kind,
 )
+from credits_service.domain.rates import HeldPrice
 from credits_service.domain.rows import (
     AccountSummary,
     Capture,
@@ -158,6 +159,7 @@ class ReservationRow:
     release_reason: str = ""
     refunded_amount: int = 0
     debt_amount: int = 0
+    price: HeldPrice | None = None
 
 
 @dataclass(slots=True)
@@ -217,7 +219,7 @@ class Tables:
             row.reservation_id, row.account_id, row.amount, row.status, row.committed_amount,
             row.create_time, row.expire_time, row.finish_time, dict(row.metadata),
             self.draws_of(row.reservation_id) if with_draws else (), row.release_reason,
-            row.refunded_amount)
+            row.refunded_amount, row.price)
 
 
 # --- the storage ----------------------------------------------------------------------------
@@ -461,13 +463,16 @@ class Transaction:
                balance_after: int, actor: str, grant_type: GrantType | None = None,
                reservation_id: str | None = None, reason: str = "",
                metadata: Mapping[str, str] | None = None,
-               lot_id: int | None = None, transfer_id: str | None = None) -> LedgerEntry:
+               lot_id: int | None = None, transfer_id: str | None = None,
+               feature: str | None = None, units: int | None = None,
+               rate_card_version: str | None = None) -> LedgerEntry:
         """INSERT INTO ledger_entries: the next entry id, created at credits_now()."""
         entry = LedgerEntry(
             next(self.entry_ids), account_id, entry_type, grant_type, amount, balance_after,
             None if reservation_id is None else _uuid(reservation_id), reason,
             _jsonb(metadata or {}), actor, self.now, lot_id,
-            None if transfer_id is None else _uuid(transfer_id))
+            None if transfer_id is None else _uuid(transfer_id), feature, units,
+            rate_card_version)
         self.tables.entries.append(entry)
         kind = total_kind(entry_type, grant_type, amount)
         if kind is not None:
@@ -921,7 +926,8 @@ class FakeGroupStatements(_Repository):
         inactive = {account_id: row.status for account_id in balances
                     if (row := self._tables.accounts[account_id]).status
                     is not AccountStatus.ACTIVE}
-        return FoundAndLocked(stored, balances, inactive)
+        plans = {account_id: self._tables.accounts[account_id].plan for account_id in balances}
+        return FoundAndLocked(stored, balances, inactive, plans)
 
     @statement
     def expire_and_find(self, account_ids: Sequence[str],
@@ -1042,7 +1048,8 @@ class FakeGroupStatements(_Repository):
             entry = self._tx.append(
                 account_id=u.account_id, entry_type=EntryType.USAGE, amount=-u.amount,
                 balance_after=u.balance_after, actor=u.actor, reservation_id=u.reservation_id,
-                metadata=u.metadata)
+                metadata=u.metadata, feature=u.feature, units=u.units,
+                rate_card_version=u.rate_card_version)
             assert entry.reservation_id is not None
             entry_ids[entry.reservation_id] = entry.entry_id
         return Captured(balances, entry_ids, lots, len(finished), recorded)

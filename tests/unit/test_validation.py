@@ -40,6 +40,7 @@ from credits_service.domain.model import (
     Reservation,
     ReservationStatus,
 )
+from credits_service.domain.rates import HeldPrice, Price, Rounding
 from credits_service.service import idempotency, responses
 from credits_service.service.page_tokens import PageTokens
 from credits_service.service.queries import entry_id_position, history_filters
@@ -392,8 +393,13 @@ def test_a_stored_reservation_keeps_every_field():
     back; a field added to one of them fails here until the stored form carries it."""
     assert [f.name for f in fields(Reservation)] == [
         "reservation_id", "account_id", "amount", "status", "committed_amount", "create_time",
-        "expire_time", "finish_time", "metadata", "draws", "release_reason", "refunded_amount"]
+        "expire_time", "finish_time", "metadata", "draws", "release_reason", "refunded_amount",
+        "price"]
     assert [f.name for f in fields(LotDraw)] == ["lot_id", "held", "consumed"]
+    assert [f.name for f in fields(HeldPrice)] == [
+        "feature", "units", "cost", "version", "plan", "price"]
+    assert [f.name for f in fields(Price)] == [
+        "cost_per_call", "units_per_credit", "rounding", "minimum_charge"]
     assert [f.name for f in fields(BalanceSnapshot)] == [
         "account_id", "balance", "reserved", "active_reservation_count", "lifetime_granted",
         "lifetime_used", "lifetime_expired", "credit_limit", "debt"]
@@ -404,18 +410,21 @@ def test_a_stored_reservation_keeps_every_field():
             create_time=NOW.replace(microsecond=1), expire_time=NOW.replace(microsecond=2),
             finish_time=NOW.replace(microsecond=3), metadata={"k": "v"},
             draws=(LotDraw(lot_id=3, held=6, consumed=4),), release_reason="why",
-            refunded_amount=5),
+            refunded_amount=5,
+            price=HeldPrice("llm", 1500, 10, "v1", "pro", Price(2, 1000, Rounding.NEAREST, 9))),
         balance=BalanceSnapshot(account_id="acct-2", balance=11, reserved=12,
                                 active_reservation_count=13, lifetime_granted=14,
                                 lifetime_used=15, lifetime_expired=16, credit_limit=17,
                                 debt=18),
     )
     assert responses.decode(responses.encode(outcome)) == outcome
-    for trailing in ({"refunded_amount": 0}, {"debt": 0}):  # optional fields left out
+    assert responses.decode(json.dumps({"reserve": responses.plain(outcome)})) == outcome
+    for trailing in ({"price": None}, {"price": None, "refunded_amount": 0},
+                     {"price": None, "debt": 0}):  # optional fields left out
         reservation = dataclasses.replace(outcome.reservation, **{
-            k: v for k, v in trailing.items() if k == "refunded_amount"})
+            k: v for k, v in trailing.items() if k in ("refunded_amount", "price")})
         balance = dataclasses.replace(outcome.balance, **{
-            k: v for k, v in trailing.items() if k != "refunded_amount"})
+            k: v for k, v in trailing.items() if k not in ("refunded_amount", "price")})
         changed = ReserveResult(reservation=reservation, balance=balance)
         assert responses.decode(responses.encode(changed)) == changed
 

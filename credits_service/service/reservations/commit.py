@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from credits_service.domain import errors, lots
 from credits_service.domain.commands import CommitCommand, CommitResult
@@ -42,6 +42,34 @@ def usage_metadata(reservation: Reservation, command: CommitCommand) -> dict[str
     """A USAGE entry's metadata: the hold's, with the Commit's over it (what the work turned
     out to be), so usage can be told apart by what the hold said it was for."""
     return {**reservation.metadata, **command.metadata}
+
+
+def commit_amount(reservation: Reservation, command: CommitCommand) -> int:
+    """What the Commit captures: its amount; else, with units, their cost at the hold's price
+    (ReservationNotPriced for a hold of an amount; CostTooLarge); else the held amount."""
+    if command.amount is not None:
+        return command.amount
+    if command.units is None:
+        return reservation.amount
+    if reservation.price is None:
+        raise errors.ReservationNotPriced(reservation.reservation_id)
+    return reservation.price.cost_of(command.units)
+
+
+def usage_of(reservation: Reservation, command: CommitCommand) -> UsageOf:
+    """What a USAGE entry says it was for: the hold's feature and card version, and the
+    Commit's units (else the hold's estimate); nothing for a hold of an amount."""
+    price = reservation.price
+    if price is None:
+        return UsageOf(None, None, None)
+    return UsageOf(price.feature, price.units if command.units is None else command.units,
+                   price.version)
+
+
+class UsageOf(NamedTuple):
+    feature: str | None
+    units: int | None
+    rate_card_version: str | None
 
 
 class Committing:
@@ -101,7 +129,10 @@ class Committing:
             for i, ((command, _), reservation) in enumerate(zip(calls, active, strict=True)):
                 if reservation is None:
                     continue
-                amount = command.amount if command.amount is not None else reservation.amount
+                try:
+                    amount = commit_amount(reservation, command)
+                except (errors.ReservationNotPriced, errors.CostTooLarge):
+                    continue  # raised alone
                 split = lots.split_commit(reservation.draws, amount)
                 if amount <= reservation.amount:  # any excess is what it held beyond lots
                     plain.append((i, reservation, amount, split))
@@ -146,7 +177,8 @@ class Committing:
                 command, actor = calls[i]
                 usages.append(UsageEntry(account_id, amount, balances[i].balance,
                                          reservation.reservation_id,
-                                         usage_metadata(reservation, command), actor))
+                                         usage_metadata(reservation, command), actor,
+                                         *usage_of(reservation, command)))
                 consumed.extend(Consumption(reservation.reservation_id, lot_id, part)
                                 for lot_id, part in split.consumed)
             changed = summed(lot_changes)
@@ -185,6 +217,7 @@ class Committing:
                         metadata=usage_metadata(reservation, command),
                         actor=actor,
                         create_time=now,
+                        **usage_of(reservation, command)._asdict(),
                     ),
                     balance=balances[i],
                 )
@@ -202,7 +235,10 @@ class Committing:
             locked = await lock_deciding_expiry(uow, command.reservation_id, self._metrics)
             if isinstance(locked, errors.Declined):
                 return locked
-            amount = command.amount if command.amount is not None else locked.amount
+            try:
+                amount = commit_amount(locked, command)
+            except errors.ReservationNotPriced as refused:
+                return refused
             if locked.status is ReservationStatus.COMMITTED:
                 if locked.committed_amount != amount:
                     return errors.ReservationAlreadyCommitted(
@@ -210,6 +246,10 @@ class Committing:
                 entry = await uow.entries.usage_of(locked.reservation_id)
                 balance = await uow.accounts.get(locked.account_id)
                 assert entry is not None and balance is not None, "a commit wrote both"
+                if command.units is not None and entry.units != command.units:
+                    # other units that happen to cost the same are another Commit
+                    return errors.ReservationAlreadyCommitted(
+                        locked.reservation_id, locked.committed_amount or 0)
                 uow.on_commit(lambda: self._metrics.replayed(METHOD))
                 return CommitResult(reservation=locked, entry=entry, balance=balance)
             if locked.status is ReservationStatus.RELEASED:
@@ -265,6 +305,7 @@ class Committing:
             reservation_id=locked.reservation_id,
             metadata=usage_metadata(locked, command),
             actor=actor,
+            **usage_of(locked, command)._asdict(),
         )
         consumed = dict(split.consumed)
         for lot_id, part in excess:

@@ -22,18 +22,21 @@ from credits_service.domain.model import (
     Reservation,
     ReservationStatus,
 )
+from credits_service.domain.rates import HeldPrice
 from credits_service.domain.rows import FreeLot, HeldTotals, KeyedAccount, KeyRecord
 from credits_service.service import idempotency, responses
 from credits_service.service.accounts import AccountOpening
 from credits_service.service.group_commit import GroupCommitter
 from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.pricing import Pricing
 from credits_service.service.transactions import Transactions
 from credits_service.service.write_offs import write_off_expired
 from credits_service.settings import LedgerSettings
 
 METHOD = "CheckAndReserve"
 Call = tuple[ReserveCommand, str]  # the command and its actor, whose scope its key is in
-Answer = ReserveResult | errors.Declined
+# A price refused (UnknownFeature, CostTooLarge) is an answer too, stored with no key
+Answer = ReserveResult | errors.Declined | errors.CreditsError
 
 
 class Reserving:
@@ -43,8 +46,10 @@ class Reserving:
         settings: LedgerSettings,
         opening: AccountOpening,
         metrics: LedgerMetrics,
+        pricing: Pricing,
     ) -> None:
         self._transactions = transactions
+        self._pricing = pricing
         self._opening = opening
         self._metrics = metrics
         self._ttl_default_ms = int(settings.reservation_ttl_default_s * 1000)
@@ -58,7 +63,7 @@ class Reserving:
     async def check_and_reserve(self, command: ReserveCommand, actor: str) -> ReserveResult:
         """Place a reservation, or raise the decline (stored with the key, and replayed)."""
         outcome = await self._group.submit((command, actor))
-        if isinstance(outcome, errors.Declined):
+        if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
@@ -73,7 +78,7 @@ class Reserving:
 
         async def work(uow: UnitOfWork) -> list[Answer]:
             outcomes: list[Any] = [None] * len(calls)
-            stored, snapshots, inactive = await uow.groups.find_and_lock([
+            stored, snapshots, inactive, plans = await uow.groups.find_and_lock([
                 KeyedAccount(scope, key, calls[i][0].account_id)
                 for (scope, key), i in first.items()
             ])
@@ -89,7 +94,8 @@ class Reserving:
                     outcomes[i] = responses.decode(found.response)
                     uow.on_commit(lambda: self._metrics.replayed(METHOD))
             if new:
-                await self._place(uow, calls, new, outcomes, snapshots, inactive, digests)
+                await self._place(
+                    uow, calls, new, outcomes, snapshots, inactive, plans, digests)
             for i, (command, actor) in enumerate(calls):
                 j = first[(actor, command.idempotency_key)]
                 if j != i:
@@ -107,6 +113,7 @@ class Reserving:
         outcomes: list[Any],
         snapshots: dict[str, BalanceSnapshot],
         inactive: dict[str, AccountStatus],
+        plans: dict[str, str],
         digests: list[bytes],
     ) -> None:
         """Decide and write the reservations of calls[i] for i in `indexes` (their keys not
@@ -116,15 +123,21 @@ class Reserving:
         stored meanwhile rolls all back, to run again. Accounts not found are created first
         (auto_create_accounts). Calls on accounts that are not ACTIVE (`inactive`) are
         declined; a call declined for its account's existence or status stores no key, so
-        that it succeeds once the account exists and is active."""
-        await self._open_missing(uow, calls, indexes, snapshots)
+        that it succeeds once the account exists and is active. A call of a feature holds its
+        cost by the card in force (one card for the group), at its account's plan's price; a
+        price that cannot be (the feature gone in a reload, a cost past the largest amount)
+        fails the call alone and stores no key."""
+        amounts, prices = self._price(calls, indexes, outcomes, plans)
+        await self._open_missing(uow, calls, [i for i in indexes if outcomes[i] is None],
+                                 snapshots)
         wanted: dict[str, int] = {}  # an unlimited account draws no lot: it wants none
         for i in indexes:
             command = calls[i][0]
             snapshot = snapshots.get(command.account_id)
-            if snapshot is not None and command.account_id not in inactive:
+            if (snapshot is not None and command.account_id not in inactive
+                    and outcomes[i] is None):
                 wanted[command.account_id] = wanted.get(command.account_id, 0) + (
-                    0 if snapshot.unlimited else command.amount)
+                    0 if snapshot.unlimited else amounts[i])
         free: dict[str, list[FreeLot]] = {}
         now = datetime.min  # set below whenever a reservation can be placed
         if wanted:
@@ -136,8 +149,11 @@ class Reserving:
         held: dict[str, HeldTotals] = {}
         reservation_ids = iter(new_reservation_ids(len(indexes)))
         for i in indexes:
+            if outcomes[i] is not None:  # its price refused: nothing to place
+                continue
             command = calls[i][0]
             account_id = command.account_id
+            amount = amounts[i]
             snapshot = snapshots.get(account_id)
             if snapshot is None:
                 outcomes[i] = errors.AccountNotFound(account_id)
@@ -147,25 +163,25 @@ class Reserving:
                                if inactive[account_id] is AccountStatus.FROZEN
                                else errors.AccountClosed(account_id))
                 continue
-            if snapshot.available < command.amount:
+            if snapshot.available < amount:
                 outcomes[i] = errors.InsufficientCredits(
-                    account_id, snapshot.available, command.amount)
+                    account_id, snapshot.available, amount)
                 continue
             # With a credit limit, what the lots do not cover is held beyond them: the
             # reservation's amount less its draws (all of it on an unlimited account).
-            draws = lots.take(free[account_id], command.amount, partial=snapshot.credit_limit > 0)
+            draws = lots.take(free[account_id], amount, partial=snapshot.credit_limit > 0)
             if draws is None:
                 raise errors.LotsOutOfStep(account_id)
             free[account_id] = lots.left_after(free[account_id], draws)
             for lot_id, part in draws:
                 lot_holds[lot_id] = lot_holds.get(lot_id, 0) + part
-            snapshots[account_id] = snapshot = snapshot.with_reservation(command.amount)
+            snapshots[account_id] = snapshot = snapshot.with_reservation(amount)
             credits, count = held.get(account_id, (0, 0))
-            held[account_id] = HeldTotals(credits + command.amount, count + 1)
+            held[account_id] = HeldTotals(credits + amount, count + 1)
             reservation = Reservation(
                 reservation_id=next(reservation_ids),
                 account_id=account_id,
-                amount=command.amount,
+                amount=amount,
                 status=ReservationStatus.ACTIVE,
                 committed_amount=None,
                 create_time=now,
@@ -173,13 +189,13 @@ class Reserving:
                 finish_time=None,
                 metadata=dict(command.metadata),
                 draws=tuple(LotDraw(lot_id, part) for lot_id, part in draws),
+                price=prices.get(i),
             )
             placed.append((i, reservation))
             outcomes[i] = ReserveResult(reservation=reservation, balance=snapshot)
         keys = [KeyRecord(calls[i][1], calls[i][0].idempotency_key, digests[i],
                           responses.encode(outcomes[i]))
-                for i in indexes
-                if not (isinstance(outcomes[i], errors.Declined) and not outcomes[i].stored)]
+                for i in indexes if _stored(outcomes[i])]
         if not placed:
             if keys:
                 await uow.groups.complete(METHOD, keys)
@@ -194,6 +210,34 @@ class Reserving:
                 != (len(lot_holds), len(placed), draws_written, len(keys))):
             raise errors.LotsOutOfStep(next(iter(held)))
         uow.on_commit(lambda: self._metrics.reserved(len(placed)))
+
+    def _price(
+        self, calls: Sequence[Call], indexes: list[int], outcomes: list[Any],
+        plans: dict[str, str],
+    ) -> tuple[dict[int, int], dict[int, HeldPrice]]:
+        """The amount each call of `indexes` holds, and the price of those of a feature, by
+        one card, at the price of its account's plan (an account not found would be opened
+        on the default plan); a call whose price fails gets that error as its outcome,
+        before any account is opened for it."""
+        amounts: dict[int, int] = {}
+        prices: dict[int, HeldPrice] = {}
+        card = None
+        for i in indexes:
+            command = calls[i][0]
+            if command.feature is None:
+                amounts[i] = command.amount
+                continue
+            card = card or self._pricing.card
+            try:
+                price = card.hold_price(
+                    command.feature, command.units or 0,
+                    plans.get(command.account_id) or self._opening.plan("").name)
+            except (errors.UnknownFeature, errors.CostTooLarge) as refused:
+                outcomes[i] = refused
+                continue
+            amounts[i] = price.cost
+            prices[i] = price
+        return amounts, prices
 
     async def _open_missing(
         self, uow: UnitOfWork, calls: Sequence[Call], indexes: list[int],
@@ -211,3 +255,11 @@ class Reserving:
             opened = await self._opening.on_first_use(uow, account_id, actors[account_id])
             if opened is not None:
                 snapshots[account_id] = opened
+
+
+def _stored(outcome: Answer) -> bool:
+    """Whether the outcome is stored with its key: a result, or a decline but for those about
+    the account itself; never a refused price (bad input: nothing is written)."""
+    if isinstance(outcome, errors.Declined):
+        return outcome.stored
+    return not isinstance(outcome, errors.CreditsError)

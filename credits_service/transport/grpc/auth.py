@@ -41,14 +41,14 @@ class Role(enum.Enum):
 
 # What a billing principal may call of ours: Grant of the PURCHASE type only, and reads.
 BILLING_METHODS = frozenset({"Grant", "EnsureAccount", "GetBalance", "History", "Quote",
-                             "GetRateCard"})
+                             "GetRateCard", "UsageSummary"})
 
 # What a service principal may call of ours; an admin may call everything. An allowlist, so an
 # RPC added later is admin-only until it is listed here.
 SERVICE_METHODS = frozenset({
     "EnsureAccount", "CheckAndReserve", "Commit", "Release", "ExtendReservation", "GetBalance",
     "History", "ListReservations", "BatchCheckAndReserve", "BatchCommit", "Quote",
-    "GetRateCard",
+    "GetRateCard", "UsageSummary",
 })
 
 

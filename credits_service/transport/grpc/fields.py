@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from credits_service.domain.errors import FieldViolation, InvalidArgument
 from credits_service.domain.model import AMOUNT_MAX, AMOUNT_MIN, IDENTIFIER_PATTERN
+from credits_service.domain.rates import FEATURE_NAME_PATTERN, UNITS_MAX
 
 ID_PATTERN = IDENTIFIER_PATTERN
 METADATA_KEY_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -113,3 +114,16 @@ class FieldChecker:
 
 def _seconds(ms: int) -> str:
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms / 1000}s"
+
+
+def feature_name(check: FieldChecker, field: str, value: str) -> str:
+    if not FEATURE_NAME_PATTERN.fullmatch(value):
+        check.fail(field, "is required: a feature of the rate card, 1-64 characters from "
+                          "A-Z a-z 0-9 and '._-'")
+    return value
+
+
+def units(check: FieldChecker, field: str, value: int) -> int:
+    if not 0 <= value <= UNITS_MAX:
+        check.fail(field, f"must be between 0 and {UNITS_MAX}")
+    return value

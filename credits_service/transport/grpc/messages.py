@@ -20,6 +20,7 @@ from credits_service.domain.model import (
     Reservation,
     ReservationStatus,
 )
+from credits_service.domain.rates import HeldPrice, Price, Rounding
 
 GRANT_TYPE_FROM_PROTO: dict[int, GrantType] = {
     pb.GRANT_TYPE_SIGNUP: GrantType.SIGNUP,
@@ -62,9 +63,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def _timestamp(value: datetime) -> Timestamp:
+def timestamp(value: datetime) -> Timestamp:
     """As Timestamp.FromDatetime (a naive time is UTC), at a fraction of its cost."""
     return _set_time(Timestamp(), value)
+
+
+_timestamp = timestamp
 
 
 def _set_time(message: Timestamp, value: datetime) -> Timestamp:
@@ -163,6 +167,9 @@ def ledger_entry(entry: LedgerEntry) -> pb.LedgerEntry:
         create_time=_timestamp(entry.create_time),
         lot_id=str(entry.lot_id) if entry.lot_id else "",
         transfer_id=entry.transfer_id or "",
+        feature=entry.feature or "",
+        units=entry.units or 0,
+        rate_card_version=entry.rate_card_version or "",
     )
 
 
@@ -190,4 +197,26 @@ def set_reservation(message: pb.Reservation, value: Reservation) -> pb.Reservati
         message.release_reason = value.release_reason
     if value.refunded_amount:
         message.refunded_amount = value.refunded_amount
+    if value.price is not None:
+        message.price.CopyFrom(held_price(value.price))
     return message
+
+
+ROUNDING_TO_PROTO = {
+    Rounding.UP: pb.ROUNDING_UP,
+    Rounding.DOWN: pb.ROUNDING_DOWN,
+    Rounding.NEAREST: pb.ROUNDING_NEAREST,
+}
+
+
+def price_message(price: Price) -> pb.Price:
+    return pb.Price(cost_per_call=price.cost_per_call,
+                    units_per_credit=price.units_per_credit or 0,
+                    rounding=ROUNDING_TO_PROTO[price.rounding],
+                    minimum_charge=price.minimum_charge)
+
+
+def held_price(price: HeldPrice) -> pb.HeldPrice:
+    return pb.HeldPrice(feature=price.feature, units=price.units, cost=price.cost,
+                        rate_card_version=price.version, plan=price.plan,
+                        price=price_message(price.price))

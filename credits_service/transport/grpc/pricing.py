@@ -9,30 +9,11 @@ import grpc
 
 from credits.v1 import credits_pb2 as pb
 from credits_service.domain.commands import QuoteQuery, QuoteResult
-from credits_service.domain.rates import FEATURE_NAME_PATTERN, UNITS_MAX, Price, RateCard, Rounding
+from credits_service.domain.rates import RateCard
 from credits_service.service.ledger import Ledger
 from credits_service.transport.grpc import messages
 from credits_service.transport.grpc.accounts import plan_name
-from credits_service.transport.grpc.fields import FieldChecker
-
-ROUNDING_TO_PROTO = {
-    Rounding.UP: pb.ROUNDING_UP,
-    Rounding.DOWN: pb.ROUNDING_DOWN,
-    Rounding.NEAREST: pb.ROUNDING_NEAREST,
-}
-
-
-def feature_name(check: FieldChecker, field: str, value: str) -> str:
-    if not FEATURE_NAME_PATTERN.fullmatch(value):
-        check.fail(field, "is required: a feature of the rate card, 1-64 characters from "
-                          "A-Z a-z 0-9 and '._-'")
-    return value
-
-
-def units(check: FieldChecker, field: str, value: int) -> int:
-    if not 0 <= value <= UNITS_MAX:
-        check.fail(field, f"must be between 0 and {UNITS_MAX}")
-    return value
+from credits_service.transport.grpc.fields import FieldChecker, feature_name, units
 
 
 def quote_query(request: pb.QuoteRequest) -> QuoteQuery:
@@ -54,23 +35,16 @@ def quote_response(result: QuoteResult) -> pb.QuoteResponse:
         balance=messages.balance(result.balance))
 
 
-def price_message(price: Price) -> pb.Price:
-    return pb.Price(cost_per_call=price.cost_per_call,
-                    units_per_credit=price.units_per_credit or 0,
-                    rounding=ROUNDING_TO_PROTO[price.rounding],
-                    minimum_charge=price.minimum_charge)
-
-
 def rate_card_response(card: RateCard, plan: str) -> pb.GetRateCardResponse:
     response = pb.GetRateCardResponse(version=card.version, plan=plan)
     for name in sorted(card.features):
         feature = card.features[name]
         message = response.features.add(
             feature=name, description=feature.description, unit=feature.unit,
-            price=price_message(feature.price_for(plan)))
+            price=messages.price_message(feature.price_for(plan)))
         if not plan:
             for plan_of, price in sorted(feature.plan_prices.items()):
-                message.plan_prices[plan_of].CopyFrom(price_message(price))
+                message.plan_prices[plan_of].CopyFrom(messages.price_message(price))
     return response
 
 

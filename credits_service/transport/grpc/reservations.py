@@ -20,7 +20,7 @@ from credits_service.domain.commands import (
 )
 from credits_service.domain.errors import CreditsError, FieldViolation, InvalidArgument
 from credits_service.service.ledger import Ledger
-from credits_service.transport.grpc import messages
+from credits_service.transport.grpc import fields, messages
 from credits_service.transport.grpc.auth import caller
 from credits_service.transport.grpc.errors import item_error, status_code_of
 from credits_service.transport.grpc.fields import (
@@ -28,6 +28,7 @@ from credits_service.transport.grpc.fields import (
     TTL_MIN_MS,
     FieldChecker,
     RequestLimits,
+    feature_name,
 )
 
 _log = logging.getLogger(__name__)
@@ -45,22 +46,39 @@ class ReservationRequests:
         ttl_ms = None
         if request.HasField("ttl"):
             ttl_ms = check.duration_ms("ttl", request.ttl, TTL_MIN_MS, self._ttl_max_ms)
+        feature = units = None
+        if request.feature:  # a feature's units instead of an amount
+            feature = feature_name(check, "feature", request.feature)
+            units = fields.units(check, "units", request.units)
+            if request.amount:
+                check.fail("amount", "must be unset with a feature: its cost is the amount")
+        elif request.units:
+            check.fail("units", "are a feature's: set feature too, or an amount alone")
         command = ReserveCommand(
             account_id=check.identifier("account_id", request.account_id),
-            amount=check.amount("amount", request.amount),
+            amount=request.amount if feature else check.amount("amount", request.amount),
             idempotency_key=check.identifier("idempotency_key", request.idempotency_key),
             ttl_ms=ttl_ms,
             metadata=check.metadata("metadata", request.metadata),
+            feature=feature,
+            units=units,
         )
         check.done()
         return command
 
     def commit(self, request: pb.CommitRequest) -> CommitCommand:
         check = FieldChecker()
+        units = None
+        if request.HasField("units"):
+            units = fields.units(check, "units", request.units)
+            if request.HasField("amount"):
+                check.fail("units", "and amount are each a way to say what to capture: "
+                                    "set one of them")
         command = CommitCommand(
             reservation_id=check.reservation_id("reservation_id", request.reservation_id),
             amount=check.amount("amount", request.amount) if request.HasField("amount") else None,
             metadata=check.metadata("metadata", request.metadata),
+            units=units,
         )
         check.done()
         return command

@@ -261,6 +261,34 @@ ROUNDING_NEAREST: Rounding.ValueType  # 3
 """ROUNDING_NEAREST rounds halves up."""
 Global___Rounding: _TypeAlias = Rounding  # noqa: Y015
 
+class _UsageBucketSize:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageBucketSizeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageBucketSize.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_BUCKET_SIZE_UNSPECIFIED: _UsageBucketSize.ValueType  # 0
+    """USAGE_BUCKET_SIZE_UNSPECIFIED means a day."""
+    USAGE_BUCKET_SIZE_HOUR: _UsageBucketSize.ValueType  # 1
+    """USAGE_BUCKET_SIZE_HOUR: at most 744 buckets (a month)."""
+    USAGE_BUCKET_SIZE_DAY: _UsageBucketSize.ValueType  # 2
+    """USAGE_BUCKET_SIZE_DAY: at most 366 buckets (a year)."""
+    USAGE_BUCKET_SIZE_MONTH: _UsageBucketSize.ValueType  # 3
+    """USAGE_BUCKET_SIZE_MONTH: at most 120 buckets (ten years)."""
+
+class UsageBucketSize(_UsageBucketSize, metaclass=_UsageBucketSizeEnumTypeWrapper):
+    """UsageBucketSize is the size of a usage summary's buckets, in UTC."""
+
+USAGE_BUCKET_SIZE_UNSPECIFIED: UsageBucketSize.ValueType  # 0
+"""USAGE_BUCKET_SIZE_UNSPECIFIED means a day."""
+USAGE_BUCKET_SIZE_HOUR: UsageBucketSize.ValueType  # 1
+"""USAGE_BUCKET_SIZE_HOUR: at most 744 buckets (a month)."""
+USAGE_BUCKET_SIZE_DAY: UsageBucketSize.ValueType  # 2
+"""USAGE_BUCKET_SIZE_DAY: at most 366 buckets (a year)."""
+USAGE_BUCKET_SIZE_MONTH: UsageBucketSize.ValueType  # 3
+"""USAGE_BUCKET_SIZE_MONTH: at most 120 buckets (ten years)."""
+Global___UsageBucketSize: _TypeAlias = UsageBucketSize  # noqa: Y015
+
 @_typing.final
 class Balance(_message.Message):
     """Balance is a snapshot of one account's credits."""
@@ -527,6 +555,9 @@ class LedgerEntry(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     LOT_ID_FIELD_NUMBER: _builtins.int
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    RATE_CARD_VERSION_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.str
     """entry_id identifies the entry; opaque, unique across accounts."""
     account_id: _builtins.str
@@ -549,6 +580,13 @@ class LedgerEntry(_message.Message):
     """lot_id is the lot a GRANT entry created or an EXPIRY entry wrote off."""
     transfer_id: _builtins.str
     """transfer_id is the Transfer a TRANSFER_OUT or TRANSFER_IN entry is part of."""
+    feature: _builtins.str
+    """feature, units and rate_card_version are set on the USAGE entry of a
+    reservation of a feature: the feature, the units the Commit gave (else
+    the reservation's estimate) and the card that priced it.
+    """
+    units: _builtins.int
+    rate_card_version: _builtins.str
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """metadata is the caller's key-value metadata for this entry."""
@@ -573,10 +611,13 @@ class LedgerEntry(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         lot_id: _builtins.str = ...,
         transfer_id: _builtins.str = ...,
+        feature: _builtins.str = ...,
+        units: _builtins.int = ...,
+        rate_card_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "amount", b"amount", "balance_after", b"balance_after", "create_time", b"create_time", "entry_id", b"entry_id", "grant_type", b"grant_type", "lot_id", b"lot_id", "metadata", b"metadata", "reason", b"reason", "reservation_id", b"reservation_id", "transfer_id", b"transfer_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "amount", b"amount", "balance_after", b"balance_after", "create_time", b"create_time", "entry_id", b"entry_id", "feature", b"feature", "grant_type", b"grant_type", "lot_id", b"lot_id", "metadata", b"metadata", "rate_card_version", b"rate_card_version", "reason", b"reason", "reservation_id", b"reservation_id", "transfer_id", b"transfer_id", "type", b"type", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -622,6 +663,7 @@ class Reservation(_message.Message):
     DRAWS_FIELD_NUMBER: _builtins.int
     RELEASE_REASON_FIELD_NUMBER: _builtins.int
     REFUNDED_AMOUNT_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """reservation_id identifies the reservation (a UUID)."""
     account_id: _builtins.str
@@ -658,6 +700,12 @@ class Reservation(_message.Message):
         what Commit consumed from each.
         """
 
+    @_builtins.property
+    def price(self) -> Global___HeldPrice:
+        """price is set for a reservation of a feature: the price it was placed at,
+        which a Commit with units pays whatever card is in force by then.
+        """
+
     def __init__(
         self,
         *,
@@ -673,14 +721,59 @@ class Reservation(_message.Message):
         draws: _abc.Iterable[Global___LotDraw] | None = ...,
         release_reason: _builtins.str = ...,
         refunded_amount: _builtins.int = ...,
+        price: Global___HeldPrice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "finish_time", b"finish_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "finish_time", b"finish_time", "price", b"price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "committed_amount", b"committed_amount", "create_time", b"create_time", "draws", b"draws", "expire_time", b"expire_time", "finish_time", b"finish_time", "metadata", b"metadata", "refunded_amount", b"refunded_amount", "release_reason", b"release_reason", "reservation_id", b"reservation_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "committed_amount", b"committed_amount", "create_time", b"create_time", "draws", b"draws", "expire_time", b"expire_time", "finish_time", b"finish_time", "metadata", b"metadata", "price", b"price", "refunded_amount", b"refunded_amount", "release_reason", b"release_reason", "reservation_id", b"reservation_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Reservation: _TypeAlias = Reservation  # noqa: Y015
+
+@_typing.final
+class HeldPrice(_message.Message):
+    """HeldPrice is the price a reservation of a feature was placed at."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    RATE_CARD_VERSION_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    """feature is the rate card's feature the reservation is for."""
+    units: _builtins.int
+    """units are the estimated units given to CheckAndReserve."""
+    cost: _builtins.int
+    """cost is what those units cost: the reservation's amount."""
+    rate_card_version: _builtins.str
+    """rate_card_version names the card that priced it."""
+    plan: _builtins.str
+    """plan is the account's plan when it was placed, whose prices apply."""
+    @_builtins.property
+    def price(self) -> Global___Price:
+        """price is what a call costs at this price."""
+
+    def __init__(
+        self,
+        *,
+        feature: _builtins.str = ...,
+        units: _builtins.int = ...,
+        cost: _builtins.int = ...,
+        rate_card_version: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        price: Global___Price | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["price", b"price"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "feature", b"feature", "plan", b"plan", "price", b"price", "rate_card_version", b"rate_card_version", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeldPrice: _TypeAlias = HeldPrice  # noqa: Y015
 
 @_typing.final
 class EnsureAccountRequest(_message.Message):
@@ -1390,12 +1483,24 @@ class CheckAndReserveRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """account_id is the account to hold credits on."""
     amount: _builtins.int
-    """amount is the number of credits to hold, 1..10^12."""
+    """amount is the number of credits to hold, 1..10^12; 0 with a feature."""
     idempotency_key: _builtins.str
     """idempotency_key makes retries safe; required (see GrantRequest)."""
+    feature: _builtins.str
+    """feature, instead of an amount, holds what `units` of a feature of the
+    rate card cost the account (its plan's price, by the card in force); the
+    reservation keeps that price (Reservation.price). An unknown feature is
+    INVALID_ARGUMENT UNKNOWN_FEATURE.
+    """
+    units: _builtins.int
+    """units are the call's estimated units (tokens, seconds), 0..10^15; only
+    with a feature.
+    """
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """ttl is how long the reservation lives if not committed or released. Unset
@@ -1415,10 +1520,12 @@ class CheckAndReserveRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         ttl: _duration_pb2.Duration | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        feature: _builtins.str = ...,
+        units: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "feature", b"feature", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "ttl", b"ttl", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1483,6 +1590,7 @@ class CommitRequest(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """reservation_id is the reservation to capture."""
     amount: _builtins.int
@@ -1490,6 +1598,11 @@ class CommitRequest(_message.Message):
     held amount. Less releases the rest; more takes the difference from the
     account's available credits, or fails with INSUFFICIENT_CREDITS and
     leaves the reservation as it was.
+    """
+    units: _builtins.int
+    """units, instead of an amount, captures what the actual units cost at the
+    price the reservation of a feature was placed at (0..10^15); a
+    reservation of an amount is FAILED_PRECONDITION RESERVATION_NOT_PRICED.
     """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -1503,14 +1616,20 @@ class CommitRequest(_message.Message):
         reservation_id: _builtins.str = ...,
         amount: _builtins.int | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        units: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "amount", b"amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "_units", b"_units", "amount", b"amount", "units", b"units"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "amount", b"amount", "metadata", b"metadata", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "_units", b"_units", "amount", b"amount", "metadata", b"metadata", "reservation_id", b"reservation_id", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__amount: _TypeAlias = _typing.Literal["amount"]  # noqa: Y015
     _WhichOneofArgType__amount: _TypeAlias = _typing.Literal["_amount", b"_amount"]  # noqa: Y015
+    _WhichOneofReturnType__units: _TypeAlias = _typing.Literal["units"]  # noqa: Y015
+    _WhichOneofArgType__units: _TypeAlias = _typing.Literal["_units", b"_units"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__amount) -> _WhichOneofReturnType__amount | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__units) -> _WhichOneofReturnType__units | None: ...
 
 Global___CommitRequest: _TypeAlias = CommitRequest  # noqa: Y015
 
@@ -2538,3 +2657,212 @@ class ReloadRateCardResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReloadRateCardResponse: _TypeAlias = ReloadRateCardResponse  # noqa: Y015
+
+@_typing.final
+class UsageSummaryRequest(_message.Message):
+    """UsageSummaryRequest says whose usage to add up, over which range."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_IDS_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    BUCKET_SIZE_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    TOP_ACCOUNTS_FIELD_NUMBER: _builtins.int
+    plan: _builtins.str
+    """plan, with no account_ids, adds up only usage of accounts while they were
+    on it (the plan's counters), and its top accounts are those on it now.
+    """
+    bucket_size: Global___UsageBucketSize.ValueType
+    """bucket_size is the size of the buckets; unset: a day."""
+    top_accounts: _builtins.int
+    """top_accounts is how many of the accounts that spent most to list, 0..100;
+    unset: 10.
+    """
+    @_builtins.property
+    def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """account_ids are the accounts to add up, at most 100; none: every account."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """start_time is the range's start, a whole UTC hour; unset: the start of the
+        current UTC month.
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """end_time is the range's end (excluded), a whole UTC hour; unset: the end
+        of the current hour.
+        """
+
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """features keep only these features' usage, at most 100; "" is usage
+        reserved by amount; none: every feature.
+        """
+
+    def __init__(
+        self,
+        *,
+        account_ids: _abc.Iterable[_builtins.str] | None = ...,
+        plan: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        bucket_size: Global___UsageBucketSize.ValueType = ...,
+        features: _abc.Iterable[_builtins.str] | None = ...,
+        top_accounts: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_accounts", b"_top_accounts", "end_time", b"end_time", "start_time", b"start_time", "top_accounts", b"top_accounts"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_accounts", b"_top_accounts", "account_ids", b"account_ids", "bucket_size", b"bucket_size", "end_time", b"end_time", "features", b"features", "plan", b"plan", "start_time", b"start_time", "top_accounts", b"top_accounts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__top_accounts: _TypeAlias = _typing.Literal["top_accounts"]  # noqa: Y015
+    _WhichOneofArgType__top_accounts: _TypeAlias = _typing.Literal["_top_accounts", b"_top_accounts"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_accounts) -> _WhichOneofReturnType__top_accounts | None: ...
+
+Global___UsageSummaryRequest: _TypeAlias = UsageSummaryRequest  # noqa: Y015
+
+@_typing.final
+class UsageTotal(_message.Message):
+    """UsageTotal is usage added up: credits spent, units used and calls made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    """feature is the rate card's feature; "" for usage reserved by amount."""
+    credits: _builtins.int
+    """credits are the credits the usage took."""
+    units: _builtins.int
+    """units are the units it used (a Commit's, else its reservation's estimate)."""
+    calls: _builtins.int
+    """calls are the USAGE entries added up."""
+    def __init__(
+        self,
+        *,
+        feature: _builtins.str = ...,
+        credits: _builtins.int = ...,
+        units: _builtins.int = ...,
+        calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "credits", b"credits", "feature", b"feature", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageTotal: _TypeAlias = UsageTotal  # noqa: Y015
+
+@_typing.final
+class UsageBucket(_message.Message):
+    """UsageBucket is the usage of one feature in one bucket."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """start_time is the bucket's start (UTC)."""
+
+    @_builtins.property
+    def usage(self) -> Global___UsageTotal:
+        """usage is the feature's usage in it."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        usage: Global___UsageTotal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageBucket: _TypeAlias = UsageBucket  # noqa: Y015
+
+@_typing.final
+class AccountSpend(_message.Message):
+    """AccountSpend is what an account spent over a summary's range."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    credits: _builtins.int
+    calls: _builtins.int
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        credits: _builtins.int = ...,
+        calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "calls", b"calls", "credits", b"credits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountSpend: _TypeAlias = AccountSpend  # noqa: Y015
+
+@_typing.final
+class UsageSummaryResponse(_message.Message):
+    """UsageSummaryResponse is the usage, by bucket and feature."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    BUCKET_SIZE_FIELD_NUMBER: _builtins.int
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    TOP_ACCOUNTS_FIELD_NUMBER: _builtins.int
+    bucket_size: Global___UsageBucketSize.ValueType
+    """bucket_size is the size of the buckets."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """start_time and end_time are the range added up (the defaults resolved)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageBucket]:
+        """buckets are those with usage, by start_time then feature (at most
+        10,000 rows, else INVALID_ARGUMENT SUMMARY_TOO_LARGE).
+        """
+
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageTotal]:
+        """features are the range's totals, by feature name."""
+
+    @_builtins.property
+    def top_accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountSpend]:
+        """top_accounts are the accounts that spent most, most first."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        bucket_size: Global___UsageBucketSize.ValueType = ...,
+        buckets: _abc.Iterable[Global___UsageBucket] | None = ...,
+        features: _abc.Iterable[Global___UsageTotal] | None = ...,
+        top_accounts: _abc.Iterable[Global___AccountSpend] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_size", b"bucket_size", "buckets", b"buckets", "end_time", b"end_time", "features", b"features", "start_time", b"start_time", "top_accounts", b"top_accounts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageSummaryResponse: _TypeAlias = UsageSummaryResponse  # noqa: Y015

@@ -156,6 +156,11 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.ReloadRateCardRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.ReloadRateCardResponse.FromString,
                 _registered_method=True)
+        self.UsageSummary = channel.unary_unary(
+                '/credits.v1.CreditsService/UsageSummary',
+                request_serializer=credits_dot_v1_dot_credits__pb2.UsageSummaryRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.UsageSummaryResponse.FromString,
+                _registered_method=True)
 
 
 class CreditsServiceServicer:
@@ -386,6 +391,16 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UsageSummary(self, request, context):
+        """UsageSummary adds up usage (USAGE entries) by feature and bucket (UTC
+        hour, day or month) over a range of whole hours, for some accounts, all,
+        or those on a plan, with totals by feature and the accounts that spent
+        most. Unset times mean the current month so far: "tokens used this month".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -483,6 +498,11 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.ReloadRateCard,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.ReloadRateCardRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.ReloadRateCardResponse.SerializeToString,
+            ),
+            'UsageSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.UsageSummary,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.UsageSummaryRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.UsageSummaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1025,6 +1045,33 @@ class CreditsService:
             '/credits.v1.CreditsService/ReloadRateCard',
             credits_dot_v1_dot_credits__pb2.ReloadRateCardRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.ReloadRateCardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UsageSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/UsageSummary',
+            credits_dot_v1_dot_credits__pb2.UsageSummaryRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.UsageSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -181,6 +181,12 @@ class CreditsServiceStub:
     FAILED_PRECONDITION RATE_CARD_REFUSED, listing every problem, and the
     card in force stays. Calls already priced keep the card they began with.
     """
+    UsageSummary: _grpc.UnaryUnaryMultiCallable[_credits_pb2.UsageSummaryRequest, _credits_pb2.UsageSummaryResponse]
+    """UsageSummary adds up usage (USAGE entries) by feature and bucket (UTC
+    hour, day or month) over a range of whole hours, for some accounts, all,
+    or those on a plan, with totals by feature and the accounts that spent
+    most. Unset times mean the current month so far: "tokens used this month".
+    """
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -334,6 +340,12 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     once, as SIGHUP does (admin only). A file that fails validation is
     FAILED_PRECONDITION RATE_CARD_REFUSED, listing every problem, and the
     card in force stays. Calls already priced keep the card they began with.
+    """
+    UsageSummary: _aio.UnaryUnaryMultiCallable[_credits_pb2.UsageSummaryRequest, _credits_pb2.UsageSummaryResponse]  # type: ignore[assignment]
+    """UsageSummary adds up usage (USAGE entries) by feature and bucket (UTC
+    hour, day or month) over a range of whole hours, for some accounts, all,
+    or those on a plan, with totals by feature and the accounts that spent
+    most. Unset times mean the current month so far: "tokens used this month".
     """
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -599,6 +611,18 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         once, as SIGHUP does (admin only). A file that fails validation is
         FAILED_PRECONDITION RATE_CARD_REFUSED, listing every problem, and the
         card in force stays. Calls already priced keep the card they began with.
+        """
+
+    @_abc_1.abstractmethod
+    def UsageSummary(
+        self,
+        request: _credits_pb2.UsageSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.UsageSummaryResponse, _abc.Awaitable[_credits_pb2.UsageSummaryResponse]]:
+        """UsageSummary adds up usage (USAGE entries) by feature and bucket (UTC
+        hour, day or month) over a range of whole hours, for some accounts, all,
+        or those on a plan, with totals by feature and the accounts that spent
+        most. Unset times mean the current month so far: "tokens used this month".
         """
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
