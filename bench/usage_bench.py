@@ -3,7 +3,8 @@
 PostgreSQL filled with N USAGE entries (M accounts, one account in five on `pro`, activity
 skewed towards a few accounts, six features counting usage by amount, spread over the last D
 days), their rollups built as the trigger builds them (usage_shards spread over 16 shards, as
-16 connections would), checked against the entries with the invariants `verify` runs; then
+16 connections would, then folded as the sweeper folds hours past), checked against the
+entries with the invariants `verify` runs; then
 sequential UsageSummary calls of each kind, with their latency percentiles.
 
     .venv/bin/python bench/usage_bench.py --entries 10000000 --accounts 10000
@@ -33,6 +34,9 @@ sys.path.insert(0, str(ROOT / "generated"))
 
 from load import Server  # noqa: E402
 
+from credits_service.persistence.usage import UsageRepository  # noqa: E402
+from credits_service.workers.sweeper import USAGE_SHARDS_SETTLED_S  # noqa: E402
+
 FEATURES = "ARRAY[NULL, 'llm', 'image', 'video', 'audio', 'embed']::text[]"
 CHUNK = 1_000_000
 # One statement per chunk: account skewed by power(random(), 3) (account 0 the busiest).
@@ -54,6 +58,10 @@ _ROLLUPS = [
     """INSERT INTO usage_days (day, account_id, feature, credits, units, calls)
         SELECT (e.create_time AT TIME ZONE 'UTC')::date, e.account_id, coalesce(e.feature, ''),
                -sum(e.amount), coalesce(sum(e.units), 0), count(*)
+          FROM ledger_entries e WHERE e.entry_type = 'USAGE' GROUP BY 1, 2, 3""",
+    """INSERT INTO usage_months (month, account_id, feature, credits, units, calls)
+        SELECT date_trunc('month', e.create_time, 'UTC')::date, e.account_id,
+               coalesce(e.feature, ''), -sum(e.amount), coalesce(sum(e.units), 0), count(*)
           FROM ledger_entries e WHERE e.entry_type = 'USAGE' GROUP BY 1, 2, 3""",
     f"""INSERT INTO usage_shards (hour, plan, feature, shard, credits, units, calls)
         SELECT {_HOUR}, a.plan, coalesce(e.feature, ''), (e.entry_id % 16)::smallint,
@@ -88,9 +96,14 @@ async def fill(connection: asyncpg.Connection, entries: int, accounts: int, days
     started = time.monotonic()
     for statement in _ROLLUPS:
         await connection.execute(statement)
-    await connection.execute("VACUUM ANALYZE usage_hours")
-    await connection.execute("VACUUM ANALYZE usage_days")
-    await connection.execute("VACUUM ANALYZE usage_shards")
+    took["shard_rows"] = await connection.fetchval("SELECT count(*) FROM usage_shards")
+    # What the sweeper does to hours that ended an hour ago or more
+    started_fold = time.monotonic()
+    took["shard_rows_folded"] = await UsageRepository(connection).compact_shards(
+        USAGE_SHARDS_SETTLED_S, 10**9)
+    took["fold_s"] = time.monotonic() - started_fold
+    for table in ("usage_hours", "usage_days", "usage_months", "usage_shards"):
+        await connection.execute(f"VACUUM ANALYZE {table}")
     await connection.execute("ANALYZE accounts")
     took["rollups_s"] = time.monotonic() - started
     return took
@@ -121,33 +134,40 @@ async def measure(target: str, calls: int, accounts: int, now: datetime) -> list
         return stamp
 
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    month = (at(today - timedelta(days=30)), at(today))
+    this_month = today.replace(day=1)
+    last_month = (this_month - timedelta(days=1)).replace(day=1)
+    month = (at(last_month), at(this_month))  # the last whole calendar month
+    days30 = (at(today - timedelta(days=30)), at(today))
     ragged = (at(today - timedelta(days=30, hours=-7)), at(today - timedelta(hours=5)))
     rng = random.Random(7)
     kinds = {
-        "one account (the busiest), 30 days by day": lambda: pb.UsageSummaryRequest(
+        "one account (the busiest), last month by day": lambda: pb.UsageSummaryRequest(
             account_ids=["acct-0"], start_time=month[0], end_time=month[1]),
-        "one account (random), 30 days by day": lambda: pb.UsageSummaryRequest(
+        "one account (random), last month by day": lambda: pb.UsageSummaryRequest(
             account_ids=[f"acct-{rng.randrange(accounts)}"], start_time=month[0],
             end_time=month[1]),
-        "one account (the busiest), 30 days by hour": lambda: pb.UsageSummaryRequest(
+        "one account (the busiest), last month by hour": lambda: pb.UsageSummaryRequest(
             account_ids=["acct-0"], start_time=month[0], end_time=month[1],
             bucket_size=pb.USAGE_BUCKET_SIZE_HOUR),
-        "100 accounts, 30 days by day": lambda: pb.UsageSummaryRequest(
+        "one account (the busiest), this month so far": lambda: pb.UsageSummaryRequest(
+            account_ids=["acct-0"]),
+        "100 accounts, last month by day": lambda: pb.UsageSummaryRequest(
             account_ids=[f"acct-{n}" for n in rng.sample(range(accounts), 100)],
             start_time=month[0], end_time=month[1]),
-        "all accounts, 30 days by day, top 10": lambda: pb.UsageSummaryRequest(
+        "all accounts, last month by day, top 10": lambda: pb.UsageSummaryRequest(
             start_time=month[0], end_time=month[1]),
-        "all accounts, 30 days by hour, top 10": lambda: pb.UsageSummaryRequest(
+        "all accounts, last month by hour, top 10": lambda: pb.UsageSummaryRequest(
             start_time=month[0], end_time=month[1], bucket_size=pb.USAGE_BUCKET_SIZE_HOUR),
-        "all accounts, 30 days (ragged ends) by day, top 10": lambda: pb.UsageSummaryRequest(
+        "all accounts, this month so far (defaults), top 10": lambda: pb.UsageSummaryRequest(),
+        "plan pro, this month so far, top 10": lambda: pb.UsageSummaryRequest(plan="pro"),
+        "all accounts, last month, feature llm, top 10": lambda: pb.UsageSummaryRequest(
+            start_time=month[0], end_time=month[1], features=["llm"]),
+        "all accounts, last 30 days by day, top 10": lambda: pb.UsageSummaryRequest(
+            start_time=days30[0], end_time=days30[1]),
+        "all accounts, last 30 days by day, no top": lambda: pb.UsageSummaryRequest(
+            start_time=days30[0], end_time=days30[1], top_accounts=0),
+        "all accounts, 30 days ragged ends, top 10": lambda: pb.UsageSummaryRequest(
             start_time=ragged[0], end_time=ragged[1]),
-        "plan pro, 30 days by day, top 10": lambda: pb.UsageSummaryRequest(
-            plan="pro", start_time=month[0], end_time=month[1]),
-        "all accounts, 90 days by month, top 10": lambda: pb.UsageSummaryRequest(
-            start_time=at(today - timedelta(days=90)), end_time=at(today),
-            bucket_size=pb.USAGE_BUCKET_SIZE_MONTH),
-        "all accounts, this month so far (defaults)": lambda: pb.UsageSummaryRequest(),
     }
     results = []
     async with grpc.aio.insecure_channel(target) as channel:
@@ -168,7 +188,7 @@ async def measure(target: str, calls: int, accounts: int, now: datetime) -> list
                       "p99_ms": round(latencies[min(len(latencies) - 1,
                                                     int(len(latencies) * 0.99))], 2),
                       "max_ms": round(latencies[-1], 2)}
-            print(f"{name:55} p50 {result['p50_ms']:7.2f}  p99 {result['p99_ms']:7.2f}  "
+            print(f"{name:52} p50 {result['p50_ms']:7.2f}  p99 {result['p99_ms']:7.2f}  "
                   f"max {result['max_ms']:7.2f} ms  ({rows} bucket rows)")
             results.append(result)
     return results
@@ -182,11 +202,13 @@ async def run(args: argparse.Namespace, server: Server) -> dict:
         took = await fill(connection, args.entries, args.accounts, args.days, now)
         took["check_rollups_s"] = await check_rollups(connection)
         sizes = {table: await connection.fetchval(f"SELECT count(*) FROM {table}")
-                 for table in ("ledger_entries", "usage_hours", "usage_days", "usage_shards")}
+                 for table in ("ledger_entries", "usage_hours", "usage_days", "usage_months",
+                               "usage_shards")}
     finally:
         await connection.close()
-    print(f"filled in {took['entries_s']:.0f} s, rollups {took['rollups_s']:.0f} s, checked "
-          f"in {took['check_rollups_s']:.0f} s; rows: {sizes}", file=sys.stderr)
+    print(f"filled in {took['entries_s']:.0f} s, rollups {took['rollups_s']:.0f} s (the "
+          f"sweeper's fold of {took['shard_rows']:,} shard rows {took['fold_s']:.1f} s), "
+          f"checked in {took['check_rollups_s']:.0f} s; rows: {sizes}", file=sys.stderr)
     results = await measure(server.target, args.calls, args.accounts, now.astimezone(UTC))
     return {"took_s": took, "rows": sizes, "results": results}
 

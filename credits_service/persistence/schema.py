@@ -281,6 +281,12 @@ Index("ix_usage_hours_hour", usage_hours.c.hour)
 usage_days = _usage("usage_days", (
     Column("day", Date, nullable=False), Column("account_id", Text, nullable=False),
     Column("feature", Text, nullable=False)))
+usage_months = _usage("usage_months", (
+    Column("month", Date, nullable=False), Column("account_id", Text, nullable=False),
+    Column("feature", Text, nullable=False)))
 usage_shards = _usage("usage_shards", (
     _time("hour"), Column("plan", Text, nullable=False), Column("feature", Text, nullable=False),
     Column("shard", SmallInteger, nullable=False)))
+# The shards the sweeper has not folded yet (shard -1 is the fold)
+Index("ix_usage_shards_uncompacted", usage_shards.c.hour,
+      postgresql_where=text("shard >= 0"))

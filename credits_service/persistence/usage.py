@@ -1,7 +1,7 @@
 """Usage summaries, read from the usage rollups (migration 0012) instead of the ledger: a
 month of one account is at most 744 rows of usage_hours per feature, whatever its number of
-entries; all accounts' buckets come from usage_shards, their top spenders from usage_days
-(whole days) and usage_hours (the hours at the ends of a range that are not whole days)."""
+entries; all accounts' buckets come from usage_shards, their top spenders from usage_months
+(whole months), usage_days (the other whole days) and usage_hours (the hours left)."""
 
 from __future__ import annotations
 
@@ -38,12 +38,19 @@ _TOP_OF_ACCOUNTS = """
        AND ($3::text[] IS NULL OR feature = ANY($3))
      GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $4"""
 
-# [$1, $2) the range; [$5, $6) its whole days (empty when it has none); $3 features, $4 how
-# many; $7 a plan: only the accounts on it now
+# [$1, $2) the range; [$5, $6) its whole days and [$8, $9) its whole months (each empty when
+# it has none); $3 features, $4 how many; $7 a plan: only the accounts on it now. Each part
+# of the range is read once: its whole months from usage_months, its other whole days from
+# usage_days, its other hours from usage_hours.
 _TOP_OF_ALL = """
     WITH spent AS (
+        SELECT account_id, credits, calls FROM usage_months
+         WHERE month >= $8::date AND month < $9::date
+           AND ($3::text[] IS NULL OR feature = ANY($3))
+        UNION ALL
         SELECT account_id, credits, calls FROM usage_days
          WHERE day >= $5::date AND day < $6::date
+           AND NOT (day >= $8::date AND day < $9::date)
            AND ($3::text[] IS NULL OR feature = ANY($3))
         UNION ALL
         SELECT account_id, credits, calls FROM usage_hours
@@ -57,6 +64,29 @@ _TOP_OF_ALL = """
      WHERE $7::text IS NULL
         OR account_id IN (SELECT account_id FROM accounts WHERE plan = $7::text)
      GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $4"""
+
+# Folds the shards of up to $2 rows of hours that ended more than $1 seconds ago into one
+# row per hour, plan and feature (shard -1). No transaction adds to those hours any more; were
+# one to, its row would be folded by the next run. Replicas folding at once delete each row
+# once: the later waits for the earlier's row locks, then finds those rows gone.
+_COMPACT_SHARDS = """
+    WITH moved AS (
+        DELETE FROM usage_shards s
+         WHERE (s.hour, s.plan, s.feature, s.shard) IN (
+               SELECT hour, plan, feature, shard FROM usage_shards
+                WHERE hour < credits_now() - $1 * interval '1 second' - interval '1 hour'
+                  AND shard >= 0
+                ORDER BY hour LIMIT $2)
+        RETURNING s.hour, s.plan, s.feature, s.credits, s.units, s.calls
+    ), folded AS (
+        INSERT INTO usage_shards AS u (hour, plan, feature, shard, credits, units, calls)
+        SELECT hour, plan, feature, -1, sum(credits), sum(units), sum(calls)
+          FROM moved GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        ON CONFLICT (hour, plan, feature, shard) DO UPDATE
+           SET credits = u.credits + excluded.credits, units = u.units + excluded.units,
+               calls = u.calls + excluded.calls
+    )
+    SELECT count(*) FROM moved"""
 
 
 class UsageRepository:
@@ -82,10 +112,12 @@ class UsageRepository:
 
     async def top_accounts(
         self, *, start: datetime, end: datetime, days: tuple[datetime, datetime],
-        features: Sequence[str], account_ids: Sequence[str], plan: str, limit: int,
+        months: tuple[datetime, datetime], features: Sequence[str], account_ids: Sequence[str],
+        plan: str, limit: int,
     ) -> list[AccountSpend]:
         """The `limit` accounts (of `account_ids`; none: all, or those on `plan` now) that
-        spent most in [start, end) (whole hours; `days`, its whole days), most first."""
+        spent most in [start, end) (whole hours; `days` and `months`, its whole days and
+        months), most first."""
         filters = list(features) or None
         if account_ids:
             rows = await self._connection.fetch(
@@ -93,5 +125,10 @@ class UsageRepository:
         else:
             rows = await self._connection.fetch(
                 _TOP_OF_ALL, start, end, filters, limit, days[0].date(), days[1].date(),
-                plan or None)
+                plan or None, months[0].date(), months[1].date())
         return [AccountSpend(row["account_id"], row["credits"], row["calls"]) for row in rows]
+
+    async def compact_shards(self, older_than_s: float, batch_size: int) -> int:
+        """Fold the shards of up to `batch_size` rows of hours that ended more than
+        `older_than_s` ago into one row each; returns how many rows it folded."""
+        return int(await self._connection.fetchval(_COMPACT_SHARDS, older_than_s, batch_size))

@@ -1,6 +1,7 @@
 """The ledger's own upkeep, run by workers/sweeper.py: expire reservations and lots that are
-due, purge old idempotency keys. Each step is safe with several replicas running it at once:
-rows are locked with SKIP LOCKED and changed by compare-and-set."""
+due, purge old idempotency keys, fold the usage shards of hours past. Each step is safe with
+several replicas running it at once: rows are locked with SKIP LOCKED and changed by
+compare-and-set (the fold deletes each row once)."""
 
 from __future__ import annotations
 
@@ -46,5 +47,14 @@ class Maintenance:
 
         async def work(uow: UnitOfWork) -> int:
             return await uow.idempotency.purge(older_than_s, batch_size)
+
+        return await self._transactions.run(work)
+
+    async def compact_usage_shards(self, older_than_s: float, batch_size: int) -> int:
+        """Fold the usage shards of up to `batch_size` rows of hours that ended more than
+        `older_than_s` ago into one row per hour, plan and feature; returns the rows folded."""
+
+        async def work(uow: UnitOfWork) -> int:
+            return await uow.usage.compact_shards(older_than_s, batch_size)
 
         return await self._transactions.run(work)

@@ -317,8 +317,12 @@ class UsageRepository(Protocol):
 
     async def top_accounts(
         self, *, start: datetime, end: datetime, days: tuple[datetime, datetime],
-        features: Sequence[str], account_ids: Sequence[str], plan: str, limit: int,
+        months: tuple[datetime, datetime], features: Sequence[str], account_ids: Sequence[str],
+        plan: str, limit: int,
     ) -> list[AccountSpend]: ...
+
+    async def compact_shards(self, older_than_s: float, batch_size: int) -> int:
+        """Fold the shards of hours past into one row each; returns the rows folded."""
 
 
 class UnitOfWork(Protocol):

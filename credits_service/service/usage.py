@@ -35,7 +35,8 @@ class Usage:
             now = (await uow.now()).astimezone(UTC)
             start = query.start_time or now.replace(day=1, hour=0, minute=0, second=0,
                                                     microsecond=0)
-            end = query.end_time or now.replace(minute=0, second=0, microsecond=0) + _HOUR
+            horizon = now.replace(minute=0, second=0, microsecond=0) + _HOUR
+            end = query.end_time or horizon
             _check_range(start, end, query.bucket)
             rows = await uow.usage.buckets(
                 bucket=query.bucket.value, start=start, end=end, features=query.features,
@@ -44,8 +45,12 @@ class Usage:
                 raise errors.SummaryTooLarge(ROWS_MAX)
             top = []
             if query.top_accounts:
+                # No usage lies past the current hour: a range reaching it may read the day
+                # and the month it ends in whole (this month so far is one month's rows)
+                open_end = end >= horizon
                 top = await uow.usage.top_accounts(
-                    start=start, end=end, days=whole_days(start, end), features=query.features,
+                    start=start, end=end, days=whole_days(start, end, open_end),
+                    months=whole_months(start, end, open_end), features=query.features,
                     account_ids=query.account_ids, plan=query.plan, limit=query.top_accounts)
             totals: dict[str, list[int]] = {}
             for row in rows:
@@ -61,14 +66,37 @@ class Usage:
         return await self._transactions.run(work)
 
 
-def whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+def whole_days(
+    start: datetime, end: datetime, open_end: bool = False
+) -> tuple[datetime, datetime]:
     """The whole UTC days within [start, end), as [first, last) midnights; an empty pair (one
-    midnight twice) when there is none."""
+    midnight twice) when there is none. With `open_end` (nothing lies past `end`), the day
+    `end` falls in counts as whole."""
     first = start.replace(hour=0, minute=0, second=0, microsecond=0)
     if first < start:
         first += timedelta(days=1)
     last = end.replace(hour=0, minute=0, second=0, microsecond=0)
+    if open_end and last < end:
+        last += timedelta(days=1)
     return (first, last) if first < last else (first, first)
+
+
+def whole_months(
+    start: datetime, end: datetime, open_end: bool = False
+) -> tuple[datetime, datetime]:
+    """The whole UTC months within [start, end), as [first, last) month starts; an empty pair
+    when there is none. With `open_end`, the month `end` falls in counts as whole."""
+    first = start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    if first < start:
+        first = _next_month(first)
+    last = end.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    if open_end and last < end:
+        last = _next_month(last)
+    return (first, last) if first < last else (first, first)
+
+
+def _next_month(month: datetime) -> datetime:
+    return (month + timedelta(days=32)).replace(day=1)
 
 
 def buckets_spanned(start: datetime, end: datetime, bucket: UsageBucket) -> int:

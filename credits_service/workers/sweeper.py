@@ -1,4 +1,5 @@
-"""The sweeper: expires due reservations and lots, and purges old idempotency keys."""
+"""The sweeper: expires due reservations and lots, purges old idempotency keys, and folds
+the usage shards of hours past."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from credits_service.service.maintenance import Maintenance
 
 _log = logging.getLogger(__name__)
 _BACKLOG_ROUNDS_MAX = 100  # sweeps run back to back while full batches keep coming
+# An hour's usage shards are folded once it ended this long ago: past the longest transaction
+# that could still add to it (statement and call deadlines are far shorter)
+USAGE_SHARDS_SETTLED_S = 3600.0
 
 
 class Sweeper:
@@ -71,6 +75,16 @@ class Sweeper:
 
         return await self._in_batches(purge, self._batch_size)
 
+    async def compact_once(self) -> int:
+        """Fold the usage shards of hours that ended USAGE_SHARDS_SETTLED_S ago or more;
+        returns how many rows it folded."""
+
+        async def compact(batch_size: int) -> int:
+            return await self._maintenance.compact_usage_shards(
+                USAGE_SHARDS_SETTLED_S, batch_size)
+
+        return await self._in_batches(compact, self._batch_size)
+
     @staticmethod
     async def _in_batches(step: Callable[[int], Awaitable[int]], batch_size: int) -> int:
         total = 0
@@ -94,6 +108,7 @@ class Sweeper:
                     purged = await self.purge_once()
                     if purged:
                         _log.info("purged %d idempotency keys", purged)
+                    await self.compact_once()
             except DatabaseUnavailable as exc:
                 _log.warning("sweep failed, will retry: %s", exc)
             except Exception:

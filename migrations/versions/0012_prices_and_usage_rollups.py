@@ -9,11 +9,14 @@ statement-level trigger in the transaction that writes the entries, so they can 
 with them (`verify` checks that they do not):
 - usage_hours: per account, UTC hour and feature ('' for usage of an amount); one account's
   or a few accounts' usage at any bucket size;
-- usage_days: per UTC day, account and feature; the top accounts of a range of days;
+- usage_days and usage_months: per UTC day (month), account and feature; the top accounts
+  of a range: its whole months from usage_months, the other whole days from usage_days, the
+  hours left from usage_hours;
 - usage_shards: per UTC hour, plan (the account's when it used them) and feature, across all
   accounts: all accounts' usage, and each plan's. Each transaction adds to the rows of its
-  own shard (its server process's id modulo 64), so that concurrent transactions of different
-  accounts do not wait on one row per hour.
+  own shard (its server process's id modulo 1,024), so that concurrent transactions of
+  different accounts do not wait on one row per hour; the sweeper folds the shards of hours
+  past into one row (shard -1), so that a summary reads one row per hour, plan and feature.
 Units are numeric: summed, they may pass what bigint holds.
 
 Revision ID: 0012
@@ -39,8 +42,10 @@ _ROLLUP = """
 
 _HOUR = "date_trunc('hour', e.create_time, 'UTC')"
 _DAY = "(e.create_time AT TIME ZONE 'UTC')::date"
+_MONTH = "date_trunc('month', e.create_time, 'UTC')::date"
 _FEATURE = "coalesce(e.feature, '')"
 _ACCOUNT = "JOIN accounts a ON a.account_id = e.account_id"
+_SHARD = "(pg_backend_pid() % 1024)::smallint"
 
 _TABLES = """
 CREATE TABLE usage_hours (
@@ -61,6 +66,15 @@ CREATE TABLE usage_days (
     calls bigint NOT NULL,
     CONSTRAINT pk_usage_days PRIMARY KEY (day, account_id, feature)
 );
+CREATE TABLE usage_months (
+    month date NOT NULL,
+    account_id text NOT NULL,
+    feature text NOT NULL,
+    credits bigint NOT NULL,
+    units numeric NOT NULL,
+    calls bigint NOT NULL,
+    CONSTRAINT pk_usage_months PRIMARY KEY (month, account_id, feature)
+);
 CREATE TABLE usage_shards (
     hour timestamptz NOT NULL,
     plan text NOT NULL,
@@ -71,7 +85,8 @@ CREATE TABLE usage_shards (
     calls bigint NOT NULL,
     CONSTRAINT pk_usage_shards PRIMARY KEY (hour, plan, feature, shard)
 );
-CREATE INDEX ix_usage_hours_hour ON usage_hours (hour)"""
+CREATE INDEX ix_usage_hours_hour ON usage_hours (hour);
+CREATE INDEX ix_usage_shards_uncompacted ON usage_shards (hour) WHERE shard >= 0"""
 
 UPGRADE = [
     "ALTER TABLE reservations ADD COLUMN price jsonb",
@@ -92,8 +107,11 @@ UPGRADE = [
         {_ROLLUP.format(table="usage_days", keys="day, account_id, feature",
                         values=f"{_DAY}, e.account_id, {_FEATURE}", groups="1, 2, 3",
                         join="")};
+        {_ROLLUP.format(table="usage_months", keys="month, account_id, feature",
+                        values=f"{_MONTH}, e.account_id, {_FEATURE}", groups="1, 2, 3",
+                        join="")};
         {_ROLLUP.format(table="usage_shards", keys="hour, plan, feature, shard",
-                        values=f"{_HOUR}, a.plan, {_FEATURE}, (pg_backend_pid() % 64)::smallint",
+                        values=f"{_HOUR}, a.plan, {_FEATURE}, {_SHARD}",
                         groups="1, 2, 3, 4", join=_ACCOUNT)};
         RETURN NULL;
     END $$""",
@@ -107,8 +125,11 @@ UPGRADE = [
     f"""INSERT INTO usage_days (day, account_id, feature, credits, units, calls)
         SELECT {_DAY}, e.account_id, '', -sum(e.amount), 0, count(*)
           FROM ledger_entries e WHERE e.entry_type = 'USAGE' GROUP BY 1, 2""",
+    f"""INSERT INTO usage_months (month, account_id, feature, credits, units, calls)
+        SELECT {_MONTH}, e.account_id, '', -sum(e.amount), 0, count(*)
+          FROM ledger_entries e WHERE e.entry_type = 'USAGE' GROUP BY 1, 2""",
     f"""INSERT INTO usage_shards (hour, plan, feature, shard, credits, units, calls)
-        SELECT {_HOUR}, a.plan, '', 0, -sum(e.amount), 0, count(*)
+        SELECT {_HOUR}, a.plan, '', -1, -sum(e.amount), 0, count(*)
           FROM ledger_entries e JOIN accounts a ON a.account_id = e.account_id
          WHERE e.entry_type = 'USAGE' GROUP BY 1, 2""",
 ]
@@ -117,6 +138,7 @@ DOWNGRADE = [
     "DROP TRIGGER tg_ledger_entries_usage_rollups ON ledger_entries",
     "DROP FUNCTION credits_roll_up_usage()",
     "DROP TABLE usage_shards",
+    "DROP TABLE usage_months",
     "DROP TABLE usage_days",
     "DROP TABLE usage_hours",
     """ALTER TABLE ledger_entries

@@ -106,6 +106,14 @@ async def test_usage_by_feature_and_bucket_for_an_account_a_plan_and_everyone(us
     ragged = await stub.UsageSummary(pb.UsageSummaryRequest(
         start_time=_at(hour1), end_time=_at(hour26 + timedelta(hours=1)), top_accounts=5))
     assert [(t.account_id, t.credits) for t in ragged.top_accounts] == [("b", 7), ("a", 5)]
+    # A whole month (usage_months) and two more days (usage_days)
+    month0 = hour0.replace(day=1, hour=0)
+    next_month = (month0 + timedelta(days=32)).replace(day=1)
+    whole = await stub.UsageSummary(pb.UsageSummaryRequest(
+        start_time=_at(month0), end_time=_at(next_month + timedelta(days=2)),
+        bucket_size=pb.USAGE_BUCKET_SIZE_MONTH, features=["llm", ""]))
+    assert [(t.account_id, t.credits) for t in whole.top_accounts] == [("a", 7), ("b", 4)]
+    assert sum(f.credits for f in whole.features) == 11
 
     # The current period: this month so far, unless the clock says otherwise
     current = await stub.UsageSummary(pb.UsageSummaryRequest(account_ids=["b"]))
@@ -118,6 +126,11 @@ async def test_usage_by_feature_and_bucket_for_an_account_a_plan_and_everyone(us
     assert current.bucket_size == pb.USAGE_BUCKET_SIZE_DAY
     if hour0.month == (hour26 + timedelta(hours=1)).month:
         assert sum(f.credits for f in current.features) == 10
+        assert [(t.account_id, t.credits) for t in current.top_accounts] == [("b", 10)]
+    everyone_now = await stub.UsageSummary(pb.UsageSummaryRequest(
+        start_time=_at(hour1), top_accounts=5))  # to the present: its day read whole
+    assert [(t.account_id, t.credits) for t in everyone_now.top_accounts] == [
+        ("b", 7), ("a", 5)]
 
 
 async def test_bad_summaries_are_refused_naming_the_field(usage_app, monkeypatch):
@@ -153,10 +166,34 @@ async def test_verify_finds_a_rollup_that_disagrees_with_the_entries(usage_app, 
     await grant(stub, "a", 100)
     await _use(stub, "a", "llm", 10)
     rollups = [name for name in INVARIANTS if name.startswith("usage_")]
-    assert len(rollups) == 3
-    for table in ("usage_hours", "usage_days", "usage_shards"):
+    assert len(rollups) == 4
+    for table in ("usage_hours", "usage_days", "usage_months", "usage_shards"):
         await db.execute(f"UPDATE {table} SET credits = credits + 1")
         broken = [name for name in rollups if await db.fetch(INVARIANTS[name])]
         assert broken == [name for name in rollups if name.startswith(table)]
         await db.execute(f"UPDATE {table} SET credits = credits - 1")
     assert not [name for name in rollups if await db.fetch(INVARIANTS[name])]
+
+
+async def test_the_sweeper_folds_the_shards_of_hours_past_and_summaries_stay_the_same(
+        usage_app, db):
+    app, stub = usage_app
+    await grant(stub, "a", 100)
+    await grant(stub, "b", 100)
+    await _use(stub, "a", "llm", 10)
+    await _use(stub, "b", "llm", 10)
+    await _use(stub, "b", amount=3)
+    await db.execute("UPDATE usage_shards SET shard = 7 WHERE feature = ''")  # another backend
+    request = pb.UsageSummaryRequest(bucket_size=pb.USAGE_BUCKET_SIZE_HOUR)
+    before = await stub.UsageSummary(request)
+    assert await app.sweeper.compact_once() == 0  # the hour is not over yet
+    app.clock.advance(2 * 3600 + 60)
+    assert await app.sweeper.compact_once() == 2
+    shards = await db.fetch("SELECT feature, shard, calls FROM usage_shards ORDER BY 1")
+    assert [tuple(row) for row in shards] == [("", -1, 1), ("llm", -1, 2)]
+    after = await stub.UsageSummary(pb.UsageSummaryRequest(
+        bucket_size=pb.USAGE_BUCKET_SIZE_HOUR, start_time=before.start_time,
+        end_time=before.end_time))
+    assert _rows(after) == _rows(before) and len(_rows(before)) == 2
+    await _use(stub, "a", "llm", 10)  # a new hour: a new shard row
+    assert await db.fetchval("SELECT count(*) FROM usage_shards WHERE shard >= 0") == 1
