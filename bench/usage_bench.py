@@ -60,7 +60,7 @@ _ROLLUPS = [
                -sum(e.amount), coalesce(sum(e.units), 0), count(*)
           FROM ledger_entries e WHERE e.entry_type = 'USAGE' GROUP BY 1, 2, 3""",
     """INSERT INTO usage_months (month, account_id, feature, credits, units, calls)
-        SELECT date_trunc('month', e.create_time, 'UTC')::date, e.account_id,
+        SELECT date_trunc('month', e.create_time AT TIME ZONE 'UTC')::date, e.account_id,
                coalesce(e.feature, ''), -sum(e.amount), coalesce(sum(e.units), 0), count(*)
           FROM ledger_entries e WHERE e.entry_type = 'USAGE' GROUP BY 1, 2, 3""",
     f"""INSERT INTO usage_shards (hour, plan, feature, shard, credits, units, calls)

@@ -210,9 +210,9 @@ def build_ledger(
 ) -> Ledger:
     statement_timeout_ms = settings.database.statement_timeout_ms
     return Ledger(
-        lambda grouped=False, time_remaining_s=None: SqlUnitOfWork(
+        lambda grouped=False, time_remaining_s=None, snapshot=False: SqlUnitOfWork(
             engine, statement_timeout_ms, metrics.pool_waited, clock, grouped=grouped,
-            time_remaining_s=time_remaining_s,
+            time_remaining_s=time_remaining_s, snapshot=snapshot,
         ),
         settings.ledger,
         page_tokens_key,

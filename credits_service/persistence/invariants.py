@@ -155,7 +155,7 @@ INVARIANTS.update({
         groups="1, 2, 3"),
     "usage_months == the USAGE entries by month, account and feature": _ROLLUP_MATCHES.format(
         table="usage_months", keys="month, account_id, feature",
-        values=f"date_trunc('month', create_time, 'UTC')::date, account_id, {_FEATURE}",
+        values=f"date_trunc('month', create_time AT TIME ZONE 'UTC')::date, account_id, {_FEATURE}",
         groups="1, 2, 3"),
     "usage_shards == the USAGE entries by hour and feature": _ROLLUP_MATCHES.format(
         table="(SELECT hour, feature, sum(credits) AS credits, sum(units) AS units, "

@@ -68,9 +68,11 @@ class SqlUnitOfWork:
         *,
         grouped: bool = False,
         time_remaining_s: float | None = None,
+        snapshot: bool = False,
     ) -> None:
         self._engine = engine
         self._grouped = grouped
+        self._snapshot = snapshot
         self._clock = clock
         self._statement_timeout_ms = statement_timeout_ms
         self._time_remaining_s = time_remaining_s
@@ -89,7 +91,9 @@ class SqlUnitOfWork:
                 self._on_pool_wait(time.perf_counter() - waited_from_s)
             self._driver = (await self._connection.get_raw_connection()).driver_connection
             # BEGIN sends the SET LOCAL settings in the same round trip.
-            await self._driver.execute("BEGIN" + (_GENERIC_PLANS if self._grouped else ""))
+            await self._driver.execute(
+                ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" if self._snapshot
+                 else "BEGIN") + (_GENERIC_PLANS if self._grouped else ""))
             self._open = True
             await self._bound_by_call_deadline()
             if self._clock is not None and self._clock.offset_ms:

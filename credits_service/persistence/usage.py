@@ -67,8 +67,8 @@ _TOP_OF_ALL = """
 
 # Folds the shards of up to $2 rows of hours that ended more than $1 seconds ago into one
 # row per hour, plan and feature (shard -1). No transaction adds to those hours any more; were
-# one to, its row would be folded by the next run. Replicas folding at once delete each row
-# once: the later waits for the earlier's row locks, then finds those rows gone.
+# one to, its row would be folded by the next run. Replicas folding at once take different
+# rows (SKIP LOCKED), so each row is folded once and neither waits on the other's.
 _COMPACT_SHARDS = """
     WITH moved AS (
         DELETE FROM usage_shards s
@@ -76,7 +76,7 @@ _COMPACT_SHARDS = """
                SELECT hour, plan, feature, shard FROM usage_shards
                 WHERE hour < credits_now() - $1 * interval '1 second' - interval '1 hour'
                   AND shard >= 0
-                ORDER BY hour LIMIT $2)
+                ORDER BY hour LIMIT $2 FOR UPDATE SKIP LOCKED)
         RETURNING s.hour, s.plan, s.feature, s.credits, s.units, s.calls
     ), folded AS (
         INSERT INTO usage_shards AS u (hour, plan, feature, shard, credits, units, calls)

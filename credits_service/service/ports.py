@@ -351,11 +351,14 @@ class UnitOfWork(Protocol):
 
 class UnitOfWorkFactory(Protocol):
     def __call__(
-        self, *, grouped: bool = False, time_remaining_s: float | None = None
+        self, *, grouped: bool = False, time_remaining_s: float | None = None,
+        snapshot: bool = False,
     ) -> UnitOfWork:
         """A new unit of work. `grouped`: a group commit's transaction, which runs the same
         few statements over and over (storage may keep their plans). `time_remaining_s`: the
-        calling RPC's time left, below which storage bounds its statements."""
+        calling RPC's time left, below which storage bounds its statements. `snapshot`: a
+        read-only transaction whose statements all read one snapshot (factories that serve
+        no such reads need not take it)."""
 
 
 class LedgerMetrics(Protocol):

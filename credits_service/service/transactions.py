@@ -47,14 +47,15 @@ class Transactions:
         self._in_flight: set[asyncio.Task[Any]] = set()
 
     async def run(self, work: Callable[[UnitOfWork], Awaitable[T | errors.Declined]],
-                  *, grouped: bool = False) -> T:
+                  *, grouped: bool = False, snapshot: bool = False) -> T:
         """Run `work` in one committed transaction and return its result, raising a decline
         it returns only after committing (a decline may still have written: an expiry, an
         idempotency record). Once begun, the transaction runs to its end even if the caller
         is cancelled, so it never stops half way on the client side: it is bounded instead by
         the database timeouts, lowered to the caller's deadline when that is nearer, and by
-        the client-side command timeout. `grouped`: a group commit's transaction."""
-        task = asyncio.ensure_future(self._with_retries(work, grouped))
+        the client-side command timeout. `grouped`: a group commit's transaction; `snapshot`:
+        a read-only one whose statements read one snapshot."""
+        task = asyncio.ensure_future(self._with_retries(work, grouped, snapshot))
         self._in_flight.add(task)
         task.add_done_callback(self._forget)
         outcome = await asyncio.shield(task)
@@ -67,7 +68,7 @@ class Transactions:
         if self._in_flight:
             await asyncio.wait(list(self._in_flight), timeout=timeout_s)
 
-    async def _with_retries(self, work: Work, grouped: bool) -> Any:
+    async def _with_retries(self, work: Work, grouped: bool, snapshot: bool = False) -> Any:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientConflict),
             stop=stop_after_attempt(self._attempts_max),
@@ -79,7 +80,8 @@ class Transactions:
             async for attempt in retrying:
                 with attempt:
                     async with self._uow_factory(
-                        grouped=grouped, time_remaining_s=time_remaining_s()
+                        grouped=grouped, time_remaining_s=time_remaining_s(),
+                        **({"snapshot": True} if snapshot else {}),
                     ) as uow:
                         outcome = await work(uow)
                         await uow.commit()

@@ -48,9 +48,10 @@ class Usage:
                 # No usage lies past the current hour: a range reaching it may read the day
                 # and the month it ends in whole (this month so far is one month's rows)
                 open_end = end >= horizon
+                reached = min(end, horizon)  # the same whole days and months, within 9999
                 top = await uow.usage.top_accounts(
-                    start=start, end=end, days=whole_days(start, end, open_end),
-                    months=whole_months(start, end, open_end), features=query.features,
+                    start=start, end=end, days=whole_days(start, reached, open_end),
+                    months=whole_months(start, reached, open_end), features=query.features,
                     account_ids=query.account_ids, plan=query.plan, limit=query.top_accounts)
             totals: dict[str, list[int]] = {}
             for row in rows:
@@ -63,7 +64,8 @@ class Usage:
                 tuple(FeatureUsage(feature, *totals[feature]) for feature in sorted(totals)),
                 tuple(top))
 
-        return await self._transactions.run(work)
+        # One snapshot: the buckets and the top accounts count the same usage
+        return await self._transactions.run(work, snapshot=True)
 
 
 def whole_days(
@@ -72,6 +74,8 @@ def whole_days(
     """The whole UTC days within [start, end), as [first, last) midnights; an empty pair (one
     midnight twice) when there is none. With `open_end` (nothing lies past `end`), the day
     `end` falls in counts as whole."""
+    if end <= start:  # nothing (a range in the future, read to the present)
+        return _empty(end)
     first = start.replace(hour=0, minute=0, second=0, microsecond=0)
     if first < start:
         first += timedelta(days=1)
@@ -86,6 +90,8 @@ def whole_months(
 ) -> tuple[datetime, datetime]:
     """The whole UTC months within [start, end), as [first, last) month starts; an empty pair
     when there is none. With `open_end`, the month `end` falls in counts as whole."""
+    if end <= start:
+        return _empty(end)
     first = start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     if first < start:
         first = _next_month(first)
@@ -93,6 +99,11 @@ def whole_months(
     if open_end and last < end:
         last = _next_month(last)
     return (first, last) if first < last else (first, first)
+
+
+def _empty(moment: datetime) -> tuple[datetime, datetime]:
+    midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight, midnight
 
 
 def _next_month(month: datetime) -> datetime:

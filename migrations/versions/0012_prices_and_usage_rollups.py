@@ -42,7 +42,8 @@ _ROLLUP = """
 
 _HOUR = "date_trunc('hour', e.create_time, 'UTC')"
 _DAY = "(e.create_time AT TIME ZONE 'UTC')::date"
-_MONTH = "date_trunc('month', e.create_time, 'UTC')::date"
+# Dates of UTC days and months, whatever the session's TimeZone
+_MONTH = "date_trunc('month', e.create_time AT TIME ZONE 'UTC')::date"
 _FEATURE = "coalesce(e.feature, '')"
 _ACCOUNT = "JOIN accounts a ON a.account_id = e.account_id"
 _SHARD = "(pg_backend_pid() % 1024)::smallint"

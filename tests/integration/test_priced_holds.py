@@ -202,3 +202,24 @@ async def test_a_reload_racing_a_thousand_reserves_prices_each_by_one_card_and_c
                 costs[version][1], version)
         print(f"v1 {versions.count('v1')}, v2 {versions.count('v2')}")
         await assert_invariants(db)
+
+
+async def test_an_account_created_on_another_plan_while_a_hold_waits_is_priced_at_it(
+        test_settings, db_pool):
+    """The hold finds no account and would open one on the default plan; another transaction
+    creates it on pro first: the hold is priced at pro's price, not the default one."""
+    settings = test_settings.replace(plans_file=str(EXAMPLE_PLANS), auto_create_accounts=True,
+                                     rate_card_file=str(EXAMPLE_CARD), shutdown_grace_s=1)
+    async with serving(settings) as priced, db_pool.acquire() as connection:
+        creating = connection.transaction()
+        await creating.start()
+        await connection.execute(
+            "INSERT INTO accounts (account_id, plan) VALUES ('raced', 'pro')")
+        hold = asyncio.ensure_future(priced.CheckAndReserve(feature_request("raced", "image")))
+        await asyncio.sleep(0.5)  # the hold waits on the account row being inserted
+        assert not hold.done()
+        await creating.commit()
+        error = await expect_error(hold)
+    # Nothing to hold it with; what it asked for is pro's price of an image, 3 (default: 5)
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS",
+                 requested="3")

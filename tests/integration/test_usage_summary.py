@@ -5,7 +5,7 @@ ledger invariants every test here ends with)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import grpc
 import pytest
@@ -19,7 +19,8 @@ from tests.integration.test_rates import app_with_card
 from tests.support.calls import commit, grant, reserve, reserve_request
 
 CARD = ('version = "u1"\n[features.llm]\nunits_per_credit = 1000\nminimum_charge = 1\n'
-        '[features.image]\ncost_per_call = 5\n[plans.pro.features.image]\ncost_per_call = 3\n')
+        '[features.image]\ncost_per_call = 5\n[plans.pro.features.image]\ncost_per_call = 3\n'
+        '[features.video]\nunits_per_credit = 1\nminimum_charge = 1\n')
 
 
 def _at(moment: datetime) -> Timestamp:
@@ -197,3 +198,49 @@ async def test_the_sweeper_folds_the_shards_of_hours_past_and_summaries_stay_the
     assert _rows(after) == _rows(before) and len(_rows(before)) == 2
     await _use(stub, "a", "llm", 10)  # a new hour: a new shard row
     assert await db.fetchval("SELECT count(*) FROM usage_shards WHERE shard >= 0") == 1
+
+
+async def test_rollups_key_utc_days_and_months_whatever_the_session_time_zone(db):
+    """A session west of UTC writes 03:00 UTC on 1 December as 30 November local time: the
+    rollups still key it to the UTC day and month."""
+    async with db.transaction():
+        await db.execute("SET LOCAL TimeZone = 'America/Los_Angeles'")
+        await db.execute("INSERT INTO accounts (account_id) VALUES ('tz')")
+        await db.execute(
+            "INSERT INTO reservations (reservation_id, account_id, amount, status, expire_time,"
+            " actor) VALUES ('00000000-0000-0000-0000-0000000000aa', 'tz', 1, 'ACTIVE',"
+            " credits_now() + interval '1 hour', 'test')")
+        await db.execute(
+            "INSERT INTO ledger_entries (account_id, entry_type, amount, balance_after,"
+            " reservation_id, actor, create_time) VALUES ('tz', 'USAGE', -1, -1,"
+            " '00000000-0000-0000-0000-0000000000aa', 'test', '2026-12-01T03:00:00Z')")
+        assert await db.fetchval("SELECT day FROM usage_days") == date(2026, 12, 1)
+        assert await db.fetchval("SELECT month FROM usage_months") == date(2026, 12, 1)
+        assert await db.fetchval("SELECT hour FROM usage_hours") == datetime(
+            2026, 12, 1, 3, tzinfo=UTC)
+        broken = [name for name in INVARIANTS if name.startswith("usage_")
+                  and await db.fetch(INVARIANTS[name])]
+        assert broken == []
+        await db.execute("DELETE FROM usage_hours; DELETE FROM usage_days;"
+                         " DELETE FROM usage_months; DELETE FROM usage_shards;"
+                         " DELETE FROM ledger_entries; DELETE FROM reservations;"
+                         " DELETE FROM accounts")
+
+
+async def test_a_summary_up_to_the_last_hour_there_is_answers_and_commits_check_state_first(
+        usage_app, db):
+    _, stub = usage_app
+    far = await stub.UsageSummary(pb.UsageSummaryRequest(
+        start_time=_at(datetime(9999, 12, 31, tzinfo=UTC)),
+        end_time=_at(datetime(9999, 12, 31, 23, tzinfo=UTC))))
+    assert list(far.buckets) == [] and list(far.top_accounts) == []
+
+    await grant(stub, "a", 100)
+    held = await reserve(stub, "a", 5)
+    await stub.Release(pb.ReleaseRequest(reservation_id=held.reservation.reservation_id))
+    error = await expect_error(commit(stub, held.reservation.reservation_id, units=3))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_RELEASED")
+    done = await stub.CheckAndReserve(reserve_request("a", 0, feature="video", units=10))
+    await commit(stub, done.reservation.reservation_id, units=10)
+    error = await expect_error(commit(stub, done.reservation.reservation_id, units=10**15))
+    assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_ALREADY_COMMITTED")

@@ -235,10 +235,17 @@ class Committing:
             locked = await lock_deciding_expiry(uow, command.reservation_id, self._metrics)
             if isinstance(locked, errors.Declined):
                 return locked
+            if locked.status is ReservationStatus.RELEASED:
+                return errors.ReservationReleased(locked.reservation_id)
             try:
                 amount = commit_amount(locked, command)
-            except errors.ReservationNotPriced as refused:
-                return refused
+            except (errors.ReservationNotPriced, errors.CostTooLarge) as refused:
+                if locked.status is ReservationStatus.COMMITTED:  # not this Commit, whatever
+                    return errors.ReservationAlreadyCommitted(
+                        locked.reservation_id, locked.committed_amount or 0)
+                if isinstance(refused, errors.ReservationNotPriced):
+                    return refused
+                raise
             if locked.status is ReservationStatus.COMMITTED:
                 if locked.committed_amount != amount:
                     return errors.ReservationAlreadyCommitted(
@@ -252,8 +259,6 @@ class Committing:
                         locked.reservation_id, locked.committed_amount or 0)
                 uow.on_commit(lambda: self._metrics.replayed(METHOD))
                 return CommitResult(reservation=locked, entry=entry, balance=balance)
-            if locked.status is ReservationStatus.RELEASED:
-                return errors.ReservationReleased(locked.reservation_id)
             return await self._capture(uow, locked, amount, command, actor)
 
         return await self._transactions.run(work)

@@ -130,6 +130,11 @@ class Reserving:
         amounts, prices = self._price(calls, indexes, outcomes, plans)
         await self._open_missing(uow, calls, [i for i in indexes if outcomes[i] is None],
                                  snapshots)
+        if prices and len(plans) < len(snapshots):
+            # An account not found at first was priced at the default plan: another
+            # transaction may have created it on another plan meanwhile. Price its calls
+            # again at the plan of the account now locked.
+            await self._price_again(uow, calls, outcomes, snapshots, plans, amounts, prices)
         wanted: dict[str, int] = {}  # an unlimited account draws no lot: it wants none
         for i in indexes:
             command = calls[i][0]
@@ -238,6 +243,23 @@ class Reserving:
             amounts[i] = price.cost
             prices[i] = price
         return amounts, prices
+
+    async def _price_again(
+        self, uow: UnitOfWork, calls: Sequence[Call], outcomes: list[Any],
+        snapshots: dict[str, BalanceSnapshot], plans: dict[str, str],
+        amounts: dict[int, int], prices: dict[int, HeldPrice],
+    ) -> None:
+        for account_id in sorted(set(snapshots) - set(plans)):
+            account = await uow.accounts.profile(account_id)
+            assert account is not None, "an account locked in this transaction exists"
+            plans[account_id] = account.plan
+        again = [i for i, price in prices.items()
+                 if price.plan != plans[calls[i][0].account_id]]
+        for i in again:
+            del prices[i], amounts[i]
+        repriced, reprices = self._price(calls, again, outcomes, plans)
+        amounts.update(repriced)
+        prices.update(reprices)
 
     async def _open_missing(
         self, uow: UnitOfWork, calls: Sequence[Call], indexes: list[int],
