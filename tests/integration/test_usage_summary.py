@@ -5,6 +5,7 @@ ledger invariants every test here ends with)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, timedelta
 
 import grpc
@@ -244,3 +245,22 @@ async def test_a_summary_up_to_the_last_hour_there_is_answers_and_commits_check_
     await commit(stub, done.reservation.reservation_id, units=10)
     error = await expect_error(commit(stub, done.reservation.reservation_id, units=10**15))
     assert_error(error, grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_ALREADY_COMMITTED")
+
+
+async def test_replicas_folding_at_once_fold_each_shard_row_once(usage_app, db):
+    app, stub = usage_app
+    await grant(stub, "a", 1000)
+    for _ in range(6):  # six hours, each of two features, in a shard per connection used
+        await _use(stub, "a", "llm", 10)
+        await _use(stub, "a", amount=2)
+        app.clock.advance(3600)
+    app.clock.advance(2 * 3600)
+    before = await db.fetchval("SELECT count(*) FROM usage_shards")
+    folded = await asyncio.gather(*(app.ledger.maintenance.compact_usage_shards(3600, 3)
+                                    for _ in range(4)))
+    folded_more = await app.sweeper.compact_once()
+    assert sum(folded) + folded_more == before
+    assert await db.fetchval("SELECT count(*) FROM usage_shards WHERE shard >= 0") == 0
+    assert await db.fetchval("SELECT count(*) FROM usage_shards") == 12  # 6 hours x 2
+    assert not [name for name in INVARIANTS if name.startswith("usage_")
+                and await db.fetch(INVARIANTS[name])]
