@@ -11,6 +11,7 @@ This module is pure: it checks a parsed TOML document and answers questions abou
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,14 @@ from credits_service.domain.model import (
     PRIORITY_MAX,
     GrantType,
 )
+from credits_service.domain.subscriptions import (
+    PERIOD_DAYS_MAX,
+    Allocation,
+    Period,
+    PeriodKind,
+    Rollover,
+    RolloverKind,
+)
 
 PLAN_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 PLANS_MAX = 1000
@@ -36,6 +45,7 @@ _PLAN_KEYS = {
     "unlimited", "credit_limit", "allocation", "description",
 }
 _DESCRIPTION_LENGTH_MAX = 256
+_ALLOCATION_KEYS = {"credits", "period", "period_days", "rollover", "rollover_cap"}
 
 
 class PlansError(ValueError):
@@ -176,6 +186,45 @@ def _plan(name: str, table: Any) -> Plan:
         raise PlansError(f"{where}.description: text of at most {_DESCRIPTION_LENGTH_MAX} "
                          "characters")
     return Plan(name, welcome, unlimited, credit_limit, description)
+
+
+def read_allocation(table: Any, where: str) -> Allocation:
+    """The per-period allocation a plan's `[plans.<name>.allocation]` table describes, or
+    PlansError naming the key: `credits` (1..10^12), `period` ("month", or "days" with
+    `period_days` 1..366), `rollover` ("none", the default; "full"; "capped" with
+    `rollover_cap` 1..10^12)."""
+    _table(table, where)
+    _only(table, _ALLOCATION_KEYS, where + ".")
+    credits = _integer(table, "credits", where, 1, AMOUNT_MAX, None)
+    if credits is None:
+        raise PlansError(f"{where}.credits: required, the credits of each period")
+    kind = _choice(table, "period", where, PeriodKind, None)
+    if kind is None:
+        raise PlansError(f"{where}.period: required, \"month\" or \"days\"")
+    days = _integer(table, "period_days", where, 1, PERIOD_DAYS_MAX, None)
+    if (kind is PeriodKind.DAYS) != (days is not None):
+        raise PlansError(f"{where}.period_days: " + (
+            "required with period = \"days\"" if days is None
+            else "only with period = \"days\""))
+    rollover = _choice(table, "rollover", where, RolloverKind, RolloverKind.NONE)
+    cap = _integer(table, "rollover_cap", where, 1, AMOUNT_MAX, None)
+    if (rollover is RolloverKind.CAPPED) != (cap is not None):
+        raise PlansError(f"{where}.rollover_cap: " + (
+            "required with rollover = \"capped\"" if cap is None
+            else "only with rollover = \"capped\""))
+    return Allocation(credits, Period(kind, days or 0), Rollover(rollover, cap or 0))
+
+
+def _choice(table: Mapping[str, Any], key: str, where: str, kind: type[enum.Enum],
+            default: Any) -> Any:
+    value = table.get(key)
+    if value is None:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise PlansError(f"{where}.{key}: {value!r} is not one of "
+                         f"{', '.join(repr(k.value) for k in kind)}") from None
 
 
 def _integer(

@@ -3,8 +3,9 @@ subscription, what rolls over, what an upgrade grants for the rest of a period, 
 periods a scheduler that was down owes.
 
 Pure: times come in as arguments (the database clock, read by the caller), so tests never wait
-for a month. The plans file does not take allocations yet (plans.py refuses the key): the
-Subscribe RPCs and the scheduler that grant them come next, on these rules.
+for a month. plans.read_allocation reads an allocation from a plan's table; the plans file
+does not take one yet (it refuses the key): the Subscribe RPCs and the scheduler that grant
+them come next, on these rules.
 
 Periods: a subscription started at `anchor` has periods 0, 1, 2, ... A monthly period starts
 on the anchor's calendar day and time of day, clamped to the month's last day (anchored on the
@@ -16,20 +17,11 @@ from __future__ import annotations
 
 import calendar
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
-
-from credits_service.domain.model import AMOUNT_MAX
 
 PERIOD_DAYS_MAX = 366
 CATCH_UP_PERIODS_MAX = 1000  # periods one catch-up may owe, whatever the rule
-_KEYS = {"credits", "period", "period_days", "rollover", "rollover_cap"}
-
-
-class AllocationError(ValueError):
-    """An allocation breaks a rule; the message names the key."""
 
 
 class PeriodKind(enum.Enum):
@@ -133,57 +125,3 @@ def periods_due(
         return [current]
     first = max(last_granted + 1, current - CATCH_UP_PERIODS_MAX + 1)
     return list(range(first, current + 1))
-
-
-def read_allocation(table: Mapping[str, Any], where: str) -> Allocation:
-    """The allocation a plan's `[plans.<name>.allocation]` table describes, or AllocationError
-    naming the key: `credits` (1..10^12), `period` ("month", or "days" with `period_days`
-    1..366), `rollover` ("none", the default; "full"; "capped" with `rollover_cap`
-    1..10^12)."""
-    if not isinstance(table, dict):
-        raise AllocationError(f"{where}: must be a table")
-    unknown = sorted(set(table) - _KEYS)
-    if unknown:
-        raise AllocationError(f"{where}.{unknown[0]}: unknown key (allowed: "
-                              f"{', '.join(sorted(_KEYS))})")
-    credits = _integer(table, "credits", where, 1, AMOUNT_MAX, None)
-    if credits is None:
-        raise AllocationError(f"{where}.credits: required, the credits of each period")
-    kind = _choice(table, "period", where, PeriodKind, None)
-    if kind is None:
-        raise AllocationError(f"{where}.period: required, \"month\" or \"days\"")
-    days = _integer(table, "period_days", where, 1, PERIOD_DAYS_MAX, None)
-    if kind is PeriodKind.DAYS and days is None:
-        raise AllocationError(f"{where}.period_days: required with period = \"days\"")
-    if kind is PeriodKind.MONTH and days is not None:
-        raise AllocationError(f"{where}.period_days: only with period = \"days\"")
-    rollover = _choice(table, "rollover", where, RolloverKind, RolloverKind.NONE)
-    cap = _integer(table, "rollover_cap", where, 1, AMOUNT_MAX, None)
-    if rollover is RolloverKind.CAPPED and cap is None:
-        raise AllocationError(f"{where}.rollover_cap: required with rollover = \"capped\"")
-    if rollover is not RolloverKind.CAPPED and cap is not None:
-        raise AllocationError(f"{where}.rollover_cap: only with rollover = \"capped\"")
-    return Allocation(credits, Period(kind, days or 0), Rollover(rollover, cap or 0))
-
-
-def _integer(table: Mapping[str, Any], key: str, where: str, low: int, high: int,
-             default: int | None) -> Any:
-    value = table.get(key, default)
-    if value is default:
-        return value
-    if type(value) is not int or not low <= value <= high:
-        raise AllocationError(f"{where}.{key}: {value!r} must be a whole number from {low:_} "
-                              f"to {high:_}")
-    return value
-
-
-def _choice(table: Mapping[str, Any], key: str, where: str, kind: type[enum.Enum],
-            default: Any) -> Any:
-    value = table.get(key)
-    if value is None:
-        return default
-    try:
-        return kind(value)
-    except ValueError:
-        raise AllocationError(f"{where}.{key}: {value!r} is not one of "
-                              f"{', '.join(repr(k.value) for k in kind)}") from None

@@ -13,8 +13,8 @@ from credits_service.domain.ids import new_reservation_ids
 from credits_service.domain.model import BalanceSnapshot, LotDraw, Reservation, ReservationStatus
 from credits_service.transport.grpc.messages import (
     RESERVATION_STATUS_TO_PROTO,
-    _timestamp,
     balance,
+    timestamp,
 )
 from credits_service.transport.grpc.messages import (
     reservation as reservation_message,
@@ -35,7 +35,7 @@ from credits_service.transport.grpc.messages import (
 def test_timestamps_match_protobufs_own_conversion(value: datetime) -> None:
     expected = Timestamp()
     expected.FromDatetime(value)
-    assert _timestamp(value) == expected
+    assert timestamp(value) == expected
 
 
 def _reservation(**changes: object) -> Reservation:
@@ -64,15 +64,15 @@ def test_messages_built_in_place_match_the_constructor_form(reservation: Reserva
         amount=reservation.amount,
         status=RESERVATION_STATUS_TO_PROTO[reservation.status],
         committed_amount=reservation.committed_amount or 0,
-        create_time=_timestamp(reservation.create_time),
-        expire_time=_timestamp(reservation.expire_time),
+        create_time=timestamp(reservation.create_time),
+        expire_time=timestamp(reservation.expire_time),
         metadata=dict(reservation.metadata),
         draws=[pb.LotDraw(lot_id=str(d.lot_id), held=d.held, consumed=d.consumed or 0)
                for d in reservation.draws],
         release_reason=reservation.release_reason,
     )
     if reservation.finish_time is not None:
-        expected.finish_time.CopyFrom(_timestamp(reservation.finish_time))
+        expected.finish_time.CopyFrom(timestamp(reservation.finish_time))
     assert reservation_message(reservation) == expected
     assert reservation_message(reservation).HasField("finish_time") is (
         reservation.finish_time is not None)

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from credits_service.domain.plans import PlansError, read_allocation
 from credits_service.domain.subscriptions import (
     CATCH_UP_PERIODS_MAX,
     Allocation,
-    AllocationError,
     CatchUp,
     Period,
     PeriodKind,
@@ -21,7 +21,6 @@ from credits_service.domain.subscriptions import (
     RolloverKind,
     periods_due,
     prorated_upgrade,
-    read_allocation,
 )
 
 MONTH = Period(PeriodKind.MONTH)
@@ -122,6 +121,6 @@ def test_an_allocation_is_read_from_its_table():
      "rollover_cap: -1 must be"),
 ])
 def test_a_bad_allocation_is_refused_naming_its_key(table, message):
-    with pytest.raises(AllocationError) as refused:
+    with pytest.raises(PlansError) as refused:
         read_allocation(table, "plans.pro.allocation")
     assert message in str(refused.value)

@@ -68,11 +68,9 @@ def timestamp(value: datetime) -> Timestamp:
     return _set_time(Timestamp(), value)
 
 
-_timestamp = timestamp
-
 
 def _set_time(message: Timestamp, value: datetime) -> Timestamp:
-    """Set `message` (a field of a message being built: no copy) to _timestamp(value)."""
+    """Set `message` (a field of a message being built: no copy) to timestamp(value)."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     seconds, micros = divmod((value - _EPOCH) // _MICROSECOND, 1_000_000)
@@ -129,7 +127,7 @@ def grant_type_name(grant_type: GrantType) -> str:
 
 def account(value: Account) -> pb.Account:
     return pb.Account(account_id=value.account_id, plan=value.plan,
-                      create_time=_timestamp(value.create_time),
+                      create_time=timestamp(value.create_time),
                       status=ACCOUNT_STATUS_TO_PROTO[value.status])  # type: ignore[arg-type]
 
 
@@ -145,10 +143,10 @@ def lot(value: Lot) -> pb.Lot:
         held=value.held,
         expired=value.expired,
         grant_entry_id=str(value.grant_entry_id) if value.grant_entry_id else "",
-        create_time=_timestamp(value.create_time),
+        create_time=timestamp(value.create_time),
     )
     if value.expire_time is not None:
-        message.expire_time.CopyFrom(_timestamp(value.expire_time))
+        message.expire_time.CopyFrom(timestamp(value.expire_time))
     return message
 
 
@@ -164,7 +162,7 @@ def ledger_entry(entry: LedgerEntry) -> pb.LedgerEntry:
         reason=entry.reason,
         metadata=dict(entry.metadata),
         actor=entry.actor,
-        create_time=_timestamp(entry.create_time),
+        create_time=timestamp(entry.create_time),
         lot_id=str(entry.lot_id) if entry.lot_id else "",
         transfer_id=entry.transfer_id or "",
         feature=entry.feature or "",
