@@ -19,6 +19,7 @@ from credits_service.domain.errors import RateCardRefused
 from credits_service.domain.plans import BUILT_IN, PlanBook, PlansError, read_plans
 from credits_service.domain.rates import BUILT_IN as BUILT_IN_RATE_CARD
 from credits_service.domain.rates import RateCard, RateCardError, read_rate_card
+from credits_service.domain.subscriptions import CatchUp
 from credits_service.persistence.database import create_engine, redacted
 from credits_service.persistence.embedded import EmbeddedPostgres
 from credits_service.persistence.keys import page_token_key
@@ -49,6 +50,7 @@ from credits_service.transport.grpc.server import (
     start_grpc_server,
 )
 from credits_service.transport.grpc.servicer import CreditsServicer
+from credits_service.workers.scheduler import Scheduler
 from credits_service.workers.sweeper import Sweeper
 
 _log = logging.getLogger(__name__)
@@ -223,6 +225,7 @@ def build_ledger(
         rate_card_loader=(
             functools.partial(read_rate_card_file, settings.accounts.rate_card_file, plans)
             if settings.accounts.rate_card_file else None),
+        catch_up=CatchUp(settings.accounts.subscription_catch_up),
     )
 
 
@@ -298,6 +301,7 @@ class Application:
     engine: AsyncEngine
     ledger: Ledger
     sweeper: Sweeper
+    scheduler: Scheduler
     grpc_server: GrpcServer
     embedded: EmbeddedPostgres | None
     metrics: Metrics
@@ -364,6 +368,8 @@ class Application:
             idempotency_retention_s=workers.idempotency_retention_s,
             purge_interval_s=workers.purge_interval_s,
         )
+        scheduler = Scheduler(ledger.subscriptions, interval_s=workers.scheduler_interval_s,
+                              batch_size=workers.scheduler_batch_size)
         metrics.watch(engine.pool.checkedout, sweeper.seconds_since_sweep)  # type: ignore[attr-defined]
         metrics_listen = settings.telemetry.metrics_listen
         metrics_port = metrics.serve(metrics_listen) if metrics_listen else None
@@ -374,12 +380,13 @@ class Application:
             await engine.dispose()
             raise
         sweeper.start()
+        scheduler.start()
         _log.info("credits-service listening on %s (port %d)", settings.server.listen,
                   grpc_server.port)
         if metrics_port is not None:
             _log.info("metrics on http://%s:%d/metrics", parse_listen(metrics_listen)[0],
                       metrics_port)
-        return cls(settings, engine, ledger, sweeper, grpc_server, embedded, metrics,
+        return cls(settings, engine, ledger, sweeper, scheduler, grpc_server, embedded, metrics,
                    metrics_port, clock)
 
     def reload_rate_card(self) -> None:
@@ -398,6 +405,7 @@ class Application:
         await self.grpc_server.stop(grace_s)
         await self.ledger.drain(grace_s)
         await self.sweeper.stop()
+        await self.scheduler.stop()
         self.metrics.stop()
         await self.engine.dispose()
         if self.embedded is not None:

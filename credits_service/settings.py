@@ -255,6 +255,11 @@ class AccountSettings(_Section):
     rate_card_file: str = _setting(
         "", "TOML file of the rate card (what each feature costs, per plan; docs/rates.md); "
         "unset: a card without features")
+    subscription_catch_up: str = _setting(
+        "each", "what subscriptions get for periods that began while no scheduler ran "
+        "(docs/subscriptions.md): each, every missed period's allocation (expiring as it would "
+        "have, so only what rolls over is left); current, the current period's only",
+        choices=("each", "current"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +277,11 @@ class WorkerSettings(_Section):
         low=3600, high=365 * 86_400)
     purge_interval_s: float = _setting(
         60.0, "how often old idempotency keys are purged", low=0, high=86_400, low_open=True)
+    scheduler_interval_s: float = _setting(
+        5.0, "how often the scheduler grants subscriptions' allocations that fell due",
+        low=0, high=3600, low_open=True)
+    scheduler_batch_size: int = _setting(
+        200, "subscriptions granted per scheduler transaction, at most", low=1, high=10_000)
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,9 @@ def rpc_table() -> str:
              "BatchCheckAndReserve": "each item's `idempotency_key`",
              "Commit": "reservation and amount", "BatchCommit": "each item's reservation",
              "Release": "reservation", "ExtendReservation": "(safe to repeat)",
-             "ReloadRateCard": "(safe to repeat)"}
+             "ReloadRateCard": "(safe to repeat)", "Subscribe": "`idempotency_key`",
+             "ChangeSubscription": "`idempotency_key`",
+             "CancelSubscription": "`idempotency_key`"}
     for method in credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].methods:
         roles = [role for role, allowed in (("service", SERVICE_METHODS),
                                             ("billing", BILLING_METHODS)) if method.name in allowed]

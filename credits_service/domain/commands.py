@@ -20,6 +20,7 @@ from credits_service.domain.model import (
 )
 from credits_service.domain.rates import Quote
 from credits_service.domain.rows import AccountSpend, UsageRow
+from credits_service.domain.subscriptions import Subscription
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,3 +301,49 @@ class UsageSummary:
     buckets: tuple[UsageRow, ...]  # by bucket, then feature
     features: tuple[FeatureUsage, ...]  # totals of the range, by feature
     top_accounts: tuple[AccountSpend, ...]  # most spent first
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeCommand:
+    account_id: str
+    plan: str
+    idempotency_key: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSubscriptionCommand:
+    account_id: str
+    plan: str
+    idempotency_key: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelSubscriptionCommand:
+    account_id: str
+    idempotency_key: str
+    immediately: bool = False  # False: at the end of the current period
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionResult:
+    """A subscription after a call, the entries the call wrote (allocations granted, plan
+    moves' forgiven debt) and the account's balance after them."""
+
+    subscription: Subscription
+    changed: bool
+    entries: tuple[LedgerEntry, ...]
+    balance: BalanceSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionReport:
+    """A subscription as GetSubscription reads it: with the period last granted and the
+    credits granted for it."""
+
+    subscription: Subscription
+    period_start: datetime
+    period_end: datetime
+    period_granted: int

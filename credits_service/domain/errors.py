@@ -214,6 +214,70 @@ class PlanNotFound(CreditsError):
         super().__init__(f"no plan is called {plan!r}", {"plan": plan})
 
 
+class PlanWithoutAllocation(CreditsError):
+    """A subscription is to a plan with a per-period allocation; this plan has none (metadata
+    `plan`, and `plansWithAllocation`: those that have one, comma-separated);
+    docs/subscriptions.md."""
+
+    reason = "PLAN_WITHOUT_ALLOCATION"
+
+    def __init__(self, plan: str, allocating: Sequence[str]) -> None:
+        super().__init__(
+            f"plan {plan!r} has no per-period allocation to subscribe to",
+            {"plan": plan, "plansWithAllocation": ",".join(allocating)[:500]})
+
+
+class SubscriptionNotFound(CreditsError):
+    """The account has no subscription (for ChangeSubscription and CancelSubscription: no
+    ACTIVE one); metadata `accountId`."""
+
+    reason = "SUBSCRIPTION_NOT_FOUND"
+
+    def __init__(self, account_id: str, active: bool = True) -> None:
+        super().__init__(
+            f"account {account_id!r} has no {'active ' if active else ''}subscription",
+            {"accountId": account_id})
+
+
+class AlreadySubscribed(CreditsError):
+    """The account has an ACTIVE subscription already (metadata `accountId`, `plan`): change
+    it with ChangeSubscription, or cancel it first."""
+
+    reason = "ALREADY_SUBSCRIBED"
+
+    def __init__(self, account_id: str, plan: str) -> None:
+        super().__init__(
+            f"account {account_id!r} is subscribed to plan {plan!r} already: use "
+            "ChangeSubscription to move it to another plan", {"accountId": account_id,
+                                                              "plan": plan})
+
+
+class SubscriptionPeriodMismatch(CreditsError):
+    """A subscription changes only between plans of the same period (metadata `plan`,
+    `period`, `currentPeriod`): cancel it and subscribe again to change the period."""
+
+    reason = "SUBSCRIPTION_PERIOD_MISMATCH"
+
+    def __init__(self, plan: str, period: str, current: str) -> None:
+        super().__init__(
+            f"plan {plan!r} allocates every {period}, the subscription every {current}: cancel "
+            "the subscription and subscribe again to change the period",
+            {"plan": plan, "period": period, "currentPeriod": current})
+
+
+class SubscriptionActive(CreditsError):
+    """The account's plan is its subscription's (metadata `accountId`, `plan`): ChangePlan
+    does not move it; ChangeSubscription does."""
+
+    reason = "SUBSCRIPTION_ACTIVE"
+
+    def __init__(self, account_id: str, plan: str) -> None:
+        super().__init__(
+            f"account {account_id!r} is subscribed to plan {plan!r}: change its plan with "
+            "ChangeSubscription (or cancel the subscription first)",
+            {"accountId": account_id, "plan": plan})
+
+
 class UnknownFeature(CreditsError):
     """The rate card has no feature of this name (metadata `feature`, and `knownFeatures`:
     the card's feature names, comma-separated, cut at 500 characters); docs/rates.md."""

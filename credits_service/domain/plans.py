@@ -69,6 +69,7 @@ class Plan:
     unlimited: bool = False
     credit_limit: int = 0  # how far below zero an account on it may go
     description: str = ""
+    allocation: Allocation | None = None  # what a subscription to it grants each period
 
     @property
     def account_credit_limit(self) -> int:
@@ -159,9 +160,6 @@ def _plan(name: str, table: Any) -> Plan:
     if not PLAN_NAME_PATTERN.fullmatch(name):
         raise PlansError(f"{where}: a plan name is 1-64 characters from A-Z a-z 0-9 and '._-'")
     _only(table, _PLAN_KEYS, where + ".")
-    if "allocation" in table:
-        raise PlansError(f"{where}.allocation: per-period allocations come with subscriptions "
-                         "and are not supported yet")
     amount = _integer(table, "welcome_credits", where, 0, AMOUNT_MAX, 0)
     grant_type_name = table.get("welcome_grant_type", GrantType.SIGNUP.value)
     if grant_type_name not in GrantType.__members__:
@@ -185,7 +183,10 @@ def _plan(name: str, table: Any) -> Plan:
     if not isinstance(description, str) or len(description) > _DESCRIPTION_LENGTH_MAX:
         raise PlansError(f"{where}.description: text of at most {_DESCRIPTION_LENGTH_MAX} "
                          "characters")
-    return Plan(name, welcome, unlimited, credit_limit, description)
+    allocation = None
+    if "allocation" in table:
+        allocation = read_allocation(table["allocation"], where + ".allocation")
+    return Plan(name, welcome, unlimited, credit_limit, description, allocation)
 
 
 def read_allocation(table: Any, where: str) -> Allocation:

@@ -1,11 +1,10 @@
-"""Subscriptions' rules (issue 29, part 1): a plan's per-period allocation, the periods of a
-subscription, what rolls over, what an upgrade grants for the rest of a period, and which
-periods a scheduler that was down owes.
+"""Subscriptions' rules: a plan's per-period allocation, the periods of a subscription, what
+rolls over, what an upgrade grants for the rest of a period, which periods a scheduler that
+was down owes, and a subscription's state.
 
 Pure: times come in as arguments (the database clock, read by the caller), so tests never wait
-for a month. plans.read_allocation reads an allocation from a plan's table; the plans file
-does not take one yet (it refuses the key): the Subscribe RPCs and the scheduler that grant
-them come next, on these rules.
+for a month. plans.read_allocation reads an allocation from a plan's table;
+service/subscriptions.py and workers/scheduler.py grant it (docs/subscriptions.md).
 
 Periods: a subscription started at `anchor` has periods 0, 1, 2, ... A monthly period starts
 on the anchor's calendar day and time of day, clamped to the month's last day (anchored on the
@@ -17,11 +16,14 @@ from __future__ import annotations
 
 import calendar
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 PERIOD_DAYS_MAX = 366
 CATCH_UP_PERIODS_MAX = 1000  # periods one catch-up may owe, whatever the rule
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class PeriodKind(enum.Enum):
@@ -97,6 +99,22 @@ class Allocation:
     period: Period
     rollover: Rollover = Rollover()
 
+    def stored(self) -> dict[str, object]:
+        """The allocation as the plans file's keys (how a subscription stores its terms)."""
+        stored: dict[str, object] = {"credits": self.credits, "period": self.period.kind.value,
+                                     "rollover": self.rollover.kind.value}
+        if self.period.days:
+            stored["period_days"] = self.period.days
+        if self.rollover.cap:
+            stored["rollover_cap"] = self.rollover.cap
+        return stored
+
+    @classmethod
+    def restore(cls, stored: Mapping[str, Any]) -> Allocation:
+        return cls(stored["credits"],
+                   Period(PeriodKind(stored["period"]), stored.get("period_days", 0)),
+                   Rollover(RolloverKind(stored["rollover"]), stored.get("rollover_cap", 0)))
+
 
 def prorated_upgrade(
     old_credits: int, new_credits: int, period_start: datetime, period_end: datetime,
@@ -107,8 +125,10 @@ def prorated_upgrade(
     whole credits (never negative: a downgrade waits for the next period)."""
     if new_credits <= old_credits or now >= period_end:
         return 0
-    left = (period_end - max(now, period_start)) / (period_end - period_start)
-    return int((new_credits - old_credits) * left)
+    # In whole microseconds, so no float rounds a credit away (or adds one)
+    left_us = (period_end - max(now, period_start)) // _MICROSECOND
+    whole_us = (period_end - period_start) // _MICROSECOND
+    return (new_credits - old_credits) * left_us // whole_us
 
 
 def periods_due(
@@ -125,3 +145,37 @@ def periods_due(
         return [current]
     first = max(last_granted + 1, current - CATCH_UP_PERIODS_MAX + 1)
     return list(range(first, current + 1))
+
+
+class SubscriptionStatus(enum.Enum):
+    ACTIVE = "ACTIVE"  # granted each period (until cancel_time, if set)
+    CANCELED = "CANCELED"  # no more grants; the account is back on the default plan
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """An account's subscription to a plan's allocation: the terms it runs on are the
+    allocation of `plan` as it was when subscribed or changed to (a plans file edited later
+    changes them at the next ChangeSubscription only)."""
+
+    subscription_id: int
+    account_id: str
+    plan: str
+    allocation: Allocation
+    anchor: datetime  # period 0 starts here
+    status: SubscriptionStatus
+    last_period: int  # the last period granted
+    next_plan: str | None = None  # a downgrade, taking effect at the next period
+    next_allocation: Allocation | None = None
+    cancel_time: datetime | None = None  # ACTIVE: when it ends; CANCELED: when it ended
+    create_time: datetime | None = None
+
+    def period_start(self, index: int) -> datetime:
+        return self.allocation.period.start(self.anchor, index)
+
+    @property
+    def next_grant_time(self) -> datetime | None:
+        """When the next period's allocation is due; None once no more are."""
+        if self.status is not SubscriptionStatus.ACTIVE:
+            return None
+        return self.period_start(self.last_period + 1)

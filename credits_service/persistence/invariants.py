@@ -161,6 +161,19 @@ INVARIANTS.update({
         table="(SELECT hour, feature, sum(credits) AS credits, sum(units) AS units, "
               "sum(calls) AS calls FROM usage_shards GROUP BY 1, 2)",
         keys="hour, feature", values=f"{_HOUR}, {_FEATURE}", groups="1, 2"),
+    "every subscription grant is a SUBSCRIPTION lot of its account, of its credits": """
+        SELECT g.grant_id, g.subscription_id, g.lot_id FROM subscription_grants g
+          JOIN subscriptions s USING (subscription_id)
+          LEFT JOIN credit_lots l ON l.lot_id = g.lot_id
+         WHERE g.lot_id IS NOT NULL
+           AND (l.account_id IS DISTINCT FROM s.account_id
+                OR l.grant_type IS DISTINCT FROM 'SUBSCRIPTION'
+                OR l.amount <> g.credits + g.carried)""",
+    "a subscription's last period is the last one granted": """
+        SELECT s.subscription_id, s.last_period, g.last FROM subscriptions s
+          LEFT JOIN (SELECT subscription_id, max(period) AS last FROM subscription_grants
+                      WHERE kind = 'PERIOD' GROUP BY 1) g USING (subscription_id)
+         WHERE s.last_period <> coalesce(g.last, -1)""",
     "every idempotency record is complete": """
         SELECT scope, idempotency_key FROM idempotency_keys
          WHERE response IS NULL OR octet_length(request_hash) <> 32""",

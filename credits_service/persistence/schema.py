@@ -290,3 +290,43 @@ usage_shards = _usage("usage_shards", (
 # The shards the sweeper has not folded yet (shard -1 is the fold)
 Index("ix_usage_shards_uncompacted", usage_shards.c.hour,
       postgresql_where=text("shard >= 0"))
+
+subscriptions = Table(
+    "subscriptions", metadata,
+    Column("subscription_id", BigInteger, Identity(always=True), primary_key=True),
+    Column("account_id", Text, ForeignKey("accounts.account_id"), nullable=False),
+    Column("plan", Text, nullable=False),
+    Column("allocation", JSONB, nullable=False),
+    _time("anchor"),
+    Column("status", Text, nullable=False, server_default=text("'ACTIVE'::text")),
+    Column("last_period", Integer, nullable=False),
+    _time("next_grant_time", nullable=True),
+    Column("next_plan", Text, nullable=True),
+    Column("next_allocation", JSONB, nullable=True),
+    _time("cancel_time", nullable=True),
+    _time("create_time", default=True),
+    _time("update_time", default=True),
+    CheckConstraint("status IN ('ACTIVE', 'CANCELED')", name="ck_subscriptions_status"),
+    Index("uq_subscriptions_active_account_id", "account_id", unique=True,
+          postgresql_where=text("status = 'ACTIVE'")),
+    Index("ix_subscriptions_due", "next_grant_time", postgresql_where=text("status = 'ACTIVE'")),
+    Index("ix_subscriptions_account_id", "account_id", "subscription_id"),
+)
+
+subscription_grants = Table(
+    "subscription_grants", metadata,
+    Column("grant_id", BigInteger, Identity(always=True), primary_key=True),
+    Column("subscription_id", BigInteger, ForeignKey("subscriptions.subscription_id"),
+           nullable=False),
+    Column("period", Integer, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("plan", Text, nullable=False),
+    _credits("credits"),
+    _credits("carried", default=True),
+    Column("lot_id", BigInteger, ForeignKey("credit_lots.lot_id"), nullable=True),
+    _time("grant_time", default=True),
+    CheckConstraint("kind IN ('PERIOD', 'UPGRADE')", name="ck_subscription_grants_kind"),
+    Index("uq_subscription_grants_period", "subscription_id", "period", unique=True,
+          postgresql_where=text("kind = 'PERIOD'")),
+    Index("ix_subscription_grants_subscription_id_period", "subscription_id", "period"),
+)

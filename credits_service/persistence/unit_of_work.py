@@ -24,6 +24,7 @@ from credits_service.persistence.groups import GroupStatements
 from credits_service.persistence.idempotency import IdempotencyRepository
 from credits_service.persistence.lots import LotRepository
 from credits_service.persistence.reservations import ReservationRepository
+from credits_service.persistence.subscriptions import SubscriptionRepository
 from credits_service.persistence.usage import UsageRepository
 
 _log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class SqlUnitOfWork:
     reservations: ReservationRepository
     idempotency: IdempotencyRepository
     groups: GroupStatements
+    subscriptions: SubscriptionRepository
 
     def __init__(
         self,
@@ -113,6 +115,7 @@ class SqlUnitOfWork:
         self.reservations = ReservationRepository(self._driver)
         self.idempotency = IdempotencyRepository(self._driver)
         self.groups = GroupStatements(self._driver)
+        self.subscriptions = SubscriptionRepository(self._driver)
         return self
 
     async def _bound_by_call_deadline(self) -> None:

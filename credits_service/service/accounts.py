@@ -203,20 +203,34 @@ class Accounts:
             account, balance = found
             if account.plan == plan.name:
                 return AccountChangeResult(account, changed=False)
-            entries: tuple[LedgerEntry, ...] = ()
-            if balance.unlimited and not plan.unlimited:
-                forgiven, _ = await debts.forgive(
-                    uow, command.account_id, balance,
-                    reason=f"left unlimited plan {account.plan}: {command.reason}",
-                    metadata={"plan": plan.name}, actor=actor)
-                entries = (forgiven,) if forgiven is not None else ()
-            changed = await uow.accounts.set_plan(
-                command.account_id, account.plan, plan.name, plan.account_credit_limit,
-                command.reason, actor)
-            assert changed is not None, "the account is locked"
+            subscription = await uow.subscriptions.active(command.account_id)
+            if subscription is not None:
+                raise errors.SubscriptionActive(command.account_id, subscription.plan)
+            changed, entries = await move_to_plan(
+                uow, account, balance, plan, command.reason, actor)
             return AccountChangeResult(changed, changed=True, write_off_entries=entries)
 
         return await self._transactions.run(work)
+
+
+async def move_to_plan(
+    uow: UnitOfWork, account: Account, balance: BalanceSnapshot, plan: Plan, reason: str,
+    actor: str,
+) -> tuple[Account, tuple[LedgerEntry, ...]]:
+    """Move the (locked) account to another plan, recording the change: its credit limit is
+    the plan's at once, and leaving an unlimited plan forgives what it used beyond its lots
+    (the ADJUSTMENT entry returned)."""
+    entries: tuple[LedgerEntry, ...] = ()
+    if balance.unlimited and not plan.unlimited:
+        forgiven, _ = await debts.forgive(
+            uow, account.account_id, balance,
+            reason=f"left unlimited plan {account.plan}: {reason}",
+            metadata={"plan": plan.name}, actor=actor)
+        entries = (forgiven,) if forgiven is not None else ()
+    changed = await uow.accounts.set_plan(
+        account.account_id, account.plan, plan.name, plan.account_credit_limit, reason, actor)
+    assert changed is not None, "the account is locked"
+    return changed, entries
 
 
 async def locked_account(

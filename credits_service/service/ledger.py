@@ -7,6 +7,7 @@ from __future__ import annotations
 from credits_service.domain.plans import BUILT_IN, PlanBook
 from credits_service.domain.rates import BUILT_IN as BUILT_IN_RATE_CARD
 from credits_service.domain.rates import RateCard
+from credits_service.domain.subscriptions import CatchUp
 from credits_service.service.accounts import AccountOpening, Accounts
 from credits_service.service.adjustments import Adjusting
 from credits_service.service.grants import Granting
@@ -21,6 +22,7 @@ from credits_service.service.reservations.commit import Committing
 from credits_service.service.reservations.extend import Extending
 from credits_service.service.reservations.release import Releasing
 from credits_service.service.reservations.reserve import Reserving
+from credits_service.service.subscriptions import Subscriptions
 from credits_service.service.transactions import Transactions
 from credits_service.service.transfers import Transferring
 from credits_service.service.usage import Usage
@@ -41,6 +43,7 @@ class Ledger:
         auto_create_accounts: bool = True,
         rate_card: RateCard = BUILT_IN_RATE_CARD,
         rate_card_loader: RateCardLoader | None = None,
+        catch_up: CatchUp = CatchUp.EACH,
     ) -> None:
         metrics = metrics or NoMetrics()
         self.transactions = Transactions(
@@ -62,6 +65,7 @@ class Ledger:
             self.transactions, settings, PageTokens(page_token_key), self.opening)
         self.maintenance = Maintenance(self.transactions, metrics)
         self.usage = Usage(self.transactions)
+        self.subscriptions = Subscriptions(self.transactions, self.opening, catch_up, metrics)
 
         self.ensure_account = self.accounts.ensure_account
         self.set_account_status = self.accounts.set_status
@@ -81,6 +85,10 @@ class Ledger:
         self.rate_card = self.pricing.rate_card
         self.reload_rate_card = self.pricing.reload
         self.usage_summary = self.usage.summary
+        self.subscribe = self.subscriptions.subscribe
+        self.change_subscription = self.subscriptions.change
+        self.cancel_subscription = self.subscriptions.cancel
+        self.get_subscription = self.subscriptions.get
         self.get_balance = self.queries.get_balance
         self.history = self.queries.history
         self.list_reservations = self.queries.list_reservations

@@ -50,6 +50,7 @@ from credits_service.domain.rows import (
     UsageRow,
     WriteOff,
 )
+from credits_service.domain.subscriptions import Allocation, Subscription
 
 
 class AccountRepository(Protocol):
@@ -325,6 +326,37 @@ class UsageRepository(Protocol):
         """Fold the shards of hours past into one row each; returns the rows folded."""
 
 
+class SubscriptionRepository(Protocol):
+    """Subscriptions and the allocations granted to them; a subscription's row is locked
+    before its account's."""
+
+    async def active(self, account_id: str, *, lock: bool = False) -> Subscription | None: ...
+
+    async def latest(self, account_id: str) -> Subscription | None:
+        """The account's subscription, ACTIVE or the last one CANCELED."""
+
+    async def create(
+        self, account_id: str, plan: str, allocation: Allocation, anchor: datetime
+    ) -> Subscription:
+        """A new ACTIVE subscription with no period granted yet (period 0 due at `anchor`)."""
+
+    async def save(self, subscription: Subscription) -> Subscription: ...
+
+    async def lock_due(self, limit: int) -> list[Subscription]:
+        """ACTIVE subscriptions with a period due, locked, skipping those locked elsewhere."""
+
+    async def record_grant(
+        self, subscription_id: int, period: int, kind: str, plan: str, credits: int,
+        carried: int, lot_id: int | None,
+    ) -> None:
+        """Record an allocation granted: once per subscription and period for PERIOD."""
+
+    async def unused(self, subscription_id: int, period: int) -> int:
+        """The credits the period's allocation lots had left when written off."""
+
+    async def granted_in(self, subscription_id: int, period: int) -> int: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction: `async with` opens it; leaving without commit() rolls it back."""
 
@@ -335,6 +367,7 @@ class UnitOfWork(Protocol):
     reservations: ReservationRepository
     idempotency: IdempotencyRepository
     groups: GroupStatements
+    subscriptions: SubscriptionRepository
 
     async def __aenter__(self) -> Self: ...
 

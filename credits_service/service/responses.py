@@ -25,6 +25,7 @@ from credits_service.domain.commands import (
     GrantResult,
     RefundResult,
     ReserveResult,
+    SubscriptionResult,
     TransferResult,
 )
 from credits_service.domain.model import (
@@ -38,9 +39,10 @@ from credits_service.domain.model import (
     ReservationStatus,
 )
 from credits_service.domain.rates import HeldPrice, Price, Rounding
+from credits_service.domain.subscriptions import Allocation, Subscription, SubscriptionStatus
 
 Outcome = (GrantResult | ReserveResult | AdjustResult | TransferResult | RefundResult
-           | errors.Declined)
+           | SubscriptionResult | errors.Declined)
 
 _SCALARS = frozenset({str, int, bool, type(None)})
 # A ReserveResult as one array (see _reservation_fields). Every byte of a stored response is
@@ -63,6 +65,8 @@ def encode(outcome: Outcome) -> str:
         }
     elif isinstance(outcome, ReserveResult):
         stored = {_RESERVATION: _reservation_fields(outcome)}
+    elif isinstance(outcome, SubscriptionResult):
+        stored = {"subscription": _subscription_result_fields(outcome)}
     else:
         result = plain(outcome)
         if result.get("lot") is not None:
@@ -86,6 +90,8 @@ def decode(text: str) -> Outcome:
         error = stored["error"]
         cls = errors.REPLAYABLE[error["reason"]]
         return cls.restore(error["message"], error["metadata"])
+    if "subscription" in stored:
+        return _subscription_result(stored["subscription"])
     if "refund" in stored:
         data = stored["refund"]
         return RefundResult(
@@ -262,4 +268,34 @@ def _reservation(data: dict[str, Any]) -> Reservation:
             "expire_time": _time(data["expire_time"]),
             "finish_time": _time(data["finish_time"]),
         }
+    )
+
+
+def _subscription_result_fields(result: SubscriptionResult) -> dict[str, Any]:
+    s = result.subscription
+    subscription = plain(s)
+    subscription["allocation"] = s.allocation.stored()
+    if s.next_allocation is not None:
+        subscription["next_allocation"] = s.next_allocation.stored()
+    return {"subscription": subscription, "changed": result.changed,
+            "entries": [plain(entry) for entry in result.entries],
+            "balance": plain(result.balance)}
+
+
+def _subscription_result(data: dict[str, Any]) -> SubscriptionResult:
+    s = data["subscription"]
+    return SubscriptionResult(
+        subscription=Subscription(**{
+            **s,
+            "allocation": Allocation.restore(s["allocation"]),
+            "next_allocation": (Allocation.restore(s["next_allocation"])
+                                if s["next_allocation"] else None),
+            "anchor": _time(s["anchor"]),
+            "status": SubscriptionStatus(s["status"]),
+            "cancel_time": _time(s["cancel_time"]),
+            "create_time": _time(s["create_time"]),
+        }),
+        changed=data["changed"],
+        entries=tuple(_entry(entry) for entry in data["entries"]),
+        balance=BalanceSnapshot(**data["balance"]),
     )

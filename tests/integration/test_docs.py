@@ -15,7 +15,8 @@ import pytest
 from scripts.doc_examples import run_document, serve_flags
 from tests.serve_launcher import REPO_ROOT, Launcher
 
-DOCUMENTS = ["README.md", "docs/api.md", "docs/lots.md", "docs/accounts.md", "docs/rates.md"]
+DOCUMENTS = ["README.md", "docs/api.md", "docs/lots.md", "docs/accounts.md", "docs/rates.md",
+             "docs/subscriptions.md"]
 
 
 @pytest.mark.parametrize("document", DOCUMENTS)

@@ -299,6 +299,17 @@ class FakeStorage:
         self.committed += 1
 
 
+class FakeSubscriptions:
+    """No subscriptions: the fake serves the rules of the other use cases; subscriptions are
+    tested against the real database (tests/integration/test_subscriptions.py)."""
+
+    async def active(self, account_id: str, *, lock: bool = False) -> None:
+        return None
+
+    async def latest(self, account_id: str) -> None:
+        return None
+
+
 class FakeUnitOfWork:
     """One transaction on a copy of the committed tables: `commit()` makes it the committed
     state; leaving without it discards the copy. One transaction runs at a time."""
@@ -309,6 +320,7 @@ class FakeUnitOfWork:
     reservations: FakeReservations
     idempotency: FakeIdempotency
     groups: FakeGroupStatements
+    subscriptions: FakeSubscriptions
 
     def __init__(self, storage: FakeStorage, time_remaining_s: float | None) -> None:
         self._storage = storage
@@ -330,6 +342,7 @@ class FakeUnitOfWork:
         self.reservations = FakeReservations(tx)
         self.idempotency = FakeIdempotency(tx)
         self.groups = FakeGroupStatements(tx)
+        self.subscriptions = FakeSubscriptions()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

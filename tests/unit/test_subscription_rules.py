@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from credits_service.domain.plans import PlansError, read_allocation
+from credits_service.domain.plans import PlansError, read_allocation, read_plans
 from credits_service.domain.subscriptions import (
     CATCH_UP_PERIODS_MAX,
     Allocation,
@@ -124,3 +124,26 @@ def test_a_bad_allocation_is_refused_naming_its_key(table, message):
     with pytest.raises(PlansError) as refused:
         read_allocation(table, "plans.pro.allocation")
     assert message in str(refused.value)
+
+
+def test_a_plan_carries_its_allocation():
+    book = read_plans({"plans": {"default": {}, "pro": {"allocation": {
+        "credits": 1000, "period": "month", "rollover": "capped", "rollover_cap": 500}}}},
+        "production", "test")
+    assert book.plans["default"].allocation is None
+    assert book.plans["pro"].allocation == Allocation(
+        1000, MONTH, Rollover(RolloverKind.CAPPED, 500))
+
+
+@given(st.integers(min_value=0, max_value=10**12), st.integers(min_value=0, max_value=10**12),
+       st.integers(min_value=0, max_value=31 * 86_400 * 10**6))
+def test_an_upgrade_never_grants_more_than_the_difference_nor_rounds_a_credit_up(
+        old, new, elapsed_us):
+    start = _t("2026-01-31T00:00")
+    end = start + timedelta(days=31)
+    now = start + timedelta(microseconds=elapsed_us)
+    granted = prorated_upgrade(old, new, start, end, now)
+    assert 0 <= granted <= max(0, new - old)
+    if new > old and now < end:
+        exact_numerator = (new - old) * ((end - now) // timedelta(microseconds=1))
+        assert granted == exact_numerator // (31 * 86_400 * 10**6)

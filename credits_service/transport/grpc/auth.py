@@ -39,16 +39,18 @@ class Role(enum.Enum):
     BILLING = "billing"  # a payment webhook handler: PURCHASE grants (GrantsApi checks the type)
 
 
-# What a billing principal may call of ours: Grant of the PURCHASE type only, and reads.
+# What a billing principal may call of ours: Grant of the PURCHASE type only, subscriptions
+# (what a payment provider's subscription events drive), and reads.
 BILLING_METHODS = frozenset({"Grant", "EnsureAccount", "GetBalance", "History", "Quote",
-                             "GetRateCard", "UsageSummary"})
+                             "GetRateCard", "UsageSummary", "Subscribe", "ChangeSubscription",
+                             "CancelSubscription", "GetSubscription"})
 
 # What a service principal may call of ours; an admin may call everything. An allowlist, so an
 # RPC added later is admin-only until it is listed here.
 SERVICE_METHODS = frozenset({
     "EnsureAccount", "CheckAndReserve", "Commit", "Release", "ExtendReservation", "GetBalance",
     "History", "ListReservations", "BatchCheckAndReserve", "BatchCommit", "Quote",
-    "GetRateCard", "UsageSummary",
+    "GetRateCard", "UsageSummary", "GetSubscription",
 })
 
 

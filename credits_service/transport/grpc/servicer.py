@@ -14,13 +14,14 @@ from credits_service.transport.grpc.pricing import PricingApi
 from credits_service.transport.grpc.queries import QueriesApi, QueryRequests
 from credits_service.transport.grpc.refunds import RefundsApi
 from credits_service.transport.grpc.reservations import ReservationRequests, ReservationsApi
+from credits_service.transport.grpc.subscriptions import SubscriptionsApi
 from credits_service.transport.grpc.transfers import TransfersApi
 from credits_service.transport.grpc.usage import UsageApi
 
 
 class CreditsServicer(
     AccountsApi, AdjustmentsApi, TransfersApi, RefundsApi, GrantsApi, ReservationsApi,
-    QueriesApi, PricingApi, UsageApi,
+    QueriesApi, PricingApi, UsageApi, SubscriptionsApi,
     credits_pb2_grpc.CreditsServiceServicer,
 ):
     def __init__(self, ledger: Ledger, limits: RequestLimits) -> None:

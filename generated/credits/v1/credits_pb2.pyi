@@ -289,6 +289,90 @@ USAGE_BUCKET_SIZE_MONTH: UsageBucketSize.ValueType  # 3
 """USAGE_BUCKET_SIZE_MONTH: at most 120 buckets (ten years)."""
 Global___UsageBucketSize: _TypeAlias = UsageBucketSize  # noqa: Y015
 
+class _AllocationPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AllocationPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AllocationPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALLOCATION_PERIOD_UNSPECIFIED: _AllocationPeriod.ValueType  # 0
+    """ALLOCATION_PERIOD_UNSPECIFIED is never returned."""
+    ALLOCATION_PERIOD_MONTH: _AllocationPeriod.ValueType  # 1
+    """ALLOCATION_PERIOD_MONTH: monthly, on the subscription's calendar day
+    (clamped to the month's last day) and time of day.
+    """
+    ALLOCATION_PERIOD_DAYS: _AllocationPeriod.ValueType  # 2
+    """ALLOCATION_PERIOD_DAYS: period_days days."""
+
+class AllocationPeriod(_AllocationPeriod, metaclass=_AllocationPeriodEnumTypeWrapper):
+    """AllocationPeriod is how long each period of an allocation runs."""
+
+ALLOCATION_PERIOD_UNSPECIFIED: AllocationPeriod.ValueType  # 0
+"""ALLOCATION_PERIOD_UNSPECIFIED is never returned."""
+ALLOCATION_PERIOD_MONTH: AllocationPeriod.ValueType  # 1
+"""ALLOCATION_PERIOD_MONTH: monthly, on the subscription's calendar day
+(clamped to the month's last day) and time of day.
+"""
+ALLOCATION_PERIOD_DAYS: AllocationPeriod.ValueType  # 2
+"""ALLOCATION_PERIOD_DAYS: period_days days."""
+Global___AllocationPeriod: _TypeAlias = AllocationPeriod  # noqa: Y015
+
+class _RolloverRule:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RolloverRuleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RolloverRule.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLLOVER_RULE_UNSPECIFIED: _RolloverRule.ValueType  # 0
+    """ROLLOVER_RULE_UNSPECIFIED is never returned."""
+    ROLLOVER_RULE_NONE: _RolloverRule.ValueType  # 1
+    """ROLLOVER_RULE_NONE: nothing; what is unused expires with the period."""
+    ROLLOVER_RULE_CAPPED: _RolloverRule.ValueType  # 2
+    """ROLLOVER_RULE_CAPPED: up to rollover_cap credits."""
+    ROLLOVER_RULE_FULL: _RolloverRule.ValueType  # 3
+    """ROLLOVER_RULE_FULL: all of it."""
+
+class RolloverRule(_RolloverRule, metaclass=_RolloverRuleEnumTypeWrapper):
+    """RolloverRule is what of a period's unused allocation carries into the next."""
+
+ROLLOVER_RULE_UNSPECIFIED: RolloverRule.ValueType  # 0
+"""ROLLOVER_RULE_UNSPECIFIED is never returned."""
+ROLLOVER_RULE_NONE: RolloverRule.ValueType  # 1
+"""ROLLOVER_RULE_NONE: nothing; what is unused expires with the period."""
+ROLLOVER_RULE_CAPPED: RolloverRule.ValueType  # 2
+"""ROLLOVER_RULE_CAPPED: up to rollover_cap credits."""
+ROLLOVER_RULE_FULL: RolloverRule.ValueType  # 3
+"""ROLLOVER_RULE_FULL: all of it."""
+Global___RolloverRule: _TypeAlias = RolloverRule  # noqa: Y015
+
+class _SubscriptionStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SubscriptionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SubscriptionStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SUBSCRIPTION_STATUS_UNSPECIFIED: _SubscriptionStatus.ValueType  # 0
+    """SUBSCRIPTION_STATUS_UNSPECIFIED is never returned."""
+    SUBSCRIPTION_STATUS_ACTIVE: _SubscriptionStatus.ValueType  # 1
+    """SUBSCRIPTION_STATUS_ACTIVE: each period is granted as it begins (until
+    cancel_time, when set).
+    """
+    SUBSCRIPTION_STATUS_CANCELED: _SubscriptionStatus.ValueType  # 2
+    """SUBSCRIPTION_STATUS_CANCELED: ended at cancel_time."""
+
+class SubscriptionStatus(_SubscriptionStatus, metaclass=_SubscriptionStatusEnumTypeWrapper):
+    """SubscriptionStatus is whether a subscription is still granted."""
+
+SUBSCRIPTION_STATUS_UNSPECIFIED: SubscriptionStatus.ValueType  # 0
+"""SUBSCRIPTION_STATUS_UNSPECIFIED is never returned."""
+SUBSCRIPTION_STATUS_ACTIVE: SubscriptionStatus.ValueType  # 1
+"""SUBSCRIPTION_STATUS_ACTIVE: each period is granted as it begins (until
+cancel_time, when set).
+"""
+SUBSCRIPTION_STATUS_CANCELED: SubscriptionStatus.ValueType  # 2
+"""SUBSCRIPTION_STATUS_CANCELED: ended at cancel_time."""
+Global___SubscriptionStatus: _TypeAlias = SubscriptionStatus  # noqa: Y015
+
 @_typing.final
 class Balance(_message.Message):
     """Balance is a snapshot of one account's credits."""
@@ -2866,3 +2950,417 @@ class UsageSummaryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UsageSummaryResponse: _TypeAlias = UsageSummaryResponse  # noqa: Y015
+
+@_typing.final
+class Allocation(_message.Message):
+    """Allocation is the credits a subscription gets each period, as its plan
+    defines them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDITS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PERIOD_DAYS_FIELD_NUMBER: _builtins.int
+    ROLLOVER_FIELD_NUMBER: _builtins.int
+    ROLLOVER_CAP_FIELD_NUMBER: _builtins.int
+    credits: _builtins.int
+    """credits granted each period, 1..10^12."""
+    period: Global___AllocationPeriod.ValueType
+    """period is how long each period runs."""
+    period_days: _builtins.int
+    """period_days is the length of a period in days (ALLOCATION_PERIOD_DAYS)."""
+    rollover: Global___RolloverRule.ValueType
+    """rollover says what of a period's unused credits carries into the next."""
+    rollover_cap: _builtins.int
+    """rollover_cap is the most that carries (ROLLOVER_RULE_CAPPED)."""
+    def __init__(
+        self,
+        *,
+        credits: _builtins.int = ...,
+        period: Global___AllocationPeriod.ValueType = ...,
+        period_days: _builtins.int = ...,
+        rollover: Global___RolloverRule.ValueType = ...,
+        rollover_cap: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits", "period", b"period", "period_days", b"period_days", "rollover", b"rollover", "rollover_cap", b"rollover_cap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Allocation: _TypeAlias = Allocation  # noqa: Y015
+
+@_typing.final
+class Subscription(_message.Message):
+    """Subscription is an account's subscription to a plan's allocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    ALLOCATION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    LAST_PERIOD_FIELD_NUMBER: _builtins.int
+    NEXT_GRANT_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_PLAN_FIELD_NUMBER: _builtins.int
+    CANCEL_TIME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """subscription_id identifies the subscription; opaque."""
+    account_id: _builtins.str
+    """account_id is the account subscribed."""
+    plan: _builtins.str
+    """plan is the plan whose allocation it is granted."""
+    status: Global___SubscriptionStatus.ValueType
+    """status is whether it is still granted."""
+    last_period: _builtins.int
+    """last_period is the period granted last (0: the first)."""
+    next_plan: _builtins.str
+    """next_plan is the plan it moves to when the next period begins (a
+    downgrade), if any.
+    """
+    @_builtins.property
+    def allocation(self) -> Global___Allocation:
+        """allocation is what it is granted each period: the plan's allocation when
+        subscribed or changed to.
+        """
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """start_time is when period 0 began; every period is counted from it."""
+
+    @_builtins.property
+    def next_grant_time(self) -> _timestamp_pb2.Timestamp:
+        """next_grant_time is when the next period begins (unset once canceled)."""
+
+    @_builtins.property
+    def cancel_time(self) -> _timestamp_pb2.Timestamp:
+        """cancel_time is when it ends (active) or ended (canceled); unset when not
+        canceled.
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time is when it was created."""
+
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        allocation: Global___Allocation | None = ...,
+        status: Global___SubscriptionStatus.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        last_period: _builtins.int = ...,
+        next_grant_time: _timestamp_pb2.Timestamp | None = ...,
+        next_plan: _builtins.str = ...,
+        cancel_time: _timestamp_pb2.Timestamp | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "cancel_time", b"cancel_time", "create_time", b"create_time", "next_grant_time", b"next_grant_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "allocation", b"allocation", "cancel_time", b"cancel_time", "create_time", b"create_time", "last_period", b"last_period", "next_grant_time", b"next_grant_time", "next_plan", b"next_plan", "plan", b"plan", "start_time", b"start_time", "status", b"status", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Subscription: _TypeAlias = Subscription  # noqa: Y015
+
+@_typing.final
+class SubscribeRequest(_message.Message):
+    """SubscribeRequest subscribes an account to a plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """account_id is the account; created on the plan if it does not exist."""
+    plan: _builtins.str
+    """plan is the plan to subscribe to; it must have an allocation."""
+    idempotency_key: _builtins.str
+    """idempotency_key makes retries safe; required (see GrantRequest)."""
+    reason: _builtins.str
+    """reason is recorded with the account's move to the plan, at most 256
+    characters.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "idempotency_key", b"idempotency_key", "plan", b"plan", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
+
+@_typing.final
+class SubscribeResponse(_message.Message):
+    """SubscribeResponse is the subscription created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """subscription is the subscription, its first period granted."""
+
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """entries are the entries written: the welcome grant of an account created,
+        the first period's grant.
+        """
+
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """balance is the account's balance after them."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+        entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "entries", b"entries", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
+
+@_typing.final
+class ChangeSubscriptionRequest(_message.Message):
+    """ChangeSubscriptionRequest moves a subscription to another plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """account_id is the account subscribed."""
+    plan: _builtins.str
+    """plan is the plan to move to; it must have an allocation of the same
+    period.
+    """
+    idempotency_key: _builtins.str
+    """idempotency_key makes retries safe; required (see GrantRequest)."""
+    reason: _builtins.str
+    """reason is recorded with the account's move to the plan, at most 256
+    characters.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "idempotency_key", b"idempotency_key", "plan", b"plan", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeSubscriptionRequest: _TypeAlias = ChangeSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class ChangeSubscriptionResponse(_message.Message):
+    """ChangeSubscriptionResponse is the subscription after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """changed is false when it was on the plan already, with nothing pending."""
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """subscription is the subscription: on the new plan (an upgrade), or with
+        next_plan set (a change at the next period).
+        """
+
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """entries are the entries written: an upgrade's prorated grant, and any
+        period that fell due before the change.
+        """
+
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """balance is the account's balance after the call."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+        changed: _builtins.bool = ...,
+        entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "changed", b"changed", "entries", b"entries", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeSubscriptionResponse: _TypeAlias = ChangeSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class CancelSubscriptionRequest(_message.Message):
+    """CancelSubscriptionRequest ends a subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    IMMEDIATELY_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """account_id is the account subscribed."""
+    immediately: _builtins.bool
+    """immediately ends it now; false ends it when the current period ends."""
+    idempotency_key: _builtins.str
+    """idempotency_key makes retries safe; required (see GrantRequest)."""
+    reason: _builtins.str
+    """reason is recorded with the account's move to the default plan, at most
+    256 characters.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        immediately: _builtins.bool = ...,
+        idempotency_key: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "idempotency_key", b"idempotency_key", "immediately", b"immediately", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSubscriptionRequest: _TypeAlias = CancelSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class CancelSubscriptionResponse(_message.Message):
+    """CancelSubscriptionResponse is the subscription after the call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """changed is false when it was set to end then already."""
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """subscription is the subscription, with its cancel_time."""
+
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """entries are the entries written (any period that fell due first)."""
+
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """balance is the account's balance after the call."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+        changed: _builtins.bool = ...,
+        entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "changed", b"changed", "entries", b"entries", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSubscriptionResponse: _TypeAlias = CancelSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class GetSubscriptionRequest(_message.Message):
+    """GetSubscriptionRequest asks for an account's subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """account_id is the account."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubscriptionRequest: _TypeAlias = GetSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class GetSubscriptionResponse(_message.Message):
+    """GetSubscriptionResponse is the account's subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    PERIOD_START_TIME_FIELD_NUMBER: _builtins.int
+    PERIOD_END_TIME_FIELD_NUMBER: _builtins.int
+    PERIOD_GRANTED_CREDITS_FIELD_NUMBER: _builtins.int
+    period_granted_credits: _builtins.int
+    """period_granted_credits is what was granted for that period: its
+    allocation, what rolled over into it, and any upgrade's share.
+    """
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """subscription is the active subscription, or the last one canceled."""
+
+    @_builtins.property
+    def period_start_time(self) -> _timestamp_pb2.Timestamp:
+        """period_start_time is when the period granted last began."""
+
+    @_builtins.property
+    def period_end_time(self) -> _timestamp_pb2.Timestamp:
+        """period_end_time is when it ends, and its lots expire."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+        period_start_time: _timestamp_pb2.Timestamp | None = ...,
+        period_end_time: _timestamp_pb2.Timestamp | None = ...,
+        period_granted_credits: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period_end_time", b"period_end_time", "period_start_time", b"period_start_time", "subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period_end_time", b"period_end_time", "period_granted_credits", b"period_granted_credits", "period_start_time", b"period_start_time", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubscriptionResponse: _TypeAlias = GetSubscriptionResponse  # noqa: Y015

@@ -161,6 +161,26 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.UsageSummaryRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.UsageSummaryResponse.FromString,
                 _registered_method=True)
+        self.Subscribe = channel.unary_unary(
+                '/credits.v1.CreditsService/Subscribe',
+                request_serializer=credits_dot_v1_dot_credits__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
+        self.ChangeSubscription = channel.unary_unary(
+                '/credits.v1.CreditsService/ChangeSubscription',
+                request_serializer=credits_dot_v1_dot_credits__pb2.ChangeSubscriptionRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.ChangeSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.CancelSubscription = channel.unary_unary(
+                '/credits.v1.CreditsService/CancelSubscription',
+                request_serializer=credits_dot_v1_dot_credits__pb2.CancelSubscriptionRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.CancelSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.GetSubscription = channel.unary_unary(
+                '/credits.v1.CreditsService/GetSubscription',
+                request_serializer=credits_dot_v1_dot_credits__pb2.GetSubscriptionRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.GetSubscriptionResponse.FromString,
+                _registered_method=True)
 
 
 class CreditsServiceServicer:
@@ -401,6 +421,47 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Subscribe(self, request, context):
+        """Subscribe subscribes an account to a plan's per-period allocation
+        (docs/subscriptions.md): the account moves to the plan (created on it,
+        with its welcome credits, if it does not exist) and the first period,
+        starting now, is granted at once; the scheduler grants each later one as
+        it begins, exactly once. A plan without an allocation is
+        FAILED_PRECONDITION (PLAN_WITHOUT_ALLOCATION); an account subscribed
+        already is ALREADY_EXISTS (ALREADY_SUBSCRIBED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeSubscription(self, request, context):
+        """ChangeSubscription moves a subscription and its account to another plan
+        of the same period. An upgrade (more credits a period) applies at once and
+        grants the difference for the share of the current period left, rounded
+        down; any other change applies when the next period begins. Changing to
+        the plan it is on undoes a pending change or cancellation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSubscription(self, request, context):
+        """CancelSubscription ends a subscription at the end of the current period,
+        or at once; when it ends, the account moves to the default plan. Credits
+        already granted stay until their lots expire.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSubscription(self, request, context):
+        """GetSubscription returns the account's subscription (the active one, or
+        the last one canceled) with the period granted last.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -503,6 +564,26 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.UsageSummary,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.UsageSummaryRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.UsageSummaryResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.SubscribeRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'ChangeSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeSubscription,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.ChangeSubscriptionRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.ChangeSubscriptionResponse.SerializeToString,
+            ),
+            'CancelSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSubscription,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.CancelSubscriptionRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.CancelSubscriptionResponse.SerializeToString,
+            ),
+            'GetSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubscription,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.GetSubscriptionRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.GetSubscriptionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1072,6 +1153,114 @@ class CreditsService:
             '/credits.v1.CreditsService/UsageSummary',
             credits_dot_v1_dot_credits__pb2.UsageSummaryRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.UsageSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/Subscribe',
+            credits_dot_v1_dot_credits__pb2.SubscribeRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/ChangeSubscription',
+            credits_dot_v1_dot_credits__pb2.ChangeSubscriptionRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.ChangeSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/CancelSubscription',
+            credits_dot_v1_dot_credits__pb2.CancelSubscriptionRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.CancelSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/GetSubscription',
+            credits_dot_v1_dot_credits__pb2.GetSubscriptionRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.GetSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

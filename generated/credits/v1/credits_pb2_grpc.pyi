@@ -187,6 +187,31 @@ class CreditsServiceStub:
     or those on a plan, with totals by feature and the accounts that spent
     most. Unset times mean the current month so far: "tokens used this month".
     """
+    Subscribe: _grpc.UnaryUnaryMultiCallable[_credits_pb2.SubscribeRequest, _credits_pb2.SubscribeResponse]
+    """Subscribe subscribes an account to a plan's per-period allocation
+    (docs/subscriptions.md): the account moves to the plan (created on it,
+    with its welcome credits, if it does not exist) and the first period,
+    starting now, is granted at once; the scheduler grants each later one as
+    it begins, exactly once. A plan without an allocation is
+    FAILED_PRECONDITION (PLAN_WITHOUT_ALLOCATION); an account subscribed
+    already is ALREADY_EXISTS (ALREADY_SUBSCRIBED).
+    """
+    ChangeSubscription: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ChangeSubscriptionRequest, _credits_pb2.ChangeSubscriptionResponse]
+    """ChangeSubscription moves a subscription and its account to another plan
+    of the same period. An upgrade (more credits a period) applies at once and
+    grants the difference for the share of the current period left, rounded
+    down; any other change applies when the next period begins. Changing to
+    the plan it is on undoes a pending change or cancellation.
+    """
+    CancelSubscription: _grpc.UnaryUnaryMultiCallable[_credits_pb2.CancelSubscriptionRequest, _credits_pb2.CancelSubscriptionResponse]
+    """CancelSubscription ends a subscription at the end of the current period,
+    or at once; when it ends, the account moves to the default plan. Credits
+    already granted stay until their lots expire.
+    """
+    GetSubscription: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GetSubscriptionRequest, _credits_pb2.GetSubscriptionResponse]
+    """GetSubscription returns the account's subscription (the active one, or
+    the last one canceled) with the period granted last.
+    """
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -346,6 +371,31 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     hour, day or month) over a range of whole hours, for some accounts, all,
     or those on a plan, with totals by feature and the accounts that spent
     most. Unset times mean the current month so far: "tokens used this month".
+    """
+    Subscribe: _aio.UnaryUnaryMultiCallable[_credits_pb2.SubscribeRequest, _credits_pb2.SubscribeResponse]  # type: ignore[assignment]
+    """Subscribe subscribes an account to a plan's per-period allocation
+    (docs/subscriptions.md): the account moves to the plan (created on it,
+    with its welcome credits, if it does not exist) and the first period,
+    starting now, is granted at once; the scheduler grants each later one as
+    it begins, exactly once. A plan without an allocation is
+    FAILED_PRECONDITION (PLAN_WITHOUT_ALLOCATION); an account subscribed
+    already is ALREADY_EXISTS (ALREADY_SUBSCRIBED).
+    """
+    ChangeSubscription: _aio.UnaryUnaryMultiCallable[_credits_pb2.ChangeSubscriptionRequest, _credits_pb2.ChangeSubscriptionResponse]  # type: ignore[assignment]
+    """ChangeSubscription moves a subscription and its account to another plan
+    of the same period. An upgrade (more credits a period) applies at once and
+    grants the difference for the share of the current period left, rounded
+    down; any other change applies when the next period begins. Changing to
+    the plan it is on undoes a pending change or cancellation.
+    """
+    CancelSubscription: _aio.UnaryUnaryMultiCallable[_credits_pb2.CancelSubscriptionRequest, _credits_pb2.CancelSubscriptionResponse]  # type: ignore[assignment]
+    """CancelSubscription ends a subscription at the end of the current period,
+    or at once; when it ends, the account moves to the default plan. Credits
+    already granted stay until their lots expire.
+    """
+    GetSubscription: _aio.UnaryUnaryMultiCallable[_credits_pb2.GetSubscriptionRequest, _credits_pb2.GetSubscriptionResponse]  # type: ignore[assignment]
+    """GetSubscription returns the account's subscription (the active one, or
+    the last one canceled) with the period granted last.
     """
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -623,6 +673,55 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         hour, day or month) over a range of whole hours, for some accounts, all,
         or those on a plan, with totals by feature and the accounts that spent
         most. Unset times mean the current month so far: "tokens used this month".
+        """
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _credits_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.SubscribeResponse, _abc.Awaitable[_credits_pb2.SubscribeResponse]]:
+        """Subscribe subscribes an account to a plan's per-period allocation
+        (docs/subscriptions.md): the account moves to the plan (created on it,
+        with its welcome credits, if it does not exist) and the first period,
+        starting now, is granted at once; the scheduler grants each later one as
+        it begins, exactly once. A plan without an allocation is
+        FAILED_PRECONDITION (PLAN_WITHOUT_ALLOCATION); an account subscribed
+        already is ALREADY_EXISTS (ALREADY_SUBSCRIBED).
+        """
+
+    @_abc_1.abstractmethod
+    def ChangeSubscription(
+        self,
+        request: _credits_pb2.ChangeSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.ChangeSubscriptionResponse, _abc.Awaitable[_credits_pb2.ChangeSubscriptionResponse]]:
+        """ChangeSubscription moves a subscription and its account to another plan
+        of the same period. An upgrade (more credits a period) applies at once and
+        grants the difference for the share of the current period left, rounded
+        down; any other change applies when the next period begins. Changing to
+        the plan it is on undoes a pending change or cancellation.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelSubscription(
+        self,
+        request: _credits_pb2.CancelSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.CancelSubscriptionResponse, _abc.Awaitable[_credits_pb2.CancelSubscriptionResponse]]:
+        """CancelSubscription ends a subscription at the end of the current period,
+        or at once; when it ends, the account moves to the default plan. Credits
+        already granted stay until their lots expire.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSubscription(
+        self,
+        request: _credits_pb2.GetSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.GetSubscriptionResponse, _abc.Awaitable[_credits_pb2.GetSubscriptionResponse]]:
+        """GetSubscription returns the account's subscription (the active one, or
+        the last one canceled) with the period granted last.
         """
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
