@@ -85,7 +85,10 @@ def rpc_table() -> str:
              "Release": "reservation", "ExtendReservation": "(safe to repeat)",
              "ReloadRateCard": "(safe to repeat)", "Subscribe": "`idempotency_key`",
              "ChangeSubscription": "`idempotency_key`",
-             "CancelSubscription": "`idempotency_key`"}
+             "CancelSubscription": "`idempotency_key`",
+             "CreateOrganization": "`organization_id` (creates once)",
+             "AddMember": "(safe to repeat)", "SetMemberCaps": "(safe to repeat)",
+             "RemoveMember": "(a repeat: MEMBER_NOT_FOUND)"}
     for method in credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].methods:
         roles = [role for role, allowed in (("service", SERVICE_METHODS),
                                             ("billing", BILLING_METHODS)) if method.name in allowed]

@@ -9,7 +9,8 @@ import asyncpg
 
 from credits_service.persistence.invariants import INVARIANTS
 
-TABLES = ("subscription_grants, subscriptions, usage_hours, usage_days, usage_months, "
+TABLES = ("usage_members, organization_members, organizations, subscription_grants, "
+          "subscriptions, usage_hours, usage_days, usage_months, "
           "usage_shards, imported_rows, account_totals, "
           "account_changes, reservation_lots, ledger_entries, credit_lots, reservations, "
           "idempotency_keys, accounts")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 from credits_service.domain.model import (
     Account,
@@ -18,8 +18,9 @@ from credits_service.domain.model import (
     Reservation,
     ReservationStatus,
 )
+from credits_service.domain.organizations import Member, MemberCaps, Organization
 from credits_service.domain.rates import Quote
-from credits_service.domain.rows import AccountSpend, UsageRow
+from credits_service.domain.rows import AccountSpend, MemberSpend, UsageRow
 from credits_service.domain.subscriptions import Subscription
 
 
@@ -197,6 +198,11 @@ class BalanceReport:
     lots: tuple[Lot, ...]
     lots_truncated: bool
     expiring_amount: int
+    # a member of an organisation: its standing, its pool's balance, and the date its caps
+    # are counted at
+    member: Member | None = None
+    pool: BalanceSnapshot | None = None
+    today: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +289,8 @@ class UsageQuery:
     plan: str = ""  # without account_ids: only usage of accounts while on this plan
     features: tuple[str, ...] = ()  # none: every feature ('' usage of an amount)
     top_accounts: int = 10
+    # the usage of pools (account_ids: those pools; none: every pool) by member
+    by_member: bool = field(default=False, metadata={"hash_omit_false": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +309,7 @@ class UsageSummary:
     buckets: tuple[UsageRow, ...]  # by bucket, then feature
     features: tuple[FeatureUsage, ...]  # totals of the range, by feature
     top_accounts: tuple[AccountSpend, ...]  # most spent first
+    members: tuple[MemberSpend, ...] = ()  # by_member: by pool, most spent first
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,3 +356,55 @@ class SubscriptionReport:
     period_start: datetime
     period_end: datetime
     period_granted: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOrganizationCommand:
+    organization_id: str
+    pool_account_id: str  # the organisation's id when the caller names none
+    plan: str = ""  # the pool account's, if it is created: the default plan when empty
+
+
+@dataclass(frozen=True, slots=True)
+class AddMemberCommand:
+    organization_id: str
+    account_id: str
+    caps: MemberCaps = field(default_factory=MemberCaps)
+
+
+@dataclass(frozen=True, slots=True)
+class SetMemberCapsCommand:
+    organization_id: str
+    account_id: str
+    caps: MemberCaps = field(default_factory=MemberCaps)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMemberCommand:
+    organization_id: str
+    account_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationResult:
+    organization: Organization
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemberResult:
+    """A member after a call (removed: as it was), and the service clock's date then (for
+    its remaining caps)."""
+
+    member: Member
+    changed: bool
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MemberPage:
+    organization: Organization
+    pool: BalanceSnapshot
+    members: list[Member]
+    next_page_token: str  # empty after the last member
+    today: date

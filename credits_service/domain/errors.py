@@ -278,6 +278,92 @@ class SubscriptionActive(CreditsError):
             {"accountId": account_id, "plan": plan})
 
 
+class OrganizationNotFound(CreditsError):
+    """No organisation has this id (metadata `organizationId`)."""
+
+    reason = "ORGANIZATION_NOT_FOUND"
+
+    def __init__(self, organization_id: str) -> None:
+        super().__init__(f"no organization is called {organization_id!r}",
+                         {"organizationId": organization_id})
+
+
+class OrganizationExists(CreditsError):
+    """An organisation of this id exists with another pool account (metadata
+    `organizationId`, `poolAccountId`: its pool)."""
+
+    reason = "ORGANIZATION_EXISTS"
+
+    def __init__(self, organization_id: str, pool_account_id: str) -> None:
+        super().__init__(
+            f"organization {organization_id!r} exists, with pool account {pool_account_id!r}",
+            {"organizationId": organization_id, "poolAccountId": pool_account_id})
+
+
+class AccountInOrganization(CreditsError):
+    """The account belongs to an organisation already, as a member or as its pool (metadata
+    `accountId`, `organizationId`, `role`: member or pool); an account is in one at most."""
+
+    reason = "ACCOUNT_IN_ORGANIZATION"
+
+    def __init__(self, account_id: str, organization_id: str, role: str) -> None:
+        super().__init__(
+            f"account {account_id!r} is the {role} of organization {organization_id!r}: an "
+            "account belongs to one organization at most" if role == "pool" else
+            f"account {account_id!r} is a member of organization {organization_id!r}: remove "
+            "it there first (an account is a member of one organization at most)",
+            {"accountId": account_id, "organizationId": organization_id, "role": role})
+
+
+class MemberExists(CreditsError):
+    """The account is a member of this organisation already, with other caps (metadata
+    `accountId`, `organizationId`): change them with SetMemberCaps."""
+
+    reason = "MEMBER_EXISTS"
+
+    def __init__(self, account_id: str, organization_id: str) -> None:
+        super().__init__(
+            f"account {account_id!r} is a member of organization {organization_id!r} already, "
+            "with other caps: use SetMemberCaps", {"accountId": account_id,
+                                                   "organizationId": organization_id})
+
+
+class MemberNotFound(CreditsError):
+    """The account is no member of this organisation (metadata `accountId`,
+    `organizationId`)."""
+
+    reason = "MEMBER_NOT_FOUND"
+
+    def __init__(self, account_id: str, organization_id: str) -> None:
+        super().__init__(
+            f"account {account_id!r} is no member of organization {organization_id!r}",
+            {"accountId": account_id, "organizationId": organization_id})
+
+
+class MemberHasHolds(CreditsError):
+    """A member is removed once its holds on the pool have ended (metadata `accountId`,
+    `held`)."""
+
+    reason = "MEMBER_HAS_HOLDS"
+
+    def __init__(self, account_id: str, held: int) -> None:
+        super().__init__(
+            f"member {account_id!r} holds {held} credits of the pool: commit or release its "
+            "reservations first", {"accountId": account_id, "held": str(held)})
+
+
+class OrganizationFull(CreditsError):
+    """An organisation has at most `membersMax` members (metadata `organizationId`,
+    `membersMax`)."""
+
+    reason = "ORGANIZATION_FULL"
+
+    def __init__(self, organization_id: str, members_max: int) -> None:
+        super().__init__(
+            f"organization {organization_id!r} has {members_max} members, the most it may",
+            {"organizationId": organization_id, "membersMax": str(members_max)})
+
+
 class UnknownFeature(CreditsError):
     """The rate card has no feature of this name (metadata `feature`, and `knownFeatures`:
     the card's feature names, comma-separated, cut at 500 characters); docs/rates.md."""
@@ -357,6 +443,21 @@ class InsufficientCredits(Declined):
             f"account {account_id!r} has {available} credits available, {requested} requested",
             {"accountId": account_id, "available": str(available), "requested": str(requested)},
         )
+
+
+class MemberCapExceeded(Declined):
+    """A member's hold on its organisation's pool would pass its cap (metadata `accountId`,
+    the member; `poolAccountId`; `remaining`, what its caps leave; `requested`)."""
+
+    reason = "MEMBER_CAP_EXCEEDED"
+
+    def __init__(self, account_id: str, pool_account_id: str, remaining: int,
+                 requested: int) -> None:
+        super().__init__(
+            f"member {account_id!r} may draw {remaining} more credits from pool "
+            f"{pool_account_id!r}, {requested} requested",
+            {"accountId": account_id, "poolAccountId": pool_account_id,
+             "remaining": str(remaining), "requested": str(requested)})
 
 
 class BalanceLimitExceeded(Declined):
@@ -497,7 +598,8 @@ class IdempotencyKeyReused(Declined):
 # Declines that are stored with an idempotency key and replayed, by reason.
 REPLAYABLE: dict[str, type[Declined]] = {
     cls.reason: cls
-    for cls in (AccountNotFound, InsufficientCredits, BalanceLimitExceeded, BalanceMismatch,
+    for cls in (AccountNotFound, InsufficientCredits, MemberCapExceeded, BalanceLimitExceeded,
+                BalanceMismatch,
                 ReservationNotFound, EntryNotFound, ReservationNotCommitted, RefundExceedsUsage)
 }
 

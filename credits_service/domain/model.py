@@ -203,3 +203,5 @@ class Reservation:
     refunded_amount: int = 0  # of the committed amount, given back by Refund
     # a hold of a feature: the price it was placed at (None: a hold of an amount)
     price: HeldPrice | None = field(default=None, metadata={"hash_omit_none": True})
+    # a hold on an organisation's pool: the member who placed it (docs/organizations.md)
+    member_account_id: str | None = field(default=None, metadata={"hash_omit_none": True})

@@ -59,16 +59,19 @@ class AccountSummary(NamedTuple):
     balance: BalanceSnapshot
     account: Account
     totals: dict[str, int]
+    pool_account_id: str | None = None  # a member's: its organisation's pool
 
 
 class FoundAndLocked(NamedTuple):
     """A reserving group's first read: the keys stored already, by (scope, key); the accounts
-    of the others, locked; the status of those of them that are not ACTIVE; their plans."""
+    of the others, locked; the status of those of them that are not ACTIVE; their plans; the
+    pools of those that are members of an organisation."""
 
     stored: dict[tuple[str, str], StoredResponse]
     balances: dict[str, BalanceSnapshot]
     inactive: dict[str, AccountStatus]
     plans: dict[str, str] = {}
+    pools: dict[str, str] = {}
 
 
 class KeyRecord(NamedTuple):
@@ -212,5 +215,14 @@ class AccountSpend(NamedTuple):
     """What an account spent over a summary's range."""
 
     account_id: str
+    credits: int
+    calls: int
+
+
+class MemberSpend(NamedTuple):
+    """What a member of an organisation spent of its pool over a summary's range."""
+
+    pool_account_id: str
+    member_account_id: str
     credits: int
     calls: int

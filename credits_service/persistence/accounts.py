@@ -16,7 +16,7 @@ _GET = f"SELECT {columns.ACCOUNT} FROM accounts WHERE account_id = $1"
 _PROFILE = f"SELECT {columns.PROFILE} FROM accounts WHERE account_id = $1"
 # GetBalance's account: balance, terms and totals in one round trip
 _SUMMARY = f"""
-    SELECT {columns.ACCOUNT}, plan, create_time, status,
+    SELECT {columns.ACCOUNT}, plan, create_time, status, pool_account_id,
            (SELECT coalesce(jsonb_object_agg(t.kind, t.credits), '{{}}')::text
               FROM account_totals t WHERE t.account_id = a.account_id) AS totals
       FROM accounts a WHERE a.account_id = $1"""
@@ -137,7 +137,7 @@ class AccountRepository:
         if row is None:
             return None
         return AccountSummary(columns.balance(row), columns.account(row),
-                              orjson.loads(row["totals"]))
+                              orjson.loads(row["totals"]), row["pool_account_id"])
 
     async def create(
         self, account_id: str, plan: str, credit_limit: int = 0

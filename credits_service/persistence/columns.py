@@ -39,7 +39,7 @@ ENTRY = (
 RESERVATION = (
     "reservation_id::text AS reservation_id, account_id, amount, status, committed_amount, "
     "create_time, expire_time, finish_time, metadata::text AS metadata, release_reason, "
-    "refunded_amount, price::text AS price"
+    "refunded_amount, price::text AS price, member_account_id"
 )
 LOT = (
     "l.lot_id, l.account_id, l.grant_type, l.priority, l.expire_time, l.amount, l.remaining, "
@@ -129,6 +129,7 @@ def reservation(row: Row, draws: tuple[LotDraw, ...] = ()) -> Reservation:
         release_reason=row["release_reason"],
         refunded_amount=row["refunded_amount"],
         price=held_price(row["price"]),
+        member_account_id=row.get("member_account_id"),
     )
 
 

@@ -60,7 +60,8 @@ FREE_LOTS = f"""
      WHERE running - free < w.amount"""
 
 # A group of CheckAndReserve calls, first: the keys stored already, and the accounts of the
-# others (with their status and plan), locked in account order. A stored key's row has its scope; a
+# others (with their status, plan and pool: a member's organisation's), locked in account
+# order. A stored key's row has its scope; a
 # locked account's row has none.
 FIND_AND_LOCK = f"""
     WITH k AS (
@@ -75,17 +76,17 @@ FIND_AND_LOCK = f"""
          WHERE NOT EXISTS (SELECT FROM stored s WHERE s.scope = k.scope
                                                  AND s.idempotency_key = k.idempotency_key)
     ), locked AS MATERIALIZED (
-        SELECT {ACCOUNT}, a.status, a.plan FROM accounts a
+        SELECT {ACCOUNT}, a.status, a.plan, a.pool_account_id FROM accounts a
          WHERE a.account_id = ANY((SELECT account_ids FROM fresh)::text[])
          ORDER BY a.account_id
            FOR UPDATE OF a
     )
     SELECT NULL::text AS scope, NULL::text AS idempotency_key, NULL::bytea AS request_hash,
-           NULL::text AS response, {ACCOUNT}, status, plan
+           NULL::text AS response, {ACCOUNT}, status, plan, pool_account_id
       FROM locked
     UNION ALL
     SELECT scope, idempotency_key, request_hash, response, {_NO_ACCOUNT}, NULL::text,
-           NULL::text
+           NULL::text, NULL::text
       FROM stored"""
 
 # The keys a group decided, each with its response, in (scope, key) order so that two
@@ -122,7 +123,8 @@ EXPIRE_AND_FIND = f"""
 # Last: write the decided reservations with everything they change: the credits each lot
 # newly holds, per account the credits and reservations held if available covers them (a
 # conditional write), the reservations ($9: their one create_time; expire_time from it by the
-# microsecond; $21: the price of a hold of a feature, else NULL) with their draws, and the
+# microsecond; $21: the price of a hold of a feature, else NULL; $22: the member of a hold on
+# a pool, else NULL, whose row a trigger (migration 0014) adds it to) with their draws, and the
 # keys with their responses. One row per account
 # updated, then one row of counts (account_id NULL).
 PLACE = f"""
@@ -143,13 +145,15 @@ PLACE = f"""
         RETURNING {A_ACCOUNT}
     ), placed AS (
         INSERT INTO reservations (reservation_id, account_id, amount, status,
-                                  create_time, expire_time, metadata, actor, price)
+                                  create_time, expire_time, metadata, actor, price,
+                                  member_account_id)
         SELECT r.reservation_id, r.account_id, r.amount, 'ACTIVE', $9::timestamptz,
                $9::timestamptz + r.ttl_us * interval '1 microsecond',
-               CAST(r.metadata AS jsonb), r.actor, CAST(r.price AS jsonb)
+               CAST(r.metadata AS jsonb), r.actor, CAST(r.price AS jsonb), r.member
           FROM unnest($6::uuid[], $7::text[], $8::bigint[], $10::bigint[], $11::text[],
-                      $12::text[], $21::text[])
-               AS r (reservation_id, account_id, amount, ttl_us, metadata, actor, price)
+                      $12::text[], $21::text[], $22::text[])
+               AS r (reservation_id, account_id, amount, ttl_us, metadata, actor, price,
+                     member)
         RETURNING 1
     ), drawn AS (
         INSERT INTO reservation_lots (reservation_id, lot_id, held)
@@ -181,7 +185,7 @@ LOCK_FOR_SETTLING = f"""
     )
     SELECT h.reservation_id, h.account_id, h.amount, h.status, h.committed_amount,
            h.create_time, h.expire_time, h.finish_time, h.metadata, h.release_reason,
-           h.refunded_amount, h.price,
+           h.refunded_amount, h.price, h.member_account_id,
            h.is_due, d.draw_lot_ids, d.draw_held, d.draw_consumed, credits_now() AS now,
            NULL::bigint AS balance, NULL::bigint AS reserved,
            NULL::bigint AS active_reservation_count, NULL::bigint AS lifetime_granted,
@@ -195,8 +199,8 @@ LOCK_FOR_SETTLING = f"""
             WHERE d.reservation_id = h.reservation_id::uuid) d ON true
     UNION ALL
     SELECT NULL, account_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           NULL, NULL, NULL, NULL, balance, reserved, active_reservation_count, lifetime_granted,
-           lifetime_used, lifetime_expired, credit_limit, debt
+           NULL, NULL, NULL, NULL, NULL, balance, reserved, active_reservation_count,
+           lifetime_granted, lifetime_used, lifetime_expired, credit_limit, debt
       FROM a"""
 
 # Then: expire the locked accounts' due lots (kind 0), which of the lots $2 that reservations

@@ -62,16 +62,19 @@ class GroupStatements:
         balances: dict[str, BalanceSnapshot] = {}
         inactive: dict[str, AccountStatus] = {}
         plans: dict[str, str] = {}
+        pools: dict[str, str] = {}
         for row in rows:
             if row["scope"] is None:
                 balances[row["account_id"]] = columns.balance(row)
                 plans[row["account_id"]] = row["plan"]
+                if row["pool_account_id"] is not None:
+                    pools[row["account_id"]] = row["pool_account_id"]
                 if row["status"] != "ACTIVE":
                     inactive[row["account_id"]] = AccountStatus(row["status"])
             else:
                 stored[(row["scope"], row["idempotency_key"])] = StoredResponse(
                     bytes(row["request_hash"]), row["response"])
-        return FoundAndLocked(stored, balances, inactive, plans)
+        return FoundAndLocked(stored, balances, inactive, plans, pools)
 
     async def expire_and_find(
         self, account_ids: Sequence[str], wanted: Mapping[str, int]
@@ -127,6 +130,7 @@ class GroupStatements:
                 [d[0] for d in draws], [d[1] for d in draws], [d[2] for d in draws],
                 *_key_arguments(method, keys),
                 [columns.price_text(r.price) for r in reservations],
+                [r.member_account_id for r in reservations],
             )
         counts = next(row for row in rows if row["account_id"] is None)
         return Placed(

@@ -174,6 +174,36 @@ INVARIANTS.update({
           LEFT JOIN (SELECT subscription_id, max(period) AS last FROM subscription_grants
                       WHERE kind = 'PERIOD' GROUP BY 1) g USING (subscription_id)
          WHERE s.last_period <> coalesce(g.last, -1)""",
+    "a member's held == its active holds on the pool, total_used == its commits there": """
+        SELECT m.account_id, m.held, m.total_used, r.held AS holds, r.used AS commits
+          FROM organization_members m
+          LEFT JOIN LATERAL (
+                SELECT coalesce(sum(amount) FILTER (WHERE status = 'ACTIVE'), 0) AS held,
+                       coalesce(sum(committed_amount) FILTER (WHERE status = 'COMMITTED'), 0)
+                           AS used
+                  FROM reservations WHERE member_account_id = m.account_id
+                   AND create_time >= m.create_time) r ON true
+         WHERE (m.held, m.total_used) <> (r.held, r.used)""",
+    "a member's account names its pool, and only a member's": """
+        SELECT a.account_id, a.pool_account_id, o.pool_account_id AS pool
+          FROM accounts a
+          FULL JOIN (organization_members m JOIN organizations o USING (organization_id))
+               ON m.account_id = a.account_id
+         WHERE (a.pool_account_id IS NOT NULL OR m.account_id IS NOT NULL)
+           AND a.pool_account_id IS DISTINCT FROM o.pool_account_id""",
+    "usage_members == the commits of members' holds on pools": """
+        SELECT coalesce(u.pool_account_id, r.account_id), coalesce(u.member_account_id,
+               r.member_account_id), u.credits, r.credits
+          FROM (SELECT pool_account_id, member_account_id, sum(credits) AS credits,
+                       sum(calls) AS calls
+                  FROM usage_members GROUP BY 1, 2) u
+          FULL JOIN (SELECT account_id, member_account_id, sum(committed_amount) AS credits,
+                            count(*) AS calls
+                       FROM reservations
+                      WHERE member_account_id IS NOT NULL AND committed_amount > 0
+                      GROUP BY 1, 2) r
+            ON r.account_id = u.pool_account_id AND r.member_account_id = u.member_account_id
+         WHERE (u.credits, u.calls) IS DISTINCT FROM (r.credits, r.calls)""",
     "every idempotency record is complete": """
         SELECT scope, idempotency_key FROM idempotency_keys
          WHERE response IS NULL OR octet_length(request_hash) <> 32""",

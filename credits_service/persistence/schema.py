@@ -60,6 +60,8 @@ accounts = Table(
     Column("status", Text, nullable=False, server_default=text("'ACTIVE'::text")),
     _credits("credit_limit", default=True),
     _credits("debt", default=True),
+    # A member of an organisation: its pool (migration 0014)
+    Column("pool_account_id", Text, nullable=True),
     CheckConstraint("char_length(account_id) BETWEEN 1 AND 128",
                     name="ck_accounts_account_id_length"),
     CheckConstraint("reserved >= 0", name="ck_accounts_reserved_nonnegative"),
@@ -109,6 +111,8 @@ reservations = Table(
     _credits("debt_amount", default=True),
     # A hold of a feature: the price it was placed at (NULL: a hold of an amount)
     Column("price", JSONB, nullable=True),
+    # A hold on an organisation's pool: the member who placed it
+    Column("member_account_id", Text, nullable=True),
     CheckConstraint("amount > 0", name="ck_reservations_amount_positive"),
     CheckConstraint("status IN ('ACTIVE', 'COMMITTED', 'RELEASED', 'EXPIRED')",
                     name="ck_reservations_status"),
@@ -329,4 +333,42 @@ subscription_grants = Table(
     Index("uq_subscription_grants_period", "subscription_id", "period", unique=True,
           postgresql_where=text("kind = 'PERIOD'")),
     Index("ix_subscription_grants_subscription_id_period", "subscription_id", "period"),
+)
+
+organizations = Table(
+    "organizations", metadata,
+    Column("organization_id", Text, primary_key=True),
+    Column("pool_account_id", Text, ForeignKey("accounts.account_id"), nullable=False,
+           unique=True),
+    _time("create_time", default=True),
+)
+
+organization_members = Table(
+    "organization_members", metadata,
+    Column("account_id", Text, ForeignKey("accounts.account_id"), primary_key=True),
+    Column("organization_id", Text, ForeignKey("organizations.organization_id"),
+           nullable=False),
+    _credits("period_cap", nullable=True),
+    _credits("total_cap", nullable=True),
+    _credits("held", default=True),
+    Column("period_start", Date, nullable=False,
+           server_default=text("(date_trunc('month'::text, (credits_now() AT TIME ZONE "
+                               "'UTC'::text)))::date")),
+    _credits("period_used", default=True),
+    _credits("total_used", default=True),
+    _time("create_time", default=True),
+    _time("update_time", default=True),
+    Index("ix_organization_members_organization_id", "organization_id", "account_id"),
+)
+
+usage_members = Table(
+    "usage_members", metadata,
+    _time("hour"),
+    Column("pool_account_id", Text, nullable=False),
+    Column("member_account_id", Text, nullable=False),
+    Column("feature", Text, nullable=False),
+    _credits("credits"),
+    _credits("calls"),
+    PrimaryKeyConstraint("pool_account_id", "hour", "member_account_id", "feature",
+                         name="pk_usage_members"),
 )

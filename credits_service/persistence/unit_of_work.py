@@ -23,6 +23,7 @@ from credits_service.persistence.errors import StorageTimeout, translate
 from credits_service.persistence.groups import GroupStatements
 from credits_service.persistence.idempotency import IdempotencyRepository
 from credits_service.persistence.lots import LotRepository
+from credits_service.persistence.organizations import OrganizationRepository
 from credits_service.persistence.reservations import ReservationRepository
 from credits_service.persistence.subscriptions import SubscriptionRepository
 from credits_service.persistence.usage import UsageRepository
@@ -60,6 +61,7 @@ class SqlUnitOfWork:
     idempotency: IdempotencyRepository
     groups: GroupStatements
     subscriptions: SubscriptionRepository
+    organizations: OrganizationRepository
 
     def __init__(
         self,
@@ -116,6 +118,7 @@ class SqlUnitOfWork:
         self.idempotency = IdempotencyRepository(self._driver)
         self.groups = GroupStatements(self._driver)
         self.subscriptions = SubscriptionRepository(self._driver)
+        self.organizations = OrganizationRepository(self._driver)
         return self
 
     async def _bound_by_call_deadline(self) -> None:

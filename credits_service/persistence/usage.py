@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from credits_service.domain.rows import AccountSpend, UsageRow
+from credits_service.domain.rows import AccountSpend, MemberSpend, UsageRow
 
 # Optional filters are NULL when unset. $1 the bucket ('hour', 'day', 'month'); [$2, $3) the
 # range, whole hours; $4 features; $5 the most rows to answer.
@@ -31,6 +31,15 @@ _BUCKETS_OF_ALL = """
      GROUP BY 1, 2 ORDER BY 1, 2 LIMIT $5"""
 
 # [$1, $2) the range, $3 features, $4 how many; $5 the accounts
+# What members spent of their pools ($5; NULL: every pool) in [$1, $2), by pool, most first
+_BY_MEMBER = """
+    SELECT pool_account_id, member_account_id, sum(credits)::bigint AS credits,
+           sum(calls)::bigint AS calls
+      FROM usage_members
+     WHERE ($5::text[] IS NULL OR pool_account_id = ANY($5::text[]))
+       AND hour >= $1 AND hour < $2 AND ($3::text[] IS NULL OR feature = ANY($3))
+     GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2 LIMIT $4"""
+
 _TOP_OF_ACCOUNTS = """
     SELECT account_id, sum(credits)::bigint AS credits, sum(calls)::bigint AS calls
       FROM usage_hours
@@ -127,6 +136,18 @@ class UsageRepository:
                 _TOP_OF_ALL, start, end, filters, limit, days[0].date(), days[1].date(),
                 plan or None, months[0].date(), months[1].date())
         return [AccountSpend(row["account_id"], row["credits"], row["calls"]) for row in rows]
+
+    async def by_member(
+        self, *, start: datetime, end: datetime, features: Sequence[str],
+        pool_account_ids: Sequence[str], limit: int,
+    ) -> list[MemberSpend]:
+        """What each member spent of its pool (of `pool_account_ids`; none: every pool) in
+        [start, end), by pool, most first; at most `limit` rows."""
+        rows = await self._connection.fetch(
+            _BY_MEMBER, start, end, list(features) or None, limit,
+            list(pool_account_ids) or None)
+        return [MemberSpend(row["pool_account_id"], row["member_account_id"], row["credits"],
+                            row["calls"]) for row in rows]
 
     async def compact_shards(self, older_than_s: float, batch_size: int) -> int:
         """Fold the shards of up to `batch_size` rows of hours that ended more than

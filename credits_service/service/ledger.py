@@ -12,6 +12,7 @@ from credits_service.service.accounts import AccountOpening, Accounts
 from credits_service.service.adjustments import Adjusting
 from credits_service.service.grants import Granting
 from credits_service.service.maintenance import Maintenance
+from credits_service.service.organizations import Organizations
 from credits_service.service.page_tokens import PageTokens
 from credits_service.service.ports import LedgerMetrics, NoMetrics, UnitOfWorkFactory
 from credits_service.service.pricing import Pricing, RateCardLoader
@@ -66,6 +67,8 @@ class Ledger:
         self.maintenance = Maintenance(self.transactions, metrics)
         self.usage = Usage(self.transactions)
         self.subscriptions = Subscriptions(self.transactions, self.opening, catch_up, metrics)
+        self.organizations = Organizations(
+            self.transactions, self.opening, PageTokens(page_token_key))
 
         self.ensure_account = self.accounts.ensure_account
         self.set_account_status = self.accounts.set_status
@@ -89,6 +92,11 @@ class Ledger:
         self.change_subscription = self.subscriptions.change
         self.cancel_subscription = self.subscriptions.cancel
         self.get_subscription = self.subscriptions.get
+        self.create_organization = self.organizations.create
+        self.add_member = self.organizations.add_member
+        self.set_member_caps = self.organizations.set_caps
+        self.remove_member = self.organizations.remove_member
+        self.get_organization = self.organizations.get
         self.get_balance = self.queries.get_balance
         self.history = self.queries.history
         self.list_reservations = self.queries.list_reservations

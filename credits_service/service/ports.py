@@ -26,6 +26,7 @@ from credits_service.domain.model import (
     Reservation,
     ReservationStatus,
 )
+from credits_service.domain.organizations import Member, MemberCaps, Organization
 from credits_service.domain.rows import (
     AccountSpend,
     AccountSummary,
@@ -42,6 +43,7 @@ from credits_service.domain.rows import (
     KeyRecord,
     LockedForSettling,
     LockedReservation,
+    MemberSpend,
     Placed,
     Released,
     ReleaseOf,
@@ -322,6 +324,12 @@ class UsageRepository(Protocol):
         plan: str, limit: int,
     ) -> list[AccountSpend]: ...
 
+    async def by_member(
+        self, *, start: datetime, end: datetime, features: Sequence[str],
+        pool_account_ids: Sequence[str], limit: int,
+    ) -> list[MemberSpend]:
+        """What each member spent of its pool in [start, end), by pool, most first."""
+
     async def compact_shards(self, older_than_s: float, batch_size: int) -> int:
         """Fold the shards of hours past into one row each; returns the rows folded."""
 
@@ -357,6 +365,36 @@ class SubscriptionRepository(Protocol):
     async def granted_in(self, subscription_id: int, period: int) -> int: ...
 
 
+class OrganizationRepository(Protocol):
+    """Organisations and their members; a member's row is locked after its pool's account."""
+
+    async def create(self, organization_id: str, pool_account_id: str) -> Organization | None:
+        """A new organisation; None if one of that id exists."""
+
+    async def get(self, organization_id: str) -> Organization | None: ...
+
+    async def of_pool(self, account_id: str) -> Organization | None:
+        """The organisation whose pool the account is, if any."""
+
+    async def member(self, account_id: str) -> Member | None: ...
+
+    async def lock_members(self, account_ids: Iterable[str]) -> dict[str, Member]:
+        """The members among the accounts, their rows locked, in account order."""
+
+    async def add_member(
+        self, organization: Organization, account_id: str, caps: MemberCaps
+    ) -> None: ...
+
+    async def set_caps(self, account_id: str, caps: MemberCaps) -> None: ...
+
+    async def remove_member(self, account_id: str) -> bool:
+        """Remove a member holding nothing on the pool; False if it holds credits there."""
+
+    async def members(
+        self, organization_id: str, after_account_id: str, limit: int
+    ) -> list[Member]: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction: `async with` opens it; leaving without commit() rolls it back."""
 
@@ -368,6 +406,7 @@ class UnitOfWork(Protocol):
     idempotency: IdempotencyRepository
     groups: GroupStatements
     subscriptions: SubscriptionRepository
+    organizations: OrganizationRepository
 
     async def __aenter__(self) -> Self: ...
 

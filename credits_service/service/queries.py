@@ -53,6 +53,11 @@ class Queries:
                 return errors.AccountNotFound(query.account_id)
             listed, expiring = await uow.lots.listing(
                 query.account_id, LOTS_LISTED_MAX + 1, query.expiring_within_ms)
+            member = pool = today = None
+            if summary.pool_account_id is not None:
+                member = await uow.organizations.member(query.account_id)
+                pool = await uow.accounts.get(summary.pool_account_id)
+                today = (await uow.now()).date()
             return BalanceReport(
                 account=summary.account,
                 totals=summary.totals,
@@ -60,6 +65,9 @@ class Queries:
                 lots=tuple(listed[:LOTS_LISTED_MAX]),
                 lots_truncated=len(listed) > LOTS_LISTED_MAX,
                 expiring_amount=expiring,
+                member=member,
+                pool=pool,
+                today=today,
             )
 
         return await self._transactions.run(work)

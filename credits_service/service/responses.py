@@ -186,7 +186,8 @@ def _reservation_fields(result: ReserveResult) -> list[Any]:
             None if b.account_id == r.account_id else b.account_id, b.balance, b.reserved,
             b.active_reservation_count, b.lifetime_granted, b.lifetime_used, b.lifetime_expired,
             *_trimmed([r.refunded_amount, b.credit_limit, b.debt,
-                       r.price.stored() if r.price is not None else None])]
+                       r.price.stored() if r.price is not None else None,
+                       r.member_account_id])]
 
 
 def _trimmed(optional: list[Any]) -> list[Any]:
@@ -203,7 +204,8 @@ def _reserve_result(values: list[Any]) -> ReserveResult:
      active_reservation_count, lifetime_granted, lifetime_used, lifetime_expired,
      *optional) = values
     # written only up to the last that is not 0
-    refunded_amount, credit_limit, debt, price = [*optional, *[0, 0, 0, None][len(optional):]]
+    refunded_amount, credit_limit, debt, price, member_account_id = [
+        *optional, *[0, 0, 0, None, None][len(optional):]]
     return ReserveResult(
         reservation=Reservation(
             reservation_id=reservation_id, account_id=account_id, amount=amount,
@@ -212,7 +214,8 @@ def _reserve_result(values: list[Any]) -> ReserveResult:
             finish_time=_time(finish_time), metadata=metadata,
             draws=tuple(LotDraw(*draw) for draw in draws), release_reason=release_reason,
             refunded_amount=refunded_amount,
-            price=HeldPrice.restore(price) if price is not None else None),
+            price=HeldPrice.restore(price) if price is not None else None,
+            member_account_id=member_account_id),
         balance=BalanceSnapshot(
             account_id=balance_account_id or account_id, balance=balance, reserved=reserved,
             active_reservation_count=active_reservation_count,

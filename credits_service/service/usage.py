@@ -53,6 +53,13 @@ class Usage:
                     start=start, end=end, days=whole_days(start, reached, open_end),
                     months=whole_months(start, reached, open_end), features=query.features,
                     account_ids=query.account_ids, plan=query.plan, limit=query.top_accounts)
+            members = []
+            if query.by_member:
+                members = await uow.usage.by_member(
+                    start=start, end=end, features=query.features,
+                    pool_account_ids=query.account_ids, limit=ROWS_MAX + 1)
+                if len(members) > ROWS_MAX:
+                    raise errors.SummaryTooLarge(ROWS_MAX)
             totals: dict[str, list[int]] = {}
             for row in rows:
                 total = totals.setdefault(row.feature, [0, 0, 0])
@@ -62,7 +69,7 @@ class Usage:
             return UsageSummary(
                 start, end, query.bucket, tuple(rows),
                 tuple(FeatureUsage(feature, *totals[feature]) for feature in sorted(totals)),
-                tuple(top))
+                tuple(top), tuple(members))
 
         # One snapshot: the buckets and the top accounts count the same usage
         return await self._transactions.run(work, snapshot=True)

@@ -16,7 +16,7 @@ from scripts.doc_examples import run_document, serve_flags
 from tests.serve_launcher import REPO_ROOT, Launcher
 
 DOCUMENTS = ["README.md", "docs/api.md", "docs/lots.md", "docs/accounts.md", "docs/rates.md",
-             "docs/subscriptions.md"]
+             "docs/subscriptions.md", "docs/organizations.md"]
 
 
 @pytest.mark.parametrize("document", DOCUMENTS)

@@ -310,6 +310,16 @@ class FakeSubscriptions:
         return None
 
 
+class FakeOrganizations:
+    """No organisations: tested against the real database (test_organizations.py)."""
+
+    async def member(self, account_id: str) -> None:
+        return None
+
+    async def lock_members(self, account_ids: object) -> dict[str, object]:
+        return {}
+
+
 class FakeUnitOfWork:
     """One transaction on a copy of the committed tables: `commit()` makes it the committed
     state; leaving without it discards the copy. One transaction runs at a time."""
@@ -321,6 +331,7 @@ class FakeUnitOfWork:
     idempotency: FakeIdempotency
     groups: FakeGroupStatements
     subscriptions: FakeSubscriptions
+    organizations: FakeOrganizations
 
     def __init__(self, storage: FakeStorage, time_remaining_s: float | None) -> None:
         self._storage = storage
@@ -343,6 +354,7 @@ class FakeUnitOfWork:
         self.idempotency = FakeIdempotency(tx)
         self.groups = FakeGroupStatements(tx)
         self.subscriptions = FakeSubscriptions()
+        self.organizations = FakeOrganizations()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

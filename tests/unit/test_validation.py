@@ -394,7 +394,7 @@ def test_a_stored_reservation_keeps_every_field():
     assert [f.name for f in fields(Reservation)] == [
         "reservation_id", "account_id", "amount", "status", "committed_amount", "create_time",
         "expire_time", "finish_time", "metadata", "draws", "release_reason", "refunded_amount",
-        "price"]
+        "price", "member_account_id"]
     assert [f.name for f in fields(LotDraw)] == ["lot_id", "held", "consumed"]
     assert [f.name for f in fields(HeldPrice)] == [
         "feature", "units", "cost", "version", "plan", "price"]
@@ -411,7 +411,8 @@ def test_a_stored_reservation_keeps_every_field():
             finish_time=NOW.replace(microsecond=3), metadata={"k": "v"},
             draws=(LotDraw(lot_id=3, held=6, consumed=4),), release_reason="why",
             refunded_amount=5,
-            price=HeldPrice("llm", 1500, 10, "v1", "pro", Price(2, 1000, Rounding.NEAREST, 9))),
+            price=HeldPrice("llm", 1500, 10, "v1", "pro", Price(2, 1000, Rounding.NEAREST, 9)),
+            member_account_id="member-1"),
         balance=BalanceSnapshot(account_id="acct-2", balance=11, reserved=12,
                                 active_reservation_count=13, lifetime_granted=14,
                                 lifetime_used=15, lifetime_expired=16, credit_limit=17,
@@ -419,12 +420,14 @@ def test_a_stored_reservation_keeps_every_field():
     )
     assert responses.decode(responses.encode(outcome)) == outcome
     assert responses.decode(json.dumps({"reserve": responses.plain(outcome)})) == outcome
-    for trailing in ({"price": None}, {"price": None, "refunded_amount": 0},
-                     {"price": None, "debt": 0}):  # optional fields left out
+    own = ("refunded_amount", "price", "member_account_id")
+    for trailing in ({"member_account_id": None}, {"member_account_id": None, "price": None},
+                     {"member_account_id": None, "price": None, "refunded_amount": 0},
+                     {"member_account_id": None, "price": None, "debt": 0}):  # left out
         reservation = dataclasses.replace(outcome.reservation, **{
-            k: v for k, v in trailing.items() if k in ("refunded_amount", "price")})
+            k: v for k, v in trailing.items() if k in own})
         balance = dataclasses.replace(outcome.balance, **{
-            k: v for k, v in trailing.items() if k not in ("refunded_amount", "price")})
+            k: v for k, v in trailing.items() if k not in own})
         changed = ReserveResult(reservation=reservation, balance=balance)
         assert responses.decode(responses.encode(changed)) == changed
 

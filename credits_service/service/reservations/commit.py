@@ -277,6 +277,11 @@ class Committing:
         beyond = amount - locked.amount  # more than was held: available must cover it
         if beyond > 0 and current.available < beyond:
             return errors.InsufficientCredits(account_id, current.available, beyond)
+        if beyond > 0 and locked.member_account_id is not None:
+            # a hold on a pool: the member's cap must cover the excess too
+            refused = await _member_refuses(uow, locked.member_account_id, account_id, beyond)
+            if refused is not None:
+                return refused
         if split.excess and current.unlimited:  # the plan covers it: no lot is touched
             into_debt = split.excess
         elif split.excess:
@@ -326,3 +331,18 @@ class Committing:
             entry=entry,
             balance=written_off.get(account_id, balance),
         )
+
+
+async def _member_refuses(
+    uow: UnitOfWork, member_account_id: str, pool_account_id: str, beyond: int
+) -> errors.MemberCapExceeded | None:
+    """MemberCapExceeded if the member's caps leave less than `beyond` (its row locked,
+    after the pool's account)."""
+    member = (await uow.organizations.lock_members([member_account_id])).get(member_account_id)
+    if member is None:  # removed since: it holds nothing, so it held no hold of this pool
+        raise errors.LotsOutOfStep(pool_account_id)
+    today = (await uow.now()).date()
+    if member.may_hold(beyond, today):
+        return None
+    return errors.MemberCapExceeded(member_account_id, pool_account_id,
+                                    member.remaining(today) or 0, beyond)

@@ -4,13 +4,19 @@ order, once per idempotency key (declines too).
 Concurrent calls share transactions (group_commit.py): a group finds its stored keys and
 locks its accounts, expires due lots and finds free ones, then writes every reservation, lot,
 balance and key in one statement.
+
+A member of an organisation whose own available credits do not cover a call draws from its
+organisation's pool instead, never from both (docs/organizations.md): the group leaves such
+calls to a second transaction, in which the pools' accounts and then the members' rows are
+locked, and a call is placed on its pool if the pool's available credits and the member's
+remaining cap both cover it. The member's row counts the hold by a trigger (migration 0014).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from credits_service.domain import errors, lots
 from credits_service.domain.commands import ReserveCommand, ReserveResult
@@ -22,6 +28,7 @@ from credits_service.domain.model import (
     Reservation,
     ReservationStatus,
 )
+from credits_service.domain.organizations import Member
 from credits_service.domain.rates import HeldPrice
 from credits_service.domain.rows import FreeLot, HeldTotals, KeyedAccount, KeyRecord
 from credits_service.service import idempotency, responses
@@ -37,6 +44,12 @@ METHOD = "CheckAndReserve"
 Call = tuple[ReserveCommand, str]  # the command and its actor, whose scope its key is in
 # A price refused (UnknownFeature, CostTooLarge) is an answer too, stored with no key
 Answer = ReserveResult | errors.Declined | errors.CreditsError
+
+
+class _ToPool(NamedTuple):
+    """A member's call its own credits do not cover: for its pool, in a second transaction."""
+
+    pool_account_id: str
 
 
 class Reserving:
@@ -76,34 +89,45 @@ class Reserving:
         for i, (command, actor) in enumerate(calls):
             first.setdefault((actor, command.idempotency_key), i)
 
-        async def work(uow: UnitOfWork) -> list[Answer]:
+        async def work(uow: UnitOfWork, pooled: dict[int, str]) -> list[Answer]:
             outcomes: list[Any] = [None] * len(calls)
-            stored, snapshots, inactive, plans = await uow.groups.find_and_lock([
-                KeyedAccount(scope, key, calls[i][0].account_id)
-                for (scope, key), i in first.items()
+            firsts = [(pair, i) for pair, i in first.items() if not pooled or i in pooled]
+            stored, snapshots, inactive, plans, pools = await uow.groups.find_and_lock([
+                KeyedAccount(scope, key, pooled.get(i) or calls[i][0].account_id)
+                for (scope, key), i in firsts
             ])
             new: list[int] = []  # in call order, as first is
-            for pair, i in first.items():
-                found = stored.get(pair)
+            for (_, key), i in firsts:
+                found = stored.get((calls[i][1], key))
                 if found is None:
                     new.append(i)
                 elif found.request_hash != digests[i]:
-                    outcomes[i] = errors.IdempotencyKeyReused(pair[1])
+                    outcomes[i] = errors.IdempotencyKeyReused(key)
                 else:
                     assert found.response is not None, "a committed key always has its response"
                     outcomes[i] = responses.decode(found.response)
                     uow.on_commit(lambda: self._metrics.replayed(METHOD))
             if new:
-                await self._place(
-                    uow, calls, new, outcomes, snapshots, inactive, plans, digests)
-            for i, (command, actor) in enumerate(calls):
-                j = first[(actor, command.idempotency_key)]
-                if j != i:
-                    outcomes[i] = (outcomes[j] if digests[i] == digests[j]
-                                   else errors.IdempotencyKeyReused(command.idempotency_key))
+                members = (await uow.organizations.lock_members(
+                    calls[i][0].account_id for i in new) if pooled else {})
+                await self._place(uow, calls, new, outcomes, snapshots, inactive, plans,
+                                  digests, pools, pooled, members)
             return outcomes
 
-        return await self._transactions.run(work, grouped=True)
+        outcomes = await self._transactions.run(lambda uow: work(uow, {}), grouped=True)
+        pooled = {i: outcome.pool_account_id for i, outcome in enumerate(outcomes)
+                  if isinstance(outcome, _ToPool)}
+        if pooled:
+            from_pools = await self._transactions.run(
+                lambda uow: work(uow, pooled), grouped=True)
+            for i in pooled:
+                outcomes[i] = from_pools[i]
+        for i, (command, actor) in enumerate(calls):
+            j = first[(actor, command.idempotency_key)]
+            if j != i:
+                outcomes[i] = (outcomes[j] if digests[i] == digests[j]
+                               else errors.IdempotencyKeyReused(command.idempotency_key))
+        return outcomes
 
     async def _place(
         self,
@@ -115,6 +139,9 @@ class Reserving:
         inactive: dict[str, AccountStatus],
         plans: dict[str, str],
         digests: list[bytes],
+        pools: dict[str, str],
+        pooled: dict[int, str],
+        members: dict[str, Member],
     ) -> None:
         """Decide and write the reservations of calls[i] for i in `indexes` (their keys not
         stored yet, their accounts locked with these `snapshots`), in that order, into
@@ -126,10 +153,14 @@ class Reserving:
         that it succeeds once the account exists and is active. A call of a feature holds its
         cost by the card in force (one card for the group), at its account's plan's price; a
         price that cannot be (the feature gone in a reload, a cost past the largest amount)
-        fails the call alone and stores no key."""
-        amounts, prices = self._price(calls, indexes, outcomes, plans)
-        await self._open_missing(uow, calls, [i for i in indexes if outcomes[i] is None],
-                                 snapshots)
+        fails the call alone and stores no key. A call of a member (its account in `pools`)
+        that its own available credits do not cover is left to its pool (_ToPool); in the
+        pools' transaction, `pooled` names each call's pool, which it is placed on, priced at
+        the pool's plan, if the member's row (`members`, locked) leaves room under its caps."""
+        amounts, prices = self._price(calls, indexes, outcomes, plans, pooled)
+        if not pooled:
+            await self._open_missing(uow, calls, [i for i in indexes if outcomes[i] is None],
+                                     snapshots)
         if prices and len(plans) < len(snapshots):
             # An account not found at first was priced at the default plan: another
             # transaction may have created it on another plan meanwhile. Price its calls
@@ -137,11 +168,10 @@ class Reserving:
             await self._price_again(uow, calls, outcomes, snapshots, plans, amounts, prices)
         wanted: dict[str, int] = {}  # an unlimited account draws no lot: it wants none
         for i in indexes:
-            command = calls[i][0]
-            snapshot = snapshots.get(command.account_id)
-            if (snapshot is not None and command.account_id not in inactive
-                    and outcomes[i] is None):
-                wanted[command.account_id] = wanted.get(command.account_id, 0) + (
+            account_id = pooled.get(i) or calls[i][0].account_id
+            snapshot = snapshots.get(account_id)
+            if snapshot is not None and account_id not in inactive and outcomes[i] is None:
+                wanted[account_id] = wanted.get(account_id, 0) + (
                     0 if snapshot.unlimited else amounts[i])
         free: dict[str, list[FreeLot]] = {}
         now = datetime.min  # set below whenever a reservation can be placed
@@ -157,7 +187,8 @@ class Reserving:
             if outcomes[i] is not None:  # its price refused: nothing to place
                 continue
             command = calls[i][0]
-            account_id = command.account_id
+            account_id = pooled.get(i) or command.account_id
+            member: Member | None = None
             amount = amounts[i]
             snapshot = snapshots.get(account_id)
             if snapshot is None:
@@ -168,10 +199,23 @@ class Reserving:
                                if inactive[account_id] is AccountStatus.FROZEN
                                else errors.AccountClosed(account_id))
                 continue
+            if pooled:
+                member = members.get(command.account_id)
+                if member is None or member.pool_account_id != account_id:  # removed since
+                    outcomes[i] = errors.InsufficientCredits(command.account_id, 0, amount)
+                    continue
+                if not member.may_hold(amount, now.date()):
+                    outcomes[i] = errors.MemberCapExceeded(
+                        command.account_id, account_id, member.remaining(now.date()) or 0,
+                        amount)
+                    continue
             if snapshot.available < amount:
-                outcomes[i] = errors.InsufficientCredits(
-                    account_id, snapshot.available, amount)
+                pool = pools.get(account_id)
+                outcomes[i] = (_ToPool(pool) if pool is not None else
+                               errors.InsufficientCredits(account_id, snapshot.available, amount))
                 continue
+            if member is not None:
+                members[member.account_id] = member.holding(amount)
             # With a credit limit, what the lots do not cover is held beyond them: the
             # reservation's amount less its draws (all of it on an unlimited account).
             draws = lots.take(free[account_id], amount, partial=snapshot.credit_limit > 0)
@@ -195,6 +239,7 @@ class Reserving:
                 metadata=dict(command.metadata),
                 draws=tuple(LotDraw(lot_id, part) for lot_id, part in draws),
                 price=prices.get(i),
+                member_account_id=member.account_id if member is not None else None,
             )
             placed.append((i, reservation))
             outcomes[i] = ReserveResult(reservation=reservation, balance=snapshot)
@@ -218,12 +263,12 @@ class Reserving:
 
     def _price(
         self, calls: Sequence[Call], indexes: list[int], outcomes: list[Any],
-        plans: dict[str, str],
+        plans: dict[str, str], pooled: dict[int, str] | None = None,
     ) -> tuple[dict[int, int], dict[int, HeldPrice]]:
         """The amount each call of `indexes` holds, and the price of those of a feature, by
         one card, at the price of its account's plan (an account not found would be opened
-        on the default plan); a call whose price fails gets that error as its outcome,
-        before any account is opened for it."""
+        on the default plan; a call on a pool, `pooled`, at the pool's); a call whose price
+        fails gets that error as its outcome, before any account is opened for it."""
         amounts: dict[int, int] = {}
         prices: dict[int, HeldPrice] = {}
         card = None
@@ -236,7 +281,8 @@ class Reserving:
             try:
                 price = card.hold_price(
                     command.feature, command.units or 0,
-                    plans.get(command.account_id) or self._opening.plan("").name)
+                    plans.get((pooled or {}).get(i) or command.account_id)
+                    or self._opening.plan("").name)
             except (errors.UnknownFeature, errors.CostTooLarge) as refused:
                 outcomes[i] = refused
                 continue
@@ -284,4 +330,4 @@ def _stored(outcome: Answer) -> bool:
     the account itself; never a refused price (bad input: nothing is written)."""
     if isinstance(outcome, errors.Declined):
         return outcome.stored
-    return not isinstance(outcome, errors.CreditsError)
+    return not isinstance(outcome, errors.CreditsError | _ToPool)

@@ -50,7 +50,7 @@ BILLING_METHODS = frozenset({"Grant", "EnsureAccount", "GetBalance", "History", 
 SERVICE_METHODS = frozenset({
     "EnsureAccount", "CheckAndReserve", "Commit", "Release", "ExtendReservation", "GetBalance",
     "History", "ListReservations", "BatchCheckAndReserve", "BatchCommit", "Quote",
-    "GetRateCard", "UsageSummary", "GetSubscription",
+    "GetRateCard", "UsageSummary", "GetSubscription", "GetOrganization",
 })
 
 

@@ -197,6 +197,8 @@ def set_reservation(message: pb.Reservation, value: Reservation) -> pb.Reservati
         message.refunded_amount = value.refunded_amount
     if value.price is not None:
         message.price.CopyFrom(held_price(value.price))
+    if value.member_account_id is not None:
+        message.member_account_id = value.member_account_id
     return message
 
 

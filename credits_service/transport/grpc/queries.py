@@ -11,6 +11,7 @@ from credits_service.service.ledger import Ledger
 from credits_service.transport.grpc import messages
 from credits_service.transport.grpc.auth import caller
 from credits_service.transport.grpc.fields import FieldChecker
+from credits_service.transport.grpc.organizations import member
 
 EXPIRING_WITHIN_MAX_MS = 3650 * 86_400_000
 
@@ -95,7 +96,7 @@ class QueriesApi:
     ) -> pb.GetBalanceResponse:
         report = await self._ledger.get_balance(
             self._query_requests.get_balance(request), caller().name)
-        return pb.GetBalanceResponse(
+        response = pb.GetBalanceResponse(
             balance=messages.balance(report.balance),
             lots=[messages.lot(lot) for lot in report.lots],
             lots_truncated=report.lots_truncated,
@@ -103,6 +104,10 @@ class QueriesApi:
             account=messages.account(report.account),
             totals=messages.lifetime_totals(report.balance, report.totals),
         )
+        if report.member is not None and report.pool is not None and report.today:
+            response.member.CopyFrom(member(report.member, report.today))
+            response.pool_balance.CopyFrom(messages.balance(report.pool))
+        return response
 
     async def ListReservations(
         self, request: pb.ListReservationsRequest, context: grpc.aio.ServicerContext

@@ -10,6 +10,7 @@ from credits_service.transport.grpc.accounts import AccountsApi
 from credits_service.transport.grpc.adjustments import AdjustmentsApi
 from credits_service.transport.grpc.fields import RequestLimits
 from credits_service.transport.grpc.grants import GrantsApi
+from credits_service.transport.grpc.organizations import OrganizationsApi
 from credits_service.transport.grpc.pricing import PricingApi
 from credits_service.transport.grpc.queries import QueriesApi, QueryRequests
 from credits_service.transport.grpc.refunds import RefundsApi
@@ -21,7 +22,7 @@ from credits_service.transport.grpc.usage import UsageApi
 
 class CreditsServicer(
     AccountsApi, AdjustmentsApi, TransfersApi, RefundsApi, GrantsApi, ReservationsApi,
-    QueriesApi, PricingApi, UsageApi, SubscriptionsApi,
+    QueriesApi, PricingApi, UsageApi, SubscriptionsApi, OrganizationsApi,
     credits_pb2_grpc.CreditsServiceServicer,
 ):
     def __init__(self, ledger: Ledger, limits: RequestLimits) -> None:

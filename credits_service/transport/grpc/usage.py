@@ -68,7 +68,8 @@ def usage_query(request: pb.UsageSummaryRequest) -> UsageQuery:
         start_time=times[0], end_time=times[1],
         bucket=BUCKET_FROM_PROTO.get(request.bucket_size, UsageBucket.DAY),
         account_ids=tuple(dict.fromkeys(request.account_ids)), plan=plan,
-        features=tuple(dict.fromkeys(request.features)), top_accounts=top)
+        features=tuple(dict.fromkeys(request.features)), top_accounts=top,
+        by_member=request.by_member)
 
 
 def usage_response(summary: UsageSummary) -> pb.UsageSummaryResponse:
@@ -88,6 +89,10 @@ def usage_response(summary: UsageSummary) -> pb.UsageSummaryResponse:
     for spend in summary.top_accounts:
         response.top_accounts.add(account_id=spend.account_id, credits=spend.credits,
                                   calls=spend.calls)
+    for spent in summary.members:
+        response.members.add(pool_account_id=spent.pool_account_id,
+                             member_account_id=spent.member_account_id,
+                             credits=spent.credits, calls=spent.calls)
     return response
 
 

@@ -748,6 +748,7 @@ class Reservation(_message.Message):
     RELEASE_REASON_FIELD_NUMBER: _builtins.int
     REFUNDED_AMOUNT_FIELD_NUMBER: _builtins.int
     PRICE_FIELD_NUMBER: _builtins.int
+    MEMBER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """reservation_id identifies the reservation (a UUID)."""
     account_id: _builtins.str
@@ -762,6 +763,10 @@ class Reservation(_message.Message):
     """release_reason is the reason given to Release, if any."""
     refunded_amount: _builtins.int
     """refunded_amount is what Refund gave back of committed_amount so far."""
+    member_account_id: _builtins.str
+    """member_account_id is, for a hold on an organisation's pool (account_id),
+    the member whose CheckAndReserve placed it and whose cap it counts in.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """create_time is when the reservation was placed (database clock)."""
@@ -806,10 +811,11 @@ class Reservation(_message.Message):
         release_reason: _builtins.str = ...,
         refunded_amount: _builtins.int = ...,
         price: Global___HeldPrice | None = ...,
+        member_account_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "finish_time", b"finish_time", "price", b"price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "committed_amount", b"committed_amount", "create_time", b"create_time", "draws", b"draws", "expire_time", b"expire_time", "finish_time", b"finish_time", "metadata", b"metadata", "price", b"price", "refunded_amount", b"refunded_amount", "release_reason", b"release_reason", "reservation_id", b"reservation_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "committed_amount", b"committed_amount", "create_time", b"create_time", "draws", b"draws", "expire_time", b"expire_time", "finish_time", b"finish_time", "member_account_id", b"member_account_id", "metadata", b"metadata", "price", b"price", "refunded_amount", b"refunded_amount", "release_reason", b"release_reason", "reservation_id", b"reservation_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2165,6 +2171,8 @@ class GetBalanceResponse(_message.Message):
     EXPIRING_AMOUNT_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
     TOTALS_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
+    POOL_BALANCE_FIELD_NUMBER: _builtins.int
     lots_truncated: _builtins.bool
     """lots_truncated is true when the account has more such lots than listed."""
     expiring_amount: _builtins.int
@@ -2189,6 +2197,16 @@ class GetBalanceResponse(_message.Message):
     def totals(self) -> Global___LifetimeTotals:
         """totals are what each kind of entry ever added to or took from the account."""
 
+    @_builtins.property
+    def member(self) -> Global___Member:
+        """member is set when the account is a member of an organisation: its caps
+        and what they leave it to draw from the pool.
+        """
+
+    @_builtins.property
+    def pool_balance(self) -> Global___Balance:
+        """pool_balance is the balance of the member's organisation's pool."""
+
     def __init__(
         self,
         *,
@@ -2198,10 +2216,12 @@ class GetBalanceResponse(_message.Message):
         expiring_amount: _builtins.int = ...,
         account: Global___Account | None = ...,
         totals: Global___LifetimeTotals | None = ...,
+        member: Global___Member | None = ...,
+        pool_balance: Global___Balance | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "totals", b"totals"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "member", b"member", "pool_balance", b"pool_balance", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "expiring_amount", b"expiring_amount", "lots", b"lots", "lots_truncated", b"lots_truncated", "totals", b"totals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "expiring_amount", b"expiring_amount", "lots", b"lots", "lots_truncated", b"lots_truncated", "member", b"member", "pool_balance", b"pool_balance", "totals", b"totals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2755,6 +2775,7 @@ class UsageSummaryRequest(_message.Message):
     BUCKET_SIZE_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     TOP_ACCOUNTS_FIELD_NUMBER: _builtins.int
+    BY_MEMBER_FIELD_NUMBER: _builtins.int
     plan: _builtins.str
     """plan, with no account_ids, adds up only usage of accounts while they were
     on it (the plan's counters), and its top accounts are those on it now.
@@ -2764,6 +2785,10 @@ class UsageSummaryRequest(_message.Message):
     top_accounts: _builtins.int
     """top_accounts is how many of the accounts that spent most to list, 0..100;
     unset: 10.
+    """
+    by_member: _builtins.bool
+    """by_member breaks the usage of pools down by member (members): of the
+    pool accounts in account_ids, or of every pool when it is empty.
     """
     @_builtins.property
     def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -2797,10 +2822,11 @@ class UsageSummaryRequest(_message.Message):
         bucket_size: Global___UsageBucketSize.ValueType = ...,
         features: _abc.Iterable[_builtins.str] | None = ...,
         top_accounts: _builtins.int | None = ...,
+        by_member: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_top_accounts", b"_top_accounts", "end_time", b"end_time", "start_time", b"start_time", "top_accounts", b"top_accounts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_accounts", b"_top_accounts", "account_ids", b"account_ids", "bucket_size", b"bucket_size", "end_time", b"end_time", "features", b"features", "plan", b"plan", "start_time", b"start_time", "top_accounts", b"top_accounts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_accounts", b"_top_accounts", "account_ids", b"account_ids", "bucket_size", b"bucket_size", "by_member", b"by_member", "end_time", b"end_time", "features", b"features", "plan", b"plan", "start_time", b"start_time", "top_accounts", b"top_accounts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__top_accounts: _TypeAlias = _typing.Literal["top_accounts"]  # noqa: Y015
     _WhichOneofArgType__top_accounts: _TypeAlias = _typing.Literal["_top_accounts", b"_top_accounts"]  # noqa: Y015
@@ -2911,6 +2937,7 @@ class UsageSummaryResponse(_message.Message):
     BUCKETS_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     TOP_ACCOUNTS_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
     bucket_size: Global___UsageBucketSize.ValueType
     """bucket_size is the size of the buckets."""
     @_builtins.property
@@ -2933,6 +2960,12 @@ class UsageSummaryResponse(_message.Message):
     def top_accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountSpend]:
         """top_accounts are the accounts that spent most, most first."""
 
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberSpend]:
+        """members is, with by_member, what each member spent of its pool, by pool,
+        most first (at most 10,000 rows).
+        """
+
     def __init__(
         self,
         *,
@@ -2942,14 +2975,49 @@ class UsageSummaryResponse(_message.Message):
         buckets: _abc.Iterable[Global___UsageBucket] | None = ...,
         features: _abc.Iterable[Global___UsageTotal] | None = ...,
         top_accounts: _abc.Iterable[Global___AccountSpend] | None = ...,
+        members: _abc.Iterable[Global___MemberSpend] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_size", b"bucket_size", "buckets", b"buckets", "end_time", b"end_time", "features", b"features", "start_time", b"start_time", "top_accounts", b"top_accounts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_size", b"bucket_size", "buckets", b"buckets", "end_time", b"end_time", "features", b"features", "members", b"members", "start_time", b"start_time", "top_accounts", b"top_accounts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UsageSummaryResponse: _TypeAlias = UsageSummaryResponse  # noqa: Y015
+
+@_typing.final
+class MemberSpend(_message.Message):
+    """MemberSpend is what a member of an organisation spent of its pool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    pool_account_id: _builtins.str
+    """pool_account_id is the organisation's pool account."""
+    member_account_id: _builtins.str
+    """member_account_id is the member."""
+    credits: _builtins.int
+    """credits it spent of the pool."""
+    calls: _builtins.int
+    """calls is how many commits that took."""
+    def __init__(
+        self,
+        *,
+        pool_account_id: _builtins.str = ...,
+        member_account_id: _builtins.str = ...,
+        credits: _builtins.int = ...,
+        calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "credits", b"credits", "member_account_id", b"member_account_id", "pool_account_id", b"pool_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberSpend: _TypeAlias = MemberSpend  # noqa: Y015
 
 @_typing.final
 class Allocation(_message.Message):
@@ -3364,3 +3432,438 @@ class GetSubscriptionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSubscriptionResponse: _TypeAlias = GetSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class Organization(_message.Message):
+    """Organization is a pool account shared by its members."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    POOL_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    MEMBER_COUNT_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id identifies the organisation."""
+    pool_account_id: _builtins.str
+    """pool_account_id is the account whose credits its members draw."""
+    member_count: _builtins.int
+    """member_count is how many members it has (at most 10,000)."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time is when it was created."""
+
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        pool_account_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        member_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "member_count", b"member_count", "organization_id", b"organization_id", "pool_account_id", b"pool_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Organization: _TypeAlias = Organization  # noqa: Y015
+
+@_typing.final
+class Member(_message.Message):
+    """Member is an account's standing in its organisation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    POOL_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_CAP_FIELD_NUMBER: _builtins.int
+    TOTAL_CAP_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    PERIOD_USED_FIELD_NUMBER: _builtins.int
+    TOTAL_USED_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """account_id is the member's account."""
+    organization_id: _builtins.str
+    """organization_id is its organisation."""
+    pool_account_id: _builtins.str
+    """pool_account_id is the organisation's pool account."""
+    period_cap: _builtins.int
+    """period_cap is the most it may use of the pool per calendar month (UTC);
+    unset: no monthly cap.
+    """
+    total_cap: _builtins.int
+    """total_cap is the most it may use of the pool in all; unset: no cap."""
+    held: _builtins.int
+    """held is what its active holds on the pool hold."""
+    period_used: _builtins.int
+    """period_used is what it used of the pool this calendar month (UTC)."""
+    total_used: _builtins.int
+    """total_used is what it used of the pool since it joined."""
+    remaining: _builtins.int
+    """remaining is what its caps leave it to hold now; unset without caps."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time is when it joined."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        organization_id: _builtins.str = ...,
+        pool_account_id: _builtins.str = ...,
+        period_cap: _builtins.int | None = ...,
+        total_cap: _builtins.int | None = ...,
+        held: _builtins.int = ...,
+        period_used: _builtins.int = ...,
+        total_used: _builtins.int = ...,
+        remaining: _builtins.int | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_period_cap", b"_period_cap", "_remaining", b"_remaining", "_total_cap", b"_total_cap", "create_time", b"create_time", "period_cap", b"period_cap", "remaining", b"remaining", "total_cap", b"total_cap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_period_cap", b"_period_cap", "_remaining", b"_remaining", "_total_cap", b"_total_cap", "account_id", b"account_id", "create_time", b"create_time", "held", b"held", "organization_id", b"organization_id", "period_cap", b"period_cap", "period_used", b"period_used", "pool_account_id", b"pool_account_id", "remaining", b"remaining", "total_cap", b"total_cap", "total_used", b"total_used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__period_cap: _TypeAlias = _typing.Literal["period_cap"]  # noqa: Y015
+    _WhichOneofArgType__period_cap: _TypeAlias = _typing.Literal["_period_cap", b"_period_cap"]  # noqa: Y015
+    _WhichOneofReturnType__remaining: _TypeAlias = _typing.Literal["remaining"]  # noqa: Y015
+    _WhichOneofArgType__remaining: _TypeAlias = _typing.Literal["_remaining", b"_remaining"]  # noqa: Y015
+    _WhichOneofReturnType__total_cap: _TypeAlias = _typing.Literal["total_cap"]  # noqa: Y015
+    _WhichOneofArgType__total_cap: _TypeAlias = _typing.Literal["_total_cap", b"_total_cap"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__period_cap) -> _WhichOneofReturnType__period_cap | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__remaining) -> _WhichOneofReturnType__remaining | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_cap) -> _WhichOneofReturnType__total_cap | None: ...
+
+Global___Member: _TypeAlias = Member  # noqa: Y015
+
+@_typing.final
+class CreateOrganizationRequest(_message.Message):
+    """CreateOrganizationRequest creates an organisation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    POOL_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id identifies it, 1-128 of A-Z a-z 0-9 and "._:@-"."""
+    pool_account_id: _builtins.str
+    """pool_account_id is its pool account; empty: the organization_id. It must
+    be no member of an organisation, nor another's pool.
+    """
+    plan: _builtins.str
+    """plan is the plan the pool account is created on if it does not exist;
+    empty: the default plan.
+    """
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        pool_account_id: _builtins.str = ...,
+        plan: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_id", b"organization_id", "plan", b"plan", "pool_account_id", b"pool_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateOrganizationRequest: _TypeAlias = CreateOrganizationRequest  # noqa: Y015
+
+@_typing.final
+class CreateOrganizationResponse(_message.Message):
+    """CreateOrganizationResponse is the organisation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """created is false when it existed already."""
+    @_builtins.property
+    def organization(self) -> Global___Organization:
+        """organization is the organisation, created or found."""
+
+    def __init__(
+        self,
+        *,
+        organization: Global___Organization | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "organization", b"organization"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateOrganizationResponse: _TypeAlias = CreateOrganizationResponse  # noqa: Y015
+
+@_typing.final
+class AddMemberRequest(_message.Message):
+    """AddMemberRequest adds a member."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_CAP_FIELD_NUMBER: _builtins.int
+    TOTAL_CAP_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organisation."""
+    account_id: _builtins.str
+    """account_id is the account to add; created on the default plan if it
+    does not exist.
+    """
+    period_cap: _builtins.int
+    """period_cap is the most it may use of the pool per calendar month (UTC),
+    1..10^15; unset: no monthly cap.
+    """
+    total_cap: _builtins.int
+    """total_cap is the most it may use of the pool in all, 1..10^15, at least
+    period_cap; unset: no cap.
+    """
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        period_cap: _builtins.int | None = ...,
+        total_cap: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_period_cap", b"_period_cap", "_total_cap", b"_total_cap", "period_cap", b"period_cap", "total_cap", b"total_cap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_period_cap", b"_period_cap", "_total_cap", b"_total_cap", "account_id", b"account_id", "organization_id", b"organization_id", "period_cap", b"period_cap", "total_cap", b"total_cap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__period_cap: _TypeAlias = _typing.Literal["period_cap"]  # noqa: Y015
+    _WhichOneofArgType__period_cap: _TypeAlias = _typing.Literal["_period_cap", b"_period_cap"]  # noqa: Y015
+    _WhichOneofReturnType__total_cap: _TypeAlias = _typing.Literal["total_cap"]  # noqa: Y015
+    _WhichOneofArgType__total_cap: _TypeAlias = _typing.Literal["_total_cap", b"_total_cap"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__period_cap) -> _WhichOneofReturnType__period_cap | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_cap) -> _WhichOneofReturnType__total_cap | None: ...
+
+Global___AddMemberRequest: _TypeAlias = AddMemberRequest  # noqa: Y015
+
+@_typing.final
+class AddMemberResponse(_message.Message):
+    """AddMemberResponse is the member."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """changed is false when it was a member with these caps already."""
+    @_builtins.property
+    def member(self) -> Global___Member:
+        """member is the member."""
+
+    def __init__(
+        self,
+        *,
+        member: Global___Member | None = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddMemberResponse: _TypeAlias = AddMemberResponse  # noqa: Y015
+
+@_typing.final
+class SetMemberCapsRequest(_message.Message):
+    """SetMemberCapsRequest changes a member's caps."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_CAP_FIELD_NUMBER: _builtins.int
+    TOTAL_CAP_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organisation."""
+    account_id: _builtins.str
+    """account_id is the member."""
+    period_cap: _builtins.int
+    """period_cap: as in AddMemberRequest; unset: none."""
+    total_cap: _builtins.int
+    """total_cap: as in AddMemberRequest; unset: none."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        period_cap: _builtins.int | None = ...,
+        total_cap: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_period_cap", b"_period_cap", "_total_cap", b"_total_cap", "period_cap", b"period_cap", "total_cap", b"total_cap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_period_cap", b"_period_cap", "_total_cap", b"_total_cap", "account_id", b"account_id", "organization_id", b"organization_id", "period_cap", b"period_cap", "total_cap", b"total_cap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__period_cap: _TypeAlias = _typing.Literal["period_cap"]  # noqa: Y015
+    _WhichOneofArgType__period_cap: _TypeAlias = _typing.Literal["_period_cap", b"_period_cap"]  # noqa: Y015
+    _WhichOneofReturnType__total_cap: _TypeAlias = _typing.Literal["total_cap"]  # noqa: Y015
+    _WhichOneofArgType__total_cap: _TypeAlias = _typing.Literal["_total_cap", b"_total_cap"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__period_cap) -> _WhichOneofReturnType__period_cap | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_cap) -> _WhichOneofReturnType__total_cap | None: ...
+
+Global___SetMemberCapsRequest: _TypeAlias = SetMemberCapsRequest  # noqa: Y015
+
+@_typing.final
+class SetMemberCapsResponse(_message.Message):
+    """SetMemberCapsResponse is the member after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """changed is false when it had these caps already."""
+    @_builtins.property
+    def member(self) -> Global___Member:
+        """member is the member."""
+
+    def __init__(
+        self,
+        *,
+        member: Global___Member | None = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemberCapsResponse: _TypeAlias = SetMemberCapsResponse  # noqa: Y015
+
+@_typing.final
+class RemoveMemberRequest(_message.Message):
+    """RemoveMemberRequest removes a member."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organisation."""
+    account_id: _builtins.str
+    """account_id is the member."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "organization_id", b"organization_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveMemberRequest: _TypeAlias = RemoveMemberRequest  # noqa: Y015
+
+@_typing.final
+class RemoveMemberResponse(_message.Message):
+    """RemoveMemberResponse is the member as it was."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def member(self) -> Global___Member:
+        """member is the member removed, as it was."""
+
+    def __init__(
+        self,
+        *,
+        member: Global___Member | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveMemberResponse: _TypeAlias = RemoveMemberResponse  # noqa: Y015
+
+@_typing.final
+class GetOrganizationRequest(_message.Message):
+    """GetOrganizationRequest asks for an organisation and its members."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """organization_id is the organisation."""
+    page_size: _builtins.int
+    """page_size is how many members to list, 1..1000; 0: 100."""
+    page_token: _builtins.str
+    """page_token continues from a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_id", b"organization_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOrganizationRequest: _TypeAlias = GetOrganizationRequest  # noqa: Y015
+
+@_typing.final
+class GetOrganizationResponse(_message.Message):
+    """GetOrganizationResponse is the organisation and a page of its members."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    POOL_BALANCE_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """next_page_token continues the listing; empty after the last member."""
+    @_builtins.property
+    def organization(self) -> Global___Organization:
+        """organization is the organisation."""
+
+    @_builtins.property
+    def pool_balance(self) -> Global___Balance:
+        """pool_balance is its pool account's balance."""
+
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]:
+        """members are its members in account order."""
+
+    def __init__(
+        self,
+        *,
+        organization: Global___Organization | None = ...,
+        pool_balance: Global___Balance | None = ...,
+        members: _abc.Iterable[Global___Member] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "pool_balance", b"pool_balance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "next_page_token", b"next_page_token", "organization", b"organization", "pool_balance", b"pool_balance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOrganizationResponse: _TypeAlias = GetOrganizationResponse  # noqa: Y015

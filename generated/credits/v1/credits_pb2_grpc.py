@@ -181,6 +181,31 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.GetSubscriptionRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.GetSubscriptionResponse.FromString,
                 _registered_method=True)
+        self.CreateOrganization = channel.unary_unary(
+                '/credits.v1.CreditsService/CreateOrganization',
+                request_serializer=credits_dot_v1_dot_credits__pb2.CreateOrganizationRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.CreateOrganizationResponse.FromString,
+                _registered_method=True)
+        self.AddMember = channel.unary_unary(
+                '/credits.v1.CreditsService/AddMember',
+                request_serializer=credits_dot_v1_dot_credits__pb2.AddMemberRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.AddMemberResponse.FromString,
+                _registered_method=True)
+        self.SetMemberCaps = channel.unary_unary(
+                '/credits.v1.CreditsService/SetMemberCaps',
+                request_serializer=credits_dot_v1_dot_credits__pb2.SetMemberCapsRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.SetMemberCapsResponse.FromString,
+                _registered_method=True)
+        self.RemoveMember = channel.unary_unary(
+                '/credits.v1.CreditsService/RemoveMember',
+                request_serializer=credits_dot_v1_dot_credits__pb2.RemoveMemberRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.RemoveMemberResponse.FromString,
+                _registered_method=True)
+        self.GetOrganization = channel.unary_unary(
+                '/credits.v1.CreditsService/GetOrganization',
+                request_serializer=credits_dot_v1_dot_credits__pb2.GetOrganizationRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.GetOrganizationResponse.FromString,
+                _registered_method=True)
 
 
 class CreditsServiceServicer:
@@ -462,6 +487,50 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateOrganization(self, request, context):
+        """CreateOrganization creates an organisation with its pool account (created
+        on `plan` if it does not exist), whose credits its members draw
+        (docs/organizations.md). Safe to repeat; an id taken with another pool is
+        ALREADY_EXISTS (ORGANIZATION_EXISTS). Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddMember(self, request, context):
+        """AddMember makes an account (created if it does not exist) a member of an
+        organisation, with optional caps. A member's CheckAndReserve its own
+        credits do not cover is placed on the pool, if the pool's available
+        credits and the member's remaining cap cover it. An account is in one
+        organisation at most (ACCOUNT_IN_ORGANIZATION). Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMemberCaps(self, request, context):
+        """SetMemberCaps gives a member new caps, for new holds at once. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMember(self, request, context):
+        """RemoveMember removes a member whose holds on the pool have ended
+        (MEMBER_HAS_HOLDS otherwise). Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOrganization(self, request, context):
+        """GetOrganization returns an organisation, its pool's balance and a page of
+        its members with what their caps leave them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -584,6 +653,31 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.GetSubscription,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.GetSubscriptionRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.GetSubscriptionResponse.SerializeToString,
+            ),
+            'CreateOrganization': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateOrganization,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.CreateOrganizationRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.CreateOrganizationResponse.SerializeToString,
+            ),
+            'AddMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMember,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.AddMemberRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.AddMemberResponse.SerializeToString,
+            ),
+            'SetMemberCaps': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemberCaps,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.SetMemberCapsRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.SetMemberCapsResponse.SerializeToString,
+            ),
+            'RemoveMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMember,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.RemoveMemberRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.RemoveMemberResponse.SerializeToString,
+            ),
+            'GetOrganization': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOrganization,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.GetOrganizationRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.GetOrganizationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1261,6 +1355,141 @@ class CreditsService:
             '/credits.v1.CreditsService/GetSubscription',
             credits_dot_v1_dot_credits__pb2.GetSubscriptionRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.GetSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateOrganization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/CreateOrganization',
+            credits_dot_v1_dot_credits__pb2.CreateOrganizationRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.CreateOrganizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/AddMember',
+            credits_dot_v1_dot_credits__pb2.AddMemberRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.AddMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemberCaps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/SetMemberCaps',
+            credits_dot_v1_dot_credits__pb2.SetMemberCapsRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.SetMemberCapsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/RemoveMember',
+            credits_dot_v1_dot_credits__pb2.RemoveMemberRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.RemoveMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOrganization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/GetOrganization',
+            credits_dot_v1_dot_credits__pb2.GetOrganizationRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.GetOrganizationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -212,6 +212,29 @@ class CreditsServiceStub:
     """GetSubscription returns the account's subscription (the active one, or
     the last one canceled) with the period granted last.
     """
+    CreateOrganization: _grpc.UnaryUnaryMultiCallable[_credits_pb2.CreateOrganizationRequest, _credits_pb2.CreateOrganizationResponse]
+    """CreateOrganization creates an organisation with its pool account (created
+    on `plan` if it does not exist), whose credits its members draw
+    (docs/organizations.md). Safe to repeat; an id taken with another pool is
+    ALREADY_EXISTS (ORGANIZATION_EXISTS). Admin only.
+    """
+    AddMember: _grpc.UnaryUnaryMultiCallable[_credits_pb2.AddMemberRequest, _credits_pb2.AddMemberResponse]
+    """AddMember makes an account (created if it does not exist) a member of an
+    organisation, with optional caps. A member's CheckAndReserve its own
+    credits do not cover is placed on the pool, if the pool's available
+    credits and the member's remaining cap cover it. An account is in one
+    organisation at most (ACCOUNT_IN_ORGANIZATION). Admin only.
+    """
+    SetMemberCaps: _grpc.UnaryUnaryMultiCallable[_credits_pb2.SetMemberCapsRequest, _credits_pb2.SetMemberCapsResponse]
+    """SetMemberCaps gives a member new caps, for new holds at once. Admin only."""
+    RemoveMember: _grpc.UnaryUnaryMultiCallable[_credits_pb2.RemoveMemberRequest, _credits_pb2.RemoveMemberResponse]
+    """RemoveMember removes a member whose holds on the pool have ended
+    (MEMBER_HAS_HOLDS otherwise). Admin only.
+    """
+    GetOrganization: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GetOrganizationRequest, _credits_pb2.GetOrganizationResponse]
+    """GetOrganization returns an organisation, its pool's balance and a page of
+    its members with what their caps leave them.
+    """
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -396,6 +419,29 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     GetSubscription: _aio.UnaryUnaryMultiCallable[_credits_pb2.GetSubscriptionRequest, _credits_pb2.GetSubscriptionResponse]  # type: ignore[assignment]
     """GetSubscription returns the account's subscription (the active one, or
     the last one canceled) with the period granted last.
+    """
+    CreateOrganization: _aio.UnaryUnaryMultiCallable[_credits_pb2.CreateOrganizationRequest, _credits_pb2.CreateOrganizationResponse]  # type: ignore[assignment]
+    """CreateOrganization creates an organisation with its pool account (created
+    on `plan` if it does not exist), whose credits its members draw
+    (docs/organizations.md). Safe to repeat; an id taken with another pool is
+    ALREADY_EXISTS (ORGANIZATION_EXISTS). Admin only.
+    """
+    AddMember: _aio.UnaryUnaryMultiCallable[_credits_pb2.AddMemberRequest, _credits_pb2.AddMemberResponse]  # type: ignore[assignment]
+    """AddMember makes an account (created if it does not exist) a member of an
+    organisation, with optional caps. A member's CheckAndReserve its own
+    credits do not cover is placed on the pool, if the pool's available
+    credits and the member's remaining cap cover it. An account is in one
+    organisation at most (ACCOUNT_IN_ORGANIZATION). Admin only.
+    """
+    SetMemberCaps: _aio.UnaryUnaryMultiCallable[_credits_pb2.SetMemberCapsRequest, _credits_pb2.SetMemberCapsResponse]  # type: ignore[assignment]
+    """SetMemberCaps gives a member new caps, for new holds at once. Admin only."""
+    RemoveMember: _aio.UnaryUnaryMultiCallable[_credits_pb2.RemoveMemberRequest, _credits_pb2.RemoveMemberResponse]  # type: ignore[assignment]
+    """RemoveMember removes a member whose holds on the pool have ended
+    (MEMBER_HAS_HOLDS otherwise). Admin only.
+    """
+    GetOrganization: _aio.UnaryUnaryMultiCallable[_credits_pb2.GetOrganizationRequest, _credits_pb2.GetOrganizationResponse]  # type: ignore[assignment]
+    """GetOrganization returns an organisation, its pool's balance and a page of
+    its members with what their caps leave them.
     """
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -722,6 +768,59 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_credits_pb2.GetSubscriptionResponse, _abc.Awaitable[_credits_pb2.GetSubscriptionResponse]]:
         """GetSubscription returns the account's subscription (the active one, or
         the last one canceled) with the period granted last.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateOrganization(
+        self,
+        request: _credits_pb2.CreateOrganizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.CreateOrganizationResponse, _abc.Awaitable[_credits_pb2.CreateOrganizationResponse]]:
+        """CreateOrganization creates an organisation with its pool account (created
+        on `plan` if it does not exist), whose credits its members draw
+        (docs/organizations.md). Safe to repeat; an id taken with another pool is
+        ALREADY_EXISTS (ORGANIZATION_EXISTS). Admin only.
+        """
+
+    @_abc_1.abstractmethod
+    def AddMember(
+        self,
+        request: _credits_pb2.AddMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.AddMemberResponse, _abc.Awaitable[_credits_pb2.AddMemberResponse]]:
+        """AddMember makes an account (created if it does not exist) a member of an
+        organisation, with optional caps. A member's CheckAndReserve its own
+        credits do not cover is placed on the pool, if the pool's available
+        credits and the member's remaining cap cover it. An account is in one
+        organisation at most (ACCOUNT_IN_ORGANIZATION). Admin only.
+        """
+
+    @_abc_1.abstractmethod
+    def SetMemberCaps(
+        self,
+        request: _credits_pb2.SetMemberCapsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.SetMemberCapsResponse, _abc.Awaitable[_credits_pb2.SetMemberCapsResponse]]:
+        """SetMemberCaps gives a member new caps, for new holds at once. Admin only."""
+
+    @_abc_1.abstractmethod
+    def RemoveMember(
+        self,
+        request: _credits_pb2.RemoveMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.RemoveMemberResponse, _abc.Awaitable[_credits_pb2.RemoveMemberResponse]]:
+        """RemoveMember removes a member whose holds on the pool have ended
+        (MEMBER_HAS_HOLDS otherwise). Admin only.
+        """
+
+    @_abc_1.abstractmethod
+    def GetOrganization(
+        self,
+        request: _credits_pb2.GetOrganizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.GetOrganizationResponse, _abc.Awaitable[_credits_pb2.GetOrganizationResponse]]:
+        """GetOrganization returns an organisation, its pool's balance and a page of
+        its members with what their caps leave them.
         """
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
