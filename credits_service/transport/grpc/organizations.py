@@ -4,6 +4,7 @@ GetOrganization): their validation, their mapping and their servicer methods."""
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import grpc
 
@@ -51,9 +52,13 @@ def create_organization_command(
     return command
 
 
-def add_member_command(request: pb.AddMemberRequest) -> AddMemberCommand:
+def _with_caps(
+    request: pb.AddMemberRequest | pb.SetMemberCapsRequest,
+    command_type: type[AddMemberCommand | SetMemberCapsCommand],
+) -> Any:
+    """AddMember's or SetMemberCaps's command: the same fields, the same rules."""
     check = FieldChecker()
-    command = AddMemberCommand(
+    command = command_type(
         organization_id=check.identifier("organization_id", request.organization_id),
         account_id=check.identifier("account_id", request.account_id),
         caps=_caps(check, request))
@@ -61,13 +66,13 @@ def add_member_command(request: pb.AddMemberRequest) -> AddMemberCommand:
     return command
 
 
+def add_member_command(request: pb.AddMemberRequest) -> AddMemberCommand:
+    command: AddMemberCommand = _with_caps(request, AddMemberCommand)
+    return command
+
+
 def set_member_caps_command(request: pb.SetMemberCapsRequest) -> SetMemberCapsCommand:
-    check = FieldChecker()
-    command = SetMemberCapsCommand(
-        organization_id=check.identifier("organization_id", request.organization_id),
-        account_id=check.identifier("account_id", request.account_id),
-        caps=_caps(check, request))
-    check.done()
+    command: SetMemberCapsCommand = _with_caps(request, SetMemberCapsCommand)
     return command
 
 

@@ -3,6 +3,8 @@ GetSubscription): their validation, their mapping and their servicer methods."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from credits.v1 import credits_pb2 as pb
@@ -40,9 +42,13 @@ def _plan(check: FieldChecker, value: str) -> str:
     return plan_name(check, "plan", value)
 
 
-def subscribe_command(request: pb.SubscribeRequest) -> SubscribeCommand:
+def _to_plan(
+    request: pb.SubscribeRequest | pb.ChangeSubscriptionRequest,
+    command_type: type[SubscribeCommand | ChangeSubscriptionCommand],
+) -> Any:
+    """Subscribe's or ChangeSubscription's command: the same fields, the same rules."""
     check = FieldChecker()
-    command = SubscribeCommand(
+    command = command_type(
         account_id=check.identifier("account_id", request.account_id),
         plan=_plan(check, request.plan),
         idempotency_key=check.identifier("idempotency_key", request.idempotency_key),
@@ -52,17 +58,15 @@ def subscribe_command(request: pb.SubscribeRequest) -> SubscribeCommand:
     return command
 
 
+def subscribe_command(request: pb.SubscribeRequest) -> SubscribeCommand:
+    command: SubscribeCommand = _to_plan(request, SubscribeCommand)
+    return command
+
+
 def change_subscription_command(
     request: pb.ChangeSubscriptionRequest
 ) -> ChangeSubscriptionCommand:
-    check = FieldChecker()
-    command = ChangeSubscriptionCommand(
-        account_id=check.identifier("account_id", request.account_id),
-        plan=_plan(check, request.plan),
-        idempotency_key=check.identifier("idempotency_key", request.idempotency_key),
-        reason=check.text("reason", request.reason, REASON_LENGTH_MAX),
-    )
-    check.done()
+    command: ChangeSubscriptionCommand = _to_plan(request, ChangeSubscriptionCommand)
     return command
 
 
