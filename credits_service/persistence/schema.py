@@ -328,6 +328,9 @@ subscription_grants = Table(
     _credits("credits"),
     _credits("carried", default=True),
     Column("lot_id", BigInteger, ForeignKey("credit_lots.lot_id"), nullable=True),
+    # the rollover rule of the plan it was granted under (migration 0015)
+    Column("rollover", Text, nullable=False),
+    _credits("rollover_cap"),
     _time("grant_time", default=True),
     CheckConstraint("kind IN ('PERIOD', 'UPGRADE')", name="ck_subscription_grants_kind"),
     Index("uq_subscription_grants_period", "subscription_id", "period", unique=True,

@@ -9,7 +9,13 @@ from typing import Any
 
 import orjson
 
-from credits_service.domain.subscriptions import Allocation, Subscription, SubscriptionStatus
+from credits_service.domain.subscriptions import (
+    Allocation,
+    Rollover,
+    RolloverKind,
+    Subscription,
+    SubscriptionStatus,
+)
 
 _COLUMNS = """subscription_id, account_id, plan, allocation::text AS allocation, anchor,
               status, last_period, next_plan, next_allocation::text AS next_allocation,
@@ -43,12 +49,13 @@ _LOCK_DUE = f"""
 
 _RECORD_GRANT = """
     INSERT INTO subscription_grants (subscription_id, period, kind, plan, credits, carried,
-                                     lot_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)"""
+                                     lot_id, rollover, rollover_cap)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"""
 
-# What the lots granted for a period had left when they expired (their EXPIRY entries)
-_UNUSED = """
-    SELECT coalesce(-sum(e.amount), 0)::bigint
+# What each lot granted for a period had left when it expired (its EXPIRY entry), with the
+# rollover rule it was granted under
+_LEFT_OVER = """
+    SELECT g.rollover, g.rollover_cap, -e.amount AS unused
       FROM subscription_grants g
       JOIN ledger_entries e ON e.lot_id = g.lot_id AND e.entry_type = 'EXPIRY'
                            AND e.reservation_id IS NULL
@@ -97,17 +104,21 @@ class SubscriptionRepository:
 
     async def record_grant(
         self, subscription_id: int, period: int, kind: str, plan: str, credits: int,
-        carried: int, lot_id: int | None,
+        carried: int, lot_id: int | None, rollover: Rollover,
     ) -> None:
-        """Record an allocation granted; a second PERIOD grant of one period violates the
-        unique index (and rolls its transaction back)."""
+        """Record an allocation granted, with the rollover rule its credits carry by; a
+        second PERIOD grant of one period violates the unique index (and rolls its
+        transaction back)."""
         await self._connection.execute(
-            _RECORD_GRANT, subscription_id, period, kind, plan, credits, carried, lot_id)
+            _RECORD_GRANT, subscription_id, period, kind, plan, credits, carried, lot_id,
+            rollover.kind.value, rollover.cap)
 
-    async def unused(self, subscription_id: int, period: int) -> int:
-        """The credits the period's allocation lots had left when written off."""
-        value: int = await self._connection.fetchval(_UNUSED, subscription_id, period)
-        return value
+    async def left_over(self, subscription_id: int, period: int) -> list[tuple[int, Rollover]]:
+        """What each of the period's allocation lots had left when written off, with the
+        rollover rule it was granted under."""
+        rows = await self._connection.fetch(_LEFT_OVER, subscription_id, period)
+        return [(row["unused"], Rollover(RolloverKind(row["rollover"]), row["rollover_cap"]))
+                for row in rows]
 
     async def granted_in(self, subscription_id: int, period: int) -> int:
         """The credits granted for the period so far (its allocation, upgrades, carry)."""

@@ -4,6 +4,7 @@ lives in its own module; each runs in one transaction that includes its idempote
 
 from __future__ import annotations
 
+from credits_service.domain.commands import AccountChangeResult, ChangePlanCommand
 from credits_service.domain.plans import BUILT_IN, PlanBook
 from credits_service.domain.rates import BUILT_IN as BUILT_IN_RATE_CARD
 from credits_service.domain.rates import RateCard
@@ -72,7 +73,7 @@ class Ledger:
 
         self.ensure_account = self.accounts.ensure_account
         self.set_account_status = self.accounts.set_status
-        self.change_plan = self.accounts.change_plan
+        self.change_plan = self._change_plan
         self.sync_credit_limits = self.accounts.sync_credit_limits
         self.grant = self.granting.grant
         self.adjust = self.adjusting.adjust
@@ -101,3 +102,9 @@ class Ledger:
         self.history = self.queries.history
         self.list_reservations = self.queries.list_reservations
         self.drain = self.transactions.drain
+
+    async def _change_plan(self, command: ChangePlanCommand, actor: str) -> AccountChangeResult:
+        """ChangePlan, once a subscription that has ended by now is ended (its account's plan
+        is its subscription's until then: SubscriptionActive)."""
+        await self.subscriptions.settle(command.account_id)
+        return await self.accounts.change_plan(command, actor)

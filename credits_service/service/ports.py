@@ -52,7 +52,7 @@ from credits_service.domain.rows import (
     UsageRow,
     WriteOff,
 )
-from credits_service.domain.subscriptions import Allocation, Subscription
+from credits_service.domain.subscriptions import Allocation, Rollover, Subscription
 
 
 class AccountRepository(Protocol):
@@ -355,12 +355,14 @@ class SubscriptionRepository(Protocol):
 
     async def record_grant(
         self, subscription_id: int, period: int, kind: str, plan: str, credits: int,
-        carried: int, lot_id: int | None,
+        carried: int, lot_id: int | None, rollover: Rollover,
     ) -> None:
-        """Record an allocation granted: once per subscription and period for PERIOD."""
+        """Record an allocation granted, with the rule its credits carry by: once per
+        subscription and period for PERIOD."""
 
-    async def unused(self, subscription_id: int, period: int) -> int:
-        """The credits the period's allocation lots had left when written off."""
+    async def left_over(self, subscription_id: int, period: int) -> list[tuple[int, Rollover]]:
+        """What each of the period's allocation lots had left when written off, with the
+        rollover rule it was granted under."""
 
     async def granted_in(self, subscription_id: int, period: int) -> int: ...
 

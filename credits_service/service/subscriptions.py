@@ -16,6 +16,7 @@ its EXPIRY entry), and what carries is granted again inside the new lot.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -53,6 +54,10 @@ from credits_service.service.transactions import Transactions
 from credits_service.service.write_offs import SYSTEM_ACTOR, write_off_due_lots
 
 SUBSCRIBE, CHANGE, CANCEL = "Subscribe", "ChangeSubscription", "CancelSubscription"
+# Periods one scheduler transaction grants before it stops taking subscriptions (one may owe
+# up to CATCH_UP_PERIODS_MAX, each a lot, an entry and a write-off)
+GRANTS_PER_TRANSACTION_MAX = 1000
+_log = logging.getLogger(__name__)
 PERIOD, UPGRADE = "PERIOD", "UPGRADE"  # subscription_grants.kind
 _REASON_LENGTH_MAX = 256  # account_changes.reason
 
@@ -81,6 +86,7 @@ class Subscriptions:
         AlreadySubscribed or AccountClosed, writing nothing."""
         plan = self._allocating_plan(command.plan)
         assert plan.allocation is not None
+        await self.settle(command.account_id)  # one that has ended by now is ended first
 
         async def effect(uow: UnitOfWork) -> SubscriptionResult:
             entries: list[LedgerEntry] = []
@@ -114,17 +120,19 @@ class Subscriptions:
         """Move the subscription (and its account) to another plan of the same period. An
         upgrade (more credits a period) applies at once, granting the difference for the share
         of the current period left (domain/subscriptions.prorated_upgrade); any other change
-        applies when the next period begins. Changing to the plan it is on undoes a pending
-        downgrade or cancellation."""
+        applies when the next period begins. Any change undoes a pending cancellation;
+        changing to the plan it is on undoes a pending downgrade too."""
         plan = self._allocating_plan(command.plan)
         allocation = plan.allocation
         assert allocation is not None
+        await self.settle(command.account_id)  # one that has ended by now is ended first
 
         async def effect(uow: UnitOfWork) -> SubscriptionResult:
             subscription, now = await self._locked(uow, command.account_id)
             subscription, entries = await self._settle(uow, subscription, now, actor)
             if subscription.status is not SubscriptionStatus.ACTIVE:
-                raise errors.SubscriptionNotFound(command.account_id)  # its account closed
+                # ended between the settling above and this (the clock passed its end)
+                raise errors.SubscriptionNotFound(command.account_id)
             current = subscription.allocation
             if allocation.period != current.period:
                 raise errors.SubscriptionPeriodMismatch(
@@ -138,10 +146,11 @@ class Subscriptions:
                 entries += await self._upgrade(uow, subscription, plan, now, command, actor)
                 subscription = dataclasses.replace(
                     subscription, plan=plan.name, allocation=allocation, next_plan=None,
-                    next_allocation=None)
+                    next_allocation=None, cancel_time=None)
             else:
                 subscription = dataclasses.replace(
-                    subscription, next_plan=plan.name, next_allocation=allocation)
+                    subscription, next_plan=plan.name, next_allocation=allocation,
+                    cancel_time=None)
             subscription = await uow.subscriptions.save(subscription)
             return await _result(uow, subscription, True, entries)
 
@@ -176,7 +185,7 @@ class Subscriptions:
             raise granted  # the balance at its maximum: nothing is changed
         await uow.subscriptions.record_grant(
             subscription.subscription_id, period, UPGRADE, plan.name, credits, 0,
-            granted.lot.lot_id if granted.lot else None)
+            granted.lot.lot_id if granted.lot else None, plan.allocation.rollover)
         uow.on_commit(lambda: self._metrics.granted(credits))
         return [*entries, granted.entry]
 
@@ -186,6 +195,7 @@ class Subscriptions:
         """End the subscription at the end of the current period (nothing is granted after
         it), or at once; either way the account moves to the default plan when it ends.
         Credits already granted stay until their lots expire."""
+        await self.settle(command.account_id)  # one that has ended by now is ended first
 
         async def effect(uow: UnitOfWork) -> SubscriptionResult:
             subscription, now = await self._locked(uow, command.account_id, open_only=False)
@@ -221,22 +231,63 @@ class Subscriptions:
 
         return await self._transactions.run(work)
 
+    async def settle(self, account_id: str) -> None:
+        """Grant the account's ACTIVE subscription what has fallen due (and end it if its
+        cancellation has come), in a transaction of its own; nothing without one."""
+
+        async def work(uow: UnitOfWork) -> None:
+            subscription = await uow.subscriptions.active(account_id, lock=True)
+            if subscription is not None:
+                await uow.accounts.lock([account_id])
+                await self._settle(uow, subscription, await uow.now(), SYSTEM_ACTOR)
+
+        await self._transactions.run(work)
+
     async def grant_due(self, batch_size: int) -> int:
         """Grant what has fallen due to at most `batch_size` subscriptions, in one
-        transaction (those another transaction holds are skipped); returns how many
-        subscriptions it settled (a full batch: call again)."""
+        transaction (those another transaction holds are skipped), stopping early once it
+        granted GRANTS_PER_TRANSACTION_MAX periods; returns how many subscriptions it took
+        (a full batch: call again). If the batch fails, each of its subscriptions is settled
+        in a transaction of its own, so that one that cannot be granted holds up no other."""
 
-        async def work(uow: UnitOfWork) -> int:
+        async def work(uow: UnitOfWork) -> list[str]:
             due = await uow.subscriptions.lock_due(batch_size)
             if not due:
-                return 0
+                return []
             await uow.accounts.lock(sorted({s.account_id for s in due}))
             now = await uow.now()
+            granted = 0
             for subscription in due:
-                await self._settle(uow, subscription, now, SYSTEM_ACTOR)
-            return len(due)
+                before = subscription.last_period
+                settled, _ = await self._settle(uow, subscription, now, SYSTEM_ACTOR)
+                granted += max(0, settled.last_period - before)
+                if granted >= GRANTS_PER_TRANSACTION_MAX:
+                    break  # the rest stay due, for the next call
+            return [s.account_id for s in due]
 
-        return await self._transactions.run(work)
+        try:
+            return len(await self._transactions.run(work))
+        except errors.DatabaseUnavailable:
+            raise
+        except Exception:
+            _log.exception("granting a batch of subscriptions failed: settling them one by one")
+        return await self._settle_each(batch_size)
+
+    async def _settle_each(self, batch_size: int) -> int:
+        """Settle the due subscriptions one transaction each, logging those that fail."""
+
+        async def due(uow: UnitOfWork) -> list[str]:
+            return [s.account_id for s in await uow.subscriptions.lock_due(batch_size)]
+
+        account_ids = await self._transactions.run(due)
+        for account_id in account_ids:
+            try:
+                await self.settle(account_id)
+            except errors.DatabaseUnavailable:
+                raise
+            except Exception:
+                _log.exception("granting the subscription of account %r failed", account_id)
+        return len(account_ids)
 
     async def _locked(
         self, uow: UnitOfWork, account_id: str, *, open_only: bool = True
@@ -269,14 +320,14 @@ class Subscriptions:
                 subscription, moved = await self._end(
                     uow, subscription, subscription.cancel_time, "subscription ended", actor)
                 return subscription, [*entries, *moved]
-            rollover = subscription.allocation.rollover  # the rule of the period it comes from
             if subscription.next_plan is not None:
                 subscription, moved = await self._take_next_plan(uow, subscription, actor)
                 entries.extend(moved)
             carried = 0
-            if subscription.last_period >= 0:
-                carried = rollover.carried(await uow.subscriptions.unused(
-                    subscription.subscription_id, subscription.last_period))
+            if subscription.last_period >= 0:  # each lot by the rule it was granted under
+                carried = sum(rule.carried(unused) for unused, rule in
+                              await uow.subscriptions.left_over(
+                                  subscription.subscription_id, subscription.last_period))
             granted = await self._grant_period(uow, subscription, period, carried, actor)
             if isinstance(granted, errors.AccountClosed):
                 subscription, _ = await self._end(uow, subscription, now, "account closed",
@@ -311,7 +362,7 @@ class Subscriptions:
             uow.on_commit(lambda: self._metrics.granted(credits + carried))
         await uow.subscriptions.record_grant(
             subscription.subscription_id, period, PERIOD, subscription.plan, credits, carried,
-            lot_id)
+            lot_id, subscription.allocation.rollover)
         return granted.entry if isinstance(granted, GrantResult) else None
 
     async def _take_next_plan(

@@ -16,7 +16,7 @@ from credits.v1 import credits_pb2 as pb
 from credits_service.persistence.invariants import INVARIANTS
 from tests.grpc_errors import assert_error, expect_error
 from tests.ledger_checks import row_counts
-from tests.support.calls import commit, grant, release, reserve
+from tests.support.calls import commit, grant, release, reserve, reserve_request
 
 POOL = "acme-pool"
 
@@ -272,3 +272,17 @@ async def test_verify_finds_member_books_that_disagree_with_the_holds(stub, db):
     broken = [name for name in names if await db.fetch(INVARIANTS[name])]
     assert broken == ["a member's account names its pool, and only a member's"]
     await db.execute(f"UPDATE accounts SET pool_account_id = '{POOL}' WHERE account_id = 'm1'")
+
+
+async def test_a_batch_draws_each_members_item_from_its_own_credits_or_the_pool(stub, db):
+    await organization(stub, pool_credits=100, m1={"period_cap": 50}, m2={})
+    await grant(stub, "m2", 5)
+    batch = await stub.BatchCheckAndReserve(pb.BatchCheckAndReserveRequest(items=[
+        reserve_request("m1", 40), reserve_request("m2", 5), reserve_request("m2", 30),
+        reserve_request("m1", 20), reserve_request("solo", 1)]))
+    answers = [(r.response.reservation.account_id, r.response.reservation.member_account_id)
+               if r.HasField("response") else r.error.reason for r in batch.results]
+    assert answers == [(POOL, "m1"), ("m2", ""), (POOL, "m2"), "MEMBER_CAP_EXCEEDED",
+                       "ACCOUNT_NOT_FOUND"]
+    member, pool = await member_of(stub, "m1")
+    assert (member.held, member.remaining, pool.available) == (40, 10, 30)

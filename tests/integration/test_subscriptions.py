@@ -209,10 +209,27 @@ async def test_an_upgrade_grants_the_rest_of_the_period_at_once(served, db):
     assert moved.metadata["plan"] == "growth" and moved.metadata["period"] == "0"
     assert await db.fetchval("SELECT plan FROM accounts WHERE account_id = 'u2'") == "growth"
     assert await available(stub, "u2") == 1000 + moved.amount
-    # The next period is the new plan's, with the old and the upgrade's credits carrying in
+    # The next period is the new plan's. What carries in goes by the rule each lot was
+    # granted under: starter's period lot capped at 500, growth's share in full.
     assert await advance(app, (end - start).total_seconds() / 2 + 60) == 2
     grants = await period_grants(db, "u2")
-    assert grants == [(0, 1000, 0), (1, 5000, 1000 + moved.amount)]
+    assert grants == [(0, 1000, 0), (1, 5000, 500 + moved.amount)]
+
+
+async def test_a_late_upgrade_does_not_change_the_rule_of_credits_granted_before_it(
+        served, db):
+    """Up to a full-rollover plan a minute before the period ends (its share rounds to 0),
+    then back down: the period's own lot still carries by starter's cap, not growth's rule."""
+    app, stub = served
+    s = (await subscribe(stub, "late", "starter")).subscription
+    length_s = (s.next_grant_time.ToDatetime() - s.start_time.ToDatetime()).total_seconds()
+    app.clock.advance(length_s - 60)
+    upgraded = await change(stub, "late", "growth")
+    assert upgraded.subscription.plan == "growth"
+    assert not [e for e in upgraded.entries if e.type == pb.ENTRY_TYPE_GRANT]
+    assert (await change(stub, "late", "starter")).subscription.next_plan == "starter"
+    assert await advance(app, 120) == 1
+    assert await period_grants(db, "late") == [(0, 1000, 0), (1, 1000, 500)]
 
 
 async def test_a_downgrade_waits_for_the_next_period_and_can_be_undone(served, db):
@@ -252,6 +269,49 @@ async def test_a_cancellation_at_the_period_end_stops_the_grants_then(served, db
     # Subscribed again: a new subscription, anchored now
     again = await subscribe(stub, "x1", "weekly")
     assert again.subscription.subscription_id != s.subscription_id
+
+
+async def test_a_cancellation_that_has_come_ends_before_any_call_whether_or_not_a_scheduler_ran(
+        served, db):
+    app, stub = served
+    await subscribe(stub, "x3", "weekly")
+    await cancel(stub, "x3")
+    app.clock.advance(WEEK_S + 60)  # no scheduler runs
+    moved = await stub.ChangePlan(pb.ChangePlanRequest(account_id="x3", plan="pro",
+                                                       reason="left the subscription"))
+    assert moved.changed and moved.account.plan == "pro"
+    again = await subscribe(stub, "x3", "weekly")
+    assert again.subscription.status == pb.SUBSCRIPTION_STATUS_ACTIVE
+    assert await period_grants(db, "x3") == [(0, 300, 0), (0, 300, 0)]
+
+
+async def test_any_change_undoes_a_pending_cancellation(served, db):
+    app, stub = served
+    await subscribe(stub, "x4", "starter")
+    await cancel(stub, "x4")
+    upgraded = await change(stub, "x4", "growth")
+    assert not upgraded.subscription.HasField("cancel_time")
+    assert await advance(app, 31 * DAY_S) == 1
+    assert [p for p, _, _ in await period_grants(db, "x4")] == [0, 1]
+
+
+async def test_a_subscription_that_cannot_be_granted_holds_up_no_other(served, db, caplog):
+    app, stub = served
+    for account in ("h1", "h2", "h3"):
+        await subscribe(stub, account, "weekly")
+    # A grant row already there for h2's next period: granting it violates the unique index
+    await db.execute("""
+        INSERT INTO subscription_grants (subscription_id, period, kind, plan, credits, lot_id,
+                                         rollover, rollover_cap)
+        SELECT subscription_id, 1, 'PERIOD', plan, 1, NULL, 'none', 0 FROM subscriptions
+         WHERE account_id = 'h2'""")
+    assert await advance(app, WEEK_S + 60) == 3
+    assert [p for p, _, _ in await period_grants(db, "h1")] == [0, 1]
+    assert [p for p, _, _ in await period_grants(db, "h3")] == [0, 1]
+    assert "granting the subscription of account 'h2' failed" in caplog.text
+    await db.execute("DELETE FROM subscription_grants WHERE credits = 1")
+    assert await app.scheduler.grant_once() == 1
+    assert [p for p, _, _ in await period_grants(db, "h2")] == [0, 1]
 
 
 async def test_a_cancellation_at_once_ends_it_now_and_keeps_the_credits_granted(served, db):

@@ -3,8 +3,10 @@
 Items go to shards by account; each shard decides the items of concurrent batches together,
 one transaction at a time (a second one starts only with a full group, while items queue
 faster than one drains). Shards share no account, so their transactions never wait on each
-other's account locks, and a transaction decides the items of one account in order, as one by
-one. (BatchCommit is Committing.commit_each.)
+other's account locks (but for members of one organisation, whose calls their own credits do
+not cover: those shards' second transactions take the pool's lock in turn), and a transaction
+decides the items of one account in order, as one by one. (BatchCommit is
+Committing.commit_each.)
 """
 
 from __future__ import annotations

@@ -47,9 +47,11 @@ Answer = ReserveResult | errors.Declined | errors.CreditsError
 
 
 class _ToPool(NamedTuple):
-    """A member's call its own credits do not cover: for its pool, in a second transaction."""
+    """A member's call its own credits do not cover: for its pool, in a second transaction
+    (with what its own account had available, should it be a member no more by then)."""
 
     pool_account_id: str
+    available: int
 
 
 class Reserving:
@@ -89,11 +91,11 @@ class Reserving:
         for i, (command, actor) in enumerate(calls):
             first.setdefault((actor, command.idempotency_key), i)
 
-        async def work(uow: UnitOfWork, pooled: dict[int, str]) -> list[Answer]:
+        async def work(uow: UnitOfWork, pooled: dict[int, _ToPool]) -> list[Answer]:
             outcomes: list[Any] = [None] * len(calls)
             firsts = [(pair, i) for pair, i in first.items() if not pooled or i in pooled]
             stored, snapshots, inactive, plans, pools = await uow.groups.find_and_lock([
-                KeyedAccount(scope, key, pooled.get(i) or calls[i][0].account_id)
+                KeyedAccount(scope, key, _account_of(calls, pooled, i))
                 for (scope, key), i in firsts
             ])
             new: list[int] = []  # in call order, as first is
@@ -115,7 +117,7 @@ class Reserving:
             return outcomes
 
         outcomes = await self._transactions.run(lambda uow: work(uow, {}), grouped=True)
-        pooled = {i: outcome.pool_account_id for i, outcome in enumerate(outcomes)
+        pooled = {i: outcome for i, outcome in enumerate(outcomes)
                   if isinstance(outcome, _ToPool)}
         if pooled:
             from_pools = await self._transactions.run(
@@ -140,7 +142,7 @@ class Reserving:
         plans: dict[str, str],
         digests: list[bytes],
         pools: dict[str, str],
-        pooled: dict[int, str],
+        pooled: dict[int, _ToPool],
         members: dict[str, Member],
     ) -> None:
         """Decide and write the reservations of calls[i] for i in `indexes` (their keys not
@@ -168,7 +170,7 @@ class Reserving:
             await self._price_again(uow, calls, outcomes, snapshots, plans, amounts, prices)
         wanted: dict[str, int] = {}  # an unlimited account draws no lot: it wants none
         for i in indexes:
-            account_id = pooled.get(i) or calls[i][0].account_id
+            account_id = _account_of(calls, pooled, i)
             snapshot = snapshots.get(account_id)
             if snapshot is not None and account_id not in inactive and outcomes[i] is None:
                 wanted[account_id] = wanted.get(account_id, 0) + (
@@ -187,7 +189,7 @@ class Reserving:
             if outcomes[i] is not None:  # its price refused: nothing to place
                 continue
             command = calls[i][0]
-            account_id = pooled.get(i) or command.account_id
+            account_id = _account_of(calls, pooled, i)
             member: Member | None = None
             amount = amounts[i]
             snapshot = snapshots.get(account_id)
@@ -201,8 +203,10 @@ class Reserving:
                 continue
             if pooled:
                 member = members.get(command.account_id)
-                if member is None or member.pool_account_id != account_id:  # removed since
-                    outcomes[i] = errors.InsufficientCredits(command.account_id, 0, amount)
+                if member is None or member.pool_account_id != account_id:
+                    # a member no more: answered as its own account was found
+                    outcomes[i] = errors.InsufficientCredits(
+                        command.account_id, pooled[i].available, amount)
                     continue
                 if not member.may_hold(amount, now.date()):
                     outcomes[i] = errors.MemberCapExceeded(
@@ -211,7 +215,7 @@ class Reserving:
                     continue
             if snapshot.available < amount:
                 pool = pools.get(account_id)
-                outcomes[i] = (_ToPool(pool) if pool is not None else
+                outcomes[i] = (_ToPool(pool, snapshot.available) if pool is not None else
                                errors.InsufficientCredits(account_id, snapshot.available, amount))
                 continue
             if member is not None:
@@ -263,7 +267,7 @@ class Reserving:
 
     def _price(
         self, calls: Sequence[Call], indexes: list[int], outcomes: list[Any],
-        plans: dict[str, str], pooled: dict[int, str] | None = None,
+        plans: dict[str, str], pooled: dict[int, _ToPool] | None = None,
     ) -> tuple[dict[int, int], dict[int, HeldPrice]]:
         """The amount each call of `indexes` holds, and the price of those of a feature, by
         one card, at the price of its account's plan (an account not found would be opened
@@ -281,7 +285,7 @@ class Reserving:
             try:
                 price = card.hold_price(
                     command.feature, command.units or 0,
-                    plans.get((pooled or {}).get(i) or command.account_id)
+                    plans.get(_account_of(calls, pooled or {}, i))
                     or self._opening.plan("").name)
             except (errors.UnknownFeature, errors.CostTooLarge) as refused:
                 outcomes[i] = refused
@@ -323,6 +327,12 @@ class Reserving:
             opened = await self._opening.on_first_use(uow, account_id, actors[account_id])
             if opened is not None:
                 snapshots[account_id] = opened
+
+
+def _account_of(calls: Sequence[Call], pooled: dict[int, _ToPool], i: int) -> str:
+    """The account call i holds on: its pool's in the pools' transaction, else its own."""
+    to_pool = pooled.get(i)
+    return to_pool.pool_account_id if to_pool is not None else calls[i][0].account_id
 
 
 def _stored(outcome: Answer) -> bool:

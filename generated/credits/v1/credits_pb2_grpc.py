@@ -463,8 +463,9 @@ class CreditsServiceServicer:
         """ChangeSubscription moves a subscription and its account to another plan
         of the same period. An upgrade (more credits a period) applies at once and
         grants the difference for the share of the current period left, rounded
-        down; any other change applies when the next period begins. Changing to
-        the plan it is on undoes a pending change or cancellation.
+        down; any other change applies when the next period begins. Any change
+        undoes a pending cancellation; changing to the plan it is on undoes a
+        pending downgrade too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

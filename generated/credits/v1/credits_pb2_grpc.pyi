@@ -200,8 +200,9 @@ class CreditsServiceStub:
     """ChangeSubscription moves a subscription and its account to another plan
     of the same period. An upgrade (more credits a period) applies at once and
     grants the difference for the share of the current period left, rounded
-    down; any other change applies when the next period begins. Changing to
-    the plan it is on undoes a pending change or cancellation.
+    down; any other change applies when the next period begins. Any change
+    undoes a pending cancellation; changing to the plan it is on undoes a
+    pending downgrade too.
     """
     CancelSubscription: _grpc.UnaryUnaryMultiCallable[_credits_pb2.CancelSubscriptionRequest, _credits_pb2.CancelSubscriptionResponse]
     """CancelSubscription ends a subscription at the end of the current period,
@@ -408,8 +409,9 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     """ChangeSubscription moves a subscription and its account to another plan
     of the same period. An upgrade (more credits a period) applies at once and
     grants the difference for the share of the current period left, rounded
-    down; any other change applies when the next period begins. Changing to
-    the plan it is on undoes a pending change or cancellation.
+    down; any other change applies when the next period begins. Any change
+    undoes a pending cancellation; changing to the plan it is on undoes a
+    pending downgrade too.
     """
     CancelSubscription: _aio.UnaryUnaryMultiCallable[_credits_pb2.CancelSubscriptionRequest, _credits_pb2.CancelSubscriptionResponse]  # type: ignore[assignment]
     """CancelSubscription ends a subscription at the end of the current period,
@@ -745,8 +747,9 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         """ChangeSubscription moves a subscription and its account to another plan
         of the same period. An upgrade (more credits a period) applies at once and
         grants the difference for the share of the current period left, rounded
-        down; any other change applies when the next period begins. Changing to
-        the plan it is on undoes a pending change or cancellation.
+        down; any other change applies when the next period begins. Any change
+        undoes a pending cancellation; changing to the plan it is on undoes a
+        pending downgrade too.
         """
 
     @_abc_1.abstractmethod
