@@ -9,7 +9,7 @@ import asyncpg
 
 from credits_service.persistence.invariants import INVARIANTS
 
-TABLES = ("usage_members, organization_members, organizations, subscription_grants, "
+TABLES = ("events, usage_members, organization_members, organizations, subscription_grants, "
           "subscriptions, usage_hours, usage_days, usage_months, "
           "usage_shards, imported_rows, account_totals, "
           "account_changes, reservation_lots, ledger_entries, credit_lots, reservations, "

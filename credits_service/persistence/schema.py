@@ -375,3 +375,16 @@ usage_members = Table(
     PrimaryKeyConstraint("pool_account_id", "hour", "member_account_id", "feature",
                          name="pk_usage_members"),
 )
+
+events = Table(
+    "events", metadata,
+    Column("event_id", BigInteger, Identity(always=True), primary_key=True),
+    # the writing transaction's id (pg_current_xact_id): positions are (xid, event_id)
+    Column("xid", BigInteger, nullable=False,
+           server_default=text("(pg_current_xact_id())::text::bigint")),
+    Column("event_type", Text, nullable=False),
+    Column("account_id", Text, nullable=False),
+    Column("data", JSONB, nullable=False),
+    _time("create_time", default=True),
+    Index("ix_events_position", "xid", "event_id"),
+)

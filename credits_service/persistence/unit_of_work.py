@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from credits_service.persistence.accounts import AccountRepository
 from credits_service.persistence.entries import EntryRepository
 from credits_service.persistence.errors import StorageTimeout, translate
+from credits_service.persistence.events import EventRepository
 from credits_service.persistence.groups import GroupStatements
 from credits_service.persistence.idempotency import IdempotencyRepository
 from credits_service.persistence.lots import LotRepository
@@ -62,6 +63,7 @@ class SqlUnitOfWork:
     groups: GroupStatements
     subscriptions: SubscriptionRepository
     organizations: OrganizationRepository
+    events: EventRepository
 
     def __init__(
         self,
@@ -119,6 +121,7 @@ class SqlUnitOfWork:
         self.groups = GroupStatements(self._driver)
         self.subscriptions = SubscriptionRepository(self._driver)
         self.organizations = OrganizationRepository(self._driver)
+        self.events = EventRepository(self._driver)
         return self
 
     async def _bound_by_call_deadline(self) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, Self
 
+from credits_service.domain.events import EventPage, EventType, Position
 from credits_service.domain.lots import LotChange
 from credits_service.domain.model import (
     Account,
@@ -397,6 +398,16 @@ class OrganizationRepository(Protocol):
     ) -> list[Member]: ...
 
 
+class EventRepository(Protocol):
+    """The events outbox, read in commit order."""
+
+    async def after(
+        self, position: Position, event_types: Sequence[EventType],
+        account_ids: Sequence[str], limit: int,
+    ) -> EventPage:
+        """Up to `limit` events after `position`, of ended transactions, in commit order."""
+
+
 class UnitOfWork(Protocol):
     """One transaction: `async with` opens it; leaving without commit() rolls it back."""
 
@@ -409,6 +420,7 @@ class UnitOfWork(Protocol):
     groups: GroupStatements
     subscriptions: SubscriptionRepository
     organizations: OrganizationRepository
+    events: EventRepository
 
     async def __aenter__(self) -> Self: ...
 
