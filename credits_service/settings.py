@@ -13,111 +13,47 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-ENV_PREFIX = "CREDITS_"
+from credits_service.setting_rules import (
+    ENV_PREFIX,
+    Rule,
+    Section,
+    SettingsError,
+    declared,
+    external_name,
+    number_text,
+)
+
 # Services that can be left open to callers without a token (auth_open_services).
 OPEN_SERVICE_CHOICES = ("health", "reflection")
 
 
-class SettingsError(ValueError):
-    """One or more settings are invalid; the message names each, its value and its rule."""
-
-
-def _setting(
-    default: Any,
-    help: str,
-    *,
-    name: str | None = None,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    choices: Sequence[str] | None = None,
-    aliases: Sequence[str] = (),
-    empty_is_a_value: bool = False,
-) -> Any:
-    """A setting: `name` is its flag and environment name when it differs from the field's;
-    [low, high] its bounds (low excluded when `low_open`); `aliases` older names still
-    accepted."""
-    return field(default=default, metadata={
-        "help": help, "name": name, "low": low, "high": high, "low_open": low_open,
-        "choices": choices, "aliases": tuple(aliases), "empty_is_a_value": empty_is_a_value,
-    })
-
-
 @dataclass(frozen=True, slots=True)
-class Rule:
-    """A rule one setting breaks: the message names the setting, its value and the rule."""
-
-    setting: str
-    value: Any
-    rule: str
-
-    def __str__(self) -> str:
-        flag = "--" + self.setting.replace("_", "-")
-        return (f"setting {self.setting}={self.value!r} ({flag}, {ENV_PREFIX}"
-                f"{self.setting.upper()}) {self.rule}")
-
-
-class _Section:
-    """A group of settings; subclasses are frozen dataclasses of _setting fields."""
-
-    title: ClassVar[str]
-
-    def problems(self) -> list[Rule]:
-        """Each field outside its declared bounds, then the section's own cross-field rules."""
-        found = []
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            meta = f.metadata
-            low, high, choices = meta["low"], meta["high"], meta["choices"]
-            if choices is not None and value not in choices:
-                found.append(Rule(external_name(f), value, f"must be one of {', '.join(choices)}"))
-            elif low is not None and high is not None and not (
-                    (low < value if meta["low_open"] else low <= value) and value <= high):
-                bound = f"above {_number(low)}" if meta["low_open"] else f"at least {_number(low)}"
-                found.append(Rule(external_name(f), value,
-                                  f"is out of range: must be {bound} and at most {_number(high)}"))
-        return found + self.relations()
-
-    def relations(self) -> list[Rule]:
-        return []
-
-
-def external_name(f: dataclasses.Field[Any]) -> str:
-    """The setting's name as flags and the environment spell it."""
-    return f.metadata["name"] or f.name
-
-
-def _number(value: float) -> str:
-    return f"{value:,.0f}".replace(",", "_") if float(value).is_integer() else str(value)
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSettings(_Section):
+class ServerSettings(Section):
     title: ClassVar[str] = "gRPC server"
 
-    listen: str = _setting("127.0.0.1:50051", "host:port the gRPC server listens on")
-    max_concurrent_rpcs: int = _setting(
+    listen: str = declared("127.0.0.1:50051", "host:port the gRPC server listens on")
+    max_concurrent_rpcs: int = declared(
         512, "RPCs served at once; more get RESOURCE_EXHAUSTED", low=1, high=100_000)
-    max_message_bytes: int = _setting(
+    max_message_bytes: int = declared(
         256 * 1024, "largest request or response message", low=1024, high=4 * 1024 * 1024)
-    shutdown_grace_s: float = _setting(
+    shutdown_grace_s: float = declared(
         10.0, "time in-flight calls get to finish on SIGTERM", low=0, high=600)
-    reflection: bool = _setting(True, "serve gRPC server reflection (grpcurl, ghz)")
-    keepalive_time_s: float = _setting(
+    reflection: bool = declared(True, "serve gRPC server reflection (grpcurl, ghz)")
+    keepalive_time_s: float = declared(
         60.0, "ping idle connections this often to find dead peers", low=1, high=86_400)
-    keepalive_timeout_s: float = _setting(
+    keepalive_timeout_s: float = declared(
         20.0, "drop a connection whose ping goes unanswered", low=1, high=3600)
-    event_loop: str = _setting(
+    event_loop: str = declared(
         "uvloop", "the server's event loop: uvloop (faster, see bench/README.md) or asyncio "
         "(the standard library's)", choices=("uvloop", "asyncio"))
-    tls_cert_file: str = _setting("", "PEM server certificate (chain); enables TLS")
-    tls_key_file: str = _setting("", "PEM private key of the server certificate")
-    tls_client_ca_file: str = _setting(
+    tls_cert_file: str = declared("", "PEM server certificate (chain); enables TLS")
+    tls_key_file: str = declared("", "PEM private key of the server certificate")
+    tls_client_ca_file: str = declared(
         "", "PEM CA bundle: when set, clients must present a certificate it signed (mutual "
         "TLS)")
 
@@ -133,31 +69,31 @@ class ServerSettings(_Section):
 
 
 @dataclass(frozen=True, slots=True)
-class DatabaseSettings(_Section):
+class DatabaseSettings(Section):
     title: ClassVar[str] = "database"
 
-    url: str | None = _setting(
+    url: str | None = declared(
         None, "PostgreSQL URL (postgresql://user:pass@host:port/db). Unset: start an embedded "
         "PostgreSQL in --data-dir", name="database_url")
-    data_dir: str = _setting(
+    data_dir: str = declared(
         "", "directory of the embedded PostgreSQL's data (default: /var/lib/credits-service "
         "as root, else the user data dir); kept across restarts")
-    migrate_on_start: bool = _setting(True, "apply pending migrations when serve starts")
-    pool_size: int = _setting(10, "database connections kept open", low=1, high=200)
-    pool_timeout_s: float = _setting(
+    migrate_on_start: bool = declared(True, "apply pending migrations when serve starts")
+    pool_size: int = declared(10, "database connections kept open", low=1, high=200)
+    pool_timeout_s: float = declared(
         5.0, "longest wait for a free database connection", low=0, high=600, low_open=True)
-    connect_timeout_s: float = _setting(
+    connect_timeout_s: float = declared(
         5.0, "longest wait to open a database connection", low=0, high=600, low_open=True)
-    statement_timeout_ms: int = _setting(
+    statement_timeout_ms: int = declared(
         5000, "Postgres statement_timeout of our sessions", low=1, high=600_000)
-    lock_timeout_ms: int = _setting(
+    lock_timeout_ms: int = declared(
         2000, "Postgres lock_timeout of our sessions (at most statement_timeout_ms)",
         low=1, high=600_000)
-    command_timeout_s: float = _setting(
+    command_timeout_s: float = declared(
         10.0, "longest wait for the database to answer one statement, timed by the service "
         "(a stalled or unreachable database); above statement_timeout_ms", low=0, high=600,
         low_open=True)
-    idle_in_transaction_timeout_ms: int = _setting(
+    idle_in_transaction_timeout_ms: int = declared(
         10_000, "Postgres idle_in_transaction_session_timeout of our sessions",
         low=1, high=3_600_000)
 
@@ -178,47 +114,47 @@ class DatabaseSettings(_Section):
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerSettings(_Section):
+class LedgerSettings(Section):
     title: ClassVar[str] = "ledger"
 
-    reservation_ttl_default_s: float = _setting(
+    reservation_ttl_default_s: float = declared(
         300.0, "TTL of a reservation when the caller gives none", low=1, high=30 * 86_400,
         aliases=("hold_ttl_default_s",))
-    reservation_ttl_max_s: float = _setting(
+    reservation_ttl_max_s: float = declared(
         86_400.0, "longest TTL a caller may ask for, in CheckAndReserve or ExtendReservation",
         low=1, high=30 * 86_400, aliases=("hold_ttl_max_s",))
-    reservation_lifetime_max_s: float = _setting(
+    reservation_lifetime_max_s: float = declared(
         7 * 86_400.0, "longest a reservation can live from its creation, however often it is "
         "extended", low=1, high=365 * 86_400, aliases=("hold_lifetime_max_s",))
-    refund_lot_lifetime_s: float = _setting(
+    refund_lot_lifetime_s: float = declared(
         30 * 86_400.0, "a refund whose credits cannot go back to their lots (expired since) "
         "puts them in a new lot expiring this long after the refund; 0: never",
         low=0, high=10 * 365 * 86_400)
-    page_size_default: int = _setting(
+    page_size_default: int = declared(
         50, "History and ListReservations page size when the caller gives none",
         low=1, high=10_000)
-    page_size_max: int = _setting(
+    page_size_max: int = declared(
         500, "largest History or ListReservations page; larger requests are capped",
         low=1, high=10_000)
-    batch_size_max: int = _setting(
+    batch_size_max: int = declared(
         100, "items a BatchCheckAndReserve or BatchCommit call may carry, at most",
         low=1, high=1000)
-    transaction_attempts_max: int = _setting(
+    transaction_attempts_max: int = declared(
         5, "attempts of a transaction that hits a serialization failure or deadlock",
         low=1, high=20)
-    group_size_max: int = _setting(
+    group_size_max: int = declared(
         100, "concurrent CheckAndReserve, Commit or Release calls one transaction decides, "
         "at most (group commit)", low=1, high=10_000)
-    group_concurrency: int = _setting(
+    group_concurrency: int = declared(
         1, "group transactions of each kind running at once", low=1, high=64)
-    batch_commit_concurrency: int = _setting(
+    batch_commit_concurrency: int = declared(
         4, "transactions one BatchCommit runs at once", low=1, high=64)
-    batch_reserve_shards: int = _setting(
+    batch_reserve_shards: int = declared(
         4, "BatchCheckAndReserve shards: accounts are split over them, each deciding its "
         "items one transaction at a time", low=1, high=64)
-    batch_reserve_group_items_max: int = _setting(
+    batch_reserve_group_items_max: int = declared(
         500, "batch items one shard's transaction decides, at most", low=1, high=10_000)
-    batch_reserve_full_groups_max: int = _setting(
+    batch_reserve_full_groups_max: int = declared(
         2, "transactions a shard runs at once while its queue fills whole groups",
         low=1, high=16)
 
@@ -227,11 +163,11 @@ class LedgerSettings(_Section):
         if self.reservation_ttl_default_s > self.reservation_ttl_max_s:
             found.append(Rule("reservation_ttl_default_s", self.reservation_ttl_default_s,
                               f"must be at most reservation_ttl_max_s "
-                              f"({_number(self.reservation_ttl_max_s)})"))
+                              f"({number_text(self.reservation_ttl_max_s)})"))
         if self.reservation_lifetime_max_s < self.reservation_ttl_max_s:
             found.append(Rule("reservation_lifetime_max_s", self.reservation_lifetime_max_s,
                               f"must be at least reservation_ttl_max_s "
-                              f"({_number(self.reservation_ttl_max_s)})"))
+                              f"({number_text(self.reservation_ttl_max_s)})"))
         if self.page_size_default > self.page_size_max:
             found.append(Rule("page_size_default", self.page_size_default,
                               f"must be at most page_size_max ({self.page_size_max})"))
@@ -239,23 +175,23 @@ class LedgerSettings(_Section):
 
 
 @dataclass(frozen=True, slots=True)
-class AccountSettings(_Section):
+class AccountSettings(Section):
     title: ClassVar[str] = "accounts and plans"
 
-    plans_file: str = _setting(
+    plans_file: str = declared(
         "", "TOML file of plans (welcome credits and terms; docs/accounts.md); unset: the "
         "built-in plan 'default', without welcome credits")
-    environment: str = _setting(
+    environment: str = declared(
         "production", "which [environments.<name>] table of the plans file applies",
         choices=("development", "staging", "production"))
-    auto_create_accounts: bool = _setting(
+    auto_create_accounts: bool = declared(
         True, "the first CheckAndReserve or GetBalance of an unknown account creates it on "
         "the default plan with its welcome credits, as Grant and EnsureAccount always do; "
         "off: they answer ACCOUNT_NOT_FOUND")
-    rate_card_file: str = _setting(
+    rate_card_file: str = declared(
         "", "TOML file of the rate card (what each feature costs, per plan; docs/rates.md); "
         "unset: a card without features")
-    subscription_catch_up: str = _setting(
+    subscription_catch_up: str = declared(
         "each", "what subscriptions get for periods that began while no scheduler ran "
         "(docs/subscriptions.md): each, every missed period's allocation (expiring as it would "
         "have, so only what rolls over is left); current, the current period's only",
@@ -263,50 +199,50 @@ class AccountSettings(_Section):
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerSettings(_Section):
+class WorkerSettings(Section):
     title: ClassVar[str] = "background workers"
 
-    sweep_interval_s: float = _setting(
+    sweep_interval_s: float = declared(
         1.0, "how often expired reservations and lots are swept", low=0, high=3600,
         low_open=True)
-    sweep_batch_size: int = _setting(
+    sweep_batch_size: int = declared(
         1000, "reservations (or accounts with expired lots) handled per sweeper transaction, "
         "at most", low=1, high=100_000)
-    idempotency_retention_s: float = _setting(
+    idempotency_retention_s: float = declared(
         86_400.0, "how long idempotency keys are kept before they are purged",
         low=3600, high=365 * 86_400)
-    purge_interval_s: float = _setting(
+    purge_interval_s: float = declared(
         60.0, "how often old idempotency keys are purged", low=0, high=86_400, low_open=True)
-    scheduler_interval_s: float = _setting(
+    scheduler_interval_s: float = declared(
         5.0, "how often the scheduler grants subscriptions' allocations that fell due",
         low=0, high=3600, low_open=True)
-    scheduler_batch_size: int = _setting(
+    scheduler_batch_size: int = declared(
         200, "subscriptions granted per scheduler transaction, at most", low=1, high=10_000)
 
 
 @dataclass(frozen=True, slots=True)
-class AuthSettings(_Section):
+class AuthSettings(Section):
     title: ClassVar[str] = "callers"
 
-    disabled: bool = _setting(
+    disabled: bool = declared(
         False, "accept every call without a token, as an admin (development only: refused "
         "unless --listen is a loopback address)", name="auth_disabled")
-    tokens: str = _setting(
+    tokens: str = declared(
         "", "principals allowed in, as '<name> <role> <sha256 of token>' entries separated "
         "by ';' or newlines (see `credits-service token`)", name="auth_tokens")
-    tokens_file: str = _setting(
+    tokens_file: str = declared(
         "", "file of principals, one entry per line, as above", name="auth_tokens_file")
-    open_services: str = _setting(
+    open_services: str = declared(
         "health", "services callable without a token, comma-separated: health (load "
         "balancers' probes), reflection (grpcurl and ghz without a token); empty: none",
         name="auth_open_services", empty_is_a_value=True)
-    service_transfers: bool = _setting(
+    service_transfers: bool = declared(
         False, "service principals may call Transfer too (users gifting credits); off: "
         "admins only")
-    rate_limit_per_s: float = _setting(
+    rate_limit_per_s: float = declared(
         5000.0, "calls per second each principal may make (token bucket); 0: no limit",
         low=0, high=1_000_000)
-    rate_limit_burst: int = _setting(
+    rate_limit_burst: int = declared(
         10_000, "calls a principal may make at once above its rate", low=1, high=1_000_000)
 
     @property
@@ -322,20 +258,20 @@ class AuthSettings(_Section):
 
 
 @dataclass(frozen=True, slots=True)
-class TelemetrySettings(_Section):
+class TelemetrySettings(Section):
     title: ClassVar[str] = "logs and metrics"
 
-    log_level: str = _setting(
+    log_level: str = declared(
         "INFO", "DEBUG, INFO (one line per RPC), WARNING or ERROR",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    log_format: str = _setting(
+    log_format: str = declared(
         "text", "text (for people) or json (one object per line)", choices=("text", "json"))
-    metrics_listen: str = _setting(
+    metrics_listen: str = declared(
         "127.0.0.1:9464", "host:port of the Prometheus /metrics HTTP endpoint; empty: off",
         empty_is_a_value=True)
 
 
-SECTIONS: dict[str, type[_Section]] = {
+SECTIONS: dict[str, type[Section]] = {
     "server": ServerSettings,
     "database": DatabaseSettings,
     "ledger": LedgerSettings,

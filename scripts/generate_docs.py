@@ -3,7 +3,7 @@
 
 - docs/operating.md: the table of every setting (credits_service/settings.py);
 - docs/api.md: the table of RPCs with the role each needs (the proto and transport/grpc/auth.py)
-  and the table of errors with their status codes (domain/errors.py and the one table in
+  and the table of errors with their status codes (domain/errors/ and the one table in
   transport/grpc/errors.py).
 
 Each part sits between `<!-- generated: NAME -->` and `<!-- end generated -->`. Run it after

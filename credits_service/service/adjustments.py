@@ -23,7 +23,8 @@ from credits_service.service.accounts import locked_account
 from credits_service.service.crediting import credit_lot
 from credits_service.service.debiting import take_free_credits
 from credits_service.service.idempotency import keyed
-from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.ports import UnitOfWork
+from credits_service.service.reporting import LedgerMetrics
 from credits_service.service.transactions import Transactions
 from credits_service.service.write_offs import write_off_due_lots
 

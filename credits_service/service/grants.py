@@ -9,7 +9,8 @@ from credits_service.domain.model import PRIORITY_DEFAULT
 from credits_service.service.accounts import AccountOpening
 from credits_service.service.crediting import credit_lot
 from credits_service.service.idempotency import keyed
-from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.ports import UnitOfWork
+from credits_service.service.reporting import LedgerMetrics
 from credits_service.service.transactions import Transactions
 
 METHOD = "Grant"

@@ -18,7 +18,8 @@ from credits_service.domain import errors
 from credits_service.domain.commands import ReserveCommand
 from credits_service.persistence.errors import TransientConflict
 from credits_service.service import responses
-from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.ports import UnitOfWork
+from credits_service.service.reporting import LedgerMetrics
 
 T = TypeVar("T")
 

@@ -16,10 +16,11 @@ from credits_service.service.grants import Granting
 from credits_service.service.maintenance import Maintenance
 from credits_service.service.organizations import Organizations
 from credits_service.service.page_tokens import PageTokens
-from credits_service.service.ports import LedgerMetrics, NoMetrics, UnitOfWorkFactory
+from credits_service.service.ports import UnitOfWorkFactory
 from credits_service.service.pricing import Pricing, RateCardLoader
 from credits_service.service.queries import Queries
 from credits_service.service.refunds import Refunding
+from credits_service.service.reporting import LedgerMetrics, NoMetrics
 from credits_service.service.reservations.batch import Batches
 from credits_service.service.reservations.commit import Committing
 from credits_service.service.reservations.extend import Extending

@@ -6,7 +6,8 @@ compare-and-set (the fold deletes each row once)."""
 from __future__ import annotations
 
 from credits_service.domain.model import ReservationStatus
-from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.ports import UnitOfWork
+from credits_service.service.reporting import LedgerMetrics
 from credits_service.service.reservations.settling import void
 from credits_service.service.transactions import Transactions
 from credits_service.service.write_offs import write_off_due_lots

@@ -1,5 +1,5 @@
 """What the use cases need from the world, as typed Protocols: a unit of work with its
-repositories (storage), and somewhere to report what they did (metrics).
+repositories (storage); where they report what they did is reporting.py.
 
 persistence/ implements the storage ports (SqlUnitOfWork) and telemetry.py the metrics port;
 tests/support/fake_storage.py implements the storage ports in memory. A repository method
@@ -445,60 +445,3 @@ class UnitOfWorkFactory(Protocol):
         calling RPC's time left, below which storage bounds its statements. `snapshot`: a
         read-only transaction whose statements all read one snapshot (factories that serve
         no such reads need not take it)."""
-
-
-class LedgerMetrics(Protocol):
-    """What the ledger reports as it works. Reported only for committed work."""
-
-    def granted(self, amount: int) -> None: ...
-    def account_created(self, plan: str) -> None: ...
-    def reserved(self, reservations: int) -> None: ...
-    def committed(self, amount: int) -> None: ...
-    def released(self) -> None: ...
-    def expired(self, reservations: int) -> None: ...
-    def written_off(self, credits: int) -> None: ...
-    def replayed(self, method: str) -> None: ...
-    def transaction_retried(self) -> None: ...
-    def grouped(self, kind: str, size: int) -> None: ...
-    def rate_card_reloaded(self, version: str, loaded: bool) -> None: ...
-    def rate_card_in_force(self, version: str) -> None: ...
-
-
-class NoMetrics:
-    """Reports nowhere."""
-
-    def granted(self, amount: int) -> None:
-        pass
-
-    def account_created(self, plan: str) -> None:
-        pass
-
-    def reserved(self, reservations: int) -> None:
-        pass
-
-    def committed(self, amount: int) -> None:
-        pass
-
-    def released(self) -> None:
-        pass
-
-    def expired(self, reservations: int) -> None:
-        pass
-
-    def written_off(self, credits: int) -> None:
-        pass
-
-    def replayed(self, method: str) -> None:
-        pass
-
-    def transaction_retried(self) -> None:
-        pass
-
-    def grouped(self, kind: str, size: int) -> None:
-        pass
-
-    def rate_card_reloaded(self, version: str, loaded: bool) -> None:
-        pass
-
-    def rate_card_in_force(self, version: str) -> None:
-        pass

@@ -12,7 +12,8 @@ from credits_service.domain.commands import QuoteQuery, QuoteResult
 from credits_service.domain.model import AccountStatus
 from credits_service.domain.plans import PlanBook
 from credits_service.domain.rates import RateCard
-from credits_service.service.ports import LedgerMetrics, NoMetrics, UnitOfWork
+from credits_service.service.ports import UnitOfWork
+from credits_service.service.reporting import LedgerMetrics, NoMetrics
 from credits_service.service.transactions import Transactions
 
 RateCardLoader = Callable[[], RateCard]  # reads the card's file again; RateCardRefused

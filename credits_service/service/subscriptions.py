@@ -49,7 +49,8 @@ from credits_service.domain.subscriptions import (
 from credits_service.service.accounts import AccountOpening, locked_account, move_to_plan
 from credits_service.service.crediting import credit_lot
 from credits_service.service.idempotency import keyed
-from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.ports import UnitOfWork
+from credits_service.service.reporting import LedgerMetrics
 from credits_service.service.transactions import Transactions
 from credits_service.service.write_offs import SYSTEM_ACTOR, write_off_due_lots
 

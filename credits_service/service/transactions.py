@@ -28,7 +28,8 @@ from credits_service.persistence.errors import (
     TransientConflict,
 )
 from credits_service.service.deadline import time_remaining_s
-from credits_service.service.ports import LedgerMetrics, UnitOfWork, UnitOfWorkFactory
+from credits_service.service.ports import UnitOfWork, UnitOfWorkFactory
+from credits_service.service.reporting import LedgerMetrics
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -15,7 +15,8 @@ from credits_service.service import debts
 from credits_service.service.accounts import AccountOpening
 from credits_service.service.debiting import take_free_credits
 from credits_service.service.idempotency import keyed
-from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.ports import UnitOfWork
+from credits_service.service.reporting import LedgerMetrics
 from credits_service.service.transactions import Transactions
 from credits_service.service.write_offs import write_off_due_lots
 

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 from credits_service.domain.model import BalanceSnapshot
 from credits_service.domain.rows import ExpiredLot, WriteOff
-from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.ports import UnitOfWork
+from credits_service.service.reporting import LedgerMetrics
 
 SYSTEM_ACTOR = "system"  # the actor of entries the service writes on its own (expiry)
 

@@ -62,7 +62,7 @@ async def test_each_kind_of_change_writes_its_events(app, stub, db, clock):
     assert caught_up == [] and end.position >= page.position
 
 
-async def test_credits_expiring_and_allocations_and_plans_have_their_events(
+async def test_credits_expiring_have_their_event(
         app, stub, db, clock):
     from google.protobuf.timestamp_pb2 import Timestamp
 

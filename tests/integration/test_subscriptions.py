@@ -125,6 +125,10 @@ async def test_subscribing_grants_the_first_period_at_once_expiring_at_its_end(s
     assert got.subscription == s and got.period_granted_credits == 1000
     assert got.period_end_time == s.next_grant_time
     assert await advance(app, 0) == 0  # nothing is due yet
+    page = await app.ledger.events.page("", account_ids=["s1"])
+    assert [e.event_type.value for e in page.events] == [
+        "ACCOUNT_CREATED", "GRANTED", "PLAN_CHANGED", "ALLOCATION_GRANTED"]
+    assert page.events[2].data["to"] == "starter" and page.events[3].data["amount"] == 1000
 
 
 async def test_a_new_account_is_created_on_the_plan_with_its_welcome_credits(served, db):

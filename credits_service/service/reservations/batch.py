@@ -19,7 +19,7 @@ from typing import Any
 from credits_service.domain import errors
 from credits_service.domain.commands import ReserveResult
 from credits_service.service.group_commit import GroupCommitter
-from credits_service.service.ports import LedgerMetrics
+from credits_service.service.reporting import LedgerMetrics
 from credits_service.service.reservations.reserve import Call, Reserving
 from credits_service.settings import LedgerSettings
 

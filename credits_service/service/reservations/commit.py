@@ -24,7 +24,8 @@ from credits_service.domain.model import (
 )
 from credits_service.domain.rows import Capture, CaptureTotals, Consumption, UsageEntry, WriteOff
 from credits_service.service.group_commit import UNDECIDED, GroupCommitter, Undecided
-from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.ports import UnitOfWork
+from credits_service.service.reporting import LedgerMetrics
 from credits_service.service.reservations.settling import (
     lock_active,
     lock_deciding_expiry,

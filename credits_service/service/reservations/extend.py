@@ -7,7 +7,8 @@ import dataclasses
 from credits_service.domain import errors
 from credits_service.domain.commands import ExtendCommand
 from credits_service.domain.model import Reservation, ReservationStatus
-from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.ports import UnitOfWork
+from credits_service.service.reporting import LedgerMetrics
 from credits_service.service.reservations.settling import lock_deciding_expiry
 from credits_service.service.transactions import Transactions
 from credits_service.settings import LedgerSettings

@@ -16,7 +16,8 @@ from credits_service.domain.commands import ReleaseCommand, ReleaseResult
 from credits_service.domain.model import BalanceSnapshot, ReservationStatus
 from credits_service.domain.rows import ReleaseOf
 from credits_service.service.group_commit import UNDECIDED, GroupCommitter, Undecided
-from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.ports import UnitOfWork
+from credits_service.service.reporting import LedgerMetrics
 from credits_service.service.reservations.settling import (
     held_per_account,
     lock_active,

@@ -34,8 +34,9 @@ from credits_service.domain.rows import FreeLot, HeldTotals, KeyedAccount, KeyRe
 from credits_service.service import idempotency, responses
 from credits_service.service.accounts import AccountOpening
 from credits_service.service.group_commit import GroupCommitter
-from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.ports import UnitOfWork
 from credits_service.service.pricing import Pricing
+from credits_service.service.reporting import LedgerMetrics
 from credits_service.service.transactions import Transactions
 from credits_service.service.write_offs import write_off_expired
 from credits_service.settings import LedgerSettings

@@ -10,7 +10,8 @@ from datetime import datetime
 from credits_service.domain import errors, lots
 from credits_service.domain.model import BalanceSnapshot, Reservation, ReservationStatus
 from credits_service.domain.rows import HeldTotals, WriteOff
-from credits_service.service.ports import LedgerMetrics, UnitOfWork
+from credits_service.service.ports import UnitOfWork
+from credits_service.service.reporting import LedgerMetrics
 from credits_service.service.write_offs import lock_accounts, write_off
 
 

@@ -28,7 +28,7 @@ from credits_service.domain.commands import (
 from credits_service.domain.model import GrantType
 from credits_service.domain.plans import BUILT_IN, PlanBook
 from credits_service.service.ledger import Ledger
-from credits_service.service.ports import NoMetrics
+from credits_service.service.reporting import NoMetrics
 from credits_service.settings import Settings
 from tests.support.fake_storage import FakeClock, FakeStorage
 
