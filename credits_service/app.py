@@ -7,8 +7,11 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import os
 import socket
 import tomllib
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +23,24 @@ from credits_service.domain.plans import BUILT_IN, PlanBook, PlansError, read_pl
 from credits_service.domain.rates import BUILT_IN as BUILT_IN_RATE_CARD
 from credits_service.domain.rates import RateCard, RateCardError, read_rate_card
 from credits_service.domain.subscriptions import CatchUp
+from credits_service.domain.webhooks import Endpoint, WebhooksError, read_webhooks
 from credits_service.persistence.database import create_engine, redacted
 from credits_service.persistence.embedded import EmbeddedPostgres
+from credits_service.persistence.event_signals import ListeningSignals
 from credits_service.persistence.keys import page_token_key
 from credits_service.persistence.migrations import upgrade_to_head
 from credits_service.persistence.unit_of_work import DatabaseClock, SqlUnitOfWork
+from credits_service.service.event_ports import EventSignals
+from credits_service.service.events import WatchPolicy
 from credits_service.service.ledger import Ledger
+from credits_service.service.page_tokens import PageTokens
+from credits_service.service.webhooks import WebhookPolicy, Webhooks
 from credits_service.settings import (
     AccountSettings,
     AuthSettings,
     DatabaseSettings,
     Settings,
+    WebhookSettings,
     parse_listen,
 )
 from credits_service.telemetry import Metrics
@@ -42,6 +52,7 @@ from credits_service.transport.grpc.auth import (
     parse_token_lines,
 )
 from credits_service.transport.grpc.call_log import CallLog
+from credits_service.transport.grpc.events import Watching
 from credits_service.transport.grpc.fields import RequestLimits
 from credits_service.transport.grpc.interceptors import CallInterceptor
 from credits_service.transport.grpc.server import (
@@ -52,6 +63,8 @@ from credits_service.transport.grpc.server import (
 from credits_service.transport.grpc.servicer import CreditsServicer
 from credits_service.workers.scheduler import Scheduler
 from credits_service.workers.sweeper import Sweeper
+from credits_service.workers.webhook_sender import HttpSender
+from credits_service.workers.webhooks import WebhookWorker
 
 _log = logging.getLogger(__name__)
 
@@ -175,6 +188,40 @@ def load_plans(settings: AccountSettings) -> PlanBook:
     return plans
 
 
+def load_webhooks(settings: WebhookSettings) -> tuple[Endpoint, ...]:
+    """The endpoints of the webhooks file (none without one); a StartupError naming the file
+    and the broken key when it cannot be used."""
+    if not settings.file:
+        return ()
+    path = settings.file
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        raise StartupError(f"cannot read --webhooks-file {path!r}: {exc.strerror or exc}") \
+            from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StartupError(f"--webhooks-file {path!r} is not TOML: {exc}") from None
+    try:
+        endpoints = read_webhooks(document)
+    except WebhooksError as exc:
+        raise StartupError(f"--webhooks-file {path!r}: {exc}") from None
+    _log.info("webhooks from %s: %s", path, ", ".join(e.name for e in endpoints) or "none")
+    return endpoints
+
+
+def build_webhooks(settings: Settings, ledger: Ledger, endpoints: Sequence[Endpoint],
+                   page_tokens_key: bytes) -> tuple[Webhooks, HttpSender]:
+    hooks = settings.webhooks
+    sender = HttpSender(hooks.timeout_s)
+    policy = WebhookPolicy(retry_for_s=hooks.retry_for_s,
+                           backoff_initial_s=hooks.backoff_initial_s,
+                           backoff_max_s=hooks.backoff_max_s, lease_s=hooks.lease_s)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return Webhooks(ledger.transactions, ledger.events, endpoints, sender, policy,
+                    PageTokens(page_tokens_key), owner), sender
+
+
 def read_rate_card_file(path: str, plans: PlanBook) -> RateCard:
     """The rate card of the file, its plan prices checked against `plans`; RateCardRefused
     listing every problem (the file unreadable or not TOML being one) otherwise."""
@@ -271,19 +318,25 @@ def build_gatekeeper(settings: AuthSettings, listen: str) -> Gatekeeper:
 
 
 async def serve_grpc(
-    settings: Settings, ledger: Ledger, gatekeeper: Gatekeeper, metrics: Metrics
+    settings: Settings, ledger: Ledger, gatekeeper: Gatekeeper, metrics: Metrics,
+    signals: EventSignals | None = None, webhooks: Webhooks | None = None,
 ) -> GrpcServer:
     """The gRPC server over `ledger`, started: servicer, interceptor and request limits from
-    the settings."""
+    the settings; event streams woken by `signals` (None: a server without WatchEvents)."""
     limits = RequestLimits(
         reservation_ttl_max_ms=int(settings.ledger.reservation_ttl_max_s * 1000),
         page_size_max=settings.ledger.page_size_max,
         batch_size_max=settings.ledger.batch_size_max,
     )
+    events = settings.events
+    watching = None if signals is None else Watching(
+        signals, WatchPolicy(poll_interval_s=events.poll_interval_s,
+                             heartbeat_s=events.heartbeat_s, watchers_max=events.watchers_max),
+        stall_limit_s=events.stall_limit_s)
     gate = CallGate()
     interceptor = CallInterceptor(gatekeeper, gate, CallLog(metrics))
     return await start_grpc_server(
-        settings.server, CreditsServicer(ledger, limits), interceptor, gate)
+        settings.server, CreditsServicer(ledger, limits, watching, webhooks), interceptor, gate)
 
 
 def _is_loopback(host: str) -> bool:
@@ -302,6 +355,10 @@ class Application:
     ledger: Ledger
     sweeper: Sweeper
     scheduler: Scheduler
+    signals: ListeningSignals
+    webhooks: Webhooks
+    webhook_sender: HttpSender
+    webhook_worker: WebhookWorker | None
     grpc_server: GrpcServer
     embedded: EmbeddedPostgres | None
     metrics: Metrics
@@ -323,10 +380,11 @@ class Application:
         gatekeeper = build_gatekeeper(settings.auth, settings.server.listen)
         plans = load_plans(settings.accounts)
         rate_card = load_rate_card(settings.accounts, plans)
+        endpoints = load_webhooks(settings.webhooks)
         database_url, embedded = await resolve_database(settings.database)
         try:
-            return await cls._start_on(settings, gatekeeper, plans, rate_card, database_url,
-                                       embedded)
+            return await cls._start_on(settings, gatekeeper, plans, rate_card, endpoints,
+                                       database_url, embedded)
         except BaseException:
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
@@ -339,6 +397,7 @@ class Application:
         gatekeeper: Gatekeeper,
         plans: PlanBook,
         rate_card: RateCard,
+        endpoints: Sequence[Endpoint],
         database_url: str,
         embedded: EmbeddedPostgres | None,
     ) -> Application:
@@ -355,11 +414,15 @@ class Application:
         ledger = build_ledger(settings, engine, metrics, clock, key, plans, rate_card)
         try:
             synced = await ledger.sync_credit_limits()
+            alerted = await ledger.alerts.sync_plan_rules()
         except BaseException:
             await engine.dispose()
             raise
         if synced:
             _log.info("%d accounts took their plan's credit limit from %s", synced, plans.source)
+        if alerted:
+            _log.info("%d accounts took their plan's low-balance rule from %s", alerted,
+                      plans.source)
         workers = settings.workers
         sweeper = Sweeper(
             ledger.maintenance,
@@ -367,18 +430,34 @@ class Application:
             batch_size=workers.sweep_batch_size,
             idempotency_retention_s=workers.idempotency_retention_s,
             purge_interval_s=workers.purge_interval_s,
+            events=ledger.events,
+            events_retention_s=settings.events.retention_s,
+            alerts=ledger.alerts,
+            expiring_notice_s=settings.events.expiring_notice_s,
         )
         scheduler = Scheduler(ledger.subscriptions, interval_s=workers.scheduler_interval_s,
                               batch_size=workers.scheduler_batch_size)
         metrics.watch(engine.pool.checkedout, sweeper.seconds_since_sweep)  # type: ignore[attr-defined]
         metrics_listen = settings.telemetry.metrics_listen
         metrics_port = metrics.serve(metrics_listen) if metrics_listen else None
+        signals = ListeningSignals(database_url,
+                                   connect_timeout_s=settings.database.connect_timeout_s)
+        signals.start()
+        webhooks, sender = build_webhooks(settings, ledger, endpoints, key)
         try:
-            grpc_server = await serve_grpc(settings, ledger, gatekeeper, metrics)
+            grpc_server = await serve_grpc(settings, ledger, gatekeeper, metrics, signals,
+                                           webhooks)
         except BaseException:
+            await signals.stop()
+            await sender.close()
             metrics.stop()
             await engine.dispose()
             raise
+        webhook_worker = None
+        if endpoints:
+            webhook_worker = WebhookWorker(
+                webhooks, signals, poll_interval_s=settings.events.poll_interval_s)
+            webhook_worker.start()
         sweeper.start()
         scheduler.start()
         _log.info("credits-service listening on %s (port %d)", settings.server.listen,
@@ -386,8 +465,8 @@ class Application:
         if metrics_port is not None:
             _log.info("metrics on http://%s:%d/metrics", parse_listen(metrics_listen)[0],
                       metrics_port)
-        return cls(settings, engine, ledger, sweeper, scheduler, grpc_server, embedded, metrics,
-                   metrics_port, clock)
+        return cls(settings, engine, ledger, sweeper, scheduler, signals, webhooks, sender,
+                   webhook_worker, grpc_server, embedded, metrics, metrics_port, clock)
 
     def reload_rate_card(self) -> None:
         """Read the rate card's file again (SIGHUP); a refused file is logged and counted,
@@ -406,6 +485,10 @@ class Application:
         await self.ledger.drain(grace_s)
         await self.sweeper.stop()
         await self.scheduler.stop()
+        if self.webhook_worker is not None:
+            await self.webhook_worker.stop()
+        await self.webhook_sender.close()
+        await self.signals.stop()
         self.metrics.stop()
         await self.engine.dispose()
         if self.embedded is not None:

@@ -221,6 +221,58 @@ class WorkerSettings(Section):
 
 
 @dataclass(frozen=True, slots=True)
+class EventSettings(Section):
+    title: ClassVar[str] = "events"
+
+    retention_s: float = declared(
+        7 * 86_400.0, "how long events are kept for WatchEvents before they are purged; a "
+        "cursor older than that is OUT_OF_RANGE", low=3600, high=3650 * 86_400,
+        name="events_retention_s")
+    poll_interval_s: float = declared(
+        1.0, "how often a caught-up event stream reads again with no notification (the "
+        "fallback while LISTEN is down, and a safety net)", low=0.01, high=60,
+        name="events_poll_interval_s")
+    heartbeat_s: float = declared(
+        15.0, "how often an event stream with nothing to send sends its cursor",
+        low=0.1, high=3600, name="events_heartbeat_s")
+    watchers_max: int = declared(
+        64, "event streams served at once; more are RESOURCE_EXHAUSTED", low=1, high=10_000,
+        name="events_watchers_max")
+    stall_limit_s: float = declared(
+        60.0, "how long an event stream waits for a consumer that reads nothing before "
+        "ending it (UNAVAILABLE, CONSUMER_STALLED)", low=0.1, high=3600,
+        name="events_stall_limit_s")
+    expiring_notice_s: float = declared(
+        3 * 86_400.0, "how long before a lot of credits expires its CREDITS_EXPIRING event is "
+        "written (once per lot, by the sweeper); 0: never", low=0, high=365 * 86_400,
+        name="events_expiring_notice_s")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings(Section):
+    title: ClassVar[str] = "webhooks"
+
+    file: str = declared(
+        "", "TOML file of webhook endpoints (docs/webhooks.md); unset: no webhooks",
+        name="webhooks_file")
+    timeout_s: float = declared(
+        10.0, "how long one delivery attempt may take", low=0.1, high=300,
+        name="webhook_timeout_s")
+    retry_for_s: float = declared(
+        3600.0, "how long an event's delivery is retried before it is kept as a dead letter",
+        low=0, high=7 * 86_400, name="webhook_retry_for_s")
+    backoff_initial_s: float = declared(
+        1.0, "the wait before the first retry; each next one waits about twice as long",
+        low=0.01, high=3600, name="webhook_backoff_initial_s")
+    backoff_max_s: float = declared(
+        300.0, "the longest wait between retries", low=0.01, high=86_400,
+        name="webhook_backoff_max_s")
+    lease_s: float = declared(
+        30.0, "how long a replica keeps an endpoint's deliveries when it stops renewing (it "
+        "died): another takes over after that", low=1, high=3600, name="webhook_lease_s")
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSettings(Section):
     title: ClassVar[str] = "callers"
 
@@ -277,6 +329,8 @@ SECTIONS: dict[str, type[Section]] = {
     "ledger": LedgerSettings,
     "accounts": AccountSettings,
     "workers": WorkerSettings,
+    "events": EventSettings,
+    "webhooks": WebhookSettings,
     "auth": AuthSettings,
     "telemetry": TelemetrySettings,
 }
@@ -291,6 +345,8 @@ class Settings:
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     accounts: AccountSettings = field(default_factory=AccountSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
+    events: EventSettings = field(default_factory=EventSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 

@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTED_ADDRESS = "localhost:50051"
 ID_FIELDS = frozenset({"reservation_id", "entry_id", "lot_id", "grant_entry_id", "transfer_id",
-                       "next_page_token", "reservationId"})
+                       "next_page_token", "reservationId", "cursor", "event_id"})
 _FENCE = re.compile(r"^```(\w*)\s*$")
 _SUBSTITUTED_LENGTH_MIN = 12
 

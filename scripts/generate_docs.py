@@ -88,7 +88,10 @@ def rpc_table() -> str:
              "CancelSubscription": "`idempotency_key`",
              "CreateOrganization": "`organization_id` (creates once)",
              "AddMember": "(safe to repeat)", "SetMemberCaps": "(safe to repeat)",
-             "RemoveMember": "(a repeat: MEMBER_NOT_FOUND)"}
+             "RemoveMember": "(a repeat: MEMBER_NOT_FOUND)",
+             "WatchEvents": "(a stream: resume from the last cursor)",
+             "SetBalanceAlert": "(safe to repeat)",
+             "RedeliverDeadLetter": "(a repeat returns it as it is)"}
     for method in credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].methods:
         roles = [role for role, allowed in (("service", SERVICE_METHODS),
                                             ("billing", BILLING_METHODS)) if method.name in allowed]

@@ -9,7 +9,8 @@ import asyncpg
 
 from credits_service.persistence.invariants import INVARIANTS
 
-TABLES = ("events, usage_members, organization_members, organizations, subscription_grants, "
+TABLES = ("webhook_dead_letters, webhook_endpoints, events, usage_members, "
+          "organization_members, organizations, subscription_grants, "
           "subscriptions, usage_hours, usage_days, usage_months, "
           "usage_shards, imported_rows, account_totals, "
           "account_changes, reservation_lots, ledger_entries, credit_lots, reservations, "
@@ -25,6 +26,9 @@ async def empty_ledger(connection: asyncpg.Connection, timeout_s: float | None =
     for attempt in range(_EMPTY_ATTEMPTS):
         try:
             await connection.execute(f"TRUNCATE {TABLES}", timeout=timeout_s)
+            # Nothing purged yet: the purge's watermark back at the start
+            await connection.execute("UPDATE events_purged SET xid = 0, event_id = 0",
+                                     timeout=timeout_s)
             return
         except asyncpg.DeadlockDetectedError:
             if attempt == _EMPTY_ATTEMPTS - 1:

@@ -38,6 +38,10 @@ class EventType(enum.Enum):
     ACCOUNT_CLOSED = "ACCOUNT_CLOSED"
     ACCOUNT_ACTIVATED = "ACCOUNT_ACTIVATED"
     PLAN_CHANGED = "PLAN_CHANGED"
+    LOW_BALANCE = "LOW_BALANCE"
+    BALANCE_RECOVERED = "BALANCE_RECOVERED"
+    DEPLETED = "DEPLETED"
+    CREDITS_EXPIRING = "CREDITS_EXPIRING"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -80,7 +84,9 @@ class Event:
 @dataclass(frozen=True, slots=True)
 class EventPage:
     """Events after a position, in commit order, and the position to read on from: the last
-    event's, or, with none, the position all ended transactions' events are behind."""
+    event's, or, with none, the position all ended transactions' events are behind; and the
+    position of the last event purged (every event at or before it is gone)."""
 
     events: tuple[Event, ...]
     position: Position
+    purged: Position = Position(0, 0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from credits_service.domain.alerts import LOW_BALANCE_PERCENT_MAX, LowBalanceRule
 from credits_service.domain.model import (
     AMOUNT_MAX,
     CREDIT_LIMIT_UNLIMITED,
@@ -42,7 +43,8 @@ BUILT_IN_PLAN = "default"
 _TOP_KEYS = {"default_plan", "plans", "environments"}
 _PLAN_KEYS = {
     "welcome_credits", "welcome_grant_type", "welcome_expire_after_s", "welcome_priority",
-    "unlimited", "credit_limit", "allocation", "description",
+    "unlimited", "credit_limit", "allocation", "description", "low_balance_credits",
+    "low_balance_percent",
 }
 _DESCRIPTION_LENGTH_MAX = 256
 _ALLOCATION_KEYS = {"credits", "period", "period_days", "rollover", "rollover_cap"}
@@ -70,6 +72,7 @@ class Plan:
     credit_limit: int = 0  # how far below zero an account on it may go
     description: str = ""
     allocation: Allocation | None = None  # what a subscription to it grants each period
+    low_balance: LowBalanceRule | None = None  # when its accounts' LOW_BALANCE event fires
 
     @property
     def account_credit_limit(self) -> int:
@@ -88,6 +91,11 @@ class PlanBook:
 
     def __post_init__(self) -> None:
         assert self.default_plan in self.plans, "the default plan is one of the plans"
+
+    def low_balance_rules(self) -> dict[str, LowBalanceRule]:
+        """The plans' low-balance rules, by plan name (plans without one left out)."""
+        return {name: plan.low_balance for name, plan in self.plans.items()
+                if plan.low_balance is not None}
 
     def credit_limits(self) -> dict[str, int]:
         """Each plan's accounts' credit limit, by plan name."""
@@ -186,7 +194,20 @@ def _plan(name: str, table: Any) -> Plan:
     allocation = None
     if "allocation" in table:
         allocation = read_allocation(table["allocation"], where + ".allocation")
-    return Plan(name, welcome, unlimited, credit_limit, description, allocation)
+    return Plan(name, welcome, unlimited, credit_limit, description, allocation,
+                _low_balance(table, where, unlimited))
+
+
+def _low_balance(table: Mapping[str, Any], where: str, unlimited: bool) -> LowBalanceRule | None:
+    credits = _integer(table, "low_balance_credits", where, 1, AMOUNT_MAX, None)
+    percent = _integer(table, "low_balance_percent", where, 1, LOW_BALANCE_PERCENT_MAX, None)
+    if credits is None and percent is None:
+        return None
+    if credits is not None and percent is not None:
+        raise PlansError(f"{where}: low_balance_credits or low_balance_percent, not both")
+    if unlimited:
+        raise PlansError(f"{where}: an unlimited plan has no low-balance threshold")
+    return LowBalanceRule(credits, percent)
 
 
 def read_allocation(table: Any, where: str) -> Allocation:

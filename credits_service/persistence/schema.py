@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Date,
@@ -62,6 +63,17 @@ accounts = Table(
     _credits("debt", default=True),
     # A member of an organisation: its pool (migration 0014)
     Column("pool_account_id", Text, nullable=True),
+    # Balance alerts (0018): the low-balance rule (the plan's unless alert_custom), the
+    # amount of the last GRANT, and where its own available credits stood last
+    Column("low_balance_credits", BigInteger, nullable=True),
+    Column("low_balance_percent", SmallInteger, nullable=True),
+    Column("alert_custom", Boolean, nullable=False, server_default=text("false")),
+    Column("last_top_up", BigInteger, nullable=False, server_default=text("0")),
+    Column("alert_state", SmallInteger, nullable=True),
+    CheckConstraint("low_balance_credits BETWEEN 1 AND 1000000000000",
+                    name="ck_accounts_low_balance_credits"),
+    CheckConstraint("low_balance_percent BETWEEN 1 AND 100",
+                    name="ck_accounts_low_balance_percent"),
     CheckConstraint("char_length(account_id) BETWEEN 1 AND 128",
                     name="ck_accounts_account_id_length"),
     CheckConstraint("reserved >= 0", name="ck_accounts_reserved_nonnegative"),
@@ -146,6 +158,8 @@ credit_lots = Table(
     _time("create_time", default=True),
     _time("expired_time", nullable=True),
     _credits("repaid", default=True),
+    # Its CREDITS_EXPIRING event was written (0018)
+    Column("expiry_warned", Boolean, nullable=False, server_default=text("false")),
     CheckConstraint("repaid BETWEEN 0 AND amount", name="ck_credit_lots_repaid"),
     CheckConstraint("amount > 0 AND held >= 0 AND remaining >= held AND remaining <= amount",
                     name="ck_credit_lots_amounts"),
@@ -160,6 +174,10 @@ credit_lots = Table(
           postgresql_where=text("expired_time IS NULL AND expire_time IS NOT NULL")),
     Index("ix_credit_lots_account_due", "account_id", "expire_time",
           postgresql_where=text("expired_time IS NULL AND expire_time IS NOT NULL")),
+    # The lots whose CREDITS_EXPIRING event is still to come (0018)
+    Index("ix_credit_lots_expiring", "expire_time",
+          postgresql_where=text("expire_time IS NOT NULL AND expired_time IS NULL "
+                                "AND NOT expiry_warned")),
 )
 
 reservation_lots = Table(
@@ -387,4 +405,56 @@ events = Table(
     Column("data", JSONB, nullable=False),
     _time("create_time", default=True),
     Index("ix_events_position", "xid", "event_id"),
+)
+
+# Each plan's low-balance rule, from the plans file at start-up (0018)
+plan_alerts = Table(
+    "plan_alerts", metadata,
+    Column("plan", Text, primary_key=True),
+    Column("low_balance_credits", BigInteger, nullable=True),
+    Column("low_balance_percent", SmallInteger, nullable=True),
+    CheckConstraint("low_balance_credits BETWEEN 1 AND 1000000000000",
+                    name="ck_plan_alerts_credits"),
+    CheckConstraint("low_balance_percent BETWEEN 1 AND 100", name="ck_plan_alerts_percent"),
+    CheckConstraint("num_nonnulls(low_balance_credits, low_balance_percent) = 1",
+                    name="ck_plan_alerts_one_rule"),
+)
+
+# One row: the position of the last event the retention purge deleted (0017)
+events_purged = Table(
+    "events_purged", metadata,
+    Column("singleton", Boolean, primary_key=True, server_default=text("true")),
+    Column("xid", BigInteger, nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    CheckConstraint("singleton", name="events_purged_singleton_check"),
+)
+
+
+# Webhooks (0019): each endpoint's position and lease, and the events it did not take
+webhook_endpoints = Table(
+    "webhook_endpoints", metadata,
+    Column("name", Text, primary_key=True),
+    Column("xid", BigInteger, nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("lease_owner", Text, nullable=False, server_default=text("''::text")),
+    Column("lease_until", DateTime(timezone=True), nullable=False,
+           server_default=text("'-infinity'::timestamp with time zone")),
+    _time("update_time", default=True),
+)
+
+webhook_dead_letters = Table(
+    "webhook_dead_letters", metadata,
+    Column("dead_letter_id", BigInteger, Identity(always=True), primary_key=True),
+    Column("endpoint", Text, nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("account_id", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'DEAD'::text")),
+    _time("create_time", default=True),
+    _time("update_time", default=True),
+    CheckConstraint("status IN ('DEAD', 'REDELIVERED')", name="ck_webhook_dead_letters_status"),
+    Index("ix_webhook_dead_letters_endpoint", "endpoint", "dead_letter_id"),
 )

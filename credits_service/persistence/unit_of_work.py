@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from credits_service.persistence.accounts import AccountRepository
+from credits_service.persistence.alerts import AlertRepository
 from credits_service.persistence.entries import EntryRepository
 from credits_service.persistence.errors import StorageTimeout, translate
 from credits_service.persistence.events import EventRepository
@@ -28,6 +29,7 @@ from credits_service.persistence.organizations import OrganizationRepository
 from credits_service.persistence.reservations import ReservationRepository
 from credits_service.persistence.subscriptions import SubscriptionRepository
 from credits_service.persistence.usage import UsageRepository
+from credits_service.persistence.webhooks import WebhookRepository
 
 _log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ class SqlUnitOfWork:
     subscriptions: SubscriptionRepository
     organizations: OrganizationRepository
     events: EventRepository
+    alerts: AlertRepository
+    webhooks: WebhookRepository
 
     def __init__(
         self,
@@ -122,6 +126,8 @@ class SqlUnitOfWork:
         self.subscriptions = SubscriptionRepository(self._driver)
         self.organizations = OrganizationRepository(self._driver)
         self.events = EventRepository(self._driver)
+        self.alerts = AlertRepository(self._driver)
+        self.webhooks = WebhookRepository(self._driver)
         return self
 
     async def _bound_by_call_deadline(self) -> None:

@@ -11,6 +11,7 @@ from credits_service.domain.rates import RateCard
 from credits_service.domain.subscriptions import CatchUp
 from credits_service.service.accounts import AccountOpening, Accounts
 from credits_service.service.adjustments import Adjusting
+from credits_service.service.alerts import Alerts
 from credits_service.service.events import Events
 from credits_service.service.grants import Granting
 from credits_service.service.maintenance import Maintenance
@@ -70,6 +71,7 @@ class Ledger:
         self.maintenance = Maintenance(self.transactions, metrics)
         self.usage = Usage(self.transactions)
         self.events = Events(self.transactions)
+        self.alerts = Alerts(self.transactions, plans)
         self.subscriptions = Subscriptions(self.transactions, self.opening, catch_up, metrics)
         self.organizations = Organizations(
             self.transactions, self.opening, PageTokens(page_token_key))

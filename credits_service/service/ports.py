@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, Self
 
-from credits_service.domain.events import EventPage, EventType, Position
 from credits_service.domain.lots import LotChange
 from credits_service.domain.model import (
     Account,
@@ -54,6 +53,11 @@ from credits_service.domain.rows import (
     WriteOff,
 )
 from credits_service.domain.subscriptions import Allocation, Rollover, Subscription
+from credits_service.service.event_ports import (
+    AlertRepository,
+    EventRepository,
+    WebhookRepository,
+)
 
 
 class AccountRepository(Protocol):
@@ -398,16 +402,6 @@ class OrganizationRepository(Protocol):
     ) -> list[Member]: ...
 
 
-class EventRepository(Protocol):
-    """The events outbox, read in commit order."""
-
-    async def after(
-        self, position: Position, event_types: Sequence[EventType],
-        account_ids: Sequence[str], limit: int,
-    ) -> EventPage:
-        """Up to `limit` events after `position`, of ended transactions, in commit order."""
-
-
 class UnitOfWork(Protocol):
     """One transaction: `async with` opens it; leaving without commit() rolls it back."""
 
@@ -421,6 +415,8 @@ class UnitOfWork(Protocol):
     subscriptions: SubscriptionRepository
     organizations: OrganizationRepository
     events: EventRepository
+    alerts: AlertRepository
+    webhooks: WebhookRepository
 
     async def __aenter__(self) -> Self: ...
 

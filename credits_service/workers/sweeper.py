@@ -1,5 +1,5 @@
-"""The sweeper: expires due reservations and lots, purges old idempotency keys, and folds
-the usage shards of hours past."""
+"""The sweeper: expires due reservations and lots, writes the notices of lots about to
+expire, purges old idempotency keys and events, and folds the usage shards of hours past."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from credits_service.domain.errors import DatabaseUnavailable
+from credits_service.service.alerts import Alerts
+from credits_service.service.events import Events
 from credits_service.service.maintenance import Maintenance
 
 _log = logging.getLogger(__name__)
@@ -33,12 +35,20 @@ class Sweeper:
         batch_size: int,
         idempotency_retention_s: float,
         purge_interval_s: float,
+        events: Events | None = None,
+        events_retention_s: float = 7 * 86_400.0,
+        alerts: Alerts | None = None,
+        expiring_notice_s: float = 0.0,
     ) -> None:
         self._maintenance = maintenance
         self._interval_s = interval_s
         self._batch_size = batch_size
         self._retention_s = idempotency_retention_s
         self._purge_interval_s = purge_interval_s
+        self._events = events
+        self._events_retention_s = events_retention_s
+        self._alerts = alerts
+        self._expiring_notice_s = expiring_notice_s
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_sweep_s = time.monotonic()
@@ -53,10 +63,11 @@ class Sweeper:
                 await self._task
 
     async def sweep_once(self) -> int:
-        """Expire due reservations, then write off due lots, until none are left (bounded);
-        returns how many reservations expired."""
+        """Expire due reservations, write the notices of lots about to expire, then write off
+        due lots, until none are left (bounded); returns how many reservations expired."""
         expired = await self._in_batches(
             self._maintenance.expire_due_reservations, self._batch_size)
+        await self.warn_expiring_once()
         accounts = await self._in_batches(self._maintenance.expire_due_lots, self._batch_size)
         if accounts:
             _log.info("wrote off expired lots of %d accounts", accounts)
@@ -74,6 +85,29 @@ class Sweeper:
             return await self._maintenance.purge_idempotency_keys(self._retention_s, batch_size)
 
         return await self._in_batches(purge, self._batch_size)
+
+    async def purge_events_once(self) -> int:
+        """Delete events older than their retention, oldest first; returns how many."""
+        events = self._events
+        if events is None:
+            return 0
+
+        async def purge(batch_size: int) -> int:
+            return await events.purge(self._events_retention_s, batch_size)
+
+        return await self._in_batches(purge, self._batch_size)
+
+    async def warn_expiring_once(self) -> int:
+        """Write the CREDITS_EXPIRING event of each lot that expires within the notice and
+        has not had it; returns how many lots were handled."""
+        alerts, notice_s = self._alerts, self._expiring_notice_s
+        if alerts is None or notice_s <= 0:
+            return 0
+
+        async def warn(batch_size: int) -> int:
+            return await alerts.warn_expiring(notice_s, batch_size)
+
+        return await self._in_batches(warn, self._batch_size)
 
     async def compact_once(self) -> int:
         """Fold the usage shards of hours that ended USAGE_SHARDS_SETTLED_S ago or more;
@@ -108,6 +142,9 @@ class Sweeper:
                     purged = await self.purge_once()
                     if purged:
                         _log.info("purged %d idempotency keys", purged)
+                    purged = await self.purge_events_once()
+                    if purged:
+                        _log.info("purged %d events past their retention", purged)
                     await self.compact_once()
             except DatabaseUnavailable as exc:
                 _log.warning("sweep failed, will retry: %s", exc)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -25,7 +27,7 @@ REQUEST_TYPES = {method.name: method.input_type._concrete_class for method in SE
 
 # Requests valid with no field set: bytes that decode (a field of the wrong wire type is kept
 # as an unknown field) are answered as the empty request is, not refused as invalid.
-EMPTY_IS_VALID = {"GetRateCard", "ReloadRateCard", "UsageSummary"}
+EMPTY_IS_VALID = {"GetRateCard", "ReloadRateCard", "UsageSummary", "ListDeadLetters"}
 
 # Bytes of each kind the issue names, for any request type (field 1 is a string or a
 # repeated message in every one of them)
@@ -41,8 +43,27 @@ CORRUPT = {
 }
 
 
-def _raw_call(channel: grpc.aio.Channel, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
-    return channel.unary_unary(f"/{SERVICE.full_name}/{method}")
+STREAMING = {method.name for method in SERVICE.methods if method.server_streaming}
+# Requests of a stream valid with no field set (WatchEvents: from now)
+EMPTY_IS_VALID |= STREAMING
+
+
+def _raw_call(channel: grpc.aio.Channel, method: str) -> Callable[..., Awaitable[Any]]:
+    path = f"/{SERVICE.full_name}/{method}"
+    if method not in STREAMING:
+        return channel.unary_unary(path)
+    streaming = channel.unary_stream(path)
+
+    async def first_response(data: bytes, timeout: float) -> Any:  # noqa: ASYNC109
+        """A stream answers with its first response, or its error; a stream that started is
+        then cancelled."""
+        call = streaming(data, timeout=timeout)
+        try:
+            return await call.read()
+        finally:
+            call.cancel()
+
+    return first_response
 
 
 def _decodes(method: str, data: bytes) -> bool:

@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 import pytest
 
 from credits.v1 import credits_pb2 as pb
-from credits.v1 import credits_pb2_grpc
 from credits_service.app import Application, build_ledger
 from credits_service.domain.subscriptions import CatchUp, Period, PeriodKind
 from credits_service.persistence.database import create_engine
@@ -27,24 +25,18 @@ from credits_service.workers.scheduler import Scheduler
 from tests.grpc_errors import assert_error, expect_error
 from tests.ledger_checks import row_counts
 from tests.support.calls import commit, reserve
-from tests.support.serving import EXAMPLE_PLANS
+from tests.support.serving import EXAMPLE_PLANS, serving_app
 
 DAY_S = 86_400
 WEEK_S = 7 * DAY_S
 
 
-@asynccontextmanager
-async def subscribing(settings: Any, **overrides: Any) -> AsyncIterator[tuple[Application, Any]]:
+def subscribing(settings: Any, **overrides: Any):
     """A server on the example plans whose own scheduler stays out of the way (tests run
     `app.scheduler.grant_once()` when they mean to)."""
-    app = await Application.start(settings.replace(
-        plans_file=str(EXAMPLE_PLANS), scheduler_interval_s=3600, shutdown_grace_s=1,
-        **overrides))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            yield app, credits_pb2_grpc.CreditsServiceStub(channel)
-    finally:
-        await app.stop()
+    return serving_app(settings, **{"plans_file": str(EXAMPLE_PLANS),
+                                    "scheduler_interval_s": 3600, "shutdown_grace_s": 1,
+                                    **overrides})
 
 
 @pytest.fixture

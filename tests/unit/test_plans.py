@@ -78,6 +78,14 @@ def test_an_environment_merges_key_by_key_over_a_plan():
      "plans.default: an unlimited plan has no credit_limit"),
     ("[plans.default]\ncredit_limit = -1", "plans.default.credit_limit: -1 must be a whole number"),
     ("[plans.default]\nunlimited = 1", "plans.default.unlimited: must be true or false"),
+    ("[plans.default]\nlow_balance_percent = 0",
+     "plans.default.low_balance_percent: 0 must be a whole number from 1 to 100"),
+    ("[plans.default]\nlow_balance_credits = 0",
+     "plans.default.low_balance_credits: 0 must be a whole number from 1"),
+    ("[plans.default]\nlow_balance_credits = 5\nlow_balance_percent = 5",
+     "plans.default: low_balance_credits or low_balance_percent, not both"),
+    ("[plans.default]\nunlimited = true\nlow_balance_credits = 5",
+     "plans.default: an unlimited plan has no low-balance threshold"),
     ("plans = 3", "plans: must be a table"),
     ("[plans.default]\n[environments.development]\nwelcome_credits = 1",
      "environments.development.welcome_credits: unknown key"),
@@ -89,6 +97,14 @@ def test_a_broken_file_is_refused_naming_the_key_and_the_rule(text, message):
     with pytest.raises(PlansError) as refused:
         _read(text, environment)
     assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_low_balance_rules_are_read_per_plan():
+    book = _read("[plans.default]\nlow_balance_percent = 20\n[plans.big]\n"
+                 "low_balance_credits = 500\n[plans.none]\n", "production")
+    rules = book.low_balance_rules()
+    assert set(rules) == {"default", "big"}
+    assert (rules["default"].threshold(1000), rules["big"].threshold(1000)) == (200, 500)
 
 
 def test_the_service_refuses_to_start_on_a_file_it_cannot_use(tmp_path):

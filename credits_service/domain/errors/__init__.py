@@ -2,12 +2,12 @@
 
 This package is the one place that defines them, a module per family: base.py (the base
 class, the request, the caller, declines' base, the database, bugs), accounts.py (accounts,
-plans, subscriptions, organisations) and ledger.py (pricing, usage, reservations, and the
-declines replayed with an idempotency key); callers import them from here. Transport maps each
-class to a gRPC status code in one table (credits_service/transport/grpc/errors.py) and sends
-`reason` and `metadata` in a google.rpc.ErrorInfo; metadata keys are lowerCamel. Storage
-failures are not errors here: the service layer turns them into the `Database*` errors
-(service/transactions.py).
+plans, subscriptions, organisations), events.py (the events stream) and ledger.py (pricing,
+usage, reservations, and the declines replayed with an idempotency key); callers import them
+from here. Transport maps each class to a gRPC status code in one table
+(credits_service/transport/grpc/errors.py) and sends `reason` and `metadata` in a
+google.rpc.ErrorInfo; metadata keys are lowerCamel. Storage failures are not errors here: the
+service layer turns them into the `Database*` errors (service/transactions.py).
 """
 
 from credits_service.domain.errors.accounts import (
@@ -47,6 +47,14 @@ from credits_service.domain.errors.base import (
     ShuttingDown,
     Unauthenticated,
 )
+from credits_service.domain.errors.events import (
+    ConsumerStalled,
+    CursorExpired,
+    DeadLetterNotFound,
+    DeliveryRefused,
+    WatchersExhausted,
+    WebhookEndpointNotConfigured,
+)
 from credits_service.domain.errors.ledger import (
     REPLAYABLE,
     BalanceLimitExceeded,
@@ -79,12 +87,16 @@ __all__ = [
     "BalanceLimitExceeded",
     "BalanceMismatch",
     "ConcurrencyConflict",
+    "ConsumerStalled",
     "CostTooLarge",
     "CreditsError",
+    "CursorExpired",
     "DatabaseStatementTimeout",
     "DatabaseTimeout",
     "DatabaseUnavailable",
+    "DeadLetterNotFound",
     "Declined",
+    "DeliveryRefused",
     "EntryNotFound",
     "ExpireTimePassed",
     "FieldViolation",
@@ -120,4 +132,6 @@ __all__ = [
     "SummaryTooLarge",
     "Unauthenticated",
     "UnknownFeature",
+    "WatchersExhausted",
+    "WebhookEndpointNotConfigured",
 ]

@@ -23,6 +23,7 @@ class CallGate:
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._closed = asyncio.Event()
 
     @property
     def active(self) -> int:
@@ -43,6 +44,11 @@ class CallGate:
 
     def close(self) -> None:
         self._open = False
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Return once the gate is closed: streams end then, not at the grace's end."""
+        await self._closed.wait()
 
     async def wait_quiet(self, quiet_s: float, timeout_s: float) -> None:
         """Wait, at most `timeout_s`, until no call has been refused for `quiet_s`: calls that

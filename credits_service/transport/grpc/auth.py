@@ -43,7 +43,7 @@ class Role(enum.Enum):
 # (what a payment provider's subscription events drive), and reads.
 BILLING_METHODS = frozenset({"Grant", "EnsureAccount", "GetBalance", "History", "Quote",
                              "GetRateCard", "UsageSummary", "Subscribe", "ChangeSubscription",
-                             "CancelSubscription", "GetSubscription"})
+                             "CancelSubscription", "GetSubscription", "WatchEvents"})
 
 # What a service principal may call of ours; an admin may call everything. An allowlist, so an
 # RPC added later is admin-only until it is listed here.

@@ -65,6 +65,12 @@ STATUS_CODES: dict[type[errors.CreditsError], grpc.StatusCode] = {
     errors.DatabaseUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DatabaseTimeout: grpc.StatusCode.UNAVAILABLE,
     errors.ConcurrencyConflict: grpc.StatusCode.ABORTED,
+    errors.CursorExpired: grpc.StatusCode.OUT_OF_RANGE,
+    errors.WatchersExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ConsumerStalled: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadLetterNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.WebhookEndpointNotConfigured: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.DeliveryRefused: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

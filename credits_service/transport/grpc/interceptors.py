@@ -9,6 +9,8 @@ authentication unless auth_open_services leaves them open).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +21,12 @@ from typing import Any
 import grpc
 
 from credits.v1 import credits_pb2
-from credits_service.domain.errors import CreditsError, DatabaseUnavailable, MalformedRequest
+from credits_service.domain.errors import (
+    CreditsError,
+    DatabaseUnavailable,
+    MalformedRequest,
+    ShuttingDown,
+)
 from credits_service.service.deadline import reset_call_deadline, set_call_deadline
 from credits_service.transport.grpc.admission import CallGate
 from credits_service.transport.grpc.auth import CREDITS_SERVICE, Gatekeeper, caller, set_caller
@@ -43,11 +50,13 @@ _refusal: ContextVar[CreditsError | None] = ContextVar("refusal", default=None)
 
 @dataclass(frozen=True, slots=True)
 class _Method:
-    """One of our RPCs: its name, its request's type, whether it is a batch."""
+    """One of our RPCs: its name, its request's type, whether it is a batch, whether it
+    streams its responses."""
 
     name: str
     request_type: str
     batch: bool
+    streaming: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +76,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._call_log = call_log
         self._methods = {
             f"/{CREDITS_SERVICE}/{m.name}": _Method(
-                m.name, m.input_type.full_name, m.input_type.name.startswith("Batch"))
+                m.name, m.input_type.full_name, m.input_type.name.startswith("Batch"),
+                m.server_streaming)
             for m in credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].methods
         }
         # By method path, for the paths the server has (grpc resolves them first)
@@ -121,19 +131,23 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 except Exception:
                     return _MALFORMED
 
-            behavior = self._serving(method, handler.unary_unary)
+            if method.streaming:
+                behavior = self._serving(method, handler.unary_stream)
+                kind = grpc.unary_stream_rpc_method_handler
+            else:
+                behavior = self._serving(method, handler.unary_unary)
+                kind = grpc.unary_unary_rpc_method_handler
             wrapped = self._wrapped[path] = (
-                grpc.unary_unary_rpc_method_handler(
-                    behavior, request_deserializer=safe_decode,
-                    response_serializer=handler.response_serializer),
+                kind(behavior, request_deserializer=safe_decode,
+                     response_serializer=handler.response_serializer),
                 # Refused: the request's bytes are never decoded.
-                grpc.unary_unary_rpc_method_handler(
-                    behavior, response_serializer=handler.response_serializer),
+                kind(behavior, response_serializer=handler.response_serializer),
             )
         return wrapped
 
     def _serving(self, method: _Method, inner: Behavior) -> Behavior:
-        """The behavior of one of our unary methods around its servicer's."""
+        """The behavior of one of our methods around its servicer's (a streaming one writes
+        its responses itself, and ends UNAVAILABLE when the server starts draining)."""
         gatekeeper, gate, call_log = self._gatekeeper, self._gate, self._call_log
 
         async def serve(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -152,7 +166,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         gatekeeper.charge(caller(), len(request.items) - 1)
                     deadline = set_call_deadline(context.time_remaining())
                     try:
-                        response = await inner(request, context)
+                        if method.streaming:
+                            response = await _until_closed(gate, inner(request, context))
+                        else:
+                            response = await inner(request, context)
                     finally:
                         reset_call_deadline(deadline)
                     code = grpc.StatusCode.OK
@@ -174,6 +191,24 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             raise AssertionError("abort_with_status always raises")
 
         return serve
+
+
+async def _until_closed(gate: CallGate, streaming: Awaitable[Any]) -> Any:
+    """Run a stream until it ends or the gate closes (ShuttingDown: consumers resume
+    elsewhere from their cursor, and the drain does not wait for streams that never end)."""
+    stream = asyncio.ensure_future(streaming)
+    closed = asyncio.ensure_future(gate.wait_closed())
+    try:
+        await asyncio.wait((stream, closed), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closed.cancel()
+        if not stream.done():
+            stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stream
+    if stream.cancelled():
+        raise ShuttingDown()
+    return stream.result()
 
 
 def _refusing(handler: grpc.RpcMethodHandler, refusal: CreditsError) -> grpc.RpcMethodHandler:

@@ -373,6 +373,166 @@ SUBSCRIPTION_STATUS_CANCELED: SubscriptionStatus.ValueType  # 2
 """SUBSCRIPTION_STATUS_CANCELED: ended at cancel_time."""
 Global___SubscriptionStatus: _TypeAlias = SubscriptionStatus  # noqa: Y015
 
+class _EventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_TYPE_UNSPECIFIED: _EventType.ValueType  # 0
+    """EVENT_TYPE_UNSPECIFIED is never sent; as a filter it is rejected."""
+    EVENT_TYPE_GRANTED: _EventType.ValueType  # 1
+    """EVENT_TYPE_GRANTED credits granted (a GRANT entry)."""
+    EVENT_TYPE_ALLOCATION_GRANTED: _EventType.ValueType  # 2
+    """EVENT_TYPE_ALLOCATION_GRANTED a subscription period's credits granted."""
+    EVENT_TYPE_RESERVED: _EventType.ValueType  # 3
+    """EVENT_TYPE_RESERVED a hold placed."""
+    EVENT_TYPE_COMMITTED: _EventType.ValueType  # 4
+    """EVENT_TYPE_COMMITTED credits consumed (a USAGE entry)."""
+    EVENT_TYPE_RELEASED: _EventType.ValueType  # 5
+    """EVENT_TYPE_RELEASED a hold released."""
+    EVENT_TYPE_RESERVATION_EXPIRED: _EventType.ValueType  # 6
+    """EVENT_TYPE_RESERVATION_EXPIRED a hold that expired."""
+    EVENT_TYPE_CREDITS_EXPIRED: _EventType.ValueType  # 7
+    """EVENT_TYPE_CREDITS_EXPIRED an expired lot's unused credits written off."""
+    EVENT_TYPE_REFUNDED: _EventType.ValueType  # 8
+    """EVENT_TYPE_REFUNDED committed usage given back."""
+    EVENT_TYPE_TRANSFERRED: _EventType.ValueType  # 9
+    """EVENT_TYPE_TRANSFERRED credits moved out of or into the account."""
+    EVENT_TYPE_ADJUSTED: _EventType.ValueType  # 10
+    """EVENT_TYPE_ADJUSTED an operator's correction."""
+    EVENT_TYPE_ACCOUNT_CREATED: _EventType.ValueType  # 11
+    """EVENT_TYPE_ACCOUNT_CREATED an account created."""
+    EVENT_TYPE_ACCOUNT_FROZEN: _EventType.ValueType  # 12
+    """EVENT_TYPE_ACCOUNT_FROZEN an account frozen."""
+    EVENT_TYPE_ACCOUNT_CLOSED: _EventType.ValueType  # 13
+    """EVENT_TYPE_ACCOUNT_CLOSED an account closed."""
+    EVENT_TYPE_ACCOUNT_ACTIVATED: _EventType.ValueType  # 14
+    """EVENT_TYPE_ACCOUNT_ACTIVATED a frozen account made active again."""
+    EVENT_TYPE_PLAN_CHANGED: _EventType.ValueType  # 15
+    """EVENT_TYPE_PLAN_CHANGED an account moved to another plan."""
+    EVENT_TYPE_LOW_BALANCE: _EventType.ValueType  # 16
+    """EVENT_TYPE_LOW_BALANCE available credits fell below the account's
+    low-balance threshold (once per crossing).
+    """
+    EVENT_TYPE_BALANCE_RECOVERED: _EventType.ValueType  # 17
+    """EVENT_TYPE_BALANCE_RECOVERED available credits rose back to or above the
+    threshold, or above zero after EVENT_TYPE_DEPLETED.
+    """
+    EVENT_TYPE_DEPLETED: _EventType.ValueType  # 18
+    """EVENT_TYPE_DEPLETED available credits reached zero (once per crossing)."""
+    EVENT_TYPE_CREDITS_EXPIRING: _EventType.ValueType  # 19
+    """EVENT_TYPE_CREDITS_EXPIRING a lot's credits expire within the warning
+    window (once per lot).
+    """
+
+class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
+    """EventType is what happened (docs/events.md says what each event's data holds)."""
+
+EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
+"""EVENT_TYPE_UNSPECIFIED is never sent; as a filter it is rejected."""
+EVENT_TYPE_GRANTED: EventType.ValueType  # 1
+"""EVENT_TYPE_GRANTED credits granted (a GRANT entry)."""
+EVENT_TYPE_ALLOCATION_GRANTED: EventType.ValueType  # 2
+"""EVENT_TYPE_ALLOCATION_GRANTED a subscription period's credits granted."""
+EVENT_TYPE_RESERVED: EventType.ValueType  # 3
+"""EVENT_TYPE_RESERVED a hold placed."""
+EVENT_TYPE_COMMITTED: EventType.ValueType  # 4
+"""EVENT_TYPE_COMMITTED credits consumed (a USAGE entry)."""
+EVENT_TYPE_RELEASED: EventType.ValueType  # 5
+"""EVENT_TYPE_RELEASED a hold released."""
+EVENT_TYPE_RESERVATION_EXPIRED: EventType.ValueType  # 6
+"""EVENT_TYPE_RESERVATION_EXPIRED a hold that expired."""
+EVENT_TYPE_CREDITS_EXPIRED: EventType.ValueType  # 7
+"""EVENT_TYPE_CREDITS_EXPIRED an expired lot's unused credits written off."""
+EVENT_TYPE_REFUNDED: EventType.ValueType  # 8
+"""EVENT_TYPE_REFUNDED committed usage given back."""
+EVENT_TYPE_TRANSFERRED: EventType.ValueType  # 9
+"""EVENT_TYPE_TRANSFERRED credits moved out of or into the account."""
+EVENT_TYPE_ADJUSTED: EventType.ValueType  # 10
+"""EVENT_TYPE_ADJUSTED an operator's correction."""
+EVENT_TYPE_ACCOUNT_CREATED: EventType.ValueType  # 11
+"""EVENT_TYPE_ACCOUNT_CREATED an account created."""
+EVENT_TYPE_ACCOUNT_FROZEN: EventType.ValueType  # 12
+"""EVENT_TYPE_ACCOUNT_FROZEN an account frozen."""
+EVENT_TYPE_ACCOUNT_CLOSED: EventType.ValueType  # 13
+"""EVENT_TYPE_ACCOUNT_CLOSED an account closed."""
+EVENT_TYPE_ACCOUNT_ACTIVATED: EventType.ValueType  # 14
+"""EVENT_TYPE_ACCOUNT_ACTIVATED a frozen account made active again."""
+EVENT_TYPE_PLAN_CHANGED: EventType.ValueType  # 15
+"""EVENT_TYPE_PLAN_CHANGED an account moved to another plan."""
+EVENT_TYPE_LOW_BALANCE: EventType.ValueType  # 16
+"""EVENT_TYPE_LOW_BALANCE available credits fell below the account's
+low-balance threshold (once per crossing).
+"""
+EVENT_TYPE_BALANCE_RECOVERED: EventType.ValueType  # 17
+"""EVENT_TYPE_BALANCE_RECOVERED available credits rose back to or above the
+threshold, or above zero after EVENT_TYPE_DEPLETED.
+"""
+EVENT_TYPE_DEPLETED: EventType.ValueType  # 18
+"""EVENT_TYPE_DEPLETED available credits reached zero (once per crossing)."""
+EVENT_TYPE_CREDITS_EXPIRING: EventType.ValueType  # 19
+"""EVENT_TYPE_CREDITS_EXPIRING a lot's credits expire within the warning
+window (once per lot).
+"""
+Global___EventType: _TypeAlias = EventType  # noqa: Y015
+
+class _BalanceLevel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BalanceLevelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BalanceLevel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BALANCE_LEVEL_UNSPECIFIED: _BalanceLevel.ValueType  # 0
+    """BALANCE_LEVEL_UNSPECIFIED: not yet known (never yet at or above the
+    threshold since alerts began, or an unlimited account).
+    """
+    BALANCE_LEVEL_DEPLETED: _BalanceLevel.ValueType  # 1
+    """BALANCE_LEVEL_DEPLETED zero or below."""
+    BALANCE_LEVEL_LOW: _BalanceLevel.ValueType  # 2
+    """BALANCE_LEVEL_LOW above zero, below the threshold."""
+    BALANCE_LEVEL_OK: _BalanceLevel.ValueType  # 3
+    """BALANCE_LEVEL_OK at or above the threshold."""
+
+class BalanceLevel(_BalanceLevel, metaclass=_BalanceLevelEnumTypeWrapper):
+    """BalanceLevel is where an account's own available credits (balance less
+    holds) stand against its low-balance threshold.
+    """
+
+BALANCE_LEVEL_UNSPECIFIED: BalanceLevel.ValueType  # 0
+"""BALANCE_LEVEL_UNSPECIFIED: not yet known (never yet at or above the
+threshold since alerts began, or an unlimited account).
+"""
+BALANCE_LEVEL_DEPLETED: BalanceLevel.ValueType  # 1
+"""BALANCE_LEVEL_DEPLETED zero or below."""
+BALANCE_LEVEL_LOW: BalanceLevel.ValueType  # 2
+"""BALANCE_LEVEL_LOW above zero, below the threshold."""
+BALANCE_LEVEL_OK: BalanceLevel.ValueType  # 3
+"""BALANCE_LEVEL_OK at or above the threshold."""
+Global___BalanceLevel: _TypeAlias = BalanceLevel  # noqa: Y015
+
+class _DeadLetterStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeadLetterStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeadLetterStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEAD_LETTER_STATUS_UNSPECIFIED: _DeadLetterStatus.ValueType  # 0
+    DEAD_LETTER_STATUS_DEAD: _DeadLetterStatus.ValueType  # 1
+    """DEAD_LETTER_STATUS_DEAD not delivered."""
+    DEAD_LETTER_STATUS_REDELIVERED: _DeadLetterStatus.ValueType  # 2
+    """DEAD_LETTER_STATUS_REDELIVERED delivered by RedeliverDeadLetter."""
+
+class DeadLetterStatus(_DeadLetterStatus, metaclass=_DeadLetterStatusEnumTypeWrapper):
+    """DeadLetterStatus says whether a dead letter was redelivered."""
+
+DEAD_LETTER_STATUS_UNSPECIFIED: DeadLetterStatus.ValueType  # 0
+DEAD_LETTER_STATUS_DEAD: DeadLetterStatus.ValueType  # 1
+"""DEAD_LETTER_STATUS_DEAD not delivered."""
+DEAD_LETTER_STATUS_REDELIVERED: DeadLetterStatus.ValueType  # 2
+"""DEAD_LETTER_STATUS_REDELIVERED delivered by RedeliverDeadLetter."""
+Global___DeadLetterStatus: _TypeAlias = DeadLetterStatus  # noqa: Y015
+
 @_typing.final
 class Balance(_message.Message):
     """Balance is a snapshot of one account's credits."""
@@ -3867,3 +4027,362 @@ class GetOrganizationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetOrganizationResponse: _TypeAlias = GetOrganizationResponse  # noqa: Y015
+
+@_typing.final
+class WatchEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    FROM_OLDEST_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    ACCOUNT_IDS_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """The cursor of the last event handled: the stream starts after it. Empty:
+    from now (only events committed after the call), unless from_oldest.
+    """
+    from_oldest: _builtins.bool
+    """Start from the oldest event kept (cursor must be empty)."""
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[Global___EventType.ValueType]:
+        """Only events of these types (none: all); at most 32, no
+        EVENT_TYPE_UNSPECIFIED.
+        """
+
+    @_builtins.property
+    def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events of these accounts (none: all); at most 100 identifiers."""
+
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.str = ...,
+        from_oldest: _builtins.bool = ...,
+        event_types: _abc.Iterable[Global___EventType.ValueType] | None = ...,
+        account_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "cursor", b"cursor", "event_types", b"event_types", "from_oldest", b"from_oldest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """Where to resume from: the event's cursor, or, on a heartbeat, the
+    position the stream has read up to (events of other types and accounts
+    included).
+    """
+    @_builtins.property
+    def event(self) -> Global___Event:
+        """The event; unset on a heartbeat."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___Event | None = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.int
+    """Stable: the same event always has the same id."""
+    cursor: _builtins.str
+    """Resume after this event with this cursor."""
+    event_type: Global___EventType.ValueType
+    account_id: _builtins.str
+    data_json: _builtins.str
+    """What happened, as a JSON object (docs/events.md lists its keys per type;
+    amounts are JSON integers).
+    """
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+        event_type: Global___EventType.ValueType = ...,
+        account_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        data_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "create_time", b"create_time", "cursor", b"cursor", "data_json", b"data_json", "event_id", b"event_id", "event_type", b"event_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class SetBalanceAlertRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    LOW_BALANCE_CREDITS_FIELD_NUMBER: _builtins.int
+    LOW_BALANCE_PERCENT_FIELD_NUMBER: _builtins.int
+    NO_LOW_BALANCE_FIELD_NUMBER: _builtins.int
+    USE_PLAN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    low_balance_credits: _builtins.int
+    """The threshold in credits, 1..10^12."""
+    low_balance_percent: _builtins.int
+    """The threshold as a percentage of the last top-up (the amount of the
+    account's last grant), 1..100.
+    """
+    no_low_balance: _builtins.bool
+    """No low-balance alerts for this account (DEPLETED and RECOVERED at zero
+    still come).
+    """
+    use_plan: _builtins.bool
+    """The account's plan's rule again (and whatever the plan's rule becomes)."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        low_balance_credits: _builtins.int = ...,
+        low_balance_percent: _builtins.int = ...,
+        no_low_balance: _builtins.bool = ...,
+        use_plan: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["low_balance_credits", b"low_balance_credits", "low_balance_percent", b"low_balance_percent", "no_low_balance", b"no_low_balance", "rule", b"rule", "use_plan", b"use_plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "low_balance_credits", b"low_balance_credits", "low_balance_percent", b"low_balance_percent", "no_low_balance", b"no_low_balance", "rule", b"rule", "use_plan", b"use_plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_rule: _TypeAlias = _typing.Literal["low_balance_credits", "low_balance_percent", "no_low_balance", "use_plan"]  # noqa: Y015
+    _WhichOneofArgType_rule: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_rule) -> _WhichOneofReturnType_rule | None: ...
+
+Global___SetBalanceAlertRequest: _TypeAlias = SetBalanceAlertRequest  # noqa: Y015
+
+@_typing.final
+class SetBalanceAlertResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alert(self) -> Global___BalanceAlert: ...
+    def __init__(
+        self,
+        *,
+        alert: Global___BalanceAlert | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBalanceAlertResponse: _TypeAlias = SetBalanceAlertResponse  # noqa: Y015
+
+@_typing.final
+class BalanceAlert(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    LOW_BALANCE_CREDITS_FIELD_NUMBER: _builtins.int
+    LOW_BALANCE_PERCENT_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    LAST_TOP_UP_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    low_balance_credits: _builtins.int
+    """The rule: one of these two, or neither (no low-balance alerts)."""
+    low_balance_percent: _builtins.int
+    custom: _builtins.bool
+    """Set for the account (SetBalanceAlert), not its plan's."""
+    threshold: _builtins.int
+    """The threshold in credits now."""
+    last_top_up: _builtins.int
+    """The amount of the account's last grant."""
+    level: Global___BalanceLevel.ValueType
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        low_balance_credits: _builtins.int = ...,
+        low_balance_percent: _builtins.int = ...,
+        custom: _builtins.bool = ...,
+        threshold: _builtins.int = ...,
+        last_top_up: _builtins.int = ...,
+        level: Global___BalanceLevel.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "custom", b"custom", "last_top_up", b"last_top_up", "level", b"level", "low_balance_credits", b"low_balance_credits", "low_balance_percent", b"low_balance_percent", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BalanceAlert: _TypeAlias = BalanceAlert  # noqa: Y015
+
+@_typing.final
+class DeadLetter(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    BODY_JSON_FIELD_NUMBER: _builtins.int
+    dead_letter_id: _builtins.str
+    """Identifies the dead letter; opaque."""
+    endpoint: _builtins.str
+    """The webhook endpoint's name."""
+    event_id: _builtins.int
+    event_type: Global___EventType.ValueType
+    account_id: _builtins.str
+    attempts: _builtins.int
+    """Delivery attempts so far."""
+    last_error: _builtins.str
+    """The last attempt's failure: the endpoint's answer or the transport's error."""
+    status: Global___DeadLetterStatus.ValueType
+    body_json: _builtins.str
+    """The body delivered (JSON), as it was sent."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        dead_letter_id: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        event_id: _builtins.int = ...,
+        event_type: Global___EventType.ValueType = ...,
+        account_id: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        status: Global___DeadLetterStatus.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        body_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "attempts", b"attempts", "body_json", b"body_json", "create_time", b"create_time", "dead_letter_id", b"dead_letter_id", "endpoint", b"endpoint", "event_id", b"event_id", "event_type", b"event_type", "last_error", b"last_error", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_REDELIVERED_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    """One endpoint's (empty: all)."""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    include_redelivered: _builtins.bool
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        include_redelivered: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "include_redelivered", b"include_redelivered", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]: ...
+    def __init__(
+        self,
+        *,
+        dead_letters: _abc.Iterable[Global___DeadLetter] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letters", b"dead_letters", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class RedeliverDeadLetterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
+    dead_letter_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        dead_letter_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_id", b"dead_letter_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverDeadLetterRequest: _TypeAlias = RedeliverDeadLetterRequest  # noqa: Y015
+
+@_typing.final
+class RedeliverDeadLetterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dead_letter(self) -> Global___DeadLetter: ...
+    def __init__(
+        self,
+        *,
+        dead_letter: Global___DeadLetter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dead_letter", b"dead_letter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter", b"dead_letter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverDeadLetterResponse: _TypeAlias = RedeliverDeadLetterResponse  # noqa: Y015

@@ -206,6 +206,26 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.GetOrganizationRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.GetOrganizationResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/credits.v1.CreditsService/WatchEvents',
+                request_serializer=credits_dot_v1_dot_credits__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
+        self.SetBalanceAlert = channel.unary_unary(
+                '/credits.v1.CreditsService/SetBalanceAlert',
+                request_serializer=credits_dot_v1_dot_credits__pb2.SetBalanceAlertRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.SetBalanceAlertResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/credits.v1.CreditsService/ListDeadLetters',
+                request_serializer=credits_dot_v1_dot_credits__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RedeliverDeadLetter = channel.unary_unary(
+                '/credits.v1.CreditsService/RedeliverDeadLetter',
+                request_serializer=credits_dot_v1_dot_credits__pb2.RedeliverDeadLetterRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.RedeliverDeadLetterResponse.FromString,
+                _registered_method=True)
 
 
 class CreditsServiceServicer:
@@ -532,6 +552,52 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """WatchEvents streams what happens to credits, in commit order
+        (docs/events.md): every event after `cursor` (or from now, or from the
+        oldest kept), then each new one as it commits, of the types and accounts
+        asked. Each event carries its cursor; a consumer that reconnects with the
+        last cursor it handled gets every event after it, once, in order.
+        While nothing comes, a heartbeat (a response with only `cursor`) comes
+        every heartbeat interval. A cursor older than the retention is OUT_OF_RANGE
+        (CURSOR_EXPIRED, the oldest cursor in its metadata). The stream ends
+        UNAVAILABLE when the server drains or the consumer stops reading for the
+        stall limit: reconnect with the last cursor. Admin and billing only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetBalanceAlert(self, request, context):
+        """SetBalanceAlert gives an account its own low-balance rule (a number of
+        credits, a percentage of its last top-up, or none), or its plan's again
+        (docs/events.md). When the account's own available credits cross below
+        the threshold, EVENT_TYPE_LOW_BALANCE; at zero, EVENT_TYPE_DEPLETED; back
+        up, EVENT_TYPE_BALANCE_RECOVERED. Safe to repeat. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """ListDeadLetters returns the events webhook endpoints did not take within
+        the retry time (docs/webhooks.md), oldest first: of one endpoint or all,
+        redelivered ones too with include_redelivered. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeliverDeadLetter(self, request, context):
+        """RedeliverDeadLetter delivers a dead letter to its endpoint again, once,
+        now: REDELIVERED, or FAILED_PRECONDITION (WEBHOOK_DELIVERY_FAILED, with
+        the endpoint's answer) leaving it dead. One already redelivered is
+        returned as it is. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -679,6 +745,26 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.GetOrganization,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.GetOrganizationRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.GetOrganizationResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.WatchEventsRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'SetBalanceAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBalanceAlert,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.SetBalanceAlertRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.SetBalanceAlertResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RedeliverDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeliverDeadLetter,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.RedeliverDeadLetterRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.RedeliverDeadLetterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1491,6 +1577,114 @@ class CreditsService:
             '/credits.v1.CreditsService/GetOrganization',
             credits_dot_v1_dot_credits__pb2.GetOrganizationRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.GetOrganizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/credits.v1.CreditsService/WatchEvents',
+            credits_dot_v1_dot_credits__pb2.WatchEventsRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBalanceAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/SetBalanceAlert',
+            credits_dot_v1_dot_credits__pb2.SetBalanceAlertRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.SetBalanceAlertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/ListDeadLetters',
+            credits_dot_v1_dot_credits__pb2.ListDeadLettersRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeliverDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/RedeliverDeadLetter',
+            credits_dot_v1_dot_credits__pb2.RedeliverDeadLetterRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.RedeliverDeadLetterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -236,6 +236,36 @@ class CreditsServiceStub:
     """GetOrganization returns an organisation, its pool's balance and a page of
     its members with what their caps leave them.
     """
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_credits_pb2.WatchEventsRequest, _credits_pb2.WatchEventsResponse]
+    """WatchEvents streams what happens to credits, in commit order
+    (docs/events.md): every event after `cursor` (or from now, or from the
+    oldest kept), then each new one as it commits, of the types and accounts
+    asked. Each event carries its cursor; a consumer that reconnects with the
+    last cursor it handled gets every event after it, once, in order.
+    While nothing comes, a heartbeat (a response with only `cursor`) comes
+    every heartbeat interval. A cursor older than the retention is OUT_OF_RANGE
+    (CURSOR_EXPIRED, the oldest cursor in its metadata). The stream ends
+    UNAVAILABLE when the server drains or the consumer stops reading for the
+    stall limit: reconnect with the last cursor. Admin and billing only.
+    """
+    SetBalanceAlert: _grpc.UnaryUnaryMultiCallable[_credits_pb2.SetBalanceAlertRequest, _credits_pb2.SetBalanceAlertResponse]
+    """SetBalanceAlert gives an account its own low-balance rule (a number of
+    credits, a percentage of its last top-up, or none), or its plan's again
+    (docs/events.md). When the account's own available credits cross below
+    the threshold, EVENT_TYPE_LOW_BALANCE; at zero, EVENT_TYPE_DEPLETED; back
+    up, EVENT_TYPE_BALANCE_RECOVERED. Safe to repeat. Admin only.
+    """
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ListDeadLettersRequest, _credits_pb2.ListDeadLettersResponse]
+    """ListDeadLetters returns the events webhook endpoints did not take within
+    the retry time (docs/webhooks.md), oldest first: of one endpoint or all,
+    redelivered ones too with include_redelivered. Admin only.
+    """
+    RedeliverDeadLetter: _grpc.UnaryUnaryMultiCallable[_credits_pb2.RedeliverDeadLetterRequest, _credits_pb2.RedeliverDeadLetterResponse]
+    """RedeliverDeadLetter delivers a dead letter to its endpoint again, once,
+    now: REDELIVERED, or FAILED_PRECONDITION (WEBHOOK_DELIVERY_FAILED, with
+    the endpoint's answer) leaving it dead. One already redelivered is
+    returned as it is. Admin only.
+    """
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -444,6 +474,36 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     GetOrganization: _aio.UnaryUnaryMultiCallable[_credits_pb2.GetOrganizationRequest, _credits_pb2.GetOrganizationResponse]  # type: ignore[assignment]
     """GetOrganization returns an organisation, its pool's balance and a page of
     its members with what their caps leave them.
+    """
+    WatchEvents: _aio.UnaryStreamMultiCallable[_credits_pb2.WatchEventsRequest, _credits_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """WatchEvents streams what happens to credits, in commit order
+    (docs/events.md): every event after `cursor` (or from now, or from the
+    oldest kept), then each new one as it commits, of the types and accounts
+    asked. Each event carries its cursor; a consumer that reconnects with the
+    last cursor it handled gets every event after it, once, in order.
+    While nothing comes, a heartbeat (a response with only `cursor`) comes
+    every heartbeat interval. A cursor older than the retention is OUT_OF_RANGE
+    (CURSOR_EXPIRED, the oldest cursor in its metadata). The stream ends
+    UNAVAILABLE when the server drains or the consumer stops reading for the
+    stall limit: reconnect with the last cursor. Admin and billing only.
+    """
+    SetBalanceAlert: _aio.UnaryUnaryMultiCallable[_credits_pb2.SetBalanceAlertRequest, _credits_pb2.SetBalanceAlertResponse]  # type: ignore[assignment]
+    """SetBalanceAlert gives an account its own low-balance rule (a number of
+    credits, a percentage of its last top-up, or none), or its plan's again
+    (docs/events.md). When the account's own available credits cross below
+    the threshold, EVENT_TYPE_LOW_BALANCE; at zero, EVENT_TYPE_DEPLETED; back
+    up, EVENT_TYPE_BALANCE_RECOVERED. Safe to repeat. Admin only.
+    """
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_credits_pb2.ListDeadLettersRequest, _credits_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """ListDeadLetters returns the events webhook endpoints did not take within
+    the retry time (docs/webhooks.md), oldest first: of one endpoint or all,
+    redelivered ones too with include_redelivered. Admin only.
+    """
+    RedeliverDeadLetter: _aio.UnaryUnaryMultiCallable[_credits_pb2.RedeliverDeadLetterRequest, _credits_pb2.RedeliverDeadLetterResponse]  # type: ignore[assignment]
+    """RedeliverDeadLetter delivers a dead letter to its endpoint again, once,
+    now: REDELIVERED, or FAILED_PRECONDITION (WEBHOOK_DELIVERY_FAILED, with
+    the endpoint's answer) leaving it dead. One already redelivered is
+    returned as it is. Admin only.
     """
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -824,6 +884,60 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_credits_pb2.GetOrganizationResponse, _abc.Awaitable[_credits_pb2.GetOrganizationResponse]]:
         """GetOrganization returns an organisation, its pool's balance and a page of
         its members with what their caps leave them.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _credits_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_credits_pb2.WatchEventsResponse], _abc.AsyncIterator[_credits_pb2.WatchEventsResponse]]:
+        """WatchEvents streams what happens to credits, in commit order
+        (docs/events.md): every event after `cursor` (or from now, or from the
+        oldest kept), then each new one as it commits, of the types and accounts
+        asked. Each event carries its cursor; a consumer that reconnects with the
+        last cursor it handled gets every event after it, once, in order.
+        While nothing comes, a heartbeat (a response with only `cursor`) comes
+        every heartbeat interval. A cursor older than the retention is OUT_OF_RANGE
+        (CURSOR_EXPIRED, the oldest cursor in its metadata). The stream ends
+        UNAVAILABLE when the server drains or the consumer stops reading for the
+        stall limit: reconnect with the last cursor. Admin and billing only.
+        """
+
+    @_abc_1.abstractmethod
+    def SetBalanceAlert(
+        self,
+        request: _credits_pb2.SetBalanceAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.SetBalanceAlertResponse, _abc.Awaitable[_credits_pb2.SetBalanceAlertResponse]]:
+        """SetBalanceAlert gives an account its own low-balance rule (a number of
+        credits, a percentage of its last top-up, or none), or its plan's again
+        (docs/events.md). When the account's own available credits cross below
+        the threshold, EVENT_TYPE_LOW_BALANCE; at zero, EVENT_TYPE_DEPLETED; back
+        up, EVENT_TYPE_BALANCE_RECOVERED. Safe to repeat. Admin only.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _credits_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.ListDeadLettersResponse, _abc.Awaitable[_credits_pb2.ListDeadLettersResponse]]:
+        """ListDeadLetters returns the events webhook endpoints did not take within
+        the retry time (docs/webhooks.md), oldest first: of one endpoint or all,
+        redelivered ones too with include_redelivered. Admin only.
+        """
+
+    @_abc_1.abstractmethod
+    def RedeliverDeadLetter(
+        self,
+        request: _credits_pb2.RedeliverDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.RedeliverDeadLetterResponse, _abc.Awaitable[_credits_pb2.RedeliverDeadLetterResponse]]:
+        """RedeliverDeadLetter delivers a dead letter to its endpoint again, once,
+        now: REDELIVERED, or FAILED_PRECONDITION (WEBHOOK_DELIVERY_FAILED, with
+        the endpoint's answer) leaving it dead. One already redelivered is
+        returned as it is. Admin only.
         """
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
