@@ -216,7 +216,8 @@ def build_webhooks(settings: Settings, ledger: Ledger, endpoints: Sequence[Endpo
     sender = HttpSender(hooks.timeout_s)
     policy = WebhookPolicy(retry_for_s=hooks.retry_for_s,
                            backoff_initial_s=hooks.backoff_initial_s,
-                           backoff_max_s=hooks.backoff_max_s, lease_s=hooks.lease_s)
+                           backoff_max_s=hooks.backoff_max_s, lease_s=hooks.lease_s,
+                           attempt_timeout_s=hooks.timeout_s)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     return Webhooks(ledger.transactions, ledger.events, endpoints, sender, policy,
                     PageTokens(page_tokens_key), owner), sender

@@ -90,3 +90,6 @@ class EventPage:
     events: tuple[Event, ...]
     position: Position
     purged: Position = Position(0, 0)
+    # The reading snapshot's xmax: no transaction at or above it had begun, so no position
+    # handed out has an xid that high
+    xmax: int = POSITION_MAX

@@ -23,7 +23,7 @@ from credits_service.domain.model import IDENTIFIER_PATTERN
 
 SIGNATURE_HEADER = "Credits-Signature"
 ENDPOINTS_MAX = 32
-_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+ENDPOINT_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECRET_LENGTH_MIN = 16
 _URL_LENGTH_MAX = 2048
 _KEYS = {"name", "url", "secret", "event_types", "account_ids"}
@@ -108,7 +108,7 @@ def _endpoint(index: int, table: Mapping[str, Any]) -> Endpoint:
         raise WebhooksError(f"{where}.{unknown[0]}: unknown key (allowed: "
                             f"{', '.join(sorted(_KEYS))})")
     name = table.get("name")
-    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+    if not isinstance(name, str) or not ENDPOINT_NAME_PATTERN.fullmatch(name):
         raise WebhooksError(f"{where}.name: required, 1-64 characters from A-Z a-z 0-9 ._-")
     url = table.get("url")
     parts = urlsplit(url) if isinstance(url, str) else None

@@ -32,12 +32,17 @@ _LOCK = f"""
     SELECT {columns.ACCOUNT} FROM accounts WHERE account_id = ANY($1::text[])
      ORDER BY account_id FOR UPDATE"""
 
+# $4: the amount again when it is a grant (lifetime_granted counts it, and it is the last
+# top-up a percentage low-balance rule follows: set in this same write, so the account's
+# alert level is judged once, against the new threshold), else 0.
 _CREDIT = f"""
-    INSERT INTO accounts AS a (account_id, balance, lifetime_granted)
-    VALUES ($1, $2, $4)
+    INSERT INTO accounts AS a (account_id, balance, lifetime_granted, last_top_up)
+    VALUES ($1, $2, $4, $4)
     ON CONFLICT (account_id) DO UPDATE
        SET balance = a.balance + EXCLUDED.balance,
            lifetime_granted = a.lifetime_granted + EXCLUDED.lifetime_granted,
+           last_top_up = CASE WHEN EXCLUDED.last_top_up > 0 THEN EXCLUDED.last_top_up
+                              ELSE a.last_top_up END,
            update_time = credits_now()
      WHERE a.balance + EXCLUDED.balance <= $3 AND a.status <> 'CLOSED'
     RETURNING {columns.ACCOUNT}"""

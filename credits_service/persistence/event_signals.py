@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import asyncpg
 
 CHANNEL = "credits_events"
 _LIVENESS_S = 10.0  # how often the idle connection is checked (a peer gone without a FIN)
+# A notified transaction still behind a stream's horizon after this long is not waited for
+# any more (a transaction that long is rare, and a bogus payload must not keep streams busy)
+_PENDING_S = 5.0
 
 _log = logging.getLogger(__name__)
 
@@ -28,6 +32,7 @@ class ListeningSignals:
         self._connect_timeout_s = connect_timeout_s
         self._retry_s = retry_s
         self._latest_xid = 0
+        self._latest_at_s = float("-inf")
         self._woken = asyncio.Event()
         self._listening = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -35,6 +40,9 @@ class ListeningSignals:
 
     @property
     def latest_xid(self) -> int:
+        """The highest transaction id notified in the last few seconds (0: none)."""
+        if time.monotonic() - self._latest_at_s > _PENDING_S:
+            return 0
         return self._latest_xid
 
     @property
@@ -48,7 +56,7 @@ class ListeningSignals:
         return self.listening
 
     async def wait_beyond(self, xid: int, timeout_s: float) -> None:
-        if self._latest_xid > xid:
+        if self.latest_xid > xid:
             return
         woken = self._woken
         with contextlib.suppress(TimeoutError):
@@ -74,6 +82,7 @@ class ListeningSignals:
         except ValueError:
             xid = 0
         self._latest_xid = max(self._latest_xid, xid)
+        self._latest_at_s = time.monotonic()
         self._wake()
 
     async def _run(self) -> None:
@@ -84,6 +93,9 @@ class ListeningSignals:
                     asyncpg.InterfaceError) as exc:
                 _log.warning("listening for events failed, streams poll until it is back: "
                              "%s: %s", type(exc).__name__, exc)
+            except Exception:
+                _log.exception("listening for events failed unexpectedly, streams poll until "
+                               "it is back")
             finally:
                 self._listening.clear()
             with contextlib.suppress(TimeoutError):

@@ -17,11 +17,12 @@ from credits_service.domain.events import POSITION_MAX, Event, EventPage, EventT
 _AFTER = """
     WITH horizon AS (
         SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
+               pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax,
                p.xid AS purged_xid, p.event_id AS purged_event_id
           FROM events_purged p
     )
     SELECT e.event_id, e.xid, e.event_type, e.account_id, e.data::text AS data,
-           e.create_time, h.xmin, h.purged_xid, h.purged_event_id
+           e.create_time, h.xmin, h.xmax, h.purged_xid, h.purged_event_id
       FROM horizon h
       LEFT JOIN LATERAL (
             SELECT * FROM events
@@ -57,16 +58,18 @@ class EventRepository:
             _AFTER, position.xid, position.event_id,
             [t.value for t in event_types] or None, list(account_ids) or None, limit)
         purged = Position(rows[0]["purged_xid"], rows[0]["purged_event_id"])
+
         events = tuple(
             Event(row["event_id"], Position(row["xid"], row["event_id"]),
                   EventType(row["event_type"]), row["account_id"], orjson.loads(row["data"]),
                   row["create_time"])
             for row in rows if row["event_id"] is not None)
+        xmax = rows[0]["xmax"]
         if events:
-            return EventPage(events, events[-1].position, purged)
+            return EventPage(events, events[-1].position, purged, xmax)
         # Nothing more: everything of the transactions below the horizon is behind
         return EventPage(
-            (), max(position, Position(rows[0]["xmin"] - 1, POSITION_MAX)), purged)
+            (), max(position, Position(rows[0]["xmin"] - 1, POSITION_MAX)), purged, xmax)
 
     async def purge(self, older_than_s: float, limit: int) -> int:
         """Delete up to `limit` of the oldest events, in position order, while they are older

@@ -45,8 +45,20 @@ def position_of(cursor: str) -> Position:
     try:
         return Position.of_cursor(cursor)
     except ValueError:
-        raise errors.InvalidArgument([errors.FieldViolation(
-            "cursor", "is not a cursor this service handed out")]) from None
+        raise _not_ours() from None
+
+
+def _not_ours() -> errors.InvalidArgument:
+    return errors.InvalidArgument([errors.FieldViolation(
+        "cursor", "is not a cursor this service handed out")])
+
+
+def _check_made_here(position: Position, page: EventPage) -> None:
+    """InvalidArgument for a position of a transaction that had not begun when `page` was
+    read: a cursor of another database (a restore, another cluster), which would otherwise
+    wait in silence and then skip what came before it."""
+    if position.xid >= page.xmax:
+        raise _not_ours()
 
 
 class Events:
@@ -70,6 +82,7 @@ class Events:
         position = position_of(cursor) if cursor else _FROM_THE_START
         asked = 0 if cursor is None else min(limit, EVENTS_PAGE_MAX)
         page = await self._read(position, event_types, account_ids, asked)
+        _check_made_here(position, page)
         if position < page.purged:
             if cursor:
                 raise errors.CursorExpired(page.purged.cursor())
@@ -104,7 +117,8 @@ class Events:
         start = await self._read(_FROM_THE_START, event_types, account_ids, 0)
         if position is None:
             position = start.purged if from_oldest else start.position
-        elif position < start.purged:
+        _check_made_here(position, start)
+        if position < start.purged:
             raise errors.CursorExpired(start.purged.cursor())
         yield EventPage((), position, start.purged)  # where the stream starts
         sent_s = time.monotonic()

@@ -37,7 +37,7 @@ class PageTokens:
         """The position in a token this service made for these filters, as `check` parses it;
         any other token raises InvalidPageToken."""
         body, _, signature = token.rpartition(".")
-        if not hmac.compare_digest(self._signature(body), signature):
+        if not token.isascii() or not hmac.compare_digest(self._signature(body), signature):
             raise InvalidPageToken()
         try:
             data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))

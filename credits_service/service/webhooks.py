@@ -10,6 +10,8 @@ repeats by the event id.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,10 +52,10 @@ class WebhookPolicy:
     backoff_initial_s: float
     backoff_max_s: float
     lease_s: float
+    attempt_timeout_s: float = 10.0  # the whole attempt, whatever the HTTP client's phases
 
 
-class LeaseLost(Exception):
-    """Another replica delivers this endpoint's events now."""
+_LOST = object()  # the lease went to another replica
 
 
 def body(event: Event) -> bytes:
@@ -108,10 +110,34 @@ class Webhooks:
 
     async def handle(self, endpoint: Endpoint, event: Event) -> bool:
         """Deliver the event (retrying; a dead letter once the retry time is spent) and move
-        the endpoint past it; False if the lease was lost."""
-        failure = None
-        attempts = 0
+        the endpoint past it; False if the lease was lost. The lease is renewed every third
+        of its length while this runs, however long the retries and their waits take."""
+        renewing = asyncio.create_task(self._keep_lease(endpoint))
+        try:
+            failure = await self._deliver(endpoint, event, renewing)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+        if failure is _LOST:
+            return False
+
+        async def work(uow: UnitOfWork) -> bool:
+            moved = await uow.webhooks.advance(
+                endpoint.name, self._owner, event.position, self.policy.lease_s)
+            if moved and isinstance(failure, tuple):  # kept once, by the lease's holder
+                await uow.webhooks.bury(endpoint.name, event.event_id, event.event_type.value,
+                                        event.account_id, *failure)
+            return moved
+
+        return await self._transactions.run(work)
+
+    async def _deliver(self, endpoint: Endpoint, event: Event,
+                       renewing: asyncio.Task[None]) -> object:
+        """None once delivered; (body, attempts, error) once the retry time is spent; _LOST
+        when the lease is."""
         sent = body(event)
+        attempts = 0
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(DeliveryFailed),
             stop=stop_after_delay(self.policy.retry_for_s),
@@ -122,25 +148,27 @@ class Webhooks:
         try:
             async for attempt in retrying:
                 with attempt:
+                    if renewing.done():  # the lease is another replica's now
+                        return _LOST
                     attempts += 1
-                    if not await self.renew(endpoint):
-                        return False
-                    await self._sender.send(endpoint, sent, event.event_id,
-                                            event.event_type.value)
+                    try:
+                        async with asyncio.timeout(self.policy.attempt_timeout_s):
+                            await self._sender.send(endpoint, sent, event.event_id,
+                                                    event.event_type.value)
+                    except TimeoutError:
+                        raise DeliveryFailed("timed out") from None
         except DeliveryFailed as exc:
-            failure = (sent, str(exc))
             _log.warning("webhook endpoint %s did not take event %d after %d attempts: "
                          "kept as a dead letter (%s)", endpoint.name, event.event_id,
                          attempts, exc)
+            return (sent, attempts, str(exc))
+        return None
 
-        async def work(uow: UnitOfWork) -> bool:
-            if failure is not None:
-                await uow.webhooks.bury(endpoint.name, event.event_id, event.event_type.value,
-                                        event.account_id, failure[0], attempts, failure[1])
-            return await uow.webhooks.advance(
-                endpoint.name, self._owner, event.position, self.policy.lease_s)
-
-        return await self._transactions.run(work)
+    async def _keep_lease(self, endpoint: Endpoint) -> None:
+        """Renew the endpoint's lease every third of its length; return when it is lost."""
+        while await self.renew(endpoint):
+            await asyncio.sleep(self.policy.lease_s / 3)
+        _log.info("webhook endpoint %s: another replica holds it now", endpoint.name)
 
     async def advance(self, endpoint: Endpoint, position: Position) -> bool:
         """Move the endpoint to `position` (past events it does not want); False if the lease

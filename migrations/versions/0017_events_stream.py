@@ -27,10 +27,13 @@ UPGRADE = [
     """
     CREATE FUNCTION credits_events_notify() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        PERFORM pg_notify('credits_events', pg_current_xact_id()::text);
+        IF EXISTS (SELECT 1 FROM new_events) THEN  -- an INSERT of no rows wakes nobody
+            PERFORM pg_notify('credits_events', pg_current_xact_id()::text);
+        END IF;
         RETURN NULL;
     END $$""",
     """CREATE TRIGGER tg_events_notify AFTER INSERT ON events
+        REFERENCING NEW TABLE AS new_events
         FOR EACH STATEMENT EXECUTE FUNCTION credits_events_notify()""",
     """
     CREATE TABLE events_purged (

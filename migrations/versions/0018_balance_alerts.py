@@ -11,7 +11,9 @@ are no "recovery".
 A BEFORE UPDATE row trigger whose WHEN compares the state the row's new values make with the
 state it had runs only when the state changes; the row lock makes each crossing one event,
 however many calls race. Down across the threshold: LOW_BALANCE; to zero: DEPLETED; up:
-BALANCE_RECOVERED. Unlimited accounts have no state.
+BALANCE_RECOVERED. Unlimited accounts have no state (an account made unlimited loses its
+level, so it starts afresh if it is limited again). Accounts already there get their last
+grant's amount and their level now.
 
 credit_lots.expiry_warned marks a lot whose CREDITS_EXPIRING event the sweeper wrote, so it is
 written once per lot.
@@ -62,6 +64,16 @@ UPGRADE = [
         ADD COLUMN alert_custom boolean NOT NULL DEFAULT false,
         ADD COLUMN last_top_up bigint NOT NULL DEFAULT 0,
         ADD COLUMN alert_state smallint""",
+    # Accounts already there: the amount of their last grant, and their level now (an
+    # account never granted anything has none yet)
+    """
+    UPDATE accounts a SET last_top_up = g.amount
+      FROM (SELECT DISTINCT ON (account_id) account_id, amount FROM ledger_entries
+             WHERE entry_type = 'GRANT' ORDER BY account_id, entry_id DESC) g
+     WHERE a.account_id = g.account_id""",
+    f"""
+    UPDATE accounts a SET alert_state = {_state('a')}
+     WHERE a.credit_limit < {_UNLIMITED} AND a.lifetime_granted > 0""",
     "ALTER TABLE credit_lots ADD COLUMN expiry_warned boolean NOT NULL DEFAULT false",
     """CREATE INDEX ix_credit_lots_expiring ON credit_lots (expire_time)
         WHERE expire_time IS NOT NULL AND expired_time IS NULL AND NOT expiry_warned""",
@@ -84,6 +96,10 @@ UPGRADE = [
         names text[] := ARRAY['DEPLETED', 'LOW', 'OK'];
         data jsonb;
     BEGIN
+        IF NEW.credit_limit >= {_UNLIMITED} THEN
+            NEW.alert_state := NULL;  -- unlimited: no level, and none kept for later
+            RETURN NEW;
+        END IF;
         IF OLD.alert_state IS NOT NULL THEN
             data := jsonb_build_object(
                 'available', NEW.balance - NEW.reserved,
@@ -111,11 +127,13 @@ UPGRADE = [
         BEFORE UPDATE OF balance, reserved, last_top_up, low_balance_credits,
                          low_balance_percent, plan, alert_custom, credit_limit
         ON accounts FOR EACH ROW
-        WHEN (NEW.credit_limit < {_UNLIMITED}
-              AND {_state('NEW')} IS DISTINCT FROM OLD.alert_state
-              AND (OLD.alert_state IS NOT NULL OR {_state('NEW')} = 2))
+        WHEN ((NEW.credit_limit >= {_UNLIMITED} AND OLD.alert_state IS NOT NULL)
+              OR (NEW.credit_limit < {_UNLIMITED}
+                  AND {_state('NEW')} IS DISTINCT FROM OLD.alert_state
+                  AND (OLD.alert_state IS NOT NULL OR {_state('NEW')} = 2)))
         EXECUTE FUNCTION credits_balance_alerts()""",
-    # The last top-up, for percentage rules
+    # The last top-up, for percentage rules, of grants written without accounts.credit (the
+    # import); a grant through it has set last_top_up already, and this updates nothing
     """
     CREATE FUNCTION credits_last_top_up() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN

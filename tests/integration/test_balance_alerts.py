@@ -80,6 +80,30 @@ async def test_a_percentage_of_the_last_top_up_and_an_accounts_own_rule(served):
     assert len(await alerts_of(app, "q")) == 2
 
 
+async def test_a_grant_under_a_percentage_rule_is_judged_once_against_its_new_threshold(
+        served):
+    app, stub = served
+    await grant(stub, "g", 995)  # 1,000 with the free plan's 5 welcome credits
+    await stub.SetBalanceAlert(pb.SetBalanceAlertRequest(account_id="g", low_balance_percent=50))
+    await reserve(stub, "g", 1000)  # 0 left: LOW_BALANCE and DEPLETED
+    await grant(stub, "g", 100)  # 100 left; the threshold now 50 % of 100
+    assert [(t, d["to"]) for t, d in await alerts_of(app, "g")] == [
+        ("LOW_BALANCE", "DEPLETED"), ("DEPLETED", "DEPLETED"), ("BALANCE_RECOVERED", "OK")]
+
+
+async def test_an_account_made_unlimited_loses_its_level_and_starts_afresh(served):
+    app, stub = served
+    await stub.EnsureAccount(pb.EnsureAccountRequest(account_id="u", plan="pro"))  # 100
+    await reserve(stub, "u", 90)  # 10 left: low
+    await stub.ChangePlan(pb.ChangePlanRequest(account_id="u", plan="unlimited",
+                                                reason="trial"))
+    await reserve(stub, "u", 50)  # below zero, unlimited: nothing
+    await stub.ChangePlan(pb.ChangePlanRequest(account_id="u", plan="pro", reason="back"))
+    await grant(stub, "u", 100)  # 60 left: the first level since, no recovery
+    await reserve(stub, "u", 45)  # 15 left: low again, a crossing
+    assert [t for t, _ in await alerts_of(app, "u")] == ["LOW_BALANCE", "LOW_BALANCE"]
+
+
 async def test_a_new_threshold_above_the_balance_is_a_crossing(served):
     app, stub = served
     await stub.EnsureAccount(pb.EnsureAccountRequest(account_id="r", plan="pro"))  # 100

@@ -246,3 +246,22 @@ async def test_downgrades_that_would_lose_account_state_or_imports_are_refused(
         await asyncio.to_thread(command.downgrade, config, "0005")  # now it may
     finally:
         await connection.close()
+
+
+async def test_0018_gives_accounts_already_there_their_last_top_up_and_level(
+        old_ledger, embedded_postgres):
+    await asyncio.to_thread(upgrade_to, old_ledger, "head")
+    connection = await asyncpg.connect(host=str(embedded_postgres.socket_dir), user="postgres",
+                                       database=DATABASE)
+    try:
+        rows = await connection.fetch(
+            "SELECT account_id, last_top_up, alert_state FROM accounts ORDER BY account_id")
+        assert [tuple(r) for r in rows] == [("old-1", 100, 2), ("old-2", 5, 0)]
+        # old-1's first change after the upgrade that empties it is a crossing
+        await connection.execute(
+            "UPDATE accounts SET reserved = balance WHERE account_id = 'old-1'")
+        assert await connection.fetchval(
+            "SELECT array_agg(event_type ORDER BY event_id) FROM events "
+            "WHERE account_id = 'old-1'") == ["DEPLETED"]
+    finally:
+        await connection.close()

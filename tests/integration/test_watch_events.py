@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from credits.v1 import credits_pb2 as pb
+from credits_service.domain.events import Position
 from tests.grpc_errors import unpack
 from tests.support.calls import commit, grant, reserve
 from tests.support.serving import serving_app
@@ -111,6 +112,7 @@ async def test_filters_by_type_and_account_and_from_the_oldest_kept(app, stub):
     ({"cursor": "e1.bm90LWEtcG9zaXRpb24"}, "cursor"),
     ({"cursor": "e1.MS4y", "from_oldest": True}, "from_oldest"),
     ({"account_ids": ["bad id"]}, "account_ids[0]"),
+    ({"cursor": Position(2**40, 1).cursor()}, "cursor"),  # another database's: not begun here
     ({"account_ids": [f"a{i}" for i in range(101)]}, "account_ids"),
 ])
 async def test_bad_requests_are_invalid_argument_never_an_empty_stream(
@@ -166,6 +168,24 @@ async def test_listen_wakes_a_stream_at_once_and_polling_carries_on_without_it(
         await grant(stub, "polled", 1)
         assert [r.event.account_id for r in await take(call, 2)] == ["polled", "polled"]
         assert await app.signals.wait_listening(5)  # and LISTEN is back
+        call.cancel()
+
+
+async def test_a_bogus_notification_keeps_no_stream_busy(test_settings, db, monkeypatch):
+    from credits_service.persistence import event_signals
+
+    monkeypatch.setattr(event_signals, "_PENDING_S", 0.3)
+    async with streaming(test_settings, events_poll_interval_s=30) as (app, stub):
+        assert await app.signals.wait_listening(5)
+        call = stub.WatchEvents(pb.WatchEventsRequest())
+        await started(call)
+        await db.execute("NOTIFY credits_events, '9000000000000000000'")
+        await asyncio.sleep(0.1)
+        assert app.signals.latest_xid == 9000000000000000000  # a stream reads again soon
+        await asyncio.sleep(0.4)
+        assert app.signals.latest_xid == 0  # and then waits as before
+        await grant(stub, "after", 1)
+        assert [r.event.account_id for r in await take(call, 2)] == ["after", "after"]
         call.cancel()
 
 

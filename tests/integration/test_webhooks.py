@@ -213,6 +213,28 @@ async def test_two_replicas_deliver_each_event_once(test_settings, tmp_path, rec
     assert amounts == list(range(1, 21))
 
 
+async def test_a_replica_keeps_its_lease_through_long_retries(test_settings, tmp_path, receiver):
+    """Waits between retries longer than the lease: the replica renews it meanwhile, so the
+    other never takes over and restarts the retries; the event is one dead letter."""
+    receiver.mode = "fail"
+    path = hooks_file(tmp_path, receiver)
+    slow = {"webhook_lease_s": 1, "webhook_backoff_initial_s": 0.6,
+            "webhook_backoff_max_s": 1.5, "webhook_retry_for_s": 3}
+    async with hooked(test_settings, path, **slow) as (_, stub), \
+            hooked(test_settings, path, **slow):
+        await asyncio.sleep(0.3)
+        await grant(stub, "lease", 1)
+        listed = pb.ListDeadLettersResponse()
+        deadline = time.monotonic() + 20
+        while not listed.dead_letters and time.monotonic() < deadline:
+            listed = await stub.ListDeadLetters(pb.ListDeadLettersRequest())
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1)
+        listed = await stub.ListDeadLetters(pb.ListDeadLettersRequest())
+    assert len(listed.dead_letters) == 1
+    assert listed.dead_letters[0].attempts == len(receiver.received)
+
+
 async def test_bad_dead_letter_requests(stub):
     for bad in ("", "0", "x1", "-5", "\u0661", "9" * 20):  # \u0661: an Arabic-Indic one
         error = await expect_error(stub.RedeliverDeadLetter(pb.RedeliverDeadLetterRequest(
@@ -222,9 +244,15 @@ async def test_bad_dead_letter_requests(stub):
     error = await expect_error(stub.RedeliverDeadLetter(pb.RedeliverDeadLetterRequest(
         dead_letter_id="999")))
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "DEAD_LETTER_NOT_FOUND")
+    for token in ("nonsense", "abc.\u00e9t\u00e9"):
+        error = await expect_error(stub.ListDeadLetters(pb.ListDeadLettersRequest(
+            page_token=token)))
+        assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                              "INVALID_PAGE_TOKEN")
     error = await expect_error(stub.ListDeadLetters(pb.ListDeadLettersRequest(
-        page_token="nonsense")))
-    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+        endpoint="a\x00b")))
+    assert (error.code, error.metadata["field"]) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                     "endpoint")
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -102,7 +102,17 @@ class EventsApi:
 
 async def _write(context: grpc.aio.ServicerContext, response: Any, stall_limit_s: float) -> None:
     write = asyncio.ensure_future(context.write(response))
-    done, _ = await asyncio.wait((write,), timeout=stall_limit_s)
+    try:
+        done, _ = await asyncio.wait((write,), timeout=stall_limit_s)
+    finally:
+        # A write left behind (stalled, or the call cancelled) ends with the call; what it
+        # raises then is not news
+        write.add_done_callback(_ignore_outcome)
     if not done:
         raise errors.ConsumerStalled(stall_limit_s)
     write.result()
+
+
+def _ignore_outcome(write: asyncio.Future[Any]) -> None:
+    if not write.cancelled():
+        write.exception()

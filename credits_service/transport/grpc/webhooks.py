@@ -7,7 +7,7 @@ import grpc
 
 from credits.v1 import credits_pb2 as pb
 from credits_service.domain.events import EventType
-from credits_service.domain.webhooks import DeadLetter
+from credits_service.domain.webhooks import ENDPOINT_NAME_PATTERN, DeadLetter
 from credits_service.service.webhooks import Webhooks
 from credits_service.transport.grpc import messages
 from credits_service.transport.grpc.events import EVENT_TYPE_TO_PROTO
@@ -15,7 +15,6 @@ from credits_service.transport.grpc.fields import PAGE_TOKEN_LENGTH_MAX, FieldCh
 
 _STATUS_TO_PROTO = {"DEAD": pb.DEAD_LETTER_STATUS_DEAD,
                     "REDELIVERED": pb.DEAD_LETTER_STATUS_REDELIVERED}
-_ENDPOINT_LENGTH_MAX = 64
 _ID_MAX = 2**63 - 1
 _ID_DIGITS_MAX = 19
 
@@ -36,22 +35,26 @@ def to_dead_letter(letter: DeadLetter) -> pb.DeadLetter:
 class WebhooksApi:
     _webhooks: Webhooks | None
 
-    def _webhooks_or_abort(self) -> Webhooks:
-        assert self._webhooks is not None, "the server composes webhooks"
+    async def _webhooks_or_abort(self, context: grpc.aio.ServicerContext) -> Webhooks:
+        if self._webhooks is None:  # bench/memory_server.py: a ledger without webhooks
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server has no webhooks")
+        assert self._webhooks is not None
         return self._webhooks
 
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListDeadLettersResponse:
         check = FieldChecker()
-        if len(request.endpoint) > _ENDPOINT_LENGTH_MAX:
-            check.fail("endpoint", f"must be at most {_ENDPOINT_LENGTH_MAX} characters")
+        if request.endpoint and not ENDPOINT_NAME_PATTERN.fullmatch(request.endpoint):
+            check.fail("endpoint", "must be an endpoint's name: 1-64 characters from "
+                       "A-Z a-z 0-9 . _ -")
         if request.page_size < 0:
             check.fail("page_size", "must not be negative")
         if len(request.page_token) > PAGE_TOKEN_LENGTH_MAX:
             check.fail("page_token", "is not a page token this service handed out")
         check.done()
-        page = await self._webhooks_or_abort().dead_letters(
+        webhooks = await self._webhooks_or_abort(context)
+        page = await webhooks.dead_letters(
             request.endpoint, request.page_size, request.page_token,
             request.include_redelivered)
         return pb.ListDeadLettersResponse(
@@ -68,5 +71,6 @@ class WebhooksApi:
         if not 1 <= dead_letter_id <= _ID_MAX:
             check.fail("dead_letter_id", "must be the id of a dead letter ListDeadLetters shows")
         check.done()
-        letter = await self._webhooks_or_abort().redeliver(dead_letter_id)
+        webhooks = await self._webhooks_or_abort(context)
+        letter = await webhooks.redeliver(dead_letter_id)
         return pb.RedeliverDeadLetterResponse(dead_letter=to_dead_letter(letter))
