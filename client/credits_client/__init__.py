@@ -1,0 +1,74 @@
+"""The Python client of credits-service (client/README.md).
+
+    async with CreditsClient("localhost:50051", token=token) as client:
+        async with client.hold("user-42", feature="llm-tokens", units=2_000) as hold:
+            answer = await call_the_model(...)
+            hold.commit(units=answer.usage.total_tokens)
+
+SyncCreditsClient has the same methods for code without an event loop.
+"""
+
+from credits_client.client import CreditsClient
+from credits_client.errors import (
+    AccountClosed,
+    AccountFrozen,
+    AccountNotFound,
+    CreditsError,
+    DeadlineExceeded,
+    IdempotencyKeyReused,
+    InsufficientCredits,
+    InvalidArgument,
+    MemberCapExceeded,
+    PermissionDenied,
+    RateLimited,
+    ReservationAlreadyCommitted,
+    ReservationExpired,
+    ReservationNotFound,
+    ReservationReleased,
+    Unauthenticated,
+    Unavailable,
+    UnknownFeature,
+)
+from credits_client.hold import Hold
+from credits_client.sync import SyncCreditsClient, SyncHold
+from credits_client.types import (
+    Account,
+    Balance,
+    EnsureAccountResult,
+    GrantResult,
+    HoldResult,
+    Quote,
+    Reservation,
+)
+
+__all__ = [
+    "Account",
+    "AccountClosed",
+    "AccountFrozen",
+    "AccountNotFound",
+    "Balance",
+    "CreditsClient",
+    "CreditsError",
+    "DeadlineExceeded",
+    "EnsureAccountResult",
+    "GrantResult",
+    "Hold",
+    "HoldResult",
+    "IdempotencyKeyReused",
+    "InsufficientCredits",
+    "InvalidArgument",
+    "MemberCapExceeded",
+    "PermissionDenied",
+    "Quote",
+    "RateLimited",
+    "Reservation",
+    "ReservationAlreadyCommitted",
+    "ReservationExpired",
+    "ReservationNotFound",
+    "ReservationReleased",
+    "SyncCreditsClient",
+    "SyncHold",
+    "Unauthenticated",
+    "Unavailable",
+    "UnknownFeature",
+]

@@ -1,0 +1,249 @@
+"""CreditsClient: the asyncio client (docs in client/README.md).
+
+Every call is retried on UNAVAILABLE, DEADLINE_EXCEEDED (of one attempt) and ABORTED, with
+jittered exponential backoff, a bounded number of times within the call's timeout, and with
+the same request: the same idempotency key for Grant and CheckAndReserve (made once per call
+when the caller gives none), the same reservation and amount for Commit and Release. A reply
+lost after the server committed is answered, on the retry, with the original result: never a
+second charge.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from credits.v1 import credits_pb2 as pb
+from credits.v1 import credits_pb2_grpc
+from credits_client import _mapping, types
+from credits_client.errors import from_rpc_error
+from credits_client.hold import Hold
+
+T = TypeVar("T")
+RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                           grpc.StatusCode.ABORTED})
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in RETRIED_CODES
+
+
+def _duration(seconds: float) -> Duration:
+    value = Duration()
+    value.FromMilliseconds(int(seconds * 1000))
+    return value
+
+
+class CreditsClient:
+    """An asyncio client of one credits-service (or a balancer in front of several).
+
+    `target` is host:port. `token` is sent as a bearer token on every call. `tls`: True for
+    the system's roots, or PEM bytes of the CA to trust (`root_certificates`). `timeout_s`
+    bounds a call with its retries; `attempt_timeout_s` one attempt; `attempts_max` and the
+    backoff bound the retries. `interceptors` and `options` go to the grpc.aio channel.
+    """
+
+    def __init__(
+        self, target: str, *, token: str | None = None, tls: bool = False,
+        root_certificates: bytes | None = None, timeout_s: float = 10.0,
+        attempt_timeout_s: float = 3.0, attempts_max: int = 5,
+        backoff_initial_s: float = 0.05, backoff_max_s: float = 1.0,
+        options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> None:
+        if tls or root_certificates:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.aio.secure_channel(
+                target, credentials, options=list(options), interceptors=list(interceptors))
+        else:
+            self._channel = grpc.aio.insecure_channel(
+                target, options=list(options), interceptors=list(interceptors))
+        self._stub = credits_pb2_grpc.CreditsServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.timeout_s = timeout_s
+        self.attempt_timeout_s = attempt_timeout_s
+        self.attempts_max = attempts_max
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+
+    async def __aenter__(self) -> CreditsClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def call(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
+        """Call `method` (the RPC's name) with `request`, retried as the module says; a
+        typed CreditsError when it fails for good. The protobuf answer: the escape hatch
+        for RPCs without a method here."""
+        rpc = getattr(self._stub, method)
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_attempt(self.attempts_max)
+            | stop_after_delay(timeout_s or self.timeout_s),
+            wait=wait_random_exponential(multiplier=self.backoff_initial_s,
+                                         max=self.backoff_max_s),
+            reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    left_s = deadline - time.monotonic()
+                    if left_s <= 0:
+                        raise grpc.aio.AioRpcError(
+                            grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(),
+                            grpc.aio.Metadata(), "the call's timeout passed before it was sent")
+                    return await rpc(request, timeout=min(self.attempt_timeout_s, left_s),
+                                     metadata=self._metadata)
+        except grpc.aio.AioRpcError as failure:
+            raise from_rpc_error(failure) from None
+        raise AssertionError("tenacity returns or raises")
+
+    # --- accounts and grants ------------------------------------------------------------
+
+    async def ensure_account(self, account_id: str, plan: str = "") -> types.EnsureAccountResult:
+        """The account, created first (on `plan`, with its welcome credits) if missing."""
+        answer = await self.call("EnsureAccount", pb.EnsureAccountRequest(
+            account_id=account_id, plan=plan))
+        return types.EnsureAccountResult(_mapping.account(answer.account), answer.created,
+                                         _mapping.balance(answer.balance))
+
+    async def grant(
+        self, account_id: str, amount: int, *, grant_type: str = "PURCHASE",
+        idempotency_key: str | None = None, reason: str = "",
+        metadata: Mapping[str, str] | None = None, expire_time: datetime | None = None,
+    ) -> types.GrantResult:
+        """Add credits (a lot of `grant_type`: PURCHASE, PROMO, ADMIN_GRANT, ...). Give the
+        idempotency key of the purchase (an order id) so a payment is credited once."""
+        request = pb.GrantRequest(
+            account_id=account_id, amount=amount, type=pb.GrantType.Value(
+                f"GRANT_TYPE_{grant_type}"),
+            idempotency_key=idempotency_key or str(uuid.uuid4()), reason=reason,
+            metadata=dict(metadata or {}))
+        if expire_time is not None:
+            stamp = Timestamp()
+            stamp.FromDatetime(expire_time)
+            request.expire_time.CopyFrom(stamp)
+        answer = await self.call("Grant", request)
+        return types.GrantResult(answer.entry.entry_id, answer.lot.lot_id,
+                                 _mapping.balance(answer.balance))
+
+    async def get_balance(self, account_id: str) -> types.Balance:
+        answer = await self.call("GetBalance", pb.GetBalanceRequest(account_id=account_id))
+        return _mapping.balance(answer.balance)
+
+    async def quote(self, account_id: str, feature: str, units: int) -> types.Quote:
+        """What `units` of `feature` cost the account now, and whether it can afford it."""
+        answer = await self.call("Quote", pb.QuoteRequest(
+            account_id=account_id, feature=feature, units=units))
+        return types.Quote(answer.cost, answer.feature, answer.units, answer.rate_card_version,
+                           answer.plan, answer.affordable,
+                           _mapping.balance(answer.balance) if answer.HasField("balance")
+                           else None)
+
+    # --- holds --------------------------------------------------------------------------
+
+    async def reserve(
+        self, account_id: str, *, amount: int | None = None, feature: str | None = None,
+        units: int | None = None, ttl_s: float | None = None,
+        idempotency_key: str | None = None, metadata: Mapping[str, str] | None = None,
+    ) -> types.HoldResult:
+        """Place a hold of `amount` credits, or of what `units` of `feature` cost."""
+        if (amount is None) == (feature is None):
+            raise ValueError("reserve: an amount, or a feature with its units")
+        request = pb.CheckAndReserveRequest(
+            account_id=account_id, amount=amount or 0, feature=feature or "",
+            units=units or 0, idempotency_key=idempotency_key or str(uuid.uuid4()),
+            metadata=dict(metadata or {}))
+        if ttl_s is not None:
+            request.ttl.CopyFrom(_duration(ttl_s))
+        return _mapping.hold(await self.call("CheckAndReserve", request))
+
+    async def commit(
+        self, reservation_id: str, *, amount: int | None = None, units: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> types.HoldResult:
+        """Capture a hold: what it held, `amount` credits, or what `units` cost at its
+        price."""
+        request = pb.CommitRequest(reservation_id=reservation_id,
+                                   metadata=dict(metadata or {}))
+        if amount is not None:
+            request.amount = amount
+        if units is not None:
+            request.units = units
+        return _mapping.hold(await self.call("Commit", request))
+
+    async def release(self, reservation_id: str, reason: str = "") -> types.HoldResult:
+        return _mapping.hold(await self.call("Release", pb.ReleaseRequest(
+            reservation_id=reservation_id, reason=reason)))
+
+    async def extend(self, reservation_id: str, ttl_s: float) -> types.HoldResult:
+        """Keep a hold `ttl_s` longer from now."""
+        return _mapping.hold(await self.call("ExtendReservation", pb.ExtendReservationRequest(
+            reservation_id=reservation_id, ttl=_duration(ttl_s))))
+
+    def hold(
+        self, account_id: str, *, amount: int | None = None, feature: str | None = None,
+        units: int | None = None, ttl_s: float = 60.0,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Hold:
+        """`async with client.hold(...) as hold:` places the hold, runs the block, commits on
+        success (the estimate, or what `hold.commit(...)` set) and releases on an exception;
+        while the block runs it extends the hold every third of `ttl_s`."""
+        if (amount is None) == (feature is None):
+            raise ValueError("hold: an amount, or a feature with its units")
+        return Hold(self, account_id, amount=amount, feature=feature, units=units,
+                    ttl_s=ttl_s, metadata=metadata)
+
+    def metered(
+        self, *, account: str | Callable[..., str] = "account_id",
+        feature: str | None = None, units: int | Callable[..., int] | None = None,
+        amount: int | Callable[..., int] | None = None, ttl_s: float = 60.0,
+    ) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+        """A decorator: each call of the async function runs inside a hold. `account` names
+        the function's argument that holds the account id (or computes it from the
+        arguments); `units` and `amount` may be numbers or functions of the arguments. The
+        function may set the actual use with `hold.commit(...)` when it takes a `hold`
+        keyword argument."""
+
+        def decorate(function: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+            signature = inspect.signature(function)
+            wants_hold = "hold" in signature.parameters
+
+            @functools.wraps(function)
+            async def metered_call(*args: Any, **kwargs: Any) -> T:
+                bound = signature.bind_partial(*args, **kwargs).arguments
+
+                def value(spec: Any) -> Any:
+                    return spec(*args, **kwargs) if callable(spec) else spec
+
+                account_id = (account(*args, **kwargs) if callable(account)
+                              else bound[account])
+                async with self.hold(account_id, feature=feature, units=value(units),
+                                     amount=value(amount), ttl_s=ttl_s) as hold:
+                    if wants_hold:
+                        kwargs["hold"] = hold
+                    return await function(*args, **kwargs)
+
+            return metered_call
+
+        return decorate

@@ -1,0 +1,157 @@
+"""Typed errors: every failure of a call is a CreditsError, the subclass chosen by the
+ErrorInfo reason the server sent (docs/api.md's table), with its metadata as attributes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "credits.v1"
+
+
+class CreditsError(Exception):
+    """A call failed: `code` (a grpc.StatusCode), `reason` (the stable ErrorInfo reason, or
+    the code's name when the server sent none), `metadata`, and for INVALID_ARGUMENT the
+    `field_violations` (field, description)."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str,
+                 metadata: Mapping[str, str] | None = None,
+                 field_violations: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = dict(metadata or {})
+        self.field_violations = field_violations
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+class InvalidArgument(CreditsError):
+    """The request breaks a rule (`field_violations` says which); nothing was done."""
+
+
+class Unauthenticated(CreditsError):
+    """No token, or one the server does not know."""
+
+
+class PermissionDenied(CreditsError):
+    """The token's role may not make this call."""
+
+
+class RateLimited(CreditsError):
+    """Over the principal's rate limit; `retry_after_s` says when to try again."""
+
+    @property
+    def retry_after_s(self) -> float:
+        return int(self.metadata.get("retryAfterMs", "0")) / 1000
+
+
+class Unavailable(CreditsError):
+    """The service could not be reached or could not answer (after the client's retries);
+    whether the call took effect is unknown, and a retry with the same key is safe."""
+
+
+class DeadlineExceeded(CreditsError):
+    """The call's deadline passed (after the client's retries); as Unavailable."""
+
+
+class AccountNotFound(CreditsError):
+    """No such account (and the server does not create it on first use)."""
+
+
+class AccountFrozen(CreditsError):
+    """The account is frozen: no new holds or grants."""
+
+
+class AccountClosed(CreditsError):
+    """The account is closed."""
+
+
+class InsufficientCredits(CreditsError):
+    """The account's available credits do not cover the request: `available` and `needed`."""
+
+    @property
+    def account_id(self) -> str:
+        return self.metadata.get("accountId", "")
+
+    @property
+    def available(self) -> int:
+        return int(self.metadata.get("available", "0"))
+
+    @property
+    def needed(self) -> int:
+        return int(self.metadata.get("requested", "0"))
+
+
+class MemberCapExceeded(CreditsError):
+    """An organisation member's hold on the pool would pass its cap."""
+
+
+class IdempotencyKeyReused(CreditsError):
+    """The idempotency key was used before with a different request."""
+
+
+class ReservationNotFound(CreditsError):
+    """No reservation has this id."""
+
+
+class ReservationExpired(CreditsError):
+    """The reservation expired before it was committed: its credits went back."""
+
+
+class ReservationReleased(CreditsError):
+    """The reservation was released."""
+
+
+class ReservationAlreadyCommitted(CreditsError):
+    """The reservation was committed with another amount."""
+
+
+class UnknownFeature(CreditsError):
+    """The rate card has no such feature."""
+
+
+_BY_REASON: dict[str, type[CreditsError]] = {
+    "INVALID_ARGUMENT": InvalidArgument, "MALFORMED_REQUEST": InvalidArgument,
+    "UNAUTHENTICATED": Unauthenticated, "PERMISSION_DENIED": PermissionDenied,
+    "RATE_LIMITED": RateLimited, "SERVER_SHUTTING_DOWN": Unavailable,
+    "DATABASE_UNAVAILABLE": Unavailable, "DATABASE_TIMEOUT": Unavailable,
+    "ACCOUNT_NOT_FOUND": AccountNotFound, "ACCOUNT_FROZEN": AccountFrozen,
+    "ACCOUNT_CLOSED": AccountClosed, "INSUFFICIENT_CREDITS": InsufficientCredits,
+    "MEMBER_CAP_EXCEEDED": MemberCapExceeded, "IDEMPOTENCY_KEY_REUSED": IdempotencyKeyReused,
+    "RESERVATION_NOT_FOUND": ReservationNotFound, "RESERVATION_EXPIRED": ReservationExpired,
+    "RESERVATION_RELEASED": ReservationReleased,
+    "RESERVATION_ALREADY_COMMITTED": ReservationAlreadyCommitted,
+    "UNKNOWN_FEATURE": UnknownFeature,
+}
+_BY_CODE: dict[grpc.StatusCode, type[CreditsError]] = {
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+}
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> CreditsError:
+    """The typed error of a failed call."""
+    code = error.code()
+    reason, metadata, violations = code.name, {}, ()
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain == DOMAIN:
+                reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = tuple((v.field, v.description) for v in bad.field_violations)
+    kind = _BY_REASON.get(reason) or _BY_CODE.get(code, CreditsError)
+    return kind(code, reason, error.details() or code.name, metadata, violations)

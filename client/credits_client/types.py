@@ -1,0 +1,76 @@
+"""What calls answer: plain dataclasses, never protobuf messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    account_id: str
+    balance: int
+    reserved: int
+    available: int
+    active_reservation_count: int = 0
+    lifetime_granted: int = 0
+    lifetime_used: int = 0
+    lifetime_expired: int = 0
+    credit_limit: int = 0
+    unlimited: bool = False
+    debt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    reservation_id: str
+    account_id: str
+    amount: int
+    status: str  # ACTIVE, COMMITTED, RELEASED, EXPIRED
+    committed_amount: int
+    create_time: datetime | None
+    expire_time: datetime | None
+    metadata: dict[str, str] = field(default_factory=dict)
+    feature: str = ""  # a hold of a feature's units: its feature, and the price it keeps
+    units: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account_id: str
+    plan: str
+    status: str  # ACTIVE, FROZEN, CLOSED
+    create_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureAccountResult:
+    account: Account
+    created: bool
+    balance: Balance
+
+
+@dataclass(frozen=True, slots=True)
+class GrantResult:
+    entry_id: str
+    lot_id: str
+    balance: Balance
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    """What CheckAndReserve, Commit, Release and ExtendReservation answer."""
+
+    reservation: Reservation
+    balance: Balance | None
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    cost: int
+    feature: str
+    units: int
+    rate_card_version: str
+    plan: str
+    affordable: bool
+    balance: Balance | None
