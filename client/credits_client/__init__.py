@@ -30,13 +30,17 @@ from credits_client.errors import (
     UnknownFeature,
 )
 from credits_client.hold import Hold
+from credits_client.offline import FailOpen
 from credits_client.sync import SyncCreditsClient, SyncHold
 from credits_client.types import (
     Account,
     Balance,
     EnsureAccountResult,
+    Event,
     GrantResult,
+    HistoryPage,
     HoldResult,
+    LedgerEntry,
     Quote,
     Reservation,
 )
@@ -51,12 +55,16 @@ __all__ = [
     "CreditsError",
     "DeadlineExceeded",
     "EnsureAccountResult",
+    "Event",
+    "FailOpen",
     "GrantResult",
+    "HistoryPage",
     "Hold",
     "HoldResult",
     "IdempotencyKeyReused",
     "InsufficientCredits",
     "InvalidArgument",
+    "LedgerEntry",
     "MemberCapExceeded",
     "PermissionDenied",
     "Quote",

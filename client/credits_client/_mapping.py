@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,3 +49,24 @@ def hold(message: Any) -> types.HoldResult:
         balance(message.balance)
         if "balance" in message.DESCRIPTOR.fields_by_name and message.HasField("balance")
         else None)
+
+
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    name = enum.Name(value) if value in enum.values() else ""
+    return name.removeprefix(prefix) if name and not name.endswith("UNSPECIFIED") else ""
+
+
+def entry(message: pb.LedgerEntry) -> types.LedgerEntry:
+    return types.LedgerEntry(
+        message.entry_id, message.account_id,
+        _enum_name(pb.EntryType, message.type, "ENTRY_TYPE_"), message.amount,
+        message.balance_after, time_of(message.create_time),
+        _enum_name(pb.GrantType, message.grant_type, "GRANT_TYPE_"), message.reservation_id,
+        message.reason, dict(message.metadata), message.feature, message.units)
+
+
+def event(message: pb.Event) -> types.Event:
+    return types.Event(
+        message.event_id, message.cursor,
+        _enum_name(pb.EventType, message.event_type, "EVENT_TYPE_"), message.account_id,
+        time_of(message.create_time), json.loads(message.data_json or "{}"))

@@ -10,11 +10,13 @@ second charge.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -34,8 +36,14 @@ from credits.v1 import credits_pb2_grpc
 from credits_client import _mapping, types
 from credits_client.errors import from_rpc_error
 from credits_client.hold import Hold
+from credits_client.offline import FailOpen
 
 T = TypeVar("T")
+# A server that comes back is reconnected to within two seconds, not grpc's default two minutes
+_CHANNEL_OPTIONS: dict[str, Any] = {
+    "grpc.initial_reconnect_backoff_ms": 100, "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 2000,
+}
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                            grpc.StatusCode.ABORTED})
 
@@ -54,26 +62,34 @@ class CreditsClient:
     """An asyncio client of one credits-service (or a balancer in front of several).
 
     `target` is host:port. `token` is sent as a bearer token on every call. `tls`: True for
-    the system's roots, or PEM bytes of the CA to trust (`root_certificates`). `timeout_s`
+    the system's roots, or PEM bytes of the CA to trust (`root_certificates`); mutual TLS
+    adds `client_certificate` and `client_key` (PEM bytes). `timeout_s`
     bounds a call with its retries; `attempt_timeout_s` one attempt; `attempts_max` and the
     backoff bound the retries. `interceptors` and `options` go to the grpc.aio channel.
+    `fail_open`: holds of an amount proceed without the service, within an allowance, when
+    it cannot be reached (offline.py says the risk); None, the default: they fail.
     """
 
     def __init__(
         self, target: str, *, token: str | None = None, tls: bool = False,
-        root_certificates: bytes | None = None, timeout_s: float = 10.0,
+        root_certificates: bytes | None = None, client_certificate: bytes | None = None,
+        client_key: bytes | None = None, timeout_s: float = 10.0,
         attempt_timeout_s: float = 3.0, attempts_max: int = 5,
         backoff_initial_s: float = 0.05, backoff_max_s: float = 1.0,
         options: Sequence[tuple[str, Any]] = (),
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        fail_open: FailOpen | None = None,
     ) -> None:
-        if tls or root_certificates:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        options = list({**_CHANNEL_OPTIONS, **dict(options)}.items())
+        if tls or root_certificates or client_certificate:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root_certificates, private_key=client_key,
+                certificate_chain=client_certificate)
             self._channel = grpc.aio.secure_channel(
-                target, credentials, options=list(options), interceptors=list(interceptors))
+                target, credentials, options=options, interceptors=list(interceptors))
         else:
             self._channel = grpc.aio.insecure_channel(
-                target, options=list(options), interceptors=list(interceptors))
+                target, options=options, interceptors=list(interceptors))
         self._stub = credits_pb2_grpc.CreditsServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.timeout_s = timeout_s
@@ -81,6 +97,7 @@ class CreditsClient:
         self.attempts_max = attempts_max
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        self.fail_open = fail_open
 
     async def __aenter__(self) -> CreditsClient:
         return self
@@ -96,11 +113,17 @@ class CreditsClient:
         typed CreditsError when it fails for good. The protobuf answer: the escape hatch
         for RPCs without a method here."""
         rpc = getattr(self._stub, method)
-        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        budget_s = timeout_s or self.timeout_s
+        deadline = time.monotonic() + budget_s
+        try:  # the first attempt on its own: no retry machinery on the common path
+            return await rpc(request, timeout=min(self.attempt_timeout_s, budget_s),
+                             metadata=self._metadata)
+        except grpc.aio.AioRpcError as failure:
+            if not _transient(failure) or self.attempts_max <= 1:
+                raise from_rpc_error(failure) from None
         retrying = AsyncRetrying(
             retry=retry_if_exception(_transient),
-            stop=stop_after_attempt(self.attempts_max)
-            | stop_after_delay(timeout_s or self.timeout_s),
+            stop=stop_after_attempt(self.attempts_max - 1) | stop_after_delay(budget_s),
             wait=wait_random_exponential(multiplier=self.backoff_initial_s,
                                          max=self.backoff_max_s),
             reraise=True)
@@ -112,8 +135,9 @@ class CreditsClient:
                         raise grpc.aio.AioRpcError(
                             grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(),
                             grpc.aio.Metadata(), "the call's timeout passed before it was sent")
+                    # A retry waits (within its attempt) for the connection to come back
                     return await rpc(request, timeout=min(self.attempt_timeout_s, left_s),
-                                     metadata=self._metadata)
+                                     metadata=self._metadata, wait_for_ready=True)
         except grpc.aio.AioRpcError as failure:
             raise from_rpc_error(failure) from None
         raise AssertionError("tenacity returns or raises")
@@ -159,6 +183,53 @@ class CreditsClient:
                            answer.plan, answer.affordable,
                            _mapping.balance(answer.balance) if answer.HasField("balance")
                            else None)
+
+    async def history(
+        self, account_id: str, *, page_size: int = 100, page_token: str = "",
+        entry_types: Sequence[str] = (),
+    ) -> types.HistoryPage:
+        """A page of the account's ledger entries, newest first."""
+        answer = await self.call("History", pb.HistoryRequest(
+            account_id=account_id, page_size=page_size, page_token=page_token,
+            types=[pb.EntryType.Value(f"ENTRY_TYPE_{t}") for t in entry_types]))
+        return types.HistoryPage(tuple(_mapping.entry(e) for e in answer.entries),
+                                 answer.next_page_token)
+
+    async def watch_events(
+        self, *, cursor: str = "", from_oldest: bool = False,
+        event_types: Sequence[str] = (), account_ids: Sequence[str] = (),
+        on_cursor: Callable[[str], Any] | None = None,
+    ) -> AsyncIterator[types.Event]:
+        """The events after `cursor` (empty: from now, or the oldest kept with
+        `from_oldest`), for ever, in commit order (WatchEvents, docs/events.md). A stream the
+        server ends UNAVAILABLE (draining, a restart, a stall) is opened again from the last
+        cursor, with backoff, so no event is missed or repeated. `on_cursor` is told every
+        cursor the stream moves to, events' and heartbeats': save it to resume after a
+        restart of your own."""
+        backoff_s = self.backoff_initial_s
+        request = pb.WatchEventsRequest(
+            cursor=cursor, from_oldest=from_oldest and not cursor,
+            event_types=[pb.EventType.Value(f"EVENT_TYPE_{t}") for t in event_types],
+            account_ids=list(account_ids))
+        while True:
+            call = self._stub.WatchEvents(request, metadata=self._metadata,
+                                          wait_for_ready=True)
+            try:
+                async for response in call:
+                    backoff_s = self.backoff_initial_s
+                    request.cursor, request.from_oldest = response.cursor, False
+                    if on_cursor is not None:
+                        on_cursor(response.cursor)
+                    if response.HasField("event"):
+                        yield _mapping.event(response.event)
+            except grpc.aio.AioRpcError as failure:
+                if failure.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                          grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise from_rpc_error(failure) from None
+            finally:
+                call.cancel()
+            await asyncio.sleep(random.uniform(0, backoff_s))
+            backoff_s = min(backoff_s * 2, self.backoff_max_s)
 
     # --- holds --------------------------------------------------------------------------
 

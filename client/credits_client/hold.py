@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from credits_client import types
-from credits_client.errors import CreditsError
+from credits_client.errors import CreditsError, DeadlineExceeded, Unavailable
 
 if TYPE_CHECKING:
     from credits_client.client import CreditsClient
@@ -37,6 +37,7 @@ class Hold:
         self._keeping: asyncio.Task[None] | None = None
         self.reservation: types.Reservation | None = None
         self.result: types.HoldResult | None = None  # the Commit's or Release's answer
+        self.offline = False  # let through without the service (fail open): not charged
 
     @property
     def reservation_id(self) -> str:
@@ -51,9 +52,20 @@ class Hold:
         self._actual = {"units": units} if units is not None else {"amount": amount or 0}
 
     async def __aenter__(self) -> Hold:
-        placed = await self._client.reserve(
-            self.account_id, amount=self._amount, feature=self._feature, units=self._units,
-            ttl_s=self.ttl_s, metadata=self._metadata)
+        try:
+            placed = await self._client.reserve(
+                self.account_id, amount=self._amount, feature=self._feature,
+                units=self._units, ttl_s=self.ttl_s, metadata=self._metadata)
+        except (Unavailable, DeadlineExceeded) as down:
+            allowance = self._client.fail_open
+            if allowance is None or self._amount is None or not allowance.take(self._amount):
+                raise
+            _log.warning(
+                "credits service unreachable (%s): failing open, %d credits of account %s "
+                "not charged; %d left of the allowance", down.reason, self._amount,
+                self.account_id, allowance.left())
+            self.offline = True
+            return self
         self.reservation = placed.reservation
         self._keeping = asyncio.create_task(self._keep())
         return self
@@ -66,6 +78,8 @@ class Hold:
             self._keeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeping
+        if self.offline:
+            return
         if exc is None:
             self.result = await self._client.commit(self.reservation_id, **self._actual)
             return

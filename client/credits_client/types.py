@@ -74,3 +74,37 @@ class Quote:
     plan: str
     affordable: bool
     balance: Balance | None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    entry_id: str
+    account_id: str
+    entry_type: str  # GRANT, USAGE, EXPIRY, ADJUSTMENT, TRANSFER_OUT, TRANSFER_IN, REFUND
+    amount: int
+    balance_after: int
+    create_time: datetime | None
+    grant_type: str = ""
+    reservation_id: str = ""
+    reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    feature: str = ""
+    units: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    entries: tuple[LedgerEntry, ...]
+    next_page_token: str  # "": the last page
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What happened to credits (docs/events.md): `data` is the event's JSON object."""
+
+    event_id: int
+    cursor: str
+    event_type: str  # GRANTED, RESERVED, COMMITTED, LOW_BALANCE, ...
+    account_id: str
+    create_time: datetime | None
+    data: dict[str, object]

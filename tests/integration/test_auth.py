@@ -408,6 +408,29 @@ async def test_tls_refuses_plaintext_and_untrusted_clients(auth_settings, pki, m
             assert code is grpc.StatusCode.UNAVAILABLE, (name, code)  # no connection at all
 
 
+async def test_the_client_library_speaks_mutual_tls_and_tokens(auth_settings, pki):
+    from credits_client import AccountNotFound, CreditsClient, PermissionDenied, Unauthenticated
+
+    settings = auth_settings.replace(
+        tls_cert_file=str(pki.server_cert), tls_key_file=str(pki.server_key),
+        tls_client_ca_file=str(pki.ca))
+    tls = {"root_certificates": pki.ca.read_bytes(),
+           "client_certificate": pki.client_cert.read_bytes(),
+           "client_key": pki.client_key.read_bytes(),
+           "options": [("grpc.ssl_target_name_override", "localhost")]}
+    async with serving(settings) as app:
+        target = f"127.0.0.1:{app.port}"
+        async with CreditsClient(target, token=SERVICE_TOKEN, **tls) as client:
+            with pytest.raises(AccountNotFound):  # in, and answered
+                await client.get_balance("nobody")
+            with pytest.raises(PermissionDenied):
+                await client.call("SetAccountStatus", pb.SetAccountStatusRequest(
+                    account_id="x", status=pb.ACCOUNT_STATUS_FROZEN, reason="r"))
+        async with CreditsClient(target, **tls) as anonymous:
+            with pytest.raises(Unauthenticated):
+                await anonymous.get_balance("nobody")
+
+
 def test_tls_files_that_cannot_serve_are_named_before_anything_starts(auth_settings, pki,
                                                                       tmp_path):
     """A missing file, a key that is not the certificate's, or a client CA bundle with no

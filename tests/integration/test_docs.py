@@ -35,6 +35,7 @@ async def _run_the_python_example(address: str) -> None:
     (code,) = re.findall(r"```python\n(.*?)```", readme, re.S)
     result = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True,
-        timeout=60, env={**os.environ, "CREDITS_TARGET": address})
+        timeout=60, env={**os.environ, "CREDITS_TARGET": address,
+                         "PYTHONPATH": str(REPO_ROOT / "client")})
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"balance after: \d+\n", result.stdout), result.stdout
