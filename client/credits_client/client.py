@@ -144,10 +144,12 @@ class CreditsClient:
 
     # --- accounts and grants ------------------------------------------------------------
 
-    async def ensure_account(self, account_id: str, plan: str = "") -> types.EnsureAccountResult:
+    async def ensure_account(
+        self, account_id: str, plan: str = "", *, timeout_s: float | None = None
+    ) -> types.EnsureAccountResult:
         """The account, created first (on `plan`, with its welcome credits) if missing."""
         answer = await self.call("EnsureAccount", pb.EnsureAccountRequest(
-            account_id=account_id, plan=plan))
+            account_id=account_id, plan=plan), timeout_s)
         return types.EnsureAccountResult(_mapping.account(answer.account), answer.created,
                                          _mapping.balance(answer.balance))
 
@@ -155,6 +157,7 @@ class CreditsClient:
         self, account_id: str, amount: int, *, grant_type: str = "PURCHASE",
         idempotency_key: str | None = None, reason: str = "",
         metadata: Mapping[str, str] | None = None, expire_time: datetime | None = None,
+        timeout_s: float | None = None,
     ) -> types.GrantResult:
         """Add credits (a lot of `grant_type`: PURCHASE, PROMO, ADMIN_GRANT, ...). Give the
         idempotency key of the purchase (an order id) so a payment is credited once."""
@@ -167,18 +170,23 @@ class CreditsClient:
             stamp = Timestamp()
             stamp.FromDatetime(expire_time)
             request.expire_time.CopyFrom(stamp)
-        answer = await self.call("Grant", request)
+        answer = await self.call("Grant", request, timeout_s)
         return types.GrantResult(answer.entry.entry_id, answer.lot.lot_id,
                                  _mapping.balance(answer.balance))
 
-    async def get_balance(self, account_id: str) -> types.Balance:
-        answer = await self.call("GetBalance", pb.GetBalanceRequest(account_id=account_id))
+    async def get_balance(
+        self, account_id: str, *, timeout_s: float | None = None
+    ) -> types.Balance:
+        answer = await self.call("GetBalance", pb.GetBalanceRequest(account_id=account_id),
+                                 timeout_s)
         return _mapping.balance(answer.balance)
 
-    async def quote(self, account_id: str, feature: str, units: int) -> types.Quote:
+    async def quote(
+        self, account_id: str, feature: str, units: int, *, timeout_s: float | None = None
+    ) -> types.Quote:
         """What `units` of `feature` cost the account now, and whether it can afford it."""
         answer = await self.call("Quote", pb.QuoteRequest(
-            account_id=account_id, feature=feature, units=units))
+            account_id=account_id, feature=feature, units=units), timeout_s)
         return types.Quote(answer.cost, answer.feature, answer.units, answer.rate_card_version,
                            answer.plan, answer.affordable,
                            _mapping.balance(answer.balance) if answer.HasField("balance")
@@ -186,12 +194,12 @@ class CreditsClient:
 
     async def history(
         self, account_id: str, *, page_size: int = 100, page_token: str = "",
-        entry_types: Sequence[str] = (),
+        entry_types: Sequence[str] = (), timeout_s: float | None = None,
     ) -> types.HistoryPage:
         """A page of the account's ledger entries, newest first."""
         answer = await self.call("History", pb.HistoryRequest(
             account_id=account_id, page_size=page_size, page_token=page_token,
-            types=[pb.EntryType.Value(f"ENTRY_TYPE_{t}") for t in entry_types]))
+            types=[pb.EntryType.Value(f"ENTRY_TYPE_{t}") for t in entry_types]), timeout_s)
         return types.HistoryPage(tuple(_mapping.entry(e) for e in answer.entries),
                                  answer.next_page_token)
 
@@ -237,6 +245,7 @@ class CreditsClient:
         self, account_id: str, *, amount: int | None = None, feature: str | None = None,
         units: int | None = None, ttl_s: float | None = None,
         idempotency_key: str | None = None, metadata: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
     ) -> types.HoldResult:
         """Place a hold of `amount` credits, or of what `units` of `feature` cost."""
         if (amount is None) == (feature is None):
@@ -247,11 +256,11 @@ class CreditsClient:
             metadata=dict(metadata or {}))
         if ttl_s is not None:
             request.ttl.CopyFrom(_duration(ttl_s))
-        return _mapping.hold(await self.call("CheckAndReserve", request))
+        return _mapping.hold(await self.call("CheckAndReserve", request, timeout_s))
 
     async def commit(
         self, reservation_id: str, *, amount: int | None = None, units: int | None = None,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None, timeout_s: float | None = None,
     ) -> types.HoldResult:
         """Capture a hold: what it held, `amount` credits, or what `units` cost at its
         price."""
@@ -261,16 +270,20 @@ class CreditsClient:
             request.amount = amount
         if units is not None:
             request.units = units
-        return _mapping.hold(await self.call("Commit", request))
+        return _mapping.hold(await self.call("Commit", request, timeout_s))
 
-    async def release(self, reservation_id: str, reason: str = "") -> types.HoldResult:
+    async def release(
+        self, reservation_id: str, reason: str = "", *, timeout_s: float | None = None
+    ) -> types.HoldResult:
         return _mapping.hold(await self.call("Release", pb.ReleaseRequest(
-            reservation_id=reservation_id, reason=reason)))
+            reservation_id=reservation_id, reason=reason), timeout_s))
 
-    async def extend(self, reservation_id: str, ttl_s: float) -> types.HoldResult:
+    async def extend(
+        self, reservation_id: str, ttl_s: float, *, timeout_s: float | None = None
+    ) -> types.HoldResult:
         """Keep a hold `ttl_s` longer from now."""
         return _mapping.hold(await self.call("ExtendReservation", pb.ExtendReservationRequest(
-            reservation_id=reservation_id, ttl=_duration(ttl_s))))
+            reservation_id=reservation_id, ttl=_duration(ttl_s)), timeout_s))
 
     def hold(
         self, account_id: str, *, amount: int | None = None, feature: str | None = None,

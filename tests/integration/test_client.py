@@ -231,14 +231,29 @@ async def test_history_is_typed(client):
     assert page.entries[1].grant_type == "PURCHASE" and page.next_page_token == ""
 
 
-async def test_watch_events_resumes_across_a_server_restart_missing_nothing(test_settings):
+def _port_outside_the_ephemeral_range() -> int:
+    """A free port the kernel never picks as a source port: a client reconnecting to a port
+    from the ephemeral range while nothing listens there can connect to itself (a TCP
+    self-connect), and then the server cannot bind it again."""
     import socket
 
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(max(1024, low - 10_000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
+async def test_watch_events_resumes_across_a_server_restart_missing_nothing(test_settings):
     from tests.support.serving import serving_app
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _port_outside_the_ephemeral_range()
     settings = test_settings.replace(listen=f"127.0.0.1:{port}", shutdown_grace_s=1)
     seen: list[Any] = []
     cursors: list[str] = []
@@ -266,3 +281,12 @@ async def test_watch_events_resumes_across_a_server_restart_missing_nothing(test
         following.cancel()
     assert [(e.account_id, e.data["amount"]) for e in seen] == [("w1", 1), ("w2", 2), ("w3", 3)]
     assert len({e.event_id for e in seen}) == 3
+
+
+async def test_a_per_call_timeout_bounds_that_call(client):
+    await client.grant("c7", 5)
+    began = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await client.get_balance("c7", timeout_s=0.0005)
+    assert time.monotonic() - began < 0.5
+    assert (await client.get_balance("c7", timeout_s=5)).balance == 5
