@@ -34,8 +34,10 @@ from credits_client.offline import FailOpen
 from credits_client.sync import SyncCreditsClient, SyncHold
 from credits_client.types import (
     Account,
+    AccountChange,
     Balance,
     EnsureAccountResult,
+    EntriesResult,
     Event,
     GrantResult,
     HistoryPage,
@@ -43,10 +45,13 @@ from credits_client.types import (
     LedgerEntry,
     Quote,
     Reservation,
+    ReservationPage,
+    TransferResult,
 )
 
 __all__ = [
     "Account",
+    "AccountChange",
     "AccountClosed",
     "AccountFrozen",
     "AccountNotFound",
@@ -55,6 +60,7 @@ __all__ = [
     "CreditsError",
     "DeadlineExceeded",
     "EnsureAccountResult",
+    "EntriesResult",
     "Event",
     "FailOpen",
     "GrantResult",
@@ -73,9 +79,11 @@ __all__ = [
     "ReservationAlreadyCommitted",
     "ReservationExpired",
     "ReservationNotFound",
+    "ReservationPage",
     "ReservationReleased",
     "SyncCreditsClient",
     "SyncHold",
+    "TransferResult",
     "Unauthenticated",
     "Unavailable",
     "UnknownFeature",

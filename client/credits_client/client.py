@@ -192,6 +192,92 @@ class CreditsClient:
                            _mapping.balance(answer.balance) if answer.HasField("balance")
                            else None)
 
+    async def adjust(
+        self, account_id: str, amount: int, *, mode: str = "ADD",
+        idempotency_key: str | None = None, reason: str,
+        metadata: Mapping[str, str] | None = None, expected_balance: int | None = None,
+        allow_negative: bool = False, timeout_s: float | None = None,
+    ) -> types.EntriesResult:
+        """An operator's correction: `mode` ADD (a new lot) or DEDUCT (admin only)."""
+        request = pb.AdjustRequest(
+            account_id=account_id, mode=pb.AdjustMode.Value(f"ADJUST_MODE_{mode}"),
+            amount=amount, idempotency_key=idempotency_key or str(uuid.uuid4()),
+            reason=reason, metadata=dict(metadata or {}), allow_negative=allow_negative)
+        if expected_balance is not None:
+            request.expected_balance = expected_balance
+        answer = await self.call("Adjust", request, timeout_s)
+        return types.EntriesResult(tuple(_mapping.entry(e) for e in answer.entries),
+                                   _mapping.balance(answer.balance))
+
+    async def transfer(
+        self, from_account_id: str, to_account_id: str, amount: int, *,
+        idempotency_key: str | None = None, reason: str = "",
+        metadata: Mapping[str, str] | None = None, timeout_s: float | None = None,
+    ) -> types.TransferResult:
+        """Move credits between accounts, once per idempotency key."""
+        answer = await self.call("Transfer", pb.TransferRequest(
+            from_account_id=from_account_id, to_account_id=to_account_id, amount=amount,
+            idempotency_key=idempotency_key or str(uuid.uuid4()), reason=reason,
+            metadata=dict(metadata or {})), timeout_s)
+        return types.TransferResult(
+            answer.transfer_id, tuple(_mapping.entry(e) for e in answer.from_entries),
+            tuple(_mapping.entry(e) for e in answer.to_entries),
+            _mapping.balance(answer.from_balance), _mapping.balance(answer.to_balance))
+
+    async def refund(
+        self, *, reservation_id: str = "", usage_entry_id: str = "",
+        amount: int | None = None, idempotency_key: str | None = None, reason: str = "",
+        metadata: Mapping[str, str] | None = None, timeout_s: float | None = None,
+    ) -> types.EntriesResult:
+        """Give back committed usage (all of it, or `amount`), of a reservation or a USAGE
+        entry."""
+        if bool(reservation_id) == bool(usage_entry_id):
+            raise ValueError("refund: a reservation_id or a usage_entry_id")
+        request = pb.RefundRequest(
+            idempotency_key=idempotency_key or str(uuid.uuid4()), reason=reason,
+            metadata=dict(metadata or {}))
+        if reservation_id:
+            request.reservation_id = reservation_id
+        else:
+            request.usage_entry_id = usage_entry_id
+        if amount is not None:
+            request.amount = amount
+        answer = await self.call("Refund", request, timeout_s)
+        return types.EntriesResult(tuple(_mapping.entry(e) for e in answer.entries),
+                                   _mapping.balance(answer.balance))
+
+    async def set_account_status(
+        self, account_id: str, status: str, *, reason: str, write_off_balance: bool = False,
+        timeout_s: float | None = None,
+    ) -> types.AccountChange:
+        """ACTIVE, FROZEN or CLOSED (admin only)."""
+        answer = await self.call("SetAccountStatus", pb.SetAccountStatusRequest(
+            account_id=account_id, status=pb.AccountStatus.Value(f"ACCOUNT_STATUS_{status}"),
+            reason=reason, write_off_balance=write_off_balance), timeout_s)
+        return types.AccountChange(_mapping.account(answer.account), answer.changed,
+                                   tuple(_mapping.entry(e) for e in answer.write_off_entries))
+
+    async def change_plan(
+        self, account_id: str, plan: str, *, reason: str, timeout_s: float | None = None
+    ) -> types.AccountChange:
+        """Move the account to another plan (admin only)."""
+        answer = await self.call("ChangePlan", pb.ChangePlanRequest(
+            account_id=account_id, plan=plan, reason=reason), timeout_s)
+        return types.AccountChange(_mapping.account(answer.account), answer.changed,
+                                   tuple(_mapping.entry(e) for e in answer.write_off_entries))
+
+    async def list_reservations(
+        self, account_id: str, *, statuses: Sequence[str] = (), page_size: int = 100,
+        page_token: str = "", timeout_s: float | None = None,
+    ) -> types.ReservationPage:
+        """A page of the account's reservations (ACTIVE, COMMITTED, RELEASED, EXPIRED)."""
+        answer = await self.call("ListReservations", pb.ListReservationsRequest(
+            account_id=account_id, page_size=page_size, page_token=page_token,
+            statuses=[pb.ReservationStatus.Value(f"RESERVATION_STATUS_{s}")
+                      for s in statuses]), timeout_s)
+        return types.ReservationPage(
+            tuple(_mapping.reservation(r) for r in answer.reservations), answer.next_page_token)
+
     async def history(
         self, account_id: str, *, page_size: int = 100, page_token: str = "",
         entry_types: Sequence[str] = (), timeout_s: float | None = None,

@@ -108,3 +108,35 @@ class Event:
     account_id: str
     create_time: datetime | None
     data: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesResult:
+    """What Adjust and Refund answer: the entries written and the balance after them."""
+
+    entries: tuple[LedgerEntry, ...]
+    balance: Balance
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    transfer_id: str
+    from_entries: tuple[LedgerEntry, ...]
+    to_entries: tuple[LedgerEntry, ...]
+    from_balance: Balance
+    to_balance: Balance
+
+
+@dataclass(frozen=True, slots=True)
+class AccountChange:
+    """What SetAccountStatus and ChangePlan answer."""
+
+    account: Account
+    changed: bool
+    write_off_entries: tuple[LedgerEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationPage:
+    reservations: tuple[Reservation, ...]
+    next_page_token: str  # "": the last page

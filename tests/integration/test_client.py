@@ -290,3 +290,32 @@ async def test_a_per_call_timeout_bounds_that_call(client):
         await client.get_balance("c7", timeout_s=0.0005)
     assert time.monotonic() - began < 0.5
     assert (await client.get_balance("c7", timeout_s=5)).balance == 5
+
+
+async def test_the_admin_calls_are_typed_too(client):
+    from credits_client import AccountFrozen, CreditsError
+
+    await client.grant("c8", 100, idempotency_key="c8-order")
+    added = await client.adjust("c8", 10, reason="goodwill")
+    taken = await client.adjust("c8", 5, mode="DEDUCT", reason="correction")
+    assert (added.balance.balance, taken.balance.balance) == (110, 105)
+    await client.ensure_account("c8-friend")
+    assert taken.entries[0].entry_type == "ADJUSTMENT" and taken.entries[0].amount == -5
+    moved = await client.transfer("c8", "c8-friend", 25, reason="gift")
+    assert (moved.from_balance.balance, moved.to_balance.balance) == (80, 25)
+    async with client.hold("c8", amount=30) as hold:
+        pass
+    refunded = await client.refund(reservation_id=hold.reservation_id, amount=10,
+                                   reason="a failed render")
+    assert refunded.balance.balance == 60 and refunded.entries[0].entry_type == "REFUND"
+    page = await client.list_reservations("c8", statuses=["COMMITTED"])
+    assert [r.reservation_id for r in page.reservations] == [hold.reservation_id]
+    frozen = await client.set_account_status("c8", "FROZEN", reason="chargeback")
+    assert frozen.changed and frozen.account.status == "FROZEN"
+    with pytest.raises(AccountFrozen):
+        await client.reserve("c8", amount=1)
+    with pytest.raises(CreditsError) as unknown:
+        await client.change_plan("c8-friend", "no-such-plan", reason="upgrade")
+    assert unknown.value.reason == "PLAN_NOT_FOUND"
+    same = await client.change_plan("c8-friend", "default", reason="stay")
+    assert not same.changed and same.account.plan == "default"
