@@ -36,6 +36,8 @@ from credits_client.types import (
     Account,
     AccountChange,
     Balance,
+    BalanceAlert,
+    CommitItem,
     EnsureAccountResult,
     EntriesResult,
     Event,
@@ -46,6 +48,7 @@ from credits_client.types import (
     Quote,
     Reservation,
     ReservationPage,
+    ReserveItem,
     TransferResult,
 )
 
@@ -56,6 +59,8 @@ __all__ = [
     "AccountFrozen",
     "AccountNotFound",
     "Balance",
+    "BalanceAlert",
+    "CommitItem",
     "CreditsClient",
     "CreditsError",
     "DeadlineExceeded",
@@ -81,6 +86,7 @@ __all__ = [
     "ReservationNotFound",
     "ReservationPage",
     "ReservationReleased",
+    "ReserveItem",
     "SyncCreditsClient",
     "SyncHold",
     "TransferResult",

@@ -51,7 +51,7 @@ def hold(message: Any) -> types.HoldResult:
         else None)
 
 
-def _enum_name(enum: Any, value: int, prefix: str) -> str:
+def enum_name(enum: Any, value: int, prefix: str) -> str:
     name = enum.Name(value) if value in enum.values() else ""
     return name.removeprefix(prefix) if name and not name.endswith("UNSPECIFIED") else ""
 
@@ -59,14 +59,14 @@ def _enum_name(enum: Any, value: int, prefix: str) -> str:
 def entry(message: pb.LedgerEntry) -> types.LedgerEntry:
     return types.LedgerEntry(
         message.entry_id, message.account_id,
-        _enum_name(pb.EntryType, message.type, "ENTRY_TYPE_"), message.amount,
+        enum_name(pb.EntryType, message.type, "ENTRY_TYPE_"), message.amount,
         message.balance_after, time_of(message.create_time),
-        _enum_name(pb.GrantType, message.grant_type, "GRANT_TYPE_"), message.reservation_id,
+        enum_name(pb.GrantType, message.grant_type, "GRANT_TYPE_"), message.reservation_id,
         message.reason, dict(message.metadata), message.feature, message.units)
 
 
 def event(message: pb.Event) -> types.Event:
     return types.Event(
         message.event_id, message.cursor,
-        _enum_name(pb.EventType, message.event_type, "EVENT_TYPE_"), message.account_id,
+        enum_name(pb.EventType, message.event_type, "EVENT_TYPE_"), message.account_id,
         time_of(message.create_time), json.loads(message.data_json or "{}"))

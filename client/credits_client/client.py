@@ -34,7 +34,7 @@ from tenacity import (
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
 from credits_client import _mapping, types
-from credits_client.errors import from_rpc_error
+from credits_client.errors import CreditsError, from_item_error, from_rpc_error
 from credits_client.hold import Hold
 from credits_client.offline import FailOpen
 
@@ -277,6 +277,68 @@ class CreditsClient:
                       for s in statuses]), timeout_s)
         return types.ReservationPage(
             tuple(_mapping.reservation(r) for r in answer.reservations), answer.next_page_token)
+
+    async def set_balance_alert(
+        self, account_id: str, *, low_balance_credits: int | None = None,
+        low_balance_percent: int | None = None, no_low_balance: bool = False,
+        use_plan: bool = False, timeout_s: float | None = None,
+    ) -> types.BalanceAlert:
+        """Give the account its own low-balance rule (credits, a percentage of its last
+        top-up, or none), or its plan's again (admin only; docs/events.md)."""
+        chosen = {"low_balance_credits": low_balance_credits,
+                  "low_balance_percent": low_balance_percent,
+                  "no_low_balance": no_low_balance or None, "use_plan": use_plan or None}
+        given = {k: v for k, v in chosen.items() if v is not None}
+        if len(given) != 1:
+            raise ValueError("set_balance_alert: exactly one rule")
+        answer = await self.call("SetBalanceAlert", pb.SetBalanceAlertRequest(
+            account_id=account_id, **given), timeout_s)
+        alert = answer.alert
+        return types.BalanceAlert(
+            alert.account_id, alert.low_balance_credits, alert.low_balance_percent,
+            alert.custom, alert.threshold, alert.last_top_up,
+            _mapping.enum_name(pb.BalanceLevel, alert.level, "BALANCE_LEVEL_"))
+
+    async def batch_reserve(
+        self, items: Sequence[types.ReserveItem], *, timeout_s: float | None = None
+    ) -> list[types.HoldResult | CreditsError]:
+        """Place many holds in one call: for each item, in order, its HoldResult or the
+        typed error it alone would have raised. Retries resend every item with its key."""
+        requests = []
+        for item in items:
+            if (item.amount is None) == (item.feature is None):
+                raise ValueError("batch_reserve: each item an amount, or a feature's units")
+            request = pb.CheckAndReserveRequest(
+                account_id=item.account_id, amount=item.amount or 0,
+                feature=item.feature or "", units=item.units or 0,
+                idempotency_key=item.idempotency_key or str(uuid.uuid4()),
+                metadata=item.metadata)
+            if item.ttl_s is not None:
+                request.ttl.CopyFrom(_duration(item.ttl_s))
+            requests.append(request)
+        answer = await self.call("BatchCheckAndReserve", pb.BatchCheckAndReserveRequest(
+            items=requests), timeout_s)
+        return [_mapping.hold(r.response) if r.HasField("response")
+                else from_item_error(r.error) for r in answer.results]
+
+    async def batch_commit(
+        self, items: Sequence[types.CommitItem], *, timeout_s: float | None = None
+    ) -> list[types.HoldResult | CreditsError]:
+        """Commit many holds in one call: for each item, in order, its HoldResult or its
+        typed error."""
+        requests = []
+        for item in items:
+            request = pb.CommitRequest(reservation_id=item.reservation_id,
+                                       metadata=item.metadata)
+            if item.amount is not None:
+                request.amount = item.amount
+            if item.units is not None:
+                request.units = item.units
+            requests.append(request)
+        answer = await self.call("BatchCommit", pb.BatchCommitRequest(items=requests),
+                                 timeout_s)
+        return [_mapping.hold(r.response) if r.HasField("response")
+                else from_item_error(r.error) for r in answer.results]
 
     async def history(
         self, account_id: str, *, page_size: int = 100, page_token: str = "",

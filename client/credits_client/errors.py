@@ -4,6 +4,7 @@ ErrorInfo reason the server sent (docs/api.md's table), with its metadata as att
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -153,5 +154,21 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> CreditsError:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             violations = tuple((v.field, v.description) for v in bad.field_violations)
+    return typed(code, reason, error.details() or code.name, metadata, violations)
+
+
+def typed(code: grpc.StatusCode, reason: str, message: str, metadata: Mapping[str, str],
+          violations: tuple[tuple[str, str], ...] = ()) -> CreditsError:
+    """The CreditsError subclass of `reason` (or of `code`, without one)."""
     kind = _BY_REASON.get(reason) or _BY_CODE.get(code, CreditsError)
-    return kind(code, reason, error.details() or code.name, metadata, violations)
+    return kind(code, reason or code.name, message, metadata, violations)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_item_error(error: Any) -> CreditsError:
+    """The typed error of one batch item (an ItemError message)."""
+    return typed(_CODES.get(error.code, grpc.StatusCode.UNKNOWN), error.reason, error.message,
+                 dict(error.metadata),
+                 tuple((v.field, v.description) for v in error.field_violations))

@@ -140,3 +140,42 @@ class AccountChange:
 class ReservationPage:
     reservations: tuple[Reservation, ...]
     next_page_token: str  # "": the last page
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveItem:
+    """One hold of a batch: an amount, or a feature's units; a key is made if none is given
+    (and kept for the batch's retries)."""
+
+    account_id: str
+    amount: int | None = None
+    feature: str | None = None
+    units: int | None = None
+    ttl_s: float | None = None
+    idempotency_key: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitItem:
+    """One commit of a batch: what the hold held, `amount`, or `units` at its price."""
+
+    reservation_id: str
+    amount: int | None = None
+    units: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceAlert:
+    """An account's low-balance rule (`low_balance_credits` or `low_balance_percent`, or
+    neither), whether it is the account's own, its threshold in credits now, and where its
+    available credits stand (OK, LOW, DEPLETED; "" not yet known)."""
+
+    account_id: str
+    low_balance_credits: int
+    low_balance_percent: int
+    custom: bool
+    threshold: int
+    last_top_up: int
+    level: str

@@ -319,3 +319,28 @@ async def test_the_admin_calls_are_typed_too(client):
     assert unknown.value.reason == "PLAN_NOT_FOUND"
     same = await client.change_plan("c8-friend", "default", reason="stay")
     assert not same.changed and same.account.plan == "default"
+
+
+async def test_batches_answer_each_item_its_result_or_its_typed_error(client):
+    from credits_client import CommitItem, ReserveItem
+
+    await client.grant("c9", 10)
+    held = await client.batch_reserve([
+        ReserveItem("c9", amount=4), ReserveItem("c9", amount=50),
+        ReserveItem("nobody-c9", amount=1), ReserveItem("c9", amount=3)])
+    assert [type(r).__name__ for r in held] == [
+        "HoldResult", "InsufficientCredits", "AccountNotFound", "HoldResult"]
+    assert (held[1].available, held[1].needed) == (6, 50)
+    committed = await client.batch_commit([
+        CommitItem(held[0].reservation.reservation_id, amount=2),
+        CommitItem(held[3].reservation.reservation_id)])
+    assert [r.reservation.committed_amount for r in committed] == [2, 3]
+    assert (await client.get_balance("c9")).balance == 5
+
+
+async def test_balance_alerts_are_set_through_the_client(client):
+    await client.grant("c10", 1000)
+    alert = await client.set_balance_alert("c10", low_balance_percent=20)
+    assert (alert.custom, alert.threshold, alert.level) == (True, 200, "OK")
+    with pytest.raises(ValueError):
+        await client.set_balance_alert("c10")
