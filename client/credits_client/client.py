@@ -35,7 +35,7 @@ from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
 from credits_client import _mapping, types
 from credits_client.errors import CreditsError, from_item_error, from_rpc_error
-from credits_client.hold import Hold
+from credits_client.hold import Hold, hold_of_call
 from credits_client.offline import FailOpen
 
 T = TypeVar("T")
@@ -463,15 +463,10 @@ class CreditsClient:
 
             @functools.wraps(function)
             async def metered_call(*args: Any, **kwargs: Any) -> T:
-                bound = signature.bind_partial(*args, **kwargs).arguments
-
-                def value(spec: Any) -> Any:
-                    return spec(*args, **kwargs) if callable(spec) else spec
-
-                account_id = (account(*args, **kwargs) if callable(account)
-                              else bound[account])
-                async with self.hold(account_id, feature=feature, units=value(units),
-                                     amount=value(amount), ttl_s=ttl_s) as hold:
+                account_id, options = hold_of_call(
+                    signature, account, {"feature": feature, "units": units, "amount": amount,
+                                         "ttl_s": ttl_s}, args, kwargs)
+                async with self.hold(account_id, **options) as hold:
                     if wants_hold:
                         kwargs["hold"] = hold
                     return await function(*args, **kwargs)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from credits_client import types
 from credits_client.errors import CreditsError, DeadlineExceeded, Unavailable
@@ -98,3 +99,16 @@ class Hold:
                 await self._client.extend(self.reservation_id, self.ttl_s)
             except CreditsError as failed:
                 _log.warning("extending hold %s failed: %s", self.reservation_id, failed)
+
+
+def hold_of_call(
+    signature: inspect.Signature, account: str | Callable[..., str],
+    options: Mapping[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+) -> tuple[str, dict[str, Any]]:
+    """For a metered call: the account to hold on (the argument `account` names, or what it
+    computes from the arguments) and the hold's options, those given as functions computed
+    from the arguments."""
+    account_id = (account(*args, **kwargs) if callable(account)
+                  else signature.bind_partial(*args, **kwargs).arguments[account])
+    return account_id, {name: value(*args, **kwargs) if callable(value) else value
+                        for name, value in options.items()}

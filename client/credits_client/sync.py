@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
 from credits_client.client import CreditsClient
-from credits_client.hold import Hold
+from credits_client.hold import Hold, hold_of_call
 
 T = TypeVar("T")
 
@@ -63,7 +64,6 @@ class SyncCreditsClient:
     def metered(self, *, account: str | Callable[..., str] = "account_id",
                 **options: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """As CreditsClient.metered, for plain functions."""
-        import inspect
 
         def decorate(function: Callable[..., T]) -> Callable[..., T]:
             signature = inspect.signature(function)
@@ -71,11 +71,7 @@ class SyncCreditsClient:
 
             @functools.wraps(function)
             def metered_call(*args: Any, **kwargs: Any) -> T:
-                bound = signature.bind_partial(*args, **kwargs).arguments
-                account_id = (account(*args, **kwargs) if callable(account)
-                              else bound[account])
-                values = {k: (v(*args, **kwargs) if callable(v) else v)
-                          for k, v in options.items()}
+                account_id, values = hold_of_call(signature, account, options, args, kwargs)
                 with self.hold(account_id, **values) as hold:
                     if wants_hold:
                         kwargs["hold"] = hold

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from credits_service.domain.alerts import BalanceAlert, BalanceLevel, LowBalanceRule
+from credits_service.domain.model import CREDIT_LIMIT_UNLIMITED
 
 _DROP_PLANS = "DELETE FROM plan_alerts WHERE plan <> ALL($1::text[])"
 _PUT_PLANS = """
@@ -64,7 +65,6 @@ _WARN_EXPIRING = """
     SELECT count(*) FROM warned"""
 
 _LEVELS = (BalanceLevel.DEPLETED, BalanceLevel.LOW, BalanceLevel.OK)
-_UNLIMITED = 10**15
 
 
 class AlertRepository:
@@ -99,7 +99,8 @@ class AlertRepository:
             account_id=row["account_id"], rule=rule_now, custom=row["alert_custom"],
             threshold=rule_now.threshold(row["last_top_up"]) if rule_now else 0,
             last_top_up=row["last_top_up"],
-            level=None if state is None or row["credit_limit"] >= _UNLIMITED else _LEVELS[state])
+            level=(None if state is None or row["credit_limit"] >= CREDIT_LIMIT_UNLIMITED
+                   else _LEVELS[state]))
 
     async def warn_expiring(self, within_s: float, limit: int) -> int:
         """Mark up to `limit` lots expiring within `within_s` seconds, writing each one's

@@ -227,3 +227,23 @@ async def test_draining_ends_streams_unavailable_at_once(test_settings):
                                               "SERVER_SHUTTING_DOWN")
         await stopping
         assert time.monotonic() - began < 10  # not the 30 s grace
+
+
+async def test_a_statement_that_writes_no_event_wakes_nobody(app, stub, db_pool):
+    """A reservations UPDATE that ends no hold runs the events trigger with no rows: no
+    NOTIFY, so no stream reads for nothing; a change that writes events notifies once."""
+    heard: list[str] = []
+    async with db_pool.acquire() as listener, db_pool.acquire() as writer:
+        def hear(*args: Any) -> None:
+            heard.append(args[3])
+
+        await listener.add_listener("credits_events", hear)
+        await writer.execute("UPDATE reservations SET metadata = metadata WHERE false")
+        await asyncio.sleep(0.3)
+        assert heard == []
+        await grant(stub, "noisy", 1)
+        deadline = time.monotonic() + 5
+        while not heard and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await listener.remove_listener("credits_events", hear)
+    assert len(heard) == 1 and int(heard[0]) > 0
