@@ -37,6 +37,7 @@ from credits_client import _mapping, types
 from credits_client.errors import CreditsError, from_item_error, from_rpc_error
 from credits_client.hold import Hold, hold_of_call
 from credits_client.offline import FailOpen
+from credits_client.product_calls import ProductCalls
 
 T = TypeVar("T")
 # A server that comes back is reconnected to within two seconds, not grpc's default two minutes
@@ -58,7 +59,7 @@ def _duration(seconds: float) -> Duration:
     return value
 
 
-class CreditsClient:
+class CreditsClient(ProductCalls):
     """An asyncio client of one credits-service (or a balancer in front of several).
 
     `target` is host:port. `token` is sent as a bearer token on every call. `tls`: True for
@@ -181,6 +182,17 @@ class CreditsClient:
                                  timeout_s)
         return _mapping.balance(answer.balance)
 
+    async def account_details(
+        self, account_id: str, *, expiring_within_s: float | None = None,
+        timeout_s: float | None = None,
+    ) -> types.AccountDetails:
+        """All GetBalance says: the balance, the account, its lots, what expires within
+        `expiring_within_s`, lifetime totals, and a member's standing and pool."""
+        request = pb.GetBalanceRequest(account_id=account_id)
+        if expiring_within_s is not None:
+            request.expiring_within.CopyFrom(_duration(expiring_within_s))
+        return _mapping.account_details(await self.call("GetBalance", request, timeout_s))
+
     async def quote(
         self, account_id: str, feature: str, units: int, *, timeout_s: float | None = None
     ) -> types.Quote:
@@ -198,7 +210,8 @@ class CreditsClient:
         metadata: Mapping[str, str] | None = None, expected_balance: int | None = None,
         allow_negative: bool = False, timeout_s: float | None = None,
     ) -> types.EntriesResult:
-        """An operator's correction: `mode` ADD (a new lot) or DEDUCT (admin only)."""
+        """An operator's correction (admin only): `mode` ADD (a new lot), DEDUCT, or SET (the
+        balance to `amount`; with `expected_balance`, only if the balance is that)."""
         request = pb.AdjustRequest(
             account_id=account_id, mode=pb.AdjustMode.Value(f"ADJUST_MODE_{mode}"),
             amount=amount, idempotency_key=idempotency_key or str(uuid.uuid4()),

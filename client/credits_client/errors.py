@@ -117,18 +117,173 @@ class UnknownFeature(CreditsError):
     """The rate card has no such feature."""
 
 
+class InvalidPageToken(InvalidArgument):
+    """The page token is not one this listing gave (or is of another query)."""
+
+
+class ExpireTimePassed(InvalidArgument):
+    """The grant's expire_time is already past."""
+
+
+class CostTooLarge(InvalidArgument):
+    """What the units cost passes the largest amount a hold may have."""
+
+
+class SummaryTooLarge(InvalidArgument):
+    """The usage summary would pass its row bound: a shorter range or larger buckets."""
+
+
+class ConcurrencyConflict(CreditsError):
+    """The server gave up on a write that kept conflicting (after the client's retries)."""
+
+
+class AccountNotEmpty(CreditsError):
+    """The account still has a balance or holds (closing it needs `write_off_balance`)."""
+
+
+class AccountInOrganization(CreditsError):
+    """The account is already a member or a pool of an organisation."""
+
+
+class BalanceLimitExceeded(CreditsError):
+    """A grant would take the balance past 10^15."""
+
+
+class BalanceMismatch(CreditsError):
+    """Adjust's `expected_balance` is not the balance: someone changed it meanwhile."""
+
+
+class EntryNotFound(CreditsError):
+    """No ledger entry has this id (or it is not a USAGE entry)."""
+
+
+class ReservationNotCommitted(CreditsError):
+    """The reservation was not committed: there is nothing to refund."""
+
+
+class ReservationNotPriced(CreditsError):
+    """A commit by units of a hold placed by amount, which has no price to apply."""
+
+
+class RefundExceedsUsage(CreditsError):
+    """The refund passes what is left to refund of the usage."""
+
+
+class PlanNotFound(CreditsError):
+    """The plans file has no such plan."""
+
+
+class PlanWithoutAllocation(CreditsError):
+    """The plan grants no credits per period: it cannot be subscribed to."""
+
+
+class SubscriptionNotFound(CreditsError):
+    """The account has no subscription."""
+
+
+class AlreadySubscribed(CreditsError):
+    """The account has an active subscription: change it instead."""
+
+
+class SubscriptionPeriodMismatch(CreditsError):
+    """The plans' allocations run on different periods."""
+
+
+class SubscriptionActive(CreditsError):
+    """The account's plan is held by its active subscription."""
+
+
+class OrganizationNotFound(CreditsError):
+    """No organisation has this id."""
+
+
+class OrganizationExists(CreditsError):
+    """The organisation exists with another pool account."""
+
+
+class OrganizationFull(CreditsError):
+    """The organisation has as many members as it may have."""
+
+
+class MemberNotFound(CreditsError):
+    """The account is no member of this organisation (RemoveMember retried after a lost
+    reply says this too: the member is gone either way)."""
+
+
+class MemberExists(CreditsError):
+    """The account is a member already, with other caps."""
+
+
+class MemberHasHolds(CreditsError):
+    """The member still holds credits of the pool."""
+
+
+class RateCardRefused(CreditsError):
+    """The rate card file is broken or missing; the card in force stays."""
+
+
+class CursorExpired(CreditsError):
+    """The events after the cursor were purged; `oldest_cursor` is where the kept events
+    start."""
+
+    @property
+    def oldest_cursor(self) -> str:
+        return self.metadata.get("oldestCursor", "")
+
+
+class WatchersExhausted(CreditsError):
+    """The server streams to as many watchers as it may."""
+
+
+class ConsumerStalled(Unavailable):
+    """The stream was cut off because nothing was read from it for too long."""
+
+
+class DeadLetterNotFound(CreditsError):
+    """No dead letter has this id."""
+
+
+class WebhookEndpointNotConfigured(CreditsError):
+    """The dead letter's endpoint is no longer in the webhooks file."""
+
+
+class WebhookDeliveryFailed(CreditsError):
+    """The endpoint did not take the redelivery (`metadata["error"]`); the dead letter
+    stays, its attempts counted."""
+
+
 _BY_REASON: dict[str, type[CreditsError]] = {
     "INVALID_ARGUMENT": InvalidArgument, "MALFORMED_REQUEST": InvalidArgument,
+    "INVALID_PAGE_TOKEN": InvalidPageToken, "EXPIRE_TIME_PASSED": ExpireTimePassed,
+    "COST_TOO_LARGE": CostTooLarge, "SUMMARY_TOO_LARGE": SummaryTooLarge,
     "UNAUTHENTICATED": Unauthenticated, "PERMISSION_DENIED": PermissionDenied,
     "RATE_LIMITED": RateLimited, "SERVER_SHUTTING_DOWN": Unavailable,
     "DATABASE_UNAVAILABLE": Unavailable, "DATABASE_TIMEOUT": Unavailable,
+    "CONCURRENCY_CONFLICT": ConcurrencyConflict,
     "ACCOUNT_NOT_FOUND": AccountNotFound, "ACCOUNT_FROZEN": AccountFrozen,
-    "ACCOUNT_CLOSED": AccountClosed, "INSUFFICIENT_CREDITS": InsufficientCredits,
-    "MEMBER_CAP_EXCEEDED": MemberCapExceeded, "IDEMPOTENCY_KEY_REUSED": IdempotencyKeyReused,
+    "ACCOUNT_CLOSED": AccountClosed, "ACCOUNT_NOT_EMPTY": AccountNotEmpty,
+    "ACCOUNT_IN_ORGANIZATION": AccountInOrganization,
+    "INSUFFICIENT_CREDITS": InsufficientCredits, "MEMBER_CAP_EXCEEDED": MemberCapExceeded,
+    "BALANCE_LIMIT_EXCEEDED": BalanceLimitExceeded, "BALANCE_MISMATCH": BalanceMismatch,
+    "IDEMPOTENCY_KEY_REUSED": IdempotencyKeyReused, "ENTRY_NOT_FOUND": EntryNotFound,
     "RESERVATION_NOT_FOUND": ReservationNotFound, "RESERVATION_EXPIRED": ReservationExpired,
     "RESERVATION_RELEASED": ReservationReleased,
     "RESERVATION_ALREADY_COMMITTED": ReservationAlreadyCommitted,
-    "UNKNOWN_FEATURE": UnknownFeature,
+    "RESERVATION_NOT_COMMITTED": ReservationNotCommitted,
+    "RESERVATION_NOT_PRICED": ReservationNotPriced, "REFUND_EXCEEDS_USAGE": RefundExceedsUsage,
+    "UNKNOWN_FEATURE": UnknownFeature, "RATE_CARD_REFUSED": RateCardRefused,
+    "PLAN_NOT_FOUND": PlanNotFound, "PLAN_WITHOUT_ALLOCATION": PlanWithoutAllocation,
+    "SUBSCRIPTION_NOT_FOUND": SubscriptionNotFound, "ALREADY_SUBSCRIBED": AlreadySubscribed,
+    "SUBSCRIPTION_PERIOD_MISMATCH": SubscriptionPeriodMismatch,
+    "SUBSCRIPTION_ACTIVE": SubscriptionActive,
+    "ORGANIZATION_NOT_FOUND": OrganizationNotFound,
+    "ORGANIZATION_EXISTS": OrganizationExists, "ORGANIZATION_FULL": OrganizationFull,
+    "MEMBER_NOT_FOUND": MemberNotFound, "MEMBER_EXISTS": MemberExists,
+    "MEMBER_HAS_HOLDS": MemberHasHolds, "CURSOR_EXPIRED": CursorExpired,
+    "WATCHERS_EXHAUSTED": WatchersExhausted, "CONSUMER_STALLED": ConsumerStalled,
+    "DEAD_LETTER_NOT_FOUND": DeadLetterNotFound,
+    "WEBHOOK_ENDPOINT_NOT_CONFIGURED": WebhookEndpointNotConfigured,
+    "WEBHOOK_DELIVERY_FAILED": WebhookDeliveryFailed,
 }
 _BY_CODE: dict[grpc.StatusCode, type[CreditsError]] = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,

@@ -7,12 +7,13 @@ import asyncio
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
 from credits_client.client import CreditsClient
 from credits_client.hold import Hold, hold_of_call
+from credits_client.types import Event
 
 T = TypeVar("T")
 
@@ -48,7 +49,7 @@ class SyncCreditsClient:
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._client, name)
-        if name in ("hold", "metered") or not asyncio.iscoroutinefunction(method):
+        if name in ("hold", "metered", "watch_events") or not asyncio.iscoroutinefunction(method):
             raise AttributeError(name)
 
         @functools.wraps(method)
@@ -56,6 +57,20 @@ class SyncCreditsClient:
             return self._run(method(*args, **kwargs))
 
         return blocking
+
+    def watch_events(self, **options: Any) -> Iterator[Event]:
+        """As CreditsClient.watch_events, a blocking iterator (`on_cursor` is called on the
+        client's own thread). Leaving the loop, or closing the iterator, ends the stream."""
+        stream = self._client.watch_events(**options)
+        try:
+            while True:
+                try:
+                    yield self._run(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            if not self._loop.is_closed():
+                self._run(stream.aclose())
 
     def hold(self, account_id: str, **options: Any) -> SyncHold:
         """`with client.hold(...) as hold:`, as CreditsClient.hold."""

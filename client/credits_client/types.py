@@ -22,6 +22,13 @@ class Balance:
 
 
 @dataclass(frozen=True, slots=True)
+class LotDraw:
+    lot_id: str
+    held: int
+    consumed: int
+
+
+@dataclass(frozen=True, slots=True)
 class Reservation:
     reservation_id: str
     account_id: str
@@ -33,6 +40,14 @@ class Reservation:
     metadata: dict[str, str] = field(default_factory=dict)
     feature: str = ""  # a hold of a feature's units: its feature, and the price it keeps
     units: int = 0
+    finish_time: datetime | None = None  # when it was committed, released or expired
+    release_reason: str = ""
+    refunded_amount: int = 0
+    member_account_id: str = ""  # a hold on an organisation's pool: the member's
+    draws: tuple[LotDraw, ...] = ()  # which lots it holds or took, and how much of each
+    cost: int = 0  # a feature's hold: what its units cost, at `rate_card_version` and `plan`
+    rate_card_version: str = ""
+    plan: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +56,39 @@ class Account:
     plan: str
     status: str  # ACTIVE, FROZEN, CLOSED
     create_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lot:
+    """Credits of one grant: what is left of them, what holds hold, when they expire."""
+
+    lot_id: str
+    grant_type: str
+    priority: int
+    expire_time: datetime | None
+    amount: int
+    remaining: int
+    held: int
+    expired: bool
+    grant_entry_id: str
+    create_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountDetails:
+    """GetBalance in full: the balance, the account, its lots (`lots_truncated`: more than
+    were listed), what expires within the window asked, lifetime totals by kind, and for an
+    organisation's member its standing and its pool's balance."""
+
+    balance: Balance
+    account: Account
+    lots: tuple[Lot, ...]
+    lots_truncated: bool
+    expiring_amount: int
+    totals: dict[str, int]  # purchased, granted_free, refunded, used, expired, ...
+    granted_by_type: dict[str, int]
+    member: Member | None
+    pool_balance: Balance | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +138,10 @@ class LedgerEntry:
     metadata: dict[str, str] = field(default_factory=dict)
     feature: str = ""
     units: int = 0
+    actor: str = ""  # the principal that made the change
+    lot_id: str = ""
+    transfer_id: str = ""
+    rate_card_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,3 +231,211 @@ class BalanceAlert:
     threshold: int
     last_top_up: int
     level: str
+
+
+# --- the rate card and usage -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """What one call of a feature costs: `cost_per_call`, plus a credit per
+    `units_per_credit` units (0: units do not count) rounded UP, DOWN or NEAREST, and at
+    least `minimum_charge`."""
+
+    cost_per_call: int
+    units_per_credit: int
+    rounding: str
+    minimum_charge: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturePrice:
+    feature: str
+    description: str
+    unit: str
+    price: Price
+    plan_prices: dict[str, Price]  # plans that pay otherwise (a card asked for no plan)
+
+
+@dataclass(frozen=True, slots=True)
+class RateCard:
+    version: str
+    plan: str  # whose prices `price` is; "": each feature's own
+    features: tuple[FeaturePrice, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RateCardReload:
+    version: str
+    previous_version: str
+    file: str
+    feature_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    feature: str  # "": usage reserved by amount
+    credits: int
+    units: int
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBucket:
+    start_time: datetime | None
+    usage: UsageTotal
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSpend:
+    account_id: str
+    credits: int
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSpend:
+    pool_account_id: str
+    member_account_id: str
+    credits: int
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """Usage over [start_time, end_time): by bucket (HOUR, DAY, MONTH) and feature, the
+    range's totals by feature, the accounts that spent most, and (by_member) pools' spend by
+    member."""
+
+    start_time: datetime | None
+    end_time: datetime | None
+    bucket_size: str
+    buckets: tuple[UsageBucket, ...]
+    features: tuple[UsageTotal, ...]
+    top_accounts: tuple[AccountSpend, ...]
+    members: tuple[MemberSpend, ...]
+
+
+# --- subscriptions ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """The credits granted each period (MONTH, or DAYS of `period_days`), and what of a
+    period's unused credits carries into the next (NONE, CAPPED at `rollover_cap`, FULL)."""
+
+    credits: int
+    period: str
+    period_days: int
+    rollover: str
+    rollover_cap: int
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    subscription_id: str
+    account_id: str
+    plan: str
+    allocation: Allocation
+    status: str  # ACTIVE, CANCELED
+    start_time: datetime | None
+    last_period: int
+    next_grant_time: datetime | None
+    next_plan: str  # "": no change waits for the next period
+    cancel_time: datetime | None
+    create_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionResult:
+    """What Subscribe, ChangeSubscription and CancelSubscription answer: the subscription
+    after the call, whether it changed, the entries written and the balance after them."""
+
+    subscription: Subscription
+    changed: bool
+    entries: tuple[LedgerEntry, ...]
+    balance: Balance
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionState:
+    """GetSubscription: the subscription and the period granted last."""
+
+    subscription: Subscription
+    period_start_time: datetime | None
+    period_end_time: datetime | None
+    period_granted_credits: int
+
+
+# --- organisations ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Organization:
+    organization_id: str
+    pool_account_id: str
+    create_time: datetime | None
+    member_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationResult:
+    organization: Organization
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A member's caps on its pool (None: no cap), what its holds hold, what it used this
+    calendar month and in all, and what its caps leave it (None without caps)."""
+
+    account_id: str
+    organization_id: str
+    pool_account_id: str
+    period_cap: int | None
+    total_cap: int | None
+    held: int
+    period_used: int
+    total_used: int
+    remaining: int | None
+    create_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    member: Member
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationPage:
+    organization: Organization
+    pool_balance: Balance
+    members: tuple[Member, ...]
+    next_page_token: str  # "": the last page
+
+
+# --- webhooks --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a webhook endpoint did not take; `body_json` is the body as it was sent."""
+
+    dead_letter_id: str
+    endpoint: str
+    event_id: int
+    event_type: str
+    account_id: str
+    attempts: int
+    last_error: str
+    status: str  # DEAD, REDELIVERED
+    create_time: datetime | None
+    update_time: datetime | None
+    body_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterPage:
+    dead_letters: tuple[DeadLetter, ...]
+    next_page_token: str  # "": the last page
