@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -177,8 +178,15 @@ async def test_a_reload_racing_a_thousand_reserves_prices_each_by_one_card_and_c
             await grant(stub, account, 5000)
         card.write_text(CARD_V2)
 
+        in_flight = asyncio.Semaphore(200)  # below the server's max_concurrent_rpcs (512)
+
         async def hold(i: int) -> pb.CheckAndReserveResponse:
-            return await stub.CheckAndReserve(feature_request(accounts[i % 20], "llm", 100))
+            async with in_flight:
+                return await stub.CheckAndReserve(feature_request(accounts[i % 20], "llm", 100))
+
+        async def commit_units(reservation_id: str) -> Any:
+            async with in_flight:
+                return await commit(stub, reservation_id, units=50)
 
         holds = asyncio.gather(*(hold(i) for i in range(1000)))
         await asyncio.sleep(0.2)
@@ -194,7 +202,7 @@ async def test_a_reload_racing_a_thousand_reserves_prices_each_by_one_card_and_c
                                                          h.reservation.amount) for h in placed}
         card.write_text(CARD_V1)  # a third card in force while they commit
         await stub.ReloadRateCard(pb.ReloadRateCardRequest())
-        done = await asyncio.gather(*(commit(stub, h.reservation.reservation_id, units=50)
+        done = await asyncio.gather(*(commit_units(h.reservation.reservation_id)
                                       for h in placed))
         for h, d in zip(placed, done, strict=True):
             version = h.reservation.price.rate_card_version
