@@ -13,13 +13,16 @@ data directory, loopback, auth disabled) and reports that server's RSS for each 
 before, once loaded (after --rss-settle-s of load), its peak under load, and idle after.
 Scenarios: health (the standard health Check: the floor every unary RPC sits on), reserve
 (CheckAndReserve), cycle (CheckAndReserve then Commit; counted in cycles), release
-(CheckAndReserve then Release: the path of work that failed; counted in pairs), grant, history (a
+(CheckAndReserve then Release: the path of work that failed; counted in pairs), balance
+(GetBalance), grant, history (a
 page of 50), batch (BatchCheckAndReserve of --batch-size items; counted in items, and compared
 with reserve). Accounts: uniform over --accounts, one hot account, or Zipf-skewed.
 Prints a table and writes JSON (--out) with calls/s, p50/p90/p99 latency, errors by status code,
 server RSS, the CPU each process spent (cores on average and microseconds per operation: the
-clients always; the server and its PostgreSQL when the driver started them), and each
-scenario's throughput relative to the health floor.
+clients always; the server and its PostgreSQL when the driver started them), each
+scenario's throughput relative to the health floor, and its server-side cost ratio: server +
+PostgreSQL CPU per operation over the server's CPU per health Check (for cycle and release,
+also the Commit's or the Release's alone: the pair's cost less the reserve's).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("health", "reserve", "cycle", "release", "grant", "history", "batch")
+SCENARIOS = ("health", "reserve", "cycle", "release", "balance", "grant", "history", "batch")
 DISTRIBUTIONS = ("uniform", "hot", "zipf")
 NO_DATABASE_SCENARIOS = ("health", "reserve", "cycle", "release", "grant")  # memory_server.py
 BALANCE_PER_ACCOUNT = 10**12
@@ -74,6 +77,12 @@ class Result:
     cpu_us_per_operation: dict[str, float] = field(default_factory=dict)
     ratio_to_floor: float | None = None
     ratio_to_reserve: float | None = None
+    # The server-side cost ratio: (server + PostgreSQL CPU per operation) / (server CPU per
+    # health Check), for a server this driver started
+    cost_ratio: float | None = None
+    # cycle and release: the cost ratio of the Commit (Release) alone, the pair's cost less
+    # the reserve scenario's over the same accounts in the same run
+    second_call_cost_ratio: float | None = None
 
 
 # --- the client side (runs in worker processes) -------------------------------------------
@@ -119,6 +128,9 @@ async def _drive(target: str, token: str, scenario: str, distribution: str, acco
                 await stub.Grant(pb.GrantRequest(
                     account_id=pick(), amount=1, type=pb.GRANT_TYPE_PROMO,
                     idempotency_key=f"{prefix}-{next(counter)}"), metadata=metadata, timeout=10)
+            elif scenario == "balance":
+                await stub.GetBalance(pb.GetBalanceRequest(account_id=pick()),
+                                      metadata=metadata, timeout=10)
             elif scenario == "history":
                 await stub.History(pb.HistoryRequest(account_id=pick(), page_size=50),
                                    metadata=metadata, timeout=10)
@@ -348,6 +360,7 @@ def run(args: argparse.Namespace) -> list[Result]:
             server.stop()
     floor = next((r.operations_per_s for r in results if r.scenario == "health"), None)
     reserve = {r.distribution: r.operations_per_s for r in results if r.scenario == "reserve"}
+    _cost_ratios(results)
     for result in results:
         if floor:
             result.ratio_to_floor = round(result.operations_per_s / floor, 3)
@@ -355,6 +368,31 @@ def run(args: argparse.Namespace) -> list[Result]:
             result.ratio_to_reserve = round(
                 result.operations_per_s / reserve[result.distribution], 3)
     return results
+
+
+def _cost_ratios(results: list[Result]) -> None:
+    """Each scenario's server-side cost ratio: what the server and its PostgreSQL spend on an
+    operation, over what the server spends on a health Check (the floor's own cost)."""
+    floor = next((r for r in results if r.scenario == "health"), None)
+    floor_us = floor.cpu_us_per_operation.get("server") if floor else None
+    if not floor_us:
+        return
+
+    def cost(r: Result) -> float | None:
+        spent = r.cpu_us_per_operation
+        return spent["server"] + spent["postgres"] if "postgres" in spent else None
+
+    for result in results:
+        if (spent := cost(result)) is not None:
+            result.cost_ratio = round(spent / floor_us, 2)
+    for result in results:
+        if result.scenario not in ("cycle", "release"):
+            continue
+        reserve = next((r for r in results if r.scenario == "reserve"
+                        and r.distribution == result.distribution), None)
+        pair, alone = cost(result), cost(reserve) if reserve else None
+        if pair is not None and alone is not None:
+            result.second_call_cost_ratio = round((pair - alone) / floor_us, 2)
 
 
 def _row(r: Result) -> str:
@@ -365,6 +403,10 @@ def _row(r: Result) -> str:
         rss = (f"{r.server_rss_mb_before:.0f}->{loaded}->{r.server_rss_mb_after:.0f} MB "
                f"(peak {r.server_rss_mb_peak or 0:.0f})")
     ratio = f"{r.ratio_to_floor:.2f}" if r.ratio_to_floor is not None else "-"
+    if r.cost_ratio is not None:
+        ratio += f"  cost x{r.cost_ratio:.2f}"
+    if r.second_call_cost_ratio is not None:
+        ratio += f" (second call x{r.second_call_cost_ratio:.2f})"
     if r.ratio_to_reserve is not None:
         ratio += f" (x reserve {r.ratio_to_reserve:.2f})"
     cpu = " ".join(f"{name} {r.cpu_us_per_operation[name]:.0f} ({r.cpu_cores[name]:.2f})"
