@@ -260,9 +260,10 @@ def build_ledger(
 ) -> Ledger:
     statement_timeout_ms = settings.database.statement_timeout_ms
     return Ledger(
-        lambda grouped=False, time_remaining_s=None, snapshot=False: SqlUnitOfWork(
+        lambda grouped=False, time_remaining_s=None, snapshot=False, autocommit=False:
+        SqlUnitOfWork(
             engine, statement_timeout_ms, metrics.pool_waited, clock, grouped=grouped,
-            time_remaining_s=time_remaining_s, snapshot=snapshot,
+            time_remaining_s=time_remaining_s, snapshot=snapshot, autocommit=autocommit,
         ),
         settings.ledger,
         page_tokens_key,

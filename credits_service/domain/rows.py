@@ -8,7 +8,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import NamedTuple
 
-from credits_service.domain.model import Account, AccountStatus, BalanceSnapshot, Reservation
+from credits_service.domain.model import (
+    Account,
+    AccountStatus,
+    BalanceSnapshot,
+    Lot,
+    Reservation,
+)
 
 
 class ExpiredLot(NamedTuple):
@@ -60,6 +66,16 @@ class AccountSummary(NamedTuple):
     account: Account
     totals: dict[str, int]
     pool_account_id: str | None = None  # a member's: its organisation's pool
+
+
+class BalanceListing(NamedTuple):
+    """GetBalance's read of an account: its summary, its lots that still hold credits in
+    consumption order (at most the limit asked), and the free credits of unexpired lots
+    expiring within the window asked (0 without one)."""
+
+    summary: AccountSummary
+    lots: list[Lot]
+    expiring: int
 
 
 class FoundAndLocked(NamedTuple):

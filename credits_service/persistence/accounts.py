@@ -3,13 +3,13 @@ reservations hold. Every change is a conditional write on that row."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from credits_service.domain.model import Account, AccountStatus, BalanceSnapshot
-from credits_service.domain.rows import AccountSummary, HeldTotals
+from credits_service.domain.model import Account, AccountStatus, BalanceSnapshot, Lot
+from credits_service.domain.rows import AccountSummary, BalanceListing, HeldTotals
 from credits_service.persistence import columns
 
 _GET = f"SELECT {columns.ACCOUNT} FROM accounts WHERE account_id = $1"
@@ -20,6 +20,42 @@ _SUMMARY = f"""
            (SELECT coalesce(jsonb_object_agg(t.kind, t.credits), '{{}}')::text
               FROM account_totals t WHERE t.account_id = a.account_id) AS totals
       FROM accounts a WHERE a.account_id = $1"""
+
+# GetBalance of several accounts at once, one statement outside any transaction: for each
+# asked (account, window in ms, ordinal n), a kind 0 row (the summary, and the free credits
+# of unexpired lots expiring within the window; $4: the clock's offset, as credits_now()
+# adds it) and kind 1 rows (its lots that hold credits, in consumption order, $3 at most).
+# The two kinds share create_time (the account's, the lot's) and account_id.
+_LOT_COLUMNS = ("lot_id bigint, grant_type text, priority integer, expire_time timestamptz, "
+                "amount bigint, remaining bigint, held bigint, expired boolean, "
+                "grant_entry_id bigint")
+_NO_LOT = ", ".join(f"NULL::{kind} AS {name}"
+                   for name, kind in (c.split() for c in _LOT_COLUMNS.split(", ")))
+_NO_BALANCE = ", ".join(["NULL::bigint"] * (len(columns.ACCOUNT.split(",")) - 1))
+_BALANCES = f"""
+    WITH q AS (SELECT * FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY
+                          AS q(account_id, within_ms, n))
+    SELECT 0 AS kind, q.n, {columns.A_ACCOUNT}, a.plan, a.create_time, a.status,
+           a.pool_account_id,
+           (SELECT coalesce(jsonb_object_agg(t.kind, t.credits), '{{}}')::text
+              FROM account_totals t WHERE t.account_id = a.account_id) AS totals,
+           CASE WHEN q.within_ms IS NULL THEN 0 ELSE (
+               SELECT coalesce(sum(e.remaining - e.held), 0)::bigint FROM credit_lots e
+                WHERE e.account_id = a.account_id AND e.expired_time IS NULL
+                  AND e.expire_time <= now() + ($4::bigint + q.within_ms)
+                                               * interval '1 millisecond') END AS expiring,
+           {_NO_LOT}
+      FROM q JOIN accounts a ON a.account_id = q.account_id
+    UNION ALL
+    SELECT 1, q.n, l.account_id, {_NO_BALANCE},
+           NULL::text, l.create_time, NULL::text, NULL::text, NULL::text, NULL::bigint,
+           l.lot_id, l.grant_type, l.priority, l.expire_time, l.amount, l.remaining, l.held,
+           l.expired, l.grant_entry_id
+      FROM q CROSS JOIN LATERAL (
+           SELECT {columns.LOT} FROM credit_lots l
+            WHERE l.account_id = q.account_id AND l.remaining > 0
+            ORDER BY {columns.CONSUMPTION_ORDER} LIMIT $3) l
+     ORDER BY n, kind, priority, expire_time, lot_id"""
 
 # Waits for a transaction inserting the same account, then inserts nothing if it committed.
 _CREATE = f"""
@@ -122,8 +158,9 @@ _UNHOLD = f"""
 
 
 class AccountRepository:
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, clock_offset_ms: int = 0) -> None:
         self._connection = connection  # asyncpg, in the unit of work's transaction
+        self._clock_offset_ms = clock_offset_ms  # credits_now()'s, for statements outside one
 
     async def _one(self, sql: str, *args: Any) -> BalanceSnapshot | None:
         row = await self._connection.fetchrow(sql, *args)
@@ -143,6 +180,28 @@ class AccountRepository:
             return None
         return AccountSummary(columns.balance(row), columns.account(row),
                               orjson.loads(row["totals"]), row["pool_account_id"])
+
+    async def balances(
+        self, asked: Sequence[tuple[str, int | None]], lots_max: int
+    ) -> list[BalanceListing | None]:
+        """For each (account, expiring window in ms or None) asked, in order, its summary,
+        lots and expiring credits (BalanceListing), or None for an unknown account: in one
+        statement (a group of GetBalance calls)."""
+        rows = await self._connection.fetch(
+            _BALANCES, [account_id for account_id, _ in asked],
+            [within_ms for _, within_ms in asked], lots_max, self._clock_offset_ms)
+        found: list[BalanceListing | None] = [None] * len(asked)
+        lots: list[list[Lot]] = [[] for _ in asked]
+        for row in rows:
+            n = row["n"] - 1
+            if row["kind"] == 0:
+                found[n] = BalanceListing(
+                    AccountSummary(columns.balance(row), columns.account(row),
+                                   orjson.loads(row["totals"]), row["pool_account_id"]),
+                    lots[n], row["expiring"])
+            else:  # in consumption order (the ORDER BY)
+                lots[n].append(columns.lot(row))
+        return found
 
     async def create(
         self, account_id: str, plan: str, credit_limit: int = 0

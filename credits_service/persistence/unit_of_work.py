@@ -79,10 +79,12 @@ class SqlUnitOfWork:
         grouped: bool = False,
         time_remaining_s: float | None = None,
         snapshot: bool = False,
+        autocommit: bool = False,
     ) -> None:
         self._engine = engine
         self._grouped = grouped
         self._snapshot = snapshot
+        self._autocommit = autocommit
         self._clock = clock
         self._statement_timeout_ms = statement_timeout_ms
         self._time_remaining_s = time_remaining_s
@@ -100,6 +102,8 @@ class SqlUnitOfWork:
             if self._on_pool_wait is not None:
                 self._on_pool_wait(time.perf_counter() - waited_from_s)
             self._driver = (await self._connection.get_raw_connection()).driver_connection
+            if self._autocommit:  # each statement its own transaction: no BEGIN, no COMMIT
+                return self._with_repositories()
             # BEGIN sends the SET LOCAL settings in the same round trip.
             await self._driver.execute(
                 ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" if self._snapshot
@@ -116,7 +120,11 @@ class SqlUnitOfWork:
             self._broken = not isinstance(exc, StorageTimeout)
             await self._close()
             _reraise_translated(exc)
-        self.accounts = AccountRepository(self._driver)
+        return self._with_repositories()
+
+    def _with_repositories(self) -> SqlUnitOfWork:
+        offset_ms = self._clock.offset_ms if self._clock is not None else 0
+        self.accounts = AccountRepository(self._driver, offset_ms)
         self.entries = EntryRepository(self._driver)
         self.usage = UsageRepository(self._driver)
         self.lots = LotRepository(self._driver)
@@ -150,6 +158,8 @@ class SqlUnitOfWork:
         self._after_commit.append(callback)
 
     async def commit(self) -> None:
+        if self._autocommit:
+            return  # every statement committed as it ran
         assert self._open, "commit() of a unit of work with no open transaction"
         self._open = False
         try:

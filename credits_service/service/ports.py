@@ -30,6 +30,7 @@ from credits_service.domain.organizations import Member, MemberCaps, Organizatio
 from credits_service.domain.rows import (
     AccountSpend,
     AccountSummary,
+    BalanceListing,
     Capture,
     Captured,
     CaptureTotals,
@@ -71,6 +72,13 @@ class AccountRepository(Protocol):
     async def summary(self, account_id: str) -> AccountSummary | None:
         """The account's balance, terms and lifetime totals by kind (model.total_kind), read
         at once."""
+
+    async def balances(
+        self, asked: Sequence[tuple[str, int | None]], lots_max: int
+    ) -> list[BalanceListing | None]:
+        """For each (account, expiring window in ms or None) asked, in order, its summary,
+        its lots holding credits in consumption order (at most `lots_max`) and the free
+        credits expiring within the window; None for an unknown account. One statement."""
 
     async def create(
         self, account_id: str, plan: str, credit_limit: int = 0
@@ -434,10 +442,11 @@ class UnitOfWork(Protocol):
 class UnitOfWorkFactory(Protocol):
     def __call__(
         self, *, grouped: bool = False, time_remaining_s: float | None = None,
-        snapshot: bool = False,
+        snapshot: bool = False, autocommit: bool = False,
     ) -> UnitOfWork:
         """A new unit of work. `grouped`: a group commit's transaction, which runs the same
         few statements over and over (storage may keep their plans). `time_remaining_s`: the
         calling RPC's time left, below which storage bounds its statements. `snapshot`: a
         read-only transaction whose statements all read one snapshot (factories that serve
-        no such reads need not take it)."""
+        no such reads need not take it). `autocommit`: no transaction around the statements,
+        each its own (for reads of one statement; commit() does nothing)."""

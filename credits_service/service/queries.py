@@ -4,6 +4,7 @@ pages with signed tokens (page_tokens.py)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,9 @@ from credits_service.domain.commands import (
     ReservationsQuery,
 )
 from credits_service.domain.model import LOTS_LISTED_MAX
+from credits_service.domain.rows import BalanceListing
 from credits_service.service.accounts import AccountOpening
+from credits_service.service.group_commit import GroupCommitter
 from credits_service.service.page_tokens import PageTokens, filters_digest
 from credits_service.service.ports import UnitOfWork
 from credits_service.service.transactions import Transactions
@@ -39,10 +42,38 @@ class Queries:
         self._page_size_default = settings.page_size_default
         self._page_size_max = settings.page_size_max
         self._tokens = page_tokens
+        # Concurrent GetBalance calls are read together, in one statement outside any
+        # transaction (bench/README.md, "What each optimization measured")
+        self._balances: GroupCommitter[tuple[str, int | None], BalanceListing | None] = (
+            GroupCommitter(self._balances_of, group_size_max=settings.group_size_max,
+                           concurrency=settings.group_concurrency))
+
+    async def _balances_of(
+        self, asked: Sequence[tuple[str, int | None]]
+    ) -> list[BalanceListing | None]:
+        async def work(uow: UnitOfWork) -> list[BalanceListing | None]:
+            return await uow.accounts.balances(asked, LOTS_LISTED_MAX + 1)
+
+        return await self._transactions.read(work)
 
     async def get_balance(self, query: BalanceQuery, actor: str) -> BalanceReport:
         """The account's balance and lots; an unknown account is created first by `actor`'s
-        call (auto_create_accounts), or AccountNotFound."""
+        call (auto_create_accounts), or AccountNotFound. An account that exists and is no
+        organisation's member is read with the calls beside it, in one statement."""
+        listing = await self._balances.submit((query.account_id, query.expiring_within_ms))
+        if listing is not None and listing.summary.pool_account_id is None:
+            summary, lots = listing.summary, listing.lots
+            return BalanceReport(
+                account=summary.account, totals=summary.totals, balance=summary.balance,
+                lots=tuple(lots[:LOTS_LISTED_MAX]), lots_truncated=len(lots) > LOTS_LISTED_MAX,
+                expiring_amount=listing.expiring)
+        return await self._get_balance_in_transaction(query, actor)
+
+    async def _get_balance_in_transaction(
+        self, query: BalanceQuery, actor: str
+    ) -> BalanceReport:
+        """GetBalance of a member (its pool and standing too) or of an account that does not
+        exist (yet), in a transaction."""
 
         async def work(uow: UnitOfWork) -> BalanceReport | errors.Declined:
             summary = await uow.accounts.summary(query.account_id)

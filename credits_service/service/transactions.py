@@ -64,6 +64,22 @@ class Transactions:
             raise outcome
         return outcome  # type: ignore[no-any-return]
 
+    async def read(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        """Run `work`, reads only, each statement its own transaction (no BEGIN or COMMIT
+        round trip): for a read of one statement, whose snapshot is its own. Not retried (a
+        read conflicts with nothing); shielded from the caller's cancellation as `run` is."""
+        task = asyncio.ensure_future(self._read_once(work))
+        self._in_flight.add(task)
+        task.add_done_callback(self._forget)
+        return await asyncio.shield(task)
+
+    async def _read_once(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        try:
+            async with self._uow_factory(autocommit=True) as uow:
+                return await work(uow)
+        except StorageError as exc:
+            raise for_caller(exc) from exc
+
     async def drain(self, timeout_s: float) -> None:
         """Wait, at most `timeout_s`, for transactions still running after their callers left."""
         if self._in_flight:

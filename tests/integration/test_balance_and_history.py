@@ -244,3 +244,49 @@ async def test_history_of_unknown_account_is_not_found(stub):
     """No such account: NOT_FOUND / ACCOUNT_NOT_FOUND."""
     error = await expect_error(stub.History(pb.HistoryRequest(account_id="ghost")))
     assert_error(error, grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND", accountId="ghost")
+
+
+async def test_concurrent_get_balances_read_together_each_answer_its_own(stub, db, clock):
+    """GetBalance calls in flight together are read in one statement: each still answers its
+    own account's lots (in consumption order), its expiring credits by its own window and the
+    service clock (moved here), and an unknown account NOT_FOUND alone."""
+    from google.protobuf.duration_pb2 import Duration
+
+    from tests.support.database import service_now
+    from tests.support.messages import later
+
+    now = await service_now(db, clock)
+    await grant(stub, "bal-a", 100, expire_time=later(now, 7200))
+    await grant(stub, "bal-a", 50)
+    for priority in (30, 10, 20):
+        await grant(stub, "bal-b", priority, priority=priority)
+    await reserve(stub, "bal-b", 15)
+    await stub.EnsureAccount(pb.EnsureAccountRequest(account_id="bal-c"))
+    clock.advance(3600)  # bal-a's first lot now expires within 90 minutes, not within 30
+    windows = {"90m": Duration(seconds=5400), "30m": Duration(seconds=1800), "-": None}
+    asked = [("bal-a", "90m"), ("bal-b", "-"), ("bal-a", "30m"), ("nobody", "-"),
+             ("bal-c", "90m"), ("bal-a", "-")] * 8
+
+    def request(account: str, window: str) -> pb.GetBalanceRequest:
+        message = pb.GetBalanceRequest(account_id=account)
+        if windows[window] is not None:
+            message.expiring_within.CopyFrom(windows[window])
+        return message
+
+    answers = await asyncio.gather(*(stub.GetBalance(request(*a)) for a in asked),
+                                   return_exceptions=True)
+    for (account, window), answer in zip(asked, answers, strict=True):
+        if account == "nobody":
+            assert isinstance(answer, grpc.aio.AioRpcError)
+            assert answer.code() is grpc.StatusCode.NOT_FOUND
+            continue
+        assert answer.balance.account_id == account and answer.account.account_id == account
+        if account == "bal-a":
+            assert [lot.remaining for lot in answer.lots] == [100, 50]
+            assert answer.expiring_amount == {"90m": 100, "30m": 0, "-": 0}[window]
+            assert answer.balance.balance == 150
+        elif account == "bal-b":
+            assert [lot.priority for lot in answer.lots] == [10, 20, 30]
+            assert (answer.balance.reserved, answer.totals.purchased) == (15, 60)
+        else:
+            assert (answer.balance.balance, list(answer.lots)) == (0, [])

@@ -44,6 +44,7 @@ from credits_service.domain.model import (
 from credits_service.domain.rates import HeldPrice
 from credits_service.domain.rows import (
     AccountSummary,
+    BalanceListing,
     Capture,
     Captured,
     CaptureTotals,
@@ -243,9 +244,11 @@ class FakeStorage:
         self._commit_failures: list[type[StorageError]] = []
 
     def unit_of_work(
-        self, *, grouped: bool = False, time_remaining_s: float | None = None
+        self, *, grouped: bool = False, time_remaining_s: float | None = None,
+        autocommit: bool = False,
     ) -> FakeUnitOfWork:
-        """A new unit of work (UnitOfWorkFactory); `grouped` changes nothing here."""
+        """A new unit of work (UnitOfWorkFactory); `grouped` changes nothing here, nor does
+        `autocommit` (its reads are one transaction, never committed: they write nothing)."""
         return FakeUnitOfWork(self, time_remaining_s)
 
     def fail_next_commits(self, error: type[StorageError], times: int = 1) -> None:
@@ -568,6 +571,25 @@ class FakeAccounts(_Repository):
                               totals)
 
     @statement
+    def balances(self, asked: Sequence[tuple[str, int | None]],
+                 lots_max: int) -> list[BalanceListing | None]:
+        """_BALANCES: _SUMMARY, then FakeLots.listing, of each account asked."""
+        found: list[BalanceListing | None] = []
+        for account_id, within_ms in asked:
+            row = self._tx.account(account_id)
+            if row is None:
+                found.append(None)
+                continue
+            totals = {kind: credits for (owner, kind), credits in self._tables.totals.items()
+                      if owner == account_id}
+            summary = AccountSummary(
+                row.snapshot(), Account(row.account_id, row.plan, row.create_time, row.status),
+                totals)
+            lots, expiring = _listing(self._tx, self._tables, account_id, lots_max, within_ms)
+            found.append(BalanceListing(summary, lots, expiring))
+        return found
+
+    @statement
     def profile(self, account_id: str) -> Account | None:
         row = self._tx.account(account_id)
         return Account(row.account_id, row.plan, row.create_time, row.status) if row else None
@@ -802,15 +824,20 @@ class FakeLots(_Repository):
                 expiring_within_ms: int | None) -> tuple[list[Lot], int]:
         """_LISTING (lots with remaining credits, consumption order) and _EXPIRING (free
         credits of unexpired lots expiring by now + the window)."""
-        lots = [lot for lot in self._tables.lots.values()
-                if lot.account_id == account_id and lot.remaining > 0]
-        listed = [self._tables.lot(lot) for lot in sorted(lots, key=LotRow.order)[:limit]]
-        if expiring_within_ms is None:
-            return listed, 0
-        until = self._tx.now + timedelta(milliseconds=expiring_within_ms)
-        return listed, sum(lot.remaining - lot.held for lot in self._tables.lots.values()
-                           if lot.account_id == account_id and lot.expired_time is None
-                           and lot.expire_time is not None and lot.expire_time <= until)
+        return _listing(self._tx, self._tables, account_id, limit, expiring_within_ms)
+
+
+def _listing(tx: Any, tables: Any, account_id: str, limit: int,
+             expiring_within_ms: int | None) -> tuple[list[Lot], int]:
+    lots = [lot for lot in tables.lots.values()
+            if lot.account_id == account_id and lot.remaining > 0]
+    listed = [tables.lot(lot) for lot in sorted(lots, key=LotRow.order)[:limit]]
+    if expiring_within_ms is None:
+        return listed, 0
+    until = tx.now + timedelta(milliseconds=expiring_within_ms)
+    return listed, sum(lot.remaining - lot.held for lot in tables.lots.values()
+                       if lot.account_id == account_id and lot.expired_time is None
+                       and lot.expire_time is not None and lot.expire_time <= until)
 
 
 class FakeReservations(_Repository):
