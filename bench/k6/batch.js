@@ -7,7 +7,7 @@ import { account, connection, fund, key, ok, options as base, PARAMS, SERVICE } 
 
 const BATCH_SIZE = parseInt(__ENV.BATCH_SIZE || '100', 10);
 const items = new Counter('batch_items');
-export const options = base(500, 1000);
+export const options = base(1000, 1500, 16);  // 16 calls of 100 in flight, as ghz's config
 
 export function setup() {
   fund();
