@@ -380,18 +380,27 @@ def freeze_startup_heap() -> None:
 
 
 async def _serve(settings: Settings) -> int:
-    from credits_service.app import Application
+    from credits_service.app import Application, StartupError
+    from credits_service.tracing import TracingUnavailable, start_tracing
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)  # starting: read once anyway
-    app = await Application.start(settings)
-    # The file is read off the event loop, so a slow disk delays no call.
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: loop.run_in_executor(None, app.reload_rate_card))
-    freeze_startup_heap()
-    await stopping.wait()
-    await app.stop()
+    try:  # before the server is made: its instrumentation wraps the server's creation
+        stop_tracing = start_tracing(settings.tracing)
+    except TracingUnavailable as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        app = await Application.start(settings)
+        # The file is read off the event loop, so a slow disk delays no call.
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: loop.run_in_executor(None, app.reload_rate_card))
+        freeze_startup_heap()
+        await stopping.wait()
+        await app.stop()
+    finally:
+        if stop_tracing is not None:
+            await asyncio.to_thread(stop_tracing)  # the last spans, flushed
     return 0
