@@ -114,7 +114,7 @@ class CreditsClient(ProductCalls):
         typed CreditsError when it fails for good. The protobuf answer: the escape hatch
         for RPCs without a method here."""
         rpc = getattr(self._stub, method)
-        budget_s = timeout_s or self.timeout_s
+        budget_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + budget_s
         try:  # the first attempt on its own: no retry machinery on the common path
             return await rpc(request, timeout=min(self.attempt_timeout_s, budget_s),

@@ -10,12 +10,23 @@ from credits_service.settings import DatabaseSettings
 
 
 def asyncpg_url(url: str) -> str:
-    """Turn a postgresql:// URL into the SQLAlchemy asyncpg form."""
+    """Turn a postgresql:// URL into the SQLAlchemy asyncpg form. A libpq multi-host URL
+    (`postgresql://app@db1:5432,db2:5432/credits?target_session_attrs=read-write`, a primary
+    and its standbys) becomes SQLAlchemy's form of it, one `host=` a host (each with its
+    port, 5432 when left out); asyncpg tries them in order, and the query's
+    target_session_attrs picks the one that is writable."""
     parts = urlsplit(url)
     scheme = parts.scheme.split("+", 1)[0]
     if scheme not in ("postgresql", "postgres"):
         raise ValueError(f"database URL must start with postgresql://, got {parts.scheme}://")
-    return urlunsplit(("postgresql+asyncpg", *parts[1:]))
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return urlunsplit(("postgresql+asyncpg", *parts[1:]))
+    listed = [h if h.rpartition(":")[2].isdigit() and not h.endswith("]") else f"{h}:5432"
+              for h in hosts.split(",")]
+    query = "&".join([*(f"host={host}" for host in listed), *filter(None, [parts.query])])
+    return urlunsplit(("postgresql+asyncpg", userinfo + at, parts.path, query,
+                       parts.fragment))
 
 
 def redacted(url: str) -> str:
