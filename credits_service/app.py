@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import os
 import socket
@@ -29,12 +28,14 @@ from credits_service.persistence.embedded import EmbeddedPostgres
 from credits_service.persistence.event_signals import ListeningSignals
 from credits_service.persistence.keys import page_token_key
 from credits_service.persistence.migrations import upgrade_to_head
+from credits_service.persistence.probe import PrimaryProbe
 from credits_service.persistence.unit_of_work import DatabaseClock, SqlUnitOfWork
 from credits_service.service.event_ports import EventSignals
 from credits_service.service.events import WatchPolicy
 from credits_service.service.ledger import Ledger
 from credits_service.service.page_tokens import PageTokens
 from credits_service.service.webhooks import WebhookPolicy, Webhooks
+from credits_service.setting_rules import is_loopback
 from credits_service.settings import (
     AccountSettings,
     AuthSettings,
@@ -285,7 +286,7 @@ def build_gatekeeper(settings: AuthSettings, listen: str) -> Gatekeeper:
     service_methods = SERVICE_METHODS | ({"Transfer"} if settings.service_transfers else set())
     if settings.disabled:
         host, _ = parse_listen(listen)
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise StartupError(
                 f"auth_disabled is allowed only on a loopback address, not {listen}: "
                 "configure tokens (see `credits-service token`)"
@@ -337,17 +338,9 @@ async def serve_grpc(
         stall_limit_s=events.stall_limit_s)
     gate = CallGate()
     interceptor = CallInterceptor(gatekeeper, gate, CallLog(metrics))
-    return await start_grpc_server(
+    server = await start_grpc_server(
         settings.server, CreditsServicer(ledger, limits, watching, webhooks), interceptor, gate)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return server
 
 
 @dataclass
@@ -455,6 +448,9 @@ class Application:
             metrics.stop()
             await engine.dispose()
             raise
+        grpc_server.watch_database(
+            PrimaryProbe(database_url, settings.database.connect_timeout_s),
+            settings.server.health_probe_interval_s)
         webhook_worker = None
         if endpoints:
             webhook_worker = WebhookWorker(

@@ -4,6 +4,7 @@ environment names, its bounds or choices, and the rule an invalid value breaks."
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -83,3 +84,13 @@ def external_name(f: dataclasses.Field[Any]) -> str:
 
 def number_text(value: float) -> str:
     return f"{value:,.0f}".replace(",", "_") if float(value).is_integer() else str(value)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address's host is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -51,6 +51,10 @@ class ServerSettings(Section):
     shutdown_grace_s: float = declared(
         10.0, "time in-flight calls get to finish on SIGTERM", low=0, high=600)
     reflection: bool = declared(True, "serve gRPC server reflection (grpcurl, ghz)")
+    health_probe_interval_s: float = declared(
+        1.0, "how often health asks the database whether a primary answers: NOT_SERVING "
+        "while none does (within the interval), SERVING again once one does", low=0.05,
+        high=60)
     keepalive_time_s: float = declared(
         60.0, "ping idle connections this often to find dead peers", low=1, high=86_400)
     keepalive_timeout_s: float = declared(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +24,12 @@ from credits_service.transport.grpc.servicer import CreditsServicer
 
 _log = logging.getLogger(__name__)
 _QUIET_BEFORE_CLOSE_S = 0.2
+class Probe(Protocol):
+    """Whether a primary database answers (persistence/probe.py)."""
+
+    async def reachable(self, timeout_s: float) -> bool: ...
+
+    async def close(self) -> None: ...
 SERVICE_NAME = credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].full_name
 
 
@@ -30,11 +39,46 @@ class GrpcServer:
     health: health.aio.HealthServicer
     gate: CallGate
     port: int
+    probe: asyncio.Task[None] | None = None
+
+    def watch_database(self, probe: Probe, interval_s: float) -> None:
+        """Keep health (overall and the credits service's) NOT_SERVING while no primary
+        database answers within `interval_s`, so balancers and clients watching health send
+        calls elsewhere; SERVING again once one does."""
+        self.probe = asyncio.create_task(self._watch(probe, interval_s),
+                                         name="credits-health-probe")
+
+    async def _watch(self, probe: Probe, interval_s: float) -> None:
+        try:
+            await self._follow(probe, interval_s)
+        finally:
+            await probe.close()
+
+    async def _follow(self, probe: Probe, interval_s: float) -> None:
+        serving = True
+        while True:
+            started = time.monotonic()
+            reachable = await probe.reachable(interval_s)
+            if reachable != serving:
+                serving = reachable
+                status = (health_pb2.HealthCheckResponse.SERVING if serving
+                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+                for name in ("", SERVICE_NAME):  # ignored once draining: NOT_SERVING for good
+                    await self.health.set(name, status)
+                if serving:
+                    _log.warning("a primary database answers again: health SERVING")
+                else:
+                    _log.warning("no primary database answers: health NOT_SERVING")
+            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
     async def stop(self, grace_s: float) -> None:
         """Health NOT_SERVING and new calls refused (UNAVAILABLE) at once; calls in progress
         get up to `grace_s` to finish; then the transport closes, cancelling any left."""
         started = time.monotonic()
+        if self.probe is not None:
+            self.probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.probe
         await self.health.enter_graceful_shutdown()
         self.gate.close()
         if not await self.gate.wait_idle(grace_s):
