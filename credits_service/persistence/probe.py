@@ -21,8 +21,9 @@ class PrimaryProbe:
 
     async def reachable(self, timeout_s: float) -> bool:
         """Whether a primary answers within `timeout_s`. Never raises."""
-        try:
-            return bool(await asyncio.wait_for(self._ask(), timeout_s))
+        try:  # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+            async with asyncio.timeout(timeout_s):
+                return await self._ask()
         except Exception:  # refused, unreachable, timed out, a standby's error: not serving
             await self.close()
             return False

@@ -8,7 +8,7 @@ import logging
 import os
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +30,9 @@ class Probe(Protocol):
     async def reachable(self, timeout_s: float) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+_PROBE_STOP_S = 2.0  # the most shutdown waits for the probe to end
 SERVICE_NAME = credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].full_name
 
 
@@ -40,6 +43,7 @@ class GrpcServer:
     gate: CallGate
     port: int
     probe: asyncio.Task[None] | None = None
+    probe_stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def watch_database(self, probe: Probe, interval_s: float) -> None:
         """Keep health (overall and the credits service's) NOT_SERVING while no primary
@@ -56,7 +60,7 @@ class GrpcServer:
 
     async def _follow(self, probe: Probe, interval_s: float) -> None:
         serving = True
-        while True:
+        while not self.probe_stopping.is_set():
             started = time.monotonic()
             reachable = await probe.reachable(interval_s)
             if reachable != serving:
@@ -69,16 +73,19 @@ class GrpcServer:
                     _log.warning("a primary database answers again: health SERVING")
                 else:
                     _log.warning("no primary database answers: health NOT_SERVING")
-            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, interval_s - (time.monotonic() - started))):
+                    await self.probe_stopping.wait()
 
     async def stop(self, grace_s: float) -> None:
         """Health NOT_SERVING and new calls refused (UNAVAILABLE) at once; calls in progress
         get up to `grace_s` to finish; then the transport closes, cancelling any left."""
         started = time.monotonic()
-        if self.probe is not None:
+        if self.probe is not None:  # asked to stop, then cancelled: never waited for long
+            self.probe_stopping.set()
             self.probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.probe
+            await asyncio.wait({self.probe}, timeout=_PROBE_STOP_S)
         await self.health.enter_graceful_shutdown()
         self.gate.close()
         if not await self.gate.wait_idle(grace_s):
