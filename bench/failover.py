@@ -170,6 +170,16 @@ class Cluster:
                 pass
 
     def stop(self) -> None:
+        import psutil
+
+        for name in self.ports:  # each postmaster with all its children (logger, workers)
+            try:
+                postmaster = psutil.Process(int(
+                    (self.pgdata(name) / "postmaster.pid").read_text().split()[0]))
+                for process in [*postmaster.children(recursive=True), postmaster]:
+                    process.kill()
+            except (OSError, ValueError, IndexError, psutil.Error):
+                pass
         for process in self.processes.values():
             try:
                 os.killpg(process.pid, signal.SIGKILL)
