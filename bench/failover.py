@@ -75,14 +75,6 @@ class Cluster:
         self.ports = {"monitor": free_port(), "node1": free_port(), "node2": free_port()}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def _autoctl(self, *args: str, check: bool = True) -> str:
-        result = subprocess.run(
-            ["runuser", "-u", "postgres", "--", "pg_autoctl", *args],
-            capture_output=True, text=True, env=self._env(), timeout=120)
-        if check and result.returncode != 0:
-            raise RuntimeError(f"pg_autoctl {' '.join(args)}: {result.stderr[-2000:]}")
-        return result.stdout
-
     def _env(self) -> dict[str, str]:
         return {**os.environ, "PATH": f"{PG_BIN}:{os.environ['PATH']}",
                 "XDG_CONFIG_HOME": str(self.work / "config"),

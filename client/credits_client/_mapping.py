@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from credits.v1 import credits_pb2 as pb
 from credits_client import types
 
@@ -14,6 +16,12 @@ _STATUS = {pb.RESERVATION_STATUS_ACTIVE: "ACTIVE", pb.RESERVATION_STATUS_COMMITT
            pb.RESERVATION_STATUS_EXPIRED: "EXPIRED"}
 _ACCOUNT_STATUS = {pb.ACCOUNT_STATUS_ACTIVE: "ACTIVE", pb.ACCOUNT_STATUS_FROZEN: "FROZEN",
                    pb.ACCOUNT_STATUS_CLOSED: "CLOSED"}
+
+
+def stamp(moment: datetime) -> Timestamp:
+    value = Timestamp()
+    value.FromDatetime(moment)
+    return value
 
 
 def time_of(message: Any) -> datetime | None:
@@ -172,3 +180,14 @@ def account_details(message: pb.GetBalanceResponse) -> types.AccountDetails:
          for name, amount in totals.granted_by_type.items()},
         member(message.member) if message.HasField("member") else None,
         balance(message.pool_balance) if message.HasField("pool_balance") else None)
+
+
+def entries_result(message: Any) -> types.EntriesResult:
+    """Of an Adjust or Refund answer."""
+    return types.EntriesResult(tuple(entry(e) for e in message.entries), balance(message.balance))
+
+
+def account_change(message: Any) -> types.AccountChange:
+    """Of a SetAccountStatus or ChangePlan answer."""
+    return types.AccountChange(account(message.account), message.changed,
+                               tuple(entry(e) for e in message.write_off_entries))

@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -168,9 +167,7 @@ class CreditsClient(ProductCalls):
             idempotency_key=idempotency_key or str(uuid.uuid4()), reason=reason,
             metadata=dict(metadata or {}))
         if expire_time is not None:
-            stamp = Timestamp()
-            stamp.FromDatetime(expire_time)
-            request.expire_time.CopyFrom(stamp)
+            request.expire_time.CopyFrom(_mapping.stamp(expire_time))
         answer = await self.call("Grant", request, timeout_s)
         return types.GrantResult(answer.entry.entry_id, answer.lot.lot_id,
                                  _mapping.balance(answer.balance))
@@ -218,9 +215,7 @@ class CreditsClient(ProductCalls):
             reason=reason, metadata=dict(metadata or {}), allow_negative=allow_negative)
         if expected_balance is not None:
             request.expected_balance = expected_balance
-        answer = await self.call("Adjust", request, timeout_s)
-        return types.EntriesResult(tuple(_mapping.entry(e) for e in answer.entries),
-                                   _mapping.balance(answer.balance))
+        return _mapping.entries_result(await self.call("Adjust", request, timeout_s))
 
     async def transfer(
         self, from_account_id: str, to_account_id: str, amount: int, *,
@@ -255,9 +250,7 @@ class CreditsClient(ProductCalls):
             request.usage_entry_id = usage_entry_id
         if amount is not None:
             request.amount = amount
-        answer = await self.call("Refund", request, timeout_s)
-        return types.EntriesResult(tuple(_mapping.entry(e) for e in answer.entries),
-                                   _mapping.balance(answer.balance))
+        return _mapping.entries_result(await self.call("Refund", request, timeout_s))
 
     async def set_account_status(
         self, account_id: str, status: str, *, reason: str, write_off_balance: bool = False,
@@ -267,8 +260,7 @@ class CreditsClient(ProductCalls):
         answer = await self.call("SetAccountStatus", pb.SetAccountStatusRequest(
             account_id=account_id, status=pb.AccountStatus.Value(f"ACCOUNT_STATUS_{status}"),
             reason=reason, write_off_balance=write_off_balance), timeout_s)
-        return types.AccountChange(_mapping.account(answer.account), answer.changed,
-                                   tuple(_mapping.entry(e) for e in answer.write_off_entries))
+        return _mapping.account_change(answer)
 
     async def change_plan(
         self, account_id: str, plan: str, *, reason: str, timeout_s: float | None = None
@@ -276,8 +268,7 @@ class CreditsClient(ProductCalls):
         """Move the account to another plan (admin only)."""
         answer = await self.call("ChangePlan", pb.ChangePlanRequest(
             account_id=account_id, plan=plan, reason=reason), timeout_s)
-        return types.AccountChange(_mapping.account(answer.account), answer.changed,
-                                   tuple(_mapping.entry(e) for e in answer.write_off_entries))
+        return _mapping.account_change(answer)
 
     async def list_reservations(
         self, account_id: str, *, statuses: Sequence[str] = (), page_size: int = 100,

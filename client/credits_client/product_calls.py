@@ -9,16 +9,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from credits.v1 import credits_pb2 as pb
 from credits_client import _mapping, types
-
-
-def _stamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 class ProductCalls:
@@ -58,9 +50,9 @@ class ProductCalls:
             bucket_size=pb.UsageBucketSize.Value(f"USAGE_BUCKET_SIZE_{bucket_size}"),
             by_member=by_member)
         if start_time is not None:
-            request.start_time.CopyFrom(_stamp(start_time))
+            request.start_time.CopyFrom(_mapping.stamp(start_time))
         if end_time is not None:
-            request.end_time.CopyFrom(_stamp(end_time))
+            request.end_time.CopyFrom(_mapping.stamp(end_time))
         if top_accounts is not None:
             request.top_accounts = top_accounts
         return _mapping.usage_summary(await self.call("UsageSummary", request, timeout_s))
